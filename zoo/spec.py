@@ -1,0 +1,138 @@
+"""What a model *is*, as plain frozen dataclasses that round-trip to YAML/JSON.
+
+No torch here: the registry, the CLI's ``list``/``info`` and the runtime all
+read specs without importing a deep-learning framework.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+Task = Literal[
+    "image-classification",
+    "text-classification",
+    "token-classification",
+    "feature-extraction",
+]
+TASKS: tuple[str, ...] = get_args(Task)
+Source = Literal["hf", "timm"]
+SOURCES: tuple[str, ...] = get_args(Source)
+Pooling = Literal["mean", "cls", "max", "lasttoken"]
+POOLINGS: tuple[str, ...] = get_args(Pooling)
+DTYPES = ("float32", "int64", "int32", "bool")
+TEXT_TASKS = ("text-classification", "token-classification", "feature-extraction")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One graph input. A string in ``shape`` names a dynamic axis."""
+
+    name: str
+    dtype: str = "int64"
+    shape: tuple[int | str, ...] = ("batch", "sequence")
+
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How raw inputs become tensors. Image fields and text fields are exclusive."""
+
+    # images (timm data-config vocabulary)
+    input_size: tuple[int, int, int] | None = None  # (C, H, W)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    interpolation: str | None = None  # bilinear | bicubic | nearest
+    crop_pct: float | None = None
+    crop_mode: str | None = None  # center | squash | border
+    # text
+    max_length: int | None = None
+    pooling: str | None = None  # sentence embeddings only
+    normalize: bool = False
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    opset: int = 18
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Judged like ``allclose``: |onnx - torch| <= atol + rtol * |torch|."""
+
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    cosine: float = 0.9999  # minimum cosine similarity for embeddings
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything zoo knows about a model before any weights are touched."""
+
+    name: str
+    source: str
+    source_id: str
+    task: str
+    arch: str = ""  # HF model_type or timm architecture
+    revision: str | None = None
+    inputs: tuple[InputSpec, ...] = ()
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    export: ExportSettings = field(default_factory=ExportSettings)
+    verify: Tolerances = field(default_factory=Tolerances)
+    labels: tuple[str, ...] | None = None
+    description: str = ""
+    local_path: str | None = None  # a folder holding config and weights
+    origin: str = "registry"  # registry | hf | timm | local | run | artifact
+    trust_remote_code: bool = False
+
+    @property
+    def is_text(self) -> bool:
+        return self.task in TEXT_TASKS
+
+    @property
+    def source_name(self) -> str:
+        rev = f"@{self.revision}" if self.revision else ""
+        return f"{self.source}:{self.source_id}{rev}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        data = dict(data)
+        data["inputs"] = tuple(
+            InputSpec(i["name"], i.get("dtype", "int64"), tuple(i.get("shape", ())))
+            for i in data.get("inputs", ())
+        )
+        data["preprocess"] = _build(Preprocess, data.get("preprocess") or {})
+        data["export"] = _build(ExportSettings, data.get("export") or {})
+        data["verify"] = _build(Tolerances, data.get("verify") or {})
+        if data.get("labels") is not None:
+            data["labels"] = tuple(str(x) for x in data["labels"])
+        return cls(**data)
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
+    tuples = {"input_size", "mean", "std"}
+    kwargs = {k: (tuple(v) if k in tuples and v is not None else v) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples become lists so YAML/JSON dumps hold only plain types."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def text_inputs(names: tuple[str, ...] = ("input_ids", "attention_mask")) -> tuple[InputSpec, ...]:
+    return tuple(InputSpec(n, "int64", ("batch", "sequence")) for n in names)
+
+
+def image_inputs(input_size: tuple[int, int, int]) -> tuple[InputSpec, ...]:
+    return (InputSpec("pixel_values", "float32", ("batch", *input_size)),)
