@@ -105,7 +105,7 @@ def create_model(spec: ModelSpec, *, num_labels: int | None = None,
     if n is not None:
         kwargs["num_classes"] = n
     size = spec.preprocess.input_size
-    if size and _fixed_input_size(spec) and not spec.local_path:
+    if size and not spec.local_path and _fixed_input_size(spec):
         kwargs["img_size"] = tuple(size[1:])
     try:
         model = timm.create_model(location, pretrained=pretrained, **kwargs)
