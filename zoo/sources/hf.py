@@ -212,6 +212,7 @@ def create_model(spec: ModelSpec, *, num_labels: int | None = None,
     """The transformers module for ``spec`` (with a fresh head when labels change)."""
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # zoo shows its own progress
     location, kwargs = model_location(spec)
     kwargs["trust_remote_code"] = spec.trust_remote_code
     head: dict[str, Any] = {}
