@@ -1,0 +1,131 @@
+"""Latency of an artifact's graph under onnxruntime, optionally beside the same model in eager PyTorch.
+
+    zoo bench artifacts/minilm --batch-sizes 1,8 --iterations 50 --vs-torch
+
+Both engines run the same preprocessed arrays (real sentences through the
+artifact's tokenizer, or random images through its image transform), so the
+figures compare the model computation only. Each batch size is warmed up first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from zoo.errors import ConfigError
+from zoo.runtime.model import ExportedModel
+
+# Real sentences of mixed length, so padded batches look like production traffic.
+BENCH_SENTENCES = (
+    "The quick brown fox jumps over the lazy dog.",
+    "I loved this film, the acting was superb and the music stayed with me for days.",
+    "Paris is the capital of France.",
+    "The committee will publish its final report on climate adaptation next spring.",
+    "What time does the train to Edinburgh leave tomorrow morning?",
+    "She read the letter twice before folding it carefully into her pocket.",
+    "Rain is expected in the north-west by Thursday evening.",
+    "Apple released a new laptop with a faster chip and a brighter screen.",
+)
+
+
+@dataclass(frozen=True)
+class Timing:
+    engine: str  # "onnxruntime" | "torch"
+    batch_size: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    throughput: float  # inputs per second at the median latency
+
+    @classmethod
+    def from_samples(cls, engine: str, batch_size: int, seconds: Sequence[float]) -> Timing:
+        p50, p90, p99 = (float(np.percentile(seconds, q)) * 1e3 for q in (50, 90, 99))
+        return cls(engine, batch_size, p50, p90, p99, batch_size / (p50 / 1e3))
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    name: str
+    task: str
+    providers: list[str]
+    iterations: int
+    timings: list[Timing] = field(default_factory=list)
+    torch_note: str | None = None  # how the torch model was rebuilt
+    max_abs_diff: dict[int, float] = field(default_factory=dict)  # torch vs onnxruntime output, per batch
+
+    def speedup(self, batch_size: int) -> float | None:
+        """torch p50 / onnxruntime p50 at ``batch_size`` (above 1: onnxruntime is faster)."""
+        by = {t.engine: t for t in self.timings if t.batch_size == batch_size}
+        if "torch" not in by or "onnxruntime" not in by:
+            return None
+        return by["torch"].p50_ms / by["onnxruntime"].p50_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["speedup"] = {bs: self.speedup(bs) for bs in sorted({t.batch_size for t in self.timings})}
+        return data
+
+
+def bench_inputs(model: ExportedModel, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Graph arrays for one batch made by the artifact's own preprocessing."""
+    rng = np.random.default_rng(seed)
+    if model.task == "image-classification":
+        images = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(batch_size)]
+        return model._preprocess(images)
+    texts = [BENCH_SENTENCES[i % len(BENCH_SENTENCES)] for i in range(batch_size)]
+    return model._preprocess(texts).arrays
+
+
+def time_calls(call: Callable[[], Any], iterations: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def bench(model: ExportedModel, *, batch_sizes: Sequence[int] = (1, 8), iterations: int = 50,
+          warmup: int | None = None, vs_torch: bool = False, threads: int | None = None) -> BenchReport:
+    """Time the graph per batch size; with ``vs_torch`` time the source model in eager PyTorch too."""
+    if iterations < 1 or not batch_sizes or min(batch_sizes) < 1:
+        raise ConfigError(f"iterations={iterations}, batch sizes={list(batch_sizes)}; both must be positive")
+    warmup = max(3, iterations // 10) if warmup is None else warmup
+    baseline = _torch_baseline(model, threads) if vs_torch else None
+    report = BenchReport(name=str(model.info.get("name", model.folder.name)), task=model.task,
+                         providers=model.providers, iterations=iterations,
+                         torch_note=baseline.note if baseline else None)
+    for bs in batch_sizes:
+        feed = bench_inputs(model, bs)
+        samples = time_calls(lambda: model(**feed), iterations, warmup)
+        report.timings.append(Timing.from_samples("onnxruntime", bs, samples))
+        if baseline is not None:
+            run = baseline.runner(feed)
+            report.timings.append(Timing.from_samples("torch", bs, time_calls(run, iterations, warmup)))
+            expected = model(**feed)[model.output_name]
+            report.max_abs_diff[bs] = float(np.max(np.abs(run() - expected)))
+    return report
+
+
+@dataclass
+class _Baseline:
+    runner: Callable[[dict[str, np.ndarray]], Callable[[], np.ndarray]]
+    note: str
+
+
+def _torch_baseline(model: ExportedModel, threads: int | None) -> _Baseline:
+    try:
+        from zoo.runtime.torch_baseline import torch_runner
+
+        return _Baseline(*torch_runner(model.info, threads=threads))
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("torch", "transformers", "timm"):
+            raise
+        raise ConfigError(f"--vs-torch needs PyTorch and the model's source library ({exc.name} is not "
+                          "installed); install them with: pip install 'zoo-toolkit[train]'") from None

@@ -1,0 +1,251 @@
+"""Raw inputs to graph arrays, rebuilt from the artifact's own files and manifest: no torch.
+
+Text goes through ``tokenizers`` reading ``tokenizer.json`` (the same Rust
+tokenizer that transformers' fast tokenizers wrap), with the truncation length
+and padding the manifest records. Images go through Pillow and numpy with timm's
+eval-transform semantics (resize, crop, scale to [0, 1], normalise).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image
+
+from zoo.errors import ArtifactError, InputError
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray]
+
+# timm's DEFAULT_CROP_PCT: the crop fraction its eval transform uses when none is given.
+DEFAULT_CROP_PCT = 0.875
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+_NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,
+                 "bool": np.bool_}
+
+
+def numpy_dtype(name: str) -> Any:
+    try:
+        return _NUMPY_DTYPES[name]
+    except KeyError:
+        raise ArtifactError(f"manifest names input dtype '{name}'; this runtime knows "
+                            f"{', '.join(_NUMPY_DTYPES)}: re-export the model") from None
+
+
+# ---------------------------------------------------------------- text
+
+
+@dataclass(frozen=True)
+class TextBatch:
+    """Graph arrays for a batch of strings, plus what post-processing needs (offsets, word ids)."""
+
+    arrays: dict[str, np.ndarray]
+    offsets: list[list[tuple[int, int]]]
+    word_ids: list[list[int | None]]
+    special: list[list[int]]
+
+
+class TextPreprocessor:
+    """Tokenise strings with ``tokenizer.json``: truncate at max_length, pad to the longest in the batch."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any]):
+        from tokenizers import Tokenizer
+
+        pp = manifest.get("preprocess") or {}
+        path = Path(folder) / "tokenizer.json"
+        if not path.is_file():
+            raise ArtifactError(f"{folder} holds a text model but no tokenizer.json; the runtime reads only "
+                                "tokenizers' JSON (a fast tokenizer): re-export the artifact")
+        if not pp.get("max_length"):
+            raise ArtifactError(f"{folder}/manifest.json records no preprocess.max_length for a text model; "
+                                "re-export the artifact with a zoo that writes it")
+        self.max_length = int(pp["max_length"])
+        self.inputs = [(i["name"], numpy_dtype(i.get("dtype", "int64"))) for i in manifest["inputs"]]
+        tokenizer = Tokenizer.from_file(str(path))
+        settings = _padding_settings(Path(folder), pp, tokenizer)
+        # tokenizer.json often carries its own fixed padding/truncation (MiniLM's pads to 128):
+        # replace both with what transformers does for padding=True, truncation=True, max_length=N.
+        tokenizer.enable_truncation(self.max_length, direction=settings["truncation_side"])
+        tokenizer.enable_padding(direction=settings["padding_side"], pad_id=settings["pad_id"],
+                                 pad_token=settings["pad_token"], pad_type_id=settings["pad_type_id"])
+        # The tokenizer is configured once here and only read afterwards, so threads may share it.
+        self.tokenizer = tokenizer
+
+    def __call__(self, texts: Sequence[str]) -> TextBatch:
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InputError(f"input {i} is {type(text).__name__}; this text model expects strings")
+        encodings = self.tokenizer.encode_batch(list(texts))
+        fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+        arrays = {}
+        for name, dtype in self.inputs:
+            if name not in fields:
+                raise ArtifactError(f"text model input '{name}' is not one the tokenizer makes "
+                                    f"({', '.join(fields)}); call the model with arrays: model({name}=...)")
+            arrays[name] = np.array([getattr(e, fields[name]) for e in encodings], dtype=dtype)
+        return TextBatch(arrays=arrays, offsets=[list(e.offsets) for e in encodings],
+                         word_ids=[list(e.word_ids) for e in encodings],
+                         special=[list(e.special_tokens_mask) for e in encodings])
+
+
+def _padding_settings(folder: Path, pp: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
+    """Pad token and sides: the manifest first, then tokenizer_config.json, then tokenizer.json's own."""
+    config = {}
+    if (folder / "tokenizer_config.json").is_file():
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+    own = tokenizer.padding or {}
+    pad_token = pp.get("pad_token") or _token_text(config.get("pad_token")) or own.get("pad_token")
+    pad_id = pp.get("pad_token_id", pp.get("pad_id"))
+    if pad_id is None and pad_token is not None:
+        pad_id = tokenizer.token_to_id(pad_token)
+    if pad_id is None:
+        raise ArtifactError(f"{folder} records no pad token (manifest preprocess.pad_token, "
+                            "tokenizer_config.json or tokenizer.json padding); batches of different lengths "
+                            "cannot be padded: re-export with a tokenizer that has a pad token")
+    return {
+        "pad_token": pad_token or tokenizer.id_to_token(int(pad_id)),
+        "pad_id": int(pad_id),
+        "pad_type_id": int(own.get("pad_type_id", 0)),
+        "padding_side": _side(pp.get("padding_side") or config.get("padding_side") or "right"),
+        "truncation_side": _side(pp.get("truncation_side") or config.get("truncation_side") or "right"),
+    }
+
+
+def _token_text(token: Any) -> str | None:
+    # tokenizer_config.json stores special tokens as strings or as AddedToken dicts
+    if isinstance(token, dict):
+        return token.get("content")
+    return token
+
+
+def _side(side: str) -> str:
+    if side not in ("left", "right"):
+        raise ArtifactError(f"padding/truncation side '{side}' in the artifact; valid: left, right")
+    return side
+
+
+# ---------------------------------------------------------------- images
+
+
+class ImagePreprocessor:
+    """timm's eval transform in Pillow + numpy: resize, crop (center | squash | border), normalise."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any]):
+        pp = manifest.get("preprocess") or {}
+        missing = [k for k in ("input_size", "mean", "std") if not pp.get(k)]
+        if missing:
+            raise ArtifactError(f"{folder}/manifest.json lacks preprocess {', '.join(missing)} for an image "
+                                "model; re-export the artifact")
+        channels, height, width = (int(x) for x in pp["input_size"])
+        if channels not in (1, 3):
+            raise ArtifactError(f"input_size {pp['input_size']} has {channels} channels; the runtime reads "
+                                "1 (grey) or 3 (RGB) channel images")
+        self.channels, self.size = channels, (height, width)
+        self.mode = "L" if channels == 1 else "RGB"
+        self.mean = np.asarray(pp["mean"], dtype=np.float32).reshape(-1, 1, 1)
+        self.std = np.asarray(pp["std"], dtype=np.float32).reshape(-1, 1, 1)
+        self.crop_pct = float(pp.get("crop_pct") or DEFAULT_CROP_PCT)
+        self.crop_mode = pp.get("crop_mode") or "center"
+        interpolation = pp.get("interpolation") or "bilinear"
+        if interpolation not in _RESAMPLE or self.crop_mode not in ("center", "squash", "border"):
+            raise ArtifactError(f"preprocess interpolation='{interpolation}', crop_mode='{self.crop_mode}' in "
+                                f"the manifest; valid: interpolation in {', '.join(_RESAMPLE)}, crop_mode in "
+                                "center, squash, border")
+        self.resample = _RESAMPLE[interpolation]
+        self.fill = tuple(round(255 * float(v)) for v in pp["mean"])
+        self.input_name = manifest["inputs"][0]["name"]
+        self.dtype = numpy_dtype(manifest["inputs"][0].get("dtype", "float32"))
+
+    def __call__(self, images: Sequence[ImageInput]) -> dict[str, np.ndarray]:
+        batch = np.stack([self.transform(_open_image(img, i, self.mode)) for i, img in enumerate(images)])
+        return {self.input_name: batch.astype(self.dtype, copy=False)}
+
+    def transform(self, image: Image.Image) -> np.ndarray:
+        """One PIL image to a normalised (C, H, W) float32 array."""
+        image = self._resize_and_crop(image)
+        array = np.asarray(image, dtype=np.uint8)
+        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        # float32 throughout, in torchvision's order (divide, subtract, divide): bit-identical tensors
+        return (array.astype(np.float32) / np.float32(255) - self.mean) / self.std
+
+    def _resize_and_crop(self, image: Image.Image) -> Image.Image:
+        height, width = self.size
+        scale = (math.floor(height / self.crop_pct), math.floor(width / self.crop_pct))
+        if self.crop_mode == "squash":
+            image = _resize(image, scale, self.resample)
+        elif self.crop_mode == "border":
+            image = _resize(image, _keep_ratio(image, scale, longest=True), self.resample)
+        elif scale[0] == scale[1]:
+            image = _resize(image, _shorter_side(image, scale[0]), self.resample)
+        else:
+            image = _resize(image, _keep_ratio(image, scale, longest=False), self.resample)
+        return _center_crop_or_pad(image, self.size, self.fill if self.crop_mode == "border" else 0)
+
+
+def _open_image(item: ImageInput, index: int, mode: str) -> Image.Image:
+    if isinstance(item, (str, Path)):
+        path = Path(item)
+        if not path.is_file():
+            raise InputError(f"input {index}: image file '{path}' does not exist; give an image path, a PIL "
+                             "image or a uint8 array (H, W[, C])")
+        try:
+            with Image.open(path) as img:
+                return img.convert(mode)
+        except OSError as exc:
+            raise InputError(f"input {index}: '{path}' is not an image Pillow can read ({exc})") from exc
+    if isinstance(item, Image.Image):
+        return item.convert(mode)
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3, 4)):
+            raise InputError(f"input {index}: array of dtype {item.dtype} and shape {item.shape}; an image array "
+                             "must be uint8 with shape (H, W), (H, W, 3) or (H, W, 4). For already preprocessed "
+                             "tensors call the model directly: model(pixel_values=...)")
+        return Image.fromarray(item[..., 0] if item.ndim == 3 and item.shape[2] == 1 else item).convert(mode)
+    raise InputError(f"input {index} is {type(item).__name__}; this image model expects image paths, "
+                     "PIL images or uint8 numpy arrays")
+
+
+def _resize(image: Image.Image, size_hw: tuple[int, int], resample: Image.Resampling) -> Image.Image:
+    if (image.height, image.width) == tuple(size_hw):
+        return image  # torchvision skips an identity resize; so must we, to stay bit-identical
+    return image.resize((size_hw[1], size_hw[0]), resample)
+
+
+def _shorter_side(image: Image.Image, size: int) -> tuple[int, int]:
+    """torchvision Resize(int): the shorter side becomes ``size``, the longer keeps the aspect (floored)."""
+    w, h = image.width, image.height
+    if w <= h:
+        return int(size * h / w), size
+    return size, int(size * w / h)
+
+
+def _keep_ratio(image: Image.Image, target_hw: tuple[int, int], *, longest: bool) -> tuple[int, int]:
+    """timm ResizeKeepRatio: scale by the larger (longest) or smaller ratio to the target size."""
+    ratios = (image.height / target_hw[0], image.width / target_hw[1])
+    ratio = max(ratios) if longest else min(ratios)
+    return round(image.height / ratio), round(image.width / ratio)
+
+
+def _center_crop_or_pad(image: Image.Image, size_hw: tuple[int, int], fill: int | tuple[int, ...]) -> Image.Image:
+    """torchvision CenterCrop (pads with ``fill`` when the image is smaller than the crop)."""
+    height, width = size_hw
+    if image.width < width or image.height < height:
+        canvas = Image.new(image.mode, (max(width, image.width), max(height, image.height)),
+                           fill if image.mode != "L" else (fill[0] if isinstance(fill, tuple) else fill))
+        canvas.paste(image, ((max(width - image.width, 0)) // 2, (max(height - image.height, 0)) // 2))
+        image = canvas
+    top = int(round((image.height - height) / 2.0))
+    left = int(round((image.width - width) / 2.0))
+    return image.crop((left, top, left + width, top + height))

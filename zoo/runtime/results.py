@@ -1,0 +1,73 @@
+"""Typed prediction results, one per input, each with ``to_dict()`` for JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The top-k labels of one input, best first, with softmax scores."""
+
+    labels: tuple[str, ...]
+    scores: tuple[float, ...]
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+    @property
+    def score(self) -> float:
+        return self.scores[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "score": self.score,
+                "top_k": [{"label": lab, "score": s} for lab, s in zip(self.labels, self.scores)]}
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A span of words sharing one entity type; ``start``/``end`` index characters of the input."""
+
+    label: str
+    score: float
+    start: int
+    end: int
+    word: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "score": self.score, "start": self.start, "end": self.end, "word": self.word}
+
+
+@dataclass(frozen=True)
+class TokenClassification:
+    """The entities found in one text (words labelled with the "O" label are left out)."""
+
+    text: str
+    entities: tuple[Entity, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "entities": [e.to_dict() for e in self.entities]}
+
+
+@dataclass(frozen=True, eq=False)
+class Embedding:
+    """One input's embedding: (dim,) when pooled, (tokens, dim) for per-token hidden states."""
+
+    vector: np.ndarray = field(repr=False)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.vector.shape)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        return self.vector if dtype is None else self.vector.astype(dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "vector": self.vector.tolist()}
+
+
+Prediction = Union[Classification, TokenClassification, Embedding]
