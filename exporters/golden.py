@@ -1,0 +1,55 @@
+"""Golden data in the ONNX Model Zoo layout: ``test_data_set_N/input_K.pb`` and ``output_K.pb``.
+
+Each file is one serialised ``onnx.TensorProto`` (written with ``onnx.numpy_helper``),
+so any ONNX tool can replay an artifact's golden data without zoo.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from zoo.errors import ArtifactError
+
+PREFIX = "test_data_set_"
+
+
+def write_golden(folder: Path, index: int, inputs: dict[str, np.ndarray],
+                 outputs: dict[str, np.ndarray]) -> Path:
+    """Write one data set; inputs and outputs keep their graph order and names."""
+    from onnx import numpy_helper
+
+    target = Path(folder) / f"{PREFIX}{index}"
+    target.mkdir(parents=True, exist_ok=False)
+    for kind, tensors in (("input", inputs), ("output", outputs)):
+        for k, (name, array) in enumerate(tensors.items()):
+            proto = numpy_helper.from_array(np.ascontiguousarray(array), name=name)
+            (target / f"{kind}_{k}.pb").write_bytes(proto.SerializeToString())
+    return target
+
+
+def golden_sets(folder: Path) -> list[Path]:
+    sets = [p for p in Path(folder).glob(f"{PREFIX}*") if p.is_dir() and p.name[len(PREFIX):].isdigit()]
+    return sorted(sets, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def read_golden(data_set: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(inputs, outputs) of one data set, keyed by the tensor names stored in the files."""
+    return _read_kind(data_set, "input"), _read_kind(data_set, "output")
+
+
+def _read_kind(data_set: Path, kind: str) -> dict[str, np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    files = sorted(data_set.glob(f"{kind}_*.pb"), key=lambda p: int(p.stem.split("_")[1]))
+    tensors: dict[str, np.ndarray] = {}
+    for path in files:
+        proto = onnx.TensorProto()
+        try:
+            proto.ParseFromString(path.read_bytes())
+        except Exception as exc:  # protobuf's DecodeError lives in a private module
+            raise ArtifactError(f"{path} is not a serialised TensorProto ({exc}); re-export the artifact") from exc
+        tensors[proto.name or f"{kind}_{len(tensors)}"] = numpy_helper.to_array(proto)
+    return tensors

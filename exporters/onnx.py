@@ -1,0 +1,357 @@
+"""torch -> ONNX: export, verify, and write a self-contained artifact (or nothing at all).
+
+    zoo export ./my-bert --onnx --out artifacts/my-bert
+    python -c "import zoo; print(zoo.export_onnx('minilm-l6').path)"
+
+The dynamo exporter runs first (inputs by name, named dynamic dims); if it
+fails, the TorchScript exporter gets a turn and the manifest says which one
+produced the graph. The artifact is written to a hidden sibling folder and
+renamed into place only after every verification check passed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporters import grid
+from exporters.verify import VerifyReport, tokenizer_file_check, verify_model
+from zoo.artifact import MODEL_FILE, staged_dir, write_manifest
+from zoo.errors import ConfigError, ExportError, VerificationError
+from zoo.spec import ModelSpec, Tolerances
+
+Progress = Callable[[str], None]
+PROTOBUF_LIMIT = 2 * 1024**3
+MAX_BATCH = 4096
+IMAGE_CONFIG = "preprocess.json"
+IMAGE_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+
+
+@dataclass
+class ExportResult:
+    """What ``export_onnx`` made: the artifact folder, its verification report and manifest."""
+
+    path: Path
+    report: VerifyReport
+    manifest: dict[str, Any]
+
+    @property
+    def exporter(self) -> str:
+        return str(self.manifest.get("exporter"))
+
+
+@dataclass
+class Source:
+    """The torch side of an export: the module to trace and the grid to verify it on."""
+
+    spec: ModelSpec  # with the preprocessing the source itself filled in (timm data config)
+    module: Any
+    tokenizer: Any | None
+    cases: list[grid.Case]
+    example: dict[str, np.ndarray]
+    output: str
+
+
+def export_onnx(model: str | ModelSpec, *, out: str | Path | None = None, opset: int | None = None,
+                atol: float | None = None, rtol: float | None = None, random_init: bool = False,
+                keep_failed: str | Path | None = None, registries: list[str] | tuple[str, ...] = (),
+                progress: Progress | None = None, model_kwargs: dict[str, Any] | None = None,
+                module: Any | None = None) -> ExportResult:
+    """Export ``model`` (any name ``resolve`` accepts, or a spec) to a verified ONNX artifact.
+
+    ``model_kwargs`` go to the source's constructor (e.g. a shrunken test model);
+    ``module`` replaces the torch module built from the spec (its forward takes the
+    spec's inputs by name). Raises VerificationError (with ``.report``) when the
+    graph does not behave like the torch model; nothing is then left at ``out``.
+    """
+    step = progress or (lambda _msg: None)
+    step("resolve")
+    spec = with_overrides(_as_spec(model, registries), opset=opset, atol=atol, rtol=rtol)
+    dest = Path(out) if out is not None else Path("artifacts") / safe_name(spec.name)
+    _check_destination(dest, keep_failed)
+    step("build model")
+    source = build_source(spec, random_init=random_init, model_kwargs=model_kwargs, module=module)
+    with staged_dir(dest, keep_failed=Path(keep_failed) if keep_failed else None) as stage:
+        manifest, report = _build_artifact(source, stage, random_init, step)
+        if not report.passed:
+            where = f"kept for debugging at {keep_failed}" if keep_failed else f"nothing written to {dest}"
+            raise VerificationError(f"{spec.name}: the ONNX export does not match torch ({where}): "
+                                    f"{report.summary()}", report)
+    return ExportResult(dest.resolve(), report, manifest)
+
+
+def _build_artifact(source: Source, stage: Path, random_init: bool,
+                    step: Progress) -> tuple[dict[str, Any], VerifyReport]:
+    spec = source.spec
+    model_path = stage / MODEL_FILE
+    step("export (dynamo)")
+    exporter, notes = export_graph(source.module, spec, source.example, model_path, source.output)
+    step("preprocessor files")
+    preprocess = write_preprocessor(source, stage)
+    step(f"verify ({len(source.cases)} grid cases)")
+    report, references = verify_model(source.module, spec, model_path, source.cases, source.output)
+    if spec.is_text:
+        report.checks.append(tokenizer_file_check(stage, preprocess, source.cases))
+    step("golden data")
+    write_golden_sets(stage, source.cases, references)
+    step("manifest")
+    manifest = build_manifest(source, model_path, exporter, notes, preprocess, report, random_init)
+    return write_manifest(stage, manifest), report
+
+
+# ---------------------------------------------------------------- inputs and settings
+
+
+def _as_spec(model: str | ModelSpec, registries: list[str] | tuple[str, ...]) -> ModelSpec:
+    from zoo.resolve import resolve
+
+    spec = model if isinstance(model, ModelSpec) else resolve(str(model), registries=registries)
+    if spec.origin == "artifact":
+        raise ConfigError(f"'{spec.local_path}' is already a zoo artifact; check it with 'zoo verify "
+                          f"{spec.local_path}', or export its source ({spec.source_name})")
+    return spec
+
+
+def with_overrides(spec: ModelSpec, *, opset: int | None = None, atol: float | None = None,
+                   rtol: float | None = None) -> ModelSpec:
+    """The spec with per-call opset/tolerances; every bad value is reported at once."""
+    import onnx
+
+    problems = []
+    newest = onnx.defs.onnx_opset_version()
+    if opset is not None and not 13 <= opset <= newest:
+        problems.append(f"--opset {opset} is outside 13..{newest} (the exporters' range with this onnx)")
+    for flag, value in (("--atol", atol), ("--rtol", rtol)):
+        if value is not None and not (value >= 0 and np.isfinite(value)):
+            problems.append(f"{flag} {value} must be a finite number >= 0")
+    if problems:
+        raise ConfigError("; ".join(problems) + "; fix the flag (the registry default is used when it is omitted)")
+    tol = dataclasses.replace(spec.verify, **{k: v for k, v in (("atol", atol), ("rtol", rtol)) if v is not None})
+    export = dataclasses.replace(spec.export, opset=opset) if opset is not None else spec.export
+    return dataclasses.replace(spec, verify=tol, export=export)
+
+
+def safe_name(name: str) -> str:
+    """A folder name from a model name: 'hf:org/model@v1' -> 'hf-org-model-v1'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+
+
+def _check_destination(dest: Path, keep_failed: str | Path | None) -> None:
+    # staged_dir checks this too; checking first avoids building a model only to refuse the folder
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ConfigError(f"output folder '{dest}' already exists and is not empty; choose another --out "
+                          "or remove it")
+    if keep_failed is not None and Path(keep_failed).resolve() == dest.resolve():
+        raise ConfigError(f"--keep-failed '{keep_failed}' is the destination itself; a failed artifact must "
+                          "never appear at --out: choose another folder")
+
+
+def build_source(spec: ModelSpec, *, random_init: bool = False, model_kwargs: dict[str, Any] | None = None,
+                 module: Any | None = None) -> Source:
+    """The torch module, the tokenizer and the verification grid for ``spec``."""
+    from zoo import sources
+
+    source = sources.for_spec(spec)
+    if module is None:
+        from zoo.create import create_model
+
+        model, preprocess = create_model(spec, pretrained=not random_init, model_kwargs=model_kwargs)
+        spec = dataclasses.replace(spec, preprocess=preprocess)
+        module = source.inference_module(model, spec)
+    module.eval()
+    tokenizer = None
+    if spec.is_text:
+        from zoo.sources import hf
+
+        tokenizer = hf.load_tokenizer(spec)
+    return Source(spec=spec, module=module, tokenizer=tokenizer,
+                  cases=grid.make_cases(spec, spec.preprocess, tokenizer),
+                  example=grid.export_example(spec, spec.preprocess, tokenizer), output=source.output_name(spec))
+
+
+# ---------------------------------------------------------------- the exporters
+
+
+def export_graph(module: Any, spec: ModelSpec, example: dict[str, np.ndarray], path: Path, output: str,
+                 *, dynamic: bool = True) -> tuple[str, list[str]]:
+    """Write ``path`` with the dynamo exporter, else TorchScript; return (exporter used, notes).
+
+    ``dynamic=False`` exports fixed shapes: only for tests that plant that fault.
+    """
+    import torch
+
+    tensors = {k: torch.from_numpy(v) for k, v in example.items()}
+    notes: list[str] = []
+    try:
+        _export_dynamo(module, spec, tensors, path, output, dynamic)
+        return "dynamo", notes
+    except Exception as exc:  # the dynamo exporter fails in many ways; the fallback gets its turn
+        notes.append(f"dynamo exporter failed: {type(exc).__name__}: {_first_line(exc)}")
+    for leftover in path.parent.glob(path.name + "*"):
+        leftover.unlink()
+    try:
+        _export_torchscript(module, spec, tensors, path, output, dynamic)
+    except Exception as exc:  # both exporters failed: report both reasons
+        raise ExportError(f"{spec.name}: both ONNX exporters failed. {notes[0]}; TorchScript exporter: "
+                          f"{type(exc).__name__}: {_first_line(exc)}. Re-run with --debug for the traceback, "
+                          "or try another --opset") from exc
+    return "torchscript", notes
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else "(no message)"
+
+
+def _dims(spec: ModelSpec) -> dict[str, Any]:
+    """dynamic_shapes keyed by forward argument name; one shared Dim per axis name."""
+    from torch.export import Dim
+
+    made: dict[str, Any] = {}
+    bounds = {"batch": MAX_BATCH, "sequence": spec.preprocess.max_length or 512}
+    shapes: dict[str, Any] = {}
+    for item in spec.inputs:
+        axes = {}
+        for axis, name in item.dynamic_axes().items():
+            key = re.sub(r"\W", "_", name)
+            if key not in made:
+                made[key] = Dim(key, min=1, max=max(bounds.get(name, MAX_BATCH), 2))
+            axes[axis] = made[key]
+        shapes[item.name] = axes
+    return shapes
+
+
+def _export_dynamo(module: Any, spec: ModelSpec, tensors: dict[str, Any], path: Path, output: str,
+                   dynamic: bool) -> None:
+    import torch
+
+    big = sum(p.numel() * p.element_size() for p in module.parameters()) > PROTOBUF_LIMIT * 0.9
+    # the exporter prints its progress on stdout; zoo's own progress display replaces it
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, (), kwargs=tensors, dynamo=True,
+                                    dynamic_shapes=_dims(spec) if dynamic else None,
+                                    opset_version=spec.export.opset, input_names=list(tensors),
+                                    output_names=[output], verbose=False)
+        program.save(str(path), external_data=big)
+
+
+def _export_torchscript(module: Any, spec: ModelSpec, tensors: dict[str, Any], path: Path, output: str,
+                        dynamic: bool) -> None:
+    import torch
+
+    axes: dict[str, dict[int, str]] = {i.name: i.dynamic_axes() for i in spec.inputs}
+    from exporters.verify import expected_output_shape
+
+    axes[output] = {i: d for i, d in enumerate(expected_output_shape(spec)) if d is not None}
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, tuple(tensors.values()), str(path), dynamo=False,
+                          input_names=list(tensors), output_names=[output],
+                          dynamic_axes=axes if dynamic else None, opset_version=spec.export.opset)
+
+
+# ---------------------------------------------------------------- artifact contents
+
+
+def write_preprocessor(source: Source, stage: Path) -> dict[str, Any]:
+    """Preprocessor files plus the manifest's "preprocess" record (enough for a tokenizers-only runtime)."""
+    from zoo import sources
+
+    spec = source.spec
+    files = sources.for_spec(spec).save_preprocessor(spec, stage)
+    record: dict[str, Any] = dataclasses.asdict(spec.preprocess)
+    if not spec.is_text:
+        # timm keeps its data config inside the model code; the artifact carries it as a file
+        image = {k: record[k] for k in IMAGE_KEYS}
+        (stage / IMAGE_CONFIG).write_text(json.dumps(image, indent=2) + "\n")
+        files = [*files, IMAGE_CONFIG]
+    record["files"] = sorted(files)
+    if source.tokenizer is not None:
+        tok = source.tokenizer
+        record.update(truncation=True, truncation_side=tok.truncation_side, padding="longest",
+                      padding_side=tok.padding_side, pad_token=tok.pad_token, pad_token_id=tok.pad_token_id,
+                      pad_type_id=int(getattr(tok, "pad_token_type_id", 0) or 0))
+    return record
+
+
+def write_golden_sets(stage: Path, cases: list[grid.Case], references: list[dict[str, np.ndarray]]) -> None:
+    from exporters.golden import write_golden
+
+    for index, picked in enumerate(grid.golden_indices(cases)):
+        write_golden(stage, index, cases[picked].inputs, references[picked])
+
+
+def build_manifest(source: Source, model_path: Path, exporter: str, notes: list[str],
+                   preprocess: dict[str, Any], report: VerifyReport, random_init: bool) -> dict[str, Any]:
+    spec = source.spec
+    inputs, outputs = graph_signature(model_path)
+    manifest: dict[str, Any] = {
+        "name": spec.name, "spec": spec.to_dict(),
+        "source": {"source": spec.source, "id": spec.source_id, "revision": spec.revision},
+        "task": spec.task, "labels": list(spec.labels) if spec.labels else None,
+        "inputs": inputs, "outputs": outputs, "opset": spec.export.opset,
+        "exporter": exporter, "export_notes": notes, "random_init": random_init,
+        "preprocess": preprocess, "tolerances": dataclasses.asdict(spec.verify),
+        "versions": library_versions(), "verified": report.passed, "verification": report.to_dict(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    run = run_summary(spec)
+    if run is not None:
+        manifest["run"] = run
+    return manifest
+
+
+def graph_signature(model_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Inputs and outputs as the graph declares them, in graph order (the runtime feeds in this order)."""
+    import onnx
+
+    from exporters.verify import graph_dims
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+
+    def describe(value: Any) -> dict[str, Any]:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        return {"name": value.name, "dtype": np.dtype(dtype).name, "shape": graph_dims(value)}
+
+    return [describe(v) for v in graph.input], [describe(v) for v in graph.output]
+
+
+def library_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for key, dist in (("zoo", "zoo-toolkit"), ("torch", "torch"), ("transformers", "transformers"),
+                      ("timm", "timm"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
+                      ("onnxscript", "onnxscript"), ("numpy", "numpy"), ("tokenizers", "tokenizers")):
+        try:
+            found[key] = version(dist)
+        except PackageNotFoundError:
+            found[key] = None
+    return found
+
+
+def run_summary(spec: ModelSpec) -> dict[str, Any] | None:
+    """run.json of the zoo run dir a fine-tuned model came from (base, data, config, metrics)."""
+    if spec.origin != "run" or not spec.local_path:
+        return None
+    run_file = Path(spec.local_path).parent / "run.json"
+    if not run_file.is_file():
+        return {"run_dir": str(run_file.parent), "note": "run.json not found"}
+    run = json.loads(run_file.read_text())
+    # the spec is recorded in full under "spec" already
+    return {"run_dir": str(run_file.parent), **{k: v for k, v in run.items() if k != "spec"}}
+
+
+__all__ = ["ExportResult", "Source", "Tolerances", "build_source", "export_graph", "export_onnx", "verify_model"]
