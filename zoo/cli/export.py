@@ -1,0 +1,107 @@
+"""``zoo export`` and ``zoo verify``: make a verified ONNX artifact, and re-check one later.
+
+    zoo export ./my-bert --onnx --out artifacts/my-bert
+    zoo export resnet18 --onnx --random-init --rtol 1e-2
+    zoo verify artifacts/my-bert --against-source
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from zoo.cli.app import app, state
+from zoo.errors import VerificationError
+
+
+@app.command("export")
+def export(
+    name: Annotated[str, typer.Argument(help="Alias, hf:ORG/NAME[@REV], timm:ARCH[.TAG], or a model/run folder.")],
+    onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the only format, so the default).")] = True,
+    out: Annotated[Path | None, typer.Option(help="Artifact folder [default: artifacts/NAME].")] = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset [default: the registry's, else 18].")] = None,
+    atol: Annotated[float | None, typer.Option(help="Absolute tolerance for the torch comparison.")] = None,
+    rtol: Annotated[float | None, typer.Option(help="Relative tolerance (times |torch|).")] = None,
+    random_init: Annotated[bool, typer.Option("--random-init",
+                                              help="Random weights: a smoke test needing no download.")] = False,
+    keep_failed: Annotated[Path | None, typer.Option(
+        help="Move a failed artifact here (marked unverified) instead of deleting it.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the verification report as JSON.")] = False,
+) -> None:
+    """Export NAME to a verified, self-contained ONNX artifact (written only if verification passes)."""
+    from exporters.onnx import export_onnx
+
+    try:
+        with _progress(quiet=as_json) as step:
+            result = export_onnx(name, out=out, opset=opset, atol=atol, rtol=rtol, random_init=random_init,
+                                 keep_failed=keep_failed, registries=state.registries, progress=step)
+    except VerificationError as exc:
+        _show(exc.report, as_json, path=None)
+        raise
+    _show(result.report, as_json, path=result.path, exporter=result.exporter)
+
+
+@app.command("verify")
+def verify(
+    folder: Annotated[Path, typer.Argument(help="An artifact folder written by 'zoo export'.")],
+    against_source: Annotated[bool, typer.Option(
+        "--against-source", help="Also rebuild the source model and re-run the torch comparison.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Re-check an artifact: file hashes, onnx.checker, dynamic axes, golden data through onnxruntime."""
+    from exporters.verify import verify_artifact
+
+    try:
+        report = verify_artifact(folder, against_source=against_source)
+    except VerificationError as exc:
+        _show(exc.report, as_json, path=None)
+        raise
+    _show(report, as_json, path=folder)
+
+
+def _show(report: Any, as_json: bool, path: Path | None, exporter: str | None = None) -> None:
+    if report is None:
+        return
+    if as_json:
+        data = report.to_dict()
+        if path is not None:
+            data = {"path": str(path), **({"exporter": exporter} if exporter else {}), **data}
+        typer.echo(json.dumps(data, indent=2))
+        return
+    from rich.console import Console
+
+    # failures go to stderr beside the one-line error; successes to stdout
+    console = Console(stderr=not report.passed)
+    console.print(report.table())
+    if path is not None:
+        console.print(f"artifact: {path}" + (f" (exporter: {exporter})" if exporter else ""))
+
+
+class _progress:
+    """A rich progress display (on stderr) fed by export_onnx's step names."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.progress: Any = None
+
+    def __enter__(self) -> Any:
+        if self.quiet:
+            return None
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                                 console=Console(stderr=True), transient=True)
+        self.progress.start()
+        self.task = self.progress.add_task("export")
+        return self.step
+
+    def step(self, message: str) -> None:
+        self.progress.update(self.task, description=message)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
