@@ -171,7 +171,7 @@ class ExportedModel:
         for dim, (size, axis) in enumerate(zip(array.shape, shape)):
             if isinstance(axis, int) and size != axis:
                 raise InputError(f"{name} has size {size} on axis {dim}, the model needs {axis}; {expects}")
-            if isinstance(axis, str):
+            if isinstance(axis, str) and axis != "?":  # "?": an unnamed dynamic axis, free per input
                 other = axes.setdefault(axis, (name, size))
                 if other[1] != size:
                     raise InputError(f"{name} has {axis}={size} but {other[0]} has {axis}={other[1]}; "

@@ -117,7 +117,7 @@ def _padding_settings(folder: Path, pp: dict[str, Any], tokenizer: Any) -> dict[
     return {
         "pad_token": pad_token or tokenizer.id_to_token(int(pad_id)),
         "pad_id": int(pad_id),
-        "pad_type_id": int(own.get("pad_type_id", 0)),
+        "pad_type_id": int(pp.get("pad_type_id", own.get("pad_type_id", 0)) or 0),
         "padding_side": _side(pp.get("padding_side") or config.get("padding_side") or "right"),
         "truncation_side": _side(pp.get("truncation_side") or config.get("truncation_side") or "right"),
     }

@@ -26,14 +26,15 @@ def torch_model(manifest: dict[str, Any]) -> tuple[Any, str]:
     spec = ModelSpec.from_dict(manifest["spec"])
     source = sources.for_spec(spec)
     local = bool(spec.local_path and Path(spec.local_path).is_dir())
+    kwargs = manifest.get("model_kwargs") or None  # a shrunken test model records its constructor overrides
     if local:
-        model, _ = source.create_model(spec, pretrained=True)
+        model, _ = source.create_model(spec, pretrained=True, model_kwargs=kwargs)
         note = f"weights from {spec.local_path}"
     else:
         # No local weights: same architecture with random weights (fine for timing, not for outputs).
         width = manifest["outputs"][0].get("shape", [None])[-1]
         classes = width if spec.task.endswith("classification") and isinstance(width, int) else None
-        model, _ = source.create_model(spec, pretrained=False, num_labels=classes)
+        model, _ = source.create_model(spec, pretrained=False, num_labels=classes, model_kwargs=kwargs)
         note = f"{spec.source_name} rebuilt with random weights (source folder not found)"
     module = source.inference_module(model, spec).eval()
     return module, note
