@@ -1,0 +1,109 @@
+"""Data on disk or on the hub, read through HF ``datasets``.
+
+    --data train.csv | data.json | data.jsonl | data.parquet   one file (its rows are the training split)
+    --data ./images/                                           imagefolder layout: images/<label>/<file>
+    --data ./saved/                                            a folder written by Dataset(Dict).save_to_disk
+    --data ORG/NAME                                            a hub data set (needs the network or its cache)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zoo.errors import DataError
+
+FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+VAL_SPLITS = ("validation", "valid", "val", "dev", "test")
+
+
+@dataclass
+class RawData:
+    """Splits as HF ``Dataset`` objects before any column is interpreted."""
+
+    name: str
+    splits: dict[str, Any]  # split name -> datasets.Dataset
+    fingerprint: str
+
+
+def load_raw(data: str) -> RawData:
+    """Every split of ``data`` (a file, folder, ``builtin:NAME`` or hub name)."""
+    if data.startswith("builtin:"):
+        from zoo.data.builtin import load_builtin
+
+        table, digest = load_builtin(data.split(":", 1)[1])
+        return RawData(data, dict(table), digest)
+    path = Path(data).expanduser()
+    if path.is_file():
+        return RawData(data, _load_file(path), _hash_files(path.parent, [path]))
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return RawData(data, _load_folder(path), _hash_files(path, files))
+    if _looks_like_path(data):
+        raise DataError(f"data file '{data}' does not exist; give an existing CSV/JSON/JSONL/Parquet file, "
+                        "an imagefolder or save_to_disk folder, a hub data set name, or builtin:digits")
+    return _load_hub(data)
+
+
+def _looks_like_path(data: str) -> bool:
+    return data.startswith(("/", "./", "../", "~")) or Path(data).suffix.lower() in FILE_BUILDERS or "\\" in data
+
+
+def _load_file(path: Path) -> dict[str, Any]:
+    import datasets
+
+    builder = FILE_BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise DataError(f"data file '{path}' has an unknown type '{path.suffix}'; valid: "
+                        f"{', '.join(FILE_BUILDERS)} (or a folder)")
+    kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    try:
+        table = datasets.load_dataset(builder, data_files={"train": str(path)}, split="train", **kwargs)
+    except Exception as exc:  # datasets wraps parser errors in several types
+        raise DataError(f"cannot read '{path}' as {builder}: {_first_line(exc)}; check the file's format") from exc
+    return {"train": table}
+
+
+def _load_folder(path: Path) -> dict[str, Any]:
+    import datasets
+
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        loaded = datasets.load_from_disk(str(path))
+        return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+    try:
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+    except Exception as exc:
+        raise DataError(f"folder '{path}' is neither a save_to_disk folder nor an imagefolder "
+                        f"(<folder>/<label>/<image>): {_first_line(exc)}") from exc
+    return dict(loaded)
+
+
+def _load_hub(name: str) -> RawData:
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(name)
+    except Exception as exc:  # offline, unknown name and auth errors all arrive here
+        raise DataError(f"'{name}' is no local file or folder and could not be loaded from the hub "
+                        f"({_first_line(exc)}); give a local file or folder, or builtin:digits offline") from exc
+    splits = dict(loaded)
+    digest = hashlib.sha256("".join(s._fingerprint for s in splits.values()).encode()).hexdigest()
+    return RawData(name, splits, digest)
+
+
+def _hash_files(base: Path, files: list[Path]) -> str:
+    """Content hash; names are taken relative to ``base`` so a moved copy keeps its fingerprint."""
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.relative_to(base).as_posix().encode())
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

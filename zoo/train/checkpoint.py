@@ -1,0 +1,83 @@
+"""Checkpoints with torch distributed checkpoint (DCP), and a marker that says one is complete.
+
+    <run>/checkpoints/step_N/            DCP shards (.metadata, __R_0.distcp) of model + optimizer
+    <run>/checkpoints/step_N/trainer.json  step, epoch, data position, scheduler, best metric, RNG scheme
+    <run>/checkpoints/step_N/COMPLETE      written last, by rank 0, after every rank has finished
+
+DCP stores tensors by their global shape, so a checkpoint written by N
+processes loads into M processes (or another strategy): resume resharding.
+A folder without ``COMPLETE`` (a run killed mid-write) is never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from zoo.errors import ConfigError
+
+MARKER = "COMPLETE"
+TRAINER_FILE = "trainer.json"
+PREFIX = "step_"
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()
+             and (p / MARKER).is_file() and (p / TRAINER_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The newest complete checkpoint, or a ConfigError saying there is none to resume from."""
+    found = complete_checkpoints(run_dir)
+    if not found:
+        raise ConfigError(f"--resume: no complete checkpoint in {checkpoint_dir(run_dir)}; start without "
+                          "--resume, or point --out at the run dir to continue")
+    return found[-1]
+
+
+def save(folder: Path, model: Any, optimizer: Any, trainer: dict[str, Any], strategy: Any) -> None:
+    """Every rank writes its shards; rank 0 writes trainer.json and then the marker."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    if strategy.is_main and folder.exists():
+        shutil.rmtree(folder)  # a leftover incomplete folder from an interrupted run
+    strategy.barrier()
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
+    strategy.barrier()
+    if strategy.is_main:
+        (folder / TRAINER_FILE).write_text(json.dumps(trainer, indent=1))
+        (folder / MARKER).write_text("ok\n")
+    strategy.barrier()
+
+
+def load(folder: Path, model: Any, optimizer: Any) -> dict[str, Any]:
+    """Load shards into the (already wrapped) model and optimizer; return the trainer state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optim": optim_state}
+    dcp.load(state, checkpoint_id=str(folder))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    return json.loads((folder / TRAINER_FILE).read_text())
+
+
+def prune(run_dir: Path, keep: int, best_step: int | None) -> None:
+    """Keep the newest ``keep`` complete checkpoints and the best one (rank 0 only)."""
+    found = complete_checkpoints(run_dir)
+    for folder in found[:-keep] if keep > 0 else found:
+        if best_step is None or folder.name != f"{PREFIX}{best_step}":
+            shutil.rmtree(folder, ignore_errors=True)

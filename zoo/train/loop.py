@@ -1,0 +1,244 @@
+"""The training loop: AdamW, warmup + cosine decay, accumulation, clipping, evaluation, checkpoints.
+
+It talks to the model only through a ``Strategy`` (see strategies.py) and never
+asks which one it has.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.data.collate import IGNORE_INDEX
+from zoo.train import batches, checkpoint
+from zoo.train.config import TrainConfig
+from zoo.train.report import MetricsLog
+
+LOG_EVERY = 10  # optimizer steps between train-loss log lines
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint's trainer.json."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best_loss: float = math.inf
+    best_step: int | None = None
+    best: dict[str, float] = field(default_factory=dict)
+    bad_evals: int = 0
+    last: dict[str, float] = field(default_factory=dict)
+    stopped_early: bool = False
+    paused: bool = False  # stopped by pause_at; a --resume run continues
+
+
+def lr_lambda(total_steps: int, warmup: float):  # noqa: ANN201 - a closure for LambdaLR
+    """Linear warmup over ``warmup`` of the steps, then cosine decay to zero."""
+    warm = int(total_steps * warmup)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total_steps - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, total_steps: int) -> tuple[Any, Any]:
+    # no weight decay on biases and norm scales (1-d parameters), as BERT and timm recipes do
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, config.warmup))
+    return optimizer, scheduler
+
+
+def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy; token classification ignores sub-word pieces and padding."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, runner: nn.Module, strategy: Any, data: Any, config: TrainConfig,
+                 run_dir: Path, input_names: tuple[str, ...]):
+        self.model, self.runner, self.strategy, self.data, self.config = model, runner, strategy, data, config
+        self.run_dir = Path(run_dir)
+        self.input_names = input_names
+        self.per_epoch = batches.steps_per_epoch(len(data.train), config.batch_size, config.grad_accum)
+        self.total = config.max_steps or (config.epochs or 3) * self.per_epoch
+        self.optimizer, self.scheduler = build_optimizer(model, config, self.total)
+        self.state = TrainState()
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", strategy.is_main)
+        self._pending = torch.zeros(2)  # local train-loss sum and target count since the last log line
+
+    # ------------------------------------------------------------ steps
+
+    def inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        device = self.strategy.device
+        out = {name: batch[name].to(device) for name in self.input_names if name in batch}
+        if "token_type_ids" in self.input_names and "token_type_ids" not in out:
+            out["token_type_ids"] = torch.zeros_like(out["input_ids"])
+        return out
+
+    def train_step(self, micro_batches: list[list[int]]) -> float:
+        """One optimizer step over ``grad_accum`` global micro-batches; returns the gradient norm."""
+        s, k = self.strategy, len(micro_batches)
+        for i, global_indices in enumerate(micro_batches):
+            torch.manual_seed(batches.micro_seed(self.config.seed, self.state.step, i, s.rank))
+            local = batches.local_part(global_indices, s.rank, s.world_size)
+            batch = self.data.train.batch(local)
+            # sum over this rank / all targets of the global batch, times world size because
+            # DDP and FSDP average gradients over ranks: the result equals one big-batch mean
+            scale = s.world_size / (self.data.train.target_count(global_indices) * k)
+            with s.gradient_sync(self.model, enabled=i == k - 1):
+                with s.autocast():
+                    total = loss_sum(self.runner(**self.inputs(batch)), batch["labels"].to(s.device))
+                s.backward(total * scale)
+            self._pending += torch.tensor([total.item(), self.data.train.target_count(local)])
+        norm = s.optimizer_step(self.model, self.optimizer, self.config.max_grad_norm)
+        self.scheduler.step()
+        return norm
+
+    # ------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Loss and accuracy (and F1 for token classification), summed over all ranks."""
+        s, examples = self.strategy, self.data.val
+        indices, valid = batches.eval_shard(len(examples), s.rank, s.world_size)
+        size = max(1, self.config.batch_size // s.world_size)
+        stats = torch.zeros(6, dtype=torch.float64)  # loss, correct, count, tp, fp, fn
+        self.model.eval()
+        for start in range(0, len(indices), size):
+            batch = examples.batch(indices[start:start + size])
+            mask = torch.tensor(valid[start:start + size])
+            with s.autocast():
+                logits = self.runner(**self.inputs(batch)).float().cpu()
+            stats += self._eval_stats(logits, batch["labels"], mask)
+        self.model.train()
+        return self._eval_metrics(s.all_sum(stats))
+
+    def _eval_stats(self, logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        keep = (labels != IGNORE_INDEX) & rows.view(-1, *([1] * (labels.ndim - 1)))
+        losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                 ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)
+        pred = logits.argmax(-1)
+        out = torch.zeros(6, dtype=torch.float64)
+        out[0], out[1], out[2] = losses[keep].sum(), (pred == labels)[keep].sum(), keep.sum()
+        outside = self.data.labels.index("O") if "O" in self.data.labels else -1
+        if self.data.task == "token-classification":
+            entity, predicted = (labels != outside) & keep, (pred != outside) & keep
+            out[3] = (entity & (pred == labels)).sum()
+            out[4] = (predicted & (pred != labels)).sum()
+            out[5] = (entity & (pred != labels)).sum()
+        return out
+
+    def _eval_metrics(self, stats: torch.Tensor) -> dict[str, float]:
+        loss, correct, count, tp, fp, fn = stats.tolist()
+        out = {"val_loss": loss / max(count, 1), "val_accuracy": correct / max(count, 1)}
+        if self.data.task == "token-classification":
+            out["val_f1"] = 2 * tp / max(2 * tp + fp + fn, 1)
+        return out
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def log_train(self) -> None:
+        pending = self.strategy.all_sum(self._pending.clone())
+        self._pending.zero_()
+        if pending[1] > 0:
+            self.log.write({"step": self.state.step, "epoch": self.state.epoch,
+                            "train_loss": float(pending[0] / pending[1]), "lr": self.scheduler.get_last_lr()[0]})
+
+    def record_eval(self, metrics: dict[str, float]) -> bool:
+        """Log an evaluation, track the best; True when early stopping says stop (same on all ranks)."""
+        st = self.state
+        st.last = dict(metrics)
+        self.log.write({"step": st.step, "epoch": st.epoch, **metrics})
+        if metrics["val_loss"] < st.best_loss:
+            st.best_loss, st.best_step, st.best, st.bad_evals = metrics["val_loss"], st.step, dict(metrics), 0
+        else:
+            st.bad_evals += 1
+        patience = self.config.early_stopping
+        return self.strategy.agree(patience is not None and st.bad_evals >= patience)
+
+    def trainer_state(self) -> dict[str, Any]:
+        return {"state": self.state.__dict__, "scheduler": self.scheduler.state_dict(),
+                "data_order": {"seed": self.config.seed, "epoch": self.state.epoch,
+                               "step_in_epoch": self.state.step_in_epoch, "batch_size": self.config.batch_size},
+                "rng": "reseeded per micro-step from (seed, step, micro-step, rank)",
+                "world_size": self.strategy.world_size, "strategy": self.strategy.name}
+
+    def save_checkpoint(self) -> None:
+        folder = checkpoint.checkpoint_dir(self.run_dir) / f"{checkpoint.PREFIX}{self.state.step}"
+        if self.strategy.is_main:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.save(folder, self.model, self.optimizer, self.trainer_state(), self.strategy)
+        if self.strategy.is_main:
+            checkpoint.prune(self.run_dir, self.config.keep_checkpoints, self.state.best_step)
+
+    def resume(self) -> None:
+        saved = checkpoint.load(checkpoint.latest_checkpoint(self.run_dir), self.model, self.optimizer)
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.state = TrainState(**saved["state"])
+        self.state.stopped_early = self.state.paused = False
+        self.log.truncate_after(self.state.step)
+
+
+def _step_plan(trainer: Trainer):  # noqa: ANN202 - generator of (micro-batches, ends the epoch)
+    c, n = trainer.config, len(trainer.data.train)
+    while True:
+        st = trainer.state
+        plan = batches.epoch_steps(n, c.batch_size, c.grad_accum, c.seed, st.epoch)
+        for micro in plan[st.step_in_epoch:]:
+            yield micro, trainer.state.step_in_epoch + 1 == len(plan)
+        trainer.state.epoch += 1
+        trainer.state.step_in_epoch = 0
+
+
+def _progress(enabled: bool):  # noqa: ANN202 - a rich Progress
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]finetune"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    TextColumn("{task.description}"), disable=not enabled, transient=False)
+
+
+def fit(trainer: Trainer) -> TrainState:
+    """Train until the step budget, early stopping or ``pause_at``; evaluate at the end."""
+    c, evaluated_at = trainer.config, -1
+    with _progress(trainer.strategy.is_main and c.progress) as bar:
+        task = bar.add_task("", total=trainer.total, completed=trainer.state.step)
+        for micro, epoch_end in _step_plan(trainer):
+            if trainer.state.step >= trainer.total:
+                break
+            trainer.train_step(micro)
+            st = trainer.state
+            st.step, st.step_in_epoch = st.step + 1, st.step_in_epoch + 1
+            if st.step % LOG_EVERY == 0:
+                trainer.log_train()
+            evaluate = st.step % c.eval_every == 0 if c.eval_every else epoch_end
+            stop = False
+            if evaluate:
+                stop, evaluated_at = trainer.record_eval(trainer.evaluate()), st.step
+                bar.update(task, description=f"val loss {st.last['val_loss']:.4f} acc {st.last['val_accuracy']:.3f}")
+            bar.update(task, completed=st.step)
+            paused = c.pause_at is not None and st.step >= c.pause_at
+            periodic = st.step % c.checkpoint_every == 0 if c.checkpoint_every else evaluate
+            if periodic or paused:
+                trainer.save_checkpoint()
+            if stop or paused:
+                st.stopped_early, st.paused = stop, paused and not stop and st.step < trainer.total
+                return st
+    if evaluated_at != trainer.state.step:
+        trainer.log_train()
+        trainer.record_eval(trainer.evaluate())
+    return trainer.state

@@ -1,0 +1,135 @@
+"""The body of every training process: build, wrap, train, then rank 0 writes the run dir."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoo.errors import ConfigError
+from zoo.spec import ModelSpec
+from zoo.train.config import TrainConfig, validate
+from zoo.train.strategies import make_strategy
+
+RUN_FILE = "run.json"
+MODEL_DIR = "model"
+
+
+def train_and_save(config: TrainConfig, *, checked: bool, prepared: tuple[ModelSpec, Any] | None) -> None:
+    _set_threads()
+    strategy = make_strategy(config.strategy, config.precision)
+    try:
+        _check_world(config, strategy, checked)
+        spec, data = prepared or _prepare(config)
+        torch.manual_seed(config.seed)  # every rank builds identical initial weights
+        model = build_model(spec, data.labels, config)
+        wrapped = strategy.wrap(model)
+        wrapped.train()
+        if strategy.is_main:
+            Path(config.out).mkdir(parents=True, exist_ok=True)
+        strategy.barrier()
+        state = _train(config, spec, data, wrapped, strategy)
+        weights = strategy.full_state_dict(wrapped)  # a collective: every rank takes part
+        if strategy.is_main and not state.paused:
+            write_run_dir(config, spec, data, state, weights, strategy)
+        strategy.barrier()
+    finally:
+        strategy.close()
+
+
+def _set_threads() -> None:
+    # torchrun sets OMP_NUM_THREADS=1 for multi-process runs; do the same split of the cores here
+    if "OMP_NUM_THREADS" not in os.environ:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores // local))
+
+
+def _check_world(config: TrainConfig, strategy: Any, checked: bool) -> None:
+    if not checked:  # started by an outside torchrun: every rank checks, before anyone writes
+        validate(config)
+        from zoo.train.finetune import check_out
+
+        check_out(config)
+    if strategy.world_size > 1 and strategy.name == "single":
+        raise ConfigError(f"{strategy.world_size} processes were started but --strategy is single; "
+                          "use --strategy ddp or fsdp")
+    if config.batch_size % strategy.world_size:
+        raise ConfigError(f"--batch-size {config.batch_size} is the global batch and must divide evenly over "
+                          f"{strategy.world_size} processes; use a multiple of {strategy.world_size}")
+    strategy.barrier()
+
+
+def _prepare(config: TrainConfig) -> tuple[ModelSpec, Any]:
+    from zoo.train.finetune import prepare
+
+    return prepare(config)
+
+
+def build_model(spec: ModelSpec, labels: tuple[str, ...], config: TrainConfig) -> torch.nn.Module:
+    from zoo import sources
+
+    model, _ = sources.for_spec(spec).create_model(spec, labels=labels, pretrained=not config.random_init,
+                                                   model_kwargs=dict(config.model_kwargs) or None)
+    return model
+
+
+def _train(config: TrainConfig, spec: ModelSpec, data: Any, model: torch.nn.Module, strategy: Any) -> Any:
+    from zoo import sources
+    from zoo.train.loop import Trainer, fit
+
+    runner = sources.for_spec(spec).inference_module(model, spec)
+    names = tuple(i.name for i in spec.inputs)
+    trainer = Trainer(model, runner, strategy, data, config, Path(config.out), names)
+    if config.resume:
+        trainer.resume()
+    return fit(trainer)
+
+
+def run_spec(spec: ModelSpec, labels: tuple[str, ...], out: Path) -> ModelSpec:
+    """The fine-tuned model's spec as run.json stores it (resolve adds local_path <run>/model)."""
+    return dataclasses.replace(spec, name=out.name, labels=tuple(labels), origin="run", local_path=None,
+                               description=f"{spec.description} fine-tuned by zoo ({out.name})".strip())
+
+
+def write_run_dir(config: TrainConfig, spec: ModelSpec, data: Any, state: Any,
+                  weights: dict[str, torch.Tensor], strategy: Any) -> None:
+    from zoo import sources
+    from zoo.train.report import MetricsLog, plot_curves, versions
+
+    out = Path(config.out)
+    fresh = build_model(spec, data.labels, dataclasses.replace(config, random_init=True))
+    fresh.load_state_dict(weights)
+    final = run_spec(spec, data.labels, out)
+    # save with the base's local_path: the tokenizer / preprocessor files are copied from there
+    saving = dataclasses.replace(final, local_path=spec.local_path)
+    sources.for_spec(spec).save_model(fresh, saving, out / MODEL_DIR, model_args=_model_args(spec, config))
+    plot_curves(MetricsLog(out / "metrics.jsonl", True).read(), out / "curves.png")
+    record = {
+        "spec": final.to_dict(), "model_dir": MODEL_DIR,
+        "base": {"name": config.model, "source": spec.source_name, "local_path": spec.local_path},
+        "data": data.info(), "config": config.to_dict(), "world_size": strategy.world_size,
+        "strategy": strategy.name, "steps": state.step, "stopped_early": state.stopped_early,
+        "metrics": {"final": state.last, "best": {**state.best, "step": state.best_step}},
+        "versions": versions(),
+    }
+    (out / RUN_FILE).write_text(json.dumps(record, indent=2))
+
+
+def _model_args(spec: ModelSpec, config: TrainConfig) -> dict[str, Any]:
+    """Constructor arguments a timm folder must carry to be rebuilt (a fixed input size, shrunk depth)."""
+    args = dict(config.model_kwargs)
+    if spec.source == "timm" and config.image_size and _fixed_input_size(spec):
+        args["img_size"] = list(spec.preprocess.input_size[1:])
+    return args
+
+
+def _fixed_input_size(spec: ModelSpec) -> bool:
+    import timm
+
+    arch = spec.arch or spec.source_id
+    return bool(timm.models.get_pretrained_cfg_value(arch, "fixed_input_size"))
