@@ -4,7 +4,8 @@
 
 Both engines run the same preprocessed arrays (real sentences through the
 artifact's tokenizer, or random images through its image transform), so the
-figures compare the model computation only. Each batch size is warmed up first.
+figures compare the model computation only. Each batch size is warmed up first,
+and the two engines take turns call by call, so a busy machine slows both alike.
 """
 
 from __future__ import annotations
@@ -80,14 +81,17 @@ def bench_inputs(model: ExportedModel, batch_size: int, seed: int = 0) -> dict[s
     return model._preprocess(texts).arrays
 
 
-def time_calls(call: Callable[[], Any], iterations: int, warmup: int) -> list[float]:
+def time_calls(calls: Sequence[Callable[[], Any]], iterations: int, warmup: int) -> list[list[float]]:
+    """Seconds per call for each of ``calls``, run in turns so that every engine sees the same machine load."""
     for _ in range(warmup):
-        call()
-    samples = []
+        for call in calls:
+            call()
+    samples: list[list[float]] = [[] for _ in calls]
     for _ in range(iterations):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
+        for call, seconds in zip(calls, samples):
+            start = time.perf_counter()
+            call()
+            seconds.append(time.perf_counter() - start)
     return samples
 
 
@@ -103,13 +107,14 @@ def bench(model: ExportedModel, *, batch_sizes: Sequence[int] = (1, 8), iteratio
                          torch_note=baseline.note if baseline else None)
     for bs in batch_sizes:
         feed = bench_inputs(model, bs)
-        samples = time_calls(lambda: model(**feed), iterations, warmup)
-        report.timings.append(Timing.from_samples("onnxruntime", bs, samples))
+        calls: list[Callable[[], Any]] = [lambda feed=feed: model(**feed)]
         if baseline is not None:
-            run = baseline.runner(feed)
-            report.timings.append(Timing.from_samples("torch", bs, time_calls(run, iterations, warmup)))
+            calls.append(baseline.runner(feed))
+        for engine, seconds in zip(("onnxruntime", "torch"), time_calls(calls, iterations, warmup)):
+            report.timings.append(Timing.from_samples(engine, bs, seconds))
+        if baseline is not None:
             expected = model(**feed)[model.output_name]
-            report.max_abs_diff[bs] = float(np.max(np.abs(run() - expected)))
+            report.max_abs_diff[bs] = float(np.max(np.abs(calls[1]() - expected)))
     return report
 
 
