@@ -1,0 +1,285 @@
+"""Every verification check, shown to fail when its fault is planted.
+
+    .venv/bin/pytest tests/test_verify_faults.py -n 2
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zoo.errors import VerificationError
+from zoo.spec import Tolerances
+
+
+@pytest.fixture(scope="module")
+def text_source(tiny_text_classifier):
+    from exporters.onnx import _as_spec, build_source
+
+    return build_source(_as_spec(str(tiny_text_classifier), ()))
+
+
+@pytest.fixture(scope="module")
+def image_artifact(tiny_timm_folder, tmp_path_factory) -> Path:
+    from exporters.onnx import export_onnx
+
+    return export_onnx(str(tiny_timm_folder), out=tmp_path_factory.mktemp("art") / "timm").path
+
+
+@pytest.fixture(scope="module")
+def text_artifact(tiny_text_classifier, tmp_path_factory) -> Path:
+    from exporters.onnx import export_onnx
+
+    return export_onnx(str(tiny_text_classifier), out=tmp_path_factory.mktemp("art") / "bert").path
+
+
+def _copy(artifact: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(artifact, tmp_path / artifact.name))
+
+
+def _failed(exc: pytest.ExceptionInfo) -> dict[str, str]:
+    return {c.name: c.detail for c in exc.value.report.failures}
+
+
+# ---------------------------------------------------------------- artifact faults (zoo verify)
+
+
+@pytest.mark.slow
+def test_tampered_weight_is_caught_by_hash_and_golden_data(image_artifact: Path, tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    from exporters.verify import verify_artifact
+
+    folder = _copy(image_artifact, tmp_path)
+    model = onnx.load(str(folder / "model.onnx"))
+    head = next(t for t in model.graph.initializer if t.name.endswith("fc.weight"))
+    head.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(head) * 3.0 + 0.5, head.name))
+    onnx.save(model, str(folder / "model.onnx"))
+
+    with pytest.raises(VerificationError) as info:
+        verify_artifact(folder)
+    failed = _failed(info)
+    assert "model.onnx: sha256 differs" in failed["file hashes (sha256)"]
+    assert {"golden test_data_set_0", "golden test_data_set_1", "golden test_data_set_2"} <= set(failed)
+    assert "graph" not in " ".join(failed), "the tampered graph is still valid ONNX; only data checks fail"
+
+
+@pytest.mark.slow
+def test_missing_preprocessor_file_is_caught(text_artifact: Path, tmp_path: Path) -> None:
+    from exporters.verify import verify_artifact
+
+    folder = _copy(text_artifact, tmp_path)
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(VerificationError) as info:
+        verify_artifact(folder)
+    failed = _failed(info)
+    assert "tokenizer.json" in failed["preprocessor files"]
+    assert "tokenizer.json: missing" in failed["file hashes (sha256)"]
+
+
+@pytest.mark.slow
+def test_missing_image_config_is_caught(image_artifact: Path, tmp_path: Path) -> None:
+    from exporters.verify import verify_artifact
+
+    folder = _copy(image_artifact, tmp_path)
+    (folder / "preprocess.json").unlink()
+    with pytest.raises(VerificationError) as info:
+        verify_artifact(folder)
+    assert "preprocess.json" in _failed(info)["preprocessor files"]
+
+
+@pytest.mark.slow
+def test_extra_and_missing_golden_files_are_caught(image_artifact: Path, tmp_path: Path) -> None:
+    from exporters.verify import verify_artifact
+
+    folder = _copy(image_artifact, tmp_path)
+    (folder / "notes.txt").write_text("not part of the export")
+    shutil.rmtree(folder / "test_data_set_1")
+    with pytest.raises(VerificationError) as info:
+        verify_artifact(folder)
+    detail = _failed(info)["file hashes (sha256)"]
+    assert "notes.txt: not in the manifest" in detail and "test_data_set_1/input_0.pb: missing" in detail
+
+
+def test_invalid_graph_fails_the_checker(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from exporters.verify import graph_check
+
+    # a node reading a tensor that nothing produces
+    node = helper.make_node("Add", ["x", "ghost"], ["y"])
+    graph = helper.make_graph([node], "bad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "bad.onnx"))
+    check = graph_check(tmp_path / "bad.onnx")
+    assert not check.passed and "ghost" in check.detail
+
+
+# ---------------------------------------------------------------- export-time faults
+
+
+@pytest.mark.slow
+def test_static_shape_export_is_caught_by_the_grid(text_source, tmp_path: Path) -> None:
+    from exporters.onnx import export_graph
+    from exporters.verify import verify_model
+
+    path = tmp_path / "static.onnx"
+    export_graph(text_source.module, text_source.spec, text_source.example, path, text_source.output,
+                 dynamic=False)
+    report, _ = verify_model(text_source.module, text_source.spec, path, text_source.cases, text_source.output)
+    failed = {c.name: c for c in report.failures}
+    assert "input_ids[0]=2 is fixed" in failed["dynamic axes"].detail
+    assert "input_ids[1]=16 is fixed" in failed["dynamic axes"].detail
+    assert failed["shape grid"].value.startswith("0/9 cases ran")
+    assert not report.passed
+
+
+@pytest.mark.slow
+def test_perturbed_output_is_caught_and_nothing_is_written(tiny_timm_folder, tmp_path: Path) -> None:
+    import torch
+
+    from exporters.onnx import _as_spec, build_source, export_onnx
+
+    class PerturbedGraph(torch.nn.Module):
+        """Adds 0.05 only inside the exported graph: torch stays right, ONNX drifts."""
+
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            out = self.inner(pixel_values)
+            return out + 0.05 if torch.compiler.is_exporting() else out
+
+    wrapper = PerturbedGraph(build_source(_as_spec(str(tiny_timm_folder), ())).module)
+    dest, kept = tmp_path / "artifact", tmp_path / "kept"
+    with pytest.raises(VerificationError) as info:
+        export_onnx(str(tiny_timm_folder), out=dest, module=wrapper, keep_failed=kept)
+    failed = _failed(info)
+    assert "fails at image [1x3x" in failed["output logits"]
+    assert "output logits: max abs 0.05" in str(info.value)
+    assert not dest.exists() and not list(tmp_path.glob(".artifact.partial-*"))
+    manifest = json.loads((kept / "manifest.json").read_text())
+    assert manifest["verified"] is False and manifest["verification"]["passed"] is False
+
+    with pytest.raises(VerificationError):
+        export_onnx(str(tiny_timm_folder), out=tmp_path / "b", module=wrapper)
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.partial-*"))
+
+
+@pytest.mark.slow
+def test_interrupted_export_leaves_nothing(tiny_timm_folder, tmp_path: Path, monkeypatch) -> None:
+    import exporters.onnx as onnx_exporter
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # as if Ctrl-C arrived after model.onnx was written
+
+    monkeypatch.setattr(onnx_exporter, "write_golden_sets", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        onnx_exporter.export_onnx(str(tiny_timm_folder), out=tmp_path / "artifact")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_tokenizer_settings_that_do_not_reproduce_are_caught(text_source, text_artifact: Path) -> None:
+    from exporters.verify import tokenizer_file_check
+
+    pp = json.loads((text_artifact / "manifest.json").read_text())["preprocess"]
+    assert tokenizer_file_check(text_artifact, pp, text_source.cases).passed
+    wrong = {**pp, "max_length": 64, "padding_side": "left"}
+    check = tokenizer_file_check(text_artifact, wrong, text_source.cases)
+    assert not check.passed and "long" in check.detail
+
+
+# ---------------------------------------------------------------- the comparison rules
+
+
+def test_tolerance_scales_with_torch_not_onnx() -> None:
+    """Wrong tolerance direction: rtol must multiply |torch| (the reference), never |onnx|."""
+    from exporters.verify import within_tolerance
+
+    tol = Tolerances(atol=0.0, rtol=0.6)
+    torch_out, onnx_out = np.array([1.0]), np.array([2.0])
+    # |d| = 1 <= 0.6 * |onnx| = 1.2 would pass; against |torch| it is 1 > 0.6
+    assert not within_tolerance(torch_out, onnx_out, tol)
+    assert within_tolerance(onnx_out, torch_out, tol)
+
+
+def test_tolerance_boundary_and_huge_logits() -> None:
+    from exporters.verify import within_tolerance
+
+    tol = Tolerances(atol=1e-4, rtol=1e-3)
+    ref = np.array([0.0, 100.0], dtype=np.float32)
+    assert within_tolerance(ref, ref + np.array([0.5e-4, 0.09], dtype=np.float32), tol)
+    assert not within_tolerance(ref, ref + np.array([2e-4, 0.0], dtype=np.float32), tol)
+    assert not within_tolerance(ref, ref + np.array([0.0, 0.2], dtype=np.float32), tol)
+    # random-init models emit 1e10 logits: a difference of 22 is 2e-9 relative and must pass
+    assert within_tolerance(np.array([1e10]), np.array([1e10 + 22]), tol)
+    assert not within_tolerance(np.array([1.0]), np.array([np.nan]), tol)
+    assert not within_tolerance(np.zeros((2, 3)), np.zeros((3, 2)), tol)
+
+
+def test_output_stats_report_max_abs_and_rel() -> None:
+    from exporters.verify import OutputStats
+
+    stats = OutputStats("logits", Tolerances(atol=1e-4, rtol=1e-3))
+    stats.add(np.array([2.0, 4.0]), np.array([2.0, 4.4]), "case a")
+    check = stats.check()
+    assert not check.passed and "max abs 0.4" in check.value and "max rel 0.1" in check.value
+    assert "case a" in check.detail
+
+
+def _spec(task: str, pooling: str | None = None):
+    from zoo.spec import ModelSpec, Preprocess
+
+    return ModelSpec(name="t", source="hf", source_id="t", task=task, preprocess=Preprocess(pooling=pooling))
+
+
+def test_top1_disagreement_fails_and_ties_are_excused() -> None:
+    from exporters.verify import TaskStats
+
+    tol = Tolerances(atol=1e-4, rtol=1e-3)
+    ref = np.array([[1.0, 2.0, 0.0], [5.0, 1.0, 0.0]])
+    flipped = TaskStats(_spec("text-classification"), tol)
+    flipped.add(ref, np.array([[2.5, 2.0, 0.0], [5.0, 1.0, 0.0]]), {})
+    assert not flipped.check().passed and flipped.check().value == "50.00%"
+    tie = TaskStats(_spec("image-classification"), tol)
+    tie.add(np.array([[3.0, 3.0 - 1e-6]]), np.array([[3.0 - 2e-6, 3.0]]), {})
+    assert tie.check().passed and "1 ties within tolerance" in tie.check().detail
+
+
+def test_token_classification_agreement_counts_only_real_tokens() -> None:
+    from exporters.verify import TaskStats
+
+    tol = Tolerances()
+    ref = np.zeros((1, 3, 2))
+    ref[..., 0] = 1.0
+    got = ref.copy()
+    got[0, 2] = [0.0, 1.0]  # the padding position disagrees: ignored
+    mask = np.array([[1, 1, 0]])
+    stats = TaskStats(_spec("token-classification"), tol)
+    stats.add(ref, got, {"attention_mask": mask})
+    assert stats.check().passed and "2 tokens" in stats.check().detail
+    got[0, 1] = [0.0, 1.0]  # a real token disagrees: caught
+    stats = TaskStats(_spec("token-classification"), tol)
+    stats.add(ref, got, {"attention_mask": mask})
+    assert not stats.check().passed
+
+
+def test_embedding_cosine_below_threshold_fails() -> None:
+    from exporters.verify import TaskStats
+
+    tol = Tolerances(cosine=0.9999)
+    ref = np.array([[1.0, 0.0], [0.0, 1.0]])
+    good = TaskStats(_spec("feature-extraction", "mean"), tol)
+    good.add(ref, ref * 1.001, {})
+    assert good.check().passed
+    bad = TaskStats(_spec("feature-extraction", "mean"), tol)
+    bad.add(ref, np.array([[1.0, 0.02], [0.0, 1.0]]), {})
+    assert not bad.check().passed and bad.check().value.startswith("min 0.9998")
