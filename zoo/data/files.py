@@ -62,6 +62,8 @@ def _load_file(path: Path) -> dict[str, Any]:
     try:
         table = datasets.load_dataset(builder, data_files={"train": str(path)}, split="train", **kwargs)
     except Exception as exc:  # datasets wraps parser errors in several types
+        if "corresponds to no data" in str(exc):  # what datasets says of a file with no rows
+            raise DataError(f"data file '{path}' is empty (0 rows); give a file with rows") from exc
         raise DataError(f"cannot read '{path}' as {builder}: {_first_line(exc)}; check the file's format") from exc
     return {"train": table}
 
