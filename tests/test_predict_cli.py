@@ -70,3 +70,38 @@ def test_predict_refuses_a_tampered_artifact(text_cls_artifact: Path, tmp_path: 
     (art / "model.onnx").write_bytes(bytes(data))
     done = _zoo("predict", str(art), "hello")
     assert done.returncode == 1 and "model.onnx: sha256 differs" in done.stderr
+
+
+_WITHOUT_TORCH = """
+import sys
+for name in ("torch", "transformers", "timm", "torchvision"):
+    sys.modules[name] = None  # any import of these now fails, as on a core-only install
+from zoo.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_predict_runs_where_torch_cannot_be_imported(text_cls_artifact: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, "predict", str(text_cls_artifact), "hi", "--json"],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)[0]["label"] in ("positive", "negative")
+
+
+def test_blocking_torch_is_noticed() -> None:
+    """The twin: the same blocker does break a command that needs torch."""
+    code = _WITHOUT_TORCH.replace("from zoo.cli import main\nmain(sys.argv[1:])", "import zoo.create, torch")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "torch" in done.stderr
+
+
+def test_core_install_needs_no_torch() -> None:
+    """Packaging: [project.dependencies] (runtime + CLI) hold no deep-learning stack; [train] does."""
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    names = {d.split(">")[0].split("=")[0].split("[")[0].strip().lower() for d in project["dependencies"]}
+    assert {"onnxruntime", "tokenizers", "pillow", "numpy", "typer", "rich"} <= names
+    assert not names & {"torch", "transformers", "timm", "torchvision", "sentence-transformers"}
+    train = " ".join(project["optional-dependencies"]["train"])
+    assert "torch" in train and "timm" in train and "transformers" in train
