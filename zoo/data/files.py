@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,25 @@ class RawData:
 
 def load_raw(data: str) -> RawData:
     """Every split of ``data`` (a file, folder, ``builtin:NAME`` or hub name)."""
+    with _quiet_datasets():
+        return _load_raw(data)
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No per-split progress bars: on the CLI's stderr they read like errors."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def _load_raw(data: str) -> RawData:
     if data.startswith("builtin:"):
         from zoo.data.builtin import load_builtin
 

@@ -11,8 +11,11 @@ A folder without ``COMPLETE`` (a run killed mid-write) is never loaded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +58,8 @@ def save(folder: Path, model: Any, optimizer: Any, trainer: dict[str, Any], stra
         shutil.rmtree(folder)  # a leftover incomplete folder from an interrupted run
     strategy.barrier()
     model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
+    with _single_process_ok():
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
     strategy.barrier()
     if strategy.is_main:
         (folder / TRAINER_FILE).write_text(json.dumps(trainer, indent=1))
@@ -70,9 +74,18 @@ def load(folder: Path, model: Any, optimizer: Any) -> dict[str, Any]:
 
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state}
-    dcp.load(state, checkpoint_id=str(folder))
+    with _single_process_ok():
+        dcp.load(state, checkpoint_id=str(folder))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return json.loads((folder / TRAINER_FILE).read_text())
+
+
+@contextlib.contextmanager
+def _single_process_ok() -> Iterator[None]:
+    """DCP warns that it runs without a process group; for the single strategy that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def prune(run_dir: Path, keep: int, best_step: int | None) -> None:
