@@ -19,8 +19,15 @@ Layout of an artifact directory::
     inputs          [{"name", "dtype", "shape"}]  (a string in shape names a dynamic axis)
     outputs         [{"name", "dtype", "shape"}]
     opset, exporter ("dynamo" | "torchscript")
+    export_notes    why the TorchScript fallback was needed (empty when dynamo succeeded)
+    random_init     true when exported from random weights (--random-init): nothing to verify against later
+    verified        true only for an artifact that passed; a --keep-failed folder says false
     preprocess      Preprocess as a dict (image: input_size/mean/std/interpolation/crop_pct/crop_mode;
-                    text: max_length, pooling, normalize) plus "files": [preprocessor file names]
+                    text: max_length, pooling, normalize) plus "files": [preprocessor file names].
+                    Text also records how ``tokenizers`` alone reproduces the model's tokenizer:
+                    truncation (true), truncation_side, padding ("longest"), padding_side,
+                    pad_token, pad_token_id, pad_type_id. Images also get the same fields as
+                    ``preprocess.json`` in the artifact.
     versions        {"zoo", "torch", "transformers", "timm", "onnx", "onnxruntime", "onnxscript", "numpy"}
     files           {relative path: {"sha256", "size"}} for every file but manifest.json
     verification    the verification report (VerifyReport.to_dict())
