@@ -89,11 +89,25 @@ def build_artifacts(work: Path) -> dict[str, dict[str, Path]]:
 
 
 def latency(artifact: Path, iterations: int) -> dict[str, Any]:
+    """Both engines with their own default thread pools, then both pinned to one thread.
+
+    On a shared machine the one-thread figures are the steadier comparison of the
+    engines themselves; the default figures also show how each copes with contention.
+    """
+    import torch
+
     import zoo
     from zoo.runtime.bench import bench
 
-    report = bench(zoo.load(artifact), batch_sizes=[1, 8], iterations=iterations, vs_torch=True)
-    return report.to_dict()
+    default_threads = torch.get_num_threads()
+    figures = {}
+    for label, threads in (("default threads", None), ("1 thread", 1)):
+        torch.set_num_threads(default_threads)  # undo the previous setting
+        report = bench(zoo.load(artifact, threads=threads), batch_sizes=[1, 8], iterations=iterations,
+                       vs_torch=True, threads=threads)
+        figures[label] = report.to_dict()
+    torch.set_num_threads(default_threads)
+    return figures
 
 
 def cold_start(script: str, args: list[str], runs: int) -> dict[str, float]:
@@ -162,13 +176,14 @@ def main() -> None:
 
 
 def print_model(key: str, entry: dict[str, Any], torch_name: str) -> None:
-    lat, cold = entry["latency"], entry["cold_start"]
-    print(f"\n== {key} ({lat['torch_note']})")
-    for t in lat["timings"]:
-        print(f"  batch {t['batch_size']:>2} {t['engine']:<12} p50 {t['p50_ms']:8.2f} ms  p90 {t['p90_ms']:8.2f}  "
-              f"p99 {t['p99_ms']:8.2f}  {t['throughput']:8.1f}/s")
-    for bs, ratio in lat["speedup"].items():
-        print(f"  speed-up at batch {bs}: {ratio:.2f}x (target at batch 8: >= 1.5x)")
+    cold = entry["cold_start"]
+    for label, lat in entry["latency"].items():
+        print(f"\n== {key}, {label} ({lat['torch_note']})")
+        for t in lat["timings"]:
+            print(f"  batch {t['batch_size']:>2} {t['engine']:<12} p50 {t['p50_ms']:8.2f} ms  "
+                  f"p90 {t['p90_ms']:8.2f}  p99 {t['p99_ms']:8.2f}  {t['throughput']:8.1f}/s")
+        for bs, ratio in lat["speedup"].items():
+            print(f"  speed-up at batch {bs}: {ratio:.2f}x (target at batch 8: >= 1.5x)")
     print(f"  cold start: zoo.load {cold['zoo.load (sha256 checked)']['median_s']:.2f} s "
           f"(sizes only {cold['zoo.load (sizes only)']['median_s']:.2f} s) vs {torch_name} "
           f"{cold[torch_name]['median_s']:.2f} s -> {cold['speedup']:.2f}x (sizes only "
