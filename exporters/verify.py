@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from zoo.artifact import MODEL_FILE, check_files, read_manifest
-from zoo.errors import ArtifactError, ConfigError, VerificationError
+from zoo.errors import ArtifactError, ConfigError, VerificationError, ZooError
 from zoo.spec import ModelSpec, Tolerances
 
 CLASSIFIER_TASKS = ("image-classification", "text-classification", "token-classification")
@@ -446,7 +446,12 @@ def _add_source_checks(report: VerifyReport, folder: Path, manifest: dict[str, A
         raise ConfigError(f"{folder} was exported from random weights (--random-init); --against-source has "
                           "no source to compare with: run 'zoo verify' without it")
     spec = ModelSpec.from_dict(manifest["spec"])
-    source = build_source(spec, random_init=False)
+    try:
+        source = build_source(spec, random_init=False)
+    except ZooError as exc:
+        # asked for explicitly, so a source that no longer resolves is a failure, not a skip
+        report.checks.append(Check("source model", False, "unavailable", spec.source_name, str(exc)[:300]))
+        return
     checks, _ = compare_grid(source.module, spec, folder / MODEL_FILE, source.cases, report_tol(report),
                              manifest["outputs"][0]["name"])
     report.checks += [Check(f"source: {c.name}", c.passed, c.value, c.limit, c.detail) for c in checks]

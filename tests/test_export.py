@@ -14,7 +14,8 @@ import pytest
 
 from zoo.errors import ConfigError, ModelUnavailableError
 
-pytestmark = pytest.mark.slow
+# one worker builds the module's artifacts once (make test runs --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("export-artifacts")]
 
 
 @pytest.fixture(scope="module")

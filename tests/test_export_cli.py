@@ -26,6 +26,10 @@ def _zoo(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     return int(info.value.code or 0), out, err
 
 
+# one worker builds the module's artifacts once (make test runs --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("export-cli")
+
+
 @pytest.fixture(scope="module")
 def cli_artifact(tiny_timm_folder, tmp_path_factory) -> Path:
     from exporters.onnx import export_onnx

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
+# one worker builds the module's artifacts once (make test runs --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("export-minilm")]
 
 SENTENCES = [
     "A man is eating food.",

@@ -1,12 +1,11 @@
 """Artifacts for the runtime tests (no tests here; the runtime test modules import these fixtures).
 
-``make_artifact`` uses the real exporter (``exporters.onnx.export_onnx``) when it is
-present, else a minimal stand-in that follows ``zoo/artifact.py``'s documented layout.
+Every artifact comes from the real exporter, ``exporters.onnx.export_onnx``, on the
+suite's tiny models and on the real MiniLM package.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -24,49 +23,10 @@ SENTENCES = [
 
 
 def make_artifact(name: str | Path, out: Path, *, random_init: bool = False) -> Path:
-    try:
-        from exporters.onnx import export_onnx
-    except ImportError:
-        return _standin_export(str(name), Path(out), random_init=random_init)
+    """A verified artifact written by the real exporter (issue 3), as a user's 'zoo export' makes it."""
+    from exporters.onnx import export_onnx
+
     return Path(export_onnx(str(name), out=out, random_init=random_init).path)
-
-
-def _standin_export(name: str, out: Path, *, random_init: bool) -> Path:
-    import torch
-
-    from zoo import sources
-    from zoo.artifact import write_manifest
-    from zoo.resolve import resolve
-
-    spec = resolve(name)
-    source = sources.for_spec(spec)
-    model, preprocess = source.create_model(spec, pretrained=not random_init)
-    spec = dataclasses.replace(spec, preprocess=preprocess)
-    module = source.inference_module(model, spec).eval()
-    names = [i.name for i in spec.inputs]
-    if spec.is_text:
-        args = tuple(torch.ones(2, 8, dtype=torch.int64) for _ in names)
-    else:
-        args = (torch.rand(2, *preprocess.input_size),)
-    output = source.output_name(spec)
-    axes = {i.name: i.dynamic_axes() for i in spec.inputs}
-    axes[output] = {0: "batch"} if spec.task != "token-classification" else {0: "batch", 1: "sequence"}
-    out.mkdir(parents=True)
-    torch.onnx.export(module, args, str(out / "model.onnx"), input_names=names, output_names=[output],
-                      dynamic_axes=axes, opset_version=17, dynamo=False)
-    files = source.save_preprocessor(spec, out)
-    with torch.inference_mode():
-        shape = list(module(*args).shape)
-    out_shape = ["batch", *shape[1:]] if spec.task != "token-classification" else ["batch", "sequence", shape[2]]
-    pp = {**dataclasses.asdict(preprocess), "files": files}
-    write_manifest(out, {
-        "name": spec.name, "spec": spec.to_dict(), "task": spec.task, "labels": list(spec.labels or []) or None,
-        "source": {"source": spec.source, "id": spec.source_id, "revision": spec.revision},
-        "inputs": [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in spec.inputs],
-        "outputs": [{"name": output, "dtype": "float32", "shape": out_shape}],
-        "opset": 17, "exporter": "torchscript", "preprocess": pp,
-    })
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -55,13 +55,18 @@ def run_steps(strategy: Any, out: Path) -> dict[str, Any]:
 
     trainer = _setup(strategy, out)
     plan = batches.epoch_steps(64, 8, 2, 0, 0)
+    seen: list[str] = []
+    first_block = next(m for n, m in trainer.model.named_modules() if n.endswith("blocks.0"))
+    first_block.register_forward_hook(lambda _m, _i, output: seen.append(str(output.dtype)))
     norms = []
     for micro in plan[:STEPS]:
         norms.append(trainer.train_step(micro))
         trainer.state.step += 1
     # measured before evaluating: FSDP2 leaves the root's parameters gathered after a forward
     shards = shard_fractions(trainer)
-    result = {"norms": norms, "eval": trainer.evaluate(), "shards": shards}
+    master = sorted({str(p.dtype) for p in trainer.model.parameters()})
+    result = {"norms": norms, "eval": trainer.evaluate(), "shards": shards, "compute": sorted(set(seen)),
+              "master": master}
     result["weights"] = strategy.full_state_dict(trainer.model)
     return result
 
@@ -87,15 +92,15 @@ def parity_worker(out: str) -> None:
     from zoo.train.strategies import make_strategy
 
     results = {}
-    for name in ("ddp", "fsdp"):
-        strategy = make_strategy(name)
-        results[name] = run_steps(strategy, Path(out) / name)
+    for name, precision in (("ddp", "fp32"), ("fsdp", "fp32"), ("fsdp", "bf16")):
+        strategy = make_strategy(name, precision)
+        results[f"{name}-{precision}"] = run_steps(strategy, Path(out) / f"{name}-{precision}")
     rank = strategy.rank
-    shards = {name: r["shards"] for name, r in results.items()}
+    shards = {name.removesuffix("-fp32"): r["shards"] for name, r in results.items()}
     Path(out, f"shards_{rank}.json").write_text(json.dumps(shards))
     if rank == 0:
         for name, r in results.items():
-            torch.save({k: v for k, v in r.items() if k != "shards"}, Path(out) / f"{name}.pt")
+            torch.save({k: v for k, v in r.items() if k != "shards"}, Path(out) / f"{name.removesuffix('-fp32')}.pt")
     strategy.close()
 
 
@@ -146,6 +151,16 @@ def _initial_weights() -> dict[str, torch.Tensor]:
 
     trainer = _setup(SingleStrategy(), Path("/nonexistent-unused"))
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_fsdp_bf16_computes_in_bf16_with_fp32_master_weights(launched, reference):
+    got = torch.load(launched / "fsdp-bf16.pt", weights_only=False)
+    assert got["compute"] == ["torch.bfloat16"] and reference["compute"] == ["torch.float32"]
+    assert got["master"] == ["torch.float32"]  # the sharded parameters the optimizer updates
+    assert got["norms"] == pytest.approx(reference["norms"], rel=5e-2)
+    assert got["norms"] != pytest.approx(reference["norms"], rel=1e-6)  # bf16 really changed the arithmetic
 
 
 def test_weight_diff_catches_a_planted_change(reference):

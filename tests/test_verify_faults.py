@@ -16,6 +16,10 @@ from zoo.errors import VerificationError
 from zoo.spec import Tolerances
 
 
+# one worker builds the module's artifacts once (make test runs --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("verify-faults")
+
+
 @pytest.fixture(scope="module")
 def text_source(tiny_text_classifier):
     from exporters.onnx import _as_spec, build_source
@@ -168,10 +172,6 @@ def test_perturbed_output_is_caught_and_nothing_is_written(tiny_timm_folder, tmp
     manifest = json.loads((kept / "manifest.json").read_text())
     assert manifest["verified"] is False and manifest["verification"]["passed"] is False
 
-    with pytest.raises(VerificationError):
-        export_onnx(str(tiny_timm_folder), out=tmp_path / "b", module=wrapper)
-    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.partial-*"))
-
 
 @pytest.mark.slow
 def test_interrupted_export_leaves_nothing(tiny_timm_folder, tmp_path: Path, monkeypatch) -> None:
@@ -283,3 +283,18 @@ def test_embedding_cosine_below_threshold_fails() -> None:
     bad = TaskStats(_spec("feature-extraction", "mean"), tol)
     bad.add(ref, np.array([[1.0, 0.02], [0.0, 1.0]]), {})
     assert not bad.check().passed and bad.check().value.startswith("min 0.9998")
+
+
+@pytest.mark.slow
+def test_against_source_fails_when_the_source_is_gone(tiny_timm_folder, tmp_path: Path) -> None:
+    from exporters.onnx import export_onnx
+    from exporters.verify import verify_artifact
+
+    source = Path(shutil.copytree(tiny_timm_folder, tmp_path / "source"))
+    artifact = export_onnx(str(source), out=tmp_path / "artifact").path
+    assert verify_artifact(artifact).passed
+    shutil.rmtree(source)
+    assert verify_artifact(artifact).passed, "the artifact itself needs no source"
+    with pytest.raises(VerificationError) as info:
+        verify_artifact(artifact, against_source=True)
+    assert "source model" in _failed(info)
