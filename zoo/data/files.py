@@ -32,6 +32,9 @@ class RawData:
 
 def load_raw(data: str) -> RawData:
     """Every split of ``data`` (a file, folder, ``builtin:NAME`` or hub name)."""
+    if not data.startswith("builtin:") and not Path(data).expanduser().exists() and _looks_like_path(data):
+        raise DataError(f"data file '{data}' does not exist; give an existing CSV/JSON/JSONL/Parquet file, "
+                        "an imagefolder or save_to_disk folder, a hub data set name, or builtin:digits")
     with _quiet_datasets():
         return _load_raw(data)
 
@@ -62,9 +65,6 @@ def _load_raw(data: str) -> RawData:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
         return RawData(data, _load_folder(path), _hash_files(path, files))
-    if _looks_like_path(data):
-        raise DataError(f"data file '{data}' does not exist; give an existing CSV/JSON/JSONL/Parquet file, "
-                        "an imagefolder or save_to_disk folder, a hub data set name, or builtin:digits")
     return _load_hub(data)
 
 
