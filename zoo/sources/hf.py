@@ -274,8 +274,11 @@ def load_tokenizer(spec: ModelSpec) -> Any:
     return tok
 
 
-def save_model(model: Any, spec: ModelSpec, folder: Path) -> None:
-    """A save_pretrained folder (safetensors, config with labels) plus the preprocessor."""
+def save_model(model: Any, spec: ModelSpec, folder: Path, *, model_args: dict[str, Any] | None = None) -> None:
+    """A save_pretrained folder (safetensors, config with labels) plus the preprocessor.
+
+    ``model_args`` is accepted for symmetry with timm; config.json already holds them.
+    """
     from zoo.sources._modules import SentenceEmbedder
 
     inner = model.transformer if isinstance(model, SentenceEmbedder) else model

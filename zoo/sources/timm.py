@@ -150,8 +150,12 @@ def inference_module(model: Any, spec: ModelSpec) -> Any:
     return TimmForward(model, "logits")
 
 
-def save_model(model: Any, spec: ModelSpec, folder: Path) -> None:
-    """A timm folder (config.json + model.safetensors) that timm and zoo load back."""
+def save_model(model: Any, spec: ModelSpec, folder: Path, *, model_args: dict[str, Any] | None = None) -> None:
+    """A timm folder (config.json + model.safetensors) that timm and zoo load back.
+
+    ``model_args`` are constructor arguments the folder must carry (e.g. ``img_size``
+    of a ViT trained at another resolution); timm passes them back on loading.
+    """
     import timm.models
 
     model_config: dict[str, Any] = {}
@@ -159,8 +163,8 @@ def save_model(model: Any, spec: ModelSpec, folder: Path) -> None:
         model_config["label_names"] = list(spec.labels)
     data_config = {k: v for k, v in dataclasses.asdict(spec.preprocess).items()
                    if k in _PREPROCESS_KEYS and v is not None}
-    timm.models.save_for_hf(model, str(folder), model_config=model_config, safe_serialization=True,
-                            data_config=data_config or None)
+    timm.models.save_for_hf(model, str(folder), model_config=model_config, model_args=model_args or None,
+                            safe_serialization=True, data_config=data_config or None)
 
 
 def save_preprocessor(spec: ModelSpec, folder: Path) -> list[str]:
