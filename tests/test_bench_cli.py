@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -57,3 +58,14 @@ def test_bench_rejects_bad_batch_sizes(text_cls_artifact: Path) -> None:
     with pytest.raises(SystemExit) as stop:
         main(["bench", str(text_cls_artifact), "--batch-sizes", "1,x"])
     assert stop.value.code == 1
+
+
+def test_bench_vs_torch_rebuilds_a_random_init_timm_model(tmp_path: Path) -> None:
+    """No source folder (timm:ARCH, random weights): torch gets the same architecture, labelled as such."""
+    from tests.test_runtime_fixtures import make_artifact
+
+    art = make_artifact("timm:test_resnet", tmp_path / "art", random_init=True)
+    model = zoo.load(art)
+    assert model.predict(np.zeros((40, 50, 3), np.uint8), top_k=2).scores[0] > 0
+    report = bench(model, batch_sizes=[1], iterations=2, vs_torch=True)
+    assert "random weights" in (report.torch_note or "") and report.speedup(1) is not None
