@@ -29,7 +29,7 @@ from exporters import grid
 from exporters.verify import VerifyReport, tokenizer_file_check, verify_model
 from zoo.artifact import MODEL_FILE, staged_dir, write_manifest
 from zoo.errors import ConfigError, ExportError, ModelUnavailableError, VerificationError
-from zoo.spec import ModelSpec, Tolerances
+from zoo.spec import ModelSpec
 
 Progress = Callable[[str], None]
 PROTOBUF_LIMIT = 2 * 1024**3
@@ -370,4 +370,4 @@ def run_summary(spec: ModelSpec) -> dict[str, Any] | None:
     return {"run_dir": str(run_file.parent), **{k: v for k, v in run.items() if k != "spec"}}
 
 
-__all__ = ["ExportResult", "Source", "Tolerances", "build_source", "export_graph", "export_onnx", "verify_model"]
+__all__ = ["ExportResult", "Source", "build_source", "export_graph", "export_onnx", "verify_model"]
