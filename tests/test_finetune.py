@@ -17,12 +17,12 @@ def tensors(folder: Path) -> dict:
     return load_file(str(folder / "model" / "model.safetensors"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def images(tmp_path_factory) -> Path:
     return image_folder(tmp_path_factory.mktemp("imgs") / "data", per_label=6)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def text_csv(tmp_path_factory) -> Path:
     return write_rows(tmp_path_factory.mktemp("text") / "train.csv", ROWS * 2, "csv")
 
@@ -110,7 +110,7 @@ def test_failing_worker_is_one_launch_error_naming_the_rank(tmp_path):
 # ---------------------------------------------------------------- one process: resume, early stopping
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def straight_run(tiny_timm_folder, images, tmp_path_factory) -> Path:
     return small_image_run(tiny_timm_folder, images, tmp_path_factory.mktemp("straight") / "run")
 

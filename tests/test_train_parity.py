@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
+
 STEPS = 3
 TOLERANCE = 1e-5
 
@@ -113,14 +114,21 @@ def _launch(out: Path) -> None:
     elastic_launch(config, parity_worker)(str(out))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def launched(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("parity")
-    _launch(out)
-    return out
+    """One launch for the whole test session, shared by all xdist workers through a file lock."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent / "zoo-train-parity"
+    with FileLock(f"{root}.lock"):
+        if not (root / "done").is_file():
+            root.mkdir(exist_ok=True)
+            _launch(root)
+            (root / "done").write_text("ok")
+    return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory) -> dict[str, Any]:
     from zoo.train.strategies import SingleStrategy
 
