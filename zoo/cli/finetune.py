@@ -92,8 +92,11 @@ def finetune_command(
 
 
 def _report(run: Path, as_json: bool) -> None:
+    import os
+
     record_file = run / "run.json"
-    if not record_file.is_file():  # a worker under an outside torchrun that is not rank 0, or a pause
+    # under an outside torchrun every rank runs this command: rank 0 alone reports; a paused run has no run.json
+    if os.environ.get("RANK", "0") != "0" or not record_file.is_file():
         return
     record = json.loads(record_file.read_text())
     if as_json:
