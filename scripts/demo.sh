@@ -18,11 +18,11 @@ $BIN/zoo info "$MINILM"
 
 step "2/6 finetune on builtin:digits (scikit-learn's 8x8 digits) with DDP on 2 processes"
 $BIN/zoo finetune timm:test_resnet --random-init --data builtin:digits --strategy ddp --nproc 2 \
-    --image-size 32 --epochs 4 --batch-size 64 --lr 3e-3 --out "$OUT/run"
-ls "$OUT/run"
+    --image-size 32 --epochs 2 --batch-size 64 --lr 3e-3 --out "$OUT/digits-run"
+ls "$OUT/digits-run"
 
 step "3/6 export the run to ONNX; verified against torch before it is allowed to exist"
-$BIN/zoo export "$OUT/run" --onnx --out "$OUT/digits-onnx"
+$BIN/zoo export "$OUT/digits-run" --onnx --out "$OUT/digits-onnx"
 
 step "4/6 re-check the artifact on its own: hashes, onnx.checker, golden data"
 $BIN/zoo verify "$OUT/digits-onnx"
@@ -47,4 +47,4 @@ step "6/6 the real MiniLM: export its whole embedding pipeline, then embed sente
 $BIN/zoo export "$MINILM" --onnx --out "$OUT/minilm-onnx"
 $BIN/zoo predict "$OUT/minilm-onnx" "A man is eating food." "A man is eating a piece of bread."
 
-printf '\n\033[1mdone:\033[0m run dir %s/run, artifacts %s/digits-onnx and %s/minilm-onnx\n' "$OUT" "$OUT" "$OUT"
+printf '\n\033[1mdone:\033[0m run dir %s/digits-run, artifacts %s/digits-onnx and %s/minilm-onnx\n' "$OUT" "$OUT" "$OUT"

@@ -98,11 +98,21 @@ def describe_folder(path: Path, name: str | None = None) -> ModelSpec:
             names.append("token_type_ids")
         inputs = text_inputs(tuple(names))
     return ModelSpec(
-        name=name or path.name, source="hf", source_id=str(path),
+        name=name or _folder_name(path), source="hf", source_id=str(path),
         task=task, arch=model_type, inputs=inputs, preprocess=preprocess, labels=labels,
         description=_folder_description(config, model_type, st),
         local_path=str(path), origin="local",
     )
+
+
+def _folder_name(path: Path) -> str:
+    """The folder's name, or its parent's when the folder has a generic one (pkg/model, snapshots/<sha>)."""
+    generic = path.name in {"model", "models", "weights", "checkpoint", "final"} or (
+        len(path.name) == 40 and path.parent.name == "snapshots")
+    if not generic:
+        return path.name
+    parent = path.parent.parent.name if path.parent.name == "snapshots" else path.parent.name
+    return parent.removeprefix("models--").replace("--", "/") or path.name
 
 
 def _folder_description(config: dict[str, Any], model_type: str, st: dict[str, Any] | None) -> str:
