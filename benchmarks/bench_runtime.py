@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -125,23 +126,10 @@ def cold_start(script: str, args: list[str], runs: int) -> dict[str, float]:
     return {"median_s": statistics.median(times), "min_s": min(times), "runs": runs}
 
 
-def machine() -> dict[str, Any]:
-    from importlib.metadata import version
-
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+def onnxruntime_providers() -> list[str]:
     import onnxruntime
 
-    return {
-        "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-        "providers": onnxruntime.get_available_providers(),
-        "load_average": os.getloadavg(),
-        "versions": {p: version(p) for p in ("onnxruntime", "torch", "transformers", "timm", "tokenizers", "numpy")},
-    }
+    return onnxruntime.get_available_providers()
 
 
 def main() -> None:
@@ -154,7 +142,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="zoo-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     arts = build_artifacts(work)
-    results: dict[str, Any] = {"machine": machine(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    results: dict[str, Any] = {"machine": machine_info(providers=onnxruntime_providers()), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                "iterations": args.iterations, "models": {}}
     cold_inputs = {"minilm": (SENTENCE, COLD_TRANSFORMERS, "transformers"),
                    "resnet18": (str(arts["resnet18"].get("input")), COLD_TIMM, "timm")}

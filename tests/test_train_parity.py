@@ -6,7 +6,6 @@ JSON/torch files; the single-process reference runs in the test process.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import ConfigError, ModelUnavailableError
-from zoo.spec import InputSpec, ModelSpec, Preprocess, image_inputs, text_inputs
+from zoo.spec import ModelSpec, Preprocess, image_inputs, text_inputs
 
 # Architectures whose position ids start after the padding index, so two
 # positions of max_position_embeddings are never usable by tokens.
