@@ -21,8 +21,8 @@ from zoo.errors import VerificationError
 def export(
     name: Annotated[str, typer.Argument(help="Alias, hf:ORG/NAME[@REV], timm:ARCH[.TAG], or a model/run folder.")],
     onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the only format, so the default).")] = True,
-    out: Annotated[Path | None, typer.Option(help="Artifact folder [default: artifacts/NAME].")] = None,
-    opset: Annotated[int | None, typer.Option(help="ONNX opset [default: the registry's, else 18].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Artifact folder (default: artifacts/NAME).")] = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default: the registry's, else 18).")] = None,
     atol: Annotated[float | None, typer.Option(help="Absolute tolerance for the torch comparison.")] = None,
     rtol: Annotated[float | None, typer.Option(help="Relative tolerance (times |torch|).")] = None,
     random_init: Annotated[bool, typer.Option("--random-init",

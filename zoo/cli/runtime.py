@@ -87,7 +87,7 @@ def bench(
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,8",
     iterations: Annotated[int, typer.Option("--iterations", "-n", min=1, help="Timed runs per batch size.")] = 50,
     vs_torch: Annotated[bool, typer.Option("--vs-torch", help="Also time the source model in eager PyTorch "
-                                           "(needs zoo-toolkit[train]).")] = False,
+                                           "(needs zoo-toolkit\\[train]).")] = False,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Intra-op threads for both "
                                                 "engines (default: each engine's own).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
