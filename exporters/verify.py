@@ -76,7 +76,7 @@ class VerifyReport:
 
         compact = self.passed if compact is None else compact
         status = "[green]verified[/green]" if self.passed else "[red]FAILED[/red]"
-        grid = f"{len(self.shapes)} shapes x {len(self.seeds)} seeds" if self.shapes else ""
+        grid = f"{len(self.shapes)} distinct shapes, {len(self.seeds)} seeds" if self.shapes else ""
         table = Table(title=f"{escape(self.subject)}: {status} {grid} ({self.seconds:.1f}s)")
         columns = ("check", "result", "value") if compact else ("check", "result", "value", "limit", "detail")
         for column in columns:
