@@ -28,15 +28,13 @@ import numpy as np
 from exporters import grid
 from exporters.verify import VerifyReport, tokenizer_file_check, verify_model
 from zoo.artifact import MODEL_FILE, staged_dir, write_manifest
-from zoo.errors import ConfigError, ExportError, ModelUnavailableError, VerificationError
+from zoo.errors import ConfigError, ExportError, VerificationError
 from zoo.spec import ModelSpec
 
 Progress = Callable[[str], None]
 PROTOBUF_LIMIT = 2 * 1024**3
 MAX_BATCH = 4096
 IMAGE_CONFIG = "preprocess.json"
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
-                   "tokenizer.model")
 IMAGE_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 
 
@@ -63,6 +61,7 @@ class Source:
     cases: list[grid.Case]
     example: dict[str, np.ndarray]
     output: str
+    model_kwargs: dict[str, Any] | None = None  # constructor overrides, recorded so the model can be rebuilt
 
 
 def export_onnx(model: str | ModelSpec, *, out: str | Path | None = None, opset: int | None = None,
@@ -177,23 +176,11 @@ def build_source(spec: ModelSpec, *, random_init: bool = False, model_kwargs: di
     if spec.is_text:
         from zoo.sources import hf
 
-        _require_tokenizer_files(spec)
         tokenizer = hf.load_tokenizer(spec)
     return Source(spec=spec, module=module, tokenizer=tokenizer,
                   cases=grid.make_cases(spec, spec.preprocess, tokenizer),
-                  example=grid.export_example(spec, spec.preprocess, tokenizer), output=source.output_name(spec))
-
-
-def _require_tokenizer_files(spec: ModelSpec) -> None:
-    """transformers 5 builds an empty 5-token tokenizer when a folder has no tokenizer files; refuse that."""
-    from zoo.sources import hf
-
-    location = Path(hf.model_location(spec)[0])
-    if not any((location / name).is_file() for name in TOKENIZER_FILES):
-        raise ModelUnavailableError(
-            f"no tokenizer files in {location} (looked for {', '.join(TOKENIZER_FILES)}); the artifact needs "
-            "tokenizer.json for a torch-free runtime: save the model's tokenizer beside it with "
-            "tokenizer.save_pretrained(folder)")
+                  example=grid.export_example(spec, spec.preprocess, tokenizer), output=source.output_name(spec),
+                  model_kwargs=model_kwargs)
 
 
 # ---------------------------------------------------------------- the exporters
@@ -323,6 +310,8 @@ def build_manifest(source: Source, model_path: Path, exporter: str, notes: list[
         "versions": library_versions(), "verified": report.passed, "verification": report.to_dict(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if source.model_kwargs:
+        manifest["model_kwargs"] = source.model_kwargs
     run = run_summary(spec)
     if run is not None:
         manifest["run"] = run

@@ -107,3 +107,18 @@ def test_save_and_reload_timm_folder_keeps_labels_and_weights(tiny_timm_folder, 
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
     assert resolve(str(out)).labels == ("cat", "dog", "bird")
+
+
+def test_folder_without_tokenizer_files_is_refused(tiny_text_classifier, tmp_path):
+    """transformers 5 would build an empty tokenizer here; training and export must refuse instead."""
+    import shutil
+
+    from zoo.sources import hf
+
+    folder = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_text_classifier, folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
+    with pytest.raises(ModelUnavailableError, match="no tokenizer files.*save_pretrained"):
+        hf.load_tokenizer(resolve(str(folder)))
+    assert hf.load_tokenizer(resolve(str(tiny_text_classifier))).is_fast

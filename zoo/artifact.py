@@ -32,6 +32,7 @@ Layout of an artifact directory::
     files           {relative path: {"sha256", "size"}} for every file but manifest.json
     verification    the verification report (VerifyReport.to_dict())
     tolerances      {"atol", "rtol", "cosine"}
+    model_kwargs    optional: constructor overrides the model was built with (e.g. a shrunken test model)
     run             for a fine-tuned model: run.json's summary (base, data fingerprint, config, metrics)
     created         ISO-8601 UTC time
 """

@@ -29,6 +29,8 @@ _ST_POOLING = {
     "pooling_mode_max_tokens": "max",
     "pooling_mode_lasttoken": "lasttoken",
 }
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
 _IMAGE_TYPES = {"vit", "deit", "beit", "convnext", "convnextv2", "swin", "resnet", "dinov2", "efficientnet", "mobilevit"}
 
 
@@ -273,6 +275,12 @@ def load_tokenizer(spec: ModelSpec) -> Any:
     import transformers
 
     location, kwargs = model_location(spec)
+    if not any((Path(location) / name).is_file() for name in TOKENIZER_FILES):
+        # transformers 5 would silently build an empty 5-token tokenizer here
+        raise ModelUnavailableError(
+            f"no tokenizer files in {location} (looked for {', '.join(TOKENIZER_FILES)}); training and the "
+            "torch-free runtime need the model's own tokenizer: save it beside the model with "
+            "tokenizer.save_pretrained(folder)")
     try:
         tok = transformers.AutoTokenizer.from_pretrained(location, use_fast=True, **kwargs)
     except (OSError, ValueError) as exc:
