@@ -18,7 +18,7 @@ $BIN/zoo info "$MINILM"
 
 step "2/6 finetune on builtin:digits (scikit-learn's 8x8 digits) with DDP on 2 processes"
 $BIN/zoo finetune timm:test_resnet --random-init --data builtin:digits --strategy ddp --nproc 2 \
-    --image-size 32 --epochs 2 --batch-size 64 --lr 3e-3 --out "$OUT/digits-run"
+    --image-size 32 --epochs 2 --batch-size 64 --lr 3e-3 --eval-every 10 --out "$OUT/digits-run"
 ls "$OUT/digits-run"
 
 step "3/6 export the run to ONNX; verified against torch before it is allowed to exist"
