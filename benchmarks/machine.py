@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("zoo-toolkit", "torch", "transformers", "timm", "onnx", "onnxruntime", "onnxscript", "tokenizers", "numpy")
+from zoo.versions import library_versions
 
 
 def cpu_name() -> str:
@@ -20,12 +19,6 @@ def cpu_name() -> str:
 
 
 def machine_info(**extra: Any) -> dict[str, Any]:
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "load_average": list(os.getloadavg()),
-            "versions": versions, **extra}
+            "versions": library_versions(), **extra}

@@ -27,15 +27,15 @@ import numpy as np
 
 from exporters import grid
 from exporters.verify import VerifyReport, tokenizer_file_check, verify_model
-from zoo.artifact import MODEL_FILE, staged_dir, write_manifest
+from zoo.artifact import MODEL_FILE, check_destination, staged_dir, write_manifest
 from zoo.errors import ConfigError, ExportError, VerificationError
-from zoo.spec import ModelSpec
+from zoo.spec import IMAGE_PREPROCESS_KEYS, ModelSpec
+from zoo.versions import library_versions
 
 Progress = Callable[[str], None]
 PROTOBUF_LIMIT = 2 * 1024**3
 MAX_BATCH = 4096
 IMAGE_CONFIG = "preprocess.json"
-IMAGE_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 
 
 @dataclass
@@ -150,10 +150,7 @@ def safe_name(name: str) -> str:
 
 
 def _check_destination(dest: Path, keep_failed: str | Path | None) -> None:
-    # staged_dir checks this too; checking first avoids building a model only to refuse the folder
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise ConfigError(f"output folder '{dest}' already exists and is not empty; choose another --out "
-                          "or remove it")
+    check_destination(dest)  # before the model is built, not after (staged_dir checks again)
     if keep_failed is not None and Path(keep_failed).resolve() == dest.resolve():
         raise ConfigError(f"--keep-failed '{keep_failed}' is the destination itself; a failed artifact must "
                           "never appear at --out: choose another folder")
@@ -277,7 +274,7 @@ def write_preprocessor(source: Source, stage: Path) -> dict[str, Any]:
     record: dict[str, Any] = dataclasses.asdict(spec.preprocess)
     if not spec.is_text:
         # timm keeps its data config inside the model code; the artifact carries it as a file
-        image = {k: record[k] for k in IMAGE_KEYS}
+        image = {k: record[k] for k in IMAGE_PREPROCESS_KEYS}
         (stage / IMAGE_CONFIG).write_text(json.dumps(image, indent=2) + "\n")
         files = [*files, IMAGE_CONFIG]
     record["files"] = sorted(files)
@@ -331,20 +328,6 @@ def graph_signature(model_path: Path) -> tuple[list[dict[str, Any]], list[dict[s
         return {"name": value.name, "dtype": np.dtype(dtype).name, "shape": graph_dims(value)}
 
     return [describe(v) for v in graph.input], [describe(v) for v in graph.output]
-
-
-def library_versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found: dict[str, str | None] = {}
-    for key, dist in (("zoo", "zoo-toolkit"), ("torch", "torch"), ("transformers", "transformers"),
-                      ("timm", "timm"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
-                      ("onnxscript", "onnxscript"), ("numpy", "numpy"), ("tokenizers", "tokenizers")):
-        try:
-            found[key] = version(dist)
-        except PackageNotFoundError:
-            found[key] = None
-    return found
 
 
 def run_summary(spec: ModelSpec) -> dict[str, Any] | None:

@@ -52,15 +52,3 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("zoo-toolkit", "torch", "transformers", "timm", "datasets", "tokenizers", "scikit-learn"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out

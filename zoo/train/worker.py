@@ -99,7 +99,8 @@ def run_spec(spec: ModelSpec, labels: tuple[str, ...], out: Path) -> ModelSpec:
 def write_run_dir(config: TrainConfig, spec: ModelSpec, data: Any, state: Any,
                   weights: dict[str, torch.Tensor], strategy: Any) -> None:
     from zoo import sources
-    from zoo.train.report import MetricsLog, plot_curves, versions
+    from zoo.train.report import MetricsLog, plot_curves
+    from zoo.versions import library_versions
 
     out = Path(config.out)
     fresh = build_model(spec, data.labels, dataclasses.replace(config, random_init=True))
@@ -115,7 +116,7 @@ def write_run_dir(config: TrainConfig, spec: ModelSpec, data: Any, state: Any,
         "data": data.info(), "config": config.to_dict(), "world_size": strategy.world_size,
         "strategy": strategy.name, "steps": state.step, "stopped_early": state.stopped_early,
         "metrics": {"final": state.last, "best": {**state.best, "step": state.best_step}},
-        "versions": versions(),
+        "versions": library_versions(),
     }
     (out / RUN_FILE).write_text(json.dumps(record, indent=2))
 
