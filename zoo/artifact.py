@@ -113,6 +113,16 @@ def check_files(folder: Path, manifest: dict[str, Any], *, full: bool = True) ->
     return problems
 
 
+def check_destination(dest: Path) -> None:
+    """Refuse a destination that holds anything: an artifact folder is never merged into."""
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        from zoo.errors import ConfigError
+
+        raise ConfigError(f"output folder '{dest}' already exists and is not empty; choose another --out "
+                          "or remove it")
+
+
 @contextlib.contextmanager
 def staged_dir(dest: Path, *, keep_failed: Path | None = None) -> Iterator[Path]:
     """Yield a temporary sibling of ``dest``; rename it into place only if the block succeeds.
@@ -121,11 +131,7 @@ def staged_dir(dest: Path, *, keep_failed: Path | None = None) -> Iterator[Path]
     so ``dest`` never holds a half-written artifact.
     """
     dest = Path(dest).resolve()
-    if dest.exists() and any(dest.iterdir()):
-        from zoo.errors import ConfigError
-
-        raise ConfigError(f"output folder '{dest}' already exists and is not empty; choose another --out "
-                          "or remove it")
+    check_destination(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     stage = dest.parent / f".{dest.name}.partial-{uuid.uuid4().hex[:8]}"
     stage.mkdir()
