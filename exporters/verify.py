@@ -19,9 +19,8 @@ import numpy as np
 
 from zoo.artifact import MODEL_FILE, check_files, read_manifest
 from zoo.errors import ArtifactError, ConfigError, VerificationError, ZooError
-from zoo.spec import ModelSpec, Tolerances
+from zoo.spec import CLASSIFIER_TASKS, ModelSpec, Tolerances
 
-CLASSIFIER_TASKS = ("image-classification", "text-classification", "token-classification")
 
 
 @dataclass

@@ -23,6 +23,9 @@ Pooling = Literal["mean", "cls", "max", "lasttoken"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 DTYPES = ("float32", "int64", "int32", "bool")
 TEXT_TASKS = ("text-classification", "token-classification", "feature-extraction")
+CLASSIFIER_TASKS = tuple(t for t in TASKS if t.endswith("classification"))
+# image preprocessing in timm's data-config vocabulary (what an image artifact records)
+IMAGE_PREPROCESS_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 
 
 @dataclass(frozen=True)

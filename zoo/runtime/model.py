@@ -18,9 +18,9 @@ from zoo.artifact import MODEL_FILE, check_files, read_manifest
 from zoo.errors import ArtifactError, ConfigError, InputError
 from zoo.runtime.preprocess import ImagePreprocessor, TextBatch, TextPreprocessor, numpy_dtype
 from zoo.runtime.results import Classification, Embedding, Entity, Prediction, TokenClassification
+from zoo.spec import TASKS
 
 Provider = Union[str, tuple[str, dict[str, Any]]]
-TASKS = ("image-classification", "text-classification", "token-classification", "feature-extraction")
 # ignore_labels of transformers' token-classification pipeline: words outside any entity
 OUTSIDE = "O"
 

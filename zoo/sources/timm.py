@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import ModelUnavailableError, NameNotFoundError
-from zoo.spec import ModelSpec, Preprocess, image_inputs
+from zoo.spec import IMAGE_PREPROCESS_KEYS, ModelSpec, Preprocess, image_inputs
 
-_PREPROCESS_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 
 
 def is_model_folder(path: Path) -> bool:
@@ -72,7 +71,7 @@ def _spec(*, name: str, source_id: str, arch: str, cfg: dict[str, Any], num_clas
 
 
 def preprocess_from_cfg(cfg: dict[str, Any]) -> Preprocess:
-    values = {k: cfg[k] for k in _PREPROCESS_KEYS if cfg.get(k) is not None}
+    values = {k: cfg[k] for k in IMAGE_PREPROCESS_KEYS if cfg.get(k) is not None}
     for key in ("input_size", "mean", "std"):
         if key in values:
             values[key] = tuple(values[key])
@@ -162,7 +161,7 @@ def save_model(model: Any, spec: ModelSpec, folder: Path, *, model_args: dict[st
     if spec.labels:
         model_config["label_names"] = list(spec.labels)
     data_config = {k: v for k, v in dataclasses.asdict(spec.preprocess).items()
-                   if k in _PREPROCESS_KEYS and v is not None}
+                   if k in IMAGE_PREPROCESS_KEYS and v is not None}
     timm.models.save_for_hf(model, str(folder), model_config=model_config, model_args=model_args or None,
                             safe_serialization=True, data_config=data_config or None)
 
