@@ -13,6 +13,10 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from tests import tiny  # noqa: E402
+# Exported artifacts shared by the export, verify and runtime tests, built once per worker.
+from tests.artifacts import (  # noqa: E402,F401  (pytest fixtures)
+    image_file, minilm_artifact, ner_artifact, ner_folder, text_cls_artifact, timm_artifact,
+)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ import pytest
 from typer.testing import CliRunner
 
 import zoo
-from tests.test_runtime_fixtures import text_cls_artifact, timm_artifact  # noqa: F401  (pytest fixtures)
 from zoo.cli.app import app
 from zoo.errors import ConfigError
 from zoo.runtime.bench import Timing, bench
@@ -62,7 +61,7 @@ def test_bench_rejects_bad_batch_sizes(text_cls_artifact: Path) -> None:
 
 def test_bench_vs_torch_rebuilds_a_random_init_timm_model(tmp_path: Path) -> None:
     """No source folder (timm:ARCH, random weights): torch gets the same architecture, labelled as such."""
-    from tests.test_runtime_fixtures import make_artifact
+    from tests.artifacts import make_artifact
 
     art = make_artifact("timm:test_resnet", tmp_path / "art", random_init=True)
     model = zoo.load(art)

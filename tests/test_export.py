@@ -18,57 +18,43 @@ from zoo.errors import ConfigError, ModelUnavailableError
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("export-artifacts")]
 
 
-@pytest.fixture(scope="module")
-def text_artifact(tiny_text_classifier, tmp_path_factory) -> Path:
-    from exporters.onnx import export_onnx
-
-    return export_onnx(str(tiny_text_classifier), out=tmp_path_factory.mktemp("art") / "bert").path
-
-
-@pytest.fixture(scope="module")
-def image_artifact(tiny_timm_folder, tmp_path_factory) -> Path:
-    from exporters.onnx import export_onnx
-
-    return export_onnx(str(tiny_timm_folder), out=tmp_path_factory.mktemp("art") / "timm").path
-
-
 def _manifest(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
 
 
-def test_text_artifact_has_documented_layout(text_artifact: Path) -> None:
+def test_text_artifact_has_documented_layout(text_cls_artifact: Path) -> None:
     import onnx
 
-    m = _manifest(text_artifact)
+    m = _manifest(text_cls_artifact)
     documented = {"format", "format_version", "name", "spec", "source", "task", "labels", "inputs", "outputs",
                   "opset", "exporter", "preprocess", "versions", "files", "verification", "tolerances", "created"}
     assert documented <= set(m)
     assert m["exporter"] == "dynamo" and m["opset"] == 18 and m["verified"] is True
     assert m["labels"] == ["negative", "positive"] and m["task"] == "text-classification"
-    graph = onnx.load(str(text_artifact / "model.onnx")).graph
+    graph = onnx.load(str(text_cls_artifact / "model.onnx")).graph
     assert [i["name"] for i in m["inputs"]] == [i.name for i in graph.input]
     assert [o["name"] for o in m["outputs"]] == ["logits"]
     assert m["inputs"][0] == {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]}
     pp = m["preprocess"]
     assert pp["max_length"] == 512 and pp["truncation"] is True
     assert (pp["pad_token"], pp["pad_token_id"], pp["padding_side"]) == ("[PAD]", 0, "right")
-    assert "tokenizer.json" in pp["files"] and (text_artifact / "tokenizer.json").is_file()
-    assert set(m["files"]) == {p.relative_to(text_artifact).as_posix() for p in text_artifact.rglob("*")
+    assert "tokenizer.json" in pp["files"] and (text_cls_artifact / "tokenizer.json").is_file()
+    assert set(m["files"]) == {p.relative_to(text_cls_artifact).as_posix() for p in text_cls_artifact.rglob("*")
                                if p.is_file() and p.name != "manifest.json"}
     assert all(m["versions"][k] for k in ("torch", "transformers", "onnx", "onnxruntime", "zoo"))
     report = m["verification"]
     assert report["passed"] and len(report["seeds"]) >= 3
 
 
-def test_golden_data_replays_with_plain_onnx_and_onnxruntime(text_artifact: Path) -> None:
+def test_golden_data_replays_with_plain_onnx_and_onnxruntime(text_cls_artifact: Path) -> None:
     """ONNX Model Zoo layout: any tool reads the TensorProtos, no zoo involved."""
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
 
-    sets = sorted(text_artifact.glob("test_data_set_*"))
+    sets = sorted(text_cls_artifact.glob("test_data_set_*"))
     assert [s.name for s in sets] == ["test_data_set_0", "test_data_set_1", "test_data_set_2"]
-    session = ort.InferenceSession(str(text_artifact / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(text_cls_artifact / "model.onnx"), providers=["CPUExecutionProvider"])
     batches = set()
     for data_set in sets:
         feed = {}
@@ -83,36 +69,36 @@ def test_golden_data_replays_with_plain_onnx_and_onnxruntime(text_artifact: Path
     assert len(batches) == 3, "golden sets should cover different shapes"
 
 
-def test_verification_grid_differs_from_export_shapes(text_artifact: Path, image_artifact: Path) -> None:
+def test_verification_grid_differs_from_export_shapes(text_cls_artifact: Path, timm_artifact: Path) -> None:
     from exporters.grid import EXPORT_BATCH
 
-    for folder in (text_artifact, image_artifact):
+    for folder in (text_cls_artifact, timm_artifact):
         report = _manifest(folder)["verification"]
         batches = {int(s.split("[")[1].split("x")[0]) for s in report["shapes"]}
         assert 1 in batches and any(b >= 3 and b % 2 for b in batches) and EXPORT_BATCH not in batches
         assert len(report["seeds"]) >= 3
-    text_shapes = _manifest(text_artifact)["verification"]["shapes"]
+    text_shapes = _manifest(text_cls_artifact)["verification"]["shapes"]
     assert any(s.startswith("long [3x512]") for s in text_shapes), text_shapes
     assert any(s.startswith("short [1x") for s in text_shapes)
 
 
-def test_image_artifact_records_timm_preprocessing(image_artifact: Path) -> None:
-    m = _manifest(image_artifact)
+def test_image_artifact_records_timm_preprocessing(timm_artifact: Path) -> None:
+    m = _manifest(timm_artifact)
     pp = m["preprocess"]
     for key in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode"):
         assert pp[key] is not None, key
     assert pp["files"] == ["preprocess.json"]
-    assert json.loads((image_artifact / "preprocess.json").read_text())["input_size"] == pp["input_size"]
+    assert json.loads((timm_artifact / "preprocess.json").read_text())["input_size"] == pp["input_size"]
     assert m["labels"] == ["cat", "dog", "bird"]
     assert m["inputs"][0]["shape"] == ["batch", *pp["input_size"]]
 
 
-def test_verify_artifact_accepts_fresh_artifacts_and_source(text_artifact: Path, image_artifact: Path) -> None:
+def test_verify_artifact_accepts_fresh_artifacts_and_source(text_cls_artifact: Path, timm_artifact: Path) -> None:
     from exporters.verify import verify_artifact
 
-    report = verify_artifact(text_artifact)
+    report = verify_artifact(text_cls_artifact)
     assert report.passed and sum(c.name.startswith("golden") for c in report.checks) == 3
-    full = verify_artifact(image_artifact, against_source=True)
+    full = verify_artifact(timm_artifact, against_source=True)
     assert any(c.name == "source: output logits" and c.passed for c in full.checks)
 
 
@@ -168,7 +154,7 @@ def test_default_destination_is_artifacts_safe_name(tiny_timm_folder, tmp_path, 
     assert result.path == (tmp_path / "artifacts" / Path(tiny_timm_folder).name).resolve()
 
 
-def test_bad_settings_fail_before_any_work(tiny_timm_folder, tmp_path, text_artifact) -> None:
+def test_bad_settings_fail_before_any_work(tiny_timm_folder, tmp_path, text_cls_artifact) -> None:
     from exporters.onnx import export_onnx
 
     with pytest.raises(ConfigError) as info:
@@ -176,9 +162,9 @@ def test_bad_settings_fail_before_any_work(tiny_timm_folder, tmp_path, text_arti
     message = str(info.value)
     assert "--opset 3" in message and "--atol -1.0" in message and "--rtol nan" in message
     with pytest.raises(ConfigError, match="already a zoo artifact"):
-        export_onnx(str(text_artifact), out=tmp_path / "b")
+        export_onnx(str(text_cls_artifact), out=tmp_path / "b")
     with pytest.raises(ConfigError, match="already exists and is not empty"):
-        export_onnx(str(tiny_timm_folder), out=text_artifact)
+        export_onnx(str(tiny_timm_folder), out=text_cls_artifact)
 
 
 def test_text_model_without_tokenizer_is_refused(tiny_text_classifier, tmp_path) -> None:

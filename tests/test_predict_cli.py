@@ -10,13 +10,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.test_runtime_fixtures import (  # noqa: F401  (pytest fixtures)
-    image_file,
-    ner_artifact,
-    ner_folder,
-    text_cls_artifact,
-    timm_artifact,
-)
 from zoo.cli.app import app
 
 runner = CliRunner()

@@ -15,16 +15,7 @@ import numpy as np
 import pytest
 
 import zoo
-from tests.test_runtime_fixtures import (  # noqa: F401  (pytest fixtures)
-    SENTENCES,
-    copy_artifact,
-    image_file,
-    minilm_artifact,
-    ner_artifact,
-    ner_folder,
-    text_cls_artifact,
-    timm_artifact,
-)
+from tests.artifacts import SENTENCES, copy_artifact
 from zoo.runtime.preprocess import ImagePreprocessor
 
 pytestmark = pytest.mark.slow

@@ -27,20 +27,6 @@ def text_source(tiny_text_classifier):
     return build_source(_as_spec(str(tiny_text_classifier), ()))
 
 
-@pytest.fixture(scope="module")
-def image_artifact(tiny_timm_folder, tmp_path_factory) -> Path:
-    from exporters.onnx import export_onnx
-
-    return export_onnx(str(tiny_timm_folder), out=tmp_path_factory.mktemp("art") / "timm").path
-
-
-@pytest.fixture(scope="module")
-def text_artifact(tiny_text_classifier, tmp_path_factory) -> Path:
-    from exporters.onnx import export_onnx
-
-    return export_onnx(str(tiny_text_classifier), out=tmp_path_factory.mktemp("art") / "bert").path
-
-
 def _copy(artifact: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(artifact, tmp_path / artifact.name))
 
@@ -53,13 +39,13 @@ def _failed(exc: pytest.ExceptionInfo) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_tampered_weight_is_caught_by_hash_and_golden_data(image_artifact: Path, tmp_path: Path) -> None:
+def test_tampered_weight_is_caught_by_hash_and_golden_data(timm_artifact: Path, tmp_path: Path) -> None:
     import onnx
     from onnx import numpy_helper
 
     from exporters.verify import verify_artifact
 
-    folder = _copy(image_artifact, tmp_path)
+    folder = _copy(timm_artifact, tmp_path)
     model = onnx.load(str(folder / "model.onnx"))
     head = next(t for t in model.graph.initializer if t.name.endswith("fc.weight"))
     head.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(head) * 3.0 + 0.5, head.name))
@@ -74,10 +60,10 @@ def test_tampered_weight_is_caught_by_hash_and_golden_data(image_artifact: Path,
 
 
 @pytest.mark.slow
-def test_missing_preprocessor_file_is_caught(text_artifact: Path, tmp_path: Path) -> None:
+def test_missing_preprocessor_file_is_caught(text_cls_artifact: Path, tmp_path: Path) -> None:
     from exporters.verify import verify_artifact
 
-    folder = _copy(text_artifact, tmp_path)
+    folder = _copy(text_cls_artifact, tmp_path)
     (folder / "tokenizer.json").unlink()
     with pytest.raises(VerificationError) as info:
         verify_artifact(folder)
@@ -87,10 +73,10 @@ def test_missing_preprocessor_file_is_caught(text_artifact: Path, tmp_path: Path
 
 
 @pytest.mark.slow
-def test_missing_image_config_is_caught(image_artifact: Path, tmp_path: Path) -> None:
+def test_missing_image_config_is_caught(timm_artifact: Path, tmp_path: Path) -> None:
     from exporters.verify import verify_artifact
 
-    folder = _copy(image_artifact, tmp_path)
+    folder = _copy(timm_artifact, tmp_path)
     (folder / "preprocess.json").unlink()
     with pytest.raises(VerificationError) as info:
         verify_artifact(folder)
@@ -98,10 +84,10 @@ def test_missing_image_config_is_caught(image_artifact: Path, tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_extra_and_missing_golden_files_are_caught(image_artifact: Path, tmp_path: Path) -> None:
+def test_extra_and_missing_golden_files_are_caught(timm_artifact: Path, tmp_path: Path) -> None:
     from exporters.verify import verify_artifact
 
-    folder = _copy(image_artifact, tmp_path)
+    folder = _copy(timm_artifact, tmp_path)
     (folder / "notes.txt").write_text("not part of the export")
     shutil.rmtree(folder / "test_data_set_1")
     with pytest.raises(VerificationError) as info:
@@ -187,13 +173,13 @@ def test_interrupted_export_leaves_nothing(tiny_timm_folder, tmp_path: Path, mon
 
 
 @pytest.mark.slow
-def test_tokenizer_settings_that_do_not_reproduce_are_caught(text_source, text_artifact: Path) -> None:
+def test_tokenizer_settings_that_do_not_reproduce_are_caught(text_source, text_cls_artifact: Path) -> None:
     from exporters.verify import tokenizer_file_check
 
-    pp = json.loads((text_artifact / "manifest.json").read_text())["preprocess"]
-    assert tokenizer_file_check(text_artifact, pp, text_source.cases).passed
+    pp = json.loads((text_cls_artifact / "manifest.json").read_text())["preprocess"]
+    assert tokenizer_file_check(text_cls_artifact, pp, text_source.cases).passed
     wrong = {**pp, "max_length": 64, "padding_side": "left"}
-    check = tokenizer_file_check(text_artifact, wrong, text_source.cases)
+    check = tokenizer_file_check(text_cls_artifact, wrong, text_source.cases)
     assert not check.passed and "long" in check.detail
 
 

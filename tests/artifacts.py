@@ -1,4 +1,4 @@
-"""Artifacts for the runtime tests (no tests here; the runtime test modules import these fixtures).
+"""Artifacts shared by the export, verify and runtime tests (fixtures, made available by conftest.py).
 
 Every artifact comes from the real exporter, ``exporters.onnx.export_onnx``, on the
 suite's tiny models and on the real MiniLM package.
