@@ -7,6 +7,7 @@ so any ONNX tool can replay an artifact's golden data without zoo.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,15 @@ def write_golden(folder: Path, index: int, inputs: dict[str, np.ndarray],
             proto = numpy_helper.from_array(np.ascontiguousarray(array), name=name)
             (target / f"{kind}_{k}.pb").write_bytes(proto.SerializeToString())
     return target
+
+
+def golden_indices(cases: list[Any], count: int = 3) -> list[int]:
+    """One grid case per seed, rotating through the kinds, so the golden sets differ in shape."""
+    by_seed: dict[int, list[int]] = {}
+    for index, case in enumerate(cases):
+        by_seed.setdefault(case.seed, []).append(index)
+    picked = [group[i % len(group)] for i, group in enumerate(by_seed.values())]
+    return picked[:count]
 
 
 def golden_sets(folder: Path) -> list[Path]:

@@ -25,17 +25,19 @@ from typing import Any
 
 import numpy as np
 
-from exporters import grid
-from exporters.verify import VerifyReport, tokenizer_file_check, verify_model
+from exporters.golden import golden_indices, write_golden
+from exporters.source import Source, build_source
+from exporters.verify import verify_model
 from zoo.artifact import MODEL_FILE, check_destination, staged_dir, write_manifest
-from zoo.errors import ConfigError, ExportError, VerificationError
-from zoo.spec import IMAGE_PREPROCESS_KEYS, ModelSpec
+from zoo.checks import VerifyReport
+from zoo.errors import ConfigError, ExportError, VerificationError, first_line
+from zoo.manifest import Manifest, TensorInfo
+from zoo.spec import ModelSpec
 from zoo.versions import library_versions
 
 Progress = Callable[[str], None]
 PROTOBUF_LIMIT = 2 * 1024**3
 MAX_BATCH = 4096
-IMAGE_CONFIG = "preprocess.json"
 
 
 @dataclass
@@ -44,24 +46,11 @@ class ExportResult:
 
     path: Path
     report: VerifyReport
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def exporter(self) -> str:
-        return str(self.manifest.get("exporter"))
-
-
-@dataclass
-class Source:
-    """The torch side of an export: the module to trace and the grid to verify it on."""
-
-    spec: ModelSpec  # with the preprocessing the source itself filled in (timm data config)
-    module: Any
-    tokenizer: Any | None
-    cases: list[grid.Case]
-    example: dict[str, np.ndarray]
-    output: str
-    model_kwargs: dict[str, Any] | None = None  # constructor overrides, recorded so the model can be rebuilt
+        return self.manifest.exporter
 
 
 def export_onnx(model: str | ModelSpec, *, out: str | Path | None = None, opset: int | None = None,
@@ -94,17 +83,16 @@ def export_onnx(model: str | ModelSpec, *, out: str | Path | None = None, opset:
 
 
 def _build_artifact(source: Source, stage: Path, random_init: bool,
-                    step: Progress) -> tuple[dict[str, Any], VerifyReport]:
+                    step: Progress) -> tuple[Manifest, VerifyReport]:
     spec = source.spec
     model_path = stage / MODEL_FILE
     step("export (dynamo)")
-    exporter, notes = export_graph(source.module, spec, source.example, model_path, source.output)
+    exporter, notes = export_graph(source.module, spec, source.example, model_path)
     step("preprocessor files")
-    preprocess = write_preprocessor(source, stage)
+    preprocess = source.task.write_preprocessor(spec, source.processor, stage)
     step(f"verify ({len(source.cases)} grid cases)")
-    report, references = verify_model(source.module, spec, model_path, source.cases, source.output)
-    if spec.is_text:
-        report.checks.append(tokenizer_file_check(stage, preprocess, source.cases))
+    report, references = verify_model(source.module, spec, model_path, source.cases)
+    report.checks += source.task.export_checks(stage, preprocess, source.cases, references)
     step("golden data")
     write_golden_sets(stage, source.cases, references)
     step("manifest")
@@ -156,34 +144,10 @@ def _check_destination(dest: Path, keep_failed: str | Path | None) -> None:
                           "never appear at --out: choose another folder")
 
 
-def build_source(spec: ModelSpec, *, random_init: bool = False, model_kwargs: dict[str, Any] | None = None,
-                 module: Any | None = None) -> Source:
-    """The torch module, the tokenizer and the verification grid for ``spec``."""
-    from zoo import sources
-
-    source = sources.for_spec(spec)
-    if module is None:
-        from zoo.create import create_model
-
-        model, preprocess = create_model(spec, pretrained=not random_init, model_kwargs=model_kwargs)
-        spec = dataclasses.replace(spec, preprocess=preprocess)
-        module = source.inference_module(model, spec)
-    module.eval()
-    tokenizer = None
-    if spec.is_text:
-        from zoo.sources import hf
-
-        tokenizer = hf.load_tokenizer(spec)
-    return Source(spec=spec, module=module, tokenizer=tokenizer,
-                  cases=grid.make_cases(spec, spec.preprocess, tokenizer),
-                  example=grid.export_example(spec, spec.preprocess, tokenizer), output=source.output_name(spec),
-                  model_kwargs=model_kwargs)
-
-
 # ---------------------------------------------------------------- the exporters
 
 
-def export_graph(module: Any, spec: ModelSpec, example: dict[str, np.ndarray], path: Path, output: str,
+def export_graph(module: Any, spec: ModelSpec, example: dict[str, np.ndarray], path: Path,
                  *, dynamic: bool = True) -> tuple[str, list[str]]:
     """Write ``path`` with the dynamo exporter, else TorchScript; return (exporter used, notes).
 
@@ -194,32 +158,29 @@ def export_graph(module: Any, spec: ModelSpec, example: dict[str, np.ndarray], p
     tensors = {k: torch.from_numpy(v) for k, v in example.items()}
     notes: list[str] = []
     try:
-        _export_dynamo(module, spec, tensors, path, output, dynamic)
+        _export_dynamo(module, spec, tensors, path, dynamic)
         return "dynamo", notes
     except Exception as exc:  # the dynamo exporter fails in many ways; the fallback gets its turn
-        notes.append(f"dynamo exporter failed: {type(exc).__name__}: {_first_line(exc)}")
+        notes.append(f"dynamo exporter failed: {type(exc).__name__}: {first_line(exc)}")
     for leftover in path.parent.glob(path.name + "*"):
         leftover.unlink()
     try:
-        _export_torchscript(module, spec, tensors, path, output, dynamic)
+        _export_torchscript(module, spec, tensors, path, dynamic)
     except Exception as exc:  # both exporters failed: report both reasons
         raise ExportError(f"{spec.name}: both ONNX exporters failed. {notes[0]}; TorchScript exporter: "
-                          f"{type(exc).__name__}: {_first_line(exc)}. Re-run with --debug for the traceback, "
+                          f"{type(exc).__name__}: {first_line(exc)}. Re-run with --debug for the traceback, "
                           "or try another --opset") from exc
     return "torchscript", notes
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else "(no message)"
 
 
 def _dims(spec: ModelSpec) -> dict[str, Any]:
     """dynamic_shapes keyed by forward argument name; one shared Dim per axis name."""
     from torch.export import Dim
 
+    from zoo.tasks import get_task
+
     made: dict[str, Any] = {}
-    bounds = {"batch": MAX_BATCH, "sequence": spec.preprocess.max_length or 512}
+    bounds = {"batch": MAX_BATCH, **get_task(spec.task).axis_bounds(spec)}
     shapes: dict[str, Any] = {}
     for item in spec.inputs:
         axes = {}
@@ -232,8 +193,13 @@ def _dims(spec: ModelSpec) -> dict[str, Any]:
     return shapes
 
 
-def _export_dynamo(module: Any, spec: ModelSpec, tensors: dict[str, Any], path: Path, output: str,
-                   dynamic: bool) -> None:
+def _output_names(spec: ModelSpec) -> list[str]:
+    from zoo.tasks import get_task
+
+    return list(get_task(spec.task).output_names(spec))
+
+
+def _export_dynamo(module: Any, spec: ModelSpec, tensors: dict[str, Any], path: Path, dynamic: bool) -> None:
     import torch
 
     big = sum(p.numel() * p.element_size() for p in module.parameters()) > PROTOBUF_LIMIT * 0.9
@@ -243,79 +209,51 @@ def _export_dynamo(module: Any, spec: ModelSpec, tensors: dict[str, Any], path: 
         program = torch.onnx.export(module, (), kwargs=tensors, dynamo=True,
                                     dynamic_shapes=_dims(spec) if dynamic else None,
                                     opset_version=spec.export.opset, input_names=list(tensors),
-                                    output_names=[output], verbose=False)
+                                    output_names=_output_names(spec), verbose=False)
         program.save(str(path), external_data=big)
 
 
-def _export_torchscript(module: Any, spec: ModelSpec, tensors: dict[str, Any], path: Path, output: str,
-                        dynamic: bool) -> None:
+def _export_torchscript(module: Any, spec: ModelSpec, tensors: dict[str, Any], path: Path, dynamic: bool) -> None:
     import torch
 
-    axes: dict[str, dict[int, str]] = {i.name: i.dynamic_axes() for i in spec.inputs}
-    from exporters.verify import expected_output_shape
+    from zoo.tasks import get_task
 
-    axes[output] = {i: d for i, d in enumerate(expected_output_shape(spec)) if d is not None}
+    axes: dict[str, dict[int, str]] = {i.name: i.dynamic_axes() for i in spec.inputs}
+    for name, dims in get_task(spec.task).output_axes(spec).items():
+        axes[name] = {i: d for i, d in enumerate(dims) if d is not None}
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, tuple(tensors.values()), str(path), dynamo=False,
-                          input_names=list(tensors), output_names=[output],
+                          input_names=list(tensors), output_names=_output_names(spec),
                           dynamic_axes=axes if dynamic else None, opset_version=spec.export.opset)
 
 
 # ---------------------------------------------------------------- artifact contents
 
 
-def write_preprocessor(source: Source, stage: Path) -> dict[str, Any]:
-    """Preprocessor files plus the manifest's "preprocess" record (enough for a tokenizers-only runtime)."""
-    from zoo import sources
-
-    spec = source.spec
-    files = sources.for_spec(spec).save_preprocessor(spec, stage)
-    record: dict[str, Any] = dataclasses.asdict(spec.preprocess)
-    if not spec.is_text:
-        # timm keeps its data config inside the model code; the artifact carries it as a file
-        image = {k: record[k] for k in IMAGE_PREPROCESS_KEYS}
-        (stage / IMAGE_CONFIG).write_text(json.dumps(image, indent=2) + "\n")
-        files = [*files, IMAGE_CONFIG]
-    record["files"] = sorted(files)
-    if source.tokenizer is not None:
-        tok = source.tokenizer
-        record.update(truncation=True, truncation_side=tok.truncation_side, padding="longest",
-                      padding_side=tok.padding_side, pad_token=tok.pad_token, pad_token_id=tok.pad_token_id,
-                      pad_type_id=int(getattr(tok, "pad_token_type_id", 0) or 0))
-    return record
-
-
-def write_golden_sets(stage: Path, cases: list[grid.Case], references: list[dict[str, np.ndarray]]) -> None:
-    from exporters.golden import write_golden
-
-    for index, picked in enumerate(grid.golden_indices(cases)):
+def write_golden_sets(stage: Path, cases: list[Any], references: list[dict[str, np.ndarray]]) -> None:
+    for index, picked in enumerate(golden_indices(cases)):
         write_golden(stage, index, cases[picked].inputs, references[picked])
 
 
 def build_manifest(source: Source, model_path: Path, exporter: str, notes: list[str],
-                   preprocess: dict[str, Any], report: VerifyReport, random_init: bool) -> dict[str, Any]:
+                   preprocess: dict[str, Any], report: VerifyReport, random_init: bool) -> Manifest:
     spec = source.spec
     inputs, outputs = graph_signature(model_path)
-    manifest: dict[str, Any] = {
-        "name": spec.name, "spec": spec.to_dict(),
-        "source": {"source": spec.source, "id": spec.source_id, "revision": spec.revision},
-        "task": spec.task, "labels": list(spec.labels) if spec.labels else None,
-        "inputs": inputs, "outputs": outputs, "opset": spec.export.opset,
-        "exporter": exporter, "export_notes": notes, "random_init": random_init,
-        "preprocess": preprocess, "tolerances": dataclasses.asdict(spec.verify),
-        "versions": library_versions(), "verified": report.passed, "verification": report.to_dict(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    if source.model_kwargs:
-        manifest["model_kwargs"] = source.model_kwargs
-    run = run_summary(spec)
-    if run is not None:
-        manifest["run"] = run
-    return manifest
+    return Manifest(
+        name=spec.name, spec=spec.to_dict(),
+        source={"source": spec.source, "id": spec.source_id, "revision": spec.revision},
+        task=spec.task, labels=tuple(spec.labels) if spec.labels else None,
+        inputs=inputs, outputs=outputs, opset=spec.export.opset,
+        exporter=exporter, export_notes=tuple(notes), random_init=random_init,
+        preprocess=preprocess, tolerances=dataclasses.asdict(spec.verify),
+        versions=library_versions(), verified=report.passed, verification=report.to_dict(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        model_kwargs=source.model_kwargs or None, run=run_summary(spec),
+    )
 
 
-def graph_signature(model_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def graph_signature(model_path: Path) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
     """Inputs and outputs as the graph declares them, in graph order (the runtime feeds in this order)."""
     import onnx
 
@@ -323,11 +261,11 @@ def graph_signature(model_path: Path) -> tuple[list[dict[str, Any]], list[dict[s
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
 
-    def describe(value: Any) -> dict[str, Any]:
+    def describe(value: Any) -> TensorInfo:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        return {"name": value.name, "dtype": np.dtype(dtype).name, "shape": graph_dims(value)}
+        return TensorInfo(value.name, np.dtype(dtype).name, tuple(graph_dims(value)))
 
-    return [describe(v) for v in graph.input], [describe(v) for v in graph.output]
+    return tuple(describe(v) for v in graph.input), tuple(describe(v) for v in graph.output)
 
 
 def run_summary(spec: ModelSpec) -> dict[str, Any] | None:
@@ -342,4 +280,4 @@ def run_summary(spec: ModelSpec) -> dict[str, Any] | None:
     return {"run_dir": str(run_file.parent), **{k: v for k, v in run.items() if k != "spec"}}
 
 
-__all__ = ["ExportResult", "Source", "build_source", "export_graph", "export_onnx", "verify_model"]
+__all__ = ["ExportResult", "Source", "build_source", "export_graph", "export_onnx"]

@@ -17,76 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from zoo.artifact import MODEL_FILE, check_files, read_manifest
-from zoo.errors import ArtifactError, ConfigError, VerificationError, ZooError
-from zoo.spec import CLASSIFIER_TASKS, ModelSpec, Tolerances
+from zoo.artifact import MANIFEST, MODEL_FILE, check_files, read_manifest
+from zoo.checks import Check, VerifyReport
+from zoo.errors import ArtifactError, ConfigError, VerificationError, ZooError, first_line
+from zoo.manifest import Manifest
+from zoo.spec import ModelSpec, Tolerances
+from zoo.tasks import get_task
+from zoo.tasks.base import Case
 
-
-
-@dataclass
-class Check:
-    """One line of the report: what was checked, the measured value and the limit it must meet."""
-
-    name: str
-    passed: bool
-    value: str = ""
-    limit: str = ""
-    detail: str = ""
-
-
-@dataclass
-class VerifyReport:
-    """Every check run on one export or artifact; ``passed`` only when all of them passed."""
-
-    subject: str
-    checks: list[Check] = field(default_factory=list)
-    shapes: list[str] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=list)
-    tolerances: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.checks) and all(c.passed for c in self.checks)
-
-    @property
-    def failures(self) -> list[Check]:
-        return [c for c in self.checks if not c.passed]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VerifyReport:
-        data = {k: v for k, v in data.items() if k != "passed"}
-        data["checks"] = [Check(**c) for c in data.get("checks", [])]
-        return cls(**data)
-
-    def summary(self) -> str:
-        failed = "; ".join(f"{c.name}: {c.value}" + (f" (limit {c.limit})" if c.limit else "")
-                           + (f" [{c.detail}]" if c.detail else "") for c in self.failures)
-        head = f"{len(self.checks) - len(self.failures)}/{len(self.checks)} checks passed"
-        return head + (f"; failed: {failed}" if failed else "")
-
-    def table(self, *, compact: bool | None = None) -> Any:
-        """A rich table; compact (name, result, value) when everything passed."""
-        from rich.markup import escape
-        from rich.table import Table
-
-        compact = self.passed if compact is None else compact
-        status = "[green]verified[/green]" if self.passed else "[red]FAILED[/red]"
-        grid = f"{len(self.shapes)} distinct shapes, {len(self.seeds)} seeds" if self.shapes else ""
-        table = Table(title=f"{escape(self.subject)}: {status} {grid} ({self.seconds:.1f}s)")
-        columns = ("check", "result", "value") if compact else ("check", "result", "value", "limit", "detail")
-        for column in columns:
-            table.add_column(column, overflow="fold")
-        for c in self.checks:
-            mark = "[green]ok[/green]" if c.passed else "[red]FAIL[/red]"
-            row = [escape(c.name), mark, escape(c.value)]
-            if not compact:
-                row += [escape(c.limit), escape(c.detail)]
-            table.add_row(*row)
-        return table
+__all__ = ["Check", "VerifyReport", "compare_grid", "verify_artifact", "verify_model", "within_tolerance"]
 
 
 # ---------------------------------------------------------------- comparisons
@@ -139,68 +78,6 @@ def within_tolerance(reference: np.ndarray, got: np.ndarray, tol: Tolerances) ->
     return bool(np.all(ok | both_nan))
 
 
-def classifier_agreement(reference: np.ndarray, got: np.ndarray, tol: Tolerances,
-                         mask: np.ndarray | None = None) -> tuple[int, int, int]:
-    """(rows compared, disagreements, ties excused) of the top-1 class.
-
-    A disagreement where torch's own top-2 margin is within tolerance is a tie
-    (both answers are equally right within the stated precision), not a failure.
-    """
-    ref_top = reference.argmax(-1)
-    got_top = got.argmax(-1)
-    keep = np.ones(ref_top.shape, dtype=bool) if mask is None else mask.astype(bool)
-    differ = (ref_top != got_top) & keep
-    ref_best = np.take_along_axis(reference, ref_top[..., None], -1)[..., 0].astype(np.float64)
-    ref_other = np.take_along_axis(reference, got_top[..., None], -1)[..., 0].astype(np.float64)
-    tie = (ref_best - ref_other) <= tol.atol + tol.rtol * np.abs(ref_best)
-    return int(keep.sum()), int((differ & ~tie).sum()), int((differ & tie).sum())
-
-
-def cosines(reference: np.ndarray, got: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Cosine similarity per row (pooled embeddings) or per real token (hidden states)."""
-    ref = reference.astype(np.float64)
-    out = got.astype(np.float64)
-    if ref.ndim == 3 and mask is not None:
-        keep = mask.astype(bool)
-        ref, out = ref[keep], out[keep]
-    ref = ref.reshape(-1, ref.shape[-1])
-    out = out.reshape(-1, out.shape[-1])
-    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
-    return (ref * out).sum(1) / np.maximum(norms, 1e-30)
-
-
-class TaskStats:
-    """Top-1 agreement (classifiers) or minimum cosine (embeddings) over the grid."""
-
-    def __init__(self, spec: ModelSpec, tol: Tolerances):
-        self.spec, self.tol = spec, tol
-        self.rows = self.wrong = self.ties = 0
-        self.min_cos = 1.0
-
-    def add(self, reference: np.ndarray, got: np.ndarray, inputs: dict[str, np.ndarray]) -> None:
-        if reference.shape != got.shape:
-            self.wrong += 1  # counted by the output check too; a shape error can never agree
-            return
-        mask = inputs.get("attention_mask")
-        if self.spec.task in CLASSIFIER_TASKS:
-            token_mask = mask if self.spec.task == "token-classification" else None
-            rows, wrong, ties = classifier_agreement(reference, got, self.tol, token_mask)
-            self.rows, self.wrong, self.ties = self.rows + rows, self.wrong + wrong, self.ties + ties
-        else:
-            values = cosines(reference, got, mask)
-            self.rows += len(values)
-            self.min_cos = min(self.min_cos, float(np.nan_to_num(values.min(), nan=-1.0)) if len(values) else 1.0)
-
-    def check(self) -> Check:
-        if self.spec.task in CLASSIFIER_TASKS:
-            unit = "tokens" if self.spec.task == "token-classification" else "rows"
-            share = 100.0 * (self.rows - self.wrong) / max(self.rows, 1)
-            detail = f"{self.rows} {unit}" + (f", {self.ties} ties within tolerance" if self.ties else "")
-            return Check("top-1 agreement", self.wrong == 0 and self.rows > 0, f"{share:.2f}%", "100%", detail)
-        return Check("cosine similarity", self.min_cos >= self.tol.cosine and self.rows > 0,
-                     f"min {self.min_cos:.6f}", f">= {self.tol.cosine:g}", f"{self.rows} vectors")
-
-
 # ---------------------------------------------------------------- graph checks
 
 
@@ -212,8 +89,7 @@ def graph_check(model_path: Path) -> Check:
         onnx.checker.check_model(str(model_path), full_check=True)
         onnx.shape_inference.infer_shapes(onnx.load(str(model_path)), check_type=True, strict_mode=True)
     except Exception as exc:  # the checker raises several types (ValidationError, InferenceError, OSError)
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        return Check("onnx.checker + shape inference", False, "failed", "valid ONNX", first)
+        return Check("onnx.checker + shape inference", False, "failed", "valid ONNX", first_line(exc))
     return Check("onnx.checker + shape inference", True, "valid", "full check, strict shape inference")
 
 
@@ -262,24 +138,20 @@ def run_session(session: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.nda
     return dict(zip(names, session.run(names, feed)))
 
 
-def torch_outputs(module: Any, inputs: dict[str, np.ndarray], output: str) -> dict[str, np.ndarray]:
-    import torch
-
-    with torch.no_grad():
-        result = module(**{k: torch.from_numpy(v) for k, v in inputs.items()})
-    return {output: result.detach().cpu().float().numpy()}
-
-
-def compare_grid(module: Any, spec: ModelSpec, model_path: Path, cases: list[Any], tol: Tolerances,
-                 output: str) -> tuple[list[Check], list[dict[str, np.ndarray]]]:
+def compare_grid(module: Any, spec: ModelSpec, model_path: Path, cases: list[Case],
+                 tol: Tolerances) -> tuple[list[Check], list[dict[str, np.ndarray]]]:
     """torch vs onnxruntime on every grid case; returns the checks and torch's outputs per case."""
+    from exporters.source import torch_outputs
+
+    task = get_task(spec.task)
+    names = task.output_names(spec)
     session = ort_session(model_path)
-    stats: dict[str, OutputStats] = {}
-    task = TaskStats(spec, tol)
+    stats = {name: OutputStats(name, tol) for name in names}
+    agreement = task.agreement(spec, tol)
     rejected: list[str] = []
     references: list[dict[str, np.ndarray]] = []
     for case in cases:
-        reference = torch_outputs(module, case.inputs, output)
+        reference = torch_outputs(module, case.inputs, names)
         references.append(reference)
         try:
             got = run_session(session, case.inputs)
@@ -287,70 +159,29 @@ def compare_grid(module: Any, spec: ModelSpec, model_path: Path, cases: list[Any
             rejected.append(f"{case.label}: {str(exc).strip().splitlines()[-1][:160]}")
             continue
         for name, ref in reference.items():
-            stats.setdefault(name, OutputStats(name, tol)).add(ref, got.get(name, np.empty(0)), case.label)
-        task.add(reference[output], got.get(output, np.empty(0)), case.inputs)
+            stats[name].add(ref, got.get(name, np.empty(0)), case.label)
+        agreement.add(reference, got, case)
     checks = [Check("shape grid", not rejected, f"{len(cases) - len(rejected)}/{len(cases)} cases ran",
                     "all cases", "; ".join(rejected[:3]))]
-    checks += [s.check() for s in stats.values()] or [Check(f"output {output}", False, "never compared")]
-    checks.append(task.check())
+    checks += [s.check() for s in stats.values()]
+    checks.append(agreement.check())
     return checks, references
 
 
-def verify_model(module: Any, spec: ModelSpec, model_path: Path, cases: list[Any],
-                 output: str) -> tuple[VerifyReport, list[dict[str, np.ndarray]]]:
+def verify_model(module: Any, spec: ModelSpec, model_path: Path,
+                 cases: list[Case]) -> tuple[VerifyReport, list[dict[str, np.ndarray]]]:
     """The export-time verification: graph checks, dynamic axes, the torch/onnxruntime grid."""
     start = time.perf_counter()
     tol = spec.verify
+    outputs = get_task(spec.task).output_axes(spec)
     checks = [graph_check(model_path),
-              dynamic_axes_check(model_path, [(i.name, list(i.shape)) for i in spec.inputs],
-                                 [(output, expected_output_shape(spec))])]
-    grid_checks, references = compare_grid(module, spec, model_path, cases, tol, output)
+              dynamic_axes_check(model_path, [(i.name, list(i.shape)) for i in spec.inputs], list(outputs.items()))]
+    grid_checks, references = compare_grid(module, spec, model_path, cases, tol)
     report = VerifyReport(subject=spec.name, checks=checks + grid_checks,
                           shapes=sorted({c.label.rsplit(" seed", 1)[0] for c in cases}),
                           seeds=sorted({c.seed for c in cases}), tolerances=asdict(tol))
     report.seconds = time.perf_counter() - start
     return report, references
-
-
-def expected_output_shape(spec: ModelSpec) -> list[str | None]:
-    """Which output axes must stay dynamic: batch always, sequence for per-token outputs."""
-    per_token = spec.task == "token-classification" or (spec.task == "feature-extraction"
-                                                        and not spec.preprocess.pooling)
-    return ["batch", "sequence", None] if per_token else ["batch", None]
-
-
-# ---------------------------------------------------------------- tokenizer files
-
-
-def runtime_tokenizer(folder: Path, preprocess: dict[str, Any]) -> Any:
-    """``tokenizers`` alone, set up from the manifest: what a torch-free runtime would do."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
-    tok.enable_truncation(max_length=int(preprocess["max_length"]),
-                          direction=preprocess.get("truncation_side", "right"))
-    tok.enable_padding(direction=preprocess.get("padding_side", "right"), pad_id=int(preprocess["pad_token_id"]),
-                       pad_type_id=int(preprocess.get("pad_type_id", 0)), pad_token=preprocess["pad_token"])
-    return tok
-
-
-def tokenizer_file_check(folder: Path, preprocess: dict[str, Any], cases: list[Any]) -> Check:
-    """tokenizer.json + the manifest's settings must give the same ids as the model's tokenizer."""
-    if not (Path(folder) / "tokenizer.json").is_file():
-        return Check("tokenizer.json", False, "missing", "present", "a torch-free runtime cannot tokenise")
-    tok = runtime_tokenizer(folder, preprocess)
-    keys = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
-    mismatched = []
-    for case in cases:
-        encodings = tok.encode_batch(case.texts)
-        for name, expected in case.inputs.items():
-            got = np.asarray([getattr(e, keys[name]) for e in encodings], dtype=np.int64)
-            if name == "token_type_ids" and not got.any() and not expected.any():
-                continue
-            if got.shape != expected.shape or not np.array_equal(got, expected):
-                mismatched.append(f"{case.label} {name}")
-    return Check("tokenizer.json reproduces tokenisation", not mismatched, f"{len(cases)} cases",
-                 "identical ids and masks", "; ".join(mismatched[:3]))
 
 
 # ---------------------------------------------------------------- artifacts
@@ -365,13 +196,14 @@ def verify_artifact(path: str | Path, *, against_source: bool = False) -> Verify
     start = time.perf_counter()
     folder = Path(path)
     manifest = read_manifest(folder)
-    tol = Tolerances(**manifest.get("tolerances", {}))
+    tol = Tolerances(**manifest.tolerances)
     model_path = folder / MODEL_FILE
     if not model_path.is_file():
         raise ArtifactError(f"{model_path} is missing; the artifact is incomplete, re-export it with 'zoo export'")
+    spec = manifest.model_spec()
     checks = [files_check(folder, manifest), preprocessor_check(folder, manifest), graph_check(model_path),
-              dynamic_axes_check(model_path, [(i["name"], i["shape"]) for i in manifest["spec"]["inputs"]],
-                                 [(o["name"], o["shape"]) for o in manifest["outputs"]])]
+              dynamic_axes_check(model_path, [(i.name, list(i.shape)) for i in spec.inputs],
+                                 [(o.name, list(o.shape)) for o in manifest.outputs])]
     checks += golden_checks(folder, model_path, tol)
     report = VerifyReport(subject=str(folder), checks=checks, tolerances=asdict(tol))
     if against_source:
@@ -382,31 +214,21 @@ def verify_artifact(path: str | Path, *, against_source: bool = False) -> Verify
     return report
 
 
-def files_check(folder: Path, manifest: dict[str, Any]) -> Check:
+def files_check(folder: Path, manifest: Manifest) -> Check:
     problems = check_files(folder, manifest)
-    listed = set(manifest.get("files", {}))
+    listed = set(manifest.files)
     extra = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                   if p.is_file() and p.name != "manifest.json" and p.relative_to(folder).as_posix() not in listed)
+                   if p.is_file() and p.name != MANIFEST and p.relative_to(folder).as_posix() not in listed)
     problems += [f"{rel}: not in the manifest" for rel in extra]
     return Check("file hashes (sha256)", not problems and bool(listed), f"{len(listed)} files",
                  "match the manifest", "; ".join(problems[:4]))
 
 
-def preprocessor_check(folder: Path, manifest: dict[str, Any]) -> Check:
+def preprocessor_check(folder: Path, manifest: Manifest) -> Check:
     """The files a torch-free runtime needs to preprocess inputs are all there and loadable."""
-    preprocess = manifest.get("preprocess", {})
-    names = list(preprocess.get("files", []))
+    names = list(manifest.preprocess.get("files", []))
     missing = [n for n in names if not (folder / n).is_file()]
-    if manifest.get("task") in ("text-classification", "token-classification", "feature-extraction"):
-        if "tokenizer.json" not in names:
-            missing.append("tokenizer.json (not listed)")
-        elif not missing:
-            try:
-                runtime_tokenizer(folder, preprocess).encode("zoo checks the tokenizer")
-            except Exception as exc:  # tokenizers raises plain Exception subclasses from Rust
-                missing.append(f"tokenizer.json unreadable: {exc}")
-    elif not preprocess.get("input_size"):
-        missing.append("input_size (image preprocessing) not recorded")
+    missing += get_task(manifest.task).preprocessor_problems(folder, manifest)
     return Check("preprocessor files", not missing, f"{len(names)} files", "present and loadable",
                  "; ".join(missing[:4]))
 
@@ -421,7 +243,7 @@ def golden_checks(folder: Path, model_path: Path, tol: Tolerances) -> list[Check
     try:
         session = ort_session(model_path)
     except Exception as exc:  # a damaged graph cannot even be loaded
-        return [Check("golden data", False, "model.onnx does not load", "", str(exc).splitlines()[0][:200])]
+        return [Check("golden data", False, "model.onnx does not load", "", first_line(exc, 200))]
     checks = []
     for data_set in sets:
         inputs, outputs = read_golden(data_set)
@@ -438,21 +260,20 @@ def golden_checks(folder: Path, model_path: Path, tol: Tolerances) -> list[Check
     return checks
 
 
-def _add_source_checks(report: VerifyReport, folder: Path, manifest: dict[str, Any]) -> None:
-    from exporters.onnx import build_source
+def _add_source_checks(report: VerifyReport, folder: Path, manifest: Manifest) -> None:
+    from exporters.source import build_source
 
-    if manifest.get("random_init"):
+    if manifest.random_init:
         raise ConfigError(f"{folder} was exported from random weights (--random-init); --against-source has "
                           "no source to compare with: run 'zoo verify' without it")
-    spec = ModelSpec.from_dict(manifest["spec"])
+    spec = manifest.model_spec()
     try:
-        source = build_source(spec, random_init=False)
+        source = build_source(spec, random_init=False, model_kwargs=manifest.model_kwargs)
     except ZooError as exc:
         # asked for explicitly, so a source that no longer resolves is a failure, not a skip
         report.checks.append(Check("source model", False, "unavailable", spec.source_name, str(exc)[:300]))
         return
-    checks, _ = compare_grid(source.module, spec, folder / MODEL_FILE, source.cases, report_tol(report),
-                             manifest["outputs"][0]["name"])
+    checks, _ = compare_grid(source.module, spec, folder / MODEL_FILE, source.cases, report_tol(report))
     report.checks += [Check(f"source: {c.name}", c.passed, c.value, c.limit, c.detail) for c in checks]
     report.shapes = sorted({c.label.rsplit(" seed", 1)[0] for c in source.cases})
     report.seeds = sorted({c.seed for c in source.cases})

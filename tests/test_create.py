@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tests import tiny
-from zoo import sources
+from zoo import sources  # noqa: F401
+from zoo.tasks import get_task
 from zoo.create import create_model
 from zoo.errors import ConfigError, ModelUnavailableError
 from zoo.registry import load_registry
@@ -29,9 +30,9 @@ def test_every_registry_entry_has_a_shrunken_form(registry):
 def test_registry_entry_builds_and_runs(alias, registry, tmp_path):
     spec, kwargs, pretrained = tiny.shrink(registry.get(alias), tmp_path / alias)
     model, preprocess = create_model(spec, pretrained=pretrained, model_kwargs=kwargs)
-    module = sources.for_spec(spec).inference_module(model, spec)
+    module = get_task(spec.task).export_module(model, spec)
     with torch.no_grad():
-        if spec.is_text:
+        if get_task(spec.task).modality == "text":
             feeds = {i.name: torch.ones(2, 9, dtype=torch.long) for i in spec.inputs}
             out = module(**feeds)
         else:

@@ -70,7 +70,7 @@ def test_golden_data_replays_with_plain_onnx_and_onnxruntime(text_cls_artifact: 
 
 
 def test_verification_grid_differs_from_export_shapes(text_cls_artifact: Path, timm_artifact: Path) -> None:
-    from exporters.grid import EXPORT_BATCH
+    from zoo.tasks._text import EXPORT_BATCH
 
     for folder in (text_cls_artifact, timm_artifact):
         report = _manifest(folder)["verification"]
@@ -111,7 +111,7 @@ def test_torchscript_fallback_is_used_and_recorded(tiny_timm_folder, tmp_path, m
     monkeypatch.setattr(onnx_exporter, "_export_dynamo", broken_dynamo)
     result = onnx_exporter.export_onnx(str(tiny_timm_folder), out=tmp_path / "a")
     assert result.exporter == "torchscript" and result.report.passed
-    assert "planted dynamo failure" in result.manifest["export_notes"][0]
+    assert "planted dynamo failure" in result.manifest.export_notes[0]
 
 
 def test_both_exporters_failing_is_an_export_error(tiny_timm_folder, tmp_path, monkeypatch) -> None:
@@ -139,10 +139,10 @@ def test_run_dir_export_records_the_run(tiny_text_classifier, tmp_path) -> None:
            "data": {"fingerprint": "abc123"}, "config": {"epochs": 1}, "metrics": {"accuracy": 0.5}}
     (run_dir / "run.json").write_text(json.dumps(run))
     result = export_onnx(str(run_dir), out=tmp_path / "art")
-    recorded = result.manifest["run"]
+    recorded = result.manifest.run
     assert recorded["base"] == "bert-base" and recorded["metrics"] == {"accuracy": 0.5}
     assert recorded["data"]["fingerprint"] == "abc123" and recorded["config"] == {"epochs": 1}
-    assert result.manifest["spec"]["origin"] == "run"
+    assert result.manifest.spec["origin"] == "run"
 
 
 def test_default_destination_is_artifacts_safe_name(tiny_timm_folder, tmp_path, monkeypatch) -> None:

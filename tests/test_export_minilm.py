@@ -40,13 +40,11 @@ def _artifact_embeddings(folder: Path, texts: list[str]) -> np.ndarray:
     """What a torch-free runtime does: tokenizer.json + the manifest's settings, then onnxruntime."""
     import onnxruntime as ort
 
-    from exporters.verify import runtime_tokenizer
+    from zoo.artifact import read_manifest
+    from zoo.runtime.preprocess import TextPreprocessor
 
     manifest = json.loads((folder / "manifest.json").read_text())
-    encodings = runtime_tokenizer(folder, manifest["preprocess"]).encode_batch(texts)
-    fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
-    feed = {i["name"]: np.asarray([getattr(e, fields[i["name"]]) for e in encodings], dtype=np.int64)
-            for i in manifest["inputs"]}
+    feed = TextPreprocessor(folder, read_manifest(folder))(texts).arrays
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     return session.run([manifest["outputs"][0]["name"]], feed)[0]
 
@@ -69,7 +67,10 @@ def test_truncation_is_what_sentence_transformers_uses(minilm_artifact: Path, mi
     import onnxruntime as ort
     from sentence_transformers import SentenceTransformer
 
-    from exporters.verify import runtime_tokenizer
+    from zoo.runtime.preprocess import TextPreprocessor
+
+    def runtime_tokenizer(folder: Path, record: dict) -> object:
+        return TextPreprocessor.from_record(folder, record, []).tokenizer
 
     manifest = json.loads((minilm_artifact / "manifest.json").read_text())
     pp = manifest["preprocess"]

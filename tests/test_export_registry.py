@@ -28,13 +28,14 @@ def test_every_registry_entry_is_covered() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("alias", ALIASES)
 def test_registry_entry_exports_and_verifies(alias: str, tmp_path, registry, monkeypatch) -> None:
-    import exporters.grid
+    import exporters.source
     from exporters.onnx import export_onnx
     from exporters.verify import verify_artifact
+    from zoo.tasks import get_task
 
     # one seed keeps 18 exports affordable; every shape of the grid is still checked, and the
     # full three-seed grid runs in tests/test_export.py and tests/test_export_minilm.py
-    monkeypatch.setattr(exporters.grid, "SEEDS", (0,))
+    monkeypatch.setattr(exporters.source, "SEEDS", (0,))
 
     spec, model_kwargs, pretrained = tiny.shrink(registry.get(alias), tmp_path / "model")
     result = export_onnx(spec, out=tmp_path / "artifact", model_kwargs=model_kwargs, random_init=not pretrained)
@@ -46,7 +47,7 @@ def test_registry_entry_exports_and_verifies(alias: str, tmp_path, registry, mon
     assert manifest["inputs"][0]["shape"][0] == "batch"
     names = {c.name for c in result.report.checks}
     assert {"dynamic axes", "shape grid", "onnx.checker + shape inference"} <= names
-    if spec.is_text:
+    if get_task(spec.task).modality == "text":
         assert "tokenizer.json" in manifest["preprocess"]["files"]
         assert manifest["inputs"][0]["shape"][1] == "sequence"
     else:

@@ -67,7 +67,7 @@ def test_ddp_timm_run_dir_loads_in_timm_and_exports(tiny_timm_folder, images, tm
     assert model(torch.zeros(1, 3, 24, 24)).shape == (1, 3)
     exporters = pytest.importorskip("exporters.onnx")
     result = exporters.export_onnx(str(run), out=tmp_path / "artifact")
-    assert result.report.passed and result.manifest["spec"]["labels"] == ["bird", "cat", "dog"]
+    assert result.report.passed and result.manifest.spec["labels"] == ["bird", "cat", "dog"]
 
 
 @pytest.mark.distributed

@@ -75,11 +75,13 @@ def test_missing_file_and_missing_manifest(text_cls_artifact: Path, tmp_path: Pa
 
 def test_manifest_without_what_the_runtime_needs(text_cls_artifact: Path, tmp_path: Path) -> None:
     art = copy_artifact(text_cls_artifact, tmp_path / "art")
-    manifest = json.loads((art / "manifest.json").read_text())
-    del manifest["inputs"]
-    manifest["task"] = "summarisation"
+    original = json.loads((art / "manifest.json").read_text())
+    manifest = {k: v for k, v in original.items() if k != "inputs"}
     (art / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match="task 'summarisation' is not one of.*no 'inputs' list"):
+    with pytest.raises(ArtifactError, match="missing field 'inputs'"):
+        zoo.load(art)
+    (art / "manifest.json").write_text(json.dumps({**original, "task": "summarisation"}))
+    with pytest.raises(ArtifactError, match="task 'summarisation' is not one zoo handles.*valid tasks"):
         zoo.load(art)
 
 
@@ -199,7 +201,7 @@ def test_predict_token_classification(ner_artifact: Path) -> None:
 
 
 def test_group_entities_follows_bio_tags() -> None:
-    from zoo.runtime.model import group_entities
+    from zoo.tasks.token_classification import group_entities
 
     words = [("B-PER", 0.9, 0, 6), ("I-PER", 0.7, 7, 12), ("O", 0.99, 13, 16), ("I-LOC", 0.8, 17, 23),
              ("B-LOC", 0.6, 24, 30), ("B-LOC", 0.5, 31, 35), ("I-LOC", 0.4, 36, 40)]
@@ -216,7 +218,7 @@ def test_predict_embeddings(minilm_artifact: Path) -> None:
 
 
 def test_numpy_pooling_when_graph_returns_hidden_states() -> None:
-    from zoo.runtime.model import pool
+    from zoo.tasks.feature_extraction import pool
 
     hidden = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
     mask = np.array([[1, 1, 0], [1, 0, 0]])

@@ -33,7 +33,7 @@ def test_tokenizer_arrays_equal_transformers(text_cls_artifact: Path, tiny_text_
     model = zoo.load(text_cls_artifact)
     max_length = model.info["preprocess"]["max_length"]
     texts = [*SENTENCES, LONG_TEXT]
-    ours = model._preprocess(texts).arrays
+    ours = model.preprocess(texts).arrays
     tok = transformers.AutoTokenizer.from_pretrained(tiny_text_classifier)
     theirs = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
     assert ours["input_ids"].shape[1] == max_length  # LONG_TEXT was cut at max_length
@@ -163,8 +163,7 @@ def test_image_transform_equals_timm(cfg: dict[str, Any], size: tuple[int, int],
     channels = cfg["input_size"][0]
     cfg = {**cfg, "mean": (0.485, 0.456, 0.406)[:channels], "std": (0.229, 0.224, 0.225)[:channels]}
     image = Image.open(image_file).convert("RGB" if channels == 3 else "L").resize(size[::-1])
-    manifest = {"preprocess": cfg, "inputs": [{"name": "pixel_values", "dtype": "float32"}]}
-    ours = ImagePreprocessor(Path("."), manifest).transform(image)
+    ours = ImagePreprocessor.from_record(cfg).transform(image)
     assert ours.shape == tuple(cfg["input_size"])
     assert np.abs(ours - _timm_pixels(cfg, image)).max() < 1e-5
 
@@ -176,6 +175,5 @@ def test_image_transform_check_sees_a_wrong_crop(image_file: Path) -> None:
     cfg = dict(input_size=(3, 96, 128), crop_pct=0.9, crop_mode="center", interpolation="bicubic",
                mean=(0.5,) * 3, std=(0.5,) * 3)
     image = Image.open(image_file).convert("RGB")
-    manifest = {"preprocess": {**cfg, "crop_mode": "squash"}, "inputs": [{"name": "pixel_values"}]}
-    ours = ImagePreprocessor(Path("."), manifest).transform(image)
+    ours = ImagePreprocessor.from_record({**cfg, "crop_mode": "squash"}).transform(image)
     assert np.abs(ours - _timm_pixels(cfg, image)).max() > 0.1

@@ -32,7 +32,7 @@ def _setup(strategy: Any, out: Path) -> Any:
     from zoo.train.finetune import training_spec
     from zoo.train.loop import Trainer
     from zoo.train.worker import build_model
-    from zoo import sources
+    from zoo.tasks import get_task
 
     config = TrainConfig(model="timm:test_vit", data="synthetic", out=str(out), batch_size=8, grad_accum=2,
                          max_steps=STEPS, lr=2e-4, warmup=0.3, image_size=32, progress=False, random_init=True)
@@ -46,8 +46,8 @@ def _setup(strategy: Any, out: Path) -> Any:
     torch.manual_seed(0)
     model = strategy.wrap(build_model(spec, data.labels, config))
     model.train()
-    runner = sources.for_spec(spec).inference_module(model, spec)
-    return Trainer(model, runner, strategy, data, config, out, ("pixel_values",))
+    runner = get_task(spec.task).export_module(model, spec)
+    return Trainer(model, runner, strategy, data, config, out, spec)
 
 
 def run_steps(strategy: Any, out: Path) -> dict[str, Any]:

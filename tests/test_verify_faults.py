@@ -22,7 +22,8 @@ pytestmark = pytest.mark.xdist_group("verify-faults")
 
 @pytest.fixture(scope="module")
 def text_source(tiny_text_classifier):
-    from exporters.onnx import _as_spec, build_source
+    from exporters.onnx import _as_spec
+    from exporters.source import build_source
 
     return build_source(_as_spec(str(tiny_text_classifier), ()))
 
@@ -120,9 +121,8 @@ def test_static_shape_export_is_caught_by_the_grid(text_source, tmp_path: Path) 
     from exporters.verify import verify_model
 
     path = tmp_path / "static.onnx"
-    export_graph(text_source.module, text_source.spec, text_source.example, path, text_source.output,
-                 dynamic=False)
-    report, _ = verify_model(text_source.module, text_source.spec, path, text_source.cases, text_source.output)
+    export_graph(text_source.module, text_source.spec, text_source.example, path, dynamic=False)
+    report, _ = verify_model(text_source.module, text_source.spec, path, text_source.cases)
     failed = {c.name: c for c in report.failures}
     assert "input_ids[0]=2 is fixed" in failed["dynamic axes"].detail
     assert "input_ids[1]=16 is fixed" in failed["dynamic axes"].detail
@@ -134,7 +134,8 @@ def test_static_shape_export_is_caught_by_the_grid(text_source, tmp_path: Path) 
 def test_perturbed_output_is_caught_and_nothing_is_written(tiny_timm_folder, tmp_path: Path) -> None:
     import torch
 
-    from exporters.onnx import _as_spec, build_source, export_onnx
+    from exporters.onnx import _as_spec, export_onnx
+    from exporters.source import build_source
 
     class PerturbedGraph(torch.nn.Module):
         """Adds 0.05 only inside the exported graph: torch stays right, ONNX drifts."""
@@ -174,7 +175,7 @@ def test_interrupted_export_leaves_nothing(tiny_timm_folder, tmp_path: Path, mon
 
 @pytest.mark.slow
 def test_tokenizer_settings_that_do_not_reproduce_are_caught(text_source, text_cls_artifact: Path) -> None:
-    from exporters.verify import tokenizer_file_check
+    from zoo.tasks._text import tokenizer_file_check
 
     pp = json.loads((text_cls_artifact / "manifest.json").read_text())["preprocess"]
     assert tokenizer_file_check(text_cls_artifact, pp, text_source.cases).passed
@@ -221,53 +222,58 @@ def test_output_stats_report_max_abs_and_rel() -> None:
     assert "case a" in check.detail
 
 
-def _spec(task: str, pooling: str | None = None):
-    from zoo.spec import ModelSpec, Preprocess
+def _case(**inputs: np.ndarray):
+    from zoo.tasks.base import Case
 
-    return ModelSpec(name="t", source="hf", source_id="t", task=task, preprocess=Preprocess(pooling=pooling))
+    return Case("unit", 0, inputs or {"x": np.zeros((1, 1))})
 
 
 def test_top1_disagreement_fails_and_ties_are_excused() -> None:
-    from exporters.verify import TaskStats
+    from zoo.tasks import get_task
 
     tol = Tolerances(atol=1e-4, rtol=1e-3)
     ref = np.array([[1.0, 2.0, 0.0], [5.0, 1.0, 0.0]])
-    flipped = TaskStats(_spec("text-classification"), tol)
-    flipped.add(ref, np.array([[2.5, 2.0, 0.0], [5.0, 1.0, 0.0]]), {})
+    flipped = get_task("text-classification").agreement(None, tol)
+    flipped.add({"logits": ref}, {"logits": np.array([[2.5, 2.0, 0.0], [5.0, 1.0, 0.0]])}, _case())
     assert not flipped.check().passed and flipped.check().value == "50.00%"
-    tie = TaskStats(_spec("image-classification"), tol)
-    tie.add(np.array([[3.0, 3.0 - 1e-6]]), np.array([[3.0 - 2e-6, 3.0]]), {})
+    tie = get_task("image-classification").agreement(None, tol)
+    tie.add({"logits": np.array([[3.0, 3.0 - 1e-6]])}, {"logits": np.array([[3.0 - 2e-6, 3.0]])}, _case())
     assert tie.check().passed and "1 ties within tolerance" in tie.check().detail
 
 
 def test_token_classification_agreement_counts_only_real_tokens() -> None:
-    from exporters.verify import TaskStats
+    from zoo.tasks import get_task
 
+    task = get_task("token-classification")
     tol = Tolerances()
     ref = np.zeros((1, 3, 2))
     ref[..., 0] = 1.0
     got = ref.copy()
     got[0, 2] = [0.0, 1.0]  # the padding position disagrees: ignored
-    mask = np.array([[1, 1, 0]])
-    stats = TaskStats(_spec("token-classification"), tol)
-    stats.add(ref, got, {"attention_mask": mask})
+    case = _case(attention_mask=np.array([[1, 1, 0]]))
+    stats = task.agreement(None, tol)
+    stats.add({"logits": ref}, {"logits": got}, case)
     assert stats.check().passed and "2 tokens" in stats.check().detail
     got[0, 1] = [0.0, 1.0]  # a real token disagrees: caught
-    stats = TaskStats(_spec("token-classification"), tol)
-    stats.add(ref, got, {"attention_mask": mask})
+    stats = task.agreement(None, tol)
+    stats.add({"logits": ref}, {"logits": got}, case)
     assert not stats.check().passed
 
 
 def test_embedding_cosine_below_threshold_fails() -> None:
-    from exporters.verify import TaskStats
+    from zoo.spec import ModelSpec, Preprocess
+    from zoo.tasks import get_task
 
+    spec = ModelSpec(name="t", source="hf", source_id="t", task="feature-extraction",
+                     preprocess=Preprocess(pooling="mean"))
+    task = get_task("feature-extraction")
     tol = Tolerances(cosine=0.9999)
     ref = np.array([[1.0, 0.0], [0.0, 1.0]])
-    good = TaskStats(_spec("feature-extraction", "mean"), tol)
-    good.add(ref, ref * 1.001, {})
+    good = task.agreement(spec, tol)
+    good.add({"embeddings": ref}, {"embeddings": ref * 1.001}, _case())
     assert good.check().passed
-    bad = TaskStats(_spec("feature-extraction", "mean"), tol)
-    bad.add(ref, np.array([[1.0, 0.02], [0.0, 1.0]]), {})
+    bad = task.agreement(spec, tol)
+    bad.add({"embeddings": ref}, {"embeddings": np.array([[1.0, 0.02], [0.0, 1.0]])}, _case())
     assert not bad.check().passed and bad.check().value.startswith("min 0.9998")
 
 

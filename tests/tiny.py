@@ -60,7 +60,8 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
 
     import transformers
 
-    from zoo.sources.hf import _auto_class
+    from zoo.sources.hf import auto_class
+    from zoo.tasks import get_task
 
     kwargs = dict(HF_TINY[spec.arch])
     if spec.task in ("text-classification", "image-classification"):
@@ -69,10 +70,10 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
     elif spec.task == "token-classification":
         kwargs.update(num_labels=len(NER_LABELS), id2label=dict(enumerate(NER_LABELS)))
     config = transformers.AutoConfig.for_model(spec.arch, **kwargs)
-    model = _auto_class(spec.task).from_config(config)
+    model = auto_class(spec).from_config(config)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
-    if spec.is_text:
+    if get_task(spec.task).modality == "text":
         transformers.AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(folder)
     if spec.task == "feature-extraction" and spec.preprocess.pooling:
         _write_sentence_transformers_files(folder, spec, config.hidden_size)

@@ -28,6 +28,10 @@ class ModelUnavailableError(ZooError):
     """Weights or configuration are not local and cannot be fetched."""
 
 
+class UnsupportedTaskError(ZooError, ValueError):
+    """A model or artifact of a task (or architecture) that zoo does not handle; names the valid ones."""
+
+
 class ConfigError(ZooError, ValueError):
     """Bad options or settings (flags, training config, export settings)."""
 
@@ -58,3 +62,9 @@ class InputError(ZooError, ValueError):
 
 class LaunchError(ZooError):
     """A distributed worker failed; the message names the rank."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (libraries often add pages of detail below it)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

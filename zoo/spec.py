@@ -10,20 +10,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-Task = Literal[
-    "image-classification",
-    "text-classification",
-    "token-classification",
-    "feature-extraction",
-]
-TASKS: tuple[str, ...] = get_args(Task)
+from zoo.tasks import task_names
+
+TASKS: tuple[str, ...] = task_names()  # one module per task under zoo/tasks/
 Source = Literal["hf", "timm"]
 SOURCES: tuple[str, ...] = get_args(Source)
 Pooling = Literal["mean", "cls", "max", "lasttoken"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 DTYPES = ("float32", "int64", "int32", "bool")
-TEXT_TASKS = ("text-classification", "token-classification", "feature-extraction")
-CLASSIFIER_TASKS = tuple(t for t in TASKS if t.endswith("classification"))
 # image preprocessing in timm's data-config vocabulary (what an image artifact records)
 IMAGE_PREPROCESS_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 
@@ -92,10 +86,6 @@ class ModelSpec:
     trust_remote_code: bool = False
 
     @property
-    def is_text(self) -> bool:
-        return self.task in TEXT_TASKS
-
-    @property
     def source_name(self) -> str:
         rev = f"@{self.revision}" if self.revision else ""
         return f"{self.source}:{self.source_id}{rev}"
@@ -132,10 +122,3 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     return value
 
-
-def text_inputs(names: tuple[str, ...] = ("input_ids", "attention_mask")) -> tuple[InputSpec, ...]:
-    return tuple(InputSpec(n, "int64", ("batch", "sequence")) for n in names)
-
-
-def image_inputs(input_size: tuple[int, int, int]) -> tuple[InputSpec, ...]:
-    return (InputSpec("pixel_values", "float32", ("batch", *input_size)),)

@@ -21,53 +21,27 @@ from zoo.errors import ConfigError
 def predict(
     artifact: Annotated[Path, typer.Argument(help="An artifact folder written by 'zoo export'.")],
     inputs: Annotated[list[str], typer.Argument(help="Text strings (text models) or image paths (image models).")],
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels to show per input (classifiers).")] = 1,
+    top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1,
+                                              help="Labels to show per input (classifiers; default 1).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     no_hash_check: Annotated[bool, typer.Option("--no-hash-check",
                                                 help="Check file sizes only, not sha256 (faster start).")] = False,
 ) -> None:
     """Run an exported model on raw inputs and print its predictions."""
     from zoo.runtime import load
+    from zoo.tasks import get_task
 
     model = load(artifact, check_hashes=not no_hash_check)
-    results = model.predict(list(inputs), top_k=top_k)
+    options = {"top_k": top_k} if top_k is not None else {}
+    results = model.predict(list(inputs), **options)
     if as_json:
         typer.echo(json.dumps([{"input": i, **r.to_dict()} for i, r in zip(inputs, results)], indent=2))
         return
     from rich.console import Console
-
-    Console().print(_prediction_table(model, inputs, results))
-
-
-def _prediction_table(model: Any, inputs: list[str], results: list[Any]) -> Any:
     from rich.markup import escape
-    from rich.table import Table
 
-    name = escape(str(model.info.get("name", model.folder.name)))
-    table = Table(title=f"{name} ({model.task})")
-    if model.task.endswith("-classification") and model.task != "token-classification":
-        for column in ("input", "label", "score"):
-            table.add_column(column, justify="right" if column == "score" else "left")
-        for text, result in zip(inputs, results):
-            for rank, (label, score) in enumerate(zip(result.labels, result.scores)):
-                table.add_row(escape(text) if rank == 0 else "", escape(label), f"{score:.4f}")
-    elif model.task == "token-classification":
-        for column in ("input", "entity", "label", "span", "score"):
-            table.add_column(column)
-        for text, result in zip(inputs, results):
-            rows = result.entities or [None]
-            for rank, e in enumerate(rows):
-                cells = ("-", "-", "-", "-") if e is None else (escape(e.word), escape(e.label),
-                                                                f"{e.start}:{e.end}", f"{e.score:.4f}")
-                table.add_row(escape(text) if rank == 0 else "", *cells)
-    else:
-        for column in ("input", "shape", "norm", "first values"):
-            table.add_column(column)
-        for text, result in zip(inputs, results):
-            head = ", ".join(f"{v:+.4f}" for v in result.vector.reshape(-1)[:4])
-            table.add_row(escape(text), str(result.shape), f"{float((result.vector ** 2).sum()) ** 0.5:.4f}",
-                          f"[{head}, ...]")
-    return table
+    title = f"{escape(model.manifest.name)} ({model.task})"
+    Console().print(get_task(model.task).render(title, list(inputs), results))
 
 
 def _batch_sizes(text: str) -> list[int]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100  # cross_entropy's default ignore_index: sub-word pieces and padding
+from zoo.tasks._classify import IGNORE_INDEX
 
 
 class ImageExamples:

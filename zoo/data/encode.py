@@ -55,23 +55,21 @@ def _to_tensor(image: Any) -> torch.Tensor:
     return image if isinstance(image, torch.Tensor) else torch.as_tensor(image)
 
 
-def text(table: Any, columns: dict[str, str], labels: tuple[str, ...], tokenizer: Any, max_length: int,
-         token_level: bool, what: str) -> TextExamples:
+def texts(table: Any, columns: dict[str, str], labels: tuple[str, ...], tokenizer: Any, max_length: int,
+          what: str) -> TextExamples:
+    """One label per text."""
     inputs = list(table[columns["input"]])
-    if token_level:
-        rows = _tagged_rows(table, columns, labels, tokenizer, max_length, what)
-    else:
-        if not all(isinstance(t, str) for t in inputs):
-            raise DataError(f"column '{columns['input']}' of {what} must hold text; name the text column "
-                            "with --text-column")
-        encoded = tokenizer(inputs, truncation=True, max_length=max_length)
-        targets = label_indices(table[columns["label"]], table, columns["label"], labels, what)
-        rows = [{**{k: encoded[k][i] for k in encoded.keys()}, "labels": targets[i]} for i in range(len(inputs))]
-    return TextExamples(rows, tokenizer, token_level)
+    if not all(isinstance(t, str) for t in inputs):
+        raise DataError(f"column '{columns['input']}' of {what} must hold text; name the text column "
+                        "with --text-column")
+    encoded = tokenizer(inputs, truncation=True, max_length=max_length)
+    targets = label_indices(table[columns["label"]], table, columns["label"], labels, what)
+    rows = [{**{k: encoded[k][i] for k in encoded.keys()}, "labels": targets[i]} for i in range(len(inputs))]
+    return TextExamples(rows, tokenizer, token_level=False)
 
 
-def _tagged_rows(table: Any, columns: dict[str, str], labels: tuple[str, ...], tokenizer: Any,
-                 max_length: int, what: str) -> list[dict[str, Any]]:
+def tagged_texts(table: Any, columns: dict[str, str], labels: tuple[str, ...], tokenizer: Any, max_length: int,
+                 what: str) -> TextExamples:
     """Word/tag rows: the first sub-word of each word carries its tag, the rest are ignored."""
     words, tags = list(table[columns["input"]]), list(table[columns["label"]])
     if not all(isinstance(w, list) for w in words):
@@ -87,7 +85,7 @@ def _tagged_rows(table: Any, columns: dict[str, str], labels: tuple[str, ...], t
         row = {k: encoded[k][i] for k in encoded.keys()}
         row["labels"] = _align(encoded.word_ids(i), targets)
         rows.append(row)
-    return rows
+    return TextExamples(rows, tokenizer, token_level=True)
 
 
 def _align(word_ids: list[int | None], targets: list[int]) -> list[int]:

@@ -73,12 +73,10 @@ class BenchReport:
 
 def bench_inputs(model: ExportedModel, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Graph arrays for one batch made by the artifact's own preprocessing."""
-    rng = np.random.default_rng(seed)
-    if model.task == "image-classification":
-        images = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(batch_size)]
-        return model._preprocess(images)
-    texts = [BENCH_SENTENCES[i % len(BENCH_SENTENCES)] for i in range(batch_size)]
-    return model._preprocess(texts).arrays
+    from zoo.tasks import get_task
+
+    items = get_task(model.task).bench_items(batch_size, np.random.default_rng(seed))
+    return model.preprocess(items).arrays
 
 
 def time_calls(calls: Sequence[Callable[[], Any]], iterations: int, warmup: int) -> list[list[float]]:
@@ -102,7 +100,7 @@ def bench(model: ExportedModel, *, batch_sizes: Sequence[int] = (1, 8), iteratio
         raise ConfigError(f"iterations={iterations}, batch sizes={list(batch_sizes)}; both must be positive")
     warmup = max(3, iterations // 10) if warmup is None else warmup
     baseline = _torch_baseline(model, threads) if vs_torch else None
-    report = BenchReport(name=str(model.info.get("name", model.folder.name)), task=model.task,
+    report = BenchReport(name=model.manifest.name, task=model.task,
                          providers=model.providers, iterations=iterations,
                          torch_note=baseline.note if baseline else None)
     for bs in batch_sizes:
@@ -128,7 +126,7 @@ def _torch_baseline(model: ExportedModel, threads: int | None) -> _Baseline:
     try:
         from zoo.runtime.torch_baseline import torch_runner
 
-        return _Baseline(*torch_runner(model.info, threads=threads))
+        return _Baseline(*torch_runner(model.manifest, threads=threads))
     except ModuleNotFoundError as exc:
         if exc.name not in ("torch", "transformers", "timm"):
             raise

@@ -18,7 +18,7 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image
 
-from zoo.errors import ArtifactError, InputError
+from zoo.errors import ArtifactError, InputError, first_line
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
@@ -32,6 +32,7 @@ _RESAMPLE = {
     "box": Image.Resampling.BOX,
     "hamming": Image.Resampling.HAMMING,
 }
+TOKEN_FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,
                  "bool": np.bool_}
 
@@ -52,6 +53,7 @@ class TextBatch:
     """Graph arrays for a batch of strings, plus what post-processing needs (offsets, word ids)."""
 
     arrays: dict[str, np.ndarray]
+    texts: list[str]
     offsets: list[list[tuple[int, int]]]
     word_ids: list[list[int | None]]
     special: list[list[int]]
@@ -60,10 +62,20 @@ class TextBatch:
 class TextPreprocessor:
     """Tokenise strings with ``tokenizer.json``: truncate at max_length, pad to the longest in the batch."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any]):
+    def __init__(self, folder: Path, manifest: Any):
+        inputs = [(i.name, numpy_dtype(i.dtype)) for i in manifest.inputs]
+        self._setup(Path(folder), manifest.preprocess, inputs)
+
+    @classmethod
+    def from_record(cls, folder: Path, record: dict[str, Any], inputs: list[tuple[str, Any]]) -> TextPreprocessor:
+        """Built from a preprocess record before the manifest exists (the exporter's own check)."""
+        self = cls.__new__(cls)
+        self._setup(Path(folder), record, inputs)
+        return self
+
+    def _setup(self, folder: Path, pp: dict[str, Any], inputs: list[tuple[str, Any]]) -> None:
         from tokenizers import Tokenizer
 
-        pp = manifest.get("preprocess") or {}
         path = Path(folder) / "tokenizer.json"
         if not path.is_file():
             raise ArtifactError(f"{folder} holds a text model but no tokenizer.json; the runtime reads only "
@@ -72,8 +84,12 @@ class TextPreprocessor:
             raise ArtifactError(f"{folder}/manifest.json records no preprocess.max_length for a text model; "
                                 "re-export the artifact with a zoo that writes it")
         self.max_length = int(pp["max_length"])
-        self.inputs = [(i["name"], numpy_dtype(i.get("dtype", "int64"))) for i in manifest["inputs"]]
-        tokenizer = Tokenizer.from_file(str(path))
+        self.inputs = inputs
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises plain Exception from Rust for a bad file
+            raise ArtifactError(f"{path} is not a tokenizers JSON file ({first_line(exc)}); re-export the "
+                                "artifact") from exc
         settings = _padding_settings(Path(folder), pp, tokenizer)
         # tokenizer.json often carries its own fixed padding/truncation (MiniLM's pads to 128):
         # replace both with what transformers does for padding=True, truncation=True, max_length=N.
@@ -88,14 +104,13 @@ class TextPreprocessor:
             if not isinstance(text, str):
                 raise InputError(f"input {i} is {type(text).__name__}; this text model expects strings")
         encodings = self.tokenizer.encode_batch(list(texts))
-        fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
         arrays = {}
         for name, dtype in self.inputs:
-            if name not in fields:
+            if name not in TOKEN_FIELDS:
                 raise ArtifactError(f"text model input '{name}' is not one the tokenizer makes "
-                                    f"({', '.join(fields)}); call the model with arrays: model({name}=...)")
-            arrays[name] = np.array([getattr(e, fields[name]) for e in encodings], dtype=dtype)
-        return TextBatch(arrays=arrays, offsets=[list(e.offsets) for e in encodings],
+                                    f"({', '.join(TOKEN_FIELDS)}); call the model with arrays: model({name}=...)")
+            arrays[name] = np.array([getattr(e, TOKEN_FIELDS[name]) for e in encodings], dtype=dtype)
+        return TextBatch(arrays=arrays, texts=list(texts), offsets=[list(e.offsets) for e in encodings],
                          word_ids=[list(e.word_ids) for e in encodings],
                          special=[list(e.special_tokens_mask) for e in encodings])
 
@@ -139,11 +154,28 @@ def _side(side: str) -> str:
 # ---------------------------------------------------------------- images
 
 
+@dataclass(frozen=True)
+class ImageBatch:
+    """Graph arrays for a batch of images."""
+
+    arrays: dict[str, np.ndarray]
+
+
 class ImagePreprocessor:
     """timm's eval transform in Pillow + numpy: resize, crop (center | squash | border), normalise."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any]):
-        pp = manifest.get("preprocess") or {}
+    def __init__(self, folder: Path, manifest: Any):
+        self._setup(folder, manifest.preprocess, manifest.inputs[0].name, manifest.inputs[0].dtype)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], input_name: str = "pixel_values",
+                    dtype: str = "float32") -> ImagePreprocessor:
+        """Built from a preprocess record alone (timm data-config vocabulary)."""
+        self = cls.__new__(cls)
+        self._setup(Path("."), record, input_name, dtype)
+        return self
+
+    def _setup(self, folder: Path, pp: dict[str, Any], input_name: str, dtype: str) -> None:
         missing = [k for k in ("input_size", "mean", "std") if not pp.get(k)]
         if missing:
             raise ArtifactError(f"{folder}/manifest.json lacks preprocess {', '.join(missing)} for an image "
@@ -165,12 +197,12 @@ class ImagePreprocessor:
                                 "center, squash, border")
         self.resample = _RESAMPLE[interpolation]
         self.fill = tuple(round(255 * float(v)) for v in pp["mean"])
-        self.input_name = manifest["inputs"][0]["name"]
-        self.dtype = numpy_dtype(manifest["inputs"][0].get("dtype", "float32"))
+        self.input_name = input_name
+        self.dtype = numpy_dtype(dtype)
 
-    def __call__(self, images: Sequence[ImageInput]) -> dict[str, np.ndarray]:
+    def __call__(self, images: Sequence[ImageInput]) -> ImageBatch:
         batch = np.stack([self.transform(_open_image(img, i, self.mode)) for i, img in enumerate(images)])
-        return {self.input_name: batch.astype(self.dtype, copy=False)}
+        return ImageBatch({self.input_name: batch.astype(self.dtype, copy=False)})
 
     def transform(self, image: Image.Image) -> np.ndarray:
         """One PIL image to a normalised (C, H, W) float32 array."""

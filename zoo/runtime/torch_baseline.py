@@ -13,34 +13,33 @@ from typing import Any
 import numpy as np
 import torch
 
-from zoo.errors import ArtifactError
+from zoo.manifest import Manifest
 
 
-def torch_model(manifest: dict[str, Any]) -> tuple[Any, str]:
+def torch_model(manifest: Manifest) -> tuple[Any, str]:
     """(inference module, note) rebuilt from the manifest's spec: its local folder, else its source id."""
     from zoo import sources
-    from zoo.spec import ModelSpec
+    from zoo.tasks import get_task
 
-    if not manifest.get("spec"):
-        raise ArtifactError("the manifest has no 'spec', so the source model cannot be rebuilt in torch")
-    spec = ModelSpec.from_dict(manifest["spec"])
+    spec = manifest.model_spec()
     source = sources.for_spec(spec)
+    task = get_task(spec.task)
     local = bool(spec.local_path and Path(spec.local_path).is_dir())
-    kwargs = manifest.get("model_kwargs") or None  # a shrunken test model records its constructor overrides
+    kwargs = manifest.model_kwargs or None  # a shrunken test model records its constructor overrides
     if local:
         model, _ = source.create_model(spec, pretrained=True, model_kwargs=kwargs)
         note = f"weights from {spec.local_path}"
     else:
         # No local weights: same architecture with random weights (fine for timing, not for outputs).
-        width = manifest["outputs"][0].get("shape", [None])[-1]
-        classes = width if spec.task.endswith("classification") and isinstance(width, int) else None
+        width = manifest.outputs[0].shape[-1] if manifest.outputs[0].shape else None
+        classes = width if task.has_labels and isinstance(width, int) else None
         model, _ = source.create_model(spec, pretrained=False, num_labels=classes, model_kwargs=kwargs)
         note = f"{spec.source_name} rebuilt with random weights (source folder not found)"
-    module = source.inference_module(model, spec).eval()
+    module = task.export_module(model, spec).eval()
     return module, note
 
 
-def torch_runner(manifest: dict[str, Any], *, threads: int | None = None
+def torch_runner(manifest: Manifest, *, threads: int | None = None
                  ) -> tuple[Callable[[dict[str, np.ndarray]], Callable[[], np.ndarray]], str]:
     """A factory: graph arrays -> a no-argument call that runs eager torch on them."""
     if threads is not None:
@@ -52,7 +51,8 @@ def torch_runner(manifest: dict[str, Any], *, threads: int | None = None
 
         def call() -> np.ndarray:
             with torch.inference_mode():
-                return module(**tensors).numpy()
+                out = module(**tensors)
+            return (out[0] if isinstance(out, (tuple, list)) else out).numpy()
 
         return call
 

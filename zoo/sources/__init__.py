@@ -1,7 +1,8 @@
 """One module per model source, each with the same functions:
 
 ``is_model_folder``, ``describe``, ``describe_folder``, ``create_model``,
-``inference_module``, ``output_name``, ``save_model``, ``save_preprocessor``.
+``local_folder``, ``save_model``, and ``POSITIONAL_INPUTS`` (how the model's
+forward takes its inputs). What differs between tasks lives in ``zoo.tasks``.
 """
 
 from __future__ import annotations

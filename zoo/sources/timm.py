@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import ModelUnavailableError, NameNotFoundError
-from zoo.spec import IMAGE_PREPROCESS_KEYS, ModelSpec, Preprocess, image_inputs
+from zoo.spec import IMAGE_PREPROCESS_KEYS, ModelSpec, Preprocess
 
-
+POSITIONAL_INPUTS = True  # timm models take the image tensor positionally
 
 def is_model_folder(path: Path) -> bool:
     config = path / "config.json"
@@ -60,10 +60,13 @@ def describe_folder(path: Path, name: str | None = None) -> ModelSpec:
 
 def _spec(*, name: str, source_id: str, arch: str, cfg: dict[str, Any], num_classes: int | None,
           label_names: list[str] | None, local_path: str | None, origin: str) -> ModelSpec:
+    from zoo.tasks import default_timm_task
+    from zoo.tasks._image import image_inputs
+
     preprocess = preprocess_from_cfg(cfg)
     labels = tuple(label_names) if label_names else _imagenet_labels(num_classes, cfg)
     return ModelSpec(
-        name=name, source="timm", source_id=source_id, task="image-classification", arch=arch,
+        name=name, source="timm", source_id=source_id, task=default_timm_task().name, arch=arch,
         inputs=image_inputs(preprocess.input_size or (3, 224, 224)), preprocess=preprocess,
         labels=labels, description=f"timm {arch}" + (f" ({num_classes} classes)" if num_classes else ""),
         local_path=local_path, origin=origin,
@@ -98,8 +101,11 @@ def create_model(spec: ModelSpec, *, num_labels: int | None = None,
     """The timm module for ``spec``; a new head when ``labels``/``num_labels`` is given."""
     import timm
 
+    from zoo.tasks import get_task
+
+    task = get_task(spec.task)
     location = f"local-dir:{spec.local_path}" if spec.local_path else spec.source_id
-    kwargs: dict[str, Any] = dict(model_kwargs or {})
+    kwargs: dict[str, Any] = {**task.timm_kwargs(spec), **(model_kwargs or {})}
     n = len(labels) if labels is not None else num_labels
     if n is not None:
         kwargs["num_classes"] = n
@@ -120,6 +126,7 @@ def create_model(spec: ModelSpec, *, num_labels: int | None = None,
         raise ModelUnavailableError(
             f"cannot download weights of {spec.name} ({spec.source_id}) - the hub is unreachable; "
             "pass a local timm folder, or use --random-init (pretrained=False) for a smoke test") from exc
+    model = task.adapt_model(model, spec)
     model.eval()
     return model, _merged_preprocess(model, spec)
 
@@ -139,14 +146,9 @@ def _merged_preprocess(model: Any, spec: ModelSpec) -> Preprocess:
     return dataclasses.replace(base, **given)
 
 
-def output_name(spec: ModelSpec) -> str:
-    return "logits"
-
-
-def inference_module(model: Any, spec: ModelSpec) -> Any:
-    from zoo.sources._modules import TimmForward
-
-    return TimmForward(model, "logits")
+def local_folder(spec: ModelSpec) -> Path | None:
+    """The timm folder the spec was read from (None for a timm:ARCH name: timm keeps the files)."""
+    return Path(spec.local_path) if spec.local_path else None
 
 
 def save_model(model: Any, spec: ModelSpec, folder: Path, *, model_args: dict[str, Any] | None = None) -> None:
@@ -164,8 +166,3 @@ def save_model(model: Any, spec: ModelSpec, folder: Path, *, model_args: dict[st
                    if k in IMAGE_PREPROCESS_KEYS and v is not None}
     timm.models.save_for_hf(model, str(folder), model_config=model_config, model_args=model_args or None,
                             safe_serialization=True, data_config=data_config or None)
-
-
-def save_preprocessor(spec: ModelSpec, folder: Path) -> list[str]:
-    """timm keeps preprocessing in pretrained_cfg; zoo records it in the manifest instead."""
-    return []

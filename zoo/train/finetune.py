@@ -94,24 +94,15 @@ def prepare(config: TrainConfig) -> tuple[ModelSpec, Any]:
 
 
 def training_spec(spec: ModelSpec, config: TrainConfig) -> ModelSpec:
-    """The base spec adjusted for training: a classifier task, the chosen image size."""
-    if spec.task == "feature-extraction" and spec.is_text:
-        # a sentence encoder gets a classification head on top of its transformer
-        pp = dataclasses.replace(spec.preprocess, pooling=None, normalize=False)
-        spec = dataclasses.replace(spec, task="text-classification", preprocess=pp)
-    if spec.task != "image-classification":
-        return spec
-    from zoo.spec import image_inputs
+    """The base spec as its task trains it (image size; a head task for a bare encoder ...)."""
+    from zoo.tasks import get_task
 
-    pp = spec.preprocess
-    size = pp.input_size or (3, 224, 224)
-    if config.image_size:
-        size = (size[0], config.image_size, config.image_size)
-    if config.data.startswith("builtin:"):
-        # the whole 8x8 digit is the object: squash it to the input size, crop nothing
-        pp = dataclasses.replace(pp, crop_pct=1.0, crop_mode="squash")
-    pp = dataclasses.replace(pp, input_size=tuple(size))
-    return dataclasses.replace(spec, preprocess=pp, inputs=image_inputs(tuple(size)))
+    for _ in range(2):  # a task may hand over to another (an embedder trains as a classifier)
+        adjusted = get_task(spec.task).training_spec(spec, config)
+        if adjusted.task == spec.task:
+            return adjusted
+        spec = adjusted
+    return spec
 
 
 def run_worker(config: TrainConfig, *, checked: bool, prepared: tuple[ModelSpec, Any] | None = None) -> None:

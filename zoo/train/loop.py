@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from zoo.data.collate import IGNORE_INDEX
+from zoo.spec import ModelSpec
+from zoo.tasks import get_task
 from zoo.train import batches, checkpoint
 from zoo.train.config import TrainConfig
 from zoo.train.report import MetricsLog
@@ -62,18 +62,13 @@ def build_optimizer(model: nn.Module, config: TrainConfig, total_steps: int) -> 
     return optimizer, scheduler
 
 
-def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy; token classification ignores sub-word pieces and padding."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
-
-
 class Trainer:
     def __init__(self, model: nn.Module, runner: nn.Module, strategy: Any, data: Any, config: TrainConfig,
-                 run_dir: Path, input_names: tuple[str, ...]):
+                 run_dir: Path, spec: ModelSpec):
         self.model, self.runner, self.strategy, self.data, self.config = model, runner, strategy, data, config
         self.run_dir = Path(run_dir)
-        self.input_names = input_names
+        self.spec = spec
+        self.task = get_task(spec.task)
         self.per_epoch = batches.steps_per_epoch(len(data.train), config.batch_size, config.grad_accum)
         self.total = config.max_steps or (config.epochs or 3) * self.per_epoch
         self.optimizer, self.scheduler = build_optimizer(model, config, self.total)
@@ -83,12 +78,9 @@ class Trainer:
 
     # ------------------------------------------------------------ steps
 
-    def inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         device = self.strategy.device
-        out = {name: batch[name].to(device) for name in self.input_names if name in batch}
-        if "token_type_ids" in self.input_names and "token_type_ids" not in out:
-            out["token_type_ids"] = torch.zeros_like(out["input_ids"])
-        return out
+        return {name: value.to(device) for name, value in self.task.training_inputs(self.spec, batch).items()}
 
     def train_step(self, micro_batches: list[list[int]]) -> float:
         """One optimizer step over ``grad_accum`` global micro-batches; returns the gradient norm."""
@@ -102,9 +94,9 @@ class Trainer:
             scale = s.world_size / (self.data.train.target_count(global_indices) * k)
             with s.gradient_sync(self.model, enabled=i == k - 1):
                 with s.autocast():
-                    total = loss_sum(self.runner(**self.inputs(batch)), batch["labels"].to(s.device))
+                    total, count = self.task.training_loss(self.runner, batch, self.inputs(batch))
                 s.backward(total * scale)
-            self._pending += torch.tensor([total.item(), self.data.train.target_count(local)])
+            self._pending += torch.tensor([total.item(), count])
         norm = s.optimizer_step(self.model, self.optimizer, self.config.max_grad_norm)
         self.scheduler.step()
         return norm
@@ -113,42 +105,23 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Loss and accuracy (and F1 for token classification), summed over all ranks."""
+        """Validation loss (summed over all ranks) and the task's metrics over every rank's records."""
         s, examples = self.strategy, self.data.val
         indices, valid = batches.eval_shard(len(examples), s.rank, s.world_size)
         size = max(1, self.config.batch_size // s.world_size)
-        stats = torch.zeros(6, dtype=torch.float64)  # loss, correct, count, tp, fp, fn
+        stats = torch.zeros(2, dtype=torch.float64)  # loss sum, targets
+        records: list[Any] = []
         self.model.eval()
         for start in range(0, len(indices), size):
             batch = examples.batch(indices[start:start + size])
-            mask = torch.tensor(valid[start:start + size])
             with s.autocast():
-                logits = self.runner(**self.inputs(batch)).float().cpu()
-            stats += self._eval_stats(logits, batch["labels"], mask)
+                loss, count, found = self.task.eval_batch(self.runner, batch, self.inputs(batch),
+                                                          valid[start:start + size])
+            stats += torch.tensor([loss, count], dtype=torch.float64)
+            records += found
         self.model.train()
-        return self._eval_metrics(s.all_sum(stats))
-
-    def _eval_stats(self, logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        keep = (labels != IGNORE_INDEX) & rows.view(-1, *([1] * (labels.ndim - 1)))
-        losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                 ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)
-        pred = logits.argmax(-1)
-        out = torch.zeros(6, dtype=torch.float64)
-        out[0], out[1], out[2] = losses[keep].sum(), (pred == labels)[keep].sum(), keep.sum()
-        outside = self.data.labels.index("O") if "O" in self.data.labels else -1
-        if self.data.task == "token-classification":
-            entity, predicted = (labels != outside) & keep, (pred != outside) & keep
-            out[3] = (entity & (pred == labels)).sum()
-            out[4] = (predicted & (pred != labels)).sum()
-            out[5] = (entity & (pred != labels)).sum()
-        return out
-
-    def _eval_metrics(self, stats: torch.Tensor) -> dict[str, float]:
-        loss, correct, count, tp, fp, fn = stats.tolist()
-        out = {"val_loss": loss / max(count, 1), "val_accuracy": correct / max(count, 1)}
-        if self.data.task == "token-classification":
-            out["val_f1"] = 2 * tp / max(2 * tp + fp + fn, 1)
-        return out
+        loss, count = s.all_sum(stats).tolist()
+        return {"val_loss": loss / max(count, 1), **self.task.metrics(s.gather(records), self.data.labels)}
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -229,7 +202,9 @@ def fit(trainer: Trainer) -> TrainState:
             stop = False
             if evaluate:
                 stop, evaluated_at = trainer.record_eval(trainer.evaluate()), st.step
-                bar.update(task, description=f"val loss {st.last['val_loss']:.4f} acc {st.last['val_accuracy']:.3f}")
+                metric = trainer.task.primary_metric
+                bar.update(task, description=f"val loss {st.last['val_loss']:.4f} "
+                                             f"{metric.removeprefix('val_')} {st.last.get(metric, float('nan')):.3f}")
             bar.update(task, completed=st.step)
             paused = c.pause_at is not None and st.step >= c.pause_at
             periodic = st.step % c.checkpoint_every == 0 if c.checkpoint_every else evaluate

@@ -31,8 +31,8 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
-def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
-    """Loss (train and validation) and validation accuracy against the step."""
+def plot_curves(records: list[dict[str, Any]], path: Path, metric: str = "val_accuracy") -> None:
+    """Loss (train and validation) and the task's main validation metric against the step."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on training machines
@@ -45,7 +45,7 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
     left.plot([r["step"] for r in val], [r["val_loss"] for r in val], marker="o", label="validation")
     left.set(xlabel="step", ylabel="loss", title="loss")
     left.legend()
-    key = "val_f1" if any("val_f1" in r for r in val) else "val_accuracy"
+    key = metric
     right.plot([r["step"] for r in val], [r.get(key, 0.0) for r in val], marker="o", color="tab:green")
     right.set(xlabel="step", ylabel=key.removeprefix("val_"), title=f"validation {key.removeprefix('val_')}",
               ylim=(0, 1.02))

@@ -75,6 +75,10 @@ class SingleStrategy:
     def all_sum(self, values: torch.Tensor) -> torch.Tensor:
         return values
 
+    def gather(self, records: list[Any]) -> list[Any]:
+        """Every rank's records, concatenated in rank order (on every rank)."""
+        return list(records)
+
     def agree(self, flag: bool) -> bool:
         """Rank 0's decision, shared so that every rank stops (or not) together."""
         return flag
@@ -116,6 +120,11 @@ class DDPStrategy(SingleStrategy):
         values = values.to(self.device)
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         return values.cpu()
+
+    def gather(self, records: list[Any]) -> list[Any]:
+        parts: list[Any] = [None] * self.world_size
+        dist.all_gather_object(parts, list(records))
+        return [record for part in parts for record in part]
 
     def agree(self, flag: bool) -> bool:
         box = [flag]

@@ -79,12 +79,11 @@ def build_model(spec: ModelSpec, labels: tuple[str, ...], config: TrainConfig) -
 
 
 def _train(config: TrainConfig, spec: ModelSpec, data: Any, model: torch.nn.Module, strategy: Any) -> Any:
-    from zoo import sources
+    from zoo.tasks import get_task
     from zoo.train.loop import Trainer, fit
 
-    runner = sources.for_spec(spec).inference_module(model, spec)
-    names = tuple(i.name for i in spec.inputs)
-    trainer = Trainer(model, runner, strategy, data, config, Path(config.out), names)
+    runner = get_task(spec.task).export_module(model, spec)
+    trainer = Trainer(model, runner, strategy, data, config, Path(config.out), spec)
     if config.resume:
         trainer.resume()
     return fit(trainer)
@@ -109,7 +108,9 @@ def write_run_dir(config: TrainConfig, spec: ModelSpec, data: Any, state: Any,
     # save with the base's local_path: the tokenizer / preprocessor files are copied from there
     saving = dataclasses.replace(final, local_path=spec.local_path)
     sources.for_spec(spec).save_model(fresh, saving, out / MODEL_DIR, model_args=_model_args(spec, config))
-    plot_curves(MetricsLog(out / "metrics.jsonl", True).read(), out / "curves.png")
+    from zoo.tasks import get_task
+
+    plot_curves(MetricsLog(out / "metrics.jsonl", True).read(), out / "curves.png", get_task(spec.task).primary_metric)
     record = {
         "spec": final.to_dict(), "model_dir": MODEL_DIR,
         "base": {"name": config.model, "source": spec.source_name, "local_path": spec.local_path},

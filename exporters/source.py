@@ -1,0 +1,71 @@
+"""The torch side of an export: the module to trace, its task, and the grid to verify it on.
+
+Both the exporter (``exporters.onnx``) and ``zoo verify --against-source``
+(``exporters.verify``) build one of these; neither imports the other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from zoo.spec import ModelSpec
+from zoo.tasks import get_task
+from zoo.tasks.base import Case, Task
+
+SEEDS = (0, 1, 2)  # each seed picks different sentences (or pixels) for the grid
+
+
+@dataclass
+class Source:
+    """A model ready to export: the module, its task, its processor, the grid and the trace inputs."""
+
+    spec: ModelSpec  # with the preprocessing the source itself filled in (timm data config)
+    task: Task
+    module: Any
+    processor: Any | None  # the source's own tokenizer / image processor, when the task uses one
+    cases: list[Case]
+    example: dict[str, np.ndarray]
+    model_kwargs: dict[str, Any] | None = None  # constructor overrides, recorded so the model can be rebuilt
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self.task.output_names(self.spec)
+
+
+def build_source(spec: ModelSpec, *, random_init: bool = False, model_kwargs: dict[str, Any] | None = None,
+                 module: Any | None = None, seeds: tuple[int, ...] | None = None) -> Source:
+    """The torch module (as its task exports it), the processor and the verification grid for ``spec``.
+
+    ``module`` replaces the module built from the spec (its forward takes the spec's
+    inputs by name and returns the task's outputs in order).
+    """
+    task = get_task(spec.task)
+    if module is None:
+        from zoo.create import create_model
+
+        model, preprocess = create_model(spec, pretrained=not random_init, model_kwargs=model_kwargs)
+        spec = dataclasses.replace(spec, preprocess=preprocess)
+        module = task.export_module(model, spec)
+    module.eval()
+    processor = task.load_processor(spec)
+    return Source(spec=spec, task=task, module=module, processor=processor,
+                  cases=task.grid(spec, processor, SEEDS if seeds is None else seeds),
+                  example=task.export_example(spec, processor), model_kwargs=model_kwargs)
+
+
+def torch_outputs(module: Any, inputs: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The module's outputs on numpy inputs, by output name, as float32/int numpy arrays."""
+    import torch
+
+    with torch.no_grad():
+        result = module(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+    values = result if isinstance(result, (tuple, list)) else (result,)
+    out = {}
+    for name, value in zip(names, values):
+        value = value.detach().cpu()
+        out[name] = (value.float() if value.is_floating_point() else value).numpy()
+    return out

@@ -1,0 +1,248 @@
+"""``manifest.json`` as one typed, versioned dataclass: the only place it is parsed and written.
+
+No torch here: the runtime, ``zoo verify``, ``zoo optimize`` and ``zoo serve`` all read
+manifests through ``Manifest.from_dict`` (via ``zoo.artifact.read_manifest``), which treats
+the file as untrusted input: unknown keys, wrong types, missing fields and a
+``format_version`` from the future are each refused in one line naming the field.
+
+Fields (format_version 1):
+
+    format, format_version   "zoo-artifact", 1
+    name                     model name as given to the exporter
+    spec                     ModelSpec.to_dict() (task, labels, inputs, preprocess, tolerances, ...)
+    source                   {"source", "id", "revision"}
+    task, labels             copied from spec for readers that want only these
+    inputs, outputs          [{"name", "dtype", "shape"}] in graph order (a string in shape names a dynamic axis)
+    opset, exporter          ONNX opset; "dynamo" | "torchscript"
+    export_notes             what was tried before the kept graph (empty when the first exporter passed)
+    random_init, seed        exported from random weights (and the seed that made them)
+    verified                 true only for an artifact that passed; a --keep-failed folder says false
+    preprocess               the task's preprocessing record plus "files" (preprocessor file names)
+    tolerances               {"atol", "rtol", "cosine"}
+    versions                 library versions at export time
+    files                    {relative path: {"sha256", "size"}} of every file but manifest.json
+    verification             the verification report (VerifyReport.to_dict())
+    created                  ISO-8601 UTC time
+    model_kwargs             optional: constructor overrides (e.g. a shrunken test model)
+    run                      optional: a fine-tuned model's run.json summary
+    optimization             optional: an optimised artifact's parent, recipe and gates
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from zoo.errors import ArtifactError
+
+FORMAT = "zoo-artifact"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One graph input or output: name, numpy dtype name, shape (a string names a dynamic axis)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    spec: dict[str, Any]
+    source: dict[str, Any]
+    task: str
+    labels: tuple[str, ...] | None
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    opset: int
+    exporter: str
+    preprocess: dict[str, Any]
+    tolerances: dict[str, Any]
+    versions: dict[str, Any]
+    verified: bool
+    verification: dict[str, Any]
+    created: str
+    export_notes: tuple[str, ...] = ()
+    random_init: bool = False
+    seed: int | None = None
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    model_kwargs: dict[str, Any] | None = None
+    run: dict[str, Any] | None = None
+    optimization: dict[str, Any] | None = None
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    # ------------------------------------------------------------ derived views
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.outputs]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.inputs]
+
+    def model_spec(self) -> Any:
+        from zoo.spec import ModelSpec
+
+        try:
+            return ModelSpec.from_dict(self.spec)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ArtifactError(f"manifest.json: field 'spec' is not a model spec ({exc}); re-export the "
+                                "artifact with 'zoo export'") from exc
+
+    def replace(self, **changes: Any) -> Manifest:
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------ JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"format": self.format, "format_version": self.format_version}
+        for f in dataclasses.fields(self):
+            if f.name in ("format", "format_version"):
+                continue
+            value = getattr(self, f.name)
+            if f.name in _OPTIONAL and value is None:
+                continue
+            out[f.name] = _plain(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "manifest.json") -> Manifest:
+        """Parse untrusted JSON; raise ArtifactError naming the first field that is wrong."""
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{where}: expected a JSON object, got {type(data).__name__}; re-export the artifact")
+        _check_format(data, where)
+        unknown = sorted(set(data) - _FIELDS)
+        if unknown:
+            raise ArtifactError(f"{where}: unknown field '{unknown[0]}' (valid: {', '.join(sorted(_FIELDS))}); "
+                                "the file was edited or written by another tool: re-export the artifact")
+        missing = [f for f in _REQUIRED if f not in data]
+        if missing:
+            raise ArtifactError(f"{where}: missing field '{missing[0]}'; the artifact is incomplete, re-export it")
+        values = {name: _parse(name, data[name], where) for name in data}
+        return cls(**values)
+
+
+# ---------------------------------------------------------------- field checks
+
+_OPTIONAL = {"model_kwargs", "run", "optimization", "seed"}
+_FIELDS = {f.name for f in dataclasses.fields(Manifest)}
+_REQUIRED = [f.name for f in dataclasses.fields(Manifest)
+             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+_DICTS = {"spec", "source", "preprocess", "tolerances", "versions", "verification"}
+_OPTIONAL_DICTS = {"model_kwargs", "run", "optimization"}
+_STRINGS = {"name", "task", "exporter", "created", "format"}
+
+
+def _check_format(data: dict[str, Any], where: str) -> None:
+    if data.get("format") != FORMAT:
+        raise ArtifactError(f"{where} is not a zoo manifest (format={data.get('format')!r}, expected {FORMAT!r})")
+    version = data.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ArtifactError(f"{where}: format_version {version!r} is not a positive integer; re-export the artifact")
+    if version > FORMAT_VERSION:
+        raise ArtifactError(f"{where} has format_version {version}; this zoo reads up to {FORMAT_VERSION}: "
+                            "upgrade zoo-toolkit (pip install -U zoo-toolkit)")
+
+
+def _parse(name: str, value: Any, where: str) -> Any:
+    def wrong(expected: str) -> ArtifactError:
+        return ArtifactError(f"{where}: field '{name}' must be {expected}, got {_show(value)}; re-export the artifact")
+
+    if name in _STRINGS:
+        if not isinstance(value, str):
+            raise wrong("a string")
+        return value
+    if name in _DICTS or name in _OPTIONAL_DICTS:
+        if value is None and name in _OPTIONAL_DICTS:
+            return None
+        if not isinstance(value, dict):
+            raise wrong("a JSON object")
+        return value
+    if name in ("verified", "random_init"):
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    if name in ("opset", "format_version", "seed"):
+        if value is None and name == "seed":
+            return None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise wrong("an integer")
+        return value
+    if name == "labels":
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise wrong("a list of strings or null")
+        return tuple(value)
+    if name == "export_notes":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise wrong("a list of strings")
+        return tuple(value)
+    if name in ("inputs", "outputs"):
+        return _tensors(name, value, where)
+    if name == "files":
+        return _files(value, where)
+    raise wrong("absent")  # pragma: no cover - every field is handled above
+
+
+def _tensors(name: str, value: Any, where: str) -> tuple[TensorInfo, ...]:
+    if not isinstance(value, list) or not value:
+        raise ArtifactError(f"{where}: field '{name}' must be a non-empty list of {{name, dtype, shape}}, "
+                            f"got {_show(value)}; re-export the artifact")
+    out = []
+    for i, item in enumerate(value):
+        ok = (isinstance(item, dict) and set(item) == {"name", "dtype", "shape"} and isinstance(item["name"], str)
+              and isinstance(item["dtype"], str) and isinstance(item["shape"], list)
+              and all(isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
+                      for d in item["shape"]) and len(item["shape"]) <= 8)
+        if not ok:
+            raise ArtifactError(f"{where}: {name}[{i}] must be {{name: str, dtype: str, shape: [int | str, ...]}}, "
+                                f"got {_show(item)}; re-export the artifact")
+        out.append(TensorInfo(item["name"], item["dtype"], tuple(item["shape"])))
+    return tuple(out)
+
+
+def _files(value: Any, where: str) -> dict[str, FileEntry]:
+    if not isinstance(value, dict):
+        raise ArtifactError(f"{where}: field 'files' must be a JSON object of path -> {{sha256, size}}, "
+                            f"got {_show(value)}; re-export the artifact")
+    out = {}
+    for rel, meta in value.items():
+        ok = (isinstance(meta, dict) and set(meta) == {"sha256", "size"} and isinstance(meta["sha256"], str)
+              and len(meta["sha256"]) == 64 and isinstance(meta["size"], int) and not isinstance(meta["size"], bool)
+              and meta["size"] >= 0)
+        if not ok:
+            raise ArtifactError(f"{where}: files['{rel}'] must be {{sha256: 64 hex digits, size: int >= 0}}, "
+                                f"got {_show(meta)}; re-export the artifact")
+        out[rel] = FileEntry(meta["sha256"], meta["size"])
+    return out
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return value.to_dict() if hasattr(value, "to_dict") else _plain(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,147 @@
+"""What every image task shares: pixel inputs, timm's data-config vocabulary, the image grid.
+
+Export traces batch 2; the grid checks batch 1 and batch 3 of uniform pixels
+normalised with the model's mean/std (the value range a real image has), one
+set per seed. The artifact records preprocessing in timm's data-config
+vocabulary (``preprocess.json`` and the manifest), which the torch-free
+runtime applies with Pillow and numpy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from zoo.spec import IMAGE_PREPROCESS_KEYS, InputSpec, ModelSpec, Preprocess
+from zoo.tasks.base import Case, Task, choose_column
+
+EXPORT_BATCH = 2
+IMAGE_BATCHES = (1, 3)
+IMAGE_CONFIG = "preprocess.json"
+IMAGE_COLUMNS = ("image", "img", "picture", "pixel_values")
+_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
+
+
+def image_inputs(input_size: tuple[int, int, int]) -> tuple[InputSpec, ...]:
+    return (InputSpec("pixel_values", "float32", ("batch", *input_size)),)
+
+
+def hf_image_preprocess(folder: Path, config: dict[str, Any]) -> Preprocess:
+    """preprocessor_config.json (transformers image processors) in timm's vocabulary."""
+    from zoo.sources.hf import read_json
+
+    pp = read_json(folder / "preprocessor_config.json")
+    size = pp.get("size", config.get("image_size", 224))
+    if isinstance(size, dict):
+        h = size.get("height") or size.get("shortest_edge") or 224
+        w = size.get("width") or size.get("shortest_edge") or h
+    else:
+        h = w = int(size)
+    channels = int(config.get("num_channels", 3))
+    return Preprocess(
+        input_size=(channels, int(h), int(w)),
+        mean=tuple(pp.get("image_mean", (0.5,) * channels)),
+        std=tuple(pp.get("image_std", (0.5,) * channels)),
+        interpolation=_RESAMPLE.get(pp.get("resample", 2), "bilinear"),
+        crop_pct=1.0, crop_mode="squash",
+    )
+
+
+def pixels(preprocess: Preprocess, batch: int, seed: int) -> np.ndarray:
+    """Uniform pixels normalised with the model's mean/std: the range a real image has."""
+    channels, height, width = preprocess.input_size or (3, 224, 224)
+    rng = np.random.default_rng(seed)
+    raw = rng.random((batch, channels, height, width), dtype=np.float32)
+    mean = np.asarray(preprocess.mean or (0.5,) * channels, dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(preprocess.std or (0.5,) * channels, dtype=np.float32).reshape(1, -1, 1, 1)
+    return ((raw - mean) / std).astype(np.float32)
+
+
+class ImageTask(Task):
+    modality: ClassVar[str] = "image"
+    expects: ClassVar[str] = "image paths, PIL images or uint8 arrays"
+
+    # ------------------------------------------------------------ sources
+
+    def describe_hf(self, folder: Path, config: dict[str, Any],
+                    st: dict[str, Any] | None) -> tuple[tuple[Any, ...], Preprocess, tuple[str, ...] | None]:
+        preprocess = hf_image_preprocess(folder, config)
+        return image_inputs(preprocess.input_size or (3, 224, 224)), preprocess, self.labels_from_config(config)
+
+    # ------------------------------------------------------------ export
+
+    def export_example(self, spec: ModelSpec, processor: Any) -> dict[str, np.ndarray]:
+        return {spec.inputs[0].name: pixels(spec.preprocess, EXPORT_BATCH, seed=1234)}
+
+    def grid(self, spec: ModelSpec, processor: Any, seeds: tuple[int, ...]) -> list[Case]:
+        name = spec.inputs[0].name
+        return [Case("image", seed, {name: pixels(spec.preprocess, batch, seed)})
+                for seed in seeds for batch in IMAGE_BATCHES]
+
+    def write_preprocessor(self, spec: ModelSpec, processor: Any, stage: Path) -> dict[str, Any]:
+        from zoo import sources
+
+        files = []
+        folder = sources.for_spec(spec).local_folder(spec)
+        if folder is not None:
+            # the source's own image-processor file, for tools that read it
+            src = folder / "preprocessor_config.json"
+            if src.is_file():
+                (stage / src.name).write_bytes(src.read_bytes())
+                files.append(src.name)
+        record: dict[str, Any] = dataclasses.asdict(spec.preprocess)
+        # timm keeps its data config inside the model code; the artifact carries it as a file
+        image = {k: record[k] for k in IMAGE_PREPROCESS_KEYS}
+        (stage / IMAGE_CONFIG).write_text(json.dumps(image, indent=2) + "\n")
+        record["files"] = sorted([*files, IMAGE_CONFIG])
+        return record
+
+    # ------------------------------------------------------------ verify
+
+    def preprocessor_problems(self, folder: Path, manifest: Any) -> list[str]:
+        if not manifest.preprocess.get("input_size"):
+            return ["input_size (image preprocessing) not recorded"]
+        return []
+
+    # ------------------------------------------------------------ runtime
+
+    def runtime_preprocessor(self, folder: Path, manifest: Any) -> Any:
+        from zoo.runtime.preprocess import ImagePreprocessor
+
+        return ImagePreprocessor(folder, manifest)
+
+    def is_single(self, item: Any) -> bool:
+        from PIL import Image
+
+        return isinstance(item, (str, Path, Image.Image, np.ndarray))
+
+    def bench_items(self, batch_size: int, rng: np.random.Generator) -> list[Any]:
+        return [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(batch_size)]
+
+    # ------------------------------------------------------------ training
+
+    def training_spec(self, spec: ModelSpec, config: Any) -> ModelSpec:
+        pp = spec.preprocess
+        size = pp.input_size or (3, 224, 224)
+        if config.image_size:
+            size = (size[0], config.image_size, config.image_size)
+        if config.data.startswith("builtin:"):
+            # the whole generated picture is the object: squash it to the input size, crop nothing
+            pp = dataclasses.replace(pp, crop_pct=1.0, crop_mode="squash")
+        pp = dataclasses.replace(pp, input_size=tuple(size))
+        return dataclasses.replace(spec, preprocess=pp, inputs=image_inputs(tuple(size)))
+
+    def image_column(self, table: Any, input_column: str | None) -> str:
+        import datasets
+
+        names = list(table.column_names)
+        images = [n for n, f in table.features.items() if isinstance(f, datasets.Image)]
+        return choose_column(names, input_column, images + [n for n in IMAGE_COLUMNS if n in names], "image",
+                             "--text-column")
+
+    def training_inputs(self, spec: ModelSpec, batch: dict[str, Any]) -> dict[str, Any]:
+        return {i.name: batch[i.name] for i in spec.inputs}

@@ -1,0 +1,250 @@
+"""The one interface every task implements, stage by stage.
+
+A task object answers every question a stage would otherwise answer by comparing
+task strings:
+
+| stage | methods |
+| --- | --- |
+| identity / sources | ``name``, ``modality``, ``claims_hf``, ``hf_auto_class``, ``timm_kwargs``, ``describe_hf`` |
+| create | ``adapt_model`` (pooling wrapper ...), ``load_processor`` (tokenizer / image processor) |
+| export | ``output_names``, ``output_axes``, ``axis_bounds``, ``export_module``, ``export_example``, |
+|        | ``write_preprocessor``, ``export_checks`` |
+| verify | ``grid``, ``agreement``, ``preprocessor_problems`` |
+| runtime | ``runtime_preprocessor``, ``is_single``, ``postprocess``, ``predict_options``, ``bench_items``, |
+|         | ``render`` (CLI table), ``save_pictures`` |
+| train | ``training_spec``, ``data_columns``, ``read_labels``, ``encode``, ``training_loss``, ``eval_batch``, |
+|       | ``metrics``, ``primary_metric`` |
+
+Modality mixins (``_text.py``, ``_image.py``) implement what tasks of one input kind
+share; a task module combines a modality with its own outputs, checks and results.
+Nothing here imports torch at module level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from zoo.checks import Check
+from zoo.errors import InputError
+from zoo.spec import ModelSpec, Preprocess, Tolerances
+
+
+@dataclass(eq=False)
+class Case:
+    """One verification grid point: named graph inputs and the raw items they were made from."""
+
+    kind: str  # short | padded | long | image | ...
+    seed: int
+    inputs: dict[str, np.ndarray]
+    texts: list[str] = field(default_factory=list)  # text tasks: the strings behind the token ids
+    raw: list[Any] = field(default_factory=list)  # other tasks: raw items (images, waveforms) when kept
+
+    @property
+    def label(self) -> str:
+        shape = "x".join(str(d) for d in next(iter(self.inputs.values())).shape)
+        return f"{self.kind} [{shape}] seed {self.seed}"
+
+
+class Agreement(Protocol):
+    """A task-level comparison of torch and onnxruntime outputs, accumulated over the grid."""
+
+    def add(self, reference: dict[str, np.ndarray], got: dict[str, np.ndarray], case: Case) -> None: ...
+
+    def check(self) -> Check: ...
+
+
+class Task:
+    """Base of every task. Subclasses set the class attributes and override what differs."""
+
+    name: ClassVar[str]
+    modality: ClassVar[str]  # text | image | audio
+    summary: ClassVar[str] = ""
+    # transformers: the architecture-name suffixes this task claims, and the auto class that builds it
+    hf_heads: ClassVar[tuple[str, ...]] = ()
+    hf_auto_class: ClassVar[str | None] = None
+    hf_priority: ClassVar[int] = 0  # when two tasks claim one config, the higher wins
+    timm: ClassVar[bool] = False  # timm models can serve this task
+    timm_default: ClassVar[bool] = False  # the task of a bare timm:ARCH name
+    has_labels: ClassVar[bool] = False
+    trainable: ClassVar[bool] = False
+    primary_metric: ClassVar[str] = "val_loss"
+    expects: ClassVar[str] = "inputs"  # what predict takes, for error messages
+    predict_options: ClassVar[dict[str, type]] = {}  # keyword options of predict (top_k, threshold ...)
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}>"
+
+    # ------------------------------------------------------------ identity / sources
+
+    def claims_hf(self, architectures: list[str], model_type: str, sentence_transformers: bool) -> bool:
+        """True when a transformers config with these architectures belongs to this task."""
+        from zoo.tasks._modality import hf_modality
+
+        if sentence_transformers or hf_modality(model_type) != self.modality:
+            return False
+        return any(a.endswith(head) for a in architectures for head in self.hf_heads)
+
+    def describe_hf(self, folder: Path, config: dict[str, Any],
+                    st: dict[str, Any] | None) -> tuple[tuple[Any, ...], Preprocess, tuple[str, ...] | None]:
+        """(inputs, preprocess, labels) of a save_pretrained folder, from its JSON files."""
+        raise NotImplementedError
+
+    def labels_from_config(self, config: dict[str, Any]) -> tuple[str, ...] | None:
+        """Class names a transformers config declares (``id2label``), for tasks that have labels."""
+        return None
+
+    def timm_kwargs(self, spec: ModelSpec) -> dict[str, Any]:
+        """Extra ``timm.create_model`` arguments (e.g. ``num_classes=0`` for an embedder)."""
+        return {}
+
+    def adapt_model(self, model: Any, spec: ModelSpec) -> Any:
+        """The created model as this task runs it (e.g. wrapped with pooling)."""
+        return model
+
+    def load_processor(self, spec: ModelSpec) -> Any | None:
+        """The source's own preprocessor (tokenizer, image processor) for export checks and training."""
+        return None
+
+    # ------------------------------------------------------------ export
+
+    def output_names(self, spec: ModelSpec) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def output_axes(self, spec: ModelSpec) -> dict[str, list[str | None]]:
+        """Per output, its axes: a name for each axis that must stay dynamic, None for fixed ones."""
+        return {name: ["batch", None] for name in self.output_names(spec)}
+
+    def axis_bounds(self, spec: ModelSpec) -> dict[str, int]:
+        """Upper bounds of named dynamic axes for the dynamo exporter (batch is bounded by the exporter)."""
+        return {}
+
+    def select_outputs(self, output: Any, spec: ModelSpec) -> Any:
+        """The exported tensors, in ``output_names`` order, from what the model's forward returned."""
+        names = self.output_names(spec)
+        if len(names) == 1:
+            return _pick(output, names[0])
+        return tuple(_pick(output, n) for n in names)
+
+    def export_module(self, model: Any, spec: ModelSpec) -> Any:
+        """A torch module taking the spec's inputs by name and returning the outputs in order."""
+        from zoo.tasks._torch import task_module
+
+        return task_module(model, spec, self)
+
+    def export_example(self, spec: ModelSpec, processor: Any) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def grid(self, spec: ModelSpec, processor: Any, seeds: tuple[int, ...]) -> list[Case]:
+        raise NotImplementedError
+
+    def write_preprocessor(self, spec: ModelSpec, processor: Any, stage: Path) -> dict[str, Any]:
+        """Write preprocessor files into the artifact; return the manifest's ``preprocess`` record."""
+        raise NotImplementedError
+
+    def export_checks(self, stage: Path, record: dict[str, Any], cases: list[Case],
+                      references: list[dict[str, np.ndarray]]) -> list[Check]:
+        """Checks of the written artifact beyond the graph (e.g. the torch-free tokenizer)."""
+        return []
+
+    # ------------------------------------------------------------ verify
+
+    def agreement(self, spec: ModelSpec, tol: Tolerances) -> Agreement:
+        raise NotImplementedError
+
+    def preprocessor_problems(self, folder: Path, manifest: Any) -> list[str]:
+        """What is missing or unreadable among the files the runtime needs to preprocess inputs."""
+        return []
+
+    # ------------------------------------------------------------ runtime (torch-free)
+
+    def runtime_preprocessor(self, folder: Path, manifest: Any) -> Callable[[list[Any]], Any]:
+        """Raw items -> a batch object with ``.arrays`` (graph inputs by name)."""
+        raise NotImplementedError
+
+    def is_single(self, item: Any) -> bool:
+        """True when ``item`` is one input (predict then returns one result, not a list)."""
+        raise NotImplementedError
+
+    def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """predict's keyword options, checked; unknown ones are an InputError naming the valid ones."""
+        unknown = sorted(set(options) - set(self.predict_options))
+        if unknown:
+            valid = ", ".join(self.predict_options) or "none"
+            raise InputError(f"predict option(s) {', '.join(unknown)} do not apply to {self.name}; valid: {valid}")
+        return options
+
+    def postprocess(self, outputs: dict[str, np.ndarray], batch: Any, labels: tuple[str, ...] | None,
+                    manifest: Any, **options: Any) -> list[Any]:
+        """Graph outputs -> one typed result per input."""
+        raise NotImplementedError
+
+    def bench_items(self, batch_size: int, rng: np.random.Generator) -> list[Any]:
+        """Raw inputs like production traffic, for ``zoo bench``."""
+        raise NotImplementedError
+
+    def render(self, title: str, inputs: list[str], results: list[Any]) -> Any:
+        """A rich table of predictions for ``zoo predict``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ training
+
+    def training_spec(self, spec: ModelSpec, config: Any) -> ModelSpec:
+        """The spec adjusted for training (image size, a head task for a bare encoder ...)."""
+        return spec
+
+    def data_columns(self, table: Any, input_column: str | None, label_column: str | None) -> dict[str, str]:
+        raise self._not_trainable()
+
+    def read_labels(self, table: Any, column: str, spec: ModelSpec) -> tuple[str, ...]:
+        raise self._not_trainable()
+
+    def encode(self, table: Any, columns: dict[str, str], labels: tuple[str, ...], spec: ModelSpec,
+               processor: Any, max_length: int, what: str) -> Any:
+        raise self._not_trainable()
+
+    def training_loss(self, runner: Any, batch: dict[str, Any], inputs: dict[str, Any]) -> tuple[Any, int]:
+        """(summed loss over this rank's micro-batch, number of targets it covers)."""
+        raise self._not_trainable()
+
+    def eval_batch(self, runner: Any, batch: dict[str, Any], inputs: dict[str, Any],
+                   rows: list[bool]) -> tuple[float, int, list[Any]]:
+        """(summed validation loss, targets counted, per-row records for ``metrics``) of kept rows."""
+        raise self._not_trainable()
+
+    def metrics(self, records: list[Any], labels: tuple[str, ...]) -> dict[str, float]:
+        """Validation metrics of every rank's records together (from a maintained library)."""
+        raise self._not_trainable()
+
+    def _not_trainable(self) -> Exception:
+        from zoo.errors import ConfigError
+        from zoo.tasks import all_tasks
+
+        trainable = ", ".join(t.name for t in all_tasks() if t.trainable)
+        return ConfigError(f"zoo finetune does not train {self.name} models; trainable tasks: {trainable} "
+                           "(give --task to put a head on this model)")
+
+
+def choose_column(names: list[str], given: str | None, usual: Any, kind: str, flag: str) -> str:
+    """The column named by ``flag``, else the first usual name present; a clear DataError otherwise."""
+    from zoo.errors import DataError
+
+    if given is not None:
+        if given not in names:
+            raise DataError(f"{flag} {given}: no such column; the data has columns: {', '.join(names)}")
+        return given
+    for name in usual:
+        if name in names:
+            return name
+    raise DataError(f"no {kind} column found among: {', '.join(names)}; name it with {flag} COLUMN")
+
+
+def _pick(output: Any, name: str) -> Any:
+    """One named output of a model's forward (a tensor, a ModelOutput or a dict)."""
+    if not hasattr(output, "keys"):
+        return output if not isinstance(output, (tuple, list)) else output[0]
+    return output[name] if name in output.keys() else output[0]
