@@ -23,6 +23,10 @@ def predict(
     inputs: Annotated[list[str], typer.Argument(help="Text strings (text models) or image paths (image models).")],
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1,
                                               help="Labels to show per input (classifiers; default 1).")] = None,
+    threshold: Annotated[float | None, typer.Option(
+        help="Keep detections scoring at least this (object detection; default: the artifact's).")] = None,
+    save: Annotated[Path | None, typer.Option(
+        help="Folder to write pictures of the predictions into (object detection: boxes and labels).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     no_hash_check: Annotated[bool, typer.Option("--no-hash-check",
                                                 help="Check file sizes only, not sha256 (faster start).")] = False,
@@ -32,8 +36,9 @@ def predict(
     from zoo.tasks import get_task
 
     model = load(artifact, check_hashes=not no_hash_check)
-    options = {"top_k": top_k} if top_k is not None else {}
-    results = model.predict(list(inputs), **options)
+    given = {"top_k": top_k, "threshold": threshold}
+    results = model.predict(list(inputs), **{k: v for k, v in given.items() if v is not None})
+    saved = get_task(model.task).save_pictures(list(inputs), results, save) if save is not None else []
     if as_json:
         typer.echo(json.dumps([{"input": i, **r.to_dict()} for i, r in zip(inputs, results)], indent=2))
         return
@@ -41,7 +46,10 @@ def predict(
     from rich.markup import escape
 
     title = f"{escape(model.manifest.name)} ({model.task})"
-    Console().print(get_task(model.task).render(title, list(inputs), results))
+    console = Console()
+    console.print(get_task(model.task).render(title, list(inputs), results))
+    for path in saved:
+        console.print(f"saved {escape(str(path))}")
 
 
 def _batch_sizes(text: str) -> list[int]:

@@ -1,9 +1,9 @@
-"""Offline data sets that need no download: ``builtin:digits``.
+"""Offline data sets that need no download: ``builtin:NAME``, each offered by a task.
 
-scikit-learn ships the 1,797 labelled 8x8 digit images inside its wheel; they
-become an ``image``/``label`` data set exactly like an ``imagefolder`` one, so
-they flow through the same preprocessing (resize to the model's input size,
-three channels).
+A task lists its own in ``Task.builtin_datasets`` (image classification offers
+``builtin:digits``: scikit-learn ships the 1,797 labelled 8x8 digit images inside
+its wheel; they become an ``image``/``label`` data set exactly like an
+``imagefolder`` one, so they flow through the same preprocessing).
 """
 
 from __future__ import annotations
@@ -13,18 +13,26 @@ from typing import Any
 
 from zoo.errors import DataError
 
-BUILTINS = ("digits",)
+def builtins() -> dict[str, Any]:
+    """Every task's built-in data sets, by name."""
+    from zoo.tasks import all_tasks
+
+    found: dict[str, Any] = {}
+    for task in all_tasks():
+        found.update(task.builtin_datasets())
+    return found
 
 
 def load_builtin(name: str) -> tuple[Any, str]:
     """(DatasetDict with a 'train' split, sha256 fingerprint) of ``builtin:NAME``."""
-    if name not in BUILTINS:
+    known = builtins()
+    if name not in known:
         raise DataError(f"unknown built-in data set 'builtin:{name}'; valid: "
-                        + ", ".join(f"builtin:{b}" for b in BUILTINS))
-    return _digits()
+                        + ", ".join(f"builtin:{b}" for b in sorted(known)))
+    return known[name]()
 
 
-def _digits() -> tuple[Any, str]:
+def digits() -> tuple[Any, str]:
     import datasets
     import numpy as np
     from PIL import Image

@@ -30,12 +30,17 @@ class RawData:
     fingerprint: str
 
 
-def load_raw(data: str) -> RawData:
-    """Every split of ``data`` (a file, folder, ``builtin:NAME`` or hub name)."""
+def load_raw(data: str, task: Any = None) -> RawData:
+    """Every split of ``data`` (a file, folder, ``builtin:NAME``, hub name, or a layout ``task`` reads)."""
     if not data.startswith("builtin:") and not Path(data).expanduser().exists() and _looks_like_path(data):
         raise DataError(f"data file '{data}' does not exist; give an existing CSV/JSON/JSONL/Parquet file, "
-                        "an imagefolder or save_to_disk folder, a hub data set name, or builtin:digits")
+                        "an imagefolder or save_to_disk folder, a hub data set name, or builtin:NAME")
     with _quiet_datasets():
+        own = task.read_data(data) if task is not None and not data.startswith("builtin:") else None
+        if own is not None:
+            path = Path(data).expanduser()
+            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            return RawData(data, own, _hash_files(path if path.is_dir() else path.parent, files))
         return _load_raw(data)
 
 

@@ -42,8 +42,8 @@ def prepare_data(data: str, spec: ModelSpec, *, text_column: str | None = None, 
     from zoo.tasks import get_task
 
     task = get_task(spec.task)
-    raw = load_raw(data)
-    train, val, val_source = _splits(raw, split, val_data, val_fraction, seed)
+    raw = load_raw(data, task)
+    train, val, val_source = _splits(raw, split, val_data, val_fraction, seed, task)
     columns = task.data_columns(train, text_column, label_column)
     labels = task.read_labels(train, columns["label"], spec)
     if task.has_labels and len(labels) < 2:
@@ -62,13 +62,13 @@ def prepare_data(data: str, spec: ModelSpec, *, text_column: str | None = None, 
 
 
 def _splits(raw: RawData, split: str | None, val_data: str | None, fraction: float,
-            seed: int) -> tuple[Any, Any, str]:
+            seed: int, task: Any) -> tuple[Any, Any, str]:
     train_name = split or ("train" if "train" in raw.splits or len(raw.splits) != 1 else next(iter(raw.splits)))
     if train_name not in raw.splits:
         raise DataError(f"--split {train_name} is not in {raw.name}; its splits are: {', '.join(raw.splits)}")
     train = _non_empty(raw.splits[train_name], f"split '{train_name}' of {raw.name}")
     if val_data:
-        other = load_raw(val_data)
+        other = load_raw(val_data, task)
         name = "validation" if "validation" in other.splits else next(iter(other.splits))
         return train, _non_empty(other.splits[name], f"--val-data {val_data}"), f"file {val_data}"
     for name in VAL_SPLITS:

@@ -11,7 +11,8 @@ task strings:
 |        | ``write_preprocessor``, ``export_checks`` |
 | verify | ``grid``, ``agreement``, ``preprocessor_problems`` |
 | runtime | ``runtime_preprocessor``, ``is_single``, ``postprocess``, ``predict_options``, ``bench_items``, |
-|         | ``render`` (CLI table), ``save_pictures`` |
+|         | ``render`` (CLI table), ``save_pictures`` (``zoo predict --save``) |
+| data | ``builtin_datasets`` (``builtin:NAME``), ``read_data`` (layouts only this task reads) |
 | train | ``training_spec``, ``data_columns``, ``read_labels``, ``encode``, ``training_loss``, ``eval_batch``, |
 |       | ``metrics``, ``primary_metric`` |
 
@@ -190,6 +191,23 @@ class Task:
     def render(self, title: str, inputs: list[str], results: list[Any]) -> Any:
         """A rich table of predictions for ``zoo predict``."""
         raise NotImplementedError
+
+    def save_pictures(self, inputs: list[Any], results: list[Any], folder: Path) -> list[Path]:
+        """Draw the predictions onto the inputs (``zoo predict --save``); return the files written."""
+        from zoo.errors import ConfigError
+
+        raise ConfigError(f"--save draws predictions on images; {self.name} models have nothing to draw: "
+                          "leave --save out (use --json for machine-readable output)")
+
+    # ------------------------------------------------------------ data
+
+    def builtin_datasets(self) -> dict[str, Callable[[], tuple[Any, str]]]:
+        """Offline data sets this task ships: ``builtin:NAME`` -> a loader of (DatasetDict, fingerprint)."""
+        return {}
+
+    def read_data(self, data: str) -> dict[str, Any] | None:
+        """Splits of a data layout only this task reads (e.g. COCO ``instances.json``), else None."""
+        return None
 
     # ------------------------------------------------------------ training
 

@@ -22,6 +22,11 @@ class ImageClassification(Classifier, ImageTask):
     timm: ClassVar[bool] = True
     timm_default: ClassVar[bool] = True
 
+    def builtin_datasets(self) -> dict[str, Any]:
+        from zoo.data.builtin import digits
+
+        return {"digits": digits}
+
     def data_columns(self, table: Any, input_column: str | None, label_column: str | None) -> dict[str, str]:
         image = self.image_column(table, input_column)
         usual = [n for n in LABEL_COLUMNS if n != image]
