@@ -197,7 +197,11 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _json(error_body(exc), status_of(exc))
 
     async def on_http(request: Request, exc: HTTPException) -> Response:
-        return _json({"error": str(exc.detail)}, exc.status_code)
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = (f"{request.method} {request.url.path} is not a route of this server; the routes are "
+                       "listed at GET /openapi.json (and /docs)")
+        return _json({"error": message}, exc.status_code)
 
     async def on_validation(request: Request, exc: RequestValidationError) -> Response:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
