@@ -22,10 +22,12 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-WITHOUT_TORCH = """
+TRAINING_STACK = ("torch", "transformers", "timm", "torchvision")
+SERVING_STACK = ("fastapi", "starlette", "uvicorn", "prometheus_client")  # pydantic comes with typer
+WITHOUT = """
 import sys
-for name in ("torch", "transformers", "timm", "torchvision"):
-    sys.modules[name] = None  # any import of these now fails, as on a core-only install
+for name in {blocked!r}:
+    sys.modules[name] = None  # any import of these now fails, as where they are not installed
 from zoo.cli import main
 main(sys.argv[1:])
 """
@@ -66,18 +68,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def zoo_command(*args: str) -> list[str]:
-    return [sys.executable, "-c", WITHOUT_TORCH, *args]
+def zoo_command(*args: str, blocked: tuple[str, ...] = TRAINING_STACK) -> list[str]:
+    """The ``zoo`` CLI in a fresh interpreter where the ``blocked`` packages cannot be imported."""
+    return [sys.executable, "-c", WITHOUT.format(blocked=blocked), *args]
+
+
+def server_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 @contextmanager
 def live_server(args: list[str], log: Path) -> Iterator[LiveServer]:
     """``zoo serve ARGS`` on a free port; yields once /v2/health/ready answers 200, stops it with SIGTERM."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(log, "w") as sink:
         process = subprocess.Popen(zoo_command("serve", *args, "--port", str(port)), stdout=sink,
-                                   stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
+                                   stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=server_env())
     server = LiveServer(process, f"http://127.0.0.1:{port}", log)
     try:
         wait_ready(server)

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -47,8 +48,14 @@ def serve(artifacts: Sequence[str | Path], settings: ServeSettings, *, host: str
     os.environ[_CONFIG_ENV] = json.dumps({"artifacts": [str(a) for a in artifacts],
                                           "settings": dataclasses.asdict(settings), "log_level": log_level})
     # prometheus-client's multi-process mode: every worker writes its samples under this folder
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="zoo-serve-metrics-"))
-    uvicorn.run("zoo.serve.server:app_from_environment", factory=True, workers=workers, **common)
+    own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    if own_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="zoo-serve-metrics-")
+    try:
+        uvicorn.run("zoo.serve.server:app_from_environment", factory=True, workers=workers, **common)
+    finally:
+        if own_dir:
+            shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)
 
 
 def app_from_environment() -> Any:
