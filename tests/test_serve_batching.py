@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zoo.serve.batching import DynamicBatcher, TensorLayout, run_tensor_batch
+from zoo.serve.batching import DynamicBatcher, TensorLayout, length_buckets, run_tensor_batch
 
 
 def gather(batcher: DynamicBatcher, items: list, rows: list[int] | None = None) -> list:
@@ -70,6 +70,18 @@ def test_one_bad_request_fails_alone() -> None:
     assert run.batches[0] == ["a", "bad", "c"] and ["a"] in run.batches and ["bad"] in run.batches
 
 
+def test_instances_run_batches_side_by_side() -> None:
+    both = threading.Barrier(2, timeout=30)  # passes only when two batches are in run_batch at once
+
+    def meet(items: list) -> list:
+        both.wait()
+        return items
+
+    pool = ThreadPoolExecutor(2)
+    answers = gather(DynamicBatcher(meet, pool, max_batch_size=1, max_wait_s=0, instances=2), ["a", "b"])
+    assert answers == ["a", "b"]
+
+
 def test_a_caller_that_went_away_is_not_computed_for() -> None:
     run, pool = Recorder(), ThreadPoolExecutor(1)
     gate = threading.Event()
@@ -121,7 +133,7 @@ def text_feed(rows: int, length: int, seed: int) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_padded_batch_gives_each_feed_its_own_answer(side: str) -> None:
     layout = TensorLayout(LAYOUT.axes, LAYOUT.pad_values, padding_side=side)
-    feeds = [text_feed(1, 3, 0), text_feed(2, 7, 1), text_feed(1, 5, 2)]
+    feeds = [text_feed(1, 6, 0), text_feed(2, 7, 1), text_feed(1, 5, 2)]
     calls: list[tuple[int, ...]] = []
 
     def counted(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -129,7 +141,7 @@ def test_padded_batch_gives_each_feed_its_own_answer(side: str) -> None:
         return masked_model(feed)
 
     batched = run_tensor_batch(counted, layout, feeds)
-    assert calls == [(4, 7)]  # one call, padded to the longest
+    assert calls == [(4, 7)]  # one call, padded to the longest (3 padding tokens on 25 real ones)
     for feed, result in zip(feeds, batched):
         alone = masked_model(feed)
         assert result["per_token"].shape == alone["per_token"].shape
@@ -137,10 +149,30 @@ def test_padded_batch_gives_each_feed_its_own_answer(side: str) -> None:
             np.testing.assert_array_equal(result[name], alone[name])
 
 
+def test_lengths_far_apart_run_in_separate_calls() -> None:
+    shapes: list[tuple[int, ...]] = []
+
+    def counted(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        shapes.append(feed["input_ids"].shape)
+        return masked_model(feed)
+
+    feeds = [text_feed(1, 40, 0), text_feed(1, 4, 1), text_feed(3, 5, 2), text_feed(1, 38, 3)]
+    results = run_tensor_batch(counted, LAYOUT, feeds)
+    assert shapes == [(4, 5), (2, 40)]  # short ones together, long ones together: padding stays small
+    for feed, result in zip(feeds, results):
+        np.testing.assert_array_equal(result["pooled"], masked_model(feed)["pooled"])
+
+
+def test_length_buckets_bound_the_padding() -> None:
+    assert length_buckets([(1, 10), (1, 10), (1, 11)]) == [[0, 1, 2]]
+    assert length_buckets([(1, 50), (8, 4), (1, 5)]) == [[1, 2], [0]]
+    assert length_buckets([(1, 3)]) == [[0]]
+
+
 def test_the_wrong_padding_would_be_caught() -> None:
     # the twin of the test above: pad with 1 in the mask, and a row's pooled value changes
     wrong = TensorLayout(LAYOUT.axes, {"input_ids": 9, "attention_mask": 1})
-    feeds = [text_feed(1, 3, 0), text_feed(1, 7, 1)]
+    feeds = [text_feed(1, 6, 0), text_feed(1, 7, 1)]
     assert not np.array_equal(run_tensor_batch(masked_model, wrong, feeds)[0]["pooled"],
                               masked_model(feeds[0])["pooled"])
 

@@ -34,8 +34,9 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="Longest a request waits for "
                                                "others to share its batch.")] = 5.0,
     workers: Annotated[int, typer.Option(min=1, help="Server processes, each with every model loaded.")] = 1,
-    threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime intra-op threads per model "
-                                                "(default: onnxruntime's own).")] = None,
+    instances: Annotated[int, typer.Option(min=1, help="Batches of one model that run at the same time.")] = 2,
+    threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime intra-op threads per batch "
+                                                "(default: the cores divided by --instances).")] = None,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Largest request body "
                                                "accepted, in MiB; larger ones get 413.")] = 32.0,
     no_hash_check: Annotated[bool, typer.Option("--no-hash-check", help="Check file sizes only, not sha256 "
@@ -47,7 +48,7 @@ def serve(
     from zoo.serve.server import serve as run_server
 
     settings = ServeSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                             max_body_bytes=int(max_body_mb * (1 << 20)), threads=threads,
+                             max_body_bytes=int(max_body_mb * (1 << 20)), instances=instances, threads=threads,
                              check_hashes=not no_hash_check)
     run_server(artifacts, settings, host=host, port=port, workers=workers, log_level=log_level.value)
 

@@ -154,7 +154,7 @@ def _add_task_routes(app: FastAPI, served: dict[str, ServedModel]) -> None:
     @app.get("/v1/models", tags=["v1"])
     async def list_models() -> Response:
         return _json([{"name": m.name, "task": m.task, "labels": list(m.model.labels or []),
-                       "source": m.model.info.get("name"), "inputs": m.model.signature()} for m in served.values()])
+                       "source": m.info.get("name"), "inputs": m.model.signature()} for m in served.values()])
 
     @app.get("/metrics", tags=["operations"])
     async def metrics() -> Response:

@@ -1,24 +1,29 @@
 """Dynamic batching: concurrent requests for one model become one onnxruntime call.
 
-A request's work item waits in an asyncio queue. The batcher's loop takes the
-first waiting item, then keeps taking items until the batch holds
-``max_batch_size`` rows or ``max_wait_s`` has passed since the first one, runs the
-batch in the model's own worker thread (the event loop never waits on
-onnxruntime), and hands every caller its own slice of the result. An item is
+A request's work item waits in an asyncio queue. Once one of the model's
+``instances`` is free, the batcher's loop takes the first waiting item, then keeps
+taking items until the batch holds ``max_batch_size`` rows or ``max_wait_s`` has
+passed since the first one, runs the batch in a worker thread (the event loop
+never waits on onnxruntime), and hands every caller its own slice of the result.
+Several instances let one batch run while the next one runs or gathers: on a
+CPU, two single-threaded onnxruntime calls side by side do more work than one
+call spread over two threads. An item is
 queued only once its request body has been read in full, so a slow client
 never holds up a batch.
 
 How text tensors of different lengths share a batch is decided by
-``TensorBatcher`` below: inputs the server knows how to pad (token ids, attention
-mask, token type ids) are padded to the longest item, as the tokenizer itself
-would pad them, and per-token outputs are cut back to each item's own length.
-Items whose other shapes differ run as separate calls within the same turn.
+``run_tensor_batch`` below: the items are sorted by length and cut into calls
+whose padding adds at most ``MAX_PADDING`` of their real tokens; within a call,
+the inputs the server knows how to pad (token ids, attention mask, token type
+ids) are padded to the longest item as the tokenizer itself would pad them, and
+per-token outputs are cut back to each item's own length. Items whose other
+shapes differ run as separate calls within the same turn.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -28,7 +33,6 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-log = logging.getLogger("zoo.serve")
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -58,25 +62,28 @@ class DynamicBatcher(Generic[Item, Result]):
     """
 
     def __init__(self, run_batch: Callable[[list[Item]], Sequence[Result | BaseException]], executor: Executor, *,
-                 max_batch_size: int, max_wait_s: float,
+                 max_batch_size: int, max_wait_s: float, instances: int = 1,
                  on_batch: Callable[[BatchStats], None] | None = None,
                  on_queue: Callable[[int], None] | None = None):
         self._run_batch = run_batch
         self._executor = executor
         self.max_batch_size = max(1, max_batch_size)
         self.max_wait_s = max(0.0, max_wait_s)
+        self.instances = max(1, instances)
         self._on_batch = on_batch or (lambda stats: None)
         self._on_queue = on_queue or (lambda depth: None)
         self._queue: asyncio.Queue[_Waiting[Item]] = asyncio.Queue()
         self._held: _Waiting[Item] | None = None  # taken from the queue, but did not fit the last batch
         self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
+        self._slots = asyncio.Semaphore(self.instances)
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
         """Stop after the waiting items have been answered (the server has stopped taking requests)."""
-        while self._held is not None or not self._queue.empty():
+        while self._held is not None or not self._queue.empty() or self._running:
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
@@ -94,11 +101,21 @@ class DynamicBatcher(Generic[Item, Result]):
 
     async def _loop(self) -> None:
         while True:
+            # gather only once an instance is free: while all are busy, arrivals pile up into a fuller batch
+            await self._slots.acquire()
             batch = await self._gather()
             self._on_queue(self.depth)
             live = [w for w in batch if not w.future.done()]  # a caller that went away is not computed for
-            if live:
-                await self._run(live)
+            if not live:
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._run(live))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._slots.release()
 
     async def _gather(self) -> list[_Waiting[Item]]:
         first = self._held or await self._queue.get()
@@ -175,6 +192,8 @@ class TensorLayout:
 
 
 Feed = dict[str, np.ndarray]
+# Most padding one call may add, as a fraction of its real tokens, before a batch is split by length.
+MAX_PADDING = 0.25
 
 
 def run_tensor_batch(run: Callable[[Feed], Feed], layout: TensorLayout, feeds: list[Feed]) -> list[Feed]:
@@ -182,11 +201,12 @@ def run_tensor_batch(run: Callable[[Feed], Feed], layout: TensorLayout, feeds: l
     if not layout.batchable:
         return [run(feed) for feed in feeds]
     results: list[Feed | None] = [None] * len(feeds)
-    for members in _compatible_groups(layout, feeds).values():
-        outputs = _run_group(run, layout, [feeds[i] for i in members])
-        for i, output in zip(members, outputs):
-            results[i] = output
-    return results  # type: ignore[return-value]  (every index was filled by its group)
+    for group in _compatible_groups(layout, feeds).values():
+        for members in _length_buckets(layout, feeds, group):
+            outputs = _run_group(run, layout, [feeds[i] for i in members])
+            for i, output in zip(members, outputs):
+                results[i] = output
+    return results  # type: ignore[return-value]  (every index was filled by its bucket)
 
 
 def _compatible_groups(layout: TensorLayout, feeds: list[Feed]) -> dict[tuple[Any, ...], list[int]]:
@@ -197,6 +217,36 @@ def _compatible_groups(layout: TensorLayout, feeds: list[Feed]) -> dict[tuple[An
                     if dim > 0 and not _paddable(layout, name, dim))
         groups[key].append(index)
     return groups
+
+
+def _length_buckets(layout: TensorLayout, feeds: list[Feed], group: list[int]) -> list[list[int]]:
+    if not layout.pad_values or len(group) == 1:
+        return [group]
+    sizes = [(_rows(feeds[i]), math.prod(_axis_sizes(layout, feeds[i]).values())) for i in group]
+    return [[group[j] for j in bucket] for bucket in length_buckets(sizes)]
+
+
+def length_buckets(sizes: list[tuple[int, int]]) -> list[list[int]]:
+    """Indices of ``(rows, length)`` items, shortest first, cut so padding adds at most MAX_PADDING per call.
+
+    On a CPU the graph's cost grows with the padded token count: a short text
+    padded to a long one's length can cost more than sharing the call saves.
+    """
+    buckets: list[list[int]] = []
+    rows = real = 0
+    for i in sorted(range(len(sizes)), key=lambda i: sizes[i][1]):
+        n, length = sizes[i]
+        # sorted ascending, so this item's length is the padded length of the bucket it joins
+        if not buckets or (rows + n) * length > (1 + MAX_PADDING) * (real + n * length):
+            buckets.append([])
+            rows = real = 0
+        buckets[-1].append(i)
+        rows, real = rows + n, real + n * length
+    return buckets
+
+
+def _rows(feed: Feed) -> int:
+    return int(next(iter(feed.values())).shape[0])
 
 
 def _paddable(layout: TensorLayout, name: str, dim: int) -> bool:
@@ -212,7 +262,7 @@ def _run_group(run: Callable[[Feed], Feed], layout: TensorLayout, feeds: list[Fe
     stacked = {name: np.concatenate([_padded(layout, name, feed[name], target) for feed in feeds])
                for name in feeds[0]}
     outputs = run(stacked)
-    rows = np.cumsum([0] + [next(iter(feed.values())).shape[0] for feed in feeds])
+    rows = np.cumsum([0] + [_rows(feed) for feed in feeds])
     return [{name: _cut(layout, name, value[rows[i]:rows[i + 1]], lengths[i]) for name, value in outputs.items()}
             for i in range(len(feeds))]
 

@@ -7,6 +7,7 @@ tensors in and out, ``.predict`` for raw inputs to typed results.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from zoo.errors import ArtifactError, ConfigError, ZooError
-from zoo.serve.batching import DynamicBatcher, Feed, TensorLayout, run_tensor_batch
+from zoo.serve.batching import DynamicBatcher, Feed, TensorLayout, length_buckets, run_tensor_batch
 from zoo.serve.errors import RequestError
 from zoo.serve.names import PLATFORM, VERSION, datatype_of, parse_artifact_arg
 from zoo.serve.protocol import MetadataTensor, ModelMetadata
@@ -32,17 +33,22 @@ class ServeSettings:
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     max_body_bytes: int = 32 << 20
-    threads: int | None = None  # onnxruntime intra-op threads per model; None: onnxruntime's default
+    instances: int = 2  # batches of one model that run at once (Triton's instance count; its CPU default is 2)
+    threads: int | None = None  # onnxruntime intra-op threads per model; None: the cores shared by the instances
     check_hashes: bool = True
 
     def __post_init__(self) -> None:
         problems = [f"{name}={getattr(self, name)} must be at least {low}" for name, low in
-                    (("max_batch_size", 1), ("max_wait_ms", 0), ("max_body_bytes", 1024))
+                    (("max_batch_size", 1), ("max_wait_ms", 0), ("max_body_bytes", 1024), ("instances", 1))
                     if getattr(self, name) < low]
         if self.threads is not None and self.threads < 1:
             problems.append(f"threads={self.threads} must be at least 1")
         if problems:
             raise ConfigError("serve settings: " + "; ".join(problems))
+
+    def onnx_threads(self) -> int:
+        """Intra-op threads per call: the cores divided among the instances, so they do not fight over them."""
+        return self.threads or max(1, (os.cpu_count() or 1) // self.instances)
 
 
 @dataclass(frozen=True)
@@ -58,15 +64,17 @@ class ServedModel:
     name: str
     model: Any  # zoo.runtime.ExportedModel
     settings: ServeSettings
+    info: dict[str, Any] = field(init=False)
     layout: TensorLayout = field(init=False)
     executor: ThreadPoolExecutor = field(init=False)
     tensors: DynamicBatcher[Feed, Feed] | None = field(default=None, init=False)
     raw: DynamicBatcher[PredictJob, list[Any]] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.layout = tensor_layout(self.model.info)
-        # one thread per model: onnxruntime's own intra-op pool already uses the cores for one call
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"zoo-serve-{self.name}")
+        self.info = self.model.info  # one copy of the manifest: .info deep-copies it on every access
+        self.layout = tensor_layout(self.info)
+        self.executor = ThreadPoolExecutor(max_workers=self.settings.instances,
+                                           thread_name_prefix=f"zoo-serve-{self.name}")
 
     @property
     def task(self) -> str:
@@ -74,7 +82,8 @@ class ServedModel:
 
     def start(self, metrics: Any) -> None:
         """Start the batchers (needs the running event loop)."""
-        common = {"max_batch_size": self.settings.max_batch_size, "max_wait_s": self.settings.max_wait_ms / 1000}
+        common = {"max_batch_size": self.settings.max_batch_size, "max_wait_s": self.settings.max_wait_ms / 1000,
+                  "instances": self.settings.instances}
         self.tensors = DynamicBatcher(self.run_tensors, self.executor, **common,
                                       on_batch=metrics.batch_observer(self.name),
                                       on_queue=metrics.queue_observer(self.name, "infer"))
@@ -93,19 +102,19 @@ class ServedModel:
     # ------------------------------------------------------------ metadata
 
     def metadata(self) -> ModelMetadata:
-        info = self.model.info
+        info = self.info
         return ModelMetadata(name=self.name, versions=[VERSION], platform=PLATFORM,
                              inputs=[_tensor_metadata(t) for t in info["inputs"]],
                              outputs=[_tensor_metadata(t) for t in info["outputs"]])
 
     def output_names(self) -> list[str]:
-        return [t["name"] for t in self.model.info["outputs"]]
+        return [t["name"] for t in self.info["outputs"]]
 
     # ------------------------------------------------------------ tensors
 
     def checked_feed(self, tensors: dict[str, np.ndarray]) -> tuple[Feed, int]:
         """The request's tensors checked against the model's inputs; also the batch rows they hold."""
-        specs = {t["name"]: t for t in self.model.info["inputs"]}
+        specs = {t["name"]: t for t in self.info["inputs"]}
         expects = "the model expects " + ", ".join(_describe(t) for t in specs.values())
         missing, extra = sorted(set(specs) - set(tensors)), sorted(set(tensors) - set(specs))
         if missing or extra:
@@ -137,13 +146,18 @@ class ServedModel:
         """Worker thread: all jobs' raw inputs in one ``predict`` call per distinct top_k; results split back."""
         results: list[list[Any] | BaseException] = [[] for _ in jobs]
         for top_k in sorted({job.top_k for job in jobs}):
-            members = [i for i, job in enumerate(jobs) if job.top_k == top_k]
-            flat = [x for i in members for x in jobs[i].inputs]
-            predictions = self.model.predict(flat, top_k=top_k, batch_size=max(1, len(flat)))
-            start = 0
-            for i in members:
-                results[i] = list(predictions[start:start + len(jobs[i].inputs)])
-                start += len(jobs[i].inputs)
+            group = [i for i, job in enumerate(jobs) if job.top_k == top_k]
+            # texts are padded to the longest of a call: keep lengths alike (characters stand in for tokens)
+            sizes = [(len(jobs[i].inputs), max((len(x) if isinstance(x, str) else 1 for x in jobs[i].inputs),
+                                               default=1)) for i in group]
+            for bucket in length_buckets(sizes):
+                members = [group[j] for j in bucket]
+                flat = [x for i in members for x in jobs[i].inputs]
+                predictions = self.model.predict(flat, top_k=top_k, batch_size=max(1, len(flat)))
+                start = 0
+                for i in members:
+                    results[i] = list(predictions[start:start + len(jobs[i].inputs)])
+                    start += len(jobs[i].inputs)
         return results
 
 
@@ -211,7 +225,7 @@ def load_models(artifacts: Sequence[str | Path], settings: ServeSettings) -> lis
     served = []
     for name, path in named:
         try:
-            served.append(ServedModel(name, load(path, threads=settings.threads,
+            served.append(ServedModel(name, load(path, threads=settings.onnx_threads(),
                                                  check_hashes=settings.check_hashes), settings))
         except ZooError as exc:
             problems.append(f"'{name}': {exc}")
