@@ -49,7 +49,9 @@ def text_arrays(artifact: Path, text: str) -> dict[str, np.ndarray]:
     """Graph inputs for one text, tokenised with the artifact's own tokenizer.json (no padding)."""
     from tokenizers import Tokenizer
 
-    encoding = Tokenizer.from_file(str(artifact / "tokenizer.json")).encode(text)
+    tokenizer = Tokenizer.from_file(str(artifact / "tokenizer.json"))
+    tokenizer.no_padding()  # MiniLM's tokenizer.json pads to 128 on its own; each request keeps its length
+    encoding = tokenizer.encode(text)
     fields = {"input_ids": encoding.ids, "attention_mask": encoding.attention_mask,
               "token_type_ids": encoding.type_ids}
     return {name: np.array([values], dtype=np.int64) for name, values in fields.items()}

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 import zoo
-from zoo.cli.app import app as cli
 from tests.serving import infer_json, text_arrays
+from zoo.cli.app import app as cli
 from zoo.serve import ServeSettings, create_app, load_models
 
 SETTINGS = ServeSettings(max_batch_size=8, max_wait_ms=2, max_body_bytes=256 << 10)

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 import zoo
-from tests.serving import LiveServer, infer_json, live_server, text_arrays
+from tests.serving import ROOT, LiveServer, infer_json, live_server, text_arrays
 
 SENTENCES = ["Hi", "A man is eating food.", "The quick brown fox jumps over the lazy dog near the river bank",
              "Zoo", "Someone is playing a guitar", "It rained all day, so the match was called off at noon",
@@ -116,6 +116,22 @@ def test_curl_like_calls_on_both_endpoints(server: LiveServer, minilm: zoo.Expor
     expected = zoo.load(timm_artifact).predict(image_file, top_k=2)
     assert answer.json() == [{"input": image_file.name, **expected.to_dict()}]
     assert httpx.get(f"{server.url}/v1/models").json()[0]["task"] == "feature-extraction"
+
+
+def readme_json(marker: str) -> dict:
+    """The JSON body of the README's curl example whose line contains ``marker``."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(marker)
+    body = readme[readme.index("-d '", start) + 4:]
+    return json.loads(body[:body.index("'")])
+
+
+def test_the_readme_curl_examples(server: LiveServer) -> None:
+    answer = httpx.post(f"{server.url}/v2/models/minilm/infer", json=readme_json("/v2/models/minilm/infer"))
+    assert answer.status_code == 200 and answer.json()["outputs"][0]["shape"] == [1, 384]
+    texts = readme_json("/v1/models/minilm/predict")
+    answer = httpx.post(f"{server.url}/v1/models/minilm/predict", json=texts)
+    assert answer.status_code == 200 and [row["input"] for row in answer.json()] == texts["inputs"]
 
 
 async def _concurrent(url: str, bodies: list[tuple[str, dict]]) -> list[httpx.Response]:

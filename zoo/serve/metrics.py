@@ -9,6 +9,7 @@ of them (prometheus-client's multi-process mode).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -38,7 +39,7 @@ class ServerMetrics:
         self.queue_depth = Gauge("zoo_queue_depth", "Requests waiting for a batch", ["model", "queue"],
                                  registry=r, multiprocess_mode="livesum")
 
-    def batch_observer(self, model: str):  # noqa: ANN201  (a closure for DynamicBatcher)
+    def batch_observer(self, model: str) -> Callable[[BatchStats], None]:
         def observe(stats: BatchStats) -> None:
             self.batch_rows.labels(model).observe(stats.rows)
             self.batch_requests.labels(model).observe(stats.requests)
@@ -46,7 +47,7 @@ class ServerMetrics:
 
         return observe
 
-    def queue_observer(self, model: str, queue: str):  # noqa: ANN201
+    def queue_observer(self, model: str, queue: str) -> Callable[[float], None]:
         gauge = self.queue_depth.labels(model, queue)
         return gauge.set
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -31,7 +31,7 @@ from zoo.serve.names import DATATYPES, datatype_of
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data"]
 
-Parameter = Union[bool, int, float, str]
+Parameter = bool | int | float | str
 Dim = Annotated[int, Field(ge=0)]
 
 
