@@ -178,3 +178,18 @@ def test_openapi_documents_the_protocol_request(client: TestClient) -> None:
     infer = schema["paths"]["/v2/models/{name}/infer"]["post"]
     assert infer["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/InferenceRequest")
     assert "RequestInput" in schema["components"]["schemas"]
+
+
+def test_an_unexpected_failure_is_a_500_with_one_line(timm_artifact: Path, image_file: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    models = load_models([f"timm={timm_artifact}"], SETTINGS)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(models[0].model, "predict", broken)
+    with TestClient(create_app(models, SETTINGS), raise_server_exceptions=False) as fresh:
+        answer = fresh.post("/v1/models/timm/predict", files=[("files", ("a.jpg", image_file.read_bytes()))])
+        assert answer.status_code == 500
+        assert answer.json() == {"error": "internal error (RuntimeError); the server log has the details"}
+        assert fresh.get("/v2/health/ready").status_code == 200  # and it keeps serving
