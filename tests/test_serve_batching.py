@@ -82,6 +82,46 @@ def test_instances_run_batches_side_by_side() -> None:
     assert answers == ["a", "b"]
 
 
+def test_an_idle_model_does_not_wait_for_company() -> None:
+    run, pool = Recorder(), ThreadPoolExecutor(1)
+
+    async def main() -> str:
+        batcher = DynamicBatcher(run, pool, max_batch_size=8, max_wait_s=600)
+        batcher.start()
+        # nothing else runs, so the lone request goes at once rather than after max_wait_s
+        answer = await asyncio.wait_for(batcher.submit("alone"), timeout=30)
+        await batcher.stop()
+        return answer
+
+    assert asyncio.run(main()) == "answer to alone"
+
+
+def test_a_busy_model_waits_for_company() -> None:
+    run, pool = Recorder(), ThreadPoolExecutor(2)
+    gate = threading.Event()
+
+    def held_then_record(items: list) -> list:
+        if items == ["first"]:
+            gate.wait(30)  # keeps one instance busy
+        return run(items)
+
+    async def main() -> None:
+        batcher = DynamicBatcher(held_then_record, pool, max_batch_size=2, max_wait_s=600, instances=2)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit("first"))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(batcher.submit("second"))
+        await asyncio.sleep(0.2)  # the second request is now waiting for company, since "first" still runs
+        third = asyncio.ensure_future(batcher.submit("third"))
+        await asyncio.wait_for(asyncio.gather(second, third), timeout=30)
+        gate.set()
+        await first
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert ["second", "third"] in run.batches
+
+
 def test_a_caller_that_went_away_is_not_computed_for() -> None:
     run, pool = Recorder(), ThreadPoolExecutor(1)
     gate = threading.Event()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
+import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -14,7 +15,16 @@ import httpx
 import numpy as np
 
 import zoo
-from tests.serving import ROOT, SERVING_STACK, infer_json, live_server, server_env, wait_ready, zoo_command
+from tests.serving import (
+    ROOT,
+    SERVING_STACK,
+    LiveServer,
+    infer_json,
+    live_server,
+    server_env,
+    wait_ready,
+    zoo_command,
+)
 
 
 def pixels(artifact: Path, rows: int = 1) -> dict[str, np.ndarray]:
@@ -41,37 +51,52 @@ def test_serve_without_the_extra_says_how_to_install_it(timm_artifact: Path) -> 
     assert "Traceback" not in done.stderr
 
 
-def _queued(url: str) -> float:
-    match = re.search(r'zoo_queue_depth\{model="timm",queue="infer"\} (\S+)', httpx.get(f"{url}/metrics").text)
-    return float(match.group(1)) if match else 0.0
-
-
 def test_sigterm_lets_the_request_in_flight_finish(timm_artifact: Path, tmp_path: Path) -> None:
-    # a long batching window holds the request inside the server while the signal arrives
+    # a client halfway through its upload when the signal arrives: its request is in flight
     feed = pixels(timm_artifact)
-    answers: list[httpx.Response] = []
-    with live_server([f"timm={timm_artifact}", "--max-wait-ms", "1500", "--max-batch-size", "64"],
-                     tmp_path / "server.log") as server:
-        sender = threading.Thread(target=lambda: answers.append(
-            httpx.post(f"{server.url}/v2/models/timm/infer", json=infer_json(feed), timeout=60)))
-        sender.start()
-        deadline = time.monotonic() + 30
-        while _queued(server.url) < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert _queued(server.url) == 1
-        server.process.send_signal(signal.SIGTERM)
-        sender.join(60)
+    body = json.dumps(infer_json(feed)).encode()
+    with live_server([f"timm={timm_artifact}"], tmp_path / "server.log") as server:
+        head = (f"POST /v2/models/timm/infer HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=60) as slow:
+            slow.sendall(head + body[:len(body) // 2])
+            server.process.send_signal(signal.SIGTERM)
+            _wait_for(server, "Shutting down")
+            slow.sendall(body[len(body) // 2:])
+            reply = _read_all(slow)
         # uvicorn re-raises the signal once it has shut down cleanly, so the exit status is the signal's
         assert server.process.wait(60) in (0, -signal.SIGTERM)
-    (answer,) = answers
-    assert answer.status_code == 200
+    status, _, payload = reply.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200")
     expected = zoo.load(timm_artifact)(**feed)
     (name,) = expected
-    np.testing.assert_array_equal(np.array(answer.json()["outputs"][0]["data"], np.float32).reshape(
+    answer = json.loads(payload)
+    np.testing.assert_array_equal(np.array(answer["outputs"][0]["data"], np.float32).reshape(
         expected[name].shape), expected[name])
     log = server.output()
-    assert log.index('"path":"/v2/models/timm/infer"') < log.index("Application shutdown complete")
+    assert log.index("Shutting down") < log.index('"path":"/v2/models/timm/infer"') < log.index(
+        "Application shutdown complete")
     assert "Traceback" not in log
+
+
+def _wait_for(server: LiveServer, text: str) -> None:
+    deadline = time.monotonic() + 30
+    while text not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert text in server.output()
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    reply = b""
+    while chunk := sock.recv(65536):
+        reply += chunk
+        head, _, payload = reply.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), None)
+        if length is not None and len(payload) >= length:
+            break
+    return reply
 
 
 def test_workers_share_one_metrics_view(timm_artifact: Path, tmp_path: Path) -> None:

@@ -1,10 +1,12 @@
 """Dynamic batching: concurrent requests for one model become one onnxruntime call.
 
 A request's work item waits in an asyncio queue. Once one of the model's
-``instances`` is free, the batcher's loop takes the first waiting item, then keeps
-taking items until the batch holds ``max_batch_size`` rows or ``max_wait_s`` has
-passed since the first one, runs the batch in a worker thread (the event loop
-never waits on onnxruntime), and hands every caller its own slice of the result.
+``instances`` is free, the batcher's loop takes the first waiting item and every
+item already waiting, up to ``max_batch_size`` rows; while another batch is still
+running it also waits up to ``max_wait_s`` for more (when nothing runs, waiting
+would only add latency to an idle machine). It runs the batch in a worker
+thread (the event loop never waits on onnxruntime) and hands every caller its
+own slice of the result.
 Several instances let one batch run while the next one runs or gathers: on a
 CPU, two single-threaded onnxruntime calls side by side do more work than one
 call spread over two threads. An item is
@@ -121,7 +123,8 @@ class DynamicBatcher(Generic[Item, Result]):
         first = self._held or await self._queue.get()
         self._held = None
         batch, rows = [first], first.rows
-        deadline = time.monotonic() + self.max_wait_s
+        # idle hardware never waits: company is worth waiting for only while another batch keeps the cores busy
+        deadline = time.monotonic() + (self.max_wait_s if self._running else 0.0)
         while rows < self.max_batch_size:
             try:
                 waiting = self._queue.get_nowait()

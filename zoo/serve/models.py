@@ -34,7 +34,7 @@ class ServeSettings:
     max_wait_ms: float = 5.0
     max_body_bytes: int = 32 << 20
     instances: int = 2  # batches of one model that run at once (Triton's instance count; its CPU default is 2)
-    threads: int | None = None  # onnxruntime intra-op threads per model; None: the cores shared by the instances
+    threads: int | None = None  # onnxruntime intra-op threads per call; None: the cores shared by the instances
     check_hashes: bool = True
 
     def __post_init__(self) -> None:
@@ -153,7 +153,8 @@ class ServedModel:
             for bucket in length_buckets(sizes):
                 members = [group[j] for j in bucket]
                 flat = [x for i in members for x in jobs[i].inputs]
-                predictions = self.model.predict(flat, top_k=top_k, batch_size=max(1, len(flat)))
+                # one request's long list of inputs still runs max_batch_size at a time
+                predictions = self.model.predict(flat, top_k=top_k, batch_size=self.settings.max_batch_size)
                 start = 0
                 for i in members:
                     results[i] = list(predictions[start:start + len(jobs[i].inputs)])
