@@ -1,0 +1,112 @@
+"""Raw inputs of the task-level endpoint ``POST /v1/models/{name}/predict``: one reader per modality.
+
+A reader turns the HTTP request into ``(labels, inputs)``: what each input is
+called in the answer (the text itself, an upload's file name) and what
+``ExportedModel.predict`` takes (strings, PIL images). A new modality (audio)
+is one more reader and one more entry in ``MODALITY``/``READERS``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from zoo.serve.errors import RequestError
+
+Reader = Callable[[Request, int], Awaitable[tuple[list[str], list[Any]]]]
+MAX_FILES = 256
+
+
+class TextPredictRequest(BaseModel):
+    inputs: list[str] = Field(min_length=1, description="the texts to run the model on")
+
+
+async def text_inputs(request: Request, max_bytes: int) -> tuple[list[str], list[Any]]:
+    """``{"inputs": ["text", ...]}`` as JSON."""
+    body = await request.body()
+    if not _is_json(request):
+        raise RequestError(f"this text model's /predict takes JSON {{\"inputs\": [\"text\", ...]}}, sent as "
+                           f"Content-Type: application/json (got '{request.headers.get('content-type', 'none')}')",
+                           status=415)
+    try:
+        texts = TextPredictRequest.model_validate_json(body).inputs
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(map(str, problem["loc"])) or "body"
+        raise RequestError(f"malformed predict request ({where}: {problem['msg']}); send JSON "
+                           "{\"inputs\": [\"text\", ...]}") from None
+    return texts, list(texts)
+
+
+async def image_inputs(request: Request, max_bytes: int) -> tuple[list[str], list[Any]]:
+    """One or more image files uploaded as multipart/form-data (any field name, e.g. ``files``)."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise RequestError("this image model's /predict takes image files as multipart/form-data, e.g. "
+                           "curl -F files=@cat.jpg URL", status=415)
+    try:
+        form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES, max_part_size=max_bytes)
+    except Exception as exc:  # python-multipart / starlette parse errors: the body is not valid multipart
+        raise RequestError(f"the multipart body cannot be read ({exc})") from None
+    try:
+        uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not uploads:
+            raise RequestError("no file in the multipart body; upload images, e.g. curl -F files=@cat.jpg URL")
+        files = [(u.filename or f"file-{i}", await u.read()) for i, u in enumerate(uploads)]
+    finally:
+        await form.close()
+    images = await anyio.to_thread.run_sync(_decode_images, files)
+    return [name for name, _ in files], images
+
+
+def _decode_images(files: list[tuple[str, bytes]]) -> list[Any]:
+    from PIL import Image
+
+    images = []
+    for name, data in files:
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()  # decode now: a truncated or fake file fails here, not inside a batch
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise RequestError(f"upload '{name}' is not an image Pillow can decode ({exc}); send a PNG, JPEG, "
+                               "or another format Pillow reads") from None
+        images.append(image)
+    return images
+
+
+def _is_json(request: Request) -> bool:
+    return request.headers.get("content-type", "").split(";")[0].strip() in ("application/json", "")
+
+
+# Which reader each task's raw inputs need (object-detection will be "image", audio-classification "audio").
+MODALITY = {"text-classification": "text", "token-classification": "text", "feature-extraction": "text",
+            "image-classification": "image"}
+READERS: dict[str, Reader] = {"text": text_inputs, "image": image_inputs}
+
+
+def reader_for(task: str) -> Reader:
+    modality = MODALITY.get(task)
+    if modality not in READERS:
+        raise RequestError(f"/predict does not take raw inputs for task '{task}' yet; use the tensor endpoint "
+                           "POST /v2/models/NAME/infer", status=400)
+    return READERS[modality]
+
+
+def predict_rows(labels: list[str], results: list[Any]) -> list[dict[str, Any]]:
+    """What ``zoo predict --json`` prints: one object per input, its name first."""
+    return [{"input": label, **result.to_dict()} for label, result in zip(labels, results)]
+
+
+def openapi_body() -> dict[str, Any]:
+    """The request body of /predict for the OpenAPI schema: JSON texts, or multipart image files."""
+    return {"required": True, "content": {
+        "application/json": {"schema": TextPredictRequest.model_json_schema()},
+        "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+    }}
+
