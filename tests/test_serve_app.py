@@ -52,8 +52,9 @@ def test_gzip_request_bodies_are_inflated(client: TestClient, hello: dict) -> No
     assert packed.status_code == 200 and packed.json() == plain
 
 
-def _predict_cli(artifact: Path, *inputs: str, top_k: int = 1) -> list[dict]:
-    done = CliRunner().invoke(cli, ["predict", str(artifact), *inputs, "--json", "--top-k", str(top_k)])
+def _predict_cli(artifact: Path, *inputs: str, top_k: int | None = None) -> list[dict]:
+    options = ["--top-k", str(top_k)] if top_k is not None else []
+    done = CliRunner().invoke(cli, ["predict", str(artifact), *inputs, "--json", *options])
     assert done.exit_code == 0, done.output
     return json.loads(done.output)
 

@@ -29,7 +29,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from zoo.errors import ZooError
+from zoo.errors import InputError, ZooError
 from zoo.serve.errors import ModelNotFound, RequestError, error_body, status_of
 from zoo.serve.inputs import openapi_body, predict_rows, reader_for
 from zoo.serve.metrics import ServerMetrics
@@ -46,6 +46,7 @@ from zoo.serve.protocol import (
     encode_response,
     parse_request,
 )
+from zoo.tasks import get_task
 
 # Bodies above this are parsed and encoded in a worker thread, so that a large tensor never stalls the loop.
 _INLINE_BYTES = 64 << 10
@@ -143,12 +144,20 @@ def _add_task_routes(app: FastAPI, served: dict[str, ServedModel]) -> None:
     @app.post("/v1/models/{name}/predict", responses=_ERRORS, openapi_extra={"requestBody": openapi_body()},
               tags=["v1"])
     async def predict(name: str, request: Request,
-                      top_k: int = Query(1, ge=1, le=1000, description="labels per input (classifiers)")) -> Response:
+                      top_k: int | None = Query(None, ge=1, le=1000, description="labels per input (classifiers)"),
+                      threshold: float | None = Query(None, ge=0, le=1,
+                                                      description="minimum score (object detection)")) -> Response:
         """Raw inputs to typed results, as ``zoo predict --json`` prints them."""
         model = _model(served, name)
+        given = {"top_k": top_k, "threshold": threshold}
+        options = tuple(sorted((k, v) for k, v in given.items() if v is not None))
+        try:
+            get_task(model.task).check_options(dict(options))
+        except InputError as exc:
+            raise RequestError(str(exc)) from None
         labels, inputs = await reader_for(model.task)(request, app.state.settings.max_body_bytes)
         assert model.raw is not None  # started by the lifespan
-        results = await model.raw.submit(PredictJob(inputs, top_k), rows=len(inputs))
+        results = await model.raw.submit(PredictJob(inputs, options), rows=len(inputs))
         return _json(predict_rows(labels, results))
 
     @app.get("/v1/models", tags=["v1"])

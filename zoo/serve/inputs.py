@@ -3,7 +3,7 @@
 A reader turns the HTTP request into ``(labels, inputs)``: what each input is
 called in the answer (the text itself, an upload's file name) and what
 ``ExportedModel.predict`` takes (strings, PIL images). A new modality (audio)
-is one more reader and one more entry in ``MODALITY``/``READERS``.
+is one more reader in ``READERS``; which reader a model needs comes from its task.
 """
 
 from __future__ import annotations
@@ -83,14 +83,14 @@ def _is_json(request: Request) -> bool:
     return request.headers.get("content-type", "").split(";")[0].strip() in ("application/json", "")
 
 
-# Which reader each task's raw inputs need (object-detection will be "image", audio-classification "audio").
-MODALITY = {"text-classification": "text", "token-classification": "text", "feature-extraction": "text",
-            "image-classification": "image"}
+# One reader per modality; the task says which modality its raw inputs are (zoo.tasks).
 READERS: dict[str, Reader] = {"text": text_inputs, "image": image_inputs}
 
 
 def reader_for(task: str) -> Reader:
-    modality = MODALITY.get(task)
+    from zoo.tasks import get_task
+
+    modality = get_task(task).modality
     if modality not in READERS:
         raise RequestError(f"/predict does not take raw inputs for task '{task}' yet; use the tensor endpoint "
                            "POST /v2/models/NAME/infer", status=400)

@@ -53,10 +53,10 @@ class ServeSettings:
 
 @dataclass(frozen=True)
 class PredictJob:
-    """One /predict request: raw inputs (strings, PIL images, ...) and how many labels to return."""
+    """One /predict request: raw inputs (strings, PIL images, ...) and the task's predict options."""
 
     inputs: list[Any]
-    top_k: int = 1
+    options: tuple[tuple[str, Any], ...] = ()  # e.g. (("top_k", 3),): hashable, so jobs group by it
 
 
 @dataclass
@@ -143,10 +143,10 @@ class ServedModel:
     # ------------------------------------------------------------ raw inputs
 
     def run_predict(self, jobs: list[PredictJob]) -> list[list[Any] | BaseException]:
-        """Worker thread: all jobs' raw inputs in one ``predict`` call per distinct top_k; results split back."""
+        """Worker thread: all jobs' raw inputs in one ``predict`` call per distinct options; results split back."""
         results: list[list[Any] | BaseException] = [[] for _ in jobs]
-        for top_k in sorted({job.top_k for job in jobs}):
-            group = [i for i, job in enumerate(jobs) if job.top_k == top_k]
+        for options in sorted({job.options for job in jobs}):
+            group = [i for i, job in enumerate(jobs) if job.options == options]
             # texts are padded to the longest of a call: keep lengths alike (characters stand in for tokens)
             sizes = [(len(jobs[i].inputs), max((len(x) if isinstance(x, str) else 1 for x in jobs[i].inputs),
                                                default=1)) for i in group]
@@ -154,7 +154,7 @@ class ServedModel:
                 members = [group[j] for j in bucket]
                 flat = [x for i in members for x in jobs[i].inputs]
                 # one request's long list of inputs still runs max_batch_size at a time
-                predictions = self.model.predict(flat, top_k=top_k, batch_size=self.settings.max_batch_size)
+                predictions = self.model.predict(flat, batch_size=self.settings.max_batch_size, **dict(options))
                 start = 0
                 for i in members:
                     results[i] = list(predictions[start:start + len(jobs[i].inputs)])
