@@ -13,7 +13,7 @@ task strings:
 | runtime | ``runtime_preprocessor``, ``is_single``, ``postprocess``, ``predict_options``, ``bench_items``, |
 |         | ``render`` (CLI table), ``save_pictures`` |
 | train | ``training_spec``, ``data_columns``, ``read_labels``, ``encode``, ``training_loss``, ``eval_batch``, |
-|       | ``metrics``, ``primary_metric`` |
+|       | ``metrics``, ``primary_metric``, ``metric_names`` |
 
 Modality mixins (``_text.py``, ``_image.py``) implement what tasks of one input kind
 share; a task module combines a modality with its own outputs, checks and results.
@@ -73,6 +73,7 @@ class Task:
     has_labels: ClassVar[bool] = False
     trainable: ClassVar[bool] = False
     primary_metric: ClassVar[str] = "val_loss"
+    metric_names: ClassVar[tuple[str, ...]] = ("val_loss",)  # what ``metrics`` reports, plus val_loss
     expects: ClassVar[str] = "inputs"  # what predict takes, for error messages
     predict_options: ClassVar[dict[str, type]] = {}  # keyword options of predict (top_k, threshold ...)
 
@@ -200,10 +201,12 @@ class Task:
     def data_columns(self, table: Any, input_column: str | None, label_column: str | None) -> dict[str, str]:
         raise self._not_trainable()
 
-    def read_labels(self, table: Any, column: str, spec: ModelSpec) -> tuple[str, ...]:
+    def read_labels(self, table: Any, column: str, spec: ModelSpec, new_head: bool = False) -> Any:
+        """The fine-tuned model's labels (a ``zoo.data.labels.LabelPlan``): the model's own where the
+        data's fit them (head kept), else the data's on a new head (always with ``new_head``)."""
         raise self._not_trainable()
 
-    def encode(self, table: Any, columns: dict[str, str], labels: tuple[str, ...], spec: ModelSpec,
+    def encode(self, table: Any, columns: dict[str, str], labels: Any, spec: ModelSpec,
                processor: Any, max_length: int, what: str) -> Any:
         raise self._not_trainable()
 
