@@ -179,8 +179,8 @@ def with_task(spec: ModelSpec, task_name: str) -> ModelSpec:
 
     task, base = get_task(task_name), get_task(spec.task)
     if task.modality != base.modality:
-        raise ConfigError(f"--task {task_name} takes {task.modality} input but {spec.name} is a {base.modality} "
-                          f"model ({spec.task}); give a {task.modality} model")
+        raise ConfigError(f"--task {task_name} takes {task.modality} input but {spec.name} is a {spec.task} "
+                          f"model taking {base.modality} input; give a {task.modality} model")
     pp = dataclasses.replace(spec.preprocess, pooling=None, normalize=False)
     return dataclasses.replace(spec, task=task_name, labels=None, preprocess=pp)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,6 @@ from zoo.train.config import TrainConfig
 from zoo.train.report import MetricsLog
 
 LOG_EVERY = 10  # optimizer steps between train-loss log lines (also logged before every evaluation)
-# transformers' schedule names for --scheduler: each warms up linearly first
-SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
 @dataclass
@@ -47,17 +46,34 @@ def lower_is_better(metric: str) -> bool:
     return metric.endswith("loss")
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig, total_steps: int) -> tuple[Any, Any]:
-    from transformers import get_scheduler
+def lr_factor(kind: str, total_steps: int, warmup: float) -> Callable[[int], float]:
+    """Linear warmup over ``warmup`` of the steps, then cosine or linear decay towards 0, or constant.
 
+    Written out rather than taken from transformers' ``get_scheduler``, whose warmup
+    gives the very first step a learning rate of 0: here step s of the warmup already
+    learns at (s + 1) / warmup-steps of the peak.
+    """
+    warm = int(total_steps * warmup)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress if kind == "linear" else 1.0
+
+    return factor
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, total_steps: int) -> tuple[Any, Any]:
     # no weight decay on biases and norm scales (1-d parameters), as BERT and timm recipes do
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=config.lr)
-    scheduler = get_scheduler(SCHEDULES[config.scheduler], optimizer, num_warmup_steps=int(total_steps * config.warmup),
-                              num_training_steps=total_steps)
-    return optimizer, scheduler
+    factor = lr_factor(config.scheduler, total_steps, config.warmup)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class Trainer:

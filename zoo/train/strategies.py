@@ -62,11 +62,11 @@ class SingleStrategy:
         """Unscale, clip to ``max_norm`` (0: no clipping) and step; returns the gradient norm before clipping."""
         if self.scaler:
             self.scaler.unscale_(optimizer)
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads)
+        params = [p for p in model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # sharded grads: a DTensor norm
-        if max_norm > 0:
-            torch.nn.utils.clip_grads_with_norm_(grads, max_norm, norm)
+        if max_norm > 0:  # clip_grads_with_norm_ scales each parameter's .grad (given tensors, it does nothing)
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
         if self.scaler:
             self.scaler.step(optimizer)
             self.scaler.update()
