@@ -386,6 +386,19 @@ def test_schedulers_warm_up_then_follow_their_shape(scheduler, expected):
     assert seen == pytest.approx(expected)
 
 
+def test_weight_decay_spares_biases_and_norm_scales():
+    import torch
+
+    from zoo.train.config import TrainConfig
+    from zoo.train.loop import build_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    optimizer, _ = build_optimizer(model, TrainConfig(model="m", data="d", weight_decay=0.05), total_steps=2)
+    decayed, spared = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.05 and [p.shape for p in decayed["params"]] == [(4, 3)]
+    assert spared["weight_decay"] == 0.0 and len(spared["params"]) == 3  # linear bias, norm weight and bias
+
+
 def test_clipping_zero_leaves_gradients_alone():
     import torch
 
@@ -454,12 +467,17 @@ def test_cli_errors(case, expected, tiny_text_classifier, tiny_timm_folder, text
 
 def test_cli_summary_names_time_throughput_and_the_kept_step(tiny_text_classifier, text_csv, tmp_path, capsys):
     """The twin of the error cases: the same command with good inputs trains and reports."""
-    out = tmp_path / "run"
-    code, printed, _ = cli(["finetune", str(tiny_text_classifier), "--data", str(text_csv), "--out", str(out),
+    out, data = tmp_path / "run", Path(shutil.copy(text_csv, tmp_path / "train.csv"))
+    code, printed, _ = cli(["finetune", str(tiny_text_classifier), "--data", str(data), "--out", str(out),
                             "--max-steps", "3", "--batch-size", "8", "--pause-at", "2", "--no-progress"], capsys)
     assert code == 0 and printed.splitlines() == [f"paused at step 2 of 3; checkpoint: {out / 'checkpoints' / 'step_2'}",
-                                     f"continue with: zoo finetune --resume --out {out}"]
+                                                  f"continue with: zoo finetune --resume --out {out}"]
     assert metric_lines(out, "train_loss")[-1]["step"] == 2  # logged before pausing
+    original = data.read_text()
+    data.write_text(original + "an extra row,positive\n")
+    code, err = run_cli(["finetune", "--resume", "--out", str(out)], capsys)
+    assert code == 1 and "has changed since the run started" in err and len(err.splitlines()) == 1
+    data.write_text(original)
     code, printed, _ = cli(["finetune", "--resume", "--out", str(out), "--no-progress"], capsys)
     assert code == 0 and f"run dir: {out}" in printed
     assert "labels: 2 from the model's own label set, the model's head kept" in printed

@@ -3,9 +3,10 @@
 What the README's "--nproc" sentence promises, case by case:
 
 - no dropout, no batch norm (timm test_vit): DDP and FSDP weights equal one process within 1e-5;
-- batch norm (timm test_resnet), with --sync-batchnorm (the default): loss and gradient norms equal
-  one process within 1e-5 relative, weights within 3e-4 (measured 1.6e-4; see BATCH_NORM_TOLERANCE);
-  without it the weights differ by more than 0.1 (the twin);
+- batch norm (timm test_resnet), with --sync-batchnorm (the default): the first step's gradient norm
+  and the validation loss equal one process within 1e-5 relative, later gradient norms within 1e-3 and
+  weights within 3e-4 (see BATCH_NORM_TOLERANCE); without it the weights differ by more than 0.1 and
+  the gradient norms by more than 10% (the twin);
 - dropout (tiny BERT token classifier): each process draws its own masks, so DDP differs from one
   process; with dropout set to 0 it is equal within 1e-5 (also under FSDP, with no view warning);
 - FSDP + bf16 trains a batch-norm CNN (computing in bf16, fp32 master weights).
@@ -29,8 +30,9 @@ STEPS = 3
 TOLERANCE = 1e-5
 # Batch-norm biases of test_resnet get gradients near zero; summing statistics in another order
 # (rank by rank) changes their float rounding, and Adam turns a near-zero gradient into a step of
-# about +-lr whatever its size, so a few weights move by up to lr x steps (6e-4 here) apart
-# while the loss and the gradient norms still agree to 1e-5.
+# about +-lr whatever its size, so a few weights move apart by up to lr x steps (6e-4 here; measured
+# 6e-5 to 1.6e-4) and the next steps' gradient norms by up to 2e-4 (relative), while the first
+# step's norm and the validation loss agree to 1e-6.
 BATCH_NORM_TOLERANCE = 3e-4
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
 # case -> (model, model_kwargs, module whose output dtype shows the compute precision)
@@ -241,10 +243,12 @@ def _got(launched: Path, key: str) -> dict[str, Any]:
                                  "bert-fsdp-fp32"])
 def test_distributed_steps_match_single_process(launched, references, ner_folder, key):
     got, reference = _got(launched, key), references[key.split("-")[0]]
-    assert got["norms"] == pytest.approx(reference["norms"], rel=1e-5)
+    batch_norm = key.startswith("resnet")
+    assert got["norms"][0] == pytest.approx(reference["norms"][0], rel=1e-5)  # the first step: same gradients
+    assert got["norms"] == pytest.approx(reference["norms"], rel=1e-3 if batch_norm else 1e-5)
     assert got["eval"]["val_loss"] == pytest.approx(reference["eval"]["val_loss"], rel=1e-5)
     assert got["eval"]["val_accuracy"] == reference["eval"]["val_accuracy"]
-    tolerance = BATCH_NORM_TOLERANCE if key.startswith("resnet") else TOLERANCE
+    tolerance = BATCH_NORM_TOLERANCE if batch_norm else TOLERANCE
     assert max_weight_diff(got["weights"], reference["weights"]) <= tolerance
     # training moved the weights: parity is not the trivial "nothing happened"
     assert max_weight_diff(_initial_weights(key.split("-")[0], ner_folder), reference["weights"]) > 1e-4
@@ -263,6 +267,7 @@ def test_batch_norm_without_sync_depends_on_the_process_count(launched, referenc
     """The twin of the batch-norm parity: per-rank statistics give other weights than one process."""
     got = _got(launched, "resnet-ddp-fp32-nosync")
     assert max_weight_diff(got["weights"], references["resnet"]["weights"]) > 0.1
+    assert got["norms"][0] != pytest.approx(references["resnet"]["norms"][0], rel=0.1)
     assert got["eval"]["val_loss"] != pytest.approx(references["resnet"]["eval"]["val_loss"], rel=1e-4)
 
 
