@@ -350,8 +350,8 @@ def test_option_problems_are_reported_together():
     with pytest.raises(ConfigError) as caught:
         validate(bad)
     message = str(caught.value)
-    for part in ("--lr 0 must be more than 0", "--warmup 1 must be in [0, 1)", "--save-total-limit 0 must be at "
-                 "least 1", "--scheduler step is unknown; valid: cosine, linear, constant",
+    for part in ("--lr 0 must be more than 0", "--warmup 1 must be in [0, 1)",
+                 "--save-total-limit 0 must be at least 1", "--scheduler step is unknown; valid: cosine, linear, constant",
                  "--keep worst is unknown; valid: best, last"):
         assert part in message
     validate(TrainConfig(model="m", data="d"))  # the twin: the defaults are valid

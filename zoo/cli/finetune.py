@@ -111,10 +111,10 @@ def _finished(run: Path, record: dict[str, Any]) -> dict[str, Any]:
         f"run dir: {run}",
         f"labels: {len(data['labels'])} from {data['label_source']}, {head}",
         f"validation (final, step {record['steps']}): {shown}",
-        f"best {metric} {best.get(kept['metric'], float('nan')):.4f} at step {best.get('step')}; "
-        f"{run / record['model_dir']} holds step {kept['step']} (--keep {kept['keep']})",
-        f"time: {timing['elapsed_s']:.1f} s, {timing['samples_per_s']:.1f} training samples/s "
-        f"({timing['samples']} samples in {timing['steps']} steps)",
+        (f"best {metric} {best.get(kept['metric'], float('nan')):.4f} at step {best.get('step')}; "
+         f"{run / record['model_dir']} holds step {kept['step']} (--keep {kept['keep']})"),
+        (f"time: {timing['elapsed_s']:.1f} s, {timing['samples_per_s']:.1f} training samples/s "
+         f"({timing['samples']} samples in {timing['steps']} steps)"),
     ]
     payload = {"run": str(run), **record["metrics"], "model": kept, "timing": timing}
     return {"lines": lines, "json": payload}

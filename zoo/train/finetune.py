@@ -50,7 +50,7 @@ def finetune(model: str | Path = "", data: str | Path = "", **options: Any) -> P
 
 
 def _fresh(given: dict[str, Any]) -> TrainConfig:
-    if "val_data" in given and given["val_data"]:
+    if given.get("val_data"):
         given["val_data"] = normalise_location(given["val_data"])
     if not given.get("out"):
         given["out"] = str(default_out(str(given.get("model", ""))))

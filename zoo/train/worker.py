@@ -99,7 +99,6 @@ def run_spec(spec: ModelSpec, labels: tuple[str, ...], out: Path) -> ModelSpec:
 def write_run_dir(config: TrainConfig, spec: ModelSpec, data: Any, trainer: Any,
                   weights: dict[str, torch.Tensor], strategy: Any) -> None:
     from zoo import sources
-    from zoo.tasks import get_task
     from zoo.train.report import MetricsLog, plot_curves
     from zoo.versions import library_versions
 
@@ -110,7 +109,7 @@ def write_run_dir(config: TrainConfig, spec: ModelSpec, data: Any, trainer: Any,
     # save with the base's local_path: the tokenizer / preprocessor files are copied from there
     saving = dataclasses.replace(final, local_path=spec.local_path)
     sources.for_spec(spec).save_model(fresh, saving, out / MODEL_DIR, model_args=_model_args(spec, config))
-    plot_curves(MetricsLog(out / "metrics.jsonl", True).read(), out / "curves.png", get_task(spec.task).primary_metric)
+    plot_curves(MetricsLog(out / "metrics.jsonl", True).read(), out / "curves.png", trainer.metric)
     record = {
         "spec": final.to_dict(), "model_dir": MODEL_DIR,
         "model": {"step": trainer.kept_step, "keep": config.keep, "metric": trainer.metric},
