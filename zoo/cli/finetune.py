@@ -111,13 +111,21 @@ def _finished(run: Path, record: dict[str, Any]) -> dict[str, Any]:
         f"run dir: {run}",
         f"labels: {len(data['labels'])} from {data['label_source']}, {head}",
         f"validation (final, step {record['steps']}): {shown}",
-        (f"best {metric} {best.get(kept['metric'], float('nan')):.4f} at step {best.get('step')}; "
+        (f"best {metric} {best.get(kept['metric'], float('nan')):.4f} at step {best.get('step')}"
+         f"{_checkpoint_of(run, best.get('step'))}; "
          f"{run / record['model_dir']} holds step {kept['step']} (--keep {kept['keep']})"),
         (f"time: {timing['elapsed_s']:.1f} s, {timing['samples_per_s']:.1f} training samples/s "
          f"({timing['samples']} samples in {timing['steps']} steps)"),
     ]
     payload = {"run": str(run), **record["metrics"], "model": kept, "timing": timing}
     return {"lines": lines, "json": payload}
+
+
+def _checkpoint_of(run: Path, step: int | None) -> str:
+    from zoo.train.checkpoint import MARKER, PREFIX, checkpoint_dir
+
+    folder = checkpoint_dir(run) / f"{PREFIX}{step}"
+    return f" (checkpoint {folder})" if (folder / MARKER).is_file() else ""
 
 
 def _paused(run: Path) -> dict[str, Any]:

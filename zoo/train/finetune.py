@@ -32,6 +32,8 @@ def finetune(model: str | Path = "", data: str | Path = "", **options: Any) -> P
     """
     check_names(options)
     given = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+    if "registries" in given:
+        given["registries"] = tuple(given["registries"] or ())
     if model:
         given["model"] = normalise_location(model)
     if data:
@@ -54,7 +56,6 @@ def _fresh(given: dict[str, Any]) -> TrainConfig:
         given["val_data"] = normalise_location(given["val_data"])
     if not given.get("out"):
         given["out"] = str(default_out(str(given.get("model", ""))))
-    given["registries"] = tuple(given.get("registries") or ())
     return TrainConfig(**given)
 
 
