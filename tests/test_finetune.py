@@ -465,6 +465,13 @@ def test_cli_errors(case, expected, tiny_text_classifier, tiny_timm_folder, text
     assert not out.exists()
 
 
+def test_cli_without_a_model_or_data_says_what_is_missing(tmp_path, capsys):
+    code, err = run_cli(["finetune", "--out", str(tmp_path / "run")], capsys)
+    assert code == 1 and "no model given" in err and "no --data given" in err and len(err.splitlines()) == 1
+    code, err = run_cli(["finetune", "--resume"], capsys)
+    assert code == 1 and err == "error: --resume needs --out RUN_DIR: the run to continue\n"
+
+
 def test_cli_summary_names_time_throughput_and_the_kept_step(tiny_text_classifier, text_csv, tmp_path, capsys):
     """The twin of the error cases: the same command with good inputs trains and reports."""
     out, data = tmp_path / "run", Path(shutil.copy(text_csv, tmp_path / "train.csv"))
