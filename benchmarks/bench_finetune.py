@@ -50,17 +50,17 @@ def _config(model: str, out: str, **extra: Any) -> Any:
 
 def _build(config: Any, strategy: Any, data: Any = None) -> tuple[Any, Any]:
     """(Trainer, data) for ``config`` under ``strategy``: the same pieces ``zoo finetune`` uses."""
-    from zoo import sources
+    from zoo.tasks import get_task
     from zoo.train.finetune import prepare
     from zoo.train.loop import Trainer
-    from zoo.train.worker import build_model
+    from zoo.train.model import build_model
 
     spec, prepared = prepare(config) if data is None else data
     torch.manual_seed(0)
-    model = strategy.wrap(build_model(spec, prepared.labels, config))
+    model = strategy.wrap(build_model(spec, prepared.plan, config))
     model.train()
-    runner = sources.for_spec(spec).inference_module(model, spec)
-    trainer = Trainer(model, runner, strategy, prepared, config, Path(config.out), ("pixel_values",))
+    runner = get_task(spec.task).export_module(model, spec)
+    trainer = Trainer(model, runner, strategy, prepared, config, Path(config.out), spec)
     return trainer, (spec, prepared)
 
 

@@ -82,6 +82,7 @@ class Classifier(Task):
     has_labels: ClassVar[bool] = True
     trainable: ClassVar[bool] = True
     primary_metric: ClassVar[str] = "val_accuracy"
+    metric_names: ClassVar[tuple[str, ...]] = ("val_loss", "val_accuracy", "val_macro_f1")
     predict_options: ClassVar[dict[str, type]] = {"top_k": int}
 
     def labels_from_config(self, config: dict[str, Any]) -> tuple[str, ...] | None:
@@ -126,8 +127,10 @@ class Classifier(Task):
 
     # ------------------------------------------------------------ training
 
-    def read_labels(self, table: Any, column: str, spec: ModelSpec) -> tuple[str, ...]:
-        return class_names(table, column, token_level=False)
+    def read_labels(self, table: Any, column: str, spec: ModelSpec, new_head: bool = False) -> Any:
+        from zoo.data.labels import plan_labels
+
+        return plan_labels(table, column, spec.labels, token_level=False, new_head=new_head)
 
     def training_loss(self, runner: Any, batch: dict[str, Any], inputs: dict[str, Any]) -> tuple[Any, int]:
         import torch.nn.functional as F
@@ -156,19 +159,3 @@ class Classifier(Task):
         return {"val_accuracy": float(accuracy_score(gold, pred)),
                 "val_macro_f1": float(f1_score(gold, pred, labels=list(range(len(labels))), average="macro",
                                                zero_division=0))}
-
-
-def class_names(table: Any, column: str, *, token_level: bool) -> tuple[str, ...]:
-    """Label names: a ClassLabel's names, else the distinct values in sorted order."""
-    import datasets
-
-    feature = table.features[column]
-    inner = getattr(feature, "feature", None) if token_level else feature
-    if isinstance(inner, list) and inner:  # datasets' List feature over a ClassLabel
-        inner = inner[0]
-    if isinstance(inner, datasets.ClassLabel):
-        return tuple(inner.names)
-    values = list(table[column])
-    flat = {v for row in values for v in row} if token_level else set(values)
-    flat.discard(None)
-    return tuple(str(v) for v in sorted(flat, key=lambda v: (isinstance(v, str), v)))

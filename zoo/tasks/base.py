@@ -14,7 +14,7 @@ task strings:
 |         | ``render`` (CLI table), ``save_pictures`` (``zoo predict --save``) |
 | data | ``builtin_datasets`` (``builtin:NAME``), ``read_data`` (layouts only this task reads) |
 | train | ``training_spec``, ``data_columns``, ``read_labels``, ``encode``, ``training_loss``, ``eval_batch``, |
-|       | ``metrics``, ``primary_metric`` |
+|       | ``metrics``, ``primary_metric``, ``metric_names`` |
 
 Modality mixins (``_text.py``, ``_image.py``) implement what tasks of one input kind
 share; a task module combines a modality with its own outputs, checks and results.
@@ -74,6 +74,7 @@ class Task:
     has_labels: ClassVar[bool] = False
     trainable: ClassVar[bool] = False
     primary_metric: ClassVar[str] = "val_loss"
+    metric_names: ClassVar[tuple[str, ...]] = ("val_loss",)  # what ``metrics`` reports, plus val_loss
     expects: ClassVar[str] = "inputs"  # what predict takes, for error messages
     predict_options: ClassVar[dict[str, type]] = {}  # keyword options of predict (top_k, threshold ...)
 
@@ -218,10 +219,12 @@ class Task:
     def data_columns(self, table: Any, input_column: str | None, label_column: str | None) -> dict[str, str]:
         raise self._not_trainable()
 
-    def read_labels(self, table: Any, column: str, spec: ModelSpec) -> tuple[str, ...]:
+    def read_labels(self, table: Any, column: str, spec: ModelSpec, new_head: bool = False) -> Any:
+        """The fine-tuned model's labels (a ``zoo.data.labels.LabelPlan``): the model's own where the
+        data's fit them (head kept), else the data's on a new head (always with ``new_head``)."""
         raise self._not_trainable()
 
-    def encode(self, table: Any, columns: dict[str, str], labels: tuple[str, ...], spec: ModelSpec,
+    def encode(self, table: Any, columns: dict[str, str], labels: Any, spec: ModelSpec,
                processor: Any, max_length: int, what: str) -> Any:
         raise self._not_trainable()
 

@@ -1,6 +1,7 @@
-"""``finetune(model, data, ...) -> run dir``: the Python API behind ``zoo finetune``.
+"""``finetune(model, data, **options) -> run dir``: the Python API behind ``zoo finetune``.
 
     zoo finetune timm:test_resnet --random-init --data builtin:digits --strategy ddp --nproc 2 --out runs/digits
+    zoo finetune --resume --out runs/digits      # continues with the options the run stored
 
 Everything is checked before anything is written (options, model, data,
 columns, labels, the run dir). Distributed runs then go through
@@ -11,38 +12,33 @@ process runs ``run_worker`` directly.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
 from pathlib import Path
 from typing import Any
 
 from zoo.errors import ConfigError
 from zoo.spec import ModelSpec
-from zoo.train.config import TrainConfig, validate
+from zoo.train import config as options_module
+from zoo.train.config import TrainConfig, check_names, normalise_location, resumed_config, validate
 
 
-def finetune(model: str, data: str, *, out: str | Path | None = None, strategy: str = "single", nproc: int = 1,
-             epochs: int | None = None, max_steps: int | None = None, batch_size: int = 32, grad_accum: int = 1,
-             lr: float = 5e-4, warmup: float = 0.1, precision: str = "fp32", seed: int = 0,
-             eval_every: int | None = None, early_stopping: int | None = None, resume: bool = False,
-             random_init: bool = False, text_column: str | None = None, label_column: str | None = None,
-             split: str | None = None, val_data: str | None = None, registries: tuple[str, ...] | list[str] = (),
-             **options: Any) -> Path:
+def finetune(model: str | Path = "", data: str | Path = "", **options: Any) -> Path:
     """Fine-tune ``model`` (any name ``zoo.resolve`` accepts) on ``data``; return the run dir.
 
-    ``batch_size`` is the global micro-batch (split over the processes). Further
-    keyword options: nnodes, rdzv_endpoint, rdzv_id, checkpoint_every, keep_checkpoints,
-    pause_at, image_size, max_length, val_fraction, weight_decay, max_grad_norm,
-    model_kwargs, progress (see ``TrainConfig``).
+    With ``resume=True`` and ``out=RUN_DIR`` the run continues with the options it
+    stored; ``model``, ``data`` and other options may be left out, and one given with
+    another value than the run's is refused (ConfigError).
     """
-    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(TrainConfig)})
-    if unknown:
-        raise ConfigError(f"unknown finetune option(s): {', '.join(unknown)}; see help(zoo.finetune)")
-    config = TrainConfig(
-        model=str(model), data=str(data), out=str(out or default_out(str(model))), strategy=strategy, nproc=nproc,
-        epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup=warmup,
-        precision=precision, seed=seed, eval_every=eval_every, early_stopping=early_stopping, resume=resume,
-        random_init=random_init, text_column=text_column, label_column=label_column, split=split,
-        val_data=val_data, registries=tuple(registries), **options)
+    check_names(options)
+    given = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+    if "registries" in given:
+        given["registries"] = tuple(given["registries"] or ())
+    if model:
+        given["model"] = normalise_location(model)
+    if data:
+        given["data"] = normalise_location(data)
+    config = _resumed(given) if given.get("resume") else _fresh(given)
     from zoo.train.launch import in_torchelastic, spawn
 
     if in_torchelastic():
@@ -53,6 +49,47 @@ def finetune(model: str, data: str, *, out: str | Path | None = None, strategy: 
     else:
         run_worker(config, checked=True, prepared=preflight(config))
     return Path(config.out)
+
+
+def _fresh(given: dict[str, Any]) -> TrainConfig:
+    if given.get("val_data"):
+        given["val_data"] = normalise_location(given["val_data"])
+    if not given.get("out"):
+        given["out"] = str(default_out(str(given.get("model", ""))))
+    return TrainConfig(**given)
+
+
+def _resumed(given: dict[str, Any]) -> TrainConfig:
+    if not given.get("out"):
+        raise ConfigError("--resume needs --out RUN_DIR: the run to continue")
+    from zoo.train.checkpoint import latest_checkpoint, stored_config
+
+    stored = stored_config(latest_checkpoint(Path(given["out"])))
+    return resumed_config(stored, given)
+
+
+def _signature() -> inspect.Signature:
+    """finetune(model, data, *, <every option>): derived from TrainConfig for help() and IDEs."""
+    params = [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="", annotation=str),
+              inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="", annotation=str)]
+    for f in options_module.options():
+        if f.name not in ("model", "data"):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                            annotation=f.type))
+    return inspect.Signature(params, return_annotation=Path)
+
+
+def _options_help() -> str:
+    lines = ["", "Options (the same as the zoo finetune flags):", ""]
+    for f in options_module.options():
+        if f.name != "model":
+            lines.append(f"    {f.name}: {options_module.meta(f).help}")
+    return "\n".join(lines)
+
+
+finetune.__signature__ = _signature()  # type: ignore[attr-defined]
+finetune.__doc__ = (finetune.__doc__ or "") + _options_help()
 
 
 def default_out(model: str) -> Path:
@@ -67,42 +104,99 @@ def preflight(config: TrainConfig) -> tuple[ModelSpec, Any]:
     return prepare(config)
 
 
+ERROR_FILE = "worker-error.txt"
+
+
 def check_out(config: TrainConfig) -> None:
     out = Path(config.out)
     if config.resume:
         from zoo.train.checkpoint import latest_checkpoint
 
         latest_checkpoint(out)
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+    elif out.exists() and (not out.is_dir() or any(p.name != ERROR_FILE for p in out.iterdir())):
         raise ConfigError(f"--out {out} already exists and is not empty; give a new --out, or --resume to "
                           "continue the run in it")
 
 
 def prepare(config: TrainConfig) -> tuple[ModelSpec, Any]:
-    """The spec to train (labels still the base's) and the encoded data."""
-    from zoo.data import prepare_data
-    from zoo.resolve import resolve
+    """The spec to train (labels still the base's) and the encoded data.
 
-    spec = training_spec(resolve(config.model, registries=config.registries), config)
+    A resumed run takes the spec its checkpoint stored (the model's files come from
+    the run dir, never the hub) and must find the same data it started with.
+    """
+    from zoo.data import prepare_data
+
+    spec = _resumed_spec(config) if config.resume else _base_spec(config)
+    check_metric(spec, config)
     data = prepare_data(config.data, spec, text_column=config.text_column, label_column=config.label_column,
                         split=config.split, val_data=config.val_data, val_fraction=config.val_fraction,
-                        seed=config.seed, max_length=config.max_length)
+                        seed=config.seed, max_length=config.max_length, new_head=config.new_head)
+    if config.resume:
+        _check_same_data(config, data)
     if len(data.train) < config.batch_size * config.grad_accum:
         raise ConfigError(f"--batch-size {config.batch_size} x --grad-accum {config.grad_accum} is more than the "
                           f"{len(data.train)} training rows; use a smaller --batch-size")
     return spec, data
 
 
+def _base_spec(config: TrainConfig) -> ModelSpec:
+    from zoo.resolve import resolve
+
+    return training_spec(resolve(config.model, registries=config.registries), config)
+
+
+def _resumed_spec(config: TrainConfig) -> ModelSpec:
+    from zoo.train.checkpoint import latest_checkpoint, stored_spec
+
+    return stored_spec(latest_checkpoint(Path(config.out)), Path(config.out))
+
+
+def _check_same_data(config: TrainConfig, data: Any) -> None:
+    from zoo.train.checkpoint import latest_checkpoint, stored_data
+
+    before = stored_data(latest_checkpoint(Path(config.out)))
+    if before.get("fingerprint") != data.fingerprint:
+        raise ConfigError(f"--data {config.data} has changed since the run started (its content hash differs); "
+                          "--resume needs the data the run began with: restore it, or start a new run")
+
+
 def training_spec(spec: ModelSpec, config: TrainConfig) -> ModelSpec:
-    """The base spec as its task trains it (image size; a head task for a bare encoder ...)."""
+    """The base spec as its task trains it (``--task``; image size; a head task for a bare encoder ...)."""
     from zoo.tasks import get_task
 
+    if config.task and config.task != spec.task:
+        spec = with_task(spec, config.task)
     for _ in range(2):  # a task may hand over to another (an embedder trains as a classifier)
         adjusted = get_task(spec.task).training_spec(spec, config)
         if adjusted.task == spec.task:
             return adjusted
         spec = adjusted
     return spec
+
+
+def with_task(spec: ModelSpec, task_name: str) -> ModelSpec:
+    """``spec`` trained for another task: a new head, so the base's labels (if any) no longer apply."""
+    from zoo.tasks import get_task
+
+    task, base = get_task(task_name), get_task(spec.task)
+    if task.modality != base.modality:
+        raise ConfigError(f"--task {task_name} takes {task.modality} input but {spec.name} is a {spec.task} "
+                          f"model taking {base.modality} input; give a {task.modality} model")
+    pp = dataclasses.replace(spec.preprocess, pooling=None, normalize=False)
+    return dataclasses.replace(spec, task=task_name, labels=None, preprocess=pp)
+
+
+def check_metric(spec: ModelSpec, config: TrainConfig) -> None:
+    from zoo.tasks import get_task
+
+    task = get_task(spec.task)
+    if config.metric is not None and metric_name(config.metric) not in task.metric_names:
+        names = ", ".join(m.removeprefix("val_") for m in task.metric_names)
+        raise ConfigError(f"--metric {config.metric} is not reported for {spec.task}; valid: {names}")
+
+
+def metric_name(given: str) -> str:
+    return given if given.startswith("val_") else f"val_{given}"
 
 
 def run_worker(config: TrainConfig, *, checked: bool, prepared: tuple[ModelSpec, Any] | None = None) -> None:
