@@ -70,6 +70,9 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
     elif spec.task == "token-classification":
         kwargs.update(num_labels=len(NER_LABELS), id2label=dict(enumerate(NER_LABELS)))
     config = transformers.AutoConfig.for_model(spec.arch, **kwargs)
+    import torch
+
+    torch.manual_seed(0)  # the same weights in every xdist worker: tests compare runs made in different workers
     model = auto_class(spec).from_config(config)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
