@@ -110,7 +110,7 @@ def artifact_path(folder: Path, rel: str) -> Path:
         raise ArtifactError(f"{folder}: manifest entry '{rel}' cannot be resolved ({first_line(exc, 120)}); "
                             "re-export the artifact") from exc
     if real != root and root not in real.parents:
-        raise ArtifactError(f"{folder}: manifest entry '{rel}' is a symlink leading out of the artifact (to "
+        raise ArtifactError(f"{folder}: manifest entry '{rel}' leads out of the artifact through a symlink (to "
                             f"{real}); refusing to read it: copy the real file in, or re-export the artifact")
     return real
 
@@ -258,7 +258,7 @@ def _tensor_problem(proto: Any) -> str | None:
         present = sum(len(getattr(proto, f)) for f in _TYPED_FIELDS)
         claimed = count
     if claimed != present:
-        return (f"dims {dims} claim {count} elements but the file holds "
+        return (f"dims {dims} claim {count} elements but the file holds data for "
                 f"{present // width if proto.raw_data else present}")
     return None
 

@@ -39,7 +39,7 @@ from PIL import Image
 
 from zoo.artifact import read_bytes
 from zoo.errors import ArtifactError, InputError, first_line
-from zoo.manifest import INTERPOLATIONS
+from zoo.manifest import INTERPOLATIONS, MAX_IMAGE_SIDE
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
@@ -347,7 +347,8 @@ def _check_pixels(width: int, height: int, index: int) -> None:
 def _resize(image: Image.Image, size_hw: tuple[int, int], resample: Image.Resampling) -> Image.Image:
     if (image.height, image.width) == tuple(size_hw):
         return image  # torchvision skips an identity resize; so must we, to stay bit-identical
-    if size_hw[0] * size_hw[1] > MAX_IMAGE_PIXELS or min(size_hw) < 1:
+    # the shorter side is scaled to the crop, so a sliver of an image could ask for billions of pixels
+    if size_hw[0] * size_hw[1] > MAX_IMAGE_SIDE**2 or min(size_hw) < 1:
         raise InputError(f"an image of {image.width} x {image.height} pixels would be resized to {size_hw[1]} x "
                          f"{size_hw[0]} before the crop (its aspect ratio is too extreme); crop it first")
     return image.resize((size_hw[1], size_hw[0]), resample)
