@@ -174,9 +174,13 @@ def planted(request, text_cls_artifact: Path, timm_artifact: Path, tmp_path: Pat
 
 
 def _verify(folder: Path) -> None:
+    _verify_report(folder)
+
+
+def _verify_report(folder: Path):
     from exporters.verify import verify_artifact
 
-    verify_artifact(folder)
+    return verify_artifact(folder)
 
 
 @pytest.mark.slow
@@ -322,6 +326,70 @@ def test_symlink_inside_the_folder_is_allowed(text_cls_artifact: Path, tmp_path:
     assert zoo.load(art).predict("fine").label in ("negative", "positive")
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda art: (art / "tokenizer_config.json").write_text("{not json"), "tokenizer_config.json is not valid JSON"),
+    (lambda art: (art / "tokenizer_config.json").write_text("[1, 2]"), "tokenizer_config.json is not a JSON object"),
+    (lambda art: (art / "tokenizer.json").write_bytes(b"\xff\xfe"), "tokenizer.json is not UTF-8 text"),
+])
+def test_damaged_tokenizer_files_with_forged_hashes(text_cls_artifact: Path, tmp_path: Path, edit,
+                                                    message: str) -> None:
+    art = copy_artifact(text_cls_artifact, tmp_path / "art")
+    edit(art)
+    _write_manifest(art, _manifest(art), rehash=True)
+    with pytest.raises(ArtifactError, match=message):
+        zoo.load(art)
+
+
+def test_pad_token_outside_the_vocabulary(text_cls_artifact: Path, tmp_path: Path) -> None:
+    art = copy_artifact(text_cls_artifact, tmp_path / "art")
+    manifest = _manifest(art)
+    manifest["preprocess"].update(pad_token=None, pad_token_id=10**6)
+    _write_manifest(art, manifest)
+    with pytest.raises(ArtifactError, match="pad token id 1000000 is not in tokenizer.json's vocabulary"):
+        zoo.load(art)
+
+
+def test_spec_that_is_not_a_model_spec(timm_artifact: Path, tmp_path: Path) -> None:
+    art = copy_artifact(timm_artifact, tmp_path / "art")
+    manifest = _manifest(art)
+    manifest["spec"]["preprocess"] = "bicubic"
+    _write_manifest(art, manifest)
+    with pytest.raises(ArtifactError, match="field 'spec' is not a model spec"):
+        _verify(art)
+
+
+def test_resolving_an_artifact_folder_reads_its_manifest_strictly(text_cls_artifact: Path, tmp_path: Path) -> None:
+    from zoo.resolve import resolve  # not zoo.resolve: once the module is imported, that name is the module
+
+    art = copy_artifact(text_cls_artifact, tmp_path / "art")
+    assert resolve(str(art)).origin == "artifact"
+    manifest = _manifest(art)
+    del manifest["spec"]
+    _write_manifest(art, manifest)
+    with pytest.raises(ArtifactError, match="missing field 'spec'"):
+        resolve(str(art))
+
+
+@pytest.mark.slow
+def test_listed_file_with_an_unexpected_golden_name_is_ignored(timm_artifact: Path, tmp_path: Path) -> None:
+    art = copy_artifact(timm_artifact, tmp_path / "art")
+    (art / "test_data_set_0" / "input_x.pb").write_bytes(b"")  # was int('x') -> ValueError in verify
+    _write_manifest(art, _manifest(art), rehash=True)
+    assert _verify_report(art).passed
+
+
+def test_against_source_never_trusts_remote_code_from_a_manifest(timm_artifact: Path, tmp_path: Path) -> None:
+    from exporters.verify import verify_artifact
+
+    art = copy_artifact(timm_artifact, tmp_path / "art")
+    manifest = _manifest(art)
+    manifest["spec"]["trust_remote_code"] = True
+    manifest["random_init"] = False
+    _write_manifest(art, manifest)
+    with pytest.raises(ConfigError, match="never runs code an artifact names"):
+        verify_artifact(art, against_source=True)
+
+
 # ---------------------------------------------------------------- golden tensors
 
 
@@ -453,6 +521,15 @@ def test_truncated_and_garbage_image_files(image_model, image_file: Path, tmp_pa
     junk.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
     with pytest.raises(InputError, match="not an image Pillow can read"):
         image_model.predict(junk)
+
+
+@pytest.mark.parametrize("data", [b"P6\n", b"P6 2 2 \xcd55\n"])
+def test_damaged_image_headers_are_input_errors(image_model, tmp_path: Path, data: bytes) -> None:
+    """Found by tests/test_properties.py: Pillow's PPM header parser raises ValueError, not OSError."""
+    path = tmp_path / "damaged.ppm"
+    path.write_bytes(data)
+    with pytest.raises(InputError, match="damaged.ppm' is not an image Pillow can read"):
+        image_model.predict(path)
 
 
 def test_onnxruntime_errors_become_input_errors(text_model) -> None:

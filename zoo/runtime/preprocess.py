@@ -321,7 +321,9 @@ def _open_image_file(path: Path, index: int, mode: str) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise InputError(f"input {index}: '{path}' trips Pillow's decompression-bomb guard ({exc}); give a "
                          "smaller image") from exc
-    except OSError as exc:  # UnidentifiedImageError is an OSError
+    except InputError:
+        raise
+    except Exception as exc:  # UnidentifiedImageError (an OSError); header parsers also raise ValueError ...
         raise InputError(f"input {index}: '{path}' is not an image Pillow can read ({first_line(exc, 120)})") \
             from exc
 
