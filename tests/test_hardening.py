@@ -196,10 +196,21 @@ def test_planted_fault_is_refused_by_verify_and_load(planted: tuple[Path, str]) 
         assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
+def test_trusted_fast_load_skips_only_hashes_and_golden_headers(text_cls_artifact: Path, tmp_path: Path) -> None:
+    """check_hashes=False is the documented fast path for a trusted artifact: paths and sizes still count."""
+    art = copy_artifact(text_cls_artifact, tmp_path / "art")
+    plant_oversized_tensor(art)
+    assert zoo.load(art, check_hashes=False).predict("still runs").label in ("negative", "positive")
+    plant_symlink_out(art)
+    with pytest.raises(ArtifactError, match="leads out of the artifact through a symlink"):
+        zoo.load(art, check_hashes=False)
+
+
 def _zoo(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "zoo", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=300)
+                          cwd=ROOT, timeout=300, check=False)
 
 
 @pytest.mark.slow
@@ -692,18 +703,17 @@ def test_unwritable_destination_is_one_config_error(tmp_path: Path, where: str) 
         pytest.skip("no /proc on this system")
     (tmp_path / "plain.txt").write_text("a regular file")
     dest = tmp_path / "plain.txt" / "out" if where == "through a file" else Path("/proc/zoo-cannot-write-here")
-    with pytest.raises(ConfigError, match="choose a writable --out"):
-        with staged_dir(dest):
-            pass
+    with pytest.raises(ConfigError, match="choose a writable --out"), staged_dir(dest):
+        pass
 
 
 def test_keep_failed_never_deletes_a_user_folder(tmp_path: Path) -> None:
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "thesis.tex").write_text("years of work")
-    with pytest.raises(ConfigError, match="--keep-failed .* is not an earlier failed export"):
-        with staged_dir(tmp_path / "out", keep_failed=precious):
-            pass
+    with pytest.raises(ConfigError, match="--keep-failed .* is not an earlier failed export"), \
+            staged_dir(tmp_path / "out", keep_failed=precious):
+        pass
     assert (precious / "thesis.tex").read_text() == "years of work"
 
 
@@ -712,9 +722,9 @@ def test_keep_failed_replaces_an_earlier_failed_export(text_cls_artifact: Path, 
     manifest = _manifest(earlier)
     manifest["verified"] = False
     _write_manifest(earlier, manifest)
-    with pytest.raises(RuntimeError, match="verification failed"):
-        with staged_dir(tmp_path / "out", keep_failed=earlier) as stage:
-            (stage / "model.onnx").write_text("the new failed graph")
-            raise RuntimeError("verification failed")
+    with pytest.raises(RuntimeError, match="verification failed"), \
+            staged_dir(tmp_path / "out", keep_failed=earlier) as stage:
+        (stage / "model.onnx").write_text("the new failed graph")
+        raise RuntimeError("verification failed")
     assert [p.name for p in earlier.iterdir()] == ["model.onnx"]
     assert not (tmp_path / "out").exists()

@@ -28,8 +28,9 @@ def load(artifact_dir: str | Path, *, providers: Sequence[Provider] | None = Non
     """Open an artifact: check its files against the manifest, start onnxruntime, rebuild preprocessing.
 
     ``providers`` defaults to CUDA when onnxruntime has it, else CPU. ``threads`` sets
-    onnxruntime's intra-op thread count. Sizes are always checked; sha256 too unless
-    ``check_hashes=False`` (faster cold start for a trusted, read-only artifact).
+    onnxruntime's intra-op thread count. Paths and sizes are always checked; sha256 and
+    the golden tensors' headers too unless ``check_hashes=False`` (faster cold start for a
+    trusted, read-only artifact).
     """
     folder = Path(artifact_dir).expanduser().resolve()
     manifest = read_manifest(folder)
