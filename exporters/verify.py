@@ -276,12 +276,7 @@ def _add_source_checks(report: VerifyReport, folder: Path, manifest: Manifest) -
     if manifest.random_init:
         raise ConfigError(f"{folder} was exported from random weights (--random-init); --against-source has "
                           "no source to compare with: run 'zoo verify' without it")
-    spec = manifest.model_spec()
-    if spec.trust_remote_code:
-        # the artifact is untrusted input: it must not choose to run a repository's code on this machine
-        raise ConfigError(f"{folder}'s manifest asks for trust_remote_code to rebuild {spec.source_name}; "
-                          "--against-source never runs code an artifact names: export the source yourself and "
-                          "compare with 'zoo verify' on that artifact")
+    spec = manifest.source_spec()  # refuses trust_remote_code from an artifact
     try:
         source = build_source(spec, random_init=False, model_kwargs=manifest.model_kwargs)
     except ZooError as exc:

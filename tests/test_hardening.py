@@ -399,6 +399,10 @@ def test_against_source_never_trusts_remote_code_from_a_manifest(timm_artifact: 
     _write_manifest(art, manifest)
     with pytest.raises(ConfigError, match="never runs code an artifact names"):
         verify_artifact(art, against_source=True)
+    from zoo.runtime.torch_baseline import torch_model
+
+    with pytest.raises(ConfigError, match="never runs code an artifact names"):
+        torch_model(read_manifest(art))  # zoo bench --vs-torch
 
 
 # ---------------------------------------------------------------- golden tensors

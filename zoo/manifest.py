@@ -41,7 +41,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from zoo.errors import ArtifactError
+from zoo.errors import ArtifactError, ConfigError
 
 FORMAT = "zoo-artifact"
 FORMAT_VERSION = 1
@@ -118,6 +118,19 @@ class Manifest:
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise ArtifactError(f"manifest.json: field 'spec' is not a model spec ({exc}); re-export the "
                                 "artifact with 'zoo export'") from exc
+
+    def source_spec(self) -> Any:
+        """The spec that rebuilds the torch source (``zoo verify --against-source``, ``zoo bench --vs-torch``).
+
+        An artifact is untrusted input: it must not choose to run a repository's own code on
+        this machine, so a spec asking for ``trust_remote_code`` is refused here.
+        """
+        spec = self.model_spec()
+        if spec.trust_remote_code:
+            raise ConfigError(f"the artifact's manifest asks for trust_remote_code to rebuild {spec.source_name}; "
+                              "zoo never runs code an artifact names: export the source yourself and compare "
+                              "with that artifact")
+        return spec
 
     def replace(self, **changes: Any) -> Manifest:
         return dataclasses.replace(self, **changes)
