@@ -78,7 +78,7 @@ def cosine_checks(reference: Outputs, got: Outputs, against: str, data: str) -> 
     values = np.concatenate([cosines(r, g, m) for r, g, m in zip(reference.values, got.values, reference.masks)])
     values = np.nan_to_num(values, nan=-1.0)
     worst = int(np.argmin(values)) if len(values) else -1
-    detail = f"{len(values)} vectors of {data}" + (f"; worst is vector {worst}" if worst >= 0 else "")
+    detail = f"{len(values)} vectors" + (f", worst is number {worst}" if worst >= 0 else "") + f"; data: {data}"
     return [Check(f"{against}: minimum cosine", bool(len(values) and values.min() >= MIN_COSINE),
                   f"{values.min():.4f}" if len(values) else "none", f">= {MIN_COSINE}", detail),
             Check(f"{against}: mean cosine", bool(len(values) and values.mean() >= MEAN_COSINE),
@@ -95,7 +95,7 @@ def agreement_check(task: str, reference: Outputs, got: Outputs, against: str, d
     share = 100.0 * same / total if total else 0.0
     unit = "tokens" if task == "token-classification" else "rows"
     return Check(f"{against}: top-1 agreement", total > 0 and share >= MIN_AGREEMENT, f"{share:.2f}%",
-                 f">= {MIN_AGREEMENT:g}%", f"{total - same} of {total} {unit} of {data} differ")
+                 f">= {MIN_AGREEMENT:g}%", f"{total - same} of {total} {unit} differ; data: {data}")
 
 
 def accuracy_check(reference: Outputs, got: Outputs, labels: np.ndarray | None, max_drop: float) -> Check:
