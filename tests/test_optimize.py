@@ -289,3 +289,67 @@ def test_probe_sentences_cover_the_hard_cases():
     assert any(len(s.split()) >= 300 for s in PROBE_SENTENCES)
     assert any(ord(ch) > 0x1F000 for s in PROBE_SENTENCES for ch in s)  # emoji
     assert sum(any(ord(ch) > 0x3000 for ch in s) for s in PROBE_SENTENCES) >= 4  # CJK, Korean ...
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def _zoo(argv: list[str], capsys) -> tuple[int, str, str]:
+    from zoo.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(info.value.code or 0), out, err
+
+
+@pytest.mark.slow
+def test_cli_optimize_json_then_verify(timm_artifact, tmp_path, capsys):
+    dest = tmp_path / "static"
+    code, out, _ = _zoo(["optimize", str(timm_artifact), "--out", str(dest), "--level", "int8-static", "--json"],
+                        capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert result["path"] == str(dest.resolve()) and result["level"] == "int8-static"
+    assert result["gates"]["passed"] is True and result["parent"]["path"] == str(timm_artifact.resolve())
+    code, out, _ = _zoo(["verify", str(dest)], capsys)
+    assert code == 0 and "verified" in out
+
+
+@pytest.mark.slow
+def test_cli_refusal_exits_one_with_the_table_and_writes_nothing(timm_artifact, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(gates, "measure_speed", fake_speed(0.5))
+    dest = tmp_path / "fused"
+    code, _, err = _zoo(["optimize", str(timm_artifact), "--out", str(dest), "--level", "fused"], capsys)
+    assert code == 1 and err.count("error: ") == 1 and "nothing written to" in err
+    assert "speed at batch 8" in err and "FAIL" in err and "0.50x" in err and "Traceback" not in err
+    assert nothing_left(dest)
+
+
+def test_cli_fp16_without_cuda_is_one_line(timm_artifact, tmp_path, capsys):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    code, out, err = _zoo(["optimize", str(timm_artifact), "--out", str(tmp_path / "h"), "--level", "fp16"], capsys)
+    assert code == 1 and err.strip().count("\n") == 0 and "CUDA execution provider" in err
+
+
+def test_cli_unknown_level_lists_the_choices(timm_artifact, capsys):
+    code, _, err = _zoo(["optimize", str(timm_artifact), "--level", "int4"], capsys)
+    assert code == 2 and "int8-static" in err
+
+
+def test_cli_export_optimize_typo_fails_before_exporting(tiny_timm_folder, tmp_path, capsys):
+    code, _, err = _zoo(["export", str(tiny_timm_folder), "--out", str(tmp_path / "a"), "--optimize", "int4"], capsys)
+    assert code == 1 and "--optimize 'int4'" in err and not (tmp_path / "a").exists()
+
+
+@pytest.mark.slow
+def test_cli_export_with_optimize_writes_both_artifacts(tiny_timm_folder, tmp_path, capsys):
+    dest = tmp_path / "art"
+    code, out, _ = _zoo(["export", str(tiny_timm_folder), "--out", str(dest), "--optimize", "int8-static"], capsys)
+    assert code == 0 and (dest / "manifest.json").is_file()
+    optimised = json.loads((tmp_path / "art-int8-static" / "manifest.json").read_text())
+    assert optimised["optimization"]["parent"]["path"] == str(dest.resolve())
+    assert "speed-up over the parent" in out
