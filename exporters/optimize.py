@@ -109,18 +109,23 @@ class Context:
 
 
 def optimize(artifact: str | Path, *, out: str | Path | None = None, level: str = "auto",
-             eval_data: str | None = None, max_drop: float = 0.5, progress: Progress | None = None) -> OptimizeResult:
+             eval_data: str | None = None, max_drop: float = 0.5, keep_failed: str | Path | None = None,
+             progress: Progress | None = None) -> OptimizeResult:
     """Write a faster artifact from ``artifact`` at ``level``, or raise GateError and write nothing.
 
     ``eval_data``: a .txt file (one sentence per line) or anything ``zoo finetune
     --data`` reads (labelled rows also measure the accuracy drop); ``max_drop``:
-    the largest accuracy loss allowed, in percentage points.
+    the largest accuracy loss allowed, in percentage points. ``keep_failed``: on a
+    refusal, the refused graphs (LEVEL.onnx) and the gate report go there for inspection.
     """
     step = progress or (lambda _msg: None)
     folder = Path(artifact)
     manifest = _checked_parent(folder)
     dest = Path(out) if out is not None else folder.parent / f"{folder.name}-{level}"
     providers = _check_options(level, max_drop, manifest, dest)
+    if keep_failed is not None and Path(keep_failed).resolve() == dest.resolve():
+        raise ConfigError(f"--keep-failed '{keep_failed}' is the destination itself; a refused graph must never "
+                          "appear at --out: choose another folder")
     step("gate data")
     data = gate_data(folder, manifest, eval_data)
     with tempfile.TemporaryDirectory(prefix="zoo-optimize-") as work:
@@ -128,7 +133,10 @@ def optimize(artifact: str | Path, *, out: str | Path | None = None, level: str 
         candidates = [_attempt(ctx, lv) for lv in _levels(level, manifest["task"], providers)]
         passing = [c for c in candidates if c.passed]
         if not passing:
-            raise _refusal(folder, dest, level, candidates)
+            refusal = _refusal(folder, dest, level, candidates)
+            if keep_failed is not None:
+                _keep(candidates, refusal, Path(keep_failed))
+            raise refusal
         chosen = max(passing, key=lambda c: c.mean_speedup)
         step("write artifact")
         with staged_dir(dest) as stage:
@@ -402,6 +410,17 @@ def _refusal(folder: Path, dest: Path, level: str, candidates: list[Candidate]) 
     tried = ", ".join(c.level for c in candidates)
     return GateError(f"{folder}: no optimised graph passed the gates (tried {tried}); nothing written to {dest}. "
                      f"{report.summary()}", report)
+
+
+def _keep(candidates: list[Candidate], refusal: GateError, folder: Path) -> None:
+    """The refused graphs, never an artifact: no manifest, so nothing can load them by mistake."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for candidate in candidates:
+        shutil.copyfile(candidate.path, folder / f"{candidate.level}.onnx")
+    report = refusal.report.to_dict() if isinstance(refusal.report, VerifyReport) else {}
+    (folder / "refusal.json").write_text(json.dumps({"message": str(refusal), **report}, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------- the new artifact

@@ -204,6 +204,21 @@ def test_a_slower_result_is_refused_with_both_timings(timm_artifact, tmp_path, m
     assert nothing_left(dest)
 
 
+@pytest.mark.slow
+def test_keep_failed_holds_the_refused_graph_and_the_report(timm_artifact, tmp_path, monkeypatch):
+    from exporters.optimize import optimize
+
+    monkeypatch.setattr(gates, "measure_speed", fake_speed(0.8))
+    kept = tmp_path / "kept"
+    with pytest.raises(GateError):
+        optimize(timm_artifact, out=tmp_path / "fused", level="fused", keep_failed=kept)
+    report = json.loads((kept / "refusal.json").read_text())
+    assert (kept / "fused.onnx").stat().st_size > 0 and not (kept / "manifest.json").exists()
+    assert report["passed"] is False and "nothing written" in report["message"]
+    with pytest.raises(ConfigError, match="is the destination itself"):
+        optimize(timm_artifact, out=tmp_path / "same", level="fused", keep_failed=tmp_path / "same")
+
+
 def test_speed_measurement_times_both_graphs_at_every_shape(timm_artifact, monkeypatch):
     """The mechanics only (both graphs, each shape, positive medians); no ratio is asserted."""
     monkeypatch.setattr(gates, "SPEED_BUDGET_S", 0.01)

@@ -52,7 +52,8 @@ def export(
         from zoo.cli.optimize import optimize as optimize_command
 
         optimize_command(result.path, out=result.path.parent / f"{result.path.name}-{optimize}",
-                         level=Level(optimize), eval_data=None, max_drop=0.5, as_json=as_json)
+                         level=Level(optimize), eval_data=None, max_drop=0.5, keep_failed=None,
+                         as_json=as_json)
 
 
 def _check_level(level: str) -> None:

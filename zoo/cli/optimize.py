@@ -36,6 +36,8 @@ def optimize(
         help="Data to judge (and calibrate) on: a .txt file of sentences, or what 'zoo finetune --data' reads; "
              "labelled rows also measure the accuracy drop.")] = None,
     max_drop: Annotated[float, typer.Option(help="Largest accuracy drop allowed, in percentage points.")] = 0.5,
+    keep_failed: Annotated[Path | None, typer.Option(
+        help="On a refusal, keep the refused graphs (LEVEL.onnx) and the gate report here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Optimise ARTIFACT into a new artifact, written only if it keeps the model's accuracy and runs faster."""
@@ -46,7 +48,7 @@ def optimize(
     try:
         with _progress(quiet=as_json) as step:
             result = run_optimize(artifact, out=out, level=level.value, eval_data=eval_data, max_drop=max_drop,
-                                  progress=step)
+                                  keep_failed=keep_failed, progress=step)
     except GateError as exc:
         show_refusal(exc, as_json)
         raise
