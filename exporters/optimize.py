@@ -406,10 +406,19 @@ def _refusal(folder: Path, dest: Path, level: str, candidates: list[Candidate]) 
     report = VerifyReport(subject=f"zoo optimize {folder} --level {level}: refused")
     for candidate in candidates:
         prefix = f"{candidate.level}: " if len(candidates) > 1 else ""
+        report.checks += _search_checks(candidate, prefix)
         report.checks += [dataclasses.replace(c, name=prefix + c.name) for c in candidate.checks]
     tried = ", ".join(c.level for c in candidates)
     return GateError(f"{folder}: no optimised graph passed the gates (tried {tried}); nothing written to {dest}. "
                      f"{report.summary()}", report)
+
+
+def _search_checks(candidate: Candidate, prefix: str) -> list[Check]:
+    """One line per earlier step of a lossy level's search, so a refusal shows everything that was tried."""
+    steps = (candidate.recipe.get("quantization") or {}).get("search", [])[:-1]
+    return [Check(f"{prefix}step {i + 1}: {step['kept_fp32']} nodes kept in fp32", False,
+                  "; ".join(f"{k.replace('parent: ', '')} {v}" for k, v in step["figures"].items()),
+                  "every gate", "a later step keeps more in fp32") for i, step in enumerate(steps)]
 
 
 def _keep(candidates: list[Candidate], refusal: GateError, folder: Path) -> None:
