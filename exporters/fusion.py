@@ -26,7 +26,15 @@ OFFLINE_LEVEL = "basic"
 def fusion_passes() -> list[tuple[str, Callable[..., int]]]:
     """(kind, pass) in application order; each pass returns how many times it fused."""
     from onnxscript.rewriter.ort_fusions import (
-        bias_gelu, erfgelu, gelu, mha, mha_bias, mha_scale, rms_normalization, rotary_embedding, sdpa,
+        bias_gelu,
+        erfgelu,
+        gelu,
+        mha,
+        mha_bias,
+        mha_scale,
+        rms_normalization,
+        rotary_embedding,
+        sdpa,
         skip_normalization,
     )
 

@@ -224,7 +224,7 @@ def _tidy_graph(model: Any) -> None:
     matter. The folding and clean-up stay, so the graph keeps its size and load time.
     """
     import onnx_ir as ir
-    import onnx_ir.passes.common as common
+    from onnx_ir.passes import common
     from onnxscript.optimizer import fold_constants_ir
 
     common.InlinePass()(model)

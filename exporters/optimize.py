@@ -32,8 +32,7 @@ import numpy as np
 from exporters import fusion, gates, quantize
 from exporters.evaldata import GateData, gate_data
 from exporters.verify import Check, VerifyReport, classifier_agreement, dynamic_axes_check, graph_check
-from zoo.artifact import MANIFEST, MODEL_FILE, check_destination, check_files, read_manifest, staged_dir
-from zoo.artifact import write_manifest
+from zoo.artifact import MANIFEST, MODEL_FILE, check_destination, check_files, read_manifest, staged_dir, write_manifest
 from zoo.errors import ArtifactError, ConfigError, GateError, ZooError
 from zoo.spec import CLASSIFIER_TASKS, Tolerances
 

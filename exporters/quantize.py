@@ -76,8 +76,13 @@ def int8_dynamic(src: Path, dst: Path, *, keep_fp32: list[str], activation_produ
 
 def int8_static(src: Path, dst: Path, calibration: EvalSet, *, keep_fp32: list[str]) -> dict[str, Any]:
     """Write the static QDQ int8 graph calibrated on ``calibration`` (MinMax ranges)."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

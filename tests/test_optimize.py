@@ -346,7 +346,7 @@ def test_cli_fp16_without_cuda_is_one_line(timm_artifact, tmp_path, capsys):
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this machine has CUDA")
-    code, out, err = _zoo(["optimize", str(timm_artifact), "--out", str(tmp_path / "h"), "--level", "fp16"], capsys)
+    code, _, err = _zoo(["optimize", str(timm_artifact), "--out", str(tmp_path / "h"), "--level", "fp16"], capsys)
     assert code == 1 and err.strip().count("\n") == 0 and "CUDA execution provider" in err
 
 
@@ -368,3 +368,30 @@ def test_cli_export_with_optimize_writes_both_artifacts(tiny_timm_folder, tmp_pa
     optimised = json.loads((tmp_path / "art-int8-static" / "manifest.json").read_text())
     assert optimised["optimization"]["parent"]["path"] == str(dest.resolve())
     assert "speed-up over the parent" in out
+
+
+def test_fp16_recipe_keeps_float32_inputs_and_outputs(timm_artifact, tmp_path):
+    """The conversion itself (running it needs CUDA): fp16 weights inside, fp32 at the graph's edges."""
+    import onnx
+
+    from exporters.quantize import fp16
+
+    settings = fp16(timm_artifact / "model.onnx", tmp_path / "fp16.onnx")
+    graph = onnx.load(str(tmp_path / "fp16.onnx")).graph
+    edges = {v.type.tensor_type.elem_type for v in [*graph.input, *graph.output]}
+    assert edges == {onnx.TensorProto.FLOAT} and settings["provider"] == "CUDAExecutionProvider"
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_fp16_on_cuda_passes_the_gates(timm_artifact, tmp_path):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("needs onnxruntime with the CUDA execution provider")
+    import zoo
+
+    result = zoo.optimize(timm_artifact, out=tmp_path / "fp16", level="fp16")
+    assert result.manifest["optimization"]["providers"][0] == "CUDAExecutionProvider"
+    assert check(result.report, "parent: top-1 agreement").passed and zoo.verify_artifact(result.path).passed

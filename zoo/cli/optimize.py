@@ -42,7 +42,6 @@ def optimize(
 ) -> None:
     """Optimise ARTIFACT into a new artifact, written only if it keeps the model's accuracy and runs faster."""
     from exporters.optimize import optimize as run_optimize
-
     from zoo.cli.export import _progress
 
     try:
