@@ -21,6 +21,7 @@ import hashlib
 import math
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -118,6 +119,7 @@ def optimize(artifact: str | Path, *, out: str | Path | None = None, level: str 
     refusal, the refused graphs (LEVEL.onnx) and the gate report go there for inspection.
     """
     step = progress or (lambda _msg: None)
+    started = time.perf_counter()
     folder = Path(artifact)
     manifest = _checked_parent(folder)
     dest = Path(out) if out is not None else folder.parent / f"{folder.name}-{level}"
@@ -139,7 +141,7 @@ def optimize(artifact: str | Path, *, out: str | Path | None = None, level: str 
         chosen = max(passing, key=lambda c: c.mean_speedup)
         step("write artifact")
         with staged_dir(dest) as stage:
-            manifest_out, report = _write_artifact(ctx, chosen, candidates, stage)
+            manifest_out, report = _write_artifact(ctx, chosen, candidates, stage, time.perf_counter() - started)
     tried = [c.summary() for c in candidates]
     return OptimizeResult(dest.resolve(), chosen.level, report, manifest_out, tried, chosen.speed, data.notes)
 
@@ -434,8 +436,8 @@ def _keep(candidates: list[Candidate], refusal: GateError, folder: Path) -> None
 # ---------------------------------------------------------------- the new artifact
 
 
-def _write_artifact(ctx: Context, chosen: Candidate, candidates: list[Candidate],
-                    stage: Path) -> tuple[dict[str, Any], VerifyReport]:
+def _write_artifact(ctx: Context, chosen: Candidate, candidates: list[Candidate], stage: Path,
+                    seconds: float) -> tuple[dict[str, Any], VerifyReport]:
     from exporters.golden import golden_sets, read_golden, write_golden
 
     shutil.copyfile(chosen.path, stage / MODEL_FILE)
@@ -448,7 +450,7 @@ def _write_artifact(ctx: Context, chosen: Candidate, candidates: list[Candidate]
         write_golden(stage, index, inputs, {output: session.run([output], {n: inputs[n] for n in names})[0]})
     tolerances = _tolerances(ctx, chosen)
     report = VerifyReport(subject=f"{ctx.manifest.get('name')} ({chosen.level})", checks=list(chosen.checks),
-                          tolerances=dataclasses.asdict(tolerances))
+                          tolerances=dataclasses.asdict(tolerances), seconds=seconds)
     manifest = {k: v for k, v in ctx.manifest.items() if k not in ("format", "format_version", "files")}
     manifest.update(verified=True, verification=report.to_dict(), tolerances=dataclasses.asdict(tolerances),
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

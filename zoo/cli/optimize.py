@@ -72,7 +72,7 @@ def show_result(result: Any, as_json: bool) -> None:
                           + (f" ({t['speedup']:.2f}x)" if t["passed"] else f" ({t['failed'][0]})" if t["failed"] else "")
                           for t in result.tried)
         console.print(f"tried: {tried}")
-    console.print(result.report.table(compact=False))
+    console.print(result.report.table())  # compact when it passed: check, result, figure
     speed = ", ".join(f"{f.shape}: {f.speedup:.2f}x ({f.parent_ms:.1f} -> {f.optimized_ms:.1f} ms)"
                       for f in result.speed)
     console.print(f"optimised artifact ({result.level}): {result.path}\nspeed-up over the parent: {speed}")
