@@ -67,6 +67,14 @@ def prepare_data(data: str, spec: ModelSpec, *, text_column: str | None = None, 
                         val_source=val_source, sizes={"train": len(train), "validation": len(val)})
 
 
+def validation_split(data: str, task: Any, *, split: str | None = None, val_data: str | None = None,
+                     val_fraction: float = 0.1, seed: int = 0) -> tuple[Any, str]:
+    """The raw validation rows ``prepare_data`` holds out for these options (same rule, same seed), and
+    where they came from; ``zoo optimize`` judges a fine-tuned artifact on exactly these rows."""
+    _, val, source = _splits(load_raw(data, task), split, val_data, val_fraction, seed, task)
+    return val, source
+
+
 def _splits(raw: RawData, split: str | None, val_data: str | None, fraction: float,
             seed: int, task: Any) -> tuple[Any, Any, str]:
     train_name = split or ("train" if "train" in raw.splits or len(raw.splits) != 1 else next(iter(raw.splits)))

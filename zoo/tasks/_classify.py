@@ -17,6 +17,7 @@ from zoo.tasks.base import Case, Task
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index: sub-word pieces and padding
 LABEL_COLUMNS = ("label", "labels", "class", "target", "category")
+MIN_AGREEMENT = 99.0  # percent: zoo optimize's top-1 gate for a lossy graph
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -63,6 +64,36 @@ class TopOneAgreement:
         return Check("top-1 agreement", self.wrong == 0 and self.rows > 0, f"{share:.2f}%", "100%", detail)
 
 
+class TopOneGate:
+    """zoo optimize's gate for classifiers: top-1 agreement >= MIN_AGREEMENT percent with the reference.
+
+    Per row, or per real token (``per_token``). A change within ``tol`` of the
+    reference's own top-2 margin is a tie (the measured noise of the recipe), not a change.
+    """
+
+    limits: ClassVar[dict[str, float]] = {"min_agreement_percent": MIN_AGREEMENT}
+
+    def __init__(self, tol: Tolerances, per_token: bool = False):
+        self.tol, self.per_token = tol, per_token
+        self.labelled = not per_token  # one label per row: labelled data scores the accuracy drop
+        self.rows = self.wrong = 0
+
+    def add(self, reference: np.ndarray, got: np.ndarray, mask: np.ndarray | None) -> None:
+        if reference.shape != got.shape:
+            rows = int(np.prod(reference.shape[:-1]))
+            self.rows, self.wrong = self.rows + rows, self.wrong + rows  # a wrong shape never agrees
+            return
+        rows, wrong, _ = top1_agreement(reference, got, self.tol, mask if self.per_token else None)
+        self.rows, self.wrong = self.rows + rows, self.wrong + wrong
+
+    def checks(self, against: str, data: str) -> list[Check]:
+        share = 100.0 * (self.rows - self.wrong) / self.rows if self.rows else 0.0
+        unit = "tokens" if self.per_token else "rows"
+        ties = f" beyond a tie within {self.tol.atol:.3g}" if self.tol.atol or self.tol.rtol else ""
+        return [Check(f"{against}: top-1 agreement", self.rows > 0 and share >= MIN_AGREEMENT, f"{share:.2f}%",
+                      f">= {MIN_AGREEMENT:g}%", f"{self.wrong} of {self.rows} {unit} differ{ties}; data: {data}")]
+
+
 def top1_agreement(reference: np.ndarray, got: np.ndarray, tol: Tolerances,
                    mask: np.ndarray | None = None) -> tuple[int, int, int]:
     """(rows compared, disagreements, ties excused) of the top-1 class."""
@@ -93,6 +124,9 @@ class Classifier(Task):
 
     def agreement(self, spec: ModelSpec, tol: Tolerances) -> TopOneAgreement:
         return TopOneAgreement("logits", tol)
+
+    def optimization_gate(self, tol: Tolerances) -> TopOneGate:
+        return TopOneGate(tol)
 
     # ------------------------------------------------------------ runtime
 

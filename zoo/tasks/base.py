@@ -10,6 +10,7 @@ task strings:
 | export | ``output_names``, ``output_axes``, ``axis_bounds``, ``export_module``, ``export_example``, |
 |        | ``write_preprocessor``, ``export_checks`` |
 | verify | ``grid``, ``agreement``, ``preprocessor_problems`` |
+| optimize | ``optimization_gate`` (the accuracy gate of ``zoo optimize``) |
 | runtime | ``runtime_preprocessor``, ``is_single``, ``postprocess``, ``predict_options``, ``bench_items``, |
 |         | ``render`` (CLI table), ``save_pictures`` (``zoo predict --save``) |
 | data | ``builtin_datasets`` (``builtin:NAME``), ``read_data`` (layouts only this task reads) |
@@ -57,6 +58,17 @@ class Agreement(Protocol):
     def add(self, reference: dict[str, np.ndarray], got: dict[str, np.ndarray], case: Case) -> None: ...
 
     def check(self) -> Check: ...
+
+
+class Gate(Protocol):
+    """``zoo optimize``'s task-level accuracy gate: a graph's first output against a reference, batch by batch."""
+
+    limits: dict[str, float]  # the thresholds, recorded in the optimised artifact's manifest
+    labelled: bool  # one label per input row: labelled data can also score the accuracy drop
+
+    def add(self, reference: np.ndarray, got: np.ndarray, mask: np.ndarray | None) -> None: ...
+
+    def checks(self, against: str, data: str) -> list[Check]: ...
 
 
 class Task:
@@ -161,6 +173,20 @@ class Task:
     def preprocessor_problems(self, folder: Path, manifest: Any) -> list[str]:
         """What is missing or unreadable among the files the runtime needs to preprocess inputs."""
         return []
+
+    # ------------------------------------------------------------ optimize
+
+    def optimization_gate(self, tol: Tolerances) -> Gate:
+        """The accuracy gate an optimised graph must pass against its parent (and torch) in ``zoo optimize``.
+
+        ``tol``: a top-1 change within it of the reference's own margin is a tie. The
+        default compares the first output's vectors by cosine similarity (minimum
+        >= 0.99, mean >= 0.995), which fits any float output; classifiers override
+        it with top-1 agreement.
+        """
+        from zoo.tasks.feature_extraction import CosineGate
+
+        return CosineGate()
 
     # ------------------------------------------------------------ runtime (torch-free)
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from zoo.spec import ModelSpec, Tolerances
-from zoo.tasks._classify import IGNORE_INDEX, Classifier, TopOneAgreement, label_name, softmax
+from zoo.tasks._classify import IGNORE_INDEX, Classifier, TopOneAgreement, TopOneGate, label_name, softmax
 from zoo.tasks._text import TextTask
 from zoo.tasks.base import Task, choose_column
 
@@ -40,6 +40,9 @@ class TokenClassification(Classifier, TextTask):
 
     def agreement(self, spec: ModelSpec, tol: Tolerances) -> TopOneAgreement:
         return TopOneAgreement("logits", tol, per_token=True)
+
+    def optimization_gate(self, tol: Tolerances) -> TopOneGate:
+        return TopOneGate(tol, per_token=True)
 
     # ------------------------------------------------------------ runtime
 
