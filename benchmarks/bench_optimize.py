@@ -94,8 +94,8 @@ def optimised(parent: Path, level: str, work: Path, eval_data: str | None) -> di
         result = zoo.optimize(parent, out=dest, level=level, eval_data=eval_data, keep_failed=kept)
     except zoo.GateError as exc:
         return _verdict(False, exc.report.to_dict()["checks"], kept / f"{level}.onnx")
-    return _verdict(True, result.manifest["optimization"]["gates"]["checks"], dest / "model.onnx",
-                    result.manifest["optimization"])
+    return _verdict(True, result.manifest.optimization["gates"]["checks"], dest / "model.onnx",
+                    result.manifest.optimization)
 
 
 def _verdict(passed: bool, checks: list[dict[str, Any]], graph: Path, record: dict[str, Any] | None = None
@@ -111,14 +111,15 @@ def _verdict(passed: bool, checks: list[dict[str, Any]], graph: Path, record: di
 def feeds(key: str, parent: Path) -> dict[str, dict[str, Any]]:
     """The shapes the targets name, made by the artifact's own preprocessing."""
     from exporters import gates
-    from zoo.runtime.preprocess import ImagePreprocessor
+    from zoo.artifact import read_manifest
+    from zoo.tasks import get_task
 
-    manifest = json.loads((parent / "manifest.json").read_text())
+    manifest = read_manifest(parent)
     if key == "minilm":
         shapes = gates.speed_shapes(parent, manifest, None)
         return {"8x128": shapes["8x128"], "1x32": shapes["1x32"]}
     images = [photo_like(1000 + i) for i in range(8)]
-    return {"batch 8": ImagePreprocessor(parent, manifest)(images)}
+    return {"batch 8": get_task(manifest.task).runtime_preprocessor(parent, manifest)(images).arrays}
 
 
 def time_engines(parent: Path, graphs: dict[str, Path], shape_feeds: dict[str, dict[str, Any]], iterations: int,
@@ -127,10 +128,11 @@ def time_engines(parent: Path, graphs: dict[str, Path], shape_feeds: dict[str, d
     import numpy as np
 
     from exporters.gates import session
+    from zoo.artifact import read_manifest
     from zoo.runtime.bench import time_calls
     from zoo.runtime.torch_baseline import torch_runner
 
-    runner, note = torch_runner(json.loads((parent / "manifest.json").read_text()), threads=threads)
+    runner, note = torch_runner(read_manifest(parent), threads=threads)
     sessions = {name: session(path, threads=threads) for name, path in graphs.items()}
     table: dict[str, dict[str, float]] = {}
     for shape, feed in shape_feeds.items():

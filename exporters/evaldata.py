@@ -6,19 +6,25 @@ Text: a built-in set of varied real sentences (empty, one word, emoji, code, a
 came from a run, else ``--eval-data``, else the verification grid's random
 pixels, which are not real images: that fallback is announced in ``warning``.
 Inputs go through the artifact's own torch-free preprocessing (``tokenizer.json``,
-the image transform), so both graphs see exactly what ``zoo.load`` would feed them.
+the image transform, both from the task's runtime preprocessor), so both graphs see exactly what
+``zoo.load`` would feed them.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from zoo.errors import DataError
+from zoo.errors import ConfigError, DataError
+from zoo.manifest import Manifest
+from zoo.spec import Tolerances
+from zoo.tasks import get_task
+from zoo.tasks.base import Task
 
 BATCH = 8
 MAX_ROWS = 512  # evaluation rows; enough for a 99% agreement figure to mean something
@@ -74,31 +80,34 @@ class GateData:
     notes: list[str] = field(default_factory=list)
 
 
-def gate_data(folder: Path, manifest: dict[str, Any], eval_data: str | None) -> GateData:
+def gate_data(folder: Path, manifest: Manifest, eval_data: str | None) -> GateData:
     """Evaluation (and, for images, calibration) data for the artifact in ``folder``."""
-    if manifest["task"] == "image-classification":
-        return _image_data(folder, manifest, eval_data)
-    return _text_data(folder, manifest, eval_data)
+    task = get_task(manifest.task)
+    reader = _READERS.get(task.modality)
+    if reader is None:
+        raise ConfigError(f"zoo optimize judges text and image models on data; {manifest.task} models take "
+                          f"{task.modality} input, which it cannot judge yet")
+    # labels only where the task scores one label per row (a classifier), never for embeddings or tags
+    labelled = task.optimization_gate(Tolerances()).labelled
+    return reader(folder, manifest, task, eval_data, labelled)
 
 
 # ---------------------------------------------------------------- text
 
 
-def _text_data(folder: Path, manifest: dict[str, Any], eval_data: str | None) -> GateData:
-    from exporters.grid import SENTENCES
-    from zoo.runtime.preprocess import TextPreprocessor
+def _text_data(folder: Path, manifest: Manifest, task: Task, eval_data: str | None, labelled: bool) -> GateData:
+    from zoo.tasks._text import SENTENCES  # the verification grid's sentences
 
     texts = list(PROBE_SENTENCES) + list(SENTENCES)
     labels: list[int] | None = None
     source = f"{len(texts)} built-in and verification-grid sentences"
-    extra, extra_labels, what = _labelled_rows(manifest, eval_data, "text")
+    extra, extra_labels, what = _labelled_rows(manifest, task, eval_data, labelled)
     if extra:
         texts = extra + texts
         source = f"{what} ({len(extra)} rows) + {source}"
-        if extra_labels is not None and manifest["task"] == "text-classification":
-            labels = extra_labels
+        labels = extra_labels
     texts = texts[:MAX_ROWS]
-    encode = TextPreprocessor(folder, manifest)
+    encode = task.runtime_preprocessor(folder, manifest)
     batches = [encode(texts[i:i + BATCH]).arrays for i in range(0, len(texts), BATCH)]
     # labels cover only the leading labelled rows; the gate scores accuracy on those
     label_array = np.asarray(labels[:len(texts)], dtype=np.int64) if labels else None
@@ -108,20 +117,18 @@ def _text_data(folder: Path, manifest: dict[str, Any], eval_data: str | None) ->
 # ---------------------------------------------------------------- images
 
 
-def _image_data(folder: Path, manifest: dict[str, Any], eval_data: str | None) -> GateData:
-    from zoo.runtime.preprocess import ImagePreprocessor
-
-    images, labels, what = _labelled_rows(manifest, eval_data, "image")
+def _image_data(folder: Path, manifest: Manifest, task: Task, eval_data: str | None, labelled: bool) -> GateData:
+    images, labels, what = _labelled_rows(manifest, task, eval_data, labelled)
     if not images:
         return _grid_images(manifest)
     order = list(range(len(images)))
     random.Random(0).shuffle(order)
     calibration_rows = order[:min(MAX_CALIBRATION, len(order) // 2)]
     held_out = order[len(calibration_rows):][:MAX_ROWS]
-    transform = ImagePreprocessor(folder, manifest)
+    transform = task.runtime_preprocessor(folder, manifest)
 
     def feeds(rows: list[int]) -> list[dict[str, np.ndarray]]:
-        return [transform([images[r] for r in rows[i:i + BATCH]]) for i in range(0, len(rows), BATCH)]
+        return [transform([images[r] for r in rows[i:i + BATCH]]).arrays for i in range(0, len(rows), BATCH)]
 
     held_labels = np.asarray([labels[r] for r in held_out], dtype=np.int64) if labels is not None else None
     evaluation = EvalSet(feeds(held_out), f"{what}: {len(held_out)} rows held out from calibration", held_labels)
@@ -129,28 +136,30 @@ def _image_data(folder: Path, manifest: dict[str, Any], eval_data: str | None) -
     return GateData(evaluation, calibration)
 
 
-def _grid_images(manifest: dict[str, Any]) -> GateData:
-    from exporters.grid import _pixels
-    from zoo.spec import Preprocess
+def _grid_images(manifest: Manifest) -> GateData:
+    from zoo.tasks._image import pixels
 
-    pp = manifest.get("preprocess") or {}
-    preprocess = Preprocess(input_size=tuple(pp["input_size"]), mean=tuple(pp["mean"]), std=tuple(pp["std"]))
-    name = manifest["inputs"][0]["name"]
+    preprocess = manifest.model_spec().preprocess
+    name = manifest.inputs[0].name
     warning = ("no real images to calibrate and judge on: the artifact did not come from a fine-tune run and no "
                "--eval-data was given, so the verification grid's random pixels are used. Their activation "
                "ranges are not those of photographs; give --eval-data (an imagefolder) for a meaningful result")
-    calibration = EvalSet([{name: _pixels(preprocess, BATCH, seed)} for seed in range(100, 104)],
+    calibration = EvalSet([{name: pixels(preprocess, BATCH, seed)} for seed in range(100, 104)],
                           "verification-grid random pixels", warning=warning)
-    evaluation = EvalSet([{name: _pixels(preprocess, BATCH, seed)} for seed in range(200, 204)],
+    evaluation = EvalSet([{name: pixels(preprocess, BATCH, seed)} for seed in range(200, 204)],
                          "verification-grid random pixels", warning=warning)
     return GateData(evaluation, calibration, notes=[warning])
+
+
+_READERS: dict[str, Callable[[Path, Manifest, Task, str | None, bool], GateData]] = {
+    "text": _text_data, "image": _image_data}
 
 
 # ---------------------------------------------------------------- labelled rows from a run or --eval-data
 
 
-def _labelled_rows(manifest: dict[str, Any], eval_data: str | None,
-                   kind: str) -> tuple[list[Any], list[int] | None, str]:
+def _labelled_rows(manifest: Manifest, task: Task, eval_data: str | None,
+                   labelled: bool) -> tuple[list[Any], list[int] | None, str]:
     """(inputs, label indices in the model's label order or None, description)."""
     if eval_data is not None and Path(eval_data).suffix == ".txt":
         lines = [line for line in Path(eval_data).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -158,42 +167,41 @@ def _labelled_rows(manifest: dict[str, Any], eval_data: str | None,
             raise DataError(f"--eval-data {eval_data} has no non-empty lines; give one sentence per line")
         return lines, None, f"--eval-data {eval_data}"
     if eval_data is not None:
-        table, columns, what = _eval_table(eval_data, manifest["task"])
-    elif (manifest.get("run") or {}).get("config"):
-        table, columns, what = _run_validation(manifest["run"]["config"], manifest["task"])
+        table, columns, what = _eval_table(eval_data, task)
+    elif (manifest.run or {}).get("config"):
+        table, columns, what = _run_validation(manifest.run["config"], task)
     else:
         return [], None, ""
     inputs = list(table[columns["input"]])
-    labels = _label_indices(table, columns.get("label"), manifest.get("labels"), what)
-    return inputs, labels, what
+    column = columns.get("label") if labelled else None
+    return inputs, _label_indices(table, column, manifest.labels, what), what
 
 
-def _run_validation(config: dict[str, Any], task: str) -> tuple[Any, dict[str, str], str]:
+def _run_validation(config: dict[str, Any], task: Task) -> tuple[Any, dict[str, str], str]:
     """The validation split the fine-tune run held out, rebuilt exactly as the run built it."""
-    from zoo.data.files import load_raw
-    from zoo.data.prepare import _splits, pick_columns  # the run's own split logic, so the rows are the same
+    from zoo.data.prepare import validation_split
 
-    raw = load_raw(config["data"])
-    _, val, val_source = _splits(raw, config.get("split"), config.get("val_data"),
-                                 float(config.get("val_fraction", 0.1)), int(config.get("seed", 0)))
-    columns = pick_columns(val, task, config.get("text_column"), config.get("label_column"))
+    val, val_source = validation_split(config["data"], task, split=config.get("split"),
+                                       val_data=config.get("val_data"),
+                                       val_fraction=float(config.get("val_fraction", 0.1)),
+                                       seed=int(config.get("seed", 0)))
+    columns = task.data_columns(val, config.get("text_column"), config.get("label_column"))
     return val, columns, f"the fine-tune run's validation data ({config['data']}, {val_source})"
 
 
-def _eval_table(eval_data: str, task: str) -> tuple[Any, dict[str, str], str]:
+def _eval_table(eval_data: str, task: Task) -> tuple[Any, dict[str, str], str]:
     from zoo.data.files import VAL_SPLITS, load_raw
-    from zoo.data.prepare import IMAGE_COLUMNS, LABEL_COLUMNS, TEXT_COLUMNS
+    from zoo.tasks._classify import LABEL_COLUMNS
 
-    raw = load_raw(eval_data)
+    raw = load_raw(eval_data, task)
     name = next((s for s in VAL_SPLITS if s in raw.splits), next(iter(raw.splits)))
     table = raw.splits[name]
     names = list(table.column_names)
-    wanted = IMAGE_COLUMNS if task == "image-classification" else TEXT_COLUMNS
+    wanted = _input_columns(task.modality)
     inputs = next((c for c in (*wanted, "tokens") if c in names), None)
     if inputs is None:
-        raise DataError(f"--eval-data {eval_data} has columns {', '.join(names)}; none holds "
-                        f"{'images' if task == 'image-classification' else 'text'} (expected one of "
-                        f"{', '.join(wanted)})")
+        raise DataError(f"--eval-data {eval_data} has columns {', '.join(names)}; none holds {task.modality} "
+                        f"input (expected one of {', '.join(wanted)})")
     columns = {"input": inputs}
     label = next((c for c in LABEL_COLUMNS if c in names and c != inputs), None)
     if label is not None:
@@ -201,7 +209,16 @@ def _eval_table(eval_data: str, task: str) -> tuple[Any, dict[str, str], str]:
     return table, columns, f"--eval-data {eval_data} (split {name})"
 
 
-def _label_indices(table: Any, column: str | None, model_labels: list[str] | None, what: str) -> list[int] | None:
+def _input_columns(modality: str) -> tuple[str, ...]:
+    """The column names fine-tuning looks for first, per kind of input."""
+    from zoo.tasks._image import IMAGE_COLUMNS
+    from zoo.tasks._text import TEXT_COLUMNS
+
+    return {"text": TEXT_COLUMNS, "image": IMAGE_COLUMNS}[modality]
+
+
+def _label_indices(table: Any, column: str | None, model_labels: tuple[str, ...] | None,
+                   what: str) -> list[int] | None:
     """Each row's label as an index into the model's labels; None when the data has no label column."""
     if column is None:
         return None

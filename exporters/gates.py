@@ -1,7 +1,8 @@
 """The gates an optimised graph must pass before it may become an artifact.
 
 Accuracy, judged against the parent artifact on the gate's data (and against
-torch fp32 on the verification grid when the source resolves):
+torch fp32 on the verification grid when the source resolves) by the task's own
+gate (``Task.optimization_gate``):
 
 - embeddings: cosine to the reference, minimum >= 0.99 and mean >= 0.995
 - classifiers: top-1 agreement >= 99% (token by token for NER); on labelled
@@ -23,12 +24,13 @@ from typing import Any
 import numpy as np
 
 from exporters.evaldata import PROBE_SENTENCES, EvalSet
-from exporters.verify import Check, OutputStats, cosines
-from zoo.spec import CLASSIFIER_TASKS, Tolerances
+from exporters.verify import OutputStats
+from zoo.checks import Check
+from zoo.manifest import Manifest
+from zoo.spec import Tolerances
+from zoo.tasks import get_task
+from zoo.tasks.base import Gate, Task
 
-MIN_COSINE = 0.99
-MEAN_COSINE = 0.995
-MIN_AGREEMENT = 99.0  # percent
 MIN_SPEEDUP = 1.05  # "measurably faster": a 5% margin over the noise of a shared machine
 SPEED_BUDGET_S = 2.0  # per shape and graph
 # One intra-op thread for timing: on a shared machine a busy neighbour turns a thread pool's
@@ -67,35 +69,20 @@ def run_all(sess: Any, batches: list[dict[str, np.ndarray]]) -> Outputs:
 # ---------------------------------------------------------------- accuracy
 
 
-def task_checks(task: str, reference: Outputs, got: Outputs, against: str, data: str) -> list[Check]:
-    """The task-level agreement of ``got`` with ``reference`` (the parent's or torch's outputs)."""
-    if task in CLASSIFIER_TASKS:
-        return [agreement_check(task, reference, got, against, data)]
-    return cosine_checks(reference, got, against, data)
+def task_checks(task: Task, reference: Outputs, got: Outputs, against: str, data: str,
+                tol: Tolerances | None = None) -> list[Check]:
+    """The task-level agreement of ``got`` with ``reference`` (the parent's or torch's outputs).
+
+    ``tol``: a top-1 change within it is a tie (the recipe's measured noise); none by default.
+    """
+    gate = gate_of(task, tol)
+    for ref, out, mask in zip(reference.values, got.values, reference.masks or [None] * len(reference.values)):
+        gate.add(ref, out, mask)
+    return gate.checks(against, data)
 
 
-def cosine_checks(reference: Outputs, got: Outputs, against: str, data: str) -> list[Check]:
-    values = np.concatenate([cosines(r, g, m) for r, g, m in zip(reference.values, got.values, reference.masks)])
-    values = np.nan_to_num(values, nan=-1.0)
-    worst = int(np.argmin(values)) if len(values) else -1
-    detail = f"{len(values)} vectors" + (f", worst is number {worst}" if worst >= 0 else "") + f"; data: {data}"
-    return [Check(f"{against}: minimum cosine", bool(len(values) and values.min() >= MIN_COSINE),
-                  f"{values.min():.4f}" if len(values) else "none", f">= {MIN_COSINE}", detail),
-            Check(f"{against}: mean cosine", bool(len(values) and values.mean() >= MEAN_COSINE),
-                  f"{values.mean():.4f}" if len(values) else "none", f">= {MEAN_COSINE}", detail)]
-
-
-def agreement_check(task: str, reference: Outputs, got: Outputs, against: str, data: str) -> Check:
-    same = total = 0
-    for ref, out, mask in zip(reference.values, got.values, reference.masks):
-        keep = mask.astype(bool) if task == "token-classification" and mask is not None else np.ones(
-            ref.shape[:-1], dtype=bool)
-        same += int(((ref.argmax(-1) == out.argmax(-1)) & keep).sum())
-        total += int(keep.sum())
-    share = 100.0 * same / total if total else 0.0
-    unit = "tokens" if task == "token-classification" else "rows"
-    return Check(f"{against}: top-1 agreement", total > 0 and share >= MIN_AGREEMENT, f"{share:.2f}%",
-                 f">= {MIN_AGREEMENT:g}%", f"{total - same} of {total} {unit} differ; data: {data}")
+def gate_of(task: Task, tol: Tolerances | None = None) -> Gate:
+    return task.optimization_gate(tol or Tolerances(atol=0.0, rtol=0.0))
 
 
 def accuracy_check(reference: Outputs, got: Outputs, labels: np.ndarray | None, max_drop: float) -> Check:
@@ -145,23 +132,30 @@ class SpeedFigure:
         return self.parent_ms / self.optimized_ms if self.optimized_ms > 0 else 0.0
 
 
-def speed_shapes(folder: Path, manifest: dict[str, Any], images: EvalSet | None) -> dict[str, dict[str, np.ndarray]]:
+def speed_shapes(folder: Path, manifest: Manifest, images: EvalSet | None) -> dict[str, dict[str, np.ndarray]]:
     """The task's usual shapes: text at batch 1 x 32 and 8 x 128 tokens; images at batch 1 and 8."""
-    if manifest["task"] != "image-classification":
-        from zoo.runtime.preprocess import TextPreprocessor
+    task = get_task(manifest.task)
+    if task.modality == "text":
+        return _text_shapes(folder, manifest, task)
+    return _image_shapes(manifest, images)
 
-        shapes = {}
-        long_texts = [PROBE_SENTENCES[-2][i * 37:] for i in range(8)]  # all rows reach the length limit
-        for batch, tokens in ((1, 32), (8, 128)):
-            limited = {**manifest, "preprocess": {**manifest["preprocess"], "max_length": tokens}}
-            shapes[f"{batch}x{tokens}"] = TextPreprocessor(folder, limited)(long_texts[:batch]).arrays
-        return shapes
+
+def _text_shapes(folder: Path, manifest: Manifest, task: Task) -> dict[str, dict[str, np.ndarray]]:
+    shapes = {}
+    long_texts = [PROBE_SENTENCES[-2][i * 37:] for i in range(8)]  # all rows reach the length limit
+    for batch, tokens in ((1, 32), (8, 128)):
+        limited = manifest.replace(preprocess={**manifest.preprocess, "max_length": tokens})
+        shapes[f"{batch}x{tokens}"] = task.runtime_preprocessor(folder, limited)(long_texts[:batch]).arrays
+    return shapes
+
+
+def _image_shapes(manifest: Manifest, images: EvalSet | None) -> dict[str, dict[str, np.ndarray]]:
+    """Batches of the gate's real images where there are 8 of them, else normalised noise of the input size."""
     rows = np.concatenate([next(iter(b.values())) for b in images.batches]) if images else None
-    name = manifest["inputs"][0]["name"]
+    name = manifest.inputs[0].name
     if rows is None or len(rows) < 8:
         rng = np.random.default_rng(0)
-        size = manifest["preprocess"]["input_size"]
-        rows = rng.standard_normal((8, *size)).astype(np.float32)
+        rows = rng.standard_normal((8, *manifest.preprocess["input_size"])).astype(np.float32)
     return {"batch 1": {name: rows[:1]}, "batch 8": {name: rows[:8]}}
 
 

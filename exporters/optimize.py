@@ -32,13 +32,20 @@ import numpy as np
 
 from exporters import fusion, gates, quantize
 from exporters.evaldata import GateData, gate_data
-from exporters.verify import Check, VerifyReport, classifier_agreement, dynamic_axes_check, graph_check
+from exporters.verify import dynamic_axes_check, graph_check, run_session
 from zoo.artifact import MANIFEST, MODEL_FILE, check_destination, check_files, read_manifest, staged_dir, write_manifest
+from zoo.checks import Check, VerifyReport
 from zoo.errors import ArtifactError, ConfigError, GateError, ZooError
-from zoo.spec import CLASSIFIER_TASKS, Tolerances
+from zoo.manifest import Manifest
+from zoo.spec import Tolerances
+from zoo.tasks import get_task
+from zoo.tasks.base import Task
 
 LEVELS = ("fused", "int8", "int8-static", "fp16", "auto")
 LOSSY = ("int8", "int8-static", "fp16")
+# The int8 recipe each kind of input suits: dynamic for transformers over tokens, calibrated QDQ for
+# images (only image data gives calibration rows; see evaldata). auto tries it before "fused".
+INT8_FOR = {"text": "int8", "image": "int8-static"}
 # int8 keeps these shares of its MatMuls in fp32, the most error-prone first, until the gate passes
 LADDER = (0.0, 1 / 6, 1 / 4, 1 / 3, 1 / 2)
 Progress = Callable[[str], None]
@@ -77,7 +84,7 @@ class OptimizeResult:
     path: Path
     level: str
     report: VerifyReport
-    manifest: dict[str, Any]
+    manifest: Manifest
     tried: list[dict[str, Any]]
     speed: list[gates.SpeedFigure]
     notes: list[str]
@@ -88,7 +95,7 @@ class Context:
     """The parent artifact and everything measured on it once, shared by every level tried."""
 
     folder: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     data: GateData
     work: Path
     providers: list[str]
@@ -100,8 +107,8 @@ class Context:
     fusions: dict[str, int] = field(default_factory=dict)
 
     @property
-    def task(self) -> str:
-        return str(self.manifest["task"])
+    def task(self) -> Task:
+        return get_task(self.manifest.task)
 
     @property
     def parent_model(self) -> Path:
@@ -131,7 +138,7 @@ def optimize(artifact: str | Path, *, out: str | Path | None = None, level: str 
     data = gate_data(folder, manifest, eval_data)
     with tempfile.TemporaryDirectory(prefix="zoo-optimize-") as work:
         ctx = Context(folder, manifest, data, Path(work), providers, max_drop, step)
-        candidates = [_attempt(ctx, lv) for lv in _levels(level, manifest["task"], providers)]
+        candidates = [_attempt(ctx, lv) for lv in _levels(level, ctx.task)]
         passing = [c for c in candidates if c.passed]
         if not passing:
             refusal = _refusal(folder, dest, level, candidates)
@@ -149,28 +156,28 @@ def optimize(artifact: str | Path, *, out: str | Path | None = None, level: str 
 # ---------------------------------------------------------------- options
 
 
-def _checked_parent(folder: Path) -> dict[str, Any]:
+def _checked_parent(folder: Path) -> Manifest:
     manifest = read_manifest(folder)
     problems = check_files(folder, manifest)
     if problems:
         raise ArtifactError(f"artifact {folder} does not match its manifest ({'; '.join(problems[:3])}); "
                             "optimise only an intact artifact: re-export it with 'zoo export'")
-    if manifest.get("optimization"):
-        parent = manifest["optimization"].get("parent", {}).get("path", "its parent")
-        raise ConfigError(f"{folder} is already optimised (level {manifest['optimization'].get('level')}); "
+    if manifest.optimization:
+        parent = manifest.optimization.get("parent", {}).get("path", "its parent")
+        raise ConfigError(f"{folder} is already optimised (level {manifest.optimization.get('level')}); "
                           f"optimise the fp32 artifact it came from ({parent}) instead")
     return manifest
 
 
-def _check_options(level: str, max_drop: float, manifest: dict[str, Any], dest: Path) -> list[str]:
+def _check_options(level: str, max_drop: float, manifest: Manifest, dest: Path) -> list[str]:
     """All option problems at once; returns the execution providers the gates run on."""
     problems = []
     if level not in LEVELS:
         problems.append(f"--level {level!r} is not one of {', '.join(LEVELS)}")
     if not (max_drop >= 0 and np.isfinite(max_drop)):
         problems.append(f"--max-drop {max_drop} must be a finite number of percentage points >= 0")
-    if level == "int8-static" and manifest["task"] != "image-classification":
-        problems.append(f"--level int8-static calibrates image models; this artifact is {manifest['task']}: "
+    if level == "int8-static" and INT8_FOR.get(get_task(manifest.task).modality) != level:
+        problems.append(f"--level int8-static calibrates image models; this artifact is {manifest.task}: "
                         "use --level int8 (dynamic) or fused")
     if problems:
         raise ConfigError("; ".join(problems))
@@ -185,11 +192,11 @@ def _check_options(level: str, max_drop: float, manifest: dict[str, Any], dest: 
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if level == "fp16" else ["CPUExecutionProvider"]
 
 
-def _levels(level: str, task: str, providers: list[str]) -> list[str]:
+def _levels(level: str, task: Task) -> list[str]:
     """The level asked for, or for auto every level that applies here, most aggressive first."""
     if level != "auto":
         return [level]
-    return ["int8-static" if task == "image-classification" else "int8", "fused"]
+    return [INT8_FOR.get(task.modality, "int8"), "fused"]
 
 
 # ---------------------------------------------------------------- one level
@@ -304,7 +311,7 @@ def _accuracy_checks(ctx: Context, candidate: Candidate) -> list[Check]:
     got = gates.run_all(gates.session(candidate.path, ctx.providers), evaluation.batches)
     candidate.max_abs = gates.max_abs_difference(ctx.parent_outputs, got)
     checks = gates.task_checks(ctx.task, ctx.parent_outputs, got, "parent", evaluation.source)
-    if ctx.task in CLASSIFIER_TASKS:
+    if gates.gate_of(ctx.task).labelled:
         checks.append(gates.accuracy_check(ctx.parent_outputs, got, evaluation.labels, ctx.max_drop))
     if candidate.level not in LOSSY:
         checks.append(gates.elementwise_check(ctx.parent_outputs, got, parent_tolerances(ctx.manifest), "parent"))
@@ -315,12 +322,12 @@ def _graph_checks(ctx: Context, candidate: Candidate) -> list[Check]:
     from exporters.onnx import graph_signature
 
     inputs, outputs = graph_signature(candidate.path)
-    same = inputs == ctx.manifest["inputs"] and outputs == ctx.manifest["outputs"]
+    same = inputs == ctx.manifest.inputs and outputs == ctx.manifest.outputs
     signature = Check("graph inputs and outputs", same, f"{len(inputs)} in, {len(outputs)} out",
                       "same names, dtypes and axes as the parent",
-                      "" if same else f"got {inputs} -> {outputs}")
-    axes = dynamic_axes_check(candidate.path, [(i["name"], i["shape"]) for i in ctx.manifest["spec"]["inputs"]],
-                              [(o["name"], o["shape"]) for o in ctx.manifest["outputs"]])
+                      "" if same else f"got {[i.to_dict() for i in inputs]} -> {[o.to_dict() for o in outputs]}")
+    axes = dynamic_axes_check(candidate.path, [(i.name, list(i.shape)) for i in ctx.manifest.model_spec().inputs],
+                              [(o.name, list(o.shape)) for o in ctx.manifest.outputs])
     return [graph_check(candidate.path), signature, axes]
 
 
@@ -333,26 +340,13 @@ def _grid_checks(ctx: Context, candidate: Candidate) -> list[Check]:
         if reference is None:
             continue
         if candidate.level in LOSSY:
-            checks += _lossy_grid_checks(ctx.task, reference, got, against)
+            # a differing top-1 counts only where the reference's own top-2 margin exceeds the measured difference
+            noise = Tolerances(atol=gates.max_abs_difference(reference, got), rtol=0.0)
+            checks += gates.task_checks(ctx.task, reference, got, against, "the verification grid", noise)
         else:
             checks += gates.task_checks(ctx.task, reference, got, against, "the verification grid")
             checks.append(gates.elementwise_check(reference, got, parent_tolerances(ctx.manifest), against))
     return checks
-
-
-def _lossy_grid_checks(task: str, reference: gates.Outputs, got: gates.Outputs, against: str) -> list[Check]:
-    if task not in CLASSIFIER_TASKS:
-        return gates.cosine_checks(reference, got, against, "the verification grid")
-    # a differing top-1 counts only where the reference's own top-2 margin exceeds the measured difference
-    noise = Tolerances(atol=gates.max_abs_difference(reference, got), rtol=0.0)
-    rows = wrong = 0
-    for ref, out, mask in zip(reference.values, got.values, reference.masks):
-        use = mask if task == "token-classification" else None
-        n, w, _ = classifier_agreement(ref, out, noise, use)
-        rows, wrong = rows + n, wrong + w
-    share = 100.0 * (rows - wrong) / rows if rows else 0.0
-    return [Check(f"{against}: top-1 agreement", rows > 0 and share >= gates.MIN_AGREEMENT, f"{share:.2f}%",
-                  f">= {gates.MIN_AGREEMENT:g}%", f"{wrong} of {rows} differ beyond a tie within {noise.atol:.3g}")]
 
 
 @dataclass
@@ -378,19 +372,17 @@ class GridReference:
 
 def _torch_grid(ctx: Context) -> tuple[list[dict[str, np.ndarray]] | None, gates.Outputs | None, str]:
     """(grid inputs, torch outputs, note); (None, None, why) when the torch source is not available."""
-    if ctx.manifest.get("random_init"):
+    if ctx.manifest.random_init:
         return None, None, "torch fp32 not compared: the parent was exported from random weights"
     try:
-        from exporters.onnx import build_source
-        from exporters.verify import torch_outputs
-        from zoo.spec import ModelSpec
+        from exporters.source import build_source, torch_outputs
 
-        spec = ModelSpec.from_dict(ctx.manifest["spec"])
-        source = build_source(spec, random_init=False, model_kwargs=ctx.manifest.get("model_kwargs"))
+        source = build_source(ctx.manifest.model_spec(), random_init=False, model_kwargs=ctx.manifest.model_kwargs)
     except (ZooError, ImportError, OSError) as exc:
         return None, None, f"torch fp32 not compared: the source does not resolve here ({str(exc)[:200]})"
     inputs = [case.inputs for case in source.cases]
-    values = [torch_outputs(source.module, feed, source.output)[source.output] for feed in inputs]
+    names = source.output_names  # the gates judge the first output, as onnxruntime lists it
+    values = [torch_outputs(source.module, feed, names)[names[0]] for feed in inputs]
     return inputs, gates.Outputs(values, [feed.get("attention_mask") for feed in inputs]), "torch fp32 compared"
 
 
@@ -399,8 +391,8 @@ def measure_speed(ctx: Context, candidate: Candidate) -> list[gates.SpeedFigure]
     return gates.measure_speed(ctx.parent_model, candidate.path, shapes, ctx.providers)
 
 
-def parent_tolerances(manifest: dict[str, Any]) -> Tolerances:
-    return Tolerances(**manifest.get("tolerances", {}))
+def parent_tolerances(manifest: Manifest) -> Tolerances:
+    return Tolerances(**manifest.tolerances)
 
 
 def _refusal(folder: Path, dest: Path, level: str, candidates: list[Candidate]) -> GateError:
@@ -437,33 +429,29 @@ def _keep(candidates: list[Candidate], refusal: GateError, folder: Path) -> None
 
 
 def _write_artifact(ctx: Context, chosen: Candidate, candidates: list[Candidate], stage: Path,
-                    seconds: float) -> tuple[dict[str, Any], VerifyReport]:
+                    seconds: float) -> tuple[Manifest, VerifyReport]:
     from exporters.golden import golden_sets, read_golden, write_golden
+    from zoo.versions import library_versions
 
     shutil.copyfile(chosen.path, stage / MODEL_FILE)
     _copy_preprocessor_files(ctx, stage)
     session = gates.session(stage / MODEL_FILE, ctx.providers)
-    output = session.get_outputs()[0].name
     for index, data_set in enumerate(golden_sets(ctx.folder)):
         inputs, _ = read_golden(data_set)
-        names = [i.name for i in session.get_inputs()]
-        write_golden(stage, index, inputs, {output: session.run([output], {n: inputs[n] for n in names})[0]})
+        write_golden(stage, index, inputs, run_session(session, inputs))  # every output, in graph order
     tolerances = _tolerances(ctx, chosen)
-    report = VerifyReport(subject=f"{ctx.manifest.get('name')} ({chosen.level})", checks=list(chosen.checks),
+    report = VerifyReport(subject=f"{ctx.manifest.name} ({chosen.level})", checks=list(chosen.checks),
                           tolerances=dataclasses.asdict(tolerances), seconds=seconds)
-    manifest = {k: v for k, v in ctx.manifest.items() if k not in ("format", "format_version", "files")}
-    manifest.update(verified=True, verification=report.to_dict(), tolerances=dataclasses.asdict(tolerances),
-                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    optimization=_record(ctx, chosen, candidates))
-    from zoo.versions import library_versions
-
-    manifest["versions"] = library_versions()
+    manifest = ctx.manifest.replace(verified=True, verification=report.to_dict(),
+                                    tolerances=dataclasses.asdict(tolerances), versions=library_versions(),
+                                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                    optimization=_record(ctx, chosen, candidates))
     return write_manifest(stage, manifest), report
 
 
 def _copy_preprocessor_files(ctx: Context, stage: Path) -> None:
     """Every file of the parent except its graph, manifest and golden data (the new graph has its own)."""
-    for rel in ctx.manifest.get("files", {}):
+    for rel in ctx.manifest.files:
         top = rel.split("/", 1)[0]
         if rel.startswith(MODEL_FILE) or top.startswith("test_data_set_"):
             continue
@@ -485,16 +473,16 @@ def _tolerances(ctx: Context, chosen: Candidate) -> Tolerances:
     measured = max(chosen.max_abs, gates.max_abs_difference(grid.parent, gates.run_all(
         gates.session(chosen.path, ctx.providers), grid.inputs)) if grid else 0.0)
     atol = float(f"{max(tol.atol, 4 * measured):.1g}")
-    cosine = gates.MIN_COSINE if ctx.task not in CLASSIFIER_TASKS else tol.cosine
+    cosine = gates.gate_of(ctx.task).limits.get("min_cosine", tol.cosine)  # what an embedding gate held it to
     return Tolerances(atol=atol, rtol=tol.rtol, cosine=min(tol.cosine, cosine))
 
 
 def _record(ctx: Context, chosen: Candidate, candidates: list[Candidate]) -> dict[str, Any]:
     """The manifest's ``optimization`` entry: parent, level, recipe, gates, and what else was tried."""
-    parent_files = ctx.manifest.get("files", {})
+    parent_model = ctx.manifest.files.get(MODEL_FILE)
     record: dict[str, Any] = {
-        "parent": {"name": ctx.manifest.get("name"), "path": str(ctx.folder.resolve()),
-                   "model_sha256": parent_files.get(MODEL_FILE, {}).get("sha256"),
+        "parent": {"name": ctx.manifest.name, "path": str(ctx.folder.resolve()),
+                   "model_sha256": parent_model.sha256 if parent_model else None,
                    "manifest_sha256": hashlib.sha256((ctx.folder / MANIFEST).read_bytes()).hexdigest()},
         "level": chosen.level,
         "recipe": {**chosen.recipe, "ort_offline_level": fusion.OFFLINE_LEVEL,
@@ -502,8 +490,7 @@ def _record(ctx: Context, chosen: Candidate, candidates: list[Candidate]) -> dic
         "gates": {"passed": chosen.passed, "checks": [dataclasses.asdict(c) for c in chosen.checks],
                   "speed": [{**dataclasses.asdict(f), "speedup": round(f.speedup, 3)} for f in chosen.speed],
                   "data": ctx.data.evaluation.source, "notes": ctx.data.notes + ([ctx.grid.note] if ctx.grid else []),
-                  "limits": {"min_cosine": gates.MIN_COSINE, "mean_cosine": gates.MEAN_COSINE,
-                             "min_agreement_percent": gates.MIN_AGREEMENT, "max_drop_points": ctx.max_drop,
+                  "limits": {**gates.gate_of(ctx.task).limits, "max_drop_points": ctx.max_drop,
                              "min_speedup": gates.MIN_SPEEDUP}},
         "providers": ctx.providers,
     }

@@ -17,6 +17,7 @@ import pytest
 
 from exporters import gates
 from zoo.errors import ArtifactError, ConfigError, GateError
+from zoo.spec import Tolerances
 
 pytestmark = pytest.mark.xdist_group("optimize")
 REAL_MEASURE_SPEED = gates.measure_speed  # kept before the autouse fixture replaces it
@@ -65,7 +66,7 @@ def test_digits_run_int8_static_keeps_accuracy_and_loads(digits_artifact, tmp_pa
     import zoo
 
     result = zoo.optimize(digits_artifact, out=tmp_path / "int8", level="int8-static")
-    record = result.manifest["optimization"]
+    record = result.manifest.optimization
     drop = check(result.report, "accuracy drop")
     before, after = (float(x.rstrip("%")) for x in drop.detail.split(" on ")[0].split(" -> "))
     assert before >= 90.0 and before - after <= 0.5 and drop.passed
@@ -77,7 +78,7 @@ def test_digits_run_int8_static_keeps_accuracy_and_loads(digits_artifact, tmp_pa
     assert check(result.report, "grid vs torch fp32: top-1 agreement").passed  # the run dir resolves
     assert zoo.verify_artifact(result.path).passed
     labels = zoo.load(result.path).predict(np.zeros((8, 8, 3), dtype=np.uint8), top_k=2).labels
-    assert len(labels) == 2 and set(labels) <= set(result.manifest["labels"])
+    assert len(labels) == 2 and set(labels) <= set(result.manifest.labels)
 
 
 @pytest.mark.slow
@@ -85,7 +86,7 @@ def test_minilm_int8_passes_the_embedding_gate_and_loads(minilm_artifact, tmp_pa
     import zoo
 
     result = zoo.optimize(minilm_artifact, out=tmp_path / "int8", level="int8")
-    record = result.manifest["optimization"]
+    record = result.manifest.optimization
     assert record["recipe"]["fusions"] == {"Gelu (from Erf)": 6, "SkipLayerNormalization": 12, "SDPA": 6,
                                            "MultiHeadAttention": 6, "MultiHeadAttention bias": 6, "BiasGelu": 6}
     quant = record["recipe"]["quantization"]
@@ -186,9 +187,8 @@ def test_the_real_fusion_of_the_same_model_passes(text_cls_artifact, tmp_path):
 
     result = fusion_optimize(text_cls_artifact, tmp_path / "fused")
     assert check(result.report, "parent: element-wise (lossless recipe)").passed
-    assert result.manifest["optimization"]["recipe"]["fusions"]["SkipLayerNormalization"] >= 2
-    assert result.manifest["tolerances"] == json.loads((text_cls_artifact / "manifest.json").read_text())[
-        "tolerances"]
+    assert result.manifest.optimization["recipe"]["fusions"]["SkipLayerNormalization"] >= 2
+    assert result.manifest.tolerances == json.loads((text_cls_artifact / "manifest.json").read_text())["tolerances"]
     assert zoo.verify_artifact(result.path).passed
 
 
@@ -221,9 +221,10 @@ def test_keep_failed_holds_the_refused_graph_and_the_report(timm_artifact, tmp_p
 
 def test_speed_measurement_times_both_graphs_at_every_shape(timm_artifact, monkeypatch):
     """The mechanics only (both graphs, each shape, positive medians); no ratio is asserted."""
+    from zoo.artifact import read_manifest
+
     monkeypatch.setattr(gates, "SPEED_BUDGET_S", 0.01)
-    manifest = json.loads((timm_artifact / "manifest.json").read_text())
-    shapes = gates.speed_shapes(timm_artifact, manifest, None)
+    shapes = gates.speed_shapes(timm_artifact, read_manifest(timm_artifact), None)
     figures = REAL_MEASURE_SPEED(timm_artifact / "model.onnx", timm_artifact / "model.onnx", shapes)
     assert [f.shape for f in figures] == ["batch 1", "batch 8"]
     assert all(f.parent_ms > 0 and f.optimized_ms > 0 for f in figures)
@@ -270,7 +271,7 @@ def test_auto_tries_each_level_and_an_optimised_artifact_is_not_optimised_again(
 
     result = optimize(timm_artifact, out=tmp_path / "auto", level="auto")
     assert [t["level"] for t in result.tried] == ["int8-static", "fused"]
-    assert result.manifest["optimization"]["tried"] == result.tried
+    assert result.manifest.optimization["tried"] == result.tried
     assert any("random pixels" in note for note in result.notes)  # no run, no --eval-data: said loudly
     with pytest.raises(ConfigError, match="already optimised"):
         optimize(result.path, out=tmp_path / "again", level="fused")
@@ -304,6 +305,49 @@ def test_probe_sentences_cover_the_hard_cases():
     assert any(len(s.split()) >= 300 for s in PROBE_SENTENCES)
     assert any(ord(ch) > 0x1F000 for s in PROBE_SENTENCES for ch in s)  # emoji
     assert sum(any(ord(ch) > 0x3000 for ch in s) for s in PROBE_SENTENCES) >= 4  # CJK, Korean ...
+
+
+# ---------------------------------------------------------------- the tasks' gates
+
+
+def test_each_task_names_its_gate():
+    from zoo.tasks import get_task
+    from zoo.tasks.base import Task
+
+    loose = Tolerances(atol=0.0, rtol=0.0)
+    assert get_task("feature-extraction").optimization_gate(loose).limits == {"min_cosine": 0.99, "mean_cosine": 0.995}
+    classifier = get_task("text-classification").optimization_gate(loose)
+    tagger = get_task("token-classification").optimization_gate(loose)
+    assert classifier.limits == {"min_agreement_percent": 99.0} and classifier.labelled and not tagger.labelled
+    assert type(Task.optimization_gate(get_task("image-classification"), loose)).__name__ == "CosineGate"  # default
+
+
+def test_token_gate_counts_real_tokens_only_and_a_changed_pad_is_no_failure():
+    from zoo.tasks import get_task
+
+    reference = np.zeros((1, 4, 3), dtype=np.float32)
+    reference[..., 0] = 1.0
+    got = reference.copy()
+    got[0, 3] = [0.0, 0.0, 2.0]  # only the padding position changes its top-1
+    mask = np.array([[1, 1, 1, 0]])
+    gate = get_task("token-classification").optimization_gate(Tolerances(atol=0.0, rtol=0.0))
+    gate.add(reference, got, mask)
+    (check_,) = gate.checks("parent", "test")
+    assert check_.passed and check_.value == "100.00%" and "0 of 3 tokens" in check_.detail
+    gate.add(reference, got, np.ones((1, 4), dtype=np.int64))  # the same change on a real token fails
+    (check_,) = gate.checks("parent", "test")
+    assert not check_.passed and "1 of 7 tokens" in check_.detail
+
+
+def test_gates_refuse_an_output_of_the_wrong_shape():
+    from zoo.tasks import get_task
+
+    loose = Tolerances(atol=0.0, rtol=0.0)
+    for name in ("feature-extraction", "image-classification"):
+        gate = get_task(name).optimization_gate(loose)
+        reference = np.eye(4, dtype=np.float32)
+        gate.add(reference, reference[:, :3], None)
+        assert not any(c.passed for c in gate.checks("parent", "test")), name
 
 
 # ---------------------------------------------------------------- the CLI
@@ -393,5 +437,5 @@ def test_fp16_on_cuda_passes_the_gates(timm_artifact, tmp_path):
     import zoo
 
     result = zoo.optimize(timm_artifact, out=tmp_path / "fp16", level="fp16")
-    assert result.manifest["optimization"]["providers"][0] == "CUDAExecutionProvider"
+    assert result.manifest.optimization["providers"][0] == "CUDAExecutionProvider"
     assert check(result.report, "parent: top-1 agreement").passed and zoo.verify_artifact(result.path).passed

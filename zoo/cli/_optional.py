@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-for _name in ("export", "finetune", "runtime", "optimize"):
+for _name in ("export", "finetune", "runtime"):
     try:
         import_module(f"zoo.cli.{_name}")
     except ModuleNotFoundError as _exc:

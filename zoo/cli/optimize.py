@@ -57,7 +57,7 @@ def optimize(
 def show_result(result: Any, as_json: bool) -> None:
     """The gate table, what was tried, and the speed-up (or all of it as JSON)."""
     if as_json:
-        record = result.manifest["optimization"]
+        record = result.manifest.optimization
         typer.echo(json.dumps({"path": str(result.path), "level": result.level, "tried": result.tried,
                                "notes": result.notes, **{k: record[k] for k in ("parent", "recipe", "gates")}},
                               indent=2))
