@@ -33,9 +33,18 @@ import numpy as np
 from exporters import fusion, gates, quantize
 from exporters.evaldata import GateData, gate_data
 from exporters.verify import dynamic_axes_check, graph_check, run_session
-from zoo.artifact import MANIFEST, MODEL_FILE, check_destination, check_files, read_manifest, staged_dir, write_manifest
+from zoo.artifact import (
+    MANIFEST,
+    MODEL_FILE,
+    check_artifact,
+    check_destination,
+    read_bytes,
+    read_manifest,
+    staged_dir,
+    write_manifest,
+)
 from zoo.checks import Check, VerifyReport
-from zoo.errors import ArtifactError, ConfigError, GateError, ZooError
+from zoo.errors import ConfigError, GateError, ZooError
 from zoo.manifest import Manifest
 from zoo.spec import Tolerances
 from zoo.tasks import get_task
@@ -131,9 +140,8 @@ def optimize(artifact: str | Path, *, out: str | Path | None = None, level: str 
     manifest = _checked_parent(folder)
     dest = Path(out) if out is not None else folder.parent / f"{folder.name}-{level}"
     providers = _check_options(level, max_drop, manifest, dest)
-    if keep_failed is not None and Path(keep_failed).resolve() == dest.resolve():
-        raise ConfigError(f"--keep-failed '{keep_failed}' is the destination itself; a refused graph must never "
-                          "appear at --out: choose another folder")
+    if keep_failed is not None:
+        _check_keep_failed(Path(keep_failed), dest)
     step("gate data")
     data = gate_data(folder, manifest, eval_data)
     with tempfile.TemporaryDirectory(prefix="zoo-optimize-") as work:
@@ -157,16 +165,33 @@ def optimize(artifact: str | Path, *, out: str | Path | None = None, level: str 
 
 
 def _checked_parent(folder: Path) -> Manifest:
+    """The parent's manifest, once every file matched it (paths confined, sizes, sha256, nothing unlisted)."""
     manifest = read_manifest(folder)
-    problems = check_files(folder, manifest)
-    if problems:
-        raise ArtifactError(f"artifact {folder} does not match its manifest ({'; '.join(problems[:3])}); "
-                            "optimise only an intact artifact: re-export it with 'zoo export'")
+    check_artifact(folder, manifest, strict=True)
     if manifest.optimization:
         parent = manifest.optimization.get("parent", {}).get("path", "its parent")
         raise ConfigError(f"{folder} is already optimised (level {manifest.optimization.get('level')}); "
                           f"optimise the fp32 artifact it came from ({parent}) instead")
     return manifest
+
+
+def _check_keep_failed(keep: Path, dest: Path) -> None:
+    """--keep-failed: a new or empty folder, or an earlier refusal's (replaced); never a user's files or --out."""
+    if keep.resolve() == dest.resolve():
+        raise ConfigError(f"--keep-failed '{keep}' is the destination itself; a refused graph must never "
+                          "appear at --out: choose another folder")
+    if keep.exists() and not _earlier_refusal(keep):
+        raise ConfigError(f"--keep-failed '{keep}' exists and is not an earlier refusal's folder (only those are "
+                          "replaced); choose a new folder or remove it")
+
+
+def _earlier_refusal(keep: Path) -> bool:
+    """An empty folder, or one holding only what ``_keep`` writes (LEVEL.onnx files and refusal.json)."""
+    if not keep.is_dir():
+        return False
+    names = {p.name for p in keep.iterdir()}
+    written = {f"{level}.onnx" for level in LEVELS} | {"refusal.json"}
+    return names <= written and (not names or "refusal.json" in names)
 
 
 def _check_options(level: str, max_drop: float, manifest: Manifest, dest: Path) -> list[str]:
@@ -377,7 +402,8 @@ def _torch_grid(ctx: Context) -> tuple[list[dict[str, np.ndarray]] | None, gates
     try:
         from exporters.source import build_source, torch_outputs
 
-        source = build_source(ctx.manifest.model_spec(), random_init=False, model_kwargs=ctx.manifest.model_kwargs)
+        # source_spec: an artifact never chooses to run a repository's own code (trust_remote_code) here
+        source = build_source(ctx.manifest.source_spec(), random_init=False, model_kwargs=ctx.manifest.model_kwargs)
     except (ZooError, ImportError, OSError) as exc:
         return None, None, f"torch fp32 not compared: the source does not resolve here ({str(exc)[:200]})"
     inputs = [case.inputs for case in source.cases]
@@ -418,7 +444,9 @@ def _keep(candidates: list[Candidate], refusal: GateError, folder: Path) -> None
     """The refused graphs, never an artifact: no manifest, so nothing can load them by mistake."""
     import json
 
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists():
+        shutil.rmtree(folder)  # an earlier refusal's folder: _check_keep_failed made sure
+    folder.mkdir(parents=True)
     for candidate in candidates:
         shutil.copyfile(candidate.path, folder / f"{candidate.level}.onnx")
     report = refusal.report.to_dict() if isinstance(refusal.report, VerifyReport) else {}
@@ -457,7 +485,8 @@ def _copy_preprocessor_files(ctx: Context, stage: Path) -> None:
             continue
         target = stage / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(ctx.folder / rel, target)
+        # confined to the parent, size-capped, and the bytes written are the bytes whose hash matched
+        target.write_bytes(read_bytes(ctx.folder, rel, manifest=ctx.manifest))
 
 
 def _tolerances(ctx: Context, chosen: Candidate) -> Tolerances:
@@ -483,7 +512,7 @@ def _record(ctx: Context, chosen: Candidate, candidates: list[Candidate]) -> dic
     record: dict[str, Any] = {
         "parent": {"name": ctx.manifest.name, "path": str(ctx.folder.resolve()),
                    "model_sha256": parent_model.sha256 if parent_model else None,
-                   "manifest_sha256": hashlib.sha256((ctx.folder / MANIFEST).read_bytes()).hexdigest()},
+                   "manifest_sha256": hashlib.sha256(read_bytes(ctx.folder, MANIFEST)).hexdigest()},
         "level": chosen.level,
         "recipe": {**chosen.recipe, "ort_offline_level": fusion.OFFLINE_LEVEL,
                    "ops": fusion.op_counts(chosen.path)},

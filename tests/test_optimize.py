@@ -215,8 +215,22 @@ def test_keep_failed_holds_the_refused_graph_and_the_report(timm_artifact, tmp_p
     report = json.loads((kept / "refusal.json").read_text())
     assert (kept / "fused.onnx").stat().st_size > 0 and not (kept / "manifest.json").exists()
     assert report["passed"] is False and "nothing written" in report["message"]
+    with pytest.raises(GateError):  # an earlier refusal's folder is replaced by the next one
+        optimize(timm_artifact, out=tmp_path / "fused", level="fused", keep_failed=kept)
+    assert sorted(p.name for p in kept.iterdir()) == ["fused.onnx", "refusal.json"]
     with pytest.raises(ConfigError, match="is the destination itself"):
         optimize(timm_artifact, out=tmp_path / "same", level="fused", keep_failed=tmp_path / "same")
+
+
+def test_keep_failed_never_overwrites_a_users_folder(timm_artifact, tmp_path):
+    from exporters.optimize import optimize
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "fused.onnx").write_text("my own graph")
+    with pytest.raises(ConfigError, match="is not an earlier refusal's folder"):
+        optimize(timm_artifact, out=tmp_path / "fused", level="fused", keep_failed=mine)
+    assert (mine / "fused.onnx").read_text() == "my own graph" and nothing_left(tmp_path / "fused")
 
 
 def test_speed_measurement_times_both_graphs_at_every_shape(timm_artifact, monkeypatch):
