@@ -132,7 +132,7 @@ def test_failing_worker_is_one_launch_error_and_its_traceback_is_saved(tmp_path)
     assert "Traceback (most recent call last)" in saved and "zoo/data/files.py" in saved
     assert caught.value.worker_traceback in saved
     # a failed start leaves only that file: the same --out is accepted for the next try
-    from zoo.train.finetune import check_out
+    from zoo.train.preflight import check_out
 
     check_out(config)
 

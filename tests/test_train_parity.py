@@ -97,9 +97,9 @@ def _setup(case: str, strategy: Any, out: Path, ner_folder: str) -> Any:
     from zoo.resolve import resolve
     from zoo.tasks import get_task
     from zoo.train.config import TrainConfig
-    from zoo.train.finetune import training_spec
     from zoo.train.loop import Trainer
     from zoo.train.model import build_model
+    from zoo.train.preflight import training_spec
 
     name, kwargs, _ = MODELS[case]
     name = ner_folder if name == "NER_FOLDER" else name

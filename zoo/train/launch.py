@@ -81,7 +81,7 @@ def worker_traceback(failure: Any) -> str:
 
 def save_traceback(out: Path, who: str, text: str) -> Path | None:
     """``<run>/worker-error.txt`` (the run dir is made for it when the worker failed before making it)."""
-    from zoo.train.finetune import ERROR_FILE
+    from zoo.train.preflight import ERROR_FILE
 
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -99,6 +99,6 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
 @record
 def worker(values: dict[str, Any]) -> None:
     """Entry point of each spawned process (picklable: a module-level function)."""
-    from zoo.train.finetune import run_worker
+    from zoo.train.worker import train_and_save
 
-    run_worker(config_from_dict(values), checked=True)
+    train_and_save(config_from_dict(values), checked=True)

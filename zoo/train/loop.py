@@ -79,7 +79,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig, total_steps: int) -> 
 class Trainer:
     def __init__(self, model: nn.Module, runner: nn.Module, strategy: Any, data: Any, config: TrainConfig,
                  run_dir: Path, spec: ModelSpec):
-        from zoo.train.finetune import metric_name
+        from zoo.train.preflight import metric_name
 
         self.model, self.runner, self.strategy, self.data, self.config = model, runner, strategy, data, config
         self.run_dir = Path(run_dir)
@@ -217,7 +217,7 @@ class Trainer:
                 "samples": samples, "samples_per_s": round(samples / train_s, 2) if train_s > 0 else 0.0}
 
 
-def _step_plan(trainer: Trainer):  # noqa: ANN202 - generator of (micro-batches, ends the epoch)
+def _step_plan(trainer: Trainer):
     c, n = trainer.config, len(trainer.data.train)
     while True:
         st = trainer.state
@@ -228,7 +228,7 @@ def _step_plan(trainer: Trainer):  # noqa: ANN202 - generator of (micro-batches,
         trainer.state.step_in_epoch = 0
 
 
-def _progress(enabled: bool):  # noqa: ANN202 - a rich Progress
+def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("[bold]finetune"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -21,7 +21,8 @@ RUN_FILE = "run.json"
 MODEL_DIR = "model"
 
 
-def train_and_save(config: TrainConfig, *, checked: bool, prepared: tuple[ModelSpec, Any] | None) -> None:
+def train_and_save(config: TrainConfig, *, checked: bool, prepared: tuple[ModelSpec, Any] | None = None) -> None:
+    """One process's whole run: train, then (rank 0) write the run dir."""
     _set_threads()
     strategy = make_strategy(config.strategy, config.precision, sync_batchnorm=config.sync_batchnorm)
     try:
@@ -57,7 +58,7 @@ def _set_threads() -> None:
 def _check_world(config: TrainConfig, strategy: Any, checked: bool) -> None:
     if not checked:  # started by an outside torchrun: every rank checks, before anyone writes
         validate(config)
-        from zoo.train.finetune import check_out
+        from zoo.train.preflight import check_out
 
         check_out(config)
     if strategy.world_size > 1 and strategy.name == "single":
@@ -70,7 +71,7 @@ def _check_world(config: TrainConfig, strategy: Any, checked: bool) -> None:
 
 
 def _prepare(config: TrainConfig) -> tuple[ModelSpec, Any]:
-    from zoo.train.finetune import prepare
+    from zoo.train.preflight import prepare
 
     return prepare(config)
 
