@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -21,25 +22,56 @@ from zoo.runtime.preprocess import numpy_dtype
 from zoo.tasks import get_task
 
 Provider = Union[str, tuple[str, dict[str, Any]]]
+# onnxruntime graph optimisation levels by the names a manifest records (spec.export.ort_optimization)
+ORT_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
+              "disabled": "ORT_DISABLE_ALL"}
+
+
+class UnverifiedArtifactWarning(UserWarning):
+    """An artifact that failed verification (kept with --keep-failed) was loaded on request."""
 
 
 def load(artifact_dir: str | Path, *, providers: Sequence[Provider] | None = None, threads: int | None = None,
-         check_hashes: bool = True) -> ExportedModel:
+         check_hashes: bool = True, allow_unverified: bool = False) -> ExportedModel:
     """Open an artifact: check its files against the manifest, start onnxruntime, rebuild preprocessing.
 
     ``providers`` defaults to CUDA when onnxruntime has it, else CPU. ``threads`` sets
     onnxruntime's intra-op thread count. Sizes are always checked; sha256 too unless
     ``check_hashes=False`` (faster cold start for a trusted, read-only artifact).
+    An artifact that failed verification (``zoo export --keep-failed``) is refused unless
+    ``allow_unverified=True``, which loads it with an ``UnverifiedArtifactWarning``.
     """
     folder = Path(artifact_dir).expanduser().resolve()
     manifest = read_manifest(folder)
     _check_manifest(folder, manifest)
+    _check_verified(folder, manifest, allow_unverified)
     problems = check_files(folder, manifest, full=check_hashes)
     if problems:
         raise ArtifactError(f"artifact {folder} does not match its manifest, refusing to load it: "
                             + "; ".join(problems) + ". Re-export it (zoo export), or copy it again intact")
-    session = _session(folder / MODEL_FILE, providers, threads)
+    session = _session(folder / MODEL_FILE, providers, threads, _optimization(folder, manifest))
     return ExportedModel(folder, manifest, session)
+
+
+def _check_verified(folder: Path, manifest: Manifest, allow: bool) -> None:
+    if manifest.verified:
+        return
+    what = (f"{folder} failed verification when it was exported (kept by --keep-failed; manifest "
+            "verified: false), so its outputs are not known to match the source model")
+    if not allow:
+        raise ArtifactError(f"{what}; refusing to load it. Inspect it with 'zoo verify {folder}', or load it "
+                            "anyway with zoo.load(..., allow_unverified=True) / 'zoo predict --allow-unverified'")
+    warnings.warn(f"{what}; loaded because allow_unverified was given", UnverifiedArtifactWarning, stacklevel=3)
+
+
+def _optimization(folder: Path, manifest: Manifest) -> str:
+    """The onnxruntime graph optimisation level the artifact was verified at ("all" unless recorded)."""
+    export = manifest.spec.get("export") if isinstance(manifest.spec.get("export"), dict) else {}
+    level = export.get("ort_optimization", "all")
+    if level not in ORT_LEVELS:
+        raise ArtifactError(f"{folder}/manifest.json: spec.export.ort_optimization '{level}' is not one of "
+                            f"{', '.join(ORT_LEVELS)}; re-export the artifact")
+    return level
 
 
 def _check_manifest(folder: Path, manifest: Manifest) -> None:
@@ -53,7 +85,8 @@ def _check_manifest(folder: Path, manifest: Manifest) -> None:
                             "checked); re-export the artifact with 'zoo export NAME --onnx'")
 
 
-def _session(path: Path, providers: Sequence[Provider] | None, threads: int | None) -> Any:
+def _session(path: Path, providers: Sequence[Provider] | None, threads: int | None,
+             optimization: str = "all") -> Any:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -66,6 +99,8 @@ def _session(path: Path, providers: Sequence[Provider] | None, threads: int | No
         raise ConfigError(f"execution provider(s) {', '.join(unknown)} are not in this onnxruntime build; "
                           f"available: {', '.join(available)} (install onnxruntime-gpu for CUDA)")
     options = ort.SessionOptions()
+    # the level the export was verified at: a graph that drifted under a fusion is opened without it
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[optimization])
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"threads={threads}; give a positive thread count, or None for onnxruntime's default")
