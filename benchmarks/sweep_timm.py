@@ -41,7 +41,7 @@ from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results" / "sweep_timm.json"
+RESULTS_FILE = ROOT / "benchmarks" / "results" / "sweep_timm.json"
 LARGE = ("samvit_base_patch16",)  # 1024 px: the input that was OOM-killed at 24 GB (issue 14)
 GIB = 1024**3
 
@@ -219,23 +219,23 @@ def upstream_reason(error: str) -> str:
 # ---------------------------------------------------------------- results
 
 
-def load_results() -> dict[str, Any]:
-    if RESULTS.is_file():
-        return json.loads(RESULTS.read_text())
+def load_results(path: Path) -> dict[str, Any]:
+    if path.is_file():
+        return json.loads(path.read_text())
     return {"results": {}}
 
 
-def save_results(data: dict[str, Any]) -> None:
+def save_results(data: dict[str, Any], path: Path) -> None:
     rows = list(data["results"].values())
     data["totals"] = {"models": len(rows), "passed": sum(r["passed"] for r in rows),
                       "failed": sum(not r["passed"] for r in rows),
                       "by_exporter": _count(r.get("exporter") for r in rows if r["passed"]),
                       "failure_reasons": _count(r["reason"] for r in rows if not r["passed"])}
     data["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, RESULTS)
+    os.replace(tmp, path)
 
 
 def _count(values: Any) -> dict[str, int]:
@@ -262,11 +262,13 @@ def print_table(data: dict[str, Any]) -> None:
 
 
 def sweep(args: argparse.Namespace) -> None:
-    data = load_results()
+    data = load_results(args.results)
     if args.rerun_picks or "picks" not in data:
-        print("choosing one model per family (meta-device parameter counts) ...", flush=True)
-        data["picks"] = pick_models()
-        save_results(data)
+        print("choosing one model per family (meta-device parameter counts, in a child process) ...", flush=True)
+        done = subprocess.run([sys.executable, __file__, "--pick"], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+        data["picks"] = json.loads(done.stdout.strip().splitlines()[-1])
+        save_results(data, args.results)
     todo = dict(data["picks"])
     for model in LARGE:
         todo[f"{model} (large input)"] = _large_pick(model)
@@ -281,7 +283,7 @@ def sweep(args: argparse.Namespace) -> None:
         print(f"[{index}/{len(todo)}] {family}: {pick['model']} ...", flush=True)
         row = sweep_one(family, pick, args)
         data["results"][pick["model"]] = row
-        save_results(data)
+        save_results(data, args.results)
         verdict = "pass" if row["passed"] else f"FAIL ({row['reason']})"
         print(f"    {verdict} in {row['seconds']:.0f} s, peak {row['peak_rss_gib']:.1f} GiB", flush=True)
     print_table(data)
@@ -303,13 +305,17 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per model (default 1800)")
     parser.add_argument("--memory-cap", type=float, default=12, help="resident GiB per model (default 12)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    parser.add_argument("--results", type=Path, default=RESULTS_FILE, help=f"results file (default {RESULTS_FILE})")
+    parser.add_argument("--pick", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         run_one(args.one, args.workdir, args.seed)
+    elif args.pick:
+        print(json.dumps(pick_models()))
     elif args.table:
-        print_table(load_results())
+        print_table(load_results(args.results))
     else:
         sweep(args)
 

@@ -33,7 +33,7 @@ def export(
     out: Annotated[Path | None, typer.Option(help="Artifact folder (default: artifacts/NAME).")] = None,
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default: the registry's, else 18).")] = None,
     atol: Annotated[float | None, typer.Option(help="Absolute tolerance for the torch comparison.")] = None,
-    rtol: Annotated[float | None, typer.Option(help="Relative tolerance (times |torch|).")] = None,
+    rtol: Annotated[float | None, typer.Option(help="Relative tolerance (times the largest |torch| of the output's row).")] = None,
     random_init: Annotated[bool, typer.Option("--random-init",
                                               help="Random weights: a smoke test needing no weights download.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the --random-init weights (recorded in the manifest).")] = 0,

@@ -16,7 +16,7 @@ from typing import Any, Union
 import numpy as np
 
 from zoo.artifact import MODEL_FILE, check_files, read_manifest
-from zoo.errors import ArtifactError, ConfigError, InputError, UnsupportedTaskError, first_line
+from zoo.errors import ArtifactError, ConfigError, InputError, UnsupportedTaskError, ZooWarning, first_line
 from zoo.manifest import Manifest
 from zoo.runtime.preprocess import numpy_dtype
 from zoo.tasks import get_task
@@ -27,7 +27,7 @@ ORT_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic
               "disabled": "ORT_DISABLE_ALL"}
 
 
-class UnverifiedArtifactWarning(UserWarning):
+class UnverifiedArtifactWarning(ZooWarning):
     """An artifact that failed verification (kept with --keep-failed) was loaded on request."""
 
 
@@ -93,11 +93,8 @@ def _session(path: Path, providers: Sequence[Provider] | None, threads: int | No
     if providers is None:
         # CUDA first when this onnxruntime build has it; CPU stays as the fallback for unsupported ops
         providers = [p for p in ("CUDAExecutionProvider",) if p in available] + ["CPUExecutionProvider"]
-    unknown = [p if isinstance(p, str) else p[0] for p in providers]
-    unknown = [p for p in unknown if p not in available]
-    if unknown:
-        raise ConfigError(f"execution provider(s) {', '.join(unknown)} are not in this onnxruntime build; "
-                          f"available: {', '.join(available)} (install onnxruntime-gpu for CUDA)")
+    providers = [provider_name(p, available) if isinstance(p, str) else (provider_name(p[0], available), p[1])
+                 for p in providers]
     options = ort.SessionOptions()
     # the level the export was verified at: a graph that drifted under a fusion is opened without it
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[optimization])
@@ -110,6 +107,17 @@ def _session(path: Path, providers: Sequence[Provider] | None, threads: int | No
     except Exception as exc:  # onnxruntime raises its own pybind exception types
         raise ArtifactError(f"onnxruntime cannot open {path}: {first_line(exc)}; "
                             "the file is damaged or needs a newer onnxruntime") from exc
+
+
+def provider_name(name: str, available: Sequence[str]) -> str:
+    """onnxruntime's name for an execution provider: 'cpu' / 'cuda' / 'CUDAExecutionProvider' ..."""
+    wanted = name.strip().lower().removesuffix("executionprovider")
+    match = next((p for p in available if p.lower().removesuffix("executionprovider") == wanted), None)
+    if match is None:
+        raise ConfigError(f"execution provider '{name}' is not in this onnxruntime build; available: "
+                          f"{', '.join(available)} (or their short names, e.g. cpu, cuda; install onnxruntime-gpu "
+                          "for CUDA)")
+    return match
 
 
 class ExportedModel:
@@ -216,7 +224,7 @@ class ExportedModel:
 
     def preprocess(self, items: list[Any]) -> Any:
         """Raw inputs to the task's batch object (``.arrays`` holds the graph inputs)."""
-        return self._preprocess(items)
+        return self._preprocess(self._as_list(items))
 
     def predict(self, inputs: Any, *, batch_size: int = 32, **options: Any) -> Any:
         """Raw inputs (strings, image paths / PIL images / uint8 arrays, ...) to typed results.
@@ -224,20 +232,32 @@ class ExportedModel:
         One input gives one result; a list gives a list. Options depend on the task
         (``top_k`` for classifiers; see the task's ``predict_options``).
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"batch_size={batch_size!r}; give a positive number of inputs per onnxruntime call")
-        options = self._task.check_options(options)
         single = self._task.is_single(inputs)
         items = [inputs] if single else self._as_list(inputs)
-        results: list[Any] = []
+        results = [r for batch in self.predict_batches(items, batch_size=batch_size, **options) for r in batch]
+        return results[0] if single else results
+
+    def predict_batches(self, items: list[Any], *, batch_size: int = 32, **options: Any) -> Iterator[list[Any]]:
+        """``predict`` one batch at a time: a list of results per ``batch_size`` inputs, in order.
+
+        For callers that show progress or stream results to a file while a long list runs.
+        """
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InputError(f"batch_size={batch_size!r}; give a positive number of inputs per onnxruntime call")
+        options = self._task.check_options(options)
+        items = self._as_list(items)
         for start in range(0, len(items), batch_size):
             batch = self._preprocess(items[start:start + batch_size])
             outputs = self._run(batch.arrays)
-            results.extend(self._task.postprocess(outputs, batch, self.labels, self._manifest, **options))
-        return results[0] if single else results
+            yield self._task.postprocess(outputs, batch, self.labels, self._manifest, **options)
 
     def _as_list(self, inputs: Any) -> list[Any]:
-        if not isinstance(inputs, Iterable) or isinstance(inputs, (bytes, dict)):
+        if isinstance(inputs, (bytes, bytearray, memoryview)):
+            # iterating raw bytes yields ints: say what was given, not "input 0 is int"
+            raise InputError(f"predict got raw bytes ({type(inputs).__name__}); this {self.task} model expects "
+                             f"{self._task.expects} (one, or a list): decode text with data.decode('utf-8'), an "
+                             "encoded image with PIL.Image.open(io.BytesIO(data))")
+        if not isinstance(inputs, Iterable) or isinstance(inputs, dict):
             raise InputError(f"predict got {type(inputs).__name__}; this {self.task} model expects "
                              f"{self._task.expects} (one, or a list)")
         return list(inputs)

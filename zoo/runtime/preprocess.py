@@ -230,8 +230,7 @@ def _open_image(item: ImageInput, index: int, mode: str) -> Image.Image:
     if isinstance(item, (str, Path)):
         path = Path(item)
         if not path.is_file():
-            raise InputError(f"input {index}: image file '{path}' does not exist; give an image path, a PIL "
-                             "image or a uint8 array (H, W[, C])")
+            raise InputError(_not_an_image_file(item, index))
         try:
             with Image.open(path) as img:
                 return img.convert(mode)
@@ -247,6 +246,19 @@ def _open_image(item: ImageInput, index: int, mode: str) -> Image.Image:
         return Image.fromarray(item[..., 0] if item.ndim == 3 and item.shape[2] == 1 else item).convert(mode)
     raise InputError(f"input {index} is {type(item).__name__}; this image model expects image paths, "
                      "PIL images or uint8 numpy arrays")
+
+
+def _not_an_image_file(item: str | Path, index: int) -> str:
+    """Why a path-like input is not an image file, in the user's own spelling (Path would fold 'https://')."""
+    shown = str(item)
+    if isinstance(item, str) and "://" in item:
+        return (f"input {index}: '{shown}' is a URL; zoo reads local image files only: download it first "
+                "(e.g. curl -O URL) and pass the file")
+    if Path(item).is_dir():
+        return (f"input {index}: '{shown}' is a directory, not an image file; pass the images in it (on the command "
+                "line, 'zoo predict ARTIFACT DIR' expands a directory into its image files)")
+    return (f"input {index}: image file '{shown}' does not exist; give an image path, a PIL image or a uint8 "
+            "array (H, W[, C])")
 
 
 def _resize(image: Image.Image, size_hw: tuple[int, int], resample: Image.Resampling) -> Image.Image:
