@@ -3,16 +3,22 @@
     zoo export ./my-bert --onnx --out artifacts/my-bert
     python -c "import zoo; print(zoo.export_onnx('minilm-l6').path)"
 
-The dynamo exporter runs first (inputs by name, named dynamic dims); if it
-fails, the TorchScript exporter gets a turn and the manifest says which one
-produced the graph. The artifact is written to a hidden sibling folder and
-renamed into place only after every verification check passed.
+The dynamo exporter runs first (inputs by name, named dynamic dims). When it
+fails, or its graph fails verification (onnxruntime cannot load it, or its
+outputs differ), a lower onnxruntime graph-optimisation level is tried where that
+could help, then the TorchScript exporter gets the same turns. The manifest says
+which graph was kept and records in ``export_notes`` everything tried before it.
+torch's reference outputs are computed once, case by case, before any graph is
+loaded into onnxruntime, so the two never hold a large model's activations at
+once. The artifact is written to a hidden sibling folder and renamed into place
+only after every verification check passed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import io
 import json
 import re
@@ -26,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from exporters.golden import golden_indices, write_golden
-from exporters.source import Source, build_source
-from exporters.verify import verify_model
+from exporters.source import DEFAULT_INIT_SEED, Source, build_source
+from exporters.verify import tolerance_record, torch_references, verify_model
 from zoo.artifact import MODEL_FILE, check_destination, staged_dir, write_manifest
 from zoo.checks import VerifyReport
 from zoo.errors import ConfigError, ExportError, VerificationError, first_line
@@ -38,6 +44,9 @@ from zoo.versions import library_versions
 Progress = Callable[[str], None]
 PROTOBUF_LIMIT = 2 * 1024**3
 MAX_BATCH = 4096
+EXPORTERS = ("dynamo", "torchscript")  # in the order they are tried
+# checks that a graph could pass at a lower onnxruntime optimisation level (a fusion that breaks or drifts)
+_RUNTIME_CHECKS = ("onnxruntime loads the graph", "shape grid", "top-1 agreement", "cosine similarity")
 
 
 @dataclass
@@ -55,29 +64,32 @@ class ExportResult:
 
 def export_onnx(model: str | ModelSpec, *, out: str | Path | None = None, opset: int | None = None,
                 atol: float | None = None, rtol: float | None = None, random_init: bool = False,
-                keep_failed: str | Path | None = None, registries: list[str] | tuple[str, ...] = (),
-                progress: Progress | None = None, model_kwargs: dict[str, Any] | None = None,
-                module: Any | None = None) -> ExportResult:
+                seed: int = DEFAULT_INIT_SEED, keep_failed: str | Path | None = None,
+                registries: list[str] | tuple[str, ...] = (), progress: Progress | None = None,
+                model_kwargs: dict[str, Any] | None = None, module: Any | None = None) -> ExportResult:
     """Export ``model`` (any name ``resolve`` accepts, or a spec) to a verified ONNX artifact.
 
-    ``model_kwargs`` go to the source's constructor (e.g. a shrunken test model);
-    ``module`` replaces the torch module built from the spec (its forward takes the
-    spec's inputs by name). Raises VerificationError (with ``.report``) when the
-    graph does not behave like the torch model; nothing is then left at ``out``.
+    ``random_init`` builds random weights from ``seed`` (recorded in the manifest), so a
+    smoke test is repeatable. ``model_kwargs`` go to the source's constructor (e.g. a
+    shrunken test model); ``module`` replaces the torch module built from the spec (its
+    forward takes the spec's inputs by name). ``progress`` is called with the name of
+    each stage as it starts. Raises VerificationError (with ``.report``) when no graph
+    behaves like the torch model; nothing is then left at ``out``.
     """
     step = progress or (lambda _msg: None)
     step("resolve")
     spec = with_overrides(_as_spec(model, registries), opset=opset, atol=atol, rtol=rtol)
     dest = Path(out) if out is not None else Path("artifacts") / safe_name(spec.name)
     _check_destination(dest, keep_failed)
-    step("build model")
-    source = build_source(spec, random_init=random_init, model_kwargs=model_kwargs, module=module)
+    step("build model" + (f" (random weights, seed {seed})" if random_init else ""))
+    source = build_source(spec, random_init=random_init, seed=seed, model_kwargs=model_kwargs, module=module)
     with staged_dir(dest, keep_failed=Path(keep_failed) if keep_failed else None) as stage:
         manifest, report = _build_artifact(source, stage, random_init, step)
         if not report.passed:
             where = f"kept for debugging at {keep_failed}" if keep_failed else f"nothing written to {dest}"
+            tried = f" Tried: {'; '.join(manifest.export_notes)}." if manifest.export_notes else ""
             raise VerificationError(f"{spec.name}: the ONNX export does not match torch ({where}): "
-                                    f"{report.summary()}. If the differences are numerical noise, widen "
+                                    f"{report.summary()}.{tried} If the differences are numerical noise, widen "
                                     "--atol/--rtol; --keep-failed DIR keeps the graph for inspection", report)
     return ExportResult(dest.resolve(), report, manifest)
 
@@ -86,18 +98,82 @@ def _build_artifact(source: Source, stage: Path, random_init: bool,
                     step: Progress) -> tuple[Manifest, VerifyReport]:
     spec = source.spec
     model_path = stage / MODEL_FILE
-    step("export (dynamo)")
-    exporter, notes = export_graph(source.module, spec, source.example, model_path)
     step("preprocessor files")
     preprocess = source.task.write_preprocessor(spec, source.processor, stage)
-    step(f"verify ({len(source.cases)} grid cases)")
-    report, references = verify_model(source.module, spec, model_path, source.cases)
+    step(f"torch reference outputs ({len(source.cases)} grid cases, one at a time)")
+    references = torch_references(source.module, spec, source.cases)
+    kept = choose_graph(source, model_path, references, step)
+    report = kept.report
     report.checks += source.task.export_checks(stage, preprocess, source.cases, references)
     step("golden data")
     write_golden_sets(stage, source.cases, references)
     step("manifest")
-    manifest = build_manifest(source, model_path, exporter, notes, preprocess, report, random_init)
+    export = dataclasses.replace(spec.export, ort_optimization=kept.optimization)
+    source = dataclasses.replace(source, spec=dataclasses.replace(spec, export=export))
+    manifest = build_manifest(source, model_path, kept.exporter, kept.notes, preprocess, report, random_init)
     return write_manifest(stage, manifest), report
+
+
+# ---------------------------------------------------------------- choosing the graph
+
+
+@dataclass
+class GraphChoice:
+    """The graph left at model.onnx: who wrote it, the onnxruntime level it was verified at, and why."""
+
+    exporter: str
+    optimization: str
+    report: VerifyReport
+    notes: list[str]
+
+
+def choose_graph(source: Source, model_path: Path, references: list[dict[str, np.ndarray]],
+                 step: Progress) -> GraphChoice:
+    """Export and verify with each exporter (and a lower onnxruntime level where it may help) until one passes.
+
+    Returns the first graph that passes; when none does, the last one tried (for --keep-failed),
+    its report, and notes naming every attempt and why it was not kept.
+    """
+    spec = source.spec
+    notes: list[str] = []
+    last: GraphChoice | None = None
+    for exporter in EXPORTERS:
+        step(f"export ({exporter})")
+        try:
+            export_with(exporter, source.module, spec, source.example, model_path)
+        except Exception as exc:  # the exporters fail in many ways; the next one gets its turn
+            notes.append(f"{exporter} exporter failed: {type(exc).__name__}: {first_line(exc)}")
+            continue
+        for level in _levels(spec):
+            step(f"verify the {exporter} graph (onnxruntime optimisation '{level}', {len(source.cases)} cases)")
+            report, _ = verify_model(source.module, spec, model_path, source.cases, references=references,
+                                     optimization=level)
+            last = GraphChoice(exporter, level, report, notes)
+            if report.passed:
+                if notes:
+                    notes.append(f"kept the {exporter} graph, verified at onnxruntime optimisation '{level}'")
+                return last
+            notes.append(f"{exporter} graph at onnxruntime optimisation '{level}' failed: {_failed_checks(report)}")
+            if not _lower_level_may_help(report):
+                break
+    if last is None:
+        raise ExportError(f"{spec.name}: both ONNX exporters failed. {'; '.join(notes)}. Re-run with --debug for "
+                          "the traceback, or try another --opset")
+    return last
+
+
+def _levels(spec: ModelSpec) -> tuple[str, ...]:
+    """The recorded onnxruntime level, then 'basic' (no fusions) when the recorded one fuses."""
+    level = spec.export.ort_optimization
+    return (level, "basic") if level in ("all", "extended") else (level,)
+
+
+def _lower_level_may_help(report: VerifyReport) -> bool:
+    return all(c.name in _RUNTIME_CHECKS or c.name.startswith("output ") for c in report.failures)
+
+
+def _failed_checks(report: VerifyReport) -> str:
+    return "; ".join(f"{c.name} {c.value}" + (f" ({c.detail[:120]})" if c.detail else "") for c in report.failures)
 
 
 # ---------------------------------------------------------------- inputs and settings
@@ -151,26 +227,37 @@ def export_graph(module: Any, spec: ModelSpec, example: dict[str, np.ndarray], p
                  *, dynamic: bool = True) -> tuple[str, list[str]]:
     """Write ``path`` with the dynamo exporter, else TorchScript; return (exporter used, notes).
 
-    ``dynamic=False`` exports fixed shapes: only for tests that plant that fault.
+    Only a failure to export moves on to the next exporter here; ``choose_graph`` also
+    moves on when a graph fails verification. ``dynamic=False`` exports fixed shapes:
+    only for tests that plant that fault.
     """
+    notes: list[str] = []
+    for exporter in EXPORTERS:
+        try:
+            export_with(exporter, module, spec, example, path, dynamic=dynamic)
+            return exporter, notes
+        except Exception as exc:  # the exporters fail in many ways; the next one gets its turn
+            notes.append(f"{exporter} exporter failed: {type(exc).__name__}: {first_line(exc)}")
+    raise ExportError(f"{spec.name}: both ONNX exporters failed. {'; '.join(notes)}. Re-run with --debug for the "
+                      "traceback, or try another --opset")
+
+
+def export_with(exporter: str, module: Any, spec: ModelSpec, example: dict[str, np.ndarray], path: Path,
+                *, dynamic: bool = True) -> None:
+    """Write ``path`` (replacing any earlier graph there) with one exporter: 'dynamo' or 'torchscript'."""
     import torch
 
-    tensors = {k: torch.from_numpy(v) for k, v in example.items()}
-    notes: list[str] = []
-    try:
-        _export_dynamo(module, spec, tensors, path, dynamic)
-        return "dynamo", notes
-    except Exception as exc:  # the dynamo exporter fails in many ways; the fallback gets its turn
-        notes.append(f"dynamo exporter failed: {type(exc).__name__}: {first_line(exc)}")
     for leftover in path.parent.glob(path.name + "*"):
         leftover.unlink()
+    tensors = {k: torch.from_numpy(v) for k, v in example.items()}
     try:
-        _export_torchscript(module, spec, tensors, path, dynamic)
-    except Exception as exc:  # both exporters failed: report both reasons
-        raise ExportError(f"{spec.name}: both ONNX exporters failed. {notes[0]}; TorchScript exporter: "
-                          f"{type(exc).__name__}: {first_line(exc)}. Re-run with --debug for the traceback, "
-                          "or try another --opset") from exc
-    return "torchscript", notes
+        (_export_dynamo if exporter == "dynamo" else _export_torchscript)(module, spec, tensors, path, dynamic)
+    except BaseException:
+        for leftover in path.parent.glob(path.name + "*"):
+            leftover.unlink()
+        raise
+    finally:
+        gc.collect()  # the exporter's copy of the program and its weights goes before onnxruntime loads the file
 
 
 def _dims(spec: ModelSpec) -> dict[str, Any]:
@@ -268,8 +355,8 @@ def build_manifest(source: Source, model_path: Path, exporter: str, notes: list[
         source={"source": spec.source, "id": spec.source_id, "revision": spec.revision},
         task=spec.task, labels=tuple(spec.labels) if spec.labels else None,
         inputs=inputs, outputs=outputs, opset=spec.export.opset,
-        exporter=exporter, export_notes=tuple(notes), random_init=random_init,
-        preprocess=preprocess, tolerances=dataclasses.asdict(spec.verify),
+        exporter=exporter, export_notes=tuple(notes), random_init=random_init, seed=source.seed,
+        preprocess=preprocess, tolerances=tolerance_record(spec.verify),
         versions=library_versions(), verified=report.passed, verification=report.to_dict(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         model_kwargs=source.model_kwargs or None, run=run_summary(spec),
@@ -303,4 +390,5 @@ def run_summary(spec: ModelSpec) -> dict[str, Any] | None:
     return {"run_dir": str(run_file.parent), **{k: v for k, v in run.items() if k != "spec"}}
 
 
-__all__ = ["ExportResult", "Source", "build_source", "export_graph", "export_onnx"]
+__all__ = ["ExportResult", "GraphChoice", "Source", "build_source", "choose_graph", "export_graph", "export_onnx",
+           "export_with"]

@@ -17,6 +17,7 @@ from zoo.tasks import get_task
 from zoo.tasks.base import Case, Task
 
 SEEDS = (0, 1, 2)  # each seed picks different sentences (or pixels) for the grid
+DEFAULT_INIT_SEED = 0  # random initialisation is seeded, so a smoke test gives the same weights every run
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Source:
     cases: list[Case]
     example: dict[str, np.ndarray]
     model_kwargs: dict[str, Any] | None = None  # constructor overrides, recorded so the model can be rebuilt
+    seed: int | None = None  # the seed of random initial weights (None: the weights were loaded)
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -37,24 +39,39 @@ class Source:
 
 
 def build_source(spec: ModelSpec, *, random_init: bool = False, model_kwargs: dict[str, Any] | None = None,
-                 module: Any | None = None, seeds: tuple[int, ...] | None = None) -> Source:
+                 module: Any | None = None, seeds: tuple[int, ...] | None = None,
+                 seed: int = DEFAULT_INIT_SEED) -> Source:
     """The torch module (as its task exports it), the processor and the verification grid for ``spec``.
 
     ``module`` replaces the module built from the spec (its forward takes the spec's
-    inputs by name and returns the task's outputs in order).
+    inputs by name and returns the task's outputs in order). ``seed`` seeds random
+    initial weights (``random_init``), so the same call builds the same model.
     """
     task = get_task(spec.task)
+    seeded = random_init and module is None  # a module given by the caller brings its own weights
     if module is None:
-        from zoo.create import create_model
-
-        model, preprocess = create_model(spec, pretrained=not random_init, model_kwargs=model_kwargs)
+        model, preprocess = _create(spec, random_init, seed, model_kwargs)
         spec = dataclasses.replace(spec, preprocess=preprocess)
         module = task.export_module(model, spec)
     module.eval()
     processor = task.load_processor(spec)
     return Source(spec=spec, task=task, module=module, processor=processor,
                   cases=task.grid(spec, processor, SEEDS if seeds is None else seeds),
-                  example=task.export_example(spec, processor), model_kwargs=model_kwargs)
+                  example=task.export_example(spec, processor), model_kwargs=model_kwargs,
+                  seed=seed if seeded else None)
+
+
+def _create(spec: ModelSpec, random_init: bool, seed: int, model_kwargs: dict[str, Any] | None) -> tuple[Any, Any]:
+    import torch
+
+    from zoo.create import create_model
+
+    if not random_init:
+        return create_model(spec, pretrained=True, model_kwargs=model_kwargs)
+    # fork_rng: seeding here leaves the caller's random state as it was
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_model(spec, pretrained=False, model_kwargs=model_kwargs)
 
 
 def torch_outputs(module: Any, inputs: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -56,7 +56,7 @@ def test_export_failing_verification_exits_one_with_table(tiny_timm_folder, tmp_
                          "--keep-failed", str(kept)], capsys)
     assert code == 1
     assert "error: " in err and "does not match torch" in err and "output logits" in err and "FAIL" in err
-    assert "|d| <= 0 + 0*|torch|" in err and "Traceback" not in err
+    assert "|d| <= 0 + 0*max|torch row|" in err and "Traceback" not in err
     assert not dest.exists()
     assert json.loads((kept / "manifest.json").read_text())["verified"] is False
 

@@ -68,6 +68,10 @@ class LaunchError(ZooError):
     """A distributed worker failed; the message names the rank."""
 
 
+class ZooWarning(UserWarning):
+    """Something zoo does on request although it is risky; the CLI prints it as one 'warning:' line."""
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (libraries often add pages of detail below it)."""
     text = str(exc).strip()

@@ -171,6 +171,9 @@ class Manifest:
 
 # ---------------------------------------------------------------- field checks
 
+# How verification applies rtol: to the largest |torch| of each output row, or to each element (numpy allclose)
+TOLERANCE_RULES = ("row-scale", "allclose")
+
 _OPTIONAL = {"model_kwargs", "run", "optimization", "seed"}
 _FIELDS = {f.name for f in dataclasses.fields(Manifest)}
 _REQUIRED = [f.name for f in dataclasses.fields(Manifest)
@@ -350,9 +353,14 @@ def _check_image_preprocess(pp: dict[str, Any], bad: Any) -> None:
 
 def _check_tolerances(tol: dict[str, Any], where: str) -> None:
     for key, value in tol.items():
+        if key == "rule" and value in TOLERANCE_RULES or key == "scale" and isinstance(value, str):
+            continue
+        if key == "rule":
+            raise ArtifactError(f"{where}: tolerances.rule = {_show(value)} is not one this zoo knows "
+                                f"({', '.join(TOLERANCE_RULES)}); upgrade zoo-toolkit or re-export the artifact")
         if key not in ("atol", "rtol", "cosine") or not (_is_number(value) and value >= 0):
-            raise ArtifactError(f"{where}: tolerances.{key} = {_show(value)}; valid: atol, rtol, cosine, each a "
-                                "finite number >= 0: re-export the artifact")
+            raise ArtifactError(f"{where}: tolerances.{key} = {_show(value)}; valid: rule, scale, and atol, rtol, "
+                                "cosine each a finite number >= 0: re-export the artifact")
 
 
 def _poolings() -> tuple[str, ...]:

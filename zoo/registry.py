@@ -19,6 +19,7 @@ import yaml
 from zoo.errors import NameNotFoundError, RegistryError
 from zoo.spec import (
     DTYPES,
+    ORT_OPTIMIZATIONS,
     POOLINGS,
     SOURCES,
     TASKS,
@@ -226,6 +227,8 @@ def _validate_section(section: str, values: Any, allowed: set[str]) -> list[str]
             errs.append(f"{section}.cosine: must be in (0, 1], got {value!r}")
         elif key == "opset" and (not isinstance(value, int) or not 7 <= value <= 23):
             errs.append(f"{section}.opset: must be an integer from 7 to 23, got {value!r}")
+        elif key == "ort_optimization" and value not in ORT_OPTIMIZATIONS:
+            errs.append(f"{section}.ort_optimization: '{value}' is not one of {', '.join(ORT_OPTIMIZATIONS)}")
         elif key == "pooling" and value is not None and value not in POOLINGS:
             errs.append(f"{section}.pooling: '{value}' is not one of {', '.join(POOLINGS)}")
         elif key in ("max_length",) and not _is_count(value):

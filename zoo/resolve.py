@@ -39,7 +39,11 @@ def resolve(name: str, *, registries: list[str] | tuple[str, ...] = ()) -> Model
         return timm.describe(name[5:])
     registry = load_registry(registries)
     if name in registry:
-        return registry.get(name)
+        from zoo import sources
+
+        # an alias carries what its source knows and the entry left out: the labels of the weights it names
+        spec = registry.get(name)
+        return sources.for_spec(spec).fill_in(spec)
     if name.startswith(("/", "./", "../", "~")) or path.suffix or path.exists():
         raise NameNotFoundError(f"folder '{name}' does not exist (or is not a directory); "
                                 "check the path, or give a registry alias, 'hf:ORG/NAME' or 'timm:ARCH'")

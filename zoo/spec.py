@@ -51,9 +51,14 @@ class Preprocess:
     normalize: bool = False
 
 
+ORT_OPTIMIZATIONS = ("all", "extended", "basic", "disabled")
+
+
 @dataclass(frozen=True)
 class ExportSettings:
     opset: int = 18
+    # onnxruntime graph optimisation level the graph was verified at; the runtime opens it at the same level
+    ort_optimization: str = "all"
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,10 @@ except ImportError:  # pragma: no cover
 from zoo.cli.app import app
 from zoo.errors import ZooError
 
+# What a runtime-only install (pip install zoo-toolkit) lacks: the [train] extra brings all of it.
+TRAIN_EXTRA_MODULES = frozenset({"torch", "torchvision", "timm", "transformers", "safetensors", "onnxscript",
+                                 "datasets", "sklearn", "matplotlib", "sentence_transformers"})
+
 # Sub-command modules register themselves on ``app`` when imported.
 from zoo.cli import models  # noqa: E402,F401
 from zoo.cli import serve  # noqa: E402,F401
@@ -30,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; a ZooError becomes one line on stderr and exit code 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("ZOO_DEBUG") == "1"
+    _plain_warnings()
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="zoo", standalone_mode=False)
@@ -37,6 +42,12 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if debug or missing not in TRAIN_EXTRA_MODULES:
+            raise
+        typer.echo(f"error: {_needs_extra(command, argv, missing)}", err=True)
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -50,3 +61,30 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo("interrupted", err=True)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _plain_warnings() -> None:
+    """zoo's own warnings print as one 'warning: ...' line on stderr; others keep Python's format."""
+    import warnings
+
+    from zoo.errors import ZooWarning
+
+    default = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+        if issubclass(category, ZooWarning):
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            default(message, category, *args, **kwargs)  # type: ignore[arg-type]
+
+    warnings.showwarning = show
+
+
+def _needs_extra(command: object, argv: list[str], missing: str) -> str:
+    """One line for a command that needs the deep-learning stack in a runtime-only install."""
+    names = getattr(command, "commands", {})
+    used = next((a for a in argv if a in names), None)
+    what = f"'zoo {used}'" if used else "this command"
+    return (f"{what} needs {missing}, which is not installed (the core install holds the runtime only: zoo.load, "
+            "zoo predict, zoo bench, and zoo verify without --against-source); install the training and export "
+            "extra with: pip install 'zoo-toolkit[train]'")

@@ -17,6 +17,15 @@ from zoo.cli.app import app, state
 from zoo.errors import VerificationError
 
 
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024**3 if sys.platform == "darwin" else peak / 1024**2
+
+
 @app.command("export")
 def export(
     name: Annotated[str, typer.Argument(help="Alias, hf:ORG/NAME[@REV], timm:ARCH[.TAG], or a model/run folder.")],
@@ -24,9 +33,10 @@ def export(
     out: Annotated[Path | None, typer.Option(help="Artifact folder (default: artifacts/NAME).")] = None,
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default: the registry's, else 18).")] = None,
     atol: Annotated[float | None, typer.Option(help="Absolute tolerance for the torch comparison.")] = None,
-    rtol: Annotated[float | None, typer.Option(help="Relative tolerance (times |torch|).")] = None,
+    rtol: Annotated[float | None, typer.Option(help="Relative tolerance (times the largest |torch| of the output's row).")] = None,
     random_init: Annotated[bool, typer.Option("--random-init",
-                                              help="Random weights: a smoke test needing no download.")] = False,
+                                              help="Random weights: a smoke test needing no weights download.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the --random-init weights (recorded in the manifest).")] = 0,
     keep_failed: Annotated[Path | None, typer.Option(
         help="Move a failed artifact here (marked unverified) instead of deleting it.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verification report as JSON.")] = False,
@@ -42,7 +52,7 @@ def export(
     try:
         with _progress(quiet=as_json) as step:
             result = export_onnx(name, out=out, opset=opset, atol=atol, rtol=rtol, random_init=random_init,
-                                 keep_failed=keep_failed, registries=state.registries, progress=step)
+                                 seed=seed, keep_failed=keep_failed, registries=state.registries, progress=step)
     except VerificationError as exc:
         _show(exc.report, as_json, path=None)
         raise
@@ -103,26 +113,38 @@ def _show(report: Any, as_json: bool, path: Path | None, exporter: str | None = 
 
 
 class _progress:
-    """A rich progress display (on stderr) fed by export_onnx's step names."""
+    """export_onnx's stages on stderr: a spinner on a terminal, one line per stage otherwise.
+
+    Lines (with the process's peak memory so far) keep the last stage in a log even when the
+    process is killed from outside, e.g. by the kernel's out-of-memory killer.
+    """
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
         self.progress: Any = None
 
     def __enter__(self) -> Any:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            return self.line
         if self.quiet:
             return None
-        from rich.console import Console
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                                 console=Console(stderr=True), transient=True)
+                                 console=console, transient=True)
         self.progress.start()
         self.task = self.progress.add_task("export")
         return self.step
 
     def step(self, message: str) -> None:
         self.progress.update(self.task, description=message)
+
+    @staticmethod
+    def line(message: str) -> None:
+        typer.echo(f"zoo export: {message} [peak memory {peak_rss_gib():.1f} GiB]", err=True)
 
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:

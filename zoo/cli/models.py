@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from zoo.cli.app import app, state
+from zoo.cli.app import app, out_console, state
 from zoo.spec import SOURCES, TASKS, ModelSpec
 
 TaskChoice = Enum("TaskChoice", {t.replace("-", "_"): t for t in TASKS}, type=str)  # type: ignore[misc]
@@ -31,7 +31,6 @@ def list_models(
     if as_json:
         typer.echo(json.dumps([_row(s) for s in specs], indent=2))
         return
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -40,7 +39,7 @@ def list_models(
         table.add_column(column)
     for s in specs:
         table.add_row(*(escape(v) for v in (s.name, s.source_name, s.task, s.description)))
-    Console().print(table)
+    out_console().print(table)
 
 
 def _row(spec: ModelSpec) -> dict[str, object]:
@@ -60,10 +59,8 @@ def info(
     if as_json:
         typer.echo(json.dumps(spec.to_dict(), indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
-
     from rich.markup import escape
+    from rich.table import Table
 
     table = Table(show_header=False, title=escape(spec.name))
     pp = {k: v for k, v in spec.to_dict()["preprocess"].items() if v not in (None, False)}
@@ -78,11 +75,12 @@ def info(
     }
     for key, value in rows.items():
         table.add_row(key, escape(str(value)))
-    Console().print(table)
+    out_console().print(table)
 
 
 def _labels_summary(labels: tuple[str, ...] | None) -> str:
     if not labels:
         return "-"
-    head = ", ".join(labels[:4])
+    # quoted: ImageNet's labels hold commas themselves ("tench, Tinca tinca")
+    head = ", ".join(f"'{label}'" for label in labels[:4])
     return f"{len(labels)}: {head}" + (", ..." if len(labels) > 4 else "")

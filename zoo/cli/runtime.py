@@ -8,48 +8,97 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from zoo.cli.app import app
+from zoo.cli.app import app, out_console
 from zoo.errors import ConfigError
+
+
+_PROVIDER_HELP = "onnxruntime execution provider, e.g. cpu or cuda (repeat in order of preference)."
+_UNVERIFIED_HELP = "Load an artifact that failed verification (kept by 'zoo export --keep-failed')."
+
+
+def _load(artifact: Path, **options: Any) -> Any:
+    """zoo.load (lazily imported); its warnings print as one 'warning:' line through zoo.cli.main."""
+    from zoo.runtime import load
+
+    return load(artifact, **options)
 
 
 @app.command("predict")
 def predict(
     artifact: Annotated[Path, typer.Argument(help="An artifact folder written by 'zoo export'.")],
-    inputs: Annotated[list[str], typer.Argument(help="Text strings (text models) or image paths (image models).")],
+    inputs: Annotated[list[str], typer.Argument(help="Texts (text models); image files, directories or globs "
+                                                     "(image models); @FILE reads one input per line, - reads "
+                                                     "stdin.")],
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1,
                                               help="Labels to show per input (classifiers; default 1).")] = None,
     threshold: Annotated[float | None, typer.Option(
         help="Keep detections scoring at least this (object detection; default: the artifact's).")] = None,
     save: Annotated[Path | None, typer.Option(
         help="Folder to write pictures of the predictions into (object detection: boxes and labels).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
+                                            help="Inputs per onnxruntime call.")] = 32,
+    provider: Annotated[list[str] | None, typer.Option("--provider", metavar="NAME", help=_PROVIDER_HELP)] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the results here, one row per input: .jsonl (JSON "
+                                                  "lines) or .csv.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     no_hash_check: Annotated[bool, typer.Option("--no-hash-check",
                                                 help="Check file sizes only, not sha256 (faster start).")] = False,
+    allow_unverified: Annotated[bool, typer.Option("--allow-unverified", help=_UNVERIFIED_HELP)] = False,
 ) -> None:
-    """Run an exported model on raw inputs and print its predictions."""
-    from zoo.runtime import load
+    """Run an exported model on raw inputs and print (or write) its predictions."""
+    import sys
+
+    from zoo.runtime.inputs import ResultWriter, gather_inputs
     from zoo.tasks import get_task
 
-    model = load(artifact, check_hashes=not no_hash_check)
+    writer = ResultWriter(out) if out is not None else None  # a bad --out fails before the model loads
+    model = _load(artifact, check_hashes=not no_hash_check, providers=provider or None,
+                  allow_unverified=allow_unverified)
+    task = get_task(model.task)
+    items = gather_inputs(list(inputs), task.input_suffixes(), sys.stdin)
     given = {"top_k": top_k, "threshold": threshold}
-    results = model.predict(list(inputs), **{k: v for k, v in given.items() if v is not None})
-    saved = get_task(model.task).save_pictures(list(inputs), results, save) if save is not None else []
-    if as_json:
-        typer.echo(json.dumps([{"input": i, **r.to_dict()} for i, r in zip(inputs, results)], indent=2))
+    options = {k: v for k, v in given.items() if v is not None}
+    if writer is not None:
+        with writer:
+            _predict_all(model, items, batch_size, options, writer.write)
+        typer.echo(f"wrote {writer.rows} predictions to {out}")
         return
-    from rich.console import Console
+    results: list[Any] = []
+    _predict_all(model, items, batch_size, options, lambda _inputs, batch: results.extend(batch))
+    saved = task.save_pictures(items, results, save) if save is not None else []
+    if as_json:
+        typer.echo(json.dumps([{"input": i, **r.to_dict()} for i, r in zip(items, results)], indent=2))
+        return
     from rich.markup import escape
 
     title = f"{escape(model.manifest.name)} ({model.task})"
-    console = Console()
-    console.print(get_task(model.task).render(title, list(inputs), results))
+    console = out_console()
+    console.print(task.render(title, items, results))
     for path in saved:
         console.print(f"saved {escape(str(path))}")
+
+
+def _predict_all(model: Any, items: list[str], batch_size: int, options: dict[str, Any],
+                 take: Callable[[list[str], list[Any]], None]) -> None:
+    """Predict batch by batch, handing each batch's results on; a progress bar when there is more than one batch."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    many = len(items) > batch_size
+    with Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True, disable=not many) as bar:
+        task = bar.add_task("predict", total=len(items))
+        start = 0
+        for results in model.predict_batches(items, batch_size=batch_size, **options):
+            take(items[start:start + len(results)], results)
+            start += len(results)
+            bar.update(task, completed=start)
 
 
 def _batch_sizes(text: str) -> list[int]:
@@ -72,14 +121,19 @@ def bench(
                                            "(needs zoo-toolkit\\[train]).")] = False,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Intra-op threads for both "
                                                 "engines (default: each engine's own).")] = None,
+    provider: Annotated[list[str] | None, typer.Option("--provider", metavar="NAME", help=_PROVIDER_HELP)] = None,
+    allow_unverified: Annotated[bool, typer.Option("--allow-unverified", help=_UNVERIFIED_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Latency (p50/p90/p99) and throughput of an artifact per batch size, after warm-up."""
-    from zoo.runtime import load
+    """Latency (p50/p90/p99) and throughput of an artifact per batch size, after warm-up.
+
+    Text models run real sentences padded to the longest in each batch; the table shows the input shape
+    (batch x sequence length) each batch size ran at.
+    """
     from zoo.runtime.bench import bench as run_bench
 
     sizes = _batch_sizes(batch_sizes)
-    model = load(artifact, threads=threads)
+    model = _load(artifact, threads=threads, providers=provider or None, allow_unverified=allow_unverified)
     report = run_bench(model, batch_sizes=sizes, iterations=iterations, vs_torch=vs_torch, threads=threads)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
@@ -88,19 +142,18 @@ def bench(
 
 
 def _print_bench(report: Any) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"{escape(report.name)} ({report.task}) on {', '.join(report.providers)}, "
                         f"{report.iterations} runs")
-    for column in ("batch", "engine", "p50 ms", "p90 ms", "p99 ms", "inputs/s", "speed-up"):
-        table.add_column(column, justify="left" if column == "engine" else "right")
+    for column in ("batch", "input shape", "engine", "p50 ms", "p90 ms", "p99 ms", "inputs/s", "speed-up"):
+        table.add_column(column, justify="left" if column in ("engine", "input shape") else "right")
     for t in report.timings:
         ratio = report.speedup(t.batch_size) if t.engine == "onnxruntime" else None
-        table.add_row(str(t.batch_size), t.engine, f"{t.p50_ms:.2f}", f"{t.p90_ms:.2f}", f"{t.p99_ms:.2f}",
-                      f"{t.throughput:.1f}", f"{ratio:.2f}x" if ratio else "")
-    console = Console()
+        table.add_row(str(t.batch_size), escape(report.shape_text(t.batch_size)), t.engine, f"{t.p50_ms:.2f}",
+                      f"{t.p90_ms:.2f}", f"{t.p99_ms:.2f}", f"{t.throughput:.1f}", f"{ratio:.2f}x" if ratio else "")
+    console = out_console()
     console.print(table)
     if report.torch_note:
         console.print(f"torch: {escape(report.torch_note)}; speed-up = torch p50 / onnxruntime p50")

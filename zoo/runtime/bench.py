@@ -57,6 +57,15 @@ class BenchReport:
     timings: list[Timing] = field(default_factory=list)
     torch_note: str | None = None  # how the torch model was rebuilt
     max_abs_diff: dict[int, float] = field(default_factory=dict)  # torch vs onnxruntime output, per batch
+    # the graph inputs each batch size ran with, e.g. {8: {"input_ids": [8, 23], ...}}: a text model's
+    # sequence length is the longest sentence of the batch after tokenisation
+    input_shapes: dict[int, dict[str, list[int]]] = field(default_factory=dict)
+
+    def shape_text(self, batch_size: int) -> str:
+        """The first graph input's shape at ``batch_size``, e.g. ``input_ids 8x23``."""
+        shapes = self.input_shapes.get(batch_size) or {}
+        name, shape = next(iter(shapes.items()), ("", []))
+        return f"{name} {'x'.join(map(str, shape))}".strip()
 
     def speedup(self, batch_size: int) -> float | None:
         """torch p50 / onnxruntime p50 at ``batch_size`` (above 1: onnxruntime is faster)."""
@@ -105,6 +114,7 @@ def bench(model: ExportedModel, *, batch_sizes: Sequence[int] = (1, 8), iteratio
                          torch_note=baseline.note if baseline else None)
     for bs in batch_sizes:
         feed = bench_inputs(model, bs)
+        report.input_shapes[bs] = {name: list(array.shape) for name, array in feed.items()}
         calls: list[Callable[[], Any]] = [lambda feed=feed: model(**feed)]
         if baseline is not None:
             calls.append(baseline.runner(feed))

@@ -8,36 +8,68 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 
 from zoo.artifact import MODEL_FILE, check_artifact, read_manifest
-from zoo.errors import ArtifactError, ConfigError, InputError, UnsupportedTaskError, first_line
+from zoo.errors import ArtifactError, ConfigError, InputError, UnsupportedTaskError, ZooWarning, first_line
 from zoo.manifest import Manifest
 from zoo.runtime.preprocess import numpy_dtype
 from zoo.tasks import get_task
 
 Provider = Union[str, tuple[str, dict[str, Any]]]
+# onnxruntime graph optimisation levels by the names a manifest records (spec.export.ort_optimization)
+ORT_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
+              "disabled": "ORT_DISABLE_ALL"}
+
+
+class UnverifiedArtifactWarning(ZooWarning):
+    """An artifact that failed verification (kept with --keep-failed) was loaded on request."""
 
 
 def load(artifact_dir: str | Path, *, providers: Sequence[Provider] | None = None, threads: int | None = None,
-         check_hashes: bool = True) -> ExportedModel:
+         check_hashes: bool = True, allow_unverified: bool = False) -> ExportedModel:
     """Open an artifact: check its files against the manifest, start onnxruntime, rebuild preprocessing.
 
     ``providers`` defaults to CUDA when onnxruntime has it, else CPU. ``threads`` sets
     onnxruntime's intra-op thread count. Paths and sizes are always checked; sha256 and
     the golden tensors' headers too unless ``check_hashes=False`` (faster cold start for a
-    trusted, read-only artifact).
+    trusted, read-only artifact). An artifact that failed verification (``zoo export
+    --keep-failed``) is refused unless ``allow_unverified=True``, which loads it with an
+    ``UnverifiedArtifactWarning``.
     """
     folder = Path(artifact_dir).expanduser().resolve()
     manifest = read_manifest(folder)
     _check_manifest(folder, manifest)
+    _check_verified(folder, manifest, allow_unverified)
     check_artifact(folder, manifest, full=check_hashes)  # confined paths, sizes, hashes: before any parse
-    session = _session(folder / MODEL_FILE, providers, threads)
+    session = _session(folder / MODEL_FILE, providers, threads, _optimization(folder, manifest))
     return ExportedModel(folder, manifest, session)
+
+
+def _check_verified(folder: Path, manifest: Manifest, allow: bool) -> None:
+    if manifest.verified:
+        return
+    what = (f"{folder} failed verification when it was exported (kept by --keep-failed; manifest "
+            "verified: false), so its outputs are not known to match the source model")
+    if not allow:
+        raise ArtifactError(f"{what}; refusing to load it. Inspect it with 'zoo verify {folder}', or load it "
+                            "anyway with zoo.load(..., allow_unverified=True) / 'zoo predict --allow-unverified'")
+    warnings.warn(f"{what}; loaded because allow_unverified was given", UnverifiedArtifactWarning, stacklevel=3)
+
+
+def _optimization(folder: Path, manifest: Manifest) -> str:
+    """The onnxruntime graph optimisation level the artifact was verified at ("all" unless recorded)."""
+    export = manifest.spec.get("export") if isinstance(manifest.spec.get("export"), dict) else {}
+    level = export.get("ort_optimization", "all")
+    if level not in ORT_LEVELS:
+        raise ArtifactError(f"{folder}/manifest.json: spec.export.ort_optimization '{level}' is not one of "
+                            f"{', '.join(ORT_LEVELS)}; re-export the artifact")
+    return level
 
 
 def _check_manifest(folder: Path, manifest: Manifest) -> None:
@@ -48,19 +80,19 @@ def _check_manifest(folder: Path, manifest: Manifest) -> None:
         raise ArtifactError(f"{folder}/manifest.json: {exc}; upgrade zoo-toolkit or re-export the artifact") from None
 
 
-def _session(path: Path, providers: Sequence[Provider] | None, threads: int | None) -> Any:
+def _session(path: Path, providers: Sequence[Provider] | None, threads: int | None,
+             optimization: str = "all") -> Any:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     if providers is None:
         # CUDA first when this onnxruntime build has it; CPU stays as the fallback for unsupported ops
         providers = [p for p in ("CUDAExecutionProvider",) if p in available] + ["CPUExecutionProvider"]
-    unknown = [p if isinstance(p, str) else p[0] for p in providers]
-    unknown = [p for p in unknown if p not in available]
-    if unknown:
-        raise ConfigError(f"execution provider(s) {', '.join(unknown)} are not in this onnxruntime build; "
-                          f"available: {', '.join(available)} (install onnxruntime-gpu for CUDA)")
+    providers = [provider_name(p, available) if isinstance(p, str) else (provider_name(p[0], available), p[1])
+                 for p in providers]
     options = ort.SessionOptions()
+    # the level the export was verified at: a graph that drifted under a fusion is opened without it
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[optimization])
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"threads={threads}; give a positive thread count, or None for onnxruntime's default")
@@ -70,6 +102,17 @@ def _session(path: Path, providers: Sequence[Provider] | None, threads: int | No
     except Exception as exc:  # onnxruntime raises its own pybind exception types
         raise ArtifactError(f"onnxruntime cannot open {path}: {first_line(exc)}; "
                             "the file is damaged or needs a newer onnxruntime") from exc
+
+
+def provider_name(name: str, available: Sequence[str]) -> str:
+    """onnxruntime's name for an execution provider: 'cpu' / 'cuda' / 'CUDAExecutionProvider' ..."""
+    wanted = name.strip().lower().removesuffix("executionprovider")
+    match = next((p for p in available if p.lower().removesuffix("executionprovider") == wanted), None)
+    if match is None:
+        raise ConfigError(f"execution provider '{name}' is not in this onnxruntime build; available: "
+                          f"{', '.join(available)} (or their short names, e.g. cpu, cuda; install onnxruntime-gpu "
+                          "for CUDA)")
+    return match
 
 
 class ExportedModel:
@@ -184,7 +227,7 @@ class ExportedModel:
 
     def preprocess(self, items: list[Any]) -> Any:
         """Raw inputs to the task's batch object (``.arrays`` holds the graph inputs)."""
-        return self._preprocess(items)
+        return self._preprocess(self._as_list(items))
 
     def predict(self, inputs: Any, *, batch_size: int = 32, **options: Any) -> Any:
         """Raw inputs (strings, image paths / PIL images / uint8 arrays, ...) to typed results.
@@ -192,20 +235,32 @@ class ExportedModel:
         One input gives one result; a list gives a list. Options depend on the task
         (``top_k`` for classifiers; see the task's ``predict_options``).
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"batch_size={batch_size!r}; give a positive number of inputs per onnxruntime call")
-        options = self._task.check_options(options)
         single = self._task.is_single(inputs)
         items = [inputs] if single else self._as_list(inputs)
-        results: list[Any] = []
+        results = [r for batch in self.predict_batches(items, batch_size=batch_size, **options) for r in batch]
+        return results[0] if single else results
+
+    def predict_batches(self, items: list[Any], *, batch_size: int = 32, **options: Any) -> Iterator[list[Any]]:
+        """``predict`` one batch at a time: a list of results per ``batch_size`` inputs, in order.
+
+        For callers that show progress or stream results to a file while a long list runs.
+        """
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InputError(f"batch_size={batch_size!r}; give a positive number of inputs per onnxruntime call")
+        options = self._task.check_options(options)
+        items = self._as_list(items)
         for start in range(0, len(items), batch_size):
             batch = self._preprocess(items[start:start + batch_size])
             outputs = self._run(batch.arrays)
-            results.extend(self._task.postprocess(outputs, batch, self.labels, self._manifest, **options))
-        return results[0] if single else results
+            yield self._task.postprocess(outputs, batch, self.labels, self._manifest, **options)
 
     def _as_list(self, inputs: Any) -> list[Any]:
-        if not isinstance(inputs, Iterable) or isinstance(inputs, (bytes, dict)):
+        if isinstance(inputs, (bytes, bytearray, memoryview)):
+            # iterating raw bytes yields ints: say what was given, not "input 0 is int"
+            raise InputError(f"predict got raw bytes ({type(inputs).__name__}); this {self.task} model expects "
+                             f"{self._task.expects} (one, or a list): decode text with data.decode('utf-8'), an "
+                             "encoded image with PIL.Image.open(io.BytesIO(data))")
+        if not isinstance(inputs, Iterable) or isinstance(inputs, dict):
             raise InputError(f"predict got {type(inputs).__name__}; this {self.task} model expects "
                              f"{self._task.expects} (one, or a list)")
         return list(inputs)

@@ -289,7 +289,7 @@ class ImagePreprocessor:
 
 def _open_image(item: ImageInput, index: int, mode: str) -> Image.Image:
     if isinstance(item, (str, Path)):
-        return _open_image_file(Path(item), index, mode)
+        return _open_image_file(item, index, mode)
     if isinstance(item, Image.Image):
         _check_pixels(item.width, item.height, index)
         return _converted(item, index, mode)
@@ -305,10 +305,10 @@ def _open_image(item: ImageInput, index: int, mode: str) -> Image.Image:
                      "PIL images or uint8 numpy arrays")
 
 
-def _open_image_file(path: Path, index: int, mode: str) -> Image.Image:
+def _open_image_file(item: str | Path, index: int, mode: str) -> Image.Image:
+    path = Path(item)
     if not path.is_file():
-        raise InputError(f"input {index}: image file '{path}' does not exist; give an image path, a PIL "
-                         "image or a uint8 array (H, W[, C])")
+        raise InputError(_not_an_image_file(item, index))
     try:
         with _OPEN_LOCK, warnings.catch_warnings(record=True):
             # Pillow warns past its own Image.MAX_IMAGE_PIXELS; zoo's lower limit refuses those images
@@ -344,6 +344,19 @@ def _check_pixels(width: int, height: int, index: int) -> None:
     if width * height > MAX_IMAGE_PIXELS:
         raise InputError(f"input {index}: the image is {width} x {height} = {width * height} pixels; the limit is "
                          f"{MAX_IMAGE_PIXELS} (zoo.runtime.preprocess.MAX_IMAGE_PIXELS): downscale it first")
+
+
+def _not_an_image_file(item: str | Path, index: int) -> str:
+    """Why a path-like input is not an image file, in the user's own spelling (Path would fold 'https://')."""
+    shown = str(item)
+    if isinstance(item, str) and "://" in item:
+        return (f"input {index}: '{shown}' is a URL; zoo reads local image files only: download it first "
+                "(e.g. curl -O URL) and pass the file")
+    if Path(item).is_dir():
+        return (f"input {index}: '{shown}' is a directory, not an image file; pass the images in it (on the command "
+                "line, 'zoo predict ARTIFACT DIR' expands a directory into its image files)")
+    return (f"input {index}: image file '{shown}' does not exist; give an image path, a PIL image or a uint8 "
+            "array (H, W[, C])")
 
 
 def _resize(image: Image.Image, size_hw: tuple[int, int], resample: Image.Resampling) -> Image.Image:

@@ -63,6 +63,10 @@ class Embedding:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.vector.shape)
 
+    def __repr__(self) -> str:
+        # the vector itself is too long to print; its shape and norm say what it is
+        return f"Embedding(shape={self.shape}, norm={float(np.linalg.norm(self.vector)):.4f})"
+
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         return self.vector if dtype is None else self.vector.astype(dtype)
 

@@ -1,8 +1,9 @@
 """One module per model source, each with the same functions:
 
-``is_model_folder``, ``describe``, ``describe_folder``, ``create_model``,
-``local_folder``, ``save_model``, and ``POSITIONAL_INPUTS`` (how the model's
-forward takes its inputs). What differs between tasks lives in ``zoo.tasks``.
+``is_model_folder``, ``describe``, ``describe_folder``, ``fill_in`` (what the source
+knows that a registry entry left out, e.g. the labels of the weights it names),
+``create_model``, ``local_folder``, ``save_model``, and ``POSITIONAL_INPUTS`` (how the
+model's forward takes its inputs). What differs between tasks lives in ``zoo.tasks``.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ when a model is created.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -43,13 +44,11 @@ def describe(source_id: str, revision: str | None = None) -> ModelSpec:
     """Spec of a hub model from its files in the local cache (or the hub when online)."""
     folder = _locate(source_id, revision, patterns=["*.json", "1_Pooling/*", "*.txt", "*.model"])
     spec = describe_folder(folder, name=f"hf:{source_id}" + (f"@{revision}" if revision else ""))
-    import dataclasses
-
     return dataclasses.replace(spec, source_id=source_id, revision=revision, origin="hf", local_path=None)
 
 
-def _locate(source_id: str, revision: str | None, patterns: list[str] | None = None) -> Path:
-    """A local snapshot folder of a hub repo: from the cache, else downloaded when online."""
+def _cached(source_id: str, revision: str | None, patterns: list[str] | None = None) -> Path | None:
+    """The repo's snapshot folder in the local cache (whatever files of it are there), else None."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -57,7 +56,16 @@ def _locate(source_id: str, revision: str | None, patterns: list[str] | None = N
         return Path(snapshot_download(source_id, revision=revision, local_files_only=True,
                                       allow_patterns=patterns))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        pass
+        return None
+
+
+def _locate(source_id: str, revision: str | None, patterns: list[str] | None = None) -> Path:
+    """A local snapshot folder of a hub repo: from the cache, else downloaded when online."""
+    from huggingface_hub import snapshot_download
+
+    cached = _cached(source_id, revision, patterns)
+    if cached is not None:
+        return cached
     if is_offline():
         raise ModelUnavailableError(_offline_message(source_id))
     try:
@@ -68,9 +76,31 @@ def _locate(source_id: str, revision: str | None, patterns: list[str] | None = N
 
 
 def _offline_message(source_id: str) -> str:
+    # --random-init is named only with what it needs: it builds the weights, never the config or tokenizer
     return (f"hf:{source_id} is not in the local Hugging Face cache and the hub cannot be reached; "
-            "pass a local save_pretrained folder instead (zoo info ./folder), or download it on a "
-            "machine with network access (huggingface-cli download " + source_id + ")")
+            "pass a local save_pretrained folder instead (zoo info ./folder), or download it where there is "
+            f"network (huggingface-cli download {source_id}). For a smoke test with --random-init, its config "
+            f"and tokenizer files are enough: huggingface-cli download {source_id} --include '*.json' '*.txt' "
+            "'*.model'")
+
+
+def fill_in(spec: ModelSpec) -> ModelSpec:
+    """What the hub's config.json says and a registry entry left out (class names), when it is cached.
+
+    Reads the local cache only: resolving an alias never waits on the network.
+    """
+    if spec.labels is not None or spec.local_path:
+        return spec
+    try:
+        folder = _cached(spec.source_id, spec.revision, ["config.json"])
+    except ImportError:  # pragma: no cover - huggingface_hub is a core dependency
+        return spec
+    if folder is None or not (folder / "config.json").is_file():
+        return spec
+    from zoo.tasks import get_task
+
+    labels = get_task(spec.task).labels_from_config(read_json(folder / "config.json"))
+    return dataclasses.replace(spec, labels=labels) if labels else spec
 
 
 def describe_folder(path: Path, name: str | None = None) -> ModelSpec:
@@ -189,9 +219,11 @@ def create_model(spec: ModelSpec, *, num_labels: int | None = None,
                               "unless the registry entry sets trust_remote_code: true") from exc
         raise
     except OSError as exc:
-        raise ModelUnavailableError(f"cannot load weights of {spec.name} from {location}: "
-                                    f"{str(exc).splitlines()[0]}; pass a local folder, or use "
-                                    "--random-init (pretrained=False) for a smoke test") from exc
+        # --random-init is the way out only when the weights were what was missing
+        way_out = "; pass a local folder, or use --random-init (pretrained=False) for a smoke test" if pretrained \
+            else f"; --random-init needs the model's config.json in {location}"
+        raise ModelUnavailableError(f"cannot load {'weights' if pretrained else 'the config'} of {spec.name} from "
+                                    f"{location}: {str(exc).splitlines()[0]}{way_out}") from exc
     model = get_task(spec.task).adapt_model(model, spec)
     model.eval()
     return model, spec.preprocess
@@ -204,10 +236,12 @@ def load_tokenizer(spec: ModelSpec) -> Any:
     location = local_folder(spec)
     if not any((location / name).is_file() for name in TOKENIZER_FILES):
         # transformers 5 would silently build an empty 5-token tokenizer here
+        fetch = (f" or download them (huggingface-cli download {spec.source_id} --include '*.json' '*.txt' "
+                 "'*.model')") if not spec.local_path else ""
         raise ModelUnavailableError(
-            f"no tokenizer files in {location} (looked for {', '.join(TOKENIZER_FILES)}); training and the "
-            "torch-free runtime need the model's own tokenizer: save it beside the model with "
-            "tokenizer.save_pretrained(folder)")
+            f"no tokenizer files in {location} (looked for {', '.join(TOKENIZER_FILES)}); export, training and "
+            "the torch-free runtime need the model's own tokenizer, with or without --random-init: save it beside "
+            f"the model with tokenizer.save_pretrained(folder){fetch}")
     try:
         tok = transformers.AutoTokenizer.from_pretrained(str(location), use_fast=True,
                                                          trust_remote_code=spec.trust_remote_code)

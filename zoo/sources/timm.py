@@ -31,20 +31,57 @@ def describe(name: str) -> ModelSpec:
     """Spec of ``timm:ARCH[.TAG]`` from timm's own pretrained_cfg (no weights needed)."""
     import timm
 
-    if not timm.is_model(name):
-        arch = name.split(".")[0]
-        close = timm.list_models(f"*{arch}*")[:5] or timm.list_models(f"{arch[:4]}*")[:5]
-        hint = f" Close matches: {', '.join(close)}." if close else ""
-        raise NameNotFoundError(f"timm has no model '{name}'.{hint} List them with "
-                                "python -c \"import timm; print(timm.list_models('*resnet*'))\"")
-    cfg = timm.models.get_pretrained_cfg(name)
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        raise NameNotFoundError(unknown_model(name))
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # timm: "Invalid pretrained tag (TAG) for ARCH."
+        cfg = None
     if cfg is None:
-        raise NameNotFoundError(f"timm knows architecture '{name}' but no pretrained config for it; "
-                                f"name one of its tags: {', '.join(timm.list_pretrained(name + '*')[:5])}")
+        tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{arch}.*")]
+        shown = ", ".join(tags[:8]) + (f" (and {len(tags) - 8} more)" if len(tags) > 8 else "")
+        raise NameNotFoundError(f"timm model '{arch}' has no pretrained tag '{tag}'; its tags: {shown or 'none'}. "
+                                f"Write timm:{arch}.{tags[0] if tags else 'TAG'}, or timm:{arch} for its default")
     cfg_dict = cfg.to_dict()
     full = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
     return _spec(name=f"timm:{name}", source_id=full, arch=cfg.architecture, cfg=cfg_dict,
                  num_classes=cfg.num_classes, label_names=None, local_path=None, origin="timm")
+
+
+def unknown_model(name: str) -> str:
+    """'timm has no model X' with the closest architecture names (spelling, case, 0 for O ...)."""
+    import difflib
+
+    import timm
+
+    arch = name.split(".")[0]
+    names = timm.list_models()
+    close = difflib.get_close_matches(arch.lower(), names, n=5, cutoff=0.6)
+    close += [n for n in timm.list_models(f"*{arch.lower()}*") if n not in close][: 5 - len(close)]
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return (f"timm has no model '{name}'.{hint} List them with "
+            f"python -c \"import timm; print(timm.list_models('*{arch[:4].lower()}*'))\"")
+
+
+def fill_in(spec: ModelSpec) -> ModelSpec:
+    """What timm knows and a registry entry left out: the class names of the weights it names.
+
+    Without timm installed (a runtime-only install) the entry is returned as it is.
+    """
+    if spec.labels is not None or spec.local_path:
+        return spec
+    try:
+        import timm
+    except ModuleNotFoundError:
+        return spec
+    try:
+        cfg = timm.models.get_pretrained_cfg(spec.source_id)
+    except RuntimeError:  # an entry naming a tag timm does not have: creating it reports that
+        return spec
+    if cfg is None:
+        return spec
+    return dataclasses.replace(spec, labels=_imagenet_labels(cfg.num_classes, cfg.to_dict()))
 
 
 def describe_folder(path: Path, name: str | None = None) -> ModelSpec:
@@ -68,7 +105,8 @@ def _spec(*, name: str, source_id: str, arch: str, cfg: dict[str, Any], num_clas
     return ModelSpec(
         name=name, source="timm", source_id=source_id, task=default_timm_task().name, arch=arch,
         inputs=image_inputs(preprocess.input_size or (3, 224, 224)), preprocess=preprocess,
-        labels=labels, description=f"timm {arch}" + (f" ({num_classes} classes)" if num_classes else ""),
+        # no class count here: a fine-tuned head changes it, and the labels say it anyway
+        labels=labels, description=f"timm {arch}",
         local_path=local_path, origin=origin,
     )
 

@@ -119,6 +119,12 @@ class ImageTask(Task):
 
         return isinstance(item, (str, Path, Image.Image, np.ndarray))
 
+    def input_suffixes(self) -> tuple[str, ...]:
+        from PIL import Image
+
+        # what this Pillow build opens (registered_extensions also lists save-only formats)
+        return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN))
+
     def bench_items(self, batch_size: int, rng: np.random.Generator) -> list[Any]:
         return [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(batch_size)]
 

@@ -11,8 +11,8 @@ task strings:
 |        | ``write_preprocessor``, ``export_checks`` |
 | verify | ``grid``, ``agreement``, ``preprocessor_problems`` |
 | optimize | ``optimization_gate`` (the accuracy gate of ``zoo optimize``) |
-| runtime | ``runtime_preprocessor``, ``is_single``, ``postprocess``, ``predict_options``, ``bench_items``, |
-|         | ``render`` (CLI table), ``save_pictures`` (``zoo predict --save``) |
+| runtime | ``runtime_preprocessor``, ``is_single``, ``input_suffixes``, ``postprocess``, ``predict_options``, |
+|         | ``bench_items``, ``render`` (CLI table), ``save_pictures`` (``zoo predict --save``) |
 | data | ``builtin_datasets`` (``builtin:NAME``), ``read_data`` (layouts only this task reads) |
 | train | ``training_spec``, ``data_columns``, ``read_labels``, ``encode``, ``training_loss``, ``eval_batch``, |
 |       | ``metrics``, ``primary_metric``, ``metric_names`` |
@@ -197,6 +197,11 @@ class Task:
     def is_single(self, item: Any) -> bool:
         """True when ``item`` is one input (predict then returns one result, not a list)."""
         raise NotImplementedError
+
+    def input_suffixes(self) -> tuple[str, ...]:
+        """File suffixes of inputs this task reads from disk; ``zoo predict`` expands a directory or glob
+        into such files. Empty for tasks whose inputs are the arguments themselves (text)."""
+        return ()
 
     def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """predict's keyword options, checked; unknown ones are an InputError naming the valid ones."""

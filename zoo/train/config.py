@@ -19,6 +19,7 @@ from typing import Any
 from zoo.errors import ConfigError
 
 STRATEGIES = ("single", "ddp", "fsdp")
+CPU_OVERSUBSCRIPTION = 4  # CPU processes per core beyond which --nproc is surely a typo
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULERS = ("cosine", "linear", "constant")
 KEEP = ("best", "last")
@@ -226,8 +227,20 @@ def _check_world(c: TrainConfig) -> list[str]:
         out.append(f"--batch-size {c.batch_size} is the global batch and must divide evenly over "
                    f"{world} processes; use a multiple of {world}")
     limit, kind = device_slots()
-    if c.nproc > limit:
+    if kind == "GPUs" and c.nproc > limit:
         out.append(f"--nproc {c.nproc} is more than the {limit} {kind} of this machine; use --nproc {limit} or fewer")
+    elif c.nproc > limit * CPU_OVERSUBSCRIPTION:
+        out.append(f"--nproc {c.nproc} is more than the {limit * CPU_OVERSUBSCRIPTION} processes zoo starts on "
+                   f"{limit} {kind} ({CPU_OVERSUBSCRIPTION} per core); use --nproc {limit} (or up to "
+                   f"{limit * CPU_OVERSUBSCRIPTION}, sharing cores)")
+    elif c.nproc > limit:
+        import warnings
+
+        from zoo.errors import ZooWarning
+
+        # gloo runs correctly with processes sharing cores, only slower: a test of a 4-rank job on a laptop
+        warnings.warn(f"--nproc {c.nproc} is more than the {limit} {kind} of this machine: the processes will share "
+                      "cores, so training runs slower than with --nproc " + str(limit), ZooWarning, stacklevel=2)
     return out
 
 
