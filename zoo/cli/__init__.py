@@ -24,10 +24,7 @@ TRAIN_EXTRA_MODULES = frozenset({"torch", "torchvision", "timm", "transformers",
                                  "datasets", "sklearn", "matplotlib", "sentence_transformers"})
 
 # Sub-command modules register themselves on ``app`` when imported.
-from zoo.cli import models  # noqa: E402,F401
-from zoo.cli import serve  # noqa: E402,F401
-from zoo.cli import optimize  # noqa: E402,F401
-from zoo.cli import _optional  # noqa: E402,F401
+from zoo.cli import export, finetune, models, optimize, runtime, serve  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,7 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except ClickException as exc:
-        exc.show()
+        if debug:
+            raise
+        typer.echo(f"error: {_usage_line(exc)}", err=True)
         sys.exit(exc.exit_code)
     except typer.Abort:
         typer.echo("aborted", err=True)
@@ -61,6 +60,15 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo("interrupted", err=True)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_line(exc: ClickException) -> str:
+    """A bad flag, value or command as one line that points at the help of the command it was given to."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None:
+        return message
+    return f"{message.rstrip('.')}; see '{ctx.command_path} --help'"
 
 
 def _plain_warnings() -> None:

@@ -14,16 +14,8 @@ from typing import Annotated, Any
 import typer
 
 from zoo.cli.app import app, state
+from zoo.cli.stages import StageProgress
 from zoo.errors import VerificationError
-
-
-def peak_rss_gib() -> float:
-    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024**3 if sys.platform == "darwin" else peak / 1024**2
 
 
 @app.command("export")
@@ -50,7 +42,7 @@ def export(
     if optimize is not None:
         _check_level(optimize)
     try:
-        with _progress(quiet=as_json) as step:
+        with StageProgress("zoo export", quiet=as_json) as step:
             result = export_onnx(name, out=out, opset=opset, atol=atol, rtol=rtol, random_init=random_init,
                                  seed=seed, keep_failed=keep_failed, registries=state.registries, progress=step)
     except VerificationError as exc:
@@ -110,42 +102,3 @@ def _show(report: Any, as_json: bool, path: Path | None, exporter: str | None = 
     console.print(report.table())
     if path is not None:
         console.print(f"artifact: {path}" + (f" (exporter: {exporter})" if exporter else ""))
-
-
-class _progress:
-    """export_onnx's stages on stderr: a spinner on a terminal, one line per stage otherwise.
-
-    Lines (with the process's peak memory so far) keep the last stage in a log even when the
-    process is killed from outside, e.g. by the kernel's out-of-memory killer.
-    """
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.progress: Any = None
-
-    def __enter__(self) -> Any:
-        from rich.console import Console
-
-        console = Console(stderr=True)
-        if not console.is_terminal:
-            return self.line
-        if self.quiet:
-            return None
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                                 console=console, transient=True)
-        self.progress.start()
-        self.task = self.progress.add_task("export")
-        return self.step
-
-    def step(self, message: str) -> None:
-        self.progress.update(self.task, description=message)
-
-    @staticmethod
-    def line(message: str) -> None:
-        typer.echo(f"zoo export: {message} [peak memory {peak_rss_gib():.1f} GiB]", err=True)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.stop()

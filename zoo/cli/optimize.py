@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from zoo.cli.app import app
+from zoo.cli.stages import StageProgress
 from zoo.errors import GateError
 
 
@@ -42,10 +43,9 @@ def optimize(
 ) -> None:
     """Optimise ARTIFACT into a new artifact, written only if it keeps the model's accuracy and runs faster."""
     from exporters.optimize import optimize as run_optimize
-    from zoo.cli.export import _progress
 
     try:
-        with _progress(quiet=as_json) as step:
+        with StageProgress("zoo optimize", quiet=as_json) as step:
             result = run_optimize(artifact, out=out, level=level.value, eval_data=eval_data, max_drop=max_drop,
                                   keep_failed=keep_failed, progress=step)
     except GateError as exc:

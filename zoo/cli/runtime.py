@@ -17,7 +17,6 @@ import typer
 from zoo.cli.app import app, out_console
 from zoo.errors import ConfigError
 
-
 _PROVIDER_HELP = "onnxruntime execution provider, e.g. cpu or cuda (repeat in order of preference)."
 _UNVERIFIED_HELP = "Load an artifact that failed verification (kept by 'zoo export --keep-failed')."
 
