@@ -38,7 +38,7 @@ from zoo.artifact import MODEL_FILE, check_destination, staged_dir, write_manife
 from zoo.checks import VerifyReport
 from zoo.errors import ConfigError, ExportError, VerificationError, first_line
 from zoo.manifest import Manifest, TensorInfo
-from zoo.spec import ModelSpec
+from zoo.spec import ModelSpec, opset_problem
 from zoo.versions import library_versions
 
 Progress = Callable[[str], None]
@@ -77,7 +77,7 @@ def export_onnx(model: str | ModelSpec, *, out: str | Path | None = None, opset:
     behaves like the torch model; nothing is then left at ``out``.
     """
     step = progress or (lambda _msg: None)
-    step("resolve")
+    # name, flags and destination are checked before the first stage is announced: bad input is one line
     spec = with_overrides(_as_spec(model, registries), opset=opset, atol=atol, rtol=rtol)
     dest = Path(out) if out is not None else Path("artifacts") / safe_name(spec.name)
     _check_destination(dest, keep_failed)
@@ -192,12 +192,9 @@ def _as_spec(model: str | ModelSpec, registries: list[str] | tuple[str, ...]) ->
 def with_overrides(spec: ModelSpec, *, opset: int | None = None, atol: float | None = None,
                    rtol: float | None = None) -> ModelSpec:
     """The spec with per-call opset/tolerances; every bad value is reported at once."""
-    import onnx
-
     problems = []
-    newest = onnx.defs.onnx_opset_version()
-    if opset is not None and not 13 <= opset <= newest:
-        problems.append(f"--opset {opset} is outside 13..{newest} (the exporters' range with this onnx)")
+    if opset is not None and (problem := opset_problem(opset)):
+        problems.append(f"--opset {problem}")
     for flag, value in (("--atol", atol), ("--rtol", rtol)):
         if value is not None and not (value >= 0 and np.isfinite(value)):
             problems.append(f"{flag} {value} must be a finite number >= 0")

@@ -27,6 +27,7 @@ from zoo.spec import (
     ModelSpec,
     Preprocess,
     Tolerances,
+    opset_problem,
 )
 
 ENV_VAR = "ZOO_REGISTRY"
@@ -225,8 +226,8 @@ def _validate_section(section: str, values: Any, allowed: set[str]) -> list[str]
             errs.append(f"{section}.{key}: must be a number >= 0, got {value!r}")
         elif key == "cosine" and (not isinstance(value, (int, float)) or not 0 < value <= 1):
             errs.append(f"{section}.cosine: must be in (0, 1], got {value!r}")
-        elif key == "opset" and (not isinstance(value, int) or not 7 <= value <= 23):
-            errs.append(f"{section}.opset: must be an integer from 7 to 23, got {value!r}")
+        elif key == "opset" and (problem := opset_problem(value)):
+            errs.append(f"{section}.opset: {problem}")
         elif key == "ort_optimization" and value not in ORT_OPTIMIZATIONS:
             errs.append(f"{section}.ort_optimization: '{value}' is not one of {', '.join(ORT_OPTIMIZATIONS)}")
         elif key == "pooling" and value is not None and value not in POOLINGS:

@@ -53,6 +53,20 @@ class Preprocess:
 
 ORT_OPTIMIZATIONS = ("all", "extended", "basic", "disabled")
 
+# The oldest opset both exporters (dynamo and TorchScript) write for the models zoo handles; the newest is
+# whatever the installed onnx knows. The registry and ``zoo export --opset`` both ask opset_problem.
+OPSET_MIN = 13
+
+
+def opset_problem(value: object) -> str | None:
+    """Why ``value`` is not an opset zoo can export to, or None."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(value, int) and not isinstance(value, bool) and OPSET_MIN <= value <= newest:
+        return None
+    return f"must be an integer from {OPSET_MIN} to {newest} (the exporters' range with this onnx), got {value!r}"
+
 
 @dataclass(frozen=True)
 class ExportSettings:
