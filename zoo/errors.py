@@ -20,8 +20,9 @@ class RegistryError(ZooError, ValueError):
 
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
-        head = f"{len(self.problems)} problem(s) in the registry"
-        super().__init__(head + ":\n  " + "\n  ".join(self.problems))
+        # one line (the CLI's rule for errors) however many problems there are
+        head = "registry" if len(self.problems) == 1 else f"{len(self.problems)} problems in the registry"
+        super().__init__(f"{head}: " + "; ".join(self.problems))
 
 
 class ModelUnavailableError(ZooError):
@@ -72,7 +73,11 @@ class ZooWarning(UserWarning):
     """Something zoo does on request although it is risky; the CLI prints it as one 'warning:' line."""
 
 
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message (libraries often add pages of detail below it)."""
+def first_line(exc: BaseException, limit: int = 300, *, named: bool = False) -> str:
+    """The first line of an exception's message (libraries often add pages of detail below it);
+    ``named`` puts the exception's type in front, for messages that say nothing without it."""
     text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    line = text.splitlines()[0][:limit]
+    return f"{type(exc).__name__}: {line}" if named else line

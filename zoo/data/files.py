@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zoo.errors import DataError
+from zoo.errors import DataError, first_line
 
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 VAL_SPLITS = ("validation", "valid", "val", "dev", "test")
@@ -90,7 +90,8 @@ def _load_file(path: Path) -> dict[str, Any]:
     except Exception as exc:  # datasets wraps parser errors in several types
         if "corresponds to no data" in str(exc):  # what datasets says of a file with no rows
             raise DataError(f"data file '{path}' is empty (0 rows); give a file with rows") from exc
-        raise DataError(f"cannot read '{path}' as {builder}: {_first_line(exc)}; check the file's format") from exc
+        raise DataError(f"cannot read '{path}' as {builder}: {first_line(exc, 200, named=True)}; check the file's "
+                        "format") from exc
     return {"train": table}
 
 
@@ -104,7 +105,7 @@ def _load_folder(path: Path) -> dict[str, Any]:
         loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
     except Exception as exc:
         raise DataError(f"folder '{path}' is neither a save_to_disk folder nor an imagefolder "
-                        f"(<folder>/<label>/<image>): {_first_line(exc)}") from exc
+                        f"(<folder>/<label>/<image>): {first_line(exc, 200, named=True)}") from exc
     return dict(loaded)
 
 
@@ -115,7 +116,8 @@ def _load_hub(name: str) -> RawData:
         loaded = datasets.load_dataset(name)
     except Exception as exc:  # offline, unknown name and auth errors all arrive here
         raise DataError(f"'{name}' is no local file or folder and could not be loaded from the hub "
-                        f"({_first_line(exc)}); give a local file or folder, or builtin:digits offline") from exc
+                        f"({first_line(exc, 200, named=True)}); give a local file or folder, or builtin:digits "
+                        "offline") from exc
     splits = dict(loaded)
     digest = hashlib.sha256("".join(s._fingerprint for s in splits.values()).encode()).hexdigest()
     return RawData(name, splits, digest)
@@ -131,7 +133,3 @@ def _hash_files(base: Path, files: list[Path]) -> str:
                 digest.update(chunk)
     return digest.hexdigest()
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

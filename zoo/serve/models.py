@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.errors import ArtifactError, ConfigError, ZooError
+from zoo.errors import ArtifactError, ConfigError, ZooError, first_line
 from zoo.serve.batching import DynamicBatcher, Feed, TensorLayout, length_buckets, run_tensor_batch
 from zoo.serve.errors import RequestError
 from zoo.serve.names import PLATFORM, VERSION, datatype_of, parse_artifact_arg
@@ -137,8 +137,8 @@ class ServedModel:
         except ZooError:
             raise
         except Exception as exc:  # onnxruntime's own errors: an index out of range, a size the graph refuses
-            first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise RequestError(f"onnxruntime could not run '{self.name}' on these inputs: {first_line}") from None
+            raise RequestError(f"onnxruntime could not run '{self.name}' on these inputs: {first_line(exc)}") \
+                from None
 
     # ------------------------------------------------------------ raw inputs
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from zoo.errors import ConfigError, ModelUnavailableError, UnsupportedTaskError
+from zoo.errors import ConfigError, ModelUnavailableError, UnsupportedTaskError, first_line
 from zoo.spec import ModelSpec, Preprocess
 
 POSITIONAL_INPUTS = False  # transformers models take their inputs by name
@@ -72,7 +72,7 @@ def _locate(source_id: str, revision: str | None, patterns: list[str] | None = N
         return Path(snapshot_download(source_id, revision=revision, allow_patterns=patterns))
     except Exception as exc:  # network errors come in many types
         raise ModelUnavailableError(f"{_offline_message(source_id)} (hub said: {type(exc).__name__}: "
-                                    f"{str(exc).splitlines()[0][:200]})") from exc
+                                    f"{first_line(exc, 200)})") from exc
 
 
 def _offline_message(source_id: str) -> str:
@@ -223,7 +223,7 @@ def create_model(spec: ModelSpec, *, num_labels: int | None = None,
         way_out = "; pass a local folder, or use --random-init (pretrained=False) for a smoke test" if pretrained \
             else f"; --random-init needs the model's config.json in {location}"
         raise ModelUnavailableError(f"cannot load {'weights' if pretrained else 'the config'} of {spec.name} from "
-                                    f"{location}: {str(exc).splitlines()[0]}{way_out}") from exc
+                                    f"{location}: {first_line(exc)}{way_out}") from exc
     model = get_task(spec.task).adapt_model(model, spec)
     model.eval()
     return model, spec.preprocess
@@ -246,7 +246,7 @@ def load_tokenizer(spec: ModelSpec) -> Any:
         tok = transformers.AutoTokenizer.from_pretrained(str(location), use_fast=True,
                                                          trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise ModelUnavailableError(f"no tokenizer for {spec.name} in {location}: {str(exc).splitlines()[0]}; "
+        raise ModelUnavailableError(f"no tokenizer for {spec.name} in {location}: {first_line(exc)}; "
                                     "save one beside the model with tokenizer.save_pretrained(folder)") from exc
     if not getattr(tok, "is_fast", False):
         raise ConfigError(f"{spec.name} has only a slow tokenizer; zoo's runtime needs tokenizer.json "

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from zoo.errors import ModelUnavailableError, NameNotFoundError
+from zoo.errors import ModelUnavailableError, NameNotFoundError, first_line
 from zoo.spec import IMAGE_PREPROCESS_KEYS, ModelSpec, Preprocess
 
 POSITIONAL_INPUTS = True  # timm models take the image tensor positionally
@@ -156,7 +156,7 @@ def create_model(spec: ModelSpec, *, num_labels: int | None = None,
         if not pretrained:
             raise
         raise ModelUnavailableError(
-            f"cannot load pretrained weights of {spec.name} ({spec.source_id}): {str(exc).splitlines()[0][:200]}; "
+            f"cannot load pretrained weights of {spec.name} ({spec.source_id}): {first_line(exc, 200)}; "
             "pass a local timm folder, or use --random-init (pretrained=False) for a smoke test") from exc
     except Exception as exc:  # huggingface_hub raises its own types for missing files offline
         if not pretrained or "hub" not in type(exc).__module__ + str(exc).lower():
