@@ -21,6 +21,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -276,6 +277,21 @@ def check_destination(dest: Path) -> None:
     if taken:
         raise ConfigError(f"output folder '{dest}' already exists and is not empty; choose another --out "
                           "or remove it")
+    _probe_writable(dest)
+
+
+def _probe_writable(dest: Path) -> None:
+    """Make (and remove) a folder where ``dest``'s first missing part would go, so an unwritable --out
+    (a read-only place, a path through a regular file, /proc) fails now, not after a long build."""
+    parent = dest.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        probe = tempfile.mkdtemp(prefix=".zoo-probe-", dir=parent)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the output folder '{dest}' ({exc.strerror or exc} at '{parent}'); "
+                          "choose a writable --out") from exc
+    os.rmdir(probe)
 
 
 def check_keep_failed(keep: Path) -> None:
