@@ -58,6 +58,7 @@ def test_text_classifier_matches_transformers(text_cls_artifact: Path, tiny_text
     texts = [*SENTENCES, LONG_TEXT]
     probs, id2label = _hf_probs(tiny_text_classifier, texts, model.info["preprocess"]["max_length"])
     results = model.predict(texts, top_k=2)
+    assert len(results) == len(texts) == len(probs)
     for p, r in zip(probs, results):
         assert r.label == id2label[int(p.argmax())]
         assert r.scores == pytest.approx(sorted(p.tolist(), reverse=True), abs=1e-4)
