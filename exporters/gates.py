@@ -102,9 +102,9 @@ def _accuracy(outputs: Outputs, labels: np.ndarray) -> float:
     return 100.0 * float((predicted == labels[:len(predicted)]).mean())
 
 
-def elementwise_check(reference: Outputs, got: Outputs, tol: Tolerances, against: str) -> Check:
-    """allclose with the parent's export tolerances: a lossless recipe must not change the numbers."""
-    stats = OutputStats(against, tol)
+def elementwise_check(reference: Outputs, got: Outputs, tol: Tolerances, rule: str, against: str) -> Check:
+    """The parent's export tolerances under its rule: a lossless recipe must not change the numbers."""
+    stats = OutputStats(against, tol, rule)
     for index, (ref, out) in enumerate(zip(reference.values, got.values)):
         stats.add(ref, out, f"batch {index}")
     check = stats.check()

@@ -194,7 +194,7 @@ def with_overrides(spec: ModelSpec, *, opset: int | None = None, atol: float | N
     """The spec with per-call opset/tolerances; every bad value is reported at once."""
     problems = []
     if opset is not None and (problem := opset_problem(opset)):
-        problems.append(f"--opset {problem}")
+        problems.append(f"--opset {opset} {problem}")
     for flag, value in (("--atol", atol), ("--rtol", rtol)):
         if value is not None and not (value >= 0 and np.isfinite(value)):
             problems.append(f"{flag} {value} must be a finite number >= 0")

@@ -32,7 +32,7 @@ import numpy as np
 
 from exporters import fusion, gates, quantize
 from exporters.evaldata import GateData, gate_data
-from exporters.verify import dynamic_axes_check, graph_check, run_session
+from exporters.verify import dynamic_axes_check, graph_check, read_tolerances, run_session, tolerance_record
 from zoo.artifact import (
     MANIFEST,
     MODEL_FILE,
@@ -339,7 +339,7 @@ def _accuracy_checks(ctx: Context, candidate: Candidate) -> list[Check]:
     if gates.gate_of(ctx.task).labelled:
         checks.append(gates.accuracy_check(ctx.parent_outputs, got, evaluation.labels, ctx.max_drop))
     if candidate.level not in LOSSY:
-        checks.append(gates.elementwise_check(ctx.parent_outputs, got, parent_tolerances(ctx.manifest), "parent"))
+        checks.append(gates.elementwise_check(ctx.parent_outputs, got, *parent_tolerances(ctx.manifest), "parent"))
     return checks
 
 
@@ -370,7 +370,7 @@ def _grid_checks(ctx: Context, candidate: Candidate) -> list[Check]:
             checks += gates.task_checks(ctx.task, reference, got, against, "the verification grid", noise)
         else:
             checks += gates.task_checks(ctx.task, reference, got, against, "the verification grid")
-            checks.append(gates.elementwise_check(reference, got, parent_tolerances(ctx.manifest), against))
+            checks.append(gates.elementwise_check(reference, got, *parent_tolerances(ctx.manifest), against))
     return checks
 
 
@@ -417,8 +417,9 @@ def measure_speed(ctx: Context, candidate: Candidate) -> list[gates.SpeedFigure]
     return gates.measure_speed(ctx.parent_model, candidate.path, shapes, ctx.providers)
 
 
-def parent_tolerances(manifest: Manifest) -> Tolerances:
-    return Tolerances(**manifest.tolerances)
+def parent_tolerances(manifest: Manifest) -> tuple[Tolerances, str]:
+    """The parent's export tolerances and the rule verification applied them with."""
+    return read_tolerances(manifest.tolerances)
 
 
 def _refusal(folder: Path, dest: Path, level: str, candidates: list[Candidate]) -> GateError:
@@ -467,11 +468,11 @@ def _write_artifact(ctx: Context, chosen: Candidate, candidates: list[Candidate]
     for index, data_set in enumerate(golden_sets(ctx.folder)):
         inputs, _ = read_golden(data_set)
         write_golden(stage, index, inputs, run_session(session, inputs))  # every output, in graph order
-    tolerances = _tolerances(ctx, chosen)
+    tolerances = tolerance_record(*_tolerances(ctx, chosen))
     report = VerifyReport(subject=f"{ctx.manifest.name} ({chosen.level})", checks=list(chosen.checks),
-                          tolerances=dataclasses.asdict(tolerances), seconds=seconds)
+                          tolerances=tolerances, seconds=seconds)
     manifest = ctx.manifest.replace(verified=True, verification=report.to_dict(),
-                                    tolerances=dataclasses.asdict(tolerances), versions=library_versions(),
+                                    tolerances=tolerances, versions=library_versions(),
                                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                     optimization=_record(ctx, chosen, candidates))
     return write_manifest(stage, manifest), report
@@ -489,21 +490,21 @@ def _copy_preprocessor_files(ctx: Context, stage: Path) -> None:
         target.write_bytes(read_bytes(ctx.folder, rel, manifest=ctx.manifest))
 
 
-def _tolerances(ctx: Context, chosen: Candidate) -> Tolerances:
+def _tolerances(ctx: Context, chosen: Candidate) -> tuple[Tolerances, str]:
     """Golden-data tolerances: the parent's for an exact recipe; for a lossy one, room for the measured error.
 
     int8 kernels differ between CPUs (AVX2, VNNI, ARM dot products), so the golden
     replay on another machine needs a margin of the size int8 itself introduced.
     """
-    tol = parent_tolerances(ctx.manifest)
+    tol, rule = parent_tolerances(ctx.manifest)
     if chosen.level not in LOSSY:
-        return tol
+        return tol, rule
     grid = ctx.grid
     measured = max(chosen.max_abs, gates.max_abs_difference(grid.parent, gates.run_all(
         gates.session(chosen.path, ctx.providers), grid.inputs)) if grid else 0.0)
     atol = float(f"{max(tol.atol, 4 * measured):.1g}")
     cosine = gates.gate_of(ctx.task).limits.get("min_cosine", tol.cosine)  # what an embedding gate held it to
-    return Tolerances(atol=atol, rtol=tol.rtol, cosine=min(tol.cosine, cosine))
+    return Tolerances(atol=atol, rtol=tol.rtol, cosine=min(tol.cosine, cosine)), rule
 
 
 def _record(ctx: Context, chosen: Candidate, candidates: list[Candidate]) -> dict[str, Any]:

@@ -227,7 +227,7 @@ def _validate_section(section: str, values: Any, allowed: set[str]) -> list[str]
         elif key == "cosine" and (not isinstance(value, (int, float)) or not 0 < value <= 1):
             errs.append(f"{section}.cosine: must be in (0, 1], got {value!r}")
         elif key == "opset" and (problem := opset_problem(value)):
-            errs.append(f"{section}.opset: {problem}")
+            errs.append(f"{section}.opset: {problem}, got {value!r}")
         elif key == "ort_optimization" and value not in ORT_OPTIMIZATIONS:
             errs.append(f"{section}.ort_optimization: '{value}' is not one of {', '.join(ORT_OPTIMIZATIONS)}")
         elif key == "pooling" and value is not None and value not in POOLINGS:

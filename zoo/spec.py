@@ -65,7 +65,7 @@ def opset_problem(value: object) -> str | None:
     newest = onnx.defs.onnx_opset_version()
     if isinstance(value, int) and not isinstance(value, bool) and OPSET_MIN <= value <= newest:
         return None
-    return f"must be an integer from {OPSET_MIN} to {newest} (the exporters' range with this onnx), got {value!r}"
+    return f"must be an integer from {OPSET_MIN} to {newest} (the exporters' range with this onnx)"
 
 
 @dataclass(frozen=True)
