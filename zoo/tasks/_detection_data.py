@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from zoo.errors import DataError, InputError, first_line
@@ -53,11 +54,32 @@ class DetectionExamples:
         annotations = [{"image_id": i, "annotations": [
             {"bbox": list(box), "category_id": label, "area": box[2] * box[3], "iscrowd": 0}
             for box, label in zip(t.boxes, t.labels)]} for i, t in zip(indices, targets)]
-        encoded = self.processor(images=images, annotations=annotations, return_tensors="pt")
-        out: dict[str, Any] = {name: encoded[name] for name in self.input_names}
-        out["labels"] = [{"class_labels": lab["class_labels"], "boxes": lab["boxes"]} for lab in encoded["labels"]]
+        # No padding by the processor: it would re-express each box relative to the padded canvas,
+        # while post-processing (transformers' and ours) scales boxes by the picture's own size,
+        # as DETR was trained (boxes relative to the real pixels; the mask hides the padding).
+        encoded = self.processor(images=images, annotations=annotations, do_pad=False, return_tensors=None)
+        out: dict[str, Any] = pad_batch([np.asarray(p) for p in encoded["pixel_values"]], self.input_names,
+                                        getattr(self.processor, "pad_size", None))
+        out["labels"] = [{"class_labels": torch.as_tensor(np.asarray(lab["class_labels"]), dtype=torch.long),
+                          "boxes": torch.as_tensor(np.asarray(lab["boxes"]), dtype=torch.float32).reshape(-1, 4)}
+                         for lab in encoded["labels"]]
         out["targets"] = targets
         return out
+
+
+def pad_batch(pixels: list[np.ndarray], input_names: list[str], pad_size: Any) -> dict[str, torch.Tensor]:
+    """(C, h, w) arrays zero-padded at the bottom and right to the batch's largest (or the processor's pad_size)."""
+    if pad_size:
+        height, width = int(pad_size["height"]), int(pad_size["width"])
+    else:
+        height, width = max(p.shape[1] for p in pixels), max(p.shape[2] for p in pixels)
+    batch = torch.zeros((len(pixels), pixels[0].shape[0], height, width), dtype=torch.float32)
+    mask = torch.zeros((len(pixels), height, width), dtype=torch.long)
+    for i, p in enumerate(pixels):
+        batch[i, :, : p.shape[1], : p.shape[2]] = torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32))
+        mask[i, : p.shape[1], : p.shape[2]] = 1
+    arrays = {"pixel_values": batch, "pixel_mask": mask}
+    return {name: arrays[name] for name in input_names}
 
 
 def read_targets(table: Any, columns: dict[str, str], labels: tuple[str, ...], what: str) -> list[Target]:
