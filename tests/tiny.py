@@ -95,6 +95,9 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
     elif spec.task == "object-detection":
         kwargs.update(num_labels=len(SHAPE_LABELS), id2label=dict(enumerate(SHAPE_LABELS)))
     config = transformers.AutoConfig.for_model(spec.arch, **kwargs)
+    import torch
+
+    torch.manual_seed(0)  # the same weights in every xdist worker: tests compare runs made in different workers
     model = auto_class(spec).from_config(config)
     if spec.arch == "rt_detr":
         _spread_weights(model)
