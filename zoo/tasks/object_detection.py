@@ -107,6 +107,7 @@ class ObjectDetection(ImageTask):
     has_labels: ClassVar[bool] = False
     trainable: ClassVar[bool] = True
     primary_metric: ClassVar[str] = "val_map"
+    metric_names: ClassVar[tuple[str, ...]] = ("val_loss", "val_map", "val_map50")
     predict_options: ClassVar[dict[str, type]] = {"threshold": float}
 
     # ------------------------------------------------------------ identity / sources
@@ -194,6 +195,14 @@ class ObjectDetection(ImageTask):
                 problems.append(str(exc))
         return problems
 
+    # ------------------------------------------------------------ optimize
+
+    def optimization_gate(self, tol: Tolerances) -> Any:
+        """Refused: zoo optimize judges a graph by its first output alone, and a detector's boxes are its second."""
+        raise UnsupportedTaskError("zoo optimize does not judge object detectors yet: its accuracy gate compares "
+                                   "one output, and a detector's boxes would go unchecked; use the exported "
+                                   "artifact as it is")
+
     # ------------------------------------------------------------ runtime
 
     def runtime_preprocessor(self, folder: Path, manifest: Any) -> Any:
@@ -276,19 +285,24 @@ class ObjectDetection(ImageTask):
                                 "objects (boxes and categories)", "--label-column")
         return {"input": image, "label": objects}
 
-    def read_labels(self, table: Any, column: str, spec: ModelSpec) -> tuple[str, ...]:
-        from zoo.tasks._detection_data import category_labels
+    def read_labels(self, table: Any, column: str, spec: ModelSpec, new_head: bool = False) -> Any:
+        """The model's own categories when the data's are all among them (head kept), else the data's."""
+        from zoo.data.labels import LabelPlan
+        from zoo.tasks._detection_data import category_labels, category_names
 
         labels = category_labels(table, column)
         if not labels:
             raise DataError(f"column '{column}' names no categories; a detection data set needs at least one")
-        return labels
+        if spec.labels and not new_head and set(labels) <= set(spec.labels):
+            return LabelPlan(tuple(spec.labels), new_head=False, source="model", distinct=len(labels))
+        source = "classlabel" if category_names(table, column) is not None else "sorted"
+        return LabelPlan(labels, new_head=True, source=source, distinct=len(labels))
 
-    def encode(self, table: Any, columns: dict[str, str], labels: tuple[str, ...], spec: ModelSpec,
+    def encode(self, table: Any, columns: dict[str, str], labels: Any, spec: ModelSpec,
                processor: Any, max_length: int, what: str) -> Any:
         from zoo.tasks._detection_data import DetectionExamples, read_targets
 
-        targets = read_targets(table, columns, labels, what)
+        targets = read_targets(table, columns, labels.names, what)
         if what == "train" and not any(t.labels for t in targets):
             raise DataError(f"the {what} data holds {len(targets)} pictures but not one box; a detector learns "
                             "from boxed objects (pictures without boxes are fine beside them)")
