@@ -99,7 +99,7 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
 
     torch.manual_seed(0)  # the same weights in every xdist worker: tests compare runs made in different workers
     model = auto_class(spec).from_config(config)
-    if spec.arch == "rt_detr":
+    if spec.task == "object-detection":
         _spread_weights(model)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
@@ -118,12 +118,14 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
 
 
 def _spread_weights(model: Any) -> None:
-    """Seeded noise on every weight of a random RT-DETR.
+    """Seeded noise on every weight of a random detector.
 
-    transformers' initialisation leaves its hybrid encoder's features near zero,
+    transformers' initialisation leaves RT-DETR's hybrid encoder features near zero,
     so every encoder position scores the same and the top-k query selection is
     decided by ties, which torch and onnxruntime break differently: a random
     RT-DETR is not reproducible by any export. Trained weights (or these) are.
+    A random DETR's queries likewise score within 1e-6 of each other, so no
+    threshold would separate them; with this noise its detections differ.
     """
     import torch
 
