@@ -81,15 +81,28 @@ def trained(small_detr: Path, shapes_data: Path, tmp_path_factory: Any) -> Path:
                     max_steps=60, batch_size=16, lr=5e-4, eval_every=6, progress=False, seed=0)
 
 
-def test_map_rises_and_is_reported(trained: Path) -> None:
+@pytest.fixture(scope="module")
+def untrained(small_detr: Path, shapes_data: Path, tmp_path_factory: Any) -> dict[str, Any]:
+    """The validation figures of the model before training: one step at a learning rate of 1e-9."""
+    from zoo.train.finetune import finetune
+
+    run = finetune(str(small_detr), str(shapes_data), out=tmp_path_factory.mktemp("runs") / "untrained",
+                   max_steps=1, batch_size=16, lr=1e-9, eval_every=1, progress=False, seed=0)
+    return evaluations(run)[0]
+
+
+def test_map_rises_and_is_reported(trained: Path, untrained: dict[str, Any]) -> None:
+    """Measured (seeds 0-3): untrained mAP 0.0057, mAP@.5 0.026; after 60 steps mAP 0.016-0.025 (best
+    0.020-0.026), best mAP@.5 0.106-0.113. The bounds below leave room for other seeds and versions."""
     record = json.loads((trained / "run.json").read_text())
     assert {"val_loss", "val_map", "val_map50"} <= set(record["metrics"]["best"])
     assert record["model"]["metric"] == "val_map" and record["data"]["labels"] == ["circle", "square"]
     history = evaluations(trained)
-    first, best = history[0], max(history, key=lambda line: line["val_map"])
-    assert len(history) == 10 and best["step"] > first["step"]
-    assert best["val_map"] >= 2 * first["val_map"] and best["val_map50"] >= 2 * first["val_map50"]
-    assert record["metrics"]["best"]["val_map"] == pytest.approx(best["val_map"])
+    assert [line["step"] for line in history] == list(range(6, 61, 6))
+    final, best = record["metrics"]["final"], record["metrics"]["best"]
+    assert final["val_map"] >= 2 * untrained["val_map"] and final["val_loss"] < untrained["val_loss"]
+    assert best["val_map"] >= 3 * untrained["val_map"]
+    assert max(line["val_map50"] for line in history) >= 3 * untrained["val_map50"]
     assert (trained / "curves.png").stat().st_size > 1000
 
 
