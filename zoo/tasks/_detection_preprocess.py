@@ -162,7 +162,7 @@ def _aspect_size(height: int, width: int, short: int, long: int) -> tuple[int, i
     exact = None
     if large / small * short > long:
         exact = long * small / large
-        short = int(round(exact))
+        short = round(exact)
     if (height <= width and height == short) or (width <= height and width == short):
         return height, width
     scaled = exact if exact is not None else short
@@ -177,7 +177,7 @@ def _yolos_size(height: int, width: int, short: int, long: int) -> tuple[int, in
     exact = None
     if large / small * short > long:
         exact = long * small / large
-        short = int(round(exact))
+        short = round(exact)
     scaled = exact if exact is not None else short
     if width < height:
         out_h, out_w = int(scaled * height / width), short

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from zoo.checks import Check
+from zoo.errors import ArtifactError
 from zoo.spec import Tolerances
 from zoo.tasks._detection_postprocess import Decoding, _candidates, box_iou, center_to_corners, class_scores, decode
 from zoo.tasks.base import Case
@@ -159,7 +160,7 @@ def preprocessing_check(stage: Path, input_names: list[str], cases: list[Case]) 
 
     try:
         runtime = DetectionPreprocessor(ImageSteps.from_folder(stage), input_names)
-    except Exception as exc:  # an unreadable config is this check's failure, reported in its line
+    except (ArtifactError, OSError, ValueError) as exc:  # an unreadable config fails this check, in its line
         return Check("runtime preprocessing", False, "unreadable", "", str(exc)[:300])
     worst, wrong = 0.0, []
     for case in cases:
