@@ -115,6 +115,7 @@ def test_runtime_equals_transformers_post_processing(detr_artifact: Path, detr_f
     sizes = [(image.height, image.width) for image in images]
     everything = processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=sizes)
     threshold = middle_threshold(np.concatenate([r["scores"].numpy() for r in everything]))
+    assert threshold is not None  # the tiny detector's scores are spread (tests/tiny.py)
     theirs = processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=sizes)
     ours = zoo.load(detr_artifact).predict([str(p) for p in pictures], threshold=threshold)
     assert [r.size for r in ours] == sizes
@@ -134,6 +135,15 @@ def test_one_call_equals_the_pictures_alone_in_shape(detr_artifact: Path, pictur
     alone = [model.predict(str(p), threshold=0.0) for p in pictures]
     assert [r.size for r in together] == [r.size for r in alone] == list(SIZES)
     assert [len(r) for r in together] == [len(r) for r in alone] == [10, 10, 10]  # one detection per query
+
+
+def test_middle_threshold_avoids_tied_scores() -> None:
+    from zoo.tasks._detection_verify import middle_threshold
+
+    assert middle_threshold(np.array([0.1, 0.2, 0.3, 0.9, 0.95])) == pytest.approx(0.6)
+    # a barely trained detector: every query within 1e-7 of the others, no threshold among them is fair
+    assert middle_threshold(np.float32(0.2618) + np.arange(10, dtype=np.float32) * 1e-8) is None
+    assert middle_threshold(np.array([0.4])) is None
 
 
 # ---------------------------------------------------------------- planted faults (each with its twin above)

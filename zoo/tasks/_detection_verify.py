@@ -19,7 +19,8 @@ instead, within 1e-3 of the picture size).
 Parity (export time, torch-free code against transformers on the same data):
 the runtime's preprocessing against the processor's arrays, and the numpy
 decoding against ``image_processor.post_process_object_detection`` at the
-artifact's threshold and at a threshold between each case's middle scores.
+artifact's threshold, below every score (the whole ranked list), and between
+each case's middle scores where they are apart.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from zoo.tasks.base import Case
 MIN_IOU = 0.99
 COMPARE_TOP = 5
 BOX_TOLERANCE = 1e-3  # of the picture's longer side, as the issue states for box parity
+EVERY_CANDIDATE = -1.0  # a threshold below every score: the whole ranked list must agree
+MIN_GAP = 1e-5  # far above the float32 noise (~1e-7) between numpy's and torch's scores
 _GRID_SIZES = (((90, 120),), ((150, 100), (100, 100), (80, 140)))  # (height, width) per picture of a case
 
 
@@ -188,8 +191,11 @@ def postprocessing_check(stage: Path, decoding: Decoding, cases: list[Case],
     for case, ref in zip(cases, references):
         sizes = case_sizes(case)
         candidates = decode(ref["logits"], ref["pred_boxes"], sizes, decoding, threshold=None)
+        thresholds = {EVERY_CANDIDATE, decoding.threshold}
         middle = middle_threshold(np.concatenate([c.scores for c in candidates]))
-        for threshold in sorted({decoding.threshold, middle}):
+        if middle is not None:
+            thresholds.add(middle)
+        for threshold in sorted(thresholds):
             ours = decode(ref["logits"], ref["pred_boxes"], sizes, decoding, threshold)
             theirs = _transformers_detections(processor, ref, sizes, threshold)
             for i, (mine, their) in enumerate(zip(ours, theirs)):
@@ -201,19 +207,22 @@ def postprocessing_check(stage: Path, decoding: Decoding, cases: list[Case],
                  "same labels and order, boxes within 1e-3 of the picture size", "; ".join(wrong[:3]))
 
 
-def middle_threshold(scores: np.ndarray) -> float:
-    """A threshold in the widest gap between the middle half of the distinct scores.
+def middle_threshold(scores: np.ndarray) -> float | None:
+    """A threshold in the widest gap between the middle half of the distinct scores, or None.
 
     About half the detections pass, and none sits near the threshold, where one ulp
-    between numpy's and torch's softmax would decide it (a random detector's scores
-    can all lie within 1e-6 of each other).
+    between numpy's and torch's softmax would decide it. None when even the widest gap
+    is below MIN_GAP: a random or barely trained detector can score every query within
+    1e-6 of the others, and no threshold among them means anything.
     """
     ordered = np.unique(scores.astype(np.float64))
     if len(ordered) < 2:
-        return float(ordered[0]) / 2 if len(ordered) else 0.5
+        return None
     low, high = max(1, len(ordered) // 4), max(2, (3 * len(ordered)) // 4 + 1)
     gaps = np.diff(ordered)[low - 1:high - 1]
     widest = low - 1 + int(np.argmax(gaps))
+    if gaps.max() < MIN_GAP:
+        return None
     return float((ordered[widest] + ordered[widest + 1]) / 2)
 
 
