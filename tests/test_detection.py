@@ -202,6 +202,30 @@ def test_exporter_that_fixes_the_image_size_is_refused(detr_folder: Path, tmp_pa
     assert not (tmp_path / "fixed").exists()
 
 
+def test_zoo_verify_rechecks_the_detection_artifact(detr_artifact: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _cli(capsys, "verify", str(detr_artifact))
+    assert code == 0, err
+
+
+def test_serve_predicts_what_zoo_predict_json_prints(detr_artifact: Path, pictures: list[Path]) -> None:
+    """``zoo serve``'s /predict asks the task for its modality and options (threshold) like the CLI."""
+    from fastapi.testclient import TestClient
+
+    from zoo.serve import ServeSettings, create_app, load_models
+
+    settings = ServeSettings(max_batch_size=4, max_wait_ms=2, max_body_bytes=256 << 10)
+    with TestClient(create_app(load_models([f"detr={detr_artifact}"], settings), settings)) as client:
+        files = [("files", (pictures[2].name, pictures[2].read_bytes(), "image/png"))]
+        answer = client.post("/v1/models/detr/predict?threshold=0.3", files=files)
+        refused = client.post("/v1/models/detr/predict?threshold=2", files=files)
+    assert answer.status_code == 200, answer.text
+    done = runner.invoke(app, ["predict", str(detr_artifact), str(pictures[2]), "--json", "--threshold", "0.3"])
+    expected = json.loads(done.output)
+    expected[0]["input"] = pictures[2].name  # the CLI names the path, the server the upload
+    assert answer.json() == expected
+    assert refused.status_code == 400 and "threshold" in refused.text and "less than or equal to 1" in refused.text
+
+
 # ---------------------------------------------------------------- the other families (slow)
 
 
