@@ -407,3 +407,34 @@ def test_corrupt_training_picture_is_named(detr_folder: Path, tmp_path: Path) ->
     _corrupt(data / "images" / "2.png")
     with pytest.raises(DataError, match=r"\(.*2\.png\): the picture cannot be decoded"):
         _prepare(data, detr_folder)
+
+
+def test_builtin_shapes_reads_in_the_hf_layout(detr_folder: Path) -> None:
+    """builtin:shapes is a DatasetDict of image + objects {bbox, category}: the HF object-detection layout."""
+    from zoo.data.prepare import prepare_data
+    from zoo.resolve import resolve
+
+    data = prepare_data("builtin:shapes", resolve(str(detr_folder)))
+    assert data.sizes == {"train": 480, "validation": 96} and data.labels == tiny.SHAPE_LABELS
+    counts = [len(t.boxes) for t in data.train.targets]
+    assert min(counts) == 0 and max(counts) == 3  # pictures without shapes are kept as examples
+    batch = data.train.batch([0, 1, 2, 3])
+    assert batch["pixel_values"].shape[0] == 4 and batch["pixel_mask"].shape == batch["pixel_values"][:, 0].shape
+    boxes = np.concatenate([label["boxes"].numpy() for label in batch["labels"]])
+    assert len(boxes) == sum(counts[:4]) and ((boxes >= 0) & (boxes <= 1)).all()  # centre format, relative
+
+
+def test_training_boxes_are_relative_to_each_picture_not_the_padded_batch(detr_folder: Path) -> None:
+    """The loss sees boxes as post-processing reads them: relative to the picture's own size, whatever the padding."""
+    from zoo.data.prepare import prepare_data
+    from zoo.resolve import resolve
+
+    data = prepare_data("builtin:shapes", resolve(str(detr_folder)))
+    rows = [i for i, t in enumerate(data.train.targets) if t.boxes][:8]
+    assert len({data.train.targets[i].size for i in rows}) > 1  # several picture sizes share the batch
+    batch = data.train.batch(rows)
+    for label, target in zip(batch["labels"], batch["targets"]):
+        height, width = target.size
+        cx, cy, w, h = label["boxes"].numpy()[0] * np.array([width, height, width, height])
+        x, y, bw, bh = target.boxes[0]
+        np.testing.assert_allclose([cx - w / 2, cy - h / 2, w, h], [x, y, bw, bh], atol=0.5)
