@@ -37,6 +37,10 @@ def test_registry_entry_builds_and_runs(alias, registry, tmp_path):
             out = module(**feeds)
         else:
             out = module(pixel_values=torch.randn(2, *preprocess.input_size))
+    if spec.task == "object-detection":  # raw (logits, pred_boxes): one query set per picture
+        logits, out = out
+        assert logits.shape[:2] == out.shape[:2] and logits.shape[2] == len(spec.labels) + (spec.arch != "rt_detr")
+        assert out.shape[2] == 4 and torch.isfinite(logits).all()
     assert out.shape[0] == 2
     if spec.task == "token-classification":
         assert out.shape[1] == 9 and out.shape[2] == len(spec.labels)

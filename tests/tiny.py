@@ -31,6 +31,28 @@ HF_TINY: dict[str, dict[str, Any]] = {
                   max_position_embeddings=514),
     "vit": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
                 image_size=TINY_IMAGE[1], patch_size=16),
+    # detectors: a transformers ResNet backbone config instead of timm's resnet50, so nothing is downloaded
+    "detr": dict(backbone_config=dict(model_type="resnet", embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1],
+                                      layer_type="basic", out_features=["stage2"]),
+                 use_timm_backbone=False, use_pretrained_backbone=False, d_model=32, encoder_layers=1,
+                 decoder_layers=1, encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2,
+                 decoder_attention_heads=2, num_queries=10),
+    "yolos": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                  image_size=[64, 96], patch_size=16, num_detection_tokens=10),
+    "rt_detr": dict(backbone_config=dict(model_type="rt_detr_resnet", embedding_size=8, hidden_sizes=[8, 16, 32, 64],
+                                         depths=[1, 1, 1, 1], layer_type="basic",
+                                         out_features=["stage2", "stage3", "stage4"]),
+                    use_timm_backbone=False, use_pretrained_backbone=False, encoder_in_channels=[16, 32, 64],
+                    decoder_in_channels=[32, 32, 32], d_model=32, encoder_hidden_dim=32, encoder_ffn_dim=64,
+                    decoder_ffn_dim=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                    decoder_attention_heads=2, num_queries=10, num_denoising=5),
+}
+
+# image processors of the tiny detectors: small pictures keep the CPU tests fast
+DETECTION_PROCESSORS: dict[str, tuple[str, dict[str, Any]]] = {
+    "detr": ("DetrImageProcessor", {"size": {"shortest_edge": 64, "longest_edge": 96}}),
+    "yolos": ("YolosImageProcessor", {"size": {"shortest_edge": 64, "longest_edge": 96}}),
+    "rt_detr": ("RTDetrImageProcessor", {"size": {"height": 64, "width": 64}}),
 }
 
 # timm constructor kwargs per architecture; {} keeps the full depth (already small at 64 px).
@@ -46,6 +68,7 @@ TIMM_TINY: dict[str, dict[str, Any]] = {
 
 TEXT_LABELS = ("negative", "positive")
 NER_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
+SHAPE_LABELS = ("circle", "square", "triangle")
 
 
 def minilm_dir() -> Path:
@@ -69,11 +92,15 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
         kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)))
     elif spec.task == "token-classification":
         kwargs.update(num_labels=len(NER_LABELS), id2label=dict(enumerate(NER_LABELS)))
+    elif spec.task == "object-detection":
+        kwargs.update(num_labels=len(SHAPE_LABELS), id2label=dict(enumerate(SHAPE_LABELS)))
     config = transformers.AutoConfig.for_model(spec.arch, **kwargs)
     import torch
 
     torch.manual_seed(0)  # the same weights in every xdist worker: tests compare runs made in different workers
     model = auto_class(spec).from_config(config)
+    if spec.task == "object-detection":
+        _spread_weights(model)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     if get_task(spec.task).modality == "text":
@@ -83,8 +110,29 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
     if spec.task == "image-classification":
         size = {"height": TINY_IMAGE[1], "width": TINY_IMAGE[2]}
         transformers.ViTImageProcessor(size=size, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
+    if spec.task == "object-detection":
+        name, settings = DETECTION_PROCESSORS[spec.arch]
+        getattr(transformers, name)(**settings).save_pretrained(folder)
     shutil.rmtree(folder / "__pycache__", ignore_errors=True)
     return folder
+
+
+def _spread_weights(model: Any) -> None:
+    """Seeded noise on every weight of a random detector.
+
+    transformers' initialisation leaves RT-DETR's hybrid encoder features near zero,
+    so every encoder position scores the same and the top-k query selection is
+    decided by ties, which torch and onnxruntime break differently: a random
+    RT-DETR is not reproducible by any export. Trained weights (or these) are.
+    A random DETR's queries likewise score within 1e-6 of each other, so no
+    threshold would separate them; with this noise its detections differ.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
 
 
 def _write_sentence_transformers_files(folder: Path, spec: ModelSpec, dim: int) -> None:

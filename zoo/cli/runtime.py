@@ -39,7 +39,8 @@ def predict(
     threshold: Annotated[float | None, typer.Option(
         help="Keep detections scoring at least this (object detection; default: the artifact's).")] = None,
     save: Annotated[Path | None, typer.Option(
-        help="Folder to write pictures of the predictions into (object detection: boxes and labels).")] = None,
+        help="Where to draw the predictions (object detection: boxes and labels): a .png/.jpg file for one "
+             "input, else a folder.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
                                             help="Inputs per onnxruntime call.")] = 32,
     provider: Annotated[list[str] | None, typer.Option("--provider", metavar="NAME", help=_PROVIDER_HELP)] = None,
