@@ -163,6 +163,7 @@ TONE_CLASSES = ("tone", "chord", "chirp", "noise-bursts")
 TONE_RATE = 16_000
 TONES_PER_CLASS = 100
 PITCH_HZ = (150.0, 1500.0)  # log-uniform fundamental
+SECONDS = (0.6, 1.4)  # uniform duration
 
 
 def tones() -> tuple[Any, str]:
@@ -190,7 +191,7 @@ def tones() -> tuple[Any, str]:
 
 
 def _tone_clip(kind: str, rng: np.random.Generator) -> np.ndarray:
-    t = np.arange(int(rng.uniform(0.6, 1.4) * TONE_RATE)) / TONE_RATE
+    t = np.arange(int(rng.uniform(*SECONDS) * TONE_RATE)) / TONE_RATE
     pitch = float(np.exp(rng.uniform(*np.log(PITCH_HZ))))
     if kind == "tone":
         sound = np.sin(2 * np.pi * pitch * t + rng.uniform(0, 2 * np.pi))

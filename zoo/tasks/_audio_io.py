@@ -29,6 +29,19 @@ CLIP_FORMS = ("an audio file path (WAV, FLAC, OGG ...), a 1-D float array at {ra
               "or a dict {{'array': ..., 'sampling_rate': ...}}")
 
 
+def audio_library(name: str) -> Any:
+    """soundfile or soxr, or one clear line saying how to install them (they are the [audio] extra)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except (ImportError, OSError):  # soundfile raises OSError when libsndfile itself is missing
+        from zoo.errors import ConfigError
+
+        raise ConfigError(f"reading audio needs {name}, which is not installed; install the audio extra: "
+                          "pip install 'zoo-toolkit[audio]'") from None
+
+
 def load_clip(item: Any, where: str, rate: int, limit: int, minimum: int) -> tuple[np.ndarray, float]:
     """(mono float32 clip at ``rate`` holding at most ``limit`` samples, duration of the original in seconds)."""
     samples, source_rate, total = _decode(item, where, rate, limit)
@@ -57,9 +70,7 @@ def resample(samples: np.ndarray, source_rate: int, rate: int, where: str) -> np
     check_rate(source_rate, rate, where)
     if source_rate == rate:
         return samples
-    import soxr
-
-    return soxr.resample(samples, source_rate, rate)
+    return audio_library("soxr").resample(samples, source_rate, rate)
 
 
 def _decode(item: Any, where: str, rate: int, limit: int) -> tuple[np.ndarray, int, int]:
@@ -99,8 +110,7 @@ def _float_array(array: np.ndarray, where: str, rate: int) -> np.ndarray:
 
 
 def _read(source: Any, where: str, rate: int, limit: int) -> tuple[np.ndarray, int, int]:
-    import soundfile
-
+    soundfile = audio_library("soundfile")
     try:
         with soundfile.SoundFile(source) as audio:
             source_rate, total = int(audio.samplerate), int(audio.frames)
