@@ -169,9 +169,11 @@ SECONDS = (0.6, 1.4)  # uniform duration
 def tones() -> tuple[Any, str]:
     """(DatasetDict with a 'train' split, sha256) of generated clips; the same bytes on every machine.
 
-    Each clip has a random pitch (log-uniform 150-1500 Hz), gain (0.1-0.8), duration
-    (0.6-1.4 s) and background noise, so telling the classes apart takes their
-    structure, not their loudness or length.
+    The classes are sounds as one meets them: a sustained pure tone, a struck chord
+    (a major or minor triad decaying away), a run of short bird-like chirps (rising or
+    falling sweeps) and bursts of noise. Every clip draws its pitch (log-uniform
+    150-1500 Hz), gain (0.1-0.8), duration (0.6-1.4 s) and background noise, so telling
+    the classes apart takes their structure, not their loudness, pitch or length.
     """
     import datasets
 
@@ -195,19 +197,34 @@ def _tone_clip(kind: str, rng: np.random.Generator) -> np.ndarray:
     pitch = float(np.exp(rng.uniform(*np.log(PITCH_HZ))))
     if kind == "tone":
         sound = np.sin(2 * np.pi * pitch * t + rng.uniform(0, 2 * np.pi))
-    elif kind == "chord":  # a major or minor triad
-        third = 4 if rng.random() < 0.5 else 3
-        sound = sum(np.sin(2 * np.pi * pitch * 2 ** (s / 12) * t + rng.uniform(0, 2 * np.pi))
-                    for s in (0, third, 7)) / 3
-    elif kind == "chirp":  # an exponential sweep up or down over two octaves or so
-        ratio = rng.uniform(2.5, 4.0) ** (1 if rng.random() < 0.5 else -1)
-        span = t[-1]
-        sound = np.sin(2 * np.pi * pitch * span / np.log(ratio) * (ratio ** (t / span) - 1))
+    elif kind == "chord":
+        sound = _struck_chord(t, pitch, rng)
+    elif kind == "chirp":
+        sound = _chirps(t, pitch, rng)
     else:
         sound = _noise_bursts(t, rng)
     fade = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.01)  # 10 ms ramps: no clicks at the edges
     noise = rng.uniform(0.002, 0.03) * rng.standard_normal(len(t))
     return (rng.uniform(0.1, 0.8) * sound * fade + noise).astype(np.float32)
+
+
+def _struck_chord(t: np.ndarray, pitch: float, rng: np.random.Generator) -> np.ndarray:
+    """A major or minor triad, struck once and decaying (a time constant of 0.2-0.5 s)."""
+    third = 4 if rng.random() < 0.5 else 3
+    notes = sum(np.sin(2 * np.pi * pitch * 2 ** (s / 12) * t + rng.uniform(0, 2 * np.pi)) for s in (0, third, 7))
+    return notes / 3 * np.exp(-t / rng.uniform(0.2, 0.5))
+
+
+def _chirps(t: np.ndarray, pitch: float, rng: np.random.Generator) -> np.ndarray:
+    """Short exponential sweeps over about an octave, repeated with gaps, all rising or all falling."""
+    sound = np.zeros_like(t)
+    length, gap = rng.uniform(0.06, 0.12), rng.uniform(0.04, 0.1)
+    ratio = rng.uniform(1.8, 2.5) ** (1 if rng.random() < 0.5 else -1)
+    for start in np.arange(rng.uniform(0, gap), t[-1] - length, length + gap):
+        inside = (t >= start) & (t < start + length)
+        local = t[inside] - start
+        sound[inside] = np.sin(2 * np.pi * pitch * length / np.log(ratio) * (ratio ** (local / length) - 1))
+    return sound
 
 
 def _noise_bursts(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
