@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.distributed.elastic.multiprocessing.errors import record  # noqa: E402
-from machine import machine_info  # noqa: E402
+import torch
+import torch.nn.functional as F
+from machine import machine_info
+from torch.distributed.elastic.multiprocessing.errors import record
 
 BATCH = 64
 MEMORY_MODEL = "timm:vit_small_patch16_224"
@@ -50,17 +50,17 @@ def _config(model: str, out: str, **extra: Any) -> Any:
 
 def _build(config: Any, strategy: Any, data: Any = None) -> tuple[Any, Any]:
     """(Trainer, data) for ``config`` under ``strategy``: the same pieces ``zoo finetune`` uses."""
-    from zoo import sources
-    from zoo.train.finetune import prepare
+    from zoo.tasks import get_task
     from zoo.train.loop import Trainer
-    from zoo.train.worker import build_model
+    from zoo.train.model import build_model
+    from zoo.train.preflight import prepare
 
     spec, prepared = prepare(config) if data is None else data
     torch.manual_seed(0)
-    model = strategy.wrap(build_model(spec, prepared.labels, config))
+    model = strategy.wrap(build_model(spec, prepared.plan, config))
     model.train()
-    runner = sources.for_spec(spec).inference_module(model, spec)
-    trainer = Trainer(model, runner, strategy, prepared, config, Path(config.out), ("pixel_values",))
+    runner = get_task(spec.task).export_module(model, spec)
+    trainer = Trainer(model, runner, strategy, prepared, config, Path(config.out), spec)
     return trainer, (spec, prepared)
 
 

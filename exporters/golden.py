@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from zoo.errors import ArtifactError
+from zoo.artifact import GOLDEN_PREFIX, read_tensor
 
-PREFIX = "test_data_set_"
+PREFIX = GOLDEN_PREFIX
 
 
 def write_golden(folder: Path, index: int, inputs: dict[str, np.ndarray],
@@ -45,21 +45,19 @@ def golden_sets(folder: Path) -> list[Path]:
 
 
 def read_golden(data_set: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(inputs, outputs) of one data set, keyed by the tensor names stored in the files."""
+    """(inputs, outputs) of one data set, keyed by the tensor names stored in the files.
+
+    Each file goes through ``zoo.artifact.read_tensor``: confined to the artifact,
+    size-capped, and its header checked against its data before any array is made.
+    """
     return _read_kind(data_set, "input"), _read_kind(data_set, "output")
 
 
 def _read_kind(data_set: Path, kind: str) -> dict[str, np.ndarray]:
-    import onnx
-    from onnx import numpy_helper
-
-    files = sorted(data_set.glob(f"{kind}_*.pb"), key=lambda p: int(p.stem.split("_")[1]))
+    numbered = [(p, p.stem.split("_", 1)[1]) for p in data_set.glob(f"{kind}_*.pb")]
+    files = sorted((p for p, k in numbered if k.isdigit()), key=lambda p: int(p.stem.split("_", 1)[1]))
     tensors: dict[str, np.ndarray] = {}
     for path in files:
-        proto = onnx.TensorProto()
-        try:
-            proto.ParseFromString(path.read_bytes())
-        except Exception as exc:  # protobuf's DecodeError lives in a private module
-            raise ArtifactError(f"{path} is not a serialised TensorProto ({exc}); re-export the artifact") from exc
-        tensors[proto.name or f"{kind}_{len(tensors)}"] = numpy_helper.to_array(proto)
+        name, array = read_tensor(data_set.parent, f"{data_set.name}/{path.name}")
+        tensors[name or f"{kind}_{len(tensors)}"] = array
     return tensors

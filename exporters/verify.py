@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.artifact import MANIFEST, MODEL_FILE, check_files, read_manifest
+from zoo.artifact import MODEL_FILE, check_artifact, read_manifest
 from zoo.checks import Check, VerifyReport
 from zoo.errors import ArtifactError, ConfigError, VerificationError, ZooError, first_line
 from zoo.manifest import Manifest
@@ -191,17 +191,20 @@ def verify_artifact(path: str | Path, *, against_source: bool = False) -> Verify
     """Re-check an artifact on its own: hashes, checker, dynamic axes, golden data replay.
 
     ``against_source`` also rebuilds the source model and re-runs the torch grid.
-    Raises VerificationError (carrying the report) when any check fails.
+    A folder that does not match its manifest (unsafe paths, changed, missing or
+    unlisted files, a file that does not parse) is refused with ArtifactError before
+    anything in it is parsed; a graph that misbehaves raises VerificationError
+    (carrying the report).
     """
     start = time.perf_counter()
     folder = Path(path)
     manifest = read_manifest(folder)
+    hashes = files_check(folder, manifest)  # first: nothing is parsed before its hash matched
     tol = Tolerances(**manifest.tolerances)
     model_path = folder / MODEL_FILE
-    if not model_path.is_file():
-        raise ArtifactError(f"{model_path} is missing; the artifact is incomplete, re-export it with 'zoo export'")
+    _parse_model(model_path)
     spec = manifest.model_spec()
-    checks = [files_check(folder, manifest), preprocessor_check(folder, manifest), graph_check(model_path),
+    checks = [hashes, preprocessor_check(folder, manifest), graph_check(model_path),
               dynamic_axes_check(model_path, [(i.name, list(i.shape)) for i in spec.inputs],
                                  [(o.name, list(o.shape)) for o in manifest.outputs])]
     checks += golden_checks(folder, model_path, tol)
@@ -215,13 +218,20 @@ def verify_artifact(path: str | Path, *, against_source: bool = False) -> Verify
 
 
 def files_check(folder: Path, manifest: Manifest) -> Check:
-    problems = check_files(folder, manifest)
-    listed = set(manifest.files)
-    extra = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                   if p.is_file() and p.name != MANIFEST and p.relative_to(folder).as_posix() not in listed)
-    problems += [f"{rel}: not in the manifest" for rel in extra]
-    return Check("file hashes (sha256)", not problems and bool(listed), f"{len(listed)} files",
-                 "match the manifest", "; ".join(problems[:4]))
+    """Every listed file present with its size and sha256, nothing unlisted; else ArtifactError (refused)."""
+    check_artifact(folder, manifest, strict=True)
+    return Check("file hashes (sha256)", True, f"{len(manifest.files)} files", "match the manifest")
+
+
+def _parse_model(model_path: Path) -> None:
+    """A model.onnx that is not an ONNX protobuf at all is a damaged file, not a failed check."""
+    import onnx
+
+    try:
+        onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError lives in a private module; onnx adds its own types
+        raise ArtifactError(f"{model_path} is not a readable ONNX model ({first_line(exc, 160)}); the file is "
+                            "damaged: re-export the artifact, or copy it again intact") from exc
 
 
 def preprocessor_check(folder: Path, manifest: Manifest) -> Check:
@@ -266,7 +276,7 @@ def _add_source_checks(report: VerifyReport, folder: Path, manifest: Manifest) -
     if manifest.random_init:
         raise ConfigError(f"{folder} was exported from random weights (--random-init); --against-source has "
                           "no source to compare with: run 'zoo verify' without it")
-    spec = manifest.model_spec()
+    spec = manifest.source_spec()  # refuses trust_remote_code from an artifact
     try:
         source = build_source(spec, random_init=False, model_kwargs=manifest.model_kwargs)
     except ZooError as exc:

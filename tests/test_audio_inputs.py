@@ -199,3 +199,13 @@ def test_predict_errors_are_one_line(ast_artifact: Path, tmp_path: Path) -> None
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("error: input 0") and "ms long" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_clip_longer_than_the_window_says_so(ast_artifact: Path, tmp_path: Path) -> None:
+    import zoo
+
+    model = zoo.load(ast_artifact)
+    long, short = _wav(tmp_path, "long.wav", _tone(4.0)), _wav(tmp_path, "short.wav", _tone(0.5))
+    cut, whole = model.predict([str(long), str(short)])
+    assert cut.seconds == pytest.approx(4.0) and "model hears its first 1.29 s" in cut.to_dict()["note"]
+    assert whole.note is None and "note" not in whole.to_dict()

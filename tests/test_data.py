@@ -96,7 +96,8 @@ def test_imagefolder_resizes_to_the_model_size(tmp_path, image_spec):
     from zoo.data import prepare_data
 
     data = prepare_data(str(image_folder(tmp_path / "imgs")), image_spec, val_fraction=0.25)
-    assert data.labels == ("bird", "cat", "dog")
+    assert data.labels == ("cat", "dog", "bird")  # the model's own labels, in its order
+    assert not data.plan.new_head
     assert data.train.batch([0, 1])["pixel_values"].shape == (2, 3, 24, 24)
     assert data.sizes == {"train": 9, "validation": 3}
 
@@ -141,6 +142,101 @@ def test_token_classification_words_and_tags(tmp_path, registry):
     tagged = [t for t in row["labels"] if t != IGNORE_INDEX]
     assert tagged == [1, 2, 0]  # one tag per word, sub-word pieces ignored
     assert data.train.target_count([0]) == sum(t != IGNORE_INDEX for t in data.train.rows[0]["labels"])
+
+
+# ---------------------------------------------------------------- labels: the model's own where they fit (issue 13)
+
+CONLL = [{"tokens": ["John", "met", "Ann", "in", "Paris"], "ner_tags": [1, 0, 1, 0, 5]},
+         {"tokens": ["Acme", "hired", "Bob"], "ner_tags": [3, 0, 1]}] * 4
+
+
+@pytest.fixture(scope="module")
+def ner_spec(ner_folder):
+    from zoo.resolve import resolve
+
+    return resolve(str(ner_folder))
+
+
+def word_tags(data, row: int) -> list[int]:
+    from zoo.data.collate import IGNORE_INDEX
+
+    return [t for t in data.train.rows[row]["labels"] if t != IGNORE_INDEX]
+
+
+def test_integer_tags_index_the_models_own_labels(tmp_path, ner_spec):
+    """CoNLL-style integer ner_tags keep all 7 of the model's names (they became ['0','1','3','5'])."""
+    from tests.tiny import NER_LABELS
+    from zoo.data import prepare_data
+
+    data = prepare_data(str(write_rows(tmp_path / "conll.jsonl", CONLL, "jsonl")), ner_spec, val_fraction=0.25)
+    assert data.labels == NER_LABELS and not data.plan.new_head
+    assert data.info()["label_source"] == "the model's own label set"
+    assert {tuple(word_tags(data, i)) for i in range(len(data.train))} == {(1, 0, 1, 0, 5), (3, 0, 1)}
+
+
+def test_string_tags_keep_the_pretrained_order(tmp_path, ner_spec):
+    from tests.tiny import NER_LABELS
+    from zoo.data import prepare_data
+
+    rows = [{"tokens": r["tokens"], "ner_tags": [NER_LABELS[t] for t in r["ner_tags"]]} for r in CONLL]
+    data = prepare_data(str(write_rows(tmp_path / "conll.jsonl", rows, "jsonl")), ner_spec, val_fraction=0.25)
+    assert data.labels == NER_LABELS and not data.plan.new_head  # not sorted alphabetically
+    assert {tuple(word_tags(data, i)) for i in range(len(data.train))} == {(1, 0, 1, 0, 5), (3, 0, 1)}
+
+
+def test_classlabel_names_map_onto_the_models_labels_by_name(tmp_path, ner_spec):
+    import datasets
+
+    from tests.tiny import NER_LABELS
+    from zoo.data import prepare_data
+
+    names = ["O", "B-LOC", "B-PER", "B-ORG"]  # the data's own ids: B-LOC is 1 here, 5 in the model
+    remap = {0: 0, 1: 2, 5: 1, 3: 3}
+    rows = [{"tokens": r["tokens"], "ner_tags": [remap[t] for t in r["ner_tags"]]} for r in CONLL]
+    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names))})
+    datasets.Dataset.from_list(rows, features=features).save_to_disk(tmp_path / "saved")
+    data = prepare_data(str(tmp_path / "saved"), ner_spec, val_fraction=0.25)
+    assert data.labels == NER_LABELS and not data.plan.new_head
+    assert {tuple(word_tags(data, i)) for i in range(len(data.train))} == {(1, 0, 1, 0, 5), (3, 0, 1)}
+
+
+def test_labels_the_model_lacks_or_new_head_give_the_datas_sorted_labels(tmp_path, ner_spec):
+    from zoo.data import prepare_data
+
+    rows = [{"tokens": ["Rome", "won"], "ner_tags": ["B-MISC", "O"]}, {"tokens": ["Ann"], "ner_tags": ["B-PER"]}] * 4
+    data = prepare_data(str(write_rows(tmp_path / "misc.jsonl", rows, "jsonl")), ner_spec, val_fraction=0.25)
+    assert data.labels == ("B-MISC", "B-PER", "O") and data.plan.new_head
+    asked = write_rows(tmp_path / "known.jsonl", [{"tokens": ["Ann", "ran"], "ner_tags": ["B-PER", "O"]}] * 4, "jsonl")
+    data = prepare_data(str(asked), ner_spec, val_fraction=0.25, new_head=True)
+    assert data.labels == ("B-PER", "O") and data.plan.new_head
+
+
+def test_integer_ids_beyond_the_models_labels(tmp_path, ner_spec):
+    from zoo.data import prepare_data
+
+    rows = [{"tokens": ["a", "b"], "ner_tags": [0, 9]}] * 4
+    path = write_rows(tmp_path / "ids.jsonl", rows, "jsonl")
+    with pytest.raises(DataError, match=r"label id 9 but the model has 7 labels .* --new-head"):
+        prepare_data(str(path), ner_spec, val_fraction=0.25)
+    data = prepare_data(str(path), ner_spec, val_fraction=0.25, new_head=True)  # the way out it names
+    assert data.labels == tuple(str(i) for i in range(10)) and data.plan.new_head
+
+
+def test_integer_labels_of_a_text_classifier_name_its_classes(tmp_path, text_spec):
+    from zoo.data import prepare_data
+
+    rows = [{"text": r["text"], "label": int(r["label"] == "positive")} for r in ROWS]
+    data = prepare_data(str(write_rows(tmp_path / "ids.csv", rows, "csv")), text_spec)
+    assert data.labels == ("negative", "positive") and not data.plan.new_head
+
+
+def test_a_list_column_for_one_label_per_row_names_the_task(tmp_path, text_spec):
+    from zoo.data import prepare_data
+
+    rows = [{"text": "Ann ran", "label": [1, 0]}] * 4
+    with pytest.raises(DataError, match="holds lists .* give --task token-classification"):
+        prepare_data(str(write_rows(tmp_path / "t.jsonl", rows, "jsonl")), text_spec)
 
 
 # ---------------------------------------------------------------- errors (each with its working twin above)

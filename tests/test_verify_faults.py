@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zoo.errors import VerificationError
+from zoo.errors import ArtifactError, VerificationError
 from zoo.spec import Tolerances
 
 
@@ -39,62 +39,95 @@ def _failed(exc: pytest.ExceptionInfo) -> dict[str, str]:
 # ---------------------------------------------------------------- artifact faults (zoo verify)
 
 
-@pytest.mark.slow
-def test_tampered_weight_is_caught_by_hash_and_golden_data(timm_artifact: Path, tmp_path: Path) -> None:
+def _rehash(folder: Path) -> None:
+    """Rewrite the manifest's hashes to match the folder: a forger who edits files and manifest alike."""
+    from zoo.artifact import hash_files
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"] = {rel: {"sha256": e.sha256, "size": e.size} for rel, e in hash_files(folder).items()}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _tamper_head(folder: Path) -> None:
     import onnx
     from onnx import numpy_helper
 
-    from exporters.verify import verify_artifact
-
-    folder = _copy(timm_artifact, tmp_path)
     model = onnx.load(str(folder / "model.onnx"))
     head = next(t for t in model.graph.initializer if t.name.endswith("fc.weight"))
     head.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(head) * 3.0 + 0.5, head.name))
     onnx.save(model, str(folder / "model.onnx"))
 
-    with pytest.raises(VerificationError) as info:
+
+@pytest.mark.slow
+def test_tampered_weight_is_refused_by_its_hash_before_parsing(timm_artifact: Path, tmp_path: Path) -> None:
+    from exporters.verify import verify_artifact
+
+    folder = _copy(timm_artifact, tmp_path)
+    _tamper_head(folder)
+    with pytest.raises(ArtifactError, match="model.onnx: sha256 differs from the manifest"):
         verify_artifact(folder)
-    failed = _failed(info)
-    assert "model.onnx: sha256 differs" in failed["file hashes (sha256)"]
-    assert {"golden test_data_set_0", "golden test_data_set_1", "golden test_data_set_2"} <= set(failed)
-    assert "graph" not in " ".join(failed), "the tampered graph is still valid ONNX; only data checks fail"
 
 
 @pytest.mark.slow
-def test_missing_preprocessor_file_is_caught(text_cls_artifact: Path, tmp_path: Path) -> None:
+def test_tampered_weight_with_forged_hashes_is_caught_by_golden_data(timm_artifact: Path, tmp_path: Path) -> None:
+    from exporters.verify import verify_artifact
+
+    folder = _copy(timm_artifact, tmp_path)
+    _tamper_head(folder)
+    _rehash(folder)
+    with pytest.raises(VerificationError) as info:
+        verify_artifact(folder)
+    failed = _failed(info)
+    assert set(failed) == {"golden test_data_set_0", "golden test_data_set_1", "golden test_data_set_2"}, \
+        "the tampered graph is still valid ONNX with matching hashes; only the golden data can catch it"
+
+
+@pytest.mark.slow
+def test_missing_preprocessor_file_is_refused(text_cls_artifact: Path, tmp_path: Path) -> None:
     from exporters.verify import verify_artifact
 
     folder = _copy(text_cls_artifact, tmp_path)
     (folder / "tokenizer.json").unlink()
-    with pytest.raises(VerificationError) as info:
+    with pytest.raises(ArtifactError, match="tokenizer.json: missing"):
         verify_artifact(folder)
-    failed = _failed(info)
-    assert "tokenizer.json" in failed["preprocessor files"]
-    assert "tokenizer.json: missing" in failed["file hashes (sha256)"]
 
 
 @pytest.mark.slow
-def test_missing_image_config_is_caught(timm_artifact: Path, tmp_path: Path) -> None:
+def test_unlisted_tokenizer_fails_the_preprocessor_check(text_cls_artifact: Path, tmp_path: Path) -> None:
+    from exporters.verify import verify_artifact
+
+    folder = _copy(text_cls_artifact, tmp_path)
+    (folder / "tokenizer.json").unlink()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["preprocess"]["files"].remove("tokenizer.json")
+    del manifest["files"]["tokenizer.json"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(VerificationError) as info:
+        verify_artifact(folder)
+    assert "tokenizer.json (not listed)" in _failed(info)["preprocessor files"]
+
+
+@pytest.mark.slow
+def test_missing_image_config_is_refused(timm_artifact: Path, tmp_path: Path) -> None:
     from exporters.verify import verify_artifact
 
     folder = _copy(timm_artifact, tmp_path)
     (folder / "preprocess.json").unlink()
-    with pytest.raises(VerificationError) as info:
+    with pytest.raises(ArtifactError, match="preprocess.json: missing"):
         verify_artifact(folder)
-    assert "preprocess.json" in _failed(info)["preprocessor files"]
 
 
 @pytest.mark.slow
-def test_extra_and_missing_golden_files_are_caught(timm_artifact: Path, tmp_path: Path) -> None:
+def test_extra_and_missing_golden_files_are_refused(timm_artifact: Path, tmp_path: Path) -> None:
     from exporters.verify import verify_artifact
 
     folder = _copy(timm_artifact, tmp_path)
     (folder / "notes.txt").write_text("not part of the export")
     shutil.rmtree(folder / "test_data_set_1")
-    with pytest.raises(VerificationError) as info:
+    with pytest.raises(ArtifactError) as info:
         verify_artifact(folder)
-    detail = _failed(info)["file hashes (sha256)"]
-    assert "notes.txt: not in the manifest" in detail and "test_data_set_1/input_0.pb: missing" in detail
+    assert "notes.txt: not in the manifest" in str(info.value)
+    assert "test_data_set_1/input_0.pb: missing" in str(info.value)
 
 
 def test_invalid_graph_fails_the_checker(tmp_path: Path) -> None:

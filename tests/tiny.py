@@ -81,12 +81,15 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
     if spec.task in ("text-classification", "image-classification", "audio-classification"):
         labels = spec.labels or (AUDIO_LABELS if spec.task == "audio-classification" else TEXT_LABELS)
         kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)))
+    elif spec.task == "token-classification":
+        kwargs.update(num_labels=len(NER_LABELS), id2label=dict(enumerate(NER_LABELS)))
     if _takes_audio_mask(spec):
         # wav2vec2-large / HuBERT-large style: layer-normalised convolutions, trained with a mask
         kwargs.update(feat_extract_norm="layer", do_stable_layer_norm=True)
-    elif spec.task == "token-classification":
-        kwargs.update(num_labels=len(NER_LABELS), id2label=dict(enumerate(NER_LABELS)))
     config = transformers.AutoConfig.for_model(spec.arch, **kwargs)
+    import torch
+
+    torch.manual_seed(0)  # the same weights in every xdist worker: tests compare runs made in different workers
     model = auto_class(spec).from_config(config)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)

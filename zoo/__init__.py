@@ -16,6 +16,7 @@ from zoo.errors import (
     ConfigError,
     DataError,
     ExportError,
+    GateError,
     InputError,
     LaunchError,
     ModelUnavailableError,
@@ -34,13 +35,14 @@ _LAZY = {
     "create_model": "zoo.create",
     "export_onnx": "exporters.onnx",
     "verify_artifact": "exporters.verify",
+    "optimize": "exporters.optimize",
     "finetune": "zoo.train.finetune",
     "load": "zoo.runtime",
     "ExportedModel": "zoo.runtime",
 }
 
 __all__ = [
-    "ArtifactError", "ConfigError", "DataError", "ExportError", "InputError", "InputSpec",
+    "ArtifactError", "ConfigError", "DataError", "ExportError", "GateError", "InputError", "InputSpec",
     "LaunchError", "ModelSpec", "ModelUnavailableError", "NameNotFoundError", "Preprocess",
     "RegistryError", "VerificationError", "ZooError", "__version__", *_LAZY,
 ]

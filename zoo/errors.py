@@ -52,6 +52,10 @@ class VerificationError(ZooError):
         super().__init__(message)
 
 
+class GateError(VerificationError):
+    """An optimised graph failed an accuracy or speed gate (``zoo optimize``). Carries the gate report."""
+
+
 class ArtifactError(ZooError):
     """An artifact directory that is incomplete, tampered with or unreadable."""
 

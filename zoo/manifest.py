@@ -5,6 +5,12 @@ manifests through ``Manifest.from_dict`` (via ``zoo.artifact.read_manifest``), w
 the file as untrusted input: unknown keys, wrong types, missing fields and a
 ``format_version`` from the future are each refused in one line naming the field.
 
+Every path the manifest names (``files`` keys, ``preprocess.files``) must be a
+relative, normalised POSIX path inside the artifact (``path_problem`` is the rule;
+``zoo.artifact.artifact_path`` adds the symlink check on disk), and every
+preprocessed file must also be hashed in ``files``. Preprocessing numbers that
+size an allocation (``input_size``, ``max_length``, ``crop_pct``) are bounded.
+
 Fields (format_version 1):
 
     format, format_version   "zoo-artifact", 1
@@ -31,13 +37,22 @@ Fields (format_version 1):
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from zoo.errors import ArtifactError
+from zoo.errors import ArtifactError, ConfigError
 
 FORMAT = "zoo-artifact"
 FORMAT_VERSION = 1
+# Bounds on what a manifest may claim, so that a forged one cannot size an allocation.
+MAX_MANIFEST_BYTES = 32 * 1024 * 1024  # a real one is a few KB (labels of a 22k-class model: ~1 MB)
+MAX_PATH_CHARS = 1024
+MAX_IMAGE_SIDE = 8192  # input_size height/width, and the resize before the crop
+MAX_SEQUENCE = 1 << 20  # preprocess.max_length, in tokens
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+CROP_MODES = ("center", "squash", "border")
+SIDES = ("left", "right")
 
 
 @dataclass(frozen=True)
@@ -100,9 +115,22 @@ class Manifest:
 
         try:
             return ModelSpec.from_dict(self.spec)
-        except (TypeError, ValueError, KeyError) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise ArtifactError(f"manifest.json: field 'spec' is not a model spec ({exc}); re-export the "
                                 "artifact with 'zoo export'") from exc
+
+    def source_spec(self) -> Any:
+        """The spec that rebuilds the torch source (``zoo verify --against-source``, ``zoo bench --vs-torch``).
+
+        An artifact is untrusted input: it must not choose to run a repository's own code on
+        this machine, so a spec asking for ``trust_remote_code`` is refused here.
+        """
+        spec = self.model_spec()
+        if spec.trust_remote_code:
+            raise ConfigError(f"the artifact's manifest asks for trust_remote_code to rebuild {spec.source_name}; "
+                              "zoo never runs code an artifact names: export the source yourself and compare "
+                              "with that artifact")
+        return spec
 
     def replace(self, **changes: Any) -> Manifest:
         return dataclasses.replace(self, **changes)
@@ -126,7 +154,7 @@ class Manifest:
         if not isinstance(data, dict):
             raise ArtifactError(f"{where}: expected a JSON object, got {type(data).__name__}; re-export the artifact")
         _check_format(data, where)
-        unknown = sorted(set(data) - _FIELDS)
+        unknown = sorted(str(key) for key in data if key not in _FIELDS)
         if unknown:
             raise ArtifactError(f"{where}: unknown field '{unknown[0]}' (valid: {', '.join(sorted(_FIELDS))}); "
                                 "the file was edited or written by another tool: re-export the artifact")
@@ -134,6 +162,10 @@ class Manifest:
         if missing:
             raise ArtifactError(f"{where}: missing field '{missing[0]}'; the artifact is incomplete, re-export it")
         values = {name: _parse(name, data[name], where) for name in data}
+        unhashed = [f for f in values["preprocess"].get("files", []) if f not in values.get("files", {})]
+        if unhashed:
+            raise ArtifactError(f"{where}: preprocess.files names '{unhashed[0]}', which 'files' does not hash; "
+                                "every file the runtime reads must be listed with its sha256: re-export it")
         return cls(**values)
 
 
@@ -172,6 +204,10 @@ def _parse(name: str, value: Any, where: str) -> Any:
             return None
         if not isinstance(value, dict):
             raise wrong("a JSON object")
+        if name == "preprocess":
+            _check_preprocess(value, where)
+        elif name == "tolerances":
+            _check_tolerances(value, where)
         return value
     if name in ("verified", "random_init"):
         if not isinstance(value, bool):
@@ -223,6 +259,10 @@ def _files(value: Any, where: str) -> dict[str, FileEntry]:
                             f"got {_show(value)}; re-export the artifact")
     out = {}
     for rel, meta in value.items():
+        problem = path_problem(rel)
+        if problem:
+            raise ArtifactError(f"{where}: files entry {_show(rel)} {problem}; an artifact lists only files "
+                                "inside its own folder: re-export it")
         ok = (isinstance(meta, dict) and set(meta) == {"sha256", "size"} and isinstance(meta["sha256"], str)
               and len(meta["sha256"]) == 64 and isinstance(meta["size"], int) and not isinstance(meta["size"], bool)
               and meta["size"] >= 0)
@@ -231,6 +271,102 @@ def _files(value: Any, where: str) -> dict[str, FileEntry]:
                                 f"got {_show(meta)}; re-export the artifact")
         out[rel] = FileEntry(meta["sha256"], meta["size"])
     return out
+
+
+# ---------------------------------------------------------------- confinement
+
+
+def path_problem(rel: Any) -> str | None:
+    """Why ``rel`` is not a safe artifact path (relative, normalised, POSIX, inside the folder), or None.
+
+    Only the text is judged here; ``zoo.artifact.artifact_path`` also refuses a
+    path that leaves the folder through a symlink on disk.
+    """
+    if not isinstance(rel, str) or not rel:
+        return "is not a non-empty string"
+    if len(rel) > MAX_PATH_CHARS or "\x00" in rel:
+        return f"is longer than {MAX_PATH_CHARS} characters or holds a NUL byte"
+    if rel.startswith("/") or "\\" in rel or (len(rel) > 1 and rel[1] == ":"):
+        return "is absolute or not a POSIX path (write it relative, with '/')"
+    parts = rel.split("/")
+    if ".." in parts:
+        return "leads out of the artifact folder ('..')"
+    if any(part in ("", ".") for part in parts):
+        return "is not normalised (empty or '.' parts)"
+    if any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in parts):
+        return "has a part longer than 255 bytes"
+    return None
+
+
+# ---------------------------------------------------------------- preprocess and tolerances
+
+
+def _check_preprocess(pp: dict[str, Any], where: str) -> None:
+    """The keys of the preprocess record that the runtime reads; other (task-specific) keys pass through."""
+    def bad(key: str, expected: str) -> ArtifactError:
+        return ArtifactError(f"{where}: preprocess.{key} must be {expected}, got {_show(pp[key])}; "
+                             "re-export the artifact")
+
+    files = pp.get("files", [])
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise bad("files", "a list of file names")
+    for rel in files:
+        problem = path_problem(rel)
+        if problem:
+            raise ArtifactError(f"{where}: preprocess.files entry {_show(rel)} {problem}; re-export the artifact")
+    for key, choices in (("interpolation", INTERPOLATIONS), ("crop_mode", CROP_MODES), ("padding_side", SIDES),
+                         ("truncation_side", SIDES), ("pooling", _poolings())):
+        if pp.get(key) is not None and pp[key] not in choices:
+            raise bad(key, f"one of {', '.join(choices)}")
+    for key in ("pad_token_id", "pad_id", "pad_type_id"):
+        if pp.get(key) is not None and not _is_int(pp[key], 0, 1 << 31):
+            raise bad(key, "a token id (an integer >= 0)")
+    if pp.get("pad_token") is not None and not isinstance(pp["pad_token"], str):
+        raise bad("pad_token", "a string")
+    if pp.get("max_length") is not None and not _is_int(pp["max_length"], 1, MAX_SEQUENCE):
+        raise bad("max_length", f"an integer from 1 to {MAX_SEQUENCE}")
+    _check_image_preprocess(pp, bad)
+
+
+def _check_image_preprocess(pp: dict[str, Any], bad: Any) -> None:
+    size = pp.get("input_size")
+    if size is None:
+        return
+    if not (isinstance(size, list) and len(size) == 3 and _is_int(size[0], 1, 4)
+            and all(_is_int(side, 1, MAX_IMAGE_SIDE) for side in size[1:])):
+        raise bad("input_size", f"[channels 1..4, height, width] with sides from 1 to {MAX_IMAGE_SIDE}")
+    for key in ("mean", "std"):
+        values = pp.get(key)
+        if values is not None and not (isinstance(values, list) and len(values) == size[0]
+                                       and all(_is_number(v) for v in values)):
+            raise bad(key, f"a list of {size[0]} finite numbers (one per channel)")
+    if pp.get("std") is not None and 0 in pp["std"]:
+        raise bad("std", "non-zero (it divides)")
+    crop = pp.get("crop_pct")
+    # the image is resized to side / crop_pct before the crop: bound that size too
+    if crop is not None and not (_is_number(crop) and 0 < crop <= 1 and max(size[1:]) / crop <= MAX_IMAGE_SIDE):
+        raise bad("crop_pct", f"a number in (0, 1] with input side / crop_pct <= {MAX_IMAGE_SIDE}")
+
+
+def _check_tolerances(tol: dict[str, Any], where: str) -> None:
+    for key, value in tol.items():
+        if key not in ("atol", "rtol", "cosine") or not (_is_number(value) and value >= 0):
+            raise ArtifactError(f"{where}: tolerances.{key} = {_show(value)}; valid: atol, rtol, cosine, each a "
+                                "finite number >= 0: re-export the artifact")
+
+
+def _poolings() -> tuple[str, ...]:
+    from zoo.spec import POOLINGS
+
+    return POOLINGS
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _show(value: Any) -> str:

@@ -177,8 +177,23 @@ def validate_entry(entry: Any) -> list[str]:
         hint = f"; did you mean '{close[0]}'?" if close else ""
         errs.append(f"task: '{entry['task']}' is not one of {', '.join(TASKS)}{hint}")
     errs += _validate_inputs(entry.get("inputs", []))
+    errs += _validate_plain_fields(entry)
     for section, allowed in _SECTIONS.items():
         errs += _validate_section(section, entry.get(section, {}), allowed)
+    return errs
+
+
+def _validate_plain_fields(entry: dict[str, Any]) -> list[str]:
+    """Types of the fields that are copied into the spec as they are (a wrong type would fail there, untyped)."""
+    errs = []
+    for key in ("revision", "arch", "description"):
+        if entry.get(key) is not None and not isinstance(entry[key], str):
+            errs.append(f"{key}: must be a string, got {entry[key]!r}")
+    if "trust_remote_code" in entry and not isinstance(entry["trust_remote_code"], bool):
+        errs.append(f"trust_remote_code: must be true or false, got {entry['trust_remote_code']!r}")
+    labels = entry.get("labels")
+    if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, (str, int)) for x in labels)):
+        errs.append("labels: must be a list of class names")
     return errs
 
 
@@ -213,11 +228,38 @@ def _validate_section(section: str, values: Any, allowed: set[str]) -> list[str]
             errs.append(f"{section}.opset: must be an integer from 7 to 23, got {value!r}")
         elif key == "pooling" and value is not None and value not in POOLINGS:
             errs.append(f"{section}.pooling: '{value}' is not one of {', '.join(POOLINGS)}")
-        elif key in ("max_length",) and (not isinstance(value, int) or value < 1):
+        elif key in ("max_length",) and not _is_count(value):
             errs.append(f"{section}.{key}: must be a positive integer, got {value!r}")
-        elif key == "input_size" and (not isinstance(value, list) or len(value) != 3):
-            errs.append(f"{section}.input_size: must be [channels, height, width], got {value!r}")
+        elif key == "input_size" and (not isinstance(value, list) or len(value) != 3
+                                      or not all(_is_count(v) for v in value)):
+            errs.append(f"{section}.input_size: must be [channels, height, width] of positive integers, got {value!r}")
+        else:
+            errs += _validate_image_field(section, key, value)
     return errs
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _validate_image_field(section: str, key: str, value: Any) -> list[str]:
+    from zoo.manifest import CROP_MODES, INTERPOLATIONS
+
+    if key in ("mean", "std") and (not isinstance(value, list) or not all(_is_number(v) for v in value)):
+        return [f"{section}.{key}: must be a list of numbers (one per channel), got {value!r}"]
+    if key == "crop_pct" and value is not None and (not _is_number(value) or not 0 < value <= 1):
+        return [f"{section}.crop_pct: must be a number in (0, 1], got {value!r}"]
+    if key == "interpolation" and value is not None and value not in INTERPOLATIONS:
+        return [f"{section}.interpolation: '{value}' is not one of {', '.join(INTERPOLATIONS)}"]
+    if key == "crop_mode" and value is not None and value not in CROP_MODES:
+        return [f"{section}.crop_mode: '{value}' is not one of {', '.join(CROP_MODES)}"]
+    if key == "normalize" and not isinstance(value, bool):
+        return [f"{section}.normalize: must be true or false, got {value!r}"]
+    return []
 
 
 def entry_to_spec(alias: str, entry: dict[str, Any]) -> ModelSpec:

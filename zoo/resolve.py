@@ -57,8 +57,9 @@ def resolve_folder(path: Path) -> ModelSpec:
     """A zoo artifact, a zoo run dir, a save_pretrained folder or a timm folder."""
     path = path.resolve()
     if (path / MANIFEST_FILE).is_file():
-        manifest = json.loads((path / MANIFEST_FILE).read_text())
-        spec = ModelSpec.from_dict(manifest["spec"])
+        from zoo.artifact import read_manifest  # the one reader of manifests: bounded, validated
+
+        spec = read_manifest(path).model_spec()
         return _with(spec, local_path=str(path), origin="artifact")
     if (path / RUN_FILE).is_file():
         run = json.loads((path / RUN_FILE).read_text())

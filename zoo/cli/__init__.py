@@ -21,6 +21,8 @@ from zoo.errors import ZooError
 
 # Sub-command modules register themselves on ``app`` when imported.
 from zoo.cli import models  # noqa: E402,F401
+from zoo.cli import serve  # noqa: E402,F401
+from zoo.cli import optimize  # noqa: E402,F401
 from zoo.cli import _optional  # noqa: E402,F401
 
 

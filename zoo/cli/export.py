@@ -30,10 +30,15 @@ def export(
     keep_failed: Annotated[Path | None, typer.Option(
         help="Move a failed artifact here (marked unverified) instead of deleting it.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verification report as JSON.")] = False,
+    optimize: Annotated[str | None, typer.Option(
+        help="Then optimise the artifact at this level (fused, int8, int8-static, fp16, auto) into OUT-LEVEL; "
+             "shorthand for 'zoo optimize OUT --level LEVEL'.")] = None,
 ) -> None:
     """Export NAME to a verified, self-contained ONNX artifact (written only if verification passes)."""
     from exporters.onnx import export_onnx
 
+    if optimize is not None:
+        _check_level(optimize)
     try:
         with _progress(quiet=as_json) as step:
             result = export_onnx(name, out=out, opset=opset, atol=atol, rtol=rtol, random_init=random_init,
@@ -41,7 +46,24 @@ def export(
     except VerificationError as exc:
         _show(exc.report, as_json, path=None)
         raise
-    _show(result.report, as_json, path=result.path, exporter=result.exporter)
+    _show(result.report, as_json and optimize is None, path=result.path, exporter=result.exporter)
+    if optimize is not None:
+        from zoo.cli.optimize import Level
+        from zoo.cli.optimize import optimize as optimize_command
+
+        optimize_command(result.path, out=result.path.parent / f"{result.path.name}-{optimize}",
+                         level=Level(optimize), eval_data=None, max_drop=0.5, keep_failed=None,
+                         as_json=as_json)
+
+
+def _check_level(level: str) -> None:
+    """Before the (long) export starts, so a typo costs nothing."""
+    from exporters.optimize import LEVELS
+
+    if level not in LEVELS:
+        from zoo.errors import ConfigError
+
+        raise ConfigError(f"--optimize {level!r} is not one of {', '.join(LEVELS)}; e.g. --optimize int8")
 
 
 @app.command("verify")

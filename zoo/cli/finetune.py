@@ -2,108 +2,140 @@
 
     zoo finetune timm:test_resnet --random-init --data builtin:digits --strategy ddp --nproc 2 \\
         --image-size 32 --epochs 2 --out runs/digits
+    zoo finetune --resume --out runs/digits
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-endpoint HOST:PORT -m zoo finetune bert-base \\
         --data train.csv --strategy fsdp --precision bf16 --out runs/bert
+
+The flags are generated from ``zoo.train.config.TrainConfig`` (one definition for
+the CLI, ``zoo.finetune`` and validation). Every flag defaults to "not given", so
+``--resume`` can tell an option given again from one left to the run's stored value.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
+import typing
 from enum import Enum
+from functools import cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from zoo.cli.app import app, state
+from zoo.train import config as options
 
 
-class StrategyChoice(str, Enum):
-    single = "single"
-    ddp = "ddp"
-    fsdp = "fsdp"
+@cache
+def _choice_enum(name: str, choices: tuple[str, ...]) -> type[Enum]:
+    return Enum(name, [(c.replace("-", "_"), c) for c in choices], type=str)  # type: ignore[return-value]
 
 
-class PrecisionChoice(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
+def _base_type(name: str) -> type:
+    hint = typing.get_type_hints(options.TrainConfig)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
 
 
-def _eval_every(value: str) -> int | None:
-    if value == "epoch":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise typer.BadParameter(f"'{value}' is neither 'epoch' nor a number of steps") from None
+def _parameter(field: Any) -> inspect.Parameter:
+    meta = options.meta(field)
+    kind: Any = _base_type(field.name)
+    choices = meta.valid_choices()
+    if choices is not None:
+        kind = _choice_enum(field.name.title().replace("_", ""), choices)
+    flag = meta.flag or "--" + field.name.replace("_", "-")
+    decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+    default = field.default
+    shown = f" (default {default})" if default not in (None, "", (), False) and not callable(default) else ""
+    info = typer.Option(*decls, help=meta.help + shown, rich_help_panel=meta.group, show_default=False)
+    return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                             annotation=Annotated[kind | None, info])
 
 
-@app.command("finetune")
-def finetune_command(
-    name: Annotated[str, typer.Argument(help="Alias, hf:ORG/NAME, timm:ARCH or a model folder.")],
-    data: Annotated[str, typer.Option(help="CSV/JSON/JSONL/Parquet file, imagefolder or save_to_disk folder, "
-                                           "hub data set name, or builtin:digits.")],
-    strategy: Annotated[StrategyChoice, typer.Option(help="single, ddp or fsdp (FSDP2).")] = StrategyChoice.single,
-    nproc: Annotated[int, typer.Option(help="Processes on this node (> 1 launches torch's elastic launcher).")] = 1,
-    nnodes: Annotated[int, typer.Option(help="Nodes in the job (multi-node needs --rdzv-endpoint).")] = 1,
-    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT of the rendezvous.")] = None,
-    rdzv_id: Annotated[str | None, typer.Option(help="Job id shared by all nodes.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Passes over the training data (default 3).")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps instead of --epochs.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Global batch per micro-step, over all processes.")] = 32,
-    grad_accum: Annotated[int, typer.Option(help="Micro-steps per optimizer step.")] = 1,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 5e-4,
-    warmup: Annotated[float, typer.Option(help="Warmup as a fraction of all steps (then cosine decay).")] = 0.1,
-    precision: Annotated[PrecisionChoice, typer.Option(help="fp32 or bf16 (fp16: single/ddp only).")] =
-        PrecisionChoice.fp32,
-    seed: Annotated[int, typer.Option(help="Seed of weights, data order and dropout.")] = 0,
-    eval_every: Annotated[str, typer.Option(help="'epoch' or a number of steps.")] = "epoch",
-    early_stopping: Annotated[int | None, typer.Option(help="Stop after P evaluations without a better "
-                                                            "validation loss.")] = None,
-    checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints (default: at each "
-                                                              "evaluation).")] = None,
-    pause_at: Annotated[int | None, typer.Option(help="Stop after this step with a checkpoint; continue "
-                                                      "later with --resume.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run dir (default runs/NAME-TIME).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the latest complete checkpoint in --out.")] = False,
-    random_init: Annotated[bool, typer.Option(help="Random weights instead of pretrained ones.")] = False,
-    text_column: Annotated[str | None, typer.Option(help="Input column (text, words or image).")] = None,
-    label_column: Annotated[str | None, typer.Option(help="Label (or tag) column.")] = None,
-    split: Annotated[str | None, typer.Option(help="Training split (default train).")] = None,
-    val_data: Annotated[str | None, typer.Option(help="Validation file (default: a validation split, "
-                                                      "else a seeded 10% of the training data).")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Train images at this size instead of the "
-                                                        "model's own.")] = None,
-    max_length: Annotated[int, typer.Option(help="Longest token sequence for text.")] = 128,
-    as_json: Annotated[bool, typer.Option("--json", help="Print run.json's metrics as JSON.")] = False,
-) -> None:
+def _parameters() -> list[inspect.Parameter]:
+    name = inspect.Parameter("name", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        str | None, typer.Argument(help="Alias, hf:ORG/NAME, timm:ARCH or a model folder (not needed with "
+                                        "--resume).", show_default=False)])
+    as_json = inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+        bool, typer.Option("--json", help="Print the run's summary as JSON.")])
+    return [name, *(_parameter(f) for f in options.options() if options.meta(f).cli), as_json]
+
+
+def finetune_command(**values: Any) -> None:
     """Fine-tune NAME on --data; write weights in the model's own format plus run.json to --out."""
     from zoo.train.finetune import finetune
+    from zoo.train.launch import WorkerFailed
 
-    run = finetune(
-        name, data, out=out, strategy=strategy.value, nproc=nproc, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
-        rdzv_id=rdzv_id, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
-        lr=lr, warmup=warmup, precision=precision.value, seed=seed, eval_every=_eval_every(eval_every),
-        early_stopping=early_stopping, checkpoint_every=checkpoint_every, pause_at=pause_at, resume=resume,
-        random_init=random_init, text_column=text_column, label_column=label_column, split=split,
-        val_data=val_data, image_size=image_size, max_length=max_length, registries=tuple(state.registries))
+    name, as_json = values.pop("name"), values.pop("as_json")
+    given = {k: v.value if isinstance(v, Enum) else v for k, v in values.items() if v is not None}
+    try:
+        run = finetune(name or "", **given, registries=tuple(state.registries))
+    except WorkerFailed as exc:
+        if state.debug:
+            typer.echo(exc.worker_traceback, err=True)
+        raise
     _report(run, as_json)
 
 
-def _report(run: Path, as_json: bool) -> None:
-    import os
+_PARAMETERS = _parameters()
+finetune_command.__signature__ = inspect.Signature(_PARAMETERS)  # type: ignore[attr-defined]
+finetune_command.__annotations__ = {p.name: p.annotation for p in _PARAMETERS}
+app.command("finetune")(finetune_command)
 
+
+# ---------------------------------------------------------------- the end-of-run summary
+
+
+def _report(run: Path, as_json: bool) -> None:
+    # under an outside torchrun every rank runs this command: rank 0 alone reports
+    if os.environ.get("RANK", "0") != "0":
+        return
     record_file = run / "run.json"
-    # under an outside torchrun every rank runs this command: rank 0 alone reports; a paused run has no run.json
-    if os.environ.get("RANK", "0") != "0" or not record_file.is_file():
-        return
-    record = json.loads(record_file.read_text())
+    summary = _finished(run, json.loads(record_file.read_text())) if record_file.is_file() else _paused(run)
     if as_json:
-        typer.echo(json.dumps({"run": str(run), **record["metrics"]}, indent=2))
-        return
-    final, best = record["metrics"]["final"], record["metrics"]["best"]
+        typer.echo(json.dumps(summary["json"], indent=2))
+    else:
+        for line in summary["lines"]:
+            typer.echo(line)
+
+
+def _finished(run: Path, record: dict[str, Any]) -> dict[str, Any]:
+    final, best, kept = record["metrics"]["final"], record["metrics"]["best"], record["model"]
+    metric = kept["metric"].removeprefix("val_")
+    timing, data = record["timing"], record["data"]
     shown = ", ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in final.items())
-    typer.echo(f"run dir: {run}")
-    typer.echo(f"validation (final, step {record['steps']}): {shown}")
-    typer.echo(f"best validation loss {best.get('val_loss', float('nan')):.4f} at step {best.get('step')}")
+    head = "a new head" if data.get("new_head") else "the model's head kept"
+    lines = [
+        f"run dir: {run}",
+        f"labels: {len(data['labels'])} from {data['label_source']}, {head}",
+        f"validation (final, step {record['steps']}): {shown}",
+        (f"best {metric} {best.get(kept['metric'], float('nan')):.4f} at step {best.get('step')}"
+         f"{_checkpoint_of(run, best.get('step'))}; "
+         f"{run / record['model_dir']} holds step {kept['step']} (--keep {kept['keep']})"),
+        (f"time: {timing['elapsed_s']:.1f} s, {timing['samples_per_s']:.1f} training samples/s "
+         f"({timing['samples']} samples in {timing['steps']} steps)"),
+    ]
+    payload = {"run": str(run), **record["metrics"], "model": kept, "timing": timing}
+    return {"lines": lines, "json": payload}
+
+
+def _checkpoint_of(run: Path, step: int | None) -> str:
+    from zoo.train.checkpoint import MARKER, PREFIX, checkpoint_dir
+
+    folder = checkpoint_dir(run) / f"{PREFIX}{step}"
+    return f" (checkpoint {folder})" if (folder / MARKER).is_file() else ""
+
+
+def _paused(run: Path) -> dict[str, Any]:
+    from zoo.train.checkpoint import latest_checkpoint, read_trainer
+
+    folder = latest_checkpoint(run)
+    saved = read_trainer(folder)
+    step, total = saved["state"]["step"], saved.get("total_steps")
+    command = f"zoo finetune --resume --out {run}"
+    lines = [f"paused at step {step}" + (f" of {total}" if total else "") + f"; checkpoint: {folder}",
+             f"continue with: {command}"]
+    return {"lines": lines, "json": {"run": str(run), "paused_at": step, "checkpoint": str(folder),
+                                     "continue": command}}

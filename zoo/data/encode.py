@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from zoo.data.collate import IGNORE_INDEX, ImageExamples, TextExamples
+from zoo.data.labels import LabelPlan, class_names
 from zoo.errors import DataError
 from zoo.spec import Preprocess
 
@@ -14,31 +15,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def label_indices(values: list[Any], table: Any, column: str, labels: tuple[str, ...], what: str) -> list[int]:
-    """Row values (ClassLabel ints, strings or numbers) to positions in ``labels``."""
-    names = _names_of(table, column)
-    lookup = {name: i for i, name in enumerate(labels)}
-    out = []
-    for value in values:
-        name = names[value] if names is not None and isinstance(value, int) else str(value)
-        if name not in lookup:
-            raise DataError(f"{what} has label '{name}' that the training split lacks; training labels: "
-                            f"{', '.join(labels)}")
-        out.append(lookup[name])
-    return out
+def label_indices(table: Any, column: str, plan: LabelPlan, what: str) -> list[int]:
+    """One table's label values (ids, ClassLabel ints or names) as head positions."""
+    return plan.indices(list(table[column]), class_names(table, column), what)
 
 
-def _names_of(table: Any, column: str) -> list[str] | None:
-    import datasets
-
-    feature = table.features[column]
-    feature = getattr(feature, "feature", feature)
-    if isinstance(feature, list) and feature:
-        feature = feature[0]
-    return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
-
-
-def images(table: Any, columns: dict[str, str], labels: tuple[str, ...], pp: Preprocess, what: str) -> ImageExamples:
+def images(table: Any, columns: dict[str, str], labels: LabelPlan, pp: Preprocess, what: str) -> ImageExamples:
     from timm.data.transforms_factory import transforms_imagenet_eval
 
     channels, height, width = pp.input_size or (3, 224, 224)
@@ -47,7 +29,7 @@ def images(table: Any, columns: dict[str, str], labels: tuple[str, ...], pp: Pre
                                          interpolation=pp.interpolation or "bilinear", normalize=False)
     mode = "RGB" if channels == 3 else "L"
     pixels = torch.stack([_to_tensor(transform(img.convert(mode))) for img in table[columns["input"]]])
-    targets = torch.tensor(label_indices(table[columns["label"]], table, columns["label"], labels, what))
+    targets = torch.tensor(label_indices(table, columns["label"], labels, what))
     return ImageExamples(pixels, targets, pp.mean or IMAGENET_MEAN, pp.std or IMAGENET_STD)
 
 
@@ -55,7 +37,7 @@ def _to_tensor(image: Any) -> torch.Tensor:
     return image if isinstance(image, torch.Tensor) else torch.as_tensor(image)
 
 
-def texts(table: Any, columns: dict[str, str], labels: tuple[str, ...], tokenizer: Any, max_length: int,
+def texts(table: Any, columns: dict[str, str], labels: LabelPlan, tokenizer: Any, max_length: int,
           what: str) -> TextExamples:
     """One label per text."""
     inputs = list(table[columns["input"]])
@@ -63,12 +45,12 @@ def texts(table: Any, columns: dict[str, str], labels: tuple[str, ...], tokenize
         raise DataError(f"column '{columns['input']}' of {what} must hold text; name the text column "
                         "with --text-column")
     encoded = tokenizer(inputs, truncation=True, max_length=max_length)
-    targets = label_indices(table[columns["label"]], table, columns["label"], labels, what)
+    targets = label_indices(table, columns["label"], labels, what)
     rows = [{**{k: encoded[k][i] for k in encoded.keys()}, "labels": targets[i]} for i in range(len(inputs))]
     return TextExamples(rows, tokenizer, token_level=False)
 
 
-def tagged_texts(table: Any, columns: dict[str, str], labels: tuple[str, ...], tokenizer: Any, max_length: int,
+def tagged_texts(table: Any, columns: dict[str, str], labels: LabelPlan, tokenizer: Any, max_length: int,
                  what: str) -> TextExamples:
     """Word/tag rows: the first sub-word of each word carries its tag, the rest are ignored."""
     words, tags = list(table[columns["input"]]), list(table[columns["label"]])
@@ -76,12 +58,13 @@ def tagged_texts(table: Any, columns: dict[str, str], labels: tuple[str, ...], t
         raise DataError(f"column '{columns['input']}' of {what} must hold lists of words for token "
                         "classification; name it with --text-column")
     encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+    names = class_names(table, columns["label"])
     rows = []
     for i, row_tags in enumerate(tags):
         if len(row_tags) != len(words[i]):
             raise DataError(f"row {i} of {what} has {len(words[i])} words but {len(row_tags)} tags; "
                             "every word needs one tag")
-        targets = label_indices(list(row_tags), table, columns["label"], labels, what)
+        targets = labels.indices(list(row_tags), names, what)
         row = {k: encoded[k][i] for k in encoded.keys()}
         row["labels"] = _align(encoded.word_ids(i), targets)
         rows.append(row)

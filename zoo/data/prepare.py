@@ -2,9 +2,10 @@
 
 Which columns hold the input and the label, how labels are read and how rows
 are encoded is the task's business (``zoo.tasks``); this module finds the
-splits and checks what every task needs. Labels come from the data (a
-``ClassLabel`` feature's names, else the sorted distinct values) and are
-written into the fine-tuned model, so its predictions carry names.
+splits and checks what every task needs. Which label names the model ends
+up with, and whether it keeps its pretrained head, is ``zoo.data.labels``'s
+rule; the names are written into the fine-tuned model, so its predictions carry
+them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zoo.data.files import VAL_SPLITS, RawData, load_raw
+from zoo.data.labels import LabelPlan
 from zoo.errors import DataError
 from zoo.spec import ModelSpec
 
@@ -22,43 +24,55 @@ class PreparedData:
     name: str
     fingerprint: str
     task: str
-    labels: tuple[str, ...]
+    plan: LabelPlan
     train: Any  # ImageExamples | TextExamples
     val: Any
     columns: dict[str, str]
     val_source: str
     sizes: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.plan.names
+
     def info(self) -> dict[str, Any]:
         """What run.json records about the data."""
-        return {"name": self.name, "fingerprint": self.fingerprint, "sizes": self.sizes,
-                "labels": list(self.labels), "columns": self.columns, "validation": self.val_source}
+        return {"name": self.name, "fingerprint": self.fingerprint, "sizes": self.sizes, **self.plan.info(),
+                "columns": self.columns, "validation": self.val_source}
 
 
 def prepare_data(data: str, spec: ModelSpec, *, text_column: str | None = None, label_column: str | None = None,
                  split: str | None = None, val_data: str | None = None, val_fraction: float = 0.1,
-                 seed: int = 0, max_length: int = 128) -> PreparedData:
-    """Load ``data``, let ``spec``'s task pick its columns and read labels, encode both splits."""
+                 seed: int = 0, max_length: int = 128, new_head: bool = False) -> PreparedData:
+    """Load ``data``, let ``spec``'s task pick its columns and plan the labels, encode both splits."""
     from zoo.tasks import get_task
 
     task = get_task(spec.task)
     raw = load_raw(data, task)
     train, val, val_source = _splits(raw, split, val_data, val_fraction, seed, task)
     columns = task.data_columns(train, text_column, label_column)
-    labels = task.read_labels(train, columns["label"], spec)
-    if task.has_labels and len(labels) < 2:
-        raise DataError(f"column '{columns['label']}' of {data} holds {len(labels)} distinct label(s) "
-                        f"({', '.join(labels) or 'none'}); classification needs at least 2")
+    plan = task.read_labels(train, columns["label"], spec, new_head)
+    if task.has_labels and plan.distinct < 2:
+        raise DataError(f"column '{columns['label']}' of {data} holds {plan.distinct} distinct label(s); "
+                        "classification needs at least 2")
     _check_columns(val, columns, "validation data")
     processor = task.load_processor(spec)
     length = min(max_length, spec.preprocess.max_length or max_length)
 
     def encode(table: Any, what: str) -> Any:
-        return task.encode(table, columns, labels, spec, processor, length, what)
+        return task.encode(table, columns, plan, spec, processor, length, what)
 
-    return PreparedData(name=raw.name, fingerprint=raw.fingerprint, task=spec.task, labels=labels,
+    return PreparedData(name=raw.name, fingerprint=raw.fingerprint, task=spec.task, plan=plan,
                         train=encode(train, "train"), val=encode(val, "validation"), columns=columns,
                         val_source=val_source, sizes={"train": len(train), "validation": len(val)})
+
+
+def validation_split(data: str, task: Any, *, split: str | None = None, val_data: str | None = None,
+                     val_fraction: float = 0.1, seed: int = 0) -> tuple[Any, str]:
+    """The raw validation rows ``prepare_data`` holds out for these options (same rule, same seed), and
+    where they came from; ``zoo optimize`` judges a fine-tuned artifact on exactly these rows."""
+    _, val, source = _splits(load_raw(data, task), split, val_data, val_fraction, seed, task)
+    return val, source
 
 
 def _splits(raw: RawData, split: str | None, val_data: str | None, fraction: float,

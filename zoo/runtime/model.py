@@ -14,7 +14,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from zoo.artifact import MODEL_FILE, check_files, read_manifest
+from zoo.artifact import MODEL_FILE, check_artifact, read_manifest
 from zoo.errors import ArtifactError, ConfigError, InputError, UnsupportedTaskError, first_line
 from zoo.manifest import Manifest
 from zoo.runtime.preprocess import numpy_dtype
@@ -28,16 +28,14 @@ def load(artifact_dir: str | Path, *, providers: Sequence[Provider] | None = Non
     """Open an artifact: check its files against the manifest, start onnxruntime, rebuild preprocessing.
 
     ``providers`` defaults to CUDA when onnxruntime has it, else CPU. ``threads`` sets
-    onnxruntime's intra-op thread count. Sizes are always checked; sha256 too unless
-    ``check_hashes=False`` (faster cold start for a trusted, read-only artifact).
+    onnxruntime's intra-op thread count. Paths and sizes are always checked; sha256 and
+    the golden tensors' headers too unless ``check_hashes=False`` (faster cold start for a
+    trusted, read-only artifact).
     """
     folder = Path(artifact_dir).expanduser().resolve()
     manifest = read_manifest(folder)
     _check_manifest(folder, manifest)
-    problems = check_files(folder, manifest, full=check_hashes)
-    if problems:
-        raise ArtifactError(f"artifact {folder} does not match its manifest, refusing to load it: "
-                            + "; ".join(problems) + ". Re-export it (zoo export), or copy it again intact")
+    check_artifact(folder, manifest, full=check_hashes)  # confined paths, sizes, hashes: before any parse
     session = _session(folder / MODEL_FILE, providers, threads)
     return ExportedModel(folder, manifest, session)
 
@@ -48,9 +46,6 @@ def _check_manifest(folder: Path, manifest: Manifest) -> None:
         get_task(manifest.task)
     except UnsupportedTaskError as exc:
         raise ArtifactError(f"{folder}/manifest.json: {exc}; upgrade zoo-toolkit or re-export the artifact") from None
-    if MODEL_FILE not in manifest.files:
-        raise ArtifactError(f"{folder}/manifest.json: 'files' does not list {MODEL_FILE} (so it cannot be "
-                            "checked); re-export the artifact with 'zoo export NAME --onnx'")
 
 
 def _session(path: Path, providers: Sequence[Provider] | None, threads: int | None) -> Any:
@@ -142,7 +137,11 @@ class ExportedModel:
         return self._run(self._checked(arrays))
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self._outputs, self._session.run(self._outputs, feed)))
+        try:
+            return dict(zip(self._outputs, self._session.run(self._outputs, feed)))
+        except Exception as exc:  # onnxruntime's own pybind types (InvalidArgument, Fail, RuntimeException)
+            raise InputError(f"onnxruntime cannot run {self._manifest.name} on these inputs: {first_line(exc)}; "
+                             "check the values (token ids inside the vocabulary, sizes the graph allows)") from exc
 
     def _checked(self, arrays: dict[str, Any]) -> dict[str, np.ndarray]:
         names = self.input_names
@@ -160,7 +159,11 @@ class ExportedModel:
 
     def _checked_array(self, spec: Any, value: Any, axes: dict[str, tuple[str, int]]) -> np.ndarray:
         name, shape = spec.name, list(spec.shape)
-        array = value if isinstance(value, np.ndarray) else np.asarray(value)
+        try:
+            array = value if isinstance(value, np.ndarray) else np.asarray(value)
+        except (ValueError, TypeError) as exc:  # ragged nested lists, objects numpy cannot convert
+            raise InputError(f"{name} is not an array ({first_line(exc, 120)}); the model expects "
+                             f"{self.signature()}") from exc
         want = np.dtype(numpy_dtype(spec.dtype))
         expects = f"the model expects {self.signature()}"
         if array.dtype != want:

@@ -4,12 +4,31 @@ Text goes through ``tokenizers`` reading ``tokenizer.json`` (the same Rust
 tokenizer that transformers' fast tokenizers wrap), with the truncation length
 and padding the manifest records. Images go through Pillow and numpy with timm's
 eval-transform semantics (resize, crop, scale to [0, 1], normalise).
+
+Inputs are untrusted, and bounded before any work is done on them:
+
+- a text longer than ``MAX_TEXT_BYTES`` (UTF-8) is refused with InputError, not
+  truncated: the model truncates at ``max_length`` tokens anyway, but where a
+  megabyte of text would be cut is not something zoo should guess. Split long
+  documents yourself. Strings holding lone surrogates (not UTF-8 encodable) are refused too.
+- an image of more than ``MAX_IMAGE_PIXELS`` pixels (file, PIL image or array) is
+  refused with InputError before it is decoded; Pillow's own decompression-bomb
+  guard (its warning and its error) becomes the same InputError; so does a file
+  Pillow cannot decode, and an aspect ratio so extreme that the resize would exceed the limit.
+
+Both limits are module attributes: raise them (``zoo.runtime.preprocess.MAX_TEXT_BYTES = ...``)
+for a trusted source of larger inputs.
+
+Files are read through ``zoo.artifact.read_bytes``: confined to the artifact and,
+when the manifest is known, the bytes parsed are the bytes whose sha256 was checked.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,20 +37,23 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image
 
+from zoo.artifact import read_bytes
 from zoo.errors import ArtifactError, InputError, first_line
+from zoo.manifest import INTERPOLATIONS, MAX_IMAGE_SIDE
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
+# 1 MiB of UTF-8 per text: ~250k tokens, hundreds of times any max_length a model has.
+MAX_TEXT_BYTES = 1 << 20
+# 64 Mpx (8192 x 8192): above 8K video frames and 50 MP photos, below Pillow's own guard
+# (Image.MAX_IMAGE_PIXELS, 89 Mpx), which zoo leaves as the user set it.
+MAX_IMAGE_PIXELS = 8192 * 8192
 # timm's DEFAULT_CROP_PCT: the crop fraction its eval transform uses when none is given.
 DEFAULT_CROP_PCT = 0.875
-_RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-}
+_RESAMPLE = {name: getattr(Image.Resampling, name.upper()) for name in INTERPOLATIONS}
+# Opening an image header records Pillow's decompression-bomb warning instead of printing it;
+# warnings.catch_warnings is process-wide state, so zoo's own calls take turns (the header read is short).
+_OPEN_LOCK = threading.Lock()
 TOKEN_FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,
                  "bool": np.bool_}
@@ -64,20 +86,19 @@ class TextPreprocessor:
 
     def __init__(self, folder: Path, manifest: Any):
         inputs = [(i.name, numpy_dtype(i.dtype)) for i in manifest.inputs]
-        self._setup(Path(folder), manifest.preprocess, inputs)
+        self._setup(Path(folder), manifest.preprocess, inputs, manifest)
 
     @classmethod
     def from_record(cls, folder: Path, record: dict[str, Any], inputs: list[tuple[str, Any]]) -> TextPreprocessor:
         """Built from a preprocess record before the manifest exists (the exporter's own check)."""
         self = cls.__new__(cls)
-        self._setup(Path(folder), record, inputs)
+        self._setup(Path(folder), record, inputs, None)
         return self
 
-    def _setup(self, folder: Path, pp: dict[str, Any], inputs: list[tuple[str, Any]]) -> None:
+    def _setup(self, folder: Path, pp: dict[str, Any], inputs: list[tuple[str, Any]], manifest: Any) -> None:
         from tokenizers import Tokenizer
 
-        path = Path(folder) / "tokenizer.json"
-        if not path.is_file():
+        if not (folder / "tokenizer.json").is_file():
             raise ArtifactError(f"{folder} holds a text model but no tokenizer.json; the runtime reads only "
                                 "tokenizers' JSON (a fast tokenizer): re-export the artifact")
         if not pp.get("max_length"):
@@ -85,12 +106,13 @@ class TextPreprocessor:
                                 "re-export the artifact with a zoo that writes it")
         self.max_length = int(pp["max_length"])
         self.inputs = inputs
+        text = _read_text(folder, "tokenizer.json", manifest)
         try:
-            tokenizer = Tokenizer.from_file(str(path))
+            tokenizer = Tokenizer.from_str(text)
         except Exception as exc:  # tokenizers raises plain Exception from Rust for a bad file
-            raise ArtifactError(f"{path} is not a tokenizers JSON file ({first_line(exc)}); re-export the "
-                                "artifact") from exc
-        settings = _padding_settings(Path(folder), pp, tokenizer)
+            raise ArtifactError(f"{folder}/tokenizer.json is not a tokenizers JSON file ({first_line(exc)}); "
+                                "re-export the artifact") from exc
+        settings = _padding_settings(folder, pp, tokenizer, _tokenizer_config(folder, manifest))
         # tokenizer.json often carries its own fixed padding/truncation (MiniLM's pads to 128):
         # replace both with what transformers does for padding=True, truncation=True, max_length=N.
         tokenizer.enable_truncation(self.max_length, direction=settings["truncation_side"])
@@ -101,8 +123,7 @@ class TextPreprocessor:
 
     def __call__(self, texts: Sequence[str]) -> TextBatch:
         for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise InputError(f"input {i} is {type(text).__name__}; this text model expects strings")
+            _check_text(text, i)
         encodings = self.tokenizer.encode_batch(list(texts))
         arrays = {}
         for name, dtype in self.inputs:
@@ -115,11 +136,47 @@ class TextPreprocessor:
                          special=[list(e.special_tokens_mask) for e in encodings])
 
 
-def _padding_settings(folder: Path, pp: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
+def _check_text(text: Any, index: int) -> None:
+    if not isinstance(text, str):
+        raise InputError(f"input {index} is {type(text).__name__}; this text model expects strings")
+    try:
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # tokenizers would raise a bare TypeError
+        raise InputError(f"input {index} holds a lone surrogate character, which is not text (it has no UTF-8 "
+                         "form); decode the source with errors='replace'") from None
+    if size > MAX_TEXT_BYTES:
+        raise InputError(f"input {index} is {size} bytes of UTF-8; the limit is {MAX_TEXT_BYTES} "
+                         "(zoo.runtime.preprocess.MAX_TEXT_BYTES): split the text, the model reads only its first "
+                         "max_length tokens anyway")
+
+
+def _read_text(folder: Path, rel: str, manifest: Any) -> str:
+    """A text file of the artifact, hash-checked against ``manifest`` when there is one."""
+    data = read_bytes(folder, rel, manifest=manifest)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ArtifactError(f"{folder}/{rel} is not UTF-8 text ({exc.reason}); re-export the artifact") from exc
+
+
+def _tokenizer_config(folder: Path, manifest: Any) -> dict[str, Any]:
+    """tokenizer_config.json when the artifact has it (and, with a manifest, lists it); else {}."""
+    name = "tokenizer_config.json"
+    listed = name in manifest.files if manifest is not None else (folder / name).is_file()
+    if not listed:
+        return {}
+    try:
+        config = json.loads(_read_text(folder, name, manifest))
+    except (ValueError, RecursionError) as exc:
+        raise ArtifactError(f"{folder}/{name} is not valid JSON ({first_line(exc, 120)}); re-export the "
+                            "artifact") from exc
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{folder}/{name} is not a JSON object; re-export the artifact")
+    return config
+
+
+def _padding_settings(folder: Path, pp: dict[str, Any], tokenizer: Any, config: dict[str, Any]) -> dict[str, Any]:
     """Pad token and sides: the manifest first, then tokenizer_config.json, then tokenizer.json's own."""
-    config = {}
-    if (folder / "tokenizer_config.json").is_file():
-        config = json.loads((folder / "tokenizer_config.json").read_text())
     own = tokenizer.padding or {}
     pad_token = pp.get("pad_token") or _token_text(config.get("pad_token")) or own.get("pad_token")
     pad_id = pp.get("pad_token_id", pp.get("pad_id"))
@@ -129,8 +186,12 @@ def _padding_settings(folder: Path, pp: dict[str, Any], tokenizer: Any) -> dict[
         raise ArtifactError(f"{folder} records no pad token (manifest preprocess.pad_token, "
                             "tokenizer_config.json or tokenizer.json padding); batches of different lengths "
                             "cannot be padded: re-export with a tokenizer that has a pad token")
+    pad_token = pad_token or tokenizer.id_to_token(int(pad_id))
+    if pad_token is None or not 0 <= int(pad_id) < tokenizer.get_vocab_size(with_added_tokens=True):
+        raise ArtifactError(f"{folder}: pad token id {pad_id} is not in tokenizer.json's vocabulary; "
+                            "re-export the artifact")
     return {
-        "pad_token": pad_token or tokenizer.id_to_token(int(pad_id)),
+        "pad_token": pad_token,
         "pad_id": int(pad_id),
         "pad_type_id": int(pp.get("pad_type_id", own.get("pad_type_id", 0)) or 0),
         "padding_side": _side(pp.get("padding_side") or config.get("padding_side") or "right"),
@@ -141,8 +202,8 @@ def _padding_settings(folder: Path, pp: dict[str, Any], tokenizer: Any) -> dict[
 def _token_text(token: Any) -> str | None:
     # tokenizer_config.json stores special tokens as strings or as AddedToken dicts
     if isinstance(token, dict):
-        return token.get("content")
-    return token
+        token = token.get("content")
+    return token if isinstance(token, str) else None
 
 
 def _side(side: str) -> str:
@@ -228,30 +289,70 @@ class ImagePreprocessor:
 
 def _open_image(item: ImageInput, index: int, mode: str) -> Image.Image:
     if isinstance(item, (str, Path)):
-        path = Path(item)
-        if not path.is_file():
-            raise InputError(f"input {index}: image file '{path}' does not exist; give an image path, a PIL "
-                             "image or a uint8 array (H, W[, C])")
-        try:
-            with Image.open(path) as img:
-                return img.convert(mode)
-        except OSError as exc:
-            raise InputError(f"input {index}: '{path}' is not an image Pillow can read ({exc})") from exc
+        return _open_image_file(Path(item), index, mode)
     if isinstance(item, Image.Image):
-        return item.convert(mode)
+        _check_pixels(item.width, item.height, index)
+        return _converted(item, index, mode)
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3, 4)):
             raise InputError(f"input {index}: array of dtype {item.dtype} and shape {item.shape}; an image array "
                              "must be uint8 with shape (H, W), (H, W, 3) or (H, W, 4). For already preprocessed "
                              "tensors call the model directly: model(pixel_values=...)")
-        return Image.fromarray(item[..., 0] if item.ndim == 3 and item.shape[2] == 1 else item).convert(mode)
+        _check_pixels(item.shape[1], item.shape[0], index)
+        image = Image.fromarray(item[..., 0] if item.ndim == 3 and item.shape[2] == 1 else item)
+        return _converted(image, index, mode)
     raise InputError(f"input {index} is {type(item).__name__}; this image model expects image paths, "
                      "PIL images or uint8 numpy arrays")
+
+
+def _open_image_file(path: Path, index: int, mode: str) -> Image.Image:
+    if not path.is_file():
+        raise InputError(f"input {index}: image file '{path}' does not exist; give an image path, a PIL "
+                         "image or a uint8 array (H, W[, C])")
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings(record=True):
+            # Pillow warns past its own Image.MAX_IMAGE_PIXELS; zoo's lower limit refuses those images
+            # just below, so the warning is recorded here and dropped rather than printed
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            image = Image.open(path)  # reads the header only
+        with image:
+            _check_pixels(image.width, image.height, index)
+            return _converted(image, index, mode, path)
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"input {index}: '{path}' trips Pillow's decompression-bomb guard ({exc}); give a "
+                         "smaller image") from exc
+    except InputError:
+        raise
+    except Exception as exc:  # UnidentifiedImageError (an OSError); header parsers also raise ValueError ...
+        raise InputError(f"input {index}: '{path}' is not an image Pillow can read ({first_line(exc, 120)})") \
+            from exc
+
+
+def _converted(image: Image.Image, index: int, mode: str, path: Path | None = None) -> Image.Image:
+    """``image`` decoded and converted to ``mode``; any decoder failure is an InputError naming the input."""
+    what = f"'{path}'" if path is not None else f"a {image.mode} image"
+    try:
+        return image.convert(mode)
+    except Exception as exc:  # Pillow's decoders raise OSError, ValueError, EOFError, struct.error ... on bad data
+        raise InputError(f"input {index}: {what} cannot be decoded as {mode} ({type(exc).__name__}: "
+                         f"{first_line(exc, 120)}); give an RGB or greyscale image") from exc
+
+
+def _check_pixels(width: int, height: int, index: int) -> None:
+    if width < 1 or height < 1:
+        raise InputError(f"input {index}: the image is {width} x {height} pixels; an image needs at least one pixel")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(f"input {index}: the image is {width} x {height} = {width * height} pixels; the limit is "
+                         f"{MAX_IMAGE_PIXELS} (zoo.runtime.preprocess.MAX_IMAGE_PIXELS): downscale it first")
 
 
 def _resize(image: Image.Image, size_hw: tuple[int, int], resample: Image.Resampling) -> Image.Image:
     if (image.height, image.width) == tuple(size_hw):
         return image  # torchvision skips an identity resize; so must we, to stay bit-identical
+    # the shorter side is scaled to the crop, so a sliver of an image could ask for billions of pixels
+    if size_hw[0] * size_hw[1] > MAX_IMAGE_SIDE**2 or min(size_hw) < 1:
+        raise InputError(f"an image of {image.width} x {image.height} pixels would be resized to {size_hw[1]} x "
+                         f"{size_hw[0]} before the crop (its aspect ratio is too extreme); crop it first")
     return image.resize((size_hw[1], size_hw[0]), resample)
 
 

@@ -21,7 +21,7 @@ def torch_model(manifest: Manifest) -> tuple[Any, str]:
     from zoo import sources
     from zoo.tasks import get_task
 
-    spec = manifest.model_spec()
+    spec = manifest.source_spec()  # refuses trust_remote_code from an artifact
     source = sources.for_spec(spec)
     task = get_task(spec.task)
     local = bool(spec.local_path and Path(spec.local_path).is_dir())

@@ -15,6 +15,7 @@ reproduce that feature extractor on the same clips.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from zoo.checks import Check
 from zoo.errors import ArtifactError, ConfigError, UnsupportedTaskError
 from zoo.spec import InputSpec, ModelSpec, Preprocess
 from zoo.tasks import _audio_features as feats
-from zoo.tasks._audio_io import load_clip
+from zoo.tasks._audio_io import MAX_RATE, MIN_RATE, load_clip
 from zoo.tasks.base import Case, Task
 
 FEATURES = ("waveform", "fbank")
@@ -37,6 +38,10 @@ FEATURE_EXTRACTORS = {"waveform": "Wav2Vec2FeatureExtractor", "fbank": "ASTFeatu
 AUDIO_KEYS = ("features", "sampling_rate", "do_normalize", "num_mel_bins", "max_frames", "mean", "std",
               "max_seconds")
 EXPORT_SECONDS = (1.0, 0.75)  # the trace batch: one full row, one padded
+# A manifest is untrusted input: its numbers size the buffers the runtime allocates per clip.
+MAX_SECONDS = 3600.0  # waveform window
+MAX_FRAMES = 100_000  # fbank frames (AST uses 1024: 10.24 s)
+MAX_MEL_BINS = 1024
 PARITY_ATOL = 1e-4  # runtime features vs transformers' feature extractor (measured: ~2e-7)
 
 
@@ -128,21 +133,30 @@ def _record_problems(record: dict[str, Any], input_names: list[str]) -> list[str
     if kind not in FEATURES:
         problems.append(f"features is {kind!r}, valid: {', '.join(FEATURES)}")
     rate = record.get("sampling_rate")
-    if not isinstance(rate, int) or isinstance(rate, bool) or rate < 1000:
-        problems.append(f"sampling_rate is {rate!r}, give the model's rate in Hz (e.g. 16000)")
+    if not _is_int(rate, MIN_RATE, MAX_RATE):
+        problems.append(f"sampling_rate is {rate!r}, give the model's rate in Hz ({MIN_RATE} to {MAX_RATE}, "
+                        "e.g. 16000)")
     if kind == "fbank":
-        for key in ("num_mel_bins", "max_frames"):
+        for key, most in (("num_mel_bins", MAX_MEL_BINS), ("max_frames", MAX_FRAMES)):
             value = record.get(key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"{key} is {value!r}, an fbank model needs a positive integer")
+            if not _is_int(value, 1, most):
+                problems.append(f"{key} is {value!r}, an fbank model needs an integer from 1 to {most}")
         if record.get("do_normalize") and not (_one_number(record.get("mean")) and _one_number(record.get("std"))):
             problems.append("do_normalize needs mean and std (one value each) for an fbank model")
     seconds = record.get("max_seconds")
-    if kind == "waveform" and seconds is not None and not (isinstance(seconds, (int, float)) and seconds > 0):
-        problems.append(f"max_seconds is {seconds!r}, give a positive number of seconds")
+    if kind == "waveform" and seconds is not None and not (_is_number(seconds) and 0 < seconds <= MAX_SECONDS):
+        problems.append(f"max_seconds is {seconds!r}, give a number of seconds in (0, {MAX_SECONDS:g}]")
     if "input_values" not in input_names:
         problems.append(f"inputs are {input_names}; an audio model takes input_values (and maybe attention_mask)")
     return problems
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _first(value: Any) -> float | None:
@@ -151,7 +165,7 @@ def _first(value: Any) -> float | None:
 
 
 def _one_number(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], (int, float))
+    return isinstance(value, (list, tuple)) and len(value) == 1 and _is_number(value[0])
 
 
 # ---------------------------------------------------------------- describing a transformers folder
@@ -252,6 +266,7 @@ class AudioBatch:
 
     arrays: dict[str, np.ndarray]
     durations: list[float]
+    window: float = 0.0  # seconds of each clip the model hears; the rest of a longer clip is cut off
 
 
 class AudioPreprocessor:
@@ -270,7 +285,8 @@ class AudioPreprocessor:
     def __call__(self, items: Sequence[Any]) -> AudioBatch:
         loaded = [self.settings.load(item, _where(item, i)) for i, item in enumerate(items)]
         arrays = self.settings.collate([self.settings.clip_features(clip) for clip, _ in loaded])
-        return AudioBatch(arrays=arrays, durations=[seconds for _, seconds in loaded])
+        window = self.settings.max_samples / self.settings.sampling_rate
+        return AudioBatch(arrays=arrays, durations=[seconds for _, seconds in loaded], window=window)
 
 
 def _where(item: Any, index: int) -> str:

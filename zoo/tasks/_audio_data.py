@@ -115,7 +115,7 @@ def audio_column(table: Any, given: str | None) -> str:
     return choose_column(names, given, typed + [n for n in AUDIO_COLUMNS if n in names], "audio", "--text-column")
 
 
-def encode_clips(table: Any, columns: dict[str, str], labels: tuple[str, ...], settings: AudioSettings,
+def encode_clips(table: Any, columns: dict[str, str], labels: Any, settings: AudioSettings,
                  what: str) -> Any:
     """Every clip read, resampled and turned into the runtime's own features, once, up front."""
     import datasets
@@ -132,7 +132,7 @@ def encode_clips(table: Any, columns: dict[str, str], labels: tuple[str, ...], s
         except InputError as exc:
             raise DataError(f"{exc}; fix or drop that row") from None
         features.append(settings.clip_features(clip))
-    targets = label_indices(table[columns["label"]], table, columns["label"], labels, what)
+    targets = label_indices(table, columns["label"], labels, what)
     return AudioExamples(features, targets, settings)
 
 

@@ -17,6 +17,7 @@ from zoo.tasks.base import Case, Task
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index: sub-word pieces and padding
 LABEL_COLUMNS = ("label", "labels", "class", "target", "category")
+MIN_AGREEMENT = 99.0  # percent: zoo optimize's top-1 gate for a lossy graph
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -63,6 +64,36 @@ class TopOneAgreement:
         return Check("top-1 agreement", self.wrong == 0 and self.rows > 0, f"{share:.2f}%", "100%", detail)
 
 
+class TopOneGate:
+    """zoo optimize's gate for classifiers: top-1 agreement >= MIN_AGREEMENT percent with the reference.
+
+    Per row, or per real token (``per_token``). A change within ``tol`` of the
+    reference's own top-2 margin is a tie (the measured noise of the recipe), not a change.
+    """
+
+    limits: ClassVar[dict[str, float]] = {"min_agreement_percent": MIN_AGREEMENT}
+
+    def __init__(self, tol: Tolerances, per_token: bool = False):
+        self.tol, self.per_token = tol, per_token
+        self.labelled = not per_token  # one label per row: labelled data scores the accuracy drop
+        self.rows = self.wrong = 0
+
+    def add(self, reference: np.ndarray, got: np.ndarray, mask: np.ndarray | None) -> None:
+        if reference.shape != got.shape:
+            rows = int(np.prod(reference.shape[:-1]))
+            self.rows, self.wrong = self.rows + rows, self.wrong + rows  # a wrong shape never agrees
+            return
+        rows, wrong, _ = top1_agreement(reference, got, self.tol, mask if self.per_token else None)
+        self.rows, self.wrong = self.rows + rows, self.wrong + wrong
+
+    def checks(self, against: str, data: str) -> list[Check]:
+        share = 100.0 * (self.rows - self.wrong) / self.rows if self.rows else 0.0
+        unit = "tokens" if self.per_token else "rows"
+        ties = f" beyond a tie within {self.tol.atol:.3g}" if self.tol.atol or self.tol.rtol else ""
+        return [Check(f"{against}: top-1 agreement", self.rows > 0 and share >= MIN_AGREEMENT, f"{share:.2f}%",
+                      f">= {MIN_AGREEMENT:g}%", f"{self.wrong} of {self.rows} {unit} differ{ties}; data: {data}")]
+
+
 def top1_agreement(reference: np.ndarray, got: np.ndarray, tol: Tolerances,
                    mask: np.ndarray | None = None) -> tuple[int, int, int]:
     """(rows compared, disagreements, ties excused) of the top-1 class."""
@@ -82,6 +113,7 @@ class Classifier(Task):
     has_labels: ClassVar[bool] = True
     trainable: ClassVar[bool] = True
     primary_metric: ClassVar[str] = "val_accuracy"
+    metric_names: ClassVar[tuple[str, ...]] = ("val_loss", "val_accuracy", "val_macro_f1")
     predict_options: ClassVar[dict[str, type]] = {"top_k": int}
 
     def labels_from_config(self, config: dict[str, Any]) -> tuple[str, ...] | None:
@@ -92,6 +124,9 @@ class Classifier(Task):
 
     def agreement(self, spec: ModelSpec, tol: Tolerances) -> TopOneAgreement:
         return TopOneAgreement("logits", tol)
+
+    def optimization_gate(self, tol: Tolerances) -> TopOneGate:
+        return TopOneGate(tol)
 
     # ------------------------------------------------------------ runtime
 
@@ -126,8 +161,10 @@ class Classifier(Task):
 
     # ------------------------------------------------------------ training
 
-    def read_labels(self, table: Any, column: str, spec: ModelSpec) -> tuple[str, ...]:
-        return class_names(table, column, token_level=False)
+    def read_labels(self, table: Any, column: str, spec: ModelSpec, new_head: bool = False) -> Any:
+        from zoo.data.labels import plan_labels
+
+        return plan_labels(table, column, spec.labels, token_level=False, new_head=new_head)
 
     def training_loss(self, runner: Any, batch: dict[str, Any], inputs: dict[str, Any]) -> tuple[Any, int]:
         import torch.nn.functional as F
@@ -156,19 +193,3 @@ class Classifier(Task):
         return {"val_accuracy": float(accuracy_score(gold, pred)),
                 "val_macro_f1": float(f1_score(gold, pred, labels=list(range(len(labels))), average="macro",
                                                zero_division=0))}
-
-
-def class_names(table: Any, column: str, *, token_level: bool) -> tuple[str, ...]:
-    """Label names: a ClassLabel's names, else the distinct values in sorted order."""
-    import datasets
-
-    feature = table.features[column]
-    inner = getattr(feature, "feature", None) if token_level else feature
-    if isinstance(inner, list) and inner:  # datasets' List feature over a ClassLabel
-        inner = inner[0]
-    if isinstance(inner, datasets.ClassLabel):
-        return tuple(inner.names)
-    values = list(table[column])
-    flat = {v for row in values for v in row} if token_level else set(values)
-    flat.discard(None)
-    return tuple(str(v) for v in sorted(flat, key=lambda v: (isinstance(v, str), v)))

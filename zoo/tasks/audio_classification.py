@@ -11,12 +11,35 @@ way for training and at run time. Validation reports accuracy and macro F1.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
+from zoo.runtime.results import Classification
 from zoo.spec import ModelSpec
 from zoo.tasks._audio import AudioSettings, AudioTask
 from zoo.tasks._classify import LABEL_COLUMNS, Classifier
 from zoo.tasks.base import choose_column
+
+
+@dataclass(frozen=True)
+class ClipClassification(Classification):
+    """The top-k labels of one clip, its length, and a note when the model heard only its start."""
+
+    seconds: float = 0.0  # the clip as given
+    window: float = 0.0  # what the model hears of it
+
+    @property
+    def note(self) -> str | None:
+        if self.seconds <= self.window + 1e-6:
+            return None
+        return (f"clip is {self.seconds:.2f} s; the model hears its first {self.window:.2f} s (truncated as its "
+                "feature extractor truncates)")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {**super().to_dict(), "seconds": round(self.seconds, 4)}
+        return {**out, "note": self.note} if self.note else out
 
 
 class AudioClassification(Classifier, AudioTask):
@@ -33,6 +56,23 @@ class AudioClassification(Classifier, AudioTask):
         if getattr(config, "layerdrop", 0.0):
             config.layerdrop = 0.0
         return model
+
+    # ------------------------------------------------------------ runtime
+
+    def postprocess(self, outputs: dict[str, np.ndarray], batch: Any, labels: tuple[str, ...] | None,
+                    manifest: Any, **options: Any) -> list[Any]:
+        results = super().postprocess(outputs, batch, labels, manifest, **options)
+        return [ClipClassification(r.labels, r.scores, seconds=seconds, window=batch.window)
+                for r, seconds in zip(results, batch.durations)]
+
+    def render(self, title: str, inputs: list[str], results: list[Any]) -> Any:
+        table = super().render(title, inputs, results)
+        notes = [f"{item}: {r.note}" for item, r in zip(inputs, results) if r.note]
+        if notes:
+            from rich.markup import escape
+
+            table.caption = escape("\n".join(notes))
+        return table
 
     # ------------------------------------------------------------ data
 
@@ -54,7 +94,7 @@ class AudioClassification(Classifier, AudioTask):
         return {"input": audio, "label": choose_column(list(table.column_names), label_column, usual, "label",
                                                        "--label-column")}
 
-    def encode(self, table: Any, columns: dict[str, str], labels: tuple[str, ...], spec: ModelSpec,
+    def encode(self, table: Any, columns: dict[str, str], labels: Any, spec: ModelSpec,
                processor: Any, max_length: int, what: str) -> Any:
         from zoo.tasks._audio_data import encode_clips
 

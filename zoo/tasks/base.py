@@ -10,11 +10,12 @@ task strings:
 | export | ``output_names``, ``output_axes``, ``axis_bounds``, ``export_module``, ``export_example``, |
 |        | ``write_preprocessor``, ``export_checks`` |
 | verify | ``grid``, ``agreement``, ``preprocessor_problems`` |
+| optimize | ``optimization_gate`` (the accuracy gate of ``zoo optimize``) |
 | runtime | ``runtime_preprocessor``, ``is_single``, ``postprocess``, ``predict_options``, ``bench_items``, |
 |         | ``render`` (CLI table), ``save_pictures`` (``zoo predict --save``) |
 | data | ``builtin_datasets`` (``builtin:NAME``), ``read_data`` (layouts only this task reads) |
 | train | ``training_spec``, ``data_columns``, ``read_labels``, ``encode``, ``training_loss``, ``eval_batch``, |
-|       | ``metrics``, ``primary_metric`` |
+|       | ``metrics``, ``primary_metric``, ``metric_names`` |
 
 Modality mixins (``_text.py``, ``_image.py``) implement what tasks of one input kind
 share; a task module combines a modality with its own outputs, checks and results.
@@ -59,6 +60,17 @@ class Agreement(Protocol):
     def check(self) -> Check: ...
 
 
+class Gate(Protocol):
+    """``zoo optimize``'s task-level accuracy gate: a graph's first output against a reference, batch by batch."""
+
+    limits: dict[str, float]  # the thresholds, recorded in the optimised artifact's manifest
+    labelled: bool  # one label per input row: labelled data can also score the accuracy drop
+
+    def add(self, reference: np.ndarray, got: np.ndarray, mask: np.ndarray | None) -> None: ...
+
+    def checks(self, against: str, data: str) -> list[Check]: ...
+
+
 class Task:
     """Base of every task. Subclasses set the class attributes and override what differs."""
 
@@ -74,6 +86,7 @@ class Task:
     has_labels: ClassVar[bool] = False
     trainable: ClassVar[bool] = False
     primary_metric: ClassVar[str] = "val_loss"
+    metric_names: ClassVar[tuple[str, ...]] = ("val_loss",)  # what ``metrics`` reports, plus val_loss
     expects: ClassVar[str] = "inputs"  # what predict takes, for error messages
     predict_options: ClassVar[dict[str, type]] = {}  # keyword options of predict (top_k, threshold ...)
 
@@ -161,6 +174,20 @@ class Task:
         """What is missing or unreadable among the files the runtime needs to preprocess inputs."""
         return []
 
+    # ------------------------------------------------------------ optimize
+
+    def optimization_gate(self, tol: Tolerances) -> Gate:
+        """The accuracy gate an optimised graph must pass against its parent (and torch) in ``zoo optimize``.
+
+        ``tol``: a top-1 change within it of the reference's own margin is a tie. The
+        default compares the first output's vectors by cosine similarity (minimum
+        >= 0.99, mean >= 0.995), which fits any float output; classifiers override
+        it with top-1 agreement.
+        """
+        from zoo.tasks.feature_extraction import CosineGate
+
+        return CosineGate()
+
     # ------------------------------------------------------------ runtime (torch-free)
 
     def runtime_preprocessor(self, folder: Path, manifest: Any) -> Callable[[list[Any]], Any]:
@@ -218,10 +245,12 @@ class Task:
     def data_columns(self, table: Any, input_column: str | None, label_column: str | None) -> dict[str, str]:
         raise self._not_trainable()
 
-    def read_labels(self, table: Any, column: str, spec: ModelSpec) -> tuple[str, ...]:
+    def read_labels(self, table: Any, column: str, spec: ModelSpec, new_head: bool = False) -> Any:
+        """The fine-tuned model's labels (a ``zoo.data.labels.LabelPlan``): the model's own where the
+        data's fit them (head kept), else the data's on a new head (always with ``new_head``)."""
         raise self._not_trainable()
 
-    def encode(self, table: Any, columns: dict[str, str], labels: tuple[str, ...], spec: ModelSpec,
+    def encode(self, table: Any, columns: dict[str, str], labels: Any, spec: ModelSpec,
                processor: Any, max_length: int, what: str) -> Any:
         raise self._not_trainable()
 

@@ -33,7 +33,7 @@ class ImageClassification(Classifier, ImageTask):
         return {"input": image, "label": choose_column(list(table.column_names), label_column, usual, "label",
                                                        "--label-column")}
 
-    def encode(self, table: Any, columns: dict[str, str], labels: tuple[str, ...], spec: ModelSpec,
+    def encode(self, table: Any, columns: dict[str, str], labels: Any, spec: ModelSpec,
                processor: Any, max_length: int, what: str) -> Any:
         from zoo.data import encode
 

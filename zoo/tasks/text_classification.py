@@ -26,7 +26,7 @@ class TextClassification(Classifier, TextTask):
         usual = [n for n in LABEL_COLUMNS if n != text]
         return {"input": text, "label": choose_column(names, label_column, usual, "label", "--label-column")}
 
-    def encode(self, table: Any, columns: dict[str, str], labels: tuple[str, ...], spec: ModelSpec,
+    def encode(self, table: Any, columns: dict[str, str], labels: Any, spec: ModelSpec,
                processor: Any, max_length: int, what: str) -> Any:
         from zoo.data import encode
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from zoo.spec import ModelSpec, Tolerances
-from zoo.tasks._classify import IGNORE_INDEX, Classifier, TopOneAgreement, class_names, label_name, softmax
+from zoo.tasks._classify import IGNORE_INDEX, Classifier, TopOneAgreement, TopOneGate, label_name, softmax
 from zoo.tasks._text import TextTask
 from zoo.tasks.base import Task, choose_column
 
@@ -32,6 +32,7 @@ class TokenClassification(Classifier, TextTask):
     hf_heads: ClassVar[tuple[str, ...]] = ("ForTokenClassification",)
     hf_auto_class: ClassVar[str | None] = "AutoModelForTokenClassification"
     primary_metric: ClassVar[str] = "val_f1"
+    metric_names: ClassVar[tuple[str, ...]] = ("val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1")
     predict_options: ClassVar[dict[str, type]] = {}
 
     def output_axes(self, spec: ModelSpec) -> dict[str, list[str | None]]:
@@ -39,6 +40,9 @@ class TokenClassification(Classifier, TextTask):
 
     def agreement(self, spec: ModelSpec, tol: Tolerances) -> TopOneAgreement:
         return TopOneAgreement("logits", tol, per_token=True)
+
+    def optimization_gate(self, tol: Tolerances) -> TopOneGate:
+        return TopOneGate(tol, per_token=True)
 
     # ------------------------------------------------------------ runtime
 
@@ -82,10 +86,12 @@ class TokenClassification(Classifier, TextTask):
         usual = [n for n in TAG_COLUMNS if n != words]
         return {"input": words, "label": choose_column(names, label_column, usual, "label", "--label-column")}
 
-    def read_labels(self, table: Any, column: str, spec: ModelSpec) -> tuple[str, ...]:
-        return class_names(table, column, token_level=True)
+    def read_labels(self, table: Any, column: str, spec: ModelSpec, new_head: bool = False) -> Any:
+        from zoo.data.labels import plan_labels
 
-    def encode(self, table: Any, columns: dict[str, str], labels: tuple[str, ...], spec: ModelSpec,
+        return plan_labels(table, column, spec.labels, token_level=True, new_head=new_head)
+
+    def encode(self, table: Any, columns: dict[str, str], labels: Any, spec: ModelSpec,
                processor: Any, max_length: int, what: str) -> Any:
         from zoo.data import encode
 

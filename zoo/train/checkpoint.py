@@ -1,7 +1,8 @@
 """Checkpoints with torch distributed checkpoint (DCP), and a marker that says one is complete.
 
     <run>/checkpoints/step_N/            DCP shards (.metadata, __R_0.distcp) of model + optimizer
-    <run>/checkpoints/step_N/trainer.json  step, epoch, data position, scheduler, best metric, RNG scheme
+    <run>/checkpoints/step_N/trainer.json  step, epoch, data position, scheduler, best metric, RNG scheme,
+                                           and the run's config, spec and data fingerprint (what --resume reuses)
     <run>/checkpoints/step_N/COMPLETE      written last, by rank 0, after every rank has finished
 
 DCP stores tensors by their global shape, so a checkpoint written by N
@@ -17,13 +18,18 @@ import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zoo.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zoo.spec import ModelSpec
+    from zoo.train.config import TrainConfig
 
 MARKER = "COMPLETE"
 TRAINER_FILE = "trainer.json"
 PREFIX = "step_"
+BASE_DIR = "base"  # <run>/base: the base model's config and preprocessor files (no weights), for --resume
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -47,6 +53,36 @@ def latest_checkpoint(run_dir: Path) -> Path:
         raise ConfigError(f"--resume: no complete checkpoint in {checkpoint_dir(run_dir)}; start without "
                           "--resume, or point --out at the run dir to continue")
     return found[-1]
+
+
+def read_trainer(folder: Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / TRAINER_FILE).read_text())
+
+
+def stored_config(folder: Path) -> TrainConfig:
+    """The options the run was started with (what ``--resume`` continues with)."""
+    from zoo.train.config import TrainConfig
+
+    saved = read_trainer(folder).get("config")
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--resume: {folder / TRAINER_FILE} stores no run config (written by an older zoo); "
+                          "start a new run")
+    return TrainConfig.from_dict(saved)
+
+
+def stored_spec(folder: Path, run_dir: Path) -> ModelSpec:
+    """The spec the run trained; its files come from ``<run>/base`` when the run saved them there."""
+    import dataclasses
+
+    from zoo.spec import ModelSpec
+
+    spec = ModelSpec.from_dict(read_trainer(folder)["spec"])
+    base = Path(run_dir) / BASE_DIR
+    return dataclasses.replace(spec, local_path=str(base.resolve())) if base.is_dir() else spec
+
+
+def stored_data(folder: Path) -> dict[str, Any]:
+    return dict(read_trainer(folder).get("data") or {})
 
 
 def save(folder: Path, model: Any, optimizer: Any, trainer: dict[str, Any], strategy: Any) -> None:
@@ -80,6 +116,17 @@ def load(folder: Path, model: Any, optimizer: Any) -> dict[str, Any]:
     return json.loads((folder / TRAINER_FILE).read_text())
 
 
+def load_model(folder: Path, model: Any) -> None:
+    """Only the model's weights from a checkpoint (``--keep best`` at the end of a run); every rank calls it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    state = {"model": get_model_state_dict(model)}
+    with _single_process_ok():
+        dcp.load(state, checkpoint_id=str(folder))
+    set_model_state_dict(model, state["model"])
+
+
 @contextlib.contextmanager
 def _single_process_ok() -> Iterator[None]:
     """DCP warns that it runs without a process group; for the single strategy that is the intent."""
@@ -89,7 +136,7 @@ def _single_process_ok() -> Iterator[None]:
 
 
 def prune(run_dir: Path, keep: int, best_step: int | None) -> None:
-    """Keep the newest ``keep`` complete checkpoints and the best one (rank 0 only)."""
+    """Keep the newest ``keep`` complete checkpoints and the best one (rank 0 only); drop incomplete ones."""
     found = complete_checkpoints(run_dir)
     for folder in found[:-keep] if keep > 0 else found:
         if best_step is None or folder.name != f"{PREFIX}{best_step}":

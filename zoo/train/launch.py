@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
@@ -23,6 +24,15 @@ def in_torchelastic() -> bool:
     """True inside a process started by torchrun / torch.distributed.run (or a compatible launcher)."""
     env = os.environ
     return "TORCHELASTIC_RUN_ID" in env or all(k in env for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
+
+
+class WorkerFailed(LaunchError):
+    """A worker failed; ``worker_traceback`` is its own traceback, also saved as ``<run>/worker-error.txt``."""
+
+    def __init__(self, message: str, worker_traceback: str, saved: Path | None):
+        super().__init__(message)
+        self.worker_traceback = worker_traceback
+        self.saved = saved
 
 
 def spawn(config: TrainConfig) -> None:
@@ -43,8 +53,11 @@ def spawn(config: TrainConfig) -> None:
         elastic_launch(launch, worker)(config.to_dict())
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
-        raise LaunchError(f"worker rank {rank} of {config.nproc * config.nnodes} failed: "
-                          f"{failure_message(failure)}") from None
+        text = worker_traceback(failure)
+        saved = save_traceback(Path(config.out), f"worker rank {rank} of {config.nproc * config.nnodes}", text)
+        where = f" (its traceback: {saved}; --debug prints it)" if saved else ""
+        raise WorkerFailed(f"worker rank {rank} of {config.nproc * config.nnodes} failed: "
+                           f"{failure_message(failure)}{where}", text, saved) from None
     finally:
         elastic_log.setLevel(level)
 
@@ -57,15 +70,35 @@ def failure_message(failure: Any) -> str:
     return text.splitlines()[0] if text else f"exit code {failure.exitcode}"
 
 
+def worker_traceback(failure: Any) -> str:
+    """The worker's own traceback, as torch's ``@record`` stored it (else its message or exit code)."""
+    message = failure.message
+    if isinstance(message, dict):
+        stack = (message.get("extraInfo") or {}).get("py_callstack")
+        return str(stack or message.get("message") or "").strip() or f"exit code {failure.exitcode}"
+    return str(message or f"exit code {failure.exitcode}").strip()
+
+
+def save_traceback(out: Path, who: str, text: str) -> Path | None:
+    """``<run>/worker-error.txt`` (the run dir is made for it when the worker failed before making it)."""
+    from zoo.train.preflight import ERROR_FILE
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / ERROR_FILE
+        path.write_text(f"{who} failed:\n{text}\n")
+    except OSError:  # an unwritable --out must not hide the worker's own error
+        return None
+    return path
+
+
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
-    values = dict(values)
-    values["registries"] = tuple(values.get("registries") or ())
-    return TrainConfig(**values)
+    return TrainConfig.from_dict(values)
 
 
 @record
 def worker(values: dict[str, Any]) -> None:
     """Entry point of each spawned process (picklable: a module-level function)."""
-    from zoo.train.finetune import run_worker
+    from zoo.train.worker import train_and_save
 
-    run_worker(config_from_dict(values), checked=True)
+    train_and_save(config_from_dict(values), checked=True)

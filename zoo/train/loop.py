@@ -1,12 +1,15 @@
-"""The training loop: AdamW, warmup + cosine decay, accumulation, clipping, evaluation, checkpoints.
+"""The training loop: AdamW, warmup + schedule, accumulation, clipping, evaluation, best step, checkpoints.
 
 It talks to the model only through a ``Strategy`` (see strategies.py) and never
-asks which one it has.
+asks which one it has; what differs between tasks (inputs, loss, metrics) it
+asks the task.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ from zoo.train import batches, checkpoint
 from zoo.train.config import TrainConfig
 from zoo.train.report import MetricsLog
 
-LOG_EVERY = 10  # optimizer steps between train-loss log lines
+LOG_EVERY = 10  # optimizer steps between train-loss log lines (also logged before every evaluation)
 
 
 @dataclass
@@ -30,7 +33,7 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     step_in_epoch: int = 0
-    best_loss: float = math.inf
+    best_value: float | None = None  # of the chosen metric
     best_step: int | None = None
     best: dict[str, float] = field(default_factory=dict)
     bad_evals: int = 0
@@ -39,15 +42,26 @@ class TrainState:
     paused: bool = False  # stopped by pause_at; a --resume run continues
 
 
-def lr_lambda(total_steps: int, warmup: float):  # noqa: ANN201 - a closure for LambdaLR
-    """Linear warmup over ``warmup`` of the steps, then cosine decay to zero."""
+def lower_is_better(metric: str) -> bool:
+    return metric.endswith("loss")
+
+
+def lr_factor(kind: str, total_steps: int, warmup: float) -> Callable[[int], float]:
+    """Linear warmup over ``warmup`` of the steps, then cosine or linear decay towards 0, or constant.
+
+    Written out rather than taken from transformers' ``get_scheduler``, whose warmup
+    gives the very first step a learning rate of 0: here step s of the warmup already
+    learns at (s + 1) / warmup-steps of the peak.
+    """
     warm = int(total_steps * warmup)
 
     def factor(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
-        progress = (step - warm) / max(1, total_steps - warm)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress if kind == "linear" else 1.0
 
     return factor
 
@@ -58,23 +72,28 @@ def build_optimizer(model: nn.Module, config: TrainConfig, total_steps: int) -> 
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, config.warmup))
-    return optimizer, scheduler
+    factor = lr_factor(config.scheduler, total_steps, config.warmup)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class Trainer:
     def __init__(self, model: nn.Module, runner: nn.Module, strategy: Any, data: Any, config: TrainConfig,
                  run_dir: Path, spec: ModelSpec):
+        from zoo.train.preflight import metric_name
+
         self.model, self.runner, self.strategy, self.data, self.config = model, runner, strategy, data, config
         self.run_dir = Path(run_dir)
         self.spec = spec
         self.task = get_task(spec.task)
+        self.metric = metric_name(config.metric or self.task.primary_metric)
         self.per_epoch = batches.steps_per_epoch(len(data.train), config.batch_size, config.grad_accum)
         self.total = config.max_steps or (config.epochs or 3) * self.per_epoch
         self.optimizer, self.scheduler = build_optimizer(model, config, self.total)
         self.state = TrainState()
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", strategy.is_main)
         self._pending = torch.zeros(2)  # local train-loss sum and target count since the last log line
+        self.kept_step: int | None = None
+        self.clock = {"start": time.perf_counter(), "train_s": 0.0, "steps": 0}
 
     # ------------------------------------------------------------ steps
 
@@ -85,6 +104,7 @@ class Trainer:
     def train_step(self, micro_batches: list[list[int]]) -> float:
         """One optimizer step over ``grad_accum`` global micro-batches; returns the gradient norm."""
         s, k = self.strategy, len(micro_batches)
+        started = time.perf_counter()
         for i, global_indices in enumerate(micro_batches):
             torch.manual_seed(batches.micro_seed(self.config.seed, self.state.step, i, s.rank))
             local = batches.local_part(global_indices, s.rank, s.world_size)
@@ -99,6 +119,8 @@ class Trainer:
             self._pending += torch.tensor([total.item(), count])
         norm = s.optimizer_step(self.model, self.optimizer, self.config.max_grad_norm)
         self.scheduler.step()
+        self.clock["train_s"] += time.perf_counter() - started
+        self.clock["steps"] += 1
         return norm
 
     # ------------------------------------------------------------ evaluation
@@ -126,38 +148,49 @@ class Trainer:
     # ------------------------------------------------------------ bookkeeping
 
     def log_train(self) -> None:
+        """Mean train loss since the last line (a collective: every rank calls it at the same steps)."""
         pending = self.strategy.all_sum(self._pending.clone())
         self._pending.zero_()
         if pending[1] > 0:
             self.log.write({"step": self.state.step, "epoch": self.state.epoch,
                             "train_loss": float(pending[0] / pending[1]), "lr": self.scheduler.get_last_lr()[0]})
 
-    def record_eval(self, metrics: dict[str, float]) -> bool:
-        """Log an evaluation, track the best; True when early stopping says stop (same on all ranks)."""
+    def record_eval(self, metrics: dict[str, float]) -> tuple[bool, bool]:
+        """Log an evaluation and track the best by the chosen metric.
+
+        Returns (improved, stop): stop when early stopping's patience has run out (the
+        same answer on every rank).
+        """
         st = self.state
         st.last = dict(metrics)
         self.log.write({"step": st.step, "epoch": st.epoch, **metrics})
-        if metrics["val_loss"] < st.best_loss:
-            st.best_loss, st.best_step, st.best, st.bad_evals = metrics["val_loss"], st.step, dict(metrics), 0
+        value = metrics[self.metric]
+        lower = lower_is_better(self.metric)
+        improved = st.best_value is None or (value < st.best_value if lower else value > st.best_value)
+        if improved:
+            st.best_value, st.best_step, st.best, st.bad_evals = value, st.step, dict(metrics), 0
         else:
             st.bad_evals += 1
         patience = self.config.early_stopping
-        return self.strategy.agree(patience is not None and st.bad_evals >= patience)
+        return improved, self.strategy.agree(patience is not None and st.bad_evals >= patience)
 
     def trainer_state(self) -> dict[str, Any]:
-        return {"state": self.state.__dict__, "scheduler": self.scheduler.state_dict(),
+        return {"state": self.state.__dict__, "total_steps": self.total, "scheduler": self.scheduler.state_dict(),
                 "data_order": {"seed": self.config.seed, "epoch": self.state.epoch,
                                "step_in_epoch": self.state.step_in_epoch, "batch_size": self.config.batch_size},
                 "rng": "reseeded per micro-step from (seed, step, micro-step, rank)",
-                "world_size": self.strategy.world_size, "strategy": self.strategy.name}
+                "world_size": self.strategy.world_size, "strategy": self.strategy.name,
+                "config": self.config.to_dict(), "spec": self.spec.to_dict(), "data": self.data.info(),
+                "timing": self.timing()}
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self) -> Path:
         folder = checkpoint.checkpoint_dir(self.run_dir) / f"{checkpoint.PREFIX}{self.state.step}"
         if self.strategy.is_main:
             folder.parent.mkdir(parents=True, exist_ok=True)
         checkpoint.save(folder, self.model, self.optimizer, self.trainer_state(), self.strategy)
         if self.strategy.is_main:
-            checkpoint.prune(self.run_dir, self.config.keep_checkpoints, self.state.best_step)
+            checkpoint.prune(self.run_dir, self.config.save_total_limit, self.state.best_step)
+        return folder
 
     def resume(self) -> None:
         saved = checkpoint.load(checkpoint.latest_checkpoint(self.run_dir), self.model, self.optimizer)
@@ -166,8 +199,25 @@ class Trainer:
         self.state.stopped_early = self.state.paused = False
         self.log.truncate_after(self.state.step)
 
+    def restore_kept(self) -> None:
+        """``--keep best``: load the best step's weights from its checkpoint (a collective)."""
+        st = self.state
+        if self.config.keep != "best" or st.best_step is None or st.best_step == st.step:
+            self.kept_step = st.step
+            return
+        folder = checkpoint.checkpoint_dir(self.run_dir) / f"{checkpoint.PREFIX}{st.best_step}"
+        checkpoint.load_model(folder, self.model)
+        self.kept_step = st.best_step
 
-def _step_plan(trainer: Trainer):  # noqa: ANN202 - generator of (micro-batches, ends the epoch)
+    def timing(self) -> dict[str, float]:
+        """This invocation's wall time and training throughput (global samples per second of training steps)."""
+        samples = self.clock["steps"] * self.config.batch_size * self.config.grad_accum
+        train_s = self.clock["train_s"]
+        return {"elapsed_s": round(time.perf_counter() - self.clock["start"], 3), "steps": self.clock["steps"],
+                "samples": samples, "samples_per_s": round(samples / train_s, 2) if train_s > 0 else 0.0}
+
+
+def _step_plan(trainer: Trainer):
     c, n = trainer.config, len(trainer.data.train)
     while True:
         st = trainer.state
@@ -178,7 +228,7 @@ def _step_plan(trainer: Trainer):  # noqa: ANN202 - generator of (micro-batches,
         trainer.state.step_in_epoch = 0
 
 
-def _progress(enabled: bool):  # noqa: ANN202 - a rich Progress
+def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("[bold]finetune"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -196,24 +246,28 @@ def fit(trainer: Trainer) -> TrainState:
             trainer.train_step(micro)
             st = trainer.state
             st.step, st.step_in_epoch = st.step + 1, st.step_in_epoch + 1
-            if st.step % LOG_EVERY == 0:
-                trainer.log_train()
             evaluate = st.step % c.eval_every == 0 if c.eval_every else epoch_end
-            stop = False
+            paused = c.pause_at is not None and st.step >= c.pause_at and st.step < trainer.total
+            if st.step % LOG_EVERY == 0 or evaluate or paused:
+                trainer.log_train()
+            improved = stop = False
             if evaluate:
-                stop, evaluated_at = trainer.record_eval(trainer.evaluate()), st.step
-                metric = trainer.task.primary_metric
-                bar.update(task, description=f"val loss {st.last['val_loss']:.4f} "
-                                             f"{metric.removeprefix('val_')} {st.last.get(metric, float('nan')):.3f}")
+                (improved, stop), evaluated_at = trainer.record_eval(trainer.evaluate()), st.step
+                bar.update(task, description=_describe(st, trainer.metric))
             bar.update(task, completed=st.step)
-            paused = c.pause_at is not None and st.step >= c.pause_at
             periodic = st.step % c.checkpoint_every == 0 if c.checkpoint_every else evaluate
-            if periodic or paused:
+            # --keep best: the best step must have a checkpoint to come back to
+            if periodic or paused or (improved and c.keep == "best"):
                 trainer.save_checkpoint()
             if stop or paused:
-                st.stopped_early, st.paused = stop, paused and not stop and st.step < trainer.total
+                st.stopped_early, st.paused = stop, paused and not stop
                 return st
     if evaluated_at != trainer.state.step:
         trainer.log_train()
-        trainer.record_eval(trainer.evaluate())
+        trainer.record_eval(trainer.evaluate())  # the last step needs no checkpoint: its weights are in memory
     return trainer.state
+
+
+def _describe(st: TrainState, metric: str) -> str:
+    return (f"val loss {st.last['val_loss']:.4f} "
+            f"{metric.removeprefix('val_')} {st.last.get(metric, math.nan):.3f}")

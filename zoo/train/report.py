@@ -47,8 +47,9 @@ def plot_curves(records: list[dict[str, Any]], path: Path, metric: str = "val_ac
     left.legend()
     key = metric
     right.plot([r["step"] for r in val], [r.get(key, 0.0) for r in val], marker="o", color="tab:green")
-    right.set(xlabel="step", ylabel=key.removeprefix("val_"), title=f"validation {key.removeprefix('val_')}",
-              ylim=(0, 1.02))
+    right.set(xlabel="step", ylabel=key.removeprefix("val_"), title=f"validation {key.removeprefix('val_')}")
+    if not key.endswith("loss"):  # scores run from 0 to 1
+        right.set_ylim(0, 1.02)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -12,30 +12,36 @@ import torch
 
 from zoo.errors import ConfigError
 from zoo.spec import ModelSpec
+from zoo.train.checkpoint import BASE_DIR
 from zoo.train.config import TrainConfig, validate
+from zoo.train.model import build_model, fresh_copy, save_base
 from zoo.train.strategies import make_strategy
 
 RUN_FILE = "run.json"
 MODEL_DIR = "model"
 
 
-def train_and_save(config: TrainConfig, *, checked: bool, prepared: tuple[ModelSpec, Any] | None) -> None:
+def train_and_save(config: TrainConfig, *, checked: bool, prepared: tuple[ModelSpec, Any] | None = None) -> None:
+    """One process's whole run: train, then (rank 0) write the run dir."""
     _set_threads()
-    strategy = make_strategy(config.strategy, config.precision)
+    strategy = make_strategy(config.strategy, config.precision, sync_batchnorm=config.sync_batchnorm)
     try:
         _check_world(config, strategy, checked)
         spec, data = prepared or _prepare(config)
         torch.manual_seed(config.seed)  # every rank builds identical initial weights
-        model = build_model(spec, data.labels, config)
+        # a resumed run's checkpoint holds every weight: build without loading (or downloading) pretrained ones
+        model = build_model(spec, data.plan, config, pretrained=False if config.resume else None)
         wrapped = strategy.wrap(model)
         wrapped.train()
         if strategy.is_main:
             Path(config.out).mkdir(parents=True, exist_ok=True)
+            if not config.resume:
+                save_base(spec, Path(config.out) / BASE_DIR)
         strategy.barrier()
-        state = _train(config, spec, data, wrapped, strategy)
+        trainer = _train(config, spec, data, wrapped, strategy)
         weights = strategy.full_state_dict(wrapped)  # a collective: every rank takes part
-        if strategy.is_main and not state.paused:
-            write_run_dir(config, spec, data, state, weights, strategy)
+        if strategy.is_main and not trainer.state.paused:
+            write_run_dir(config, spec, data, trainer, weights, strategy)
         strategy.barrier()
     finally:
         strategy.close()
@@ -52,7 +58,7 @@ def _set_threads() -> None:
 def _check_world(config: TrainConfig, strategy: Any, checked: bool) -> None:
     if not checked:  # started by an outside torchrun: every rank checks, before anyone writes
         validate(config)
-        from zoo.train.finetune import check_out
+        from zoo.train.preflight import check_out
 
         check_out(config)
     if strategy.world_size > 1 and strategy.name == "single":
@@ -65,20 +71,13 @@ def _check_world(config: TrainConfig, strategy: Any, checked: bool) -> None:
 
 
 def _prepare(config: TrainConfig) -> tuple[ModelSpec, Any]:
-    from zoo.train.finetune import prepare
+    from zoo.train.preflight import prepare
 
     return prepare(config)
 
 
-def build_model(spec: ModelSpec, labels: tuple[str, ...], config: TrainConfig) -> torch.nn.Module:
-    from zoo import sources
-
-    model, _ = sources.for_spec(spec).create_model(spec, labels=labels, pretrained=not config.random_init,
-                                                   model_kwargs=dict(config.model_kwargs) or None)
-    return model
-
-
 def _train(config: TrainConfig, spec: ModelSpec, data: Any, model: torch.nn.Module, strategy: Any) -> Any:
+    """Train to the end (or the pause); with ``--keep best`` the model then holds the best step's weights."""
     from zoo.tasks import get_task
     from zoo.train.loop import Trainer, fit
 
@@ -86,7 +85,10 @@ def _train(config: TrainConfig, spec: ModelSpec, data: Any, model: torch.nn.Modu
     trainer = Trainer(model, runner, strategy, data, config, Path(config.out), spec)
     if config.resume:
         trainer.resume()
-    return fit(trainer)
+    fit(trainer)
+    if not trainer.state.paused:
+        trainer.restore_kept()
+    return trainer
 
 
 def run_spec(spec: ModelSpec, labels: tuple[str, ...], out: Path) -> ModelSpec:
@@ -95,29 +97,29 @@ def run_spec(spec: ModelSpec, labels: tuple[str, ...], out: Path) -> ModelSpec:
                                description=f"{spec.description} fine-tuned by zoo ({out.name})".strip())
 
 
-def write_run_dir(config: TrainConfig, spec: ModelSpec, data: Any, state: Any,
+def write_run_dir(config: TrainConfig, spec: ModelSpec, data: Any, trainer: Any,
                   weights: dict[str, torch.Tensor], strategy: Any) -> None:
     from zoo import sources
     from zoo.train.report import MetricsLog, plot_curves
     from zoo.versions import library_versions
 
-    out = Path(config.out)
-    fresh = build_model(spec, data.labels, dataclasses.replace(config, random_init=True))
+    out, state = Path(config.out), trainer.state
+    fresh = fresh_copy(spec, data.plan, config)
     fresh.load_state_dict(weights)
     final = run_spec(spec, data.labels, out)
     # save with the base's local_path: the tokenizer / preprocessor files are copied from there
     saving = dataclasses.replace(final, local_path=spec.local_path)
     sources.for_spec(spec).save_model(fresh, saving, out / MODEL_DIR, model_args=_model_args(spec, config))
-    from zoo.tasks import get_task
-
-    plot_curves(MetricsLog(out / "metrics.jsonl", True).read(), out / "curves.png", get_task(spec.task).primary_metric)
+    plot_curves(MetricsLog(out / "metrics.jsonl", True).read(), out / "curves.png", trainer.metric)
     record = {
         "spec": final.to_dict(), "model_dir": MODEL_DIR,
+        "model": {"step": trainer.kept_step, "keep": config.keep, "metric": trainer.metric},
         "base": {"name": config.model, "source": spec.source_name, "local_path": spec.local_path},
         "data": data.info(), "config": config.to_dict(), "world_size": strategy.world_size,
-        "strategy": strategy.name, "steps": state.step, "stopped_early": state.stopped_early,
+        "strategy": strategy.name, "sync_batchnorm": strategy.synced_batchnorm,
+        "steps": state.step, "stopped_early": state.stopped_early,
         "metrics": {"final": state.last, "best": {**state.best, "step": state.best_step}},
-        "versions": library_versions(),
+        "timing": trainer.timing(), "versions": library_versions(),
     }
     (out / RUN_FILE).write_text(json.dumps(record, indent=2))
 

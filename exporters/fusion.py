@@ -1,0 +1,116 @@
+"""Graph fusions for onnxruntime, from onnxscript's rewriter, and the portable offline save.
+
+    python -c "from exporters.fusion import fuse_graph; print(fuse_graph('model.onnx', 'fused.onnx'))"
+
+The passes are onnxscript's ``ort_fusions`` in the order its own
+``optimize_for_ort`` applies them, stopping at MultiHeadAttention: the packed
+``Attention`` op that comes after it carries ``qkv_hidden_sizes``, which
+onnxruntime's quantiser refuses, so its Q/K/V projections would stay fp32 in an
+int8 graph. Measured on all-MiniLM-L6-v2 (2-core AVX2), fp32 speed is the same
+either way (benchmarks/results/optimize_findings.md).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# What the offline-optimised file is saved at. "basic" rewrites only in ways that are
+# valid on every execution provider and CPU (constant folding, redundant nodes); the
+# ISA-specific layout rewrites of "all" are left to each machine's session at load time.
+OFFLINE_LEVEL = "basic"
+
+
+def fusion_passes() -> list[tuple[str, Callable[..., int]]]:
+    """(kind, pass) in application order; each pass returns how many times it fused."""
+    from onnxscript.rewriter.ort_fusions import (
+        bias_gelu,
+        erfgelu,
+        gelu,
+        mha,
+        mha_bias,
+        mha_scale,
+        rms_normalization,
+        rotary_embedding,
+        sdpa,
+        skip_normalization,
+    )
+
+    return [
+        ("Gelu (from Erf)", erfgelu.fuse_erfgelu),
+        ("RMSNormalization", rms_normalization.fuse_rms_normalization),
+        ("SkipLayerNormalization", skip_normalization.fuse_skip_layer_normalization),
+        ("SkipSimplifiedLayerNormalization", skip_normalization.fuse_skip_rms_normalization),
+        ("RotaryEmbedding", rotary_embedding.fuse_rotary_embedding),
+        ("SDPA", lambda model, **kw: sdpa.fuse_sdpa(model, apply_shape_inference=True, **kw)),
+        ("MultiHeadAttention (with past)", mha.fuse_mha1),
+        ("MultiHeadAttention", mha.fuse_mha2),
+        ("MultiHeadAttention scale", mha_scale.fuse_mha_scale),
+        ("MultiHeadAttention bias", mha_bias.fuse_mha_bias),
+        ("FastGelu", gelu.fuse_gelu),
+        ("BiasGelu", bias_gelu.fuse_bias_gelu),
+    ]
+
+
+def fuse_graph(src: Path | str, dst: Path | str) -> dict[str, int]:
+    """Write ``dst``: ``src`` with every fusion that matches; returns the count per kind (0s dropped)."""
+    import onnx_ir as ir
+    import onnx_ir.passes.common as common_passes
+    from onnxscript.optimizer import optimize
+    from onnxscript.rewriter import rewrite
+    from onnxscript.rewriter.ort_fusions import ORT_PATTERN_REWRITE_RULES, shape_optimization
+
+    model = ir.load(str(src))
+    # the fusion patterns match shapes and constants, so shapes are inferred and folded first
+    common_passes.ShapeInferencePass()(model)
+    optimize(model)
+    shape_optimization.rules.apply_to_model(model)
+    optimize(model)
+    counts: dict[str, int] = {}
+    for kind, fuse in fusion_passes():
+        counts[kind] = int(fuse(model))
+    optimize(model)  # inline what a later fusion did not consume, drop dead nodes
+    rewrite(model, ORT_PATTERN_REWRITE_RULES)
+    ir.passes.Sequential(common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1),
+                         common_passes.RemoveInitializersFromInputsPass(),
+                         common_passes.ShapeInferencePass())(model)
+    ir.save(model, str(dst))
+    return {kind: n for kind, n in counts.items() if n}
+
+
+def save_offline(src: Path | str, dst: Path | str) -> None:
+    """onnxruntime's own graph optimisation at the portable OFFLINE_LEVEL, written to ``dst``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(dst)
+    options.log_severity_level = 3
+    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+
+
+def op_counts(path: Path | str) -> dict[str, int]:
+    """Node count per op type: what a recipe turned the graph into."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return dict(sorted(collections.Counter(node.op_type for node in graph.node).items()))
+
+
+def constant_names(path: Path | str) -> set[str]:
+    import onnx
+
+    return {i.name for i in onnx.load(str(path), load_external_data=False).graph.initializer}
+
+
+def describe_passes() -> list[str]:
+    """The recipe's pass list as recorded in the manifest."""
+    return ["onnxscript: shape inference + constant folding",
+            *[f"onnxscript: {kind}" for kind, _ in fusion_passes()],
+            "onnxscript: ORT pattern rules (FusedMatMul, Softmax)",
+            f"onnxruntime: offline graph optimisation at level '{OFFLINE_LEVEL}'"]
+
+
+__all__: list[Any] = ["OFFLINE_LEVEL", "fuse_graph", "fusion_passes", "op_counts", "save_offline"]

@@ -1,0 +1,189 @@
+"""The gates an optimised graph must pass before it may become an artifact.
+
+Accuracy, judged against the parent artifact on the gate's data (and against
+torch fp32 on the verification grid when the source resolves) by the task's own
+gate (``Task.optimization_gate``):
+
+- embeddings: cosine to the reference, minimum >= 0.99 and mean >= 0.995
+- classifiers: top-1 agreement >= 99% (token by token for NER); on labelled
+  data, accuracy may drop by at most ``max_drop`` points
+- a lossless recipe (fusions only) must also match element-wise within the
+  parent's export tolerances, so a "fusion" that changes the numbers is caught
+
+Speed, on this machine: at each of the task's usual shapes the optimised graph
+must be at least MIN_SPEEDUP times as fast as its parent (medians of runs that
+take turns call by call), else both timings are reported and it is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporters.evaldata import PROBE_SENTENCES, EvalSet
+from exporters.verify import OutputStats
+from zoo.checks import Check
+from zoo.manifest import Manifest
+from zoo.spec import Tolerances
+from zoo.tasks import get_task
+from zoo.tasks.base import Gate, Task
+
+MIN_SPEEDUP = 1.05  # "measurably faster": a 5% margin over the noise of a shared machine
+SPEED_BUDGET_S = 2.0  # per shape and graph
+# One intra-op thread for timing: on a shared machine a busy neighbour turns a thread pool's
+# spin-waits into noise of several times the effect being measured (benchmarks/ also reports
+# default threads).
+SPEED_THREADS = 1
+
+
+@dataclass
+class Outputs:
+    """One graph's first output on every batch of a data set (with the masks of text batches)."""
+
+    values: list[np.ndarray]
+    masks: list[np.ndarray | None] = field(default_factory=list)
+
+
+def session(path: Path, providers: list[str] | None = None, threads: int | None = None) -> Any:
+    """An onnxruntime session with ``zoo.load``'s graph level; worker threads sleep instead of spinning."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+
+
+def run_all(sess: Any, batches: list[dict[str, np.ndarray]]) -> Outputs:
+    output = sess.get_outputs()[0].name
+    names = [i.name for i in sess.get_inputs()]
+    values = [sess.run([output], {n: feed[n] for n in names})[0] for feed in batches]
+    return Outputs(values, [feed.get("attention_mask") for feed in batches])
+
+
+# ---------------------------------------------------------------- accuracy
+
+
+def task_checks(task: Task, reference: Outputs, got: Outputs, against: str, data: str,
+                tol: Tolerances | None = None) -> list[Check]:
+    """The task-level agreement of ``got`` with ``reference`` (the parent's or torch's outputs).
+
+    ``tol``: a top-1 change within it is a tie (the recipe's measured noise); none by default.
+    """
+    gate = gate_of(task, tol)
+    for ref, out, mask in zip(reference.values, got.values, reference.masks or [None] * len(reference.values)):
+        gate.add(ref, out, mask)
+    return gate.checks(against, data)
+
+
+def gate_of(task: Task, tol: Tolerances | None = None) -> Gate:
+    return task.optimization_gate(tol or Tolerances(atol=0.0, rtol=0.0))
+
+
+def accuracy_check(reference: Outputs, got: Outputs, labels: np.ndarray | None, max_drop: float) -> Check:
+    """Accuracy on labelled rows, parent vs optimised; the drop is in percentage points."""
+    if labels is None or not len(labels):
+        return Check("accuracy drop", True, "not measured", f"<= {max_drop:g} points",
+                     "no labelled data (give --eval-data with a label column)")
+    before = _accuracy(reference, labels)
+    after = _accuracy(got, labels)
+    drop = before - after
+    return Check("accuracy drop", bool(drop <= max_drop), f"{drop:+.2f} points", f"<= {max_drop:g} points",
+                 f"{before:.2f}% -> {after:.2f}% on {len(labels)} labelled rows")
+
+
+def _accuracy(outputs: Outputs, labels: np.ndarray) -> float:
+    predicted = np.concatenate([v.argmax(-1) for v in outputs.values])[:len(labels)]
+    return 100.0 * float((predicted == labels[:len(predicted)]).mean())
+
+
+def elementwise_check(reference: Outputs, got: Outputs, tol: Tolerances, against: str) -> Check:
+    """allclose with the parent's export tolerances: a lossless recipe must not change the numbers."""
+    stats = OutputStats(against, tol)
+    for index, (ref, out) in enumerate(zip(reference.values, got.values)):
+        stats.add(ref, out, f"batch {index}")
+    check = stats.check()
+    check.name = f"{against}: element-wise (lossless recipe)"
+    return check
+
+
+def max_abs_difference(reference: Outputs, got: Outputs) -> float:
+    diffs = [float(np.max(np.abs(r.astype(np.float64) - g))) for r, g in zip(reference.values, got.values)
+             if r.shape == g.shape and r.size]
+    return max(diffs) if diffs else float("inf")
+
+
+# ---------------------------------------------------------------- speed
+
+
+@dataclass
+class SpeedFigure:
+    shape: str
+    parent_ms: float
+    optimized_ms: float
+
+    @property
+    def speedup(self) -> float:
+        return self.parent_ms / self.optimized_ms if self.optimized_ms > 0 else 0.0
+
+
+def speed_shapes(folder: Path, manifest: Manifest, images: EvalSet | None) -> dict[str, dict[str, np.ndarray]]:
+    """The task's usual shapes: text at batch 1 x 32 and 8 x 128 tokens; images at batch 1 and 8."""
+    task = get_task(manifest.task)
+    if task.modality == "text":
+        return _text_shapes(folder, manifest, task)
+    return _image_shapes(manifest, images)
+
+
+def _text_shapes(folder: Path, manifest: Manifest, task: Task) -> dict[str, dict[str, np.ndarray]]:
+    shapes = {}
+    long_texts = [PROBE_SENTENCES[-2][i * 37:] for i in range(8)]  # all rows reach the length limit
+    for batch, tokens in ((1, 32), (8, 128)):
+        limited = manifest.replace(preprocess={**manifest.preprocess, "max_length": tokens})
+        shapes[f"{batch}x{tokens}"] = task.runtime_preprocessor(folder, limited)(long_texts[:batch]).arrays
+    return shapes
+
+
+def _image_shapes(manifest: Manifest, images: EvalSet | None) -> dict[str, dict[str, np.ndarray]]:
+    """Batches of the gate's real images where there are 8 of them, else normalised noise of the input size."""
+    rows = np.concatenate([next(iter(b.values())) for b in images.batches]) if images else None
+    name = manifest.inputs[0].name
+    if rows is None or len(rows) < 8:
+        rng = np.random.default_rng(0)
+        rows = rng.standard_normal((8, *manifest.preprocess["input_size"])).astype(np.float32)
+    return {"batch 1": {name: rows[:1]}, "batch 8": {name: rows[:8]}}
+
+
+def measure_speed(parent: Path, optimized: Path, shapes: dict[str, dict[str, np.ndarray]],
+                  providers: list[str] | None = None) -> list[SpeedFigure]:
+    """Median latency of both graphs per shape, taking turns call by call on the same inputs."""
+    from zoo.runtime.bench import time_calls
+
+    sessions = [session(parent, providers, SPEED_THREADS), session(optimized, providers, SPEED_THREADS)]
+    figures = []
+    for shape, feed in shapes.items():
+        calls = [_caller(s, feed) for s in sessions]
+        first = time_calls(calls, iterations=1, warmup=1)
+        per_round = sum(t[0] for t in first)
+        iterations = int(np.clip(SPEED_BUDGET_S * 2 / max(per_round, 1e-6), 5, 200))
+        parent_s, optimized_s = time_calls(calls, iterations=iterations, warmup=0)
+        figures.append(SpeedFigure(shape, 1e3 * float(np.median(parent_s)), 1e3 * float(np.median(optimized_s))))
+    return figures
+
+
+def _caller(sess: Any, feed: dict[str, np.ndarray]) -> Any:
+    names = [i.name for i in sess.get_inputs()]
+    inputs = {n: feed[n] for n in names}
+    output = [sess.get_outputs()[0].name]
+    return lambda: sess.run(output, inputs)
+
+
+def speed_checks(figures: list[SpeedFigure]) -> list[Check]:
+    return [Check(f"speed at {f.shape}", bool(f.speedup >= MIN_SPEEDUP), f"{f.speedup:.2f}x",
+                  f">= {MIN_SPEEDUP:g}x the parent",
+                  f"parent {f.parent_ms:.2f} ms, optimised {f.optimized_ms:.2f} ms (medians)") for f in figures]

@@ -1,0 +1,531 @@
+"""``zoo optimize``: a faster artifact from an exported one, refused unless it passes the gates.
+
+    zoo optimize artifacts/minilm --out artifacts/minilm-int8 --level int8
+    python -c "import zoo; print(zoo.optimize('artifacts/digits', level='auto').path)"
+
+Levels: ``fused`` (onnxscript's onnxruntime fusions, exact), ``int8`` (dynamic,
+for transformers), ``int8-static`` (QDQ calibrated on real images, for CNNs),
+``fp16`` (CUDA only) and ``auto`` (each applicable level, the fastest that
+passes). A lossy level searches for the least fp32 it needs: int8 keeps the
+MatMuls that lose the most (measured on the gate's data) in fp32, a few more at
+each step, until the accuracy gate passes. The result is written beside, never
+over, the parent: a new artifact with its own golden data and hashes whose
+manifest records its parent, the recipe and the gate figures under
+``optimization``. A refusal raises GateError with the table of what failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporters import fusion, gates, quantize
+from exporters.evaldata import GateData, gate_data
+from exporters.verify import dynamic_axes_check, graph_check, run_session
+from zoo.artifact import (
+    MANIFEST,
+    MODEL_FILE,
+    check_artifact,
+    check_destination,
+    read_bytes,
+    read_manifest,
+    staged_dir,
+    write_manifest,
+)
+from zoo.checks import Check, VerifyReport
+from zoo.errors import ConfigError, GateError, ZooError
+from zoo.manifest import Manifest
+from zoo.spec import Tolerances
+from zoo.tasks import get_task
+from zoo.tasks.base import Task
+
+LEVELS = ("fused", "int8", "int8-static", "fp16", "auto")
+LOSSY = ("int8", "int8-static", "fp16")
+# The int8 recipe each kind of input suits: dynamic for transformers over tokens, calibrated QDQ for
+# images (only image data gives calibration rows; see evaldata). auto tries it before "fused".
+INT8_FOR = {"text": "int8", "image": "int8-static"}
+# int8 keeps these shares of its MatMuls in fp32, the most error-prone first, until the gate passes
+LADDER = (0.0, 1 / 6, 1 / 4, 1 / 3, 1 / 2)
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Candidate:
+    """One optimised graph on its way through the gates."""
+
+    level: str
+    path: Path
+    recipe: dict[str, Any]
+    checks: list[Check] = field(default_factory=list)
+    speed: list[gates.SpeedFigure] = field(default_factory=list)
+    max_abs: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    @property
+    def mean_speedup(self) -> float:
+        values = [f.speedup for f in self.speed if f.speedup > 0]
+        return math.exp(sum(map(math.log, values)) / len(values)) if values else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        failed = [f"{c.name}: {c.value} (limit {c.limit})" for c in self.checks if not c.passed]
+        return {"level": self.level, "passed": self.passed, "speedup": round(self.mean_speedup, 3),
+                "failed": failed}
+
+
+@dataclass
+class OptimizeResult:
+    """What ``optimize`` made: the new artifact, its gate report, and every level it tried."""
+
+    path: Path
+    level: str
+    report: VerifyReport
+    manifest: Manifest
+    tried: list[dict[str, Any]]
+    speed: list[gates.SpeedFigure]
+    notes: list[str]
+
+
+@dataclass
+class Context:
+    """The parent artifact and everything measured on it once, shared by every level tried."""
+
+    folder: Path
+    manifest: Manifest
+    data: GateData
+    work: Path
+    providers: list[str]
+    max_drop: float
+    step: Progress
+    parent_outputs: gates.Outputs | None = None
+    grid: Any = None  # GridReference, built lazily
+    fused: Path | None = None
+    fusions: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def task(self) -> Task:
+        return get_task(self.manifest.task)
+
+    @property
+    def parent_model(self) -> Path:
+        return self.folder / MODEL_FILE
+
+
+def optimize(artifact: str | Path, *, out: str | Path | None = None, level: str = "auto",
+             eval_data: str | None = None, max_drop: float = 0.5, keep_failed: str | Path | None = None,
+             progress: Progress | None = None) -> OptimizeResult:
+    """Write a faster artifact from ``artifact`` at ``level``, or raise GateError and write nothing.
+
+    ``eval_data``: a .txt file (one sentence per line) or anything ``zoo finetune
+    --data`` reads (labelled rows also measure the accuracy drop); ``max_drop``:
+    the largest accuracy loss allowed, in percentage points. ``keep_failed``: on a
+    refusal, the refused graphs (LEVEL.onnx) and the gate report go there for inspection.
+    """
+    step = progress or (lambda _msg: None)
+    started = time.perf_counter()
+    folder = Path(artifact)
+    manifest = _checked_parent(folder)
+    dest = Path(out) if out is not None else folder.parent / f"{folder.name}-{level}"
+    providers = _check_options(level, max_drop, manifest, dest)
+    if keep_failed is not None:
+        _check_keep_failed(Path(keep_failed), dest)
+    step("gate data")
+    data = gate_data(folder, manifest, eval_data)
+    with tempfile.TemporaryDirectory(prefix="zoo-optimize-") as work:
+        ctx = Context(folder, manifest, data, Path(work), providers, max_drop, step)
+        candidates = [_attempt(ctx, lv) for lv in _levels(level, ctx.task)]
+        passing = [c for c in candidates if c.passed]
+        if not passing:
+            refusal = _refusal(folder, dest, level, candidates)
+            if keep_failed is not None:
+                _keep(candidates, refusal, Path(keep_failed))
+            raise refusal
+        chosen = max(passing, key=lambda c: c.mean_speedup)
+        step("write artifact")
+        with staged_dir(dest) as stage:
+            manifest_out, report = _write_artifact(ctx, chosen, candidates, stage, time.perf_counter() - started)
+    tried = [c.summary() for c in candidates]
+    return OptimizeResult(dest.resolve(), chosen.level, report, manifest_out, tried, chosen.speed, data.notes)
+
+
+# ---------------------------------------------------------------- options
+
+
+def _checked_parent(folder: Path) -> Manifest:
+    """The parent's manifest, once every file matched it (paths confined, sizes, sha256, nothing unlisted)."""
+    manifest = read_manifest(folder)
+    check_artifact(folder, manifest, strict=True)
+    if manifest.optimization:
+        parent = manifest.optimization.get("parent", {}).get("path", "its parent")
+        raise ConfigError(f"{folder} is already optimised (level {manifest.optimization.get('level')}); "
+                          f"optimise the fp32 artifact it came from ({parent}) instead")
+    return manifest
+
+
+def _check_keep_failed(keep: Path, dest: Path) -> None:
+    """--keep-failed: a new or empty folder, or an earlier refusal's (replaced); never a user's files or --out."""
+    if keep.resolve() == dest.resolve():
+        raise ConfigError(f"--keep-failed '{keep}' is the destination itself; a refused graph must never "
+                          "appear at --out: choose another folder")
+    if keep.exists() and not _earlier_refusal(keep):
+        raise ConfigError(f"--keep-failed '{keep}' exists and is not an earlier refusal's folder (only those are "
+                          "replaced); choose a new folder or remove it")
+
+
+def _earlier_refusal(keep: Path) -> bool:
+    """An empty folder, or one holding only what ``_keep`` writes (LEVEL.onnx files and refusal.json)."""
+    if not keep.is_dir():
+        return False
+    names = {p.name for p in keep.iterdir()}
+    written = {f"{level}.onnx" for level in LEVELS} | {"refusal.json"}
+    return names <= written and (not names or "refusal.json" in names)
+
+
+def _check_options(level: str, max_drop: float, manifest: Manifest, dest: Path) -> list[str]:
+    """All option problems at once; returns the execution providers the gates run on."""
+    problems = []
+    if level not in LEVELS:
+        problems.append(f"--level {level!r} is not one of {', '.join(LEVELS)}")
+    if not (max_drop >= 0 and np.isfinite(max_drop)):
+        problems.append(f"--max-drop {max_drop} must be a finite number of percentage points >= 0")
+    if level == "int8-static" and INT8_FOR.get(get_task(manifest.task).modality) != level:
+        problems.append(f"--level int8-static calibrates image models; this artifact is {manifest.task}: "
+                        "use --level int8 (dynamic) or fused")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    check_destination(dest)
+    import onnxruntime as ort
+
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if level == "fp16" and not cuda:
+        raise ConfigError("--level fp16 runs on the CUDA execution provider, and this onnxruntime has none "
+                          f"({', '.join(ort.get_available_providers())}); on a CPU use --level int8, "
+                          "int8-static or fused")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if level == "fp16" else ["CPUExecutionProvider"]
+
+
+def _levels(level: str, task: Task) -> list[str]:
+    """The level asked for, or for auto every level that applies here, most aggressive first."""
+    if level != "auto":
+        return [level]
+    return [INT8_FOR.get(task.modality, "int8"), "fused"]
+
+
+# ---------------------------------------------------------------- one level
+
+
+def _attempt(ctx: Context, level: str) -> Candidate:
+    ctx.step(f"{level}: build")
+    if level == "fused":
+        candidate = Candidate(level, _fused(ctx), {"passes": fusion.describe_passes(), "fusions": ctx.fusions,
+                                                   "quantization": None})
+        candidate.checks = _accuracy_checks(ctx, candidate)
+    elif level == "int8":
+        candidate = _search(ctx, level, _int8_ladder(ctx), _build_int8)
+    elif level == "int8-static":
+        candidate = _search(ctx, level, _static_ladder(ctx), _build_static)
+    else:
+        candidate = _build_fp16(ctx)
+        candidate.checks = _accuracy_checks(ctx, candidate)
+    if candidate.passed:
+        ctx.step(f"{level}: verify and time")
+        candidate.checks += _graph_checks(ctx, candidate) + _grid_checks(ctx, candidate)
+        candidate.speed = measure_speed(ctx, candidate)
+        candidate.checks += gates.speed_checks(candidate.speed)
+    return candidate
+
+
+def _fused(ctx: Context) -> Path:
+    """The parent with onnxscript's fusions, saved offline at the portable level (made once)."""
+    if ctx.fused is None:
+        raw = ctx.work / "fused-raw.onnx"
+        ctx.fusions = fusion.fuse_graph(ctx.parent_model, raw)
+        ctx.fused = ctx.work / "fused.onnx"
+        fusion.save_offline(raw, ctx.fused)
+    return ctx.fused
+
+
+def _search(ctx: Context, level: str, ladder: list[list[str]],
+            build: Callable[[Context, Path, list[str]], dict[str, Any]]) -> Candidate:
+    """Keep more nodes in fp32 at each step until the accuracy gate passes; record every step."""
+    steps: list[dict[str, Any]] = []
+    candidate = None
+    for index, keep in enumerate(ladder):
+        ctx.step(f"{level}: step {index + 1}/{len(ladder)} ({len(keep)} nodes kept in fp32)")
+        path = ctx.work / f"{level}-{index}.onnx"
+        settings = build(ctx, path, keep)
+        candidate = Candidate(level, path, {"passes": fusion.describe_passes(), "fusions": ctx.fusions,
+                                            "quantization": settings})
+        candidate.checks = _accuracy_checks(ctx, candidate)
+        steps.append({"kept_fp32": len(keep), "passed": candidate.passed,
+                      "figures": {c.name: c.value for c in candidate.checks}})
+        if candidate.passed:
+            break
+    assert candidate is not None  # every ladder has at least its first step
+    candidate.recipe["quantization"]["search"] = steps
+    return candidate
+
+
+def _int8_ladder(ctx: Context) -> list[list[str]]:
+    fused = _fused(ctx)
+    nodes = quantize.weight_matmuls(fused)
+    ranked = [name for name, _ in quantize.rank_by_error(fused, nodes, ctx.data.evaluation)]
+    counts = sorted({math.ceil(share * len(ranked)) for share in LADDER})
+    return [ranked[:k] for k in counts]
+
+
+def _build_int8(ctx: Context, path: Path, keep: list[str]) -> dict[str, Any]:
+    return quantize.int8_dynamic(_fused(ctx), path, keep_fp32=keep)
+
+
+def _static_ladder(ctx: Context) -> list[list[str]]:
+    """All of Conv/MatMul/Gemm; then the stem that reads raw pixels in fp32; then the head too; then every Conv."""
+    base = _fused(ctx)
+    nodes = quantize.static_candidates(base)
+    stem = quantize.input_nodes(base, nodes)
+    head = nodes[-1:]
+    convs = [n for n in nodes if n not in set(stem + head) and _op_of(base, n) == "Conv"]
+    ladder = [[], stem, stem + head, stem + head + convs]
+    unique: list[list[str]] = []
+    for keep in ladder:
+        if keep not in unique and len(keep) < len(nodes):
+            unique.append(keep)
+    return unique
+
+
+def _op_of(path: Path, name: str) -> str:
+    import onnx
+
+    return next(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node if n.name == name)
+
+
+def _build_static(ctx: Context, path: Path, keep: list[str]) -> dict[str, Any]:
+    if ctx.data.calibration is None:
+        raise ConfigError("int8-static needs calibration images and none were found")
+    return quantize.int8_static(_fused(ctx), path, ctx.data.calibration, keep_fp32=keep)
+
+
+def _build_fp16(ctx: Context) -> Candidate:
+    path = ctx.work / "fp16.onnx"
+    settings = quantize.fp16(_fused(ctx), path)
+    return Candidate("fp16", path, {"passes": fusion.describe_passes(), "fusions": ctx.fusions,
+                                    "quantization": settings})
+
+
+# ---------------------------------------------------------------- the gates
+
+
+def _accuracy_checks(ctx: Context, candidate: Candidate) -> list[Check]:
+    """Task-level agreement with the parent on the gate's data (the cheap gate, run at every step)."""
+    evaluation = ctx.data.evaluation
+    if ctx.parent_outputs is None:
+        ctx.parent_outputs = gates.run_all(gates.session(ctx.parent_model, ctx.providers), evaluation.batches)
+    got = gates.run_all(gates.session(candidate.path, ctx.providers), evaluation.batches)
+    candidate.max_abs = gates.max_abs_difference(ctx.parent_outputs, got)
+    checks = gates.task_checks(ctx.task, ctx.parent_outputs, got, "parent", evaluation.source)
+    if gates.gate_of(ctx.task).labelled:
+        checks.append(gates.accuracy_check(ctx.parent_outputs, got, evaluation.labels, ctx.max_drop))
+    if candidate.level not in LOSSY:
+        checks.append(gates.elementwise_check(ctx.parent_outputs, got, parent_tolerances(ctx.manifest), "parent"))
+    return checks
+
+
+def _graph_checks(ctx: Context, candidate: Candidate) -> list[Check]:
+    from exporters.onnx import graph_signature
+
+    inputs, outputs = graph_signature(candidate.path)
+    same = inputs == ctx.manifest.inputs and outputs == ctx.manifest.outputs
+    signature = Check("graph inputs and outputs", same, f"{len(inputs)} in, {len(outputs)} out",
+                      "same names, dtypes and axes as the parent",
+                      "" if same else f"got {[i.to_dict() for i in inputs]} -> {[o.to_dict() for o in outputs]}")
+    axes = dynamic_axes_check(candidate.path, [(i.name, list(i.shape)) for i in ctx.manifest.model_spec().inputs],
+                              [(o.name, list(o.shape)) for o in ctx.manifest.outputs])
+    return [graph_check(candidate.path), signature, axes]
+
+
+def _grid_checks(ctx: Context, candidate: Candidate) -> list[Check]:
+    """The verification grid: against the parent graph, and against torch fp32 when the source resolves."""
+    grid = ctx.grid = ctx.grid or GridReference.build(ctx)
+    got = gates.run_all(gates.session(candidate.path, ctx.providers), grid.inputs)
+    checks = []
+    for against, reference in (("grid vs parent", grid.parent), ("grid vs torch fp32", grid.torch)):
+        if reference is None:
+            continue
+        if candidate.level in LOSSY:
+            # a differing top-1 counts only where the reference's own top-2 margin exceeds the measured difference
+            noise = Tolerances(atol=gates.max_abs_difference(reference, got), rtol=0.0)
+            checks += gates.task_checks(ctx.task, reference, got, against, "the verification grid", noise)
+        else:
+            checks += gates.task_checks(ctx.task, reference, got, against, "the verification grid")
+            checks.append(gates.elementwise_check(reference, got, parent_tolerances(ctx.manifest), against))
+    return checks
+
+
+@dataclass
+class GridReference:
+    """The verification grid's inputs with the parent's outputs, and torch's when the source resolves."""
+
+    inputs: list[dict[str, np.ndarray]]
+    parent: gates.Outputs
+    torch: gates.Outputs | None
+    note: str
+
+    @classmethod
+    def build(cls, ctx: Context) -> GridReference:
+        ctx.step("verification grid (torch fp32 when the source resolves)")
+        inputs, torch_outputs, note = _torch_grid(ctx)
+        if inputs is None:
+            from exporters.golden import golden_sets, read_golden
+
+            inputs = [read_golden(s)[0] for s in golden_sets(ctx.folder)]
+        parent = gates.run_all(gates.session(ctx.parent_model, ctx.providers), inputs)
+        return cls(inputs, parent, torch_outputs, note)
+
+
+def _torch_grid(ctx: Context) -> tuple[list[dict[str, np.ndarray]] | None, gates.Outputs | None, str]:
+    """(grid inputs, torch outputs, note); (None, None, why) when the torch source is not available."""
+    if ctx.manifest.random_init:
+        return None, None, "torch fp32 not compared: the parent was exported from random weights"
+    try:
+        from exporters.source import build_source, torch_outputs
+
+        # source_spec: an artifact never chooses to run a repository's own code (trust_remote_code) here
+        source = build_source(ctx.manifest.source_spec(), random_init=False, model_kwargs=ctx.manifest.model_kwargs)
+    except (ZooError, ImportError, OSError) as exc:
+        return None, None, f"torch fp32 not compared: the source does not resolve here ({str(exc)[:200]})"
+    inputs = [case.inputs for case in source.cases]
+    names = source.output_names  # the gates judge the first output, as onnxruntime lists it
+    values = [torch_outputs(source.module, feed, names)[names[0]] for feed in inputs]
+    return inputs, gates.Outputs(values, [feed.get("attention_mask") for feed in inputs]), "torch fp32 compared"
+
+
+def measure_speed(ctx: Context, candidate: Candidate) -> list[gates.SpeedFigure]:
+    shapes = gates.speed_shapes(ctx.folder, ctx.manifest, ctx.data.evaluation)
+    return gates.measure_speed(ctx.parent_model, candidate.path, shapes, ctx.providers)
+
+
+def parent_tolerances(manifest: Manifest) -> Tolerances:
+    return Tolerances(**manifest.tolerances)
+
+
+def _refusal(folder: Path, dest: Path, level: str, candidates: list[Candidate]) -> GateError:
+    report = VerifyReport(subject=f"zoo optimize {folder} --level {level}: refused")
+    for candidate in candidates:
+        prefix = f"{candidate.level}: " if len(candidates) > 1 else ""
+        report.checks += _search_checks(candidate, prefix)
+        report.checks += [dataclasses.replace(c, name=prefix + c.name) for c in candidate.checks]
+    tried = ", ".join(c.level for c in candidates)
+    return GateError(f"{folder}: no optimised graph passed the gates (tried {tried}); nothing written to {dest}. "
+                     f"{report.summary()}", report)
+
+
+def _search_checks(candidate: Candidate, prefix: str) -> list[Check]:
+    """One line per earlier step of a lossy level's search, so a refusal shows everything that was tried."""
+    steps = (candidate.recipe.get("quantization") or {}).get("search", [])[:-1]
+    return [Check(f"{prefix}step {i + 1}: {step['kept_fp32']} nodes kept in fp32", False,
+                  "; ".join(f"{k.replace('parent: ', '')} {v}" for k, v in step["figures"].items()),
+                  "every gate", "a later step keeps more in fp32") for i, step in enumerate(steps)]
+
+
+def _keep(candidates: list[Candidate], refusal: GateError, folder: Path) -> None:
+    """The refused graphs, never an artifact: no manifest, so nothing can load them by mistake."""
+    import json
+
+    if folder.exists():
+        shutil.rmtree(folder)  # an earlier refusal's folder: _check_keep_failed made sure
+    folder.mkdir(parents=True)
+    for candidate in candidates:
+        shutil.copyfile(candidate.path, folder / f"{candidate.level}.onnx")
+    report = refusal.report.to_dict() if isinstance(refusal.report, VerifyReport) else {}
+    (folder / "refusal.json").write_text(json.dumps({"message": str(refusal), **report}, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- the new artifact
+
+
+def _write_artifact(ctx: Context, chosen: Candidate, candidates: list[Candidate], stage: Path,
+                    seconds: float) -> tuple[Manifest, VerifyReport]:
+    from exporters.golden import golden_sets, read_golden, write_golden
+    from zoo.versions import library_versions
+
+    shutil.copyfile(chosen.path, stage / MODEL_FILE)
+    _copy_preprocessor_files(ctx, stage)
+    session = gates.session(stage / MODEL_FILE, ctx.providers)
+    for index, data_set in enumerate(golden_sets(ctx.folder)):
+        inputs, _ = read_golden(data_set)
+        write_golden(stage, index, inputs, run_session(session, inputs))  # every output, in graph order
+    tolerances = _tolerances(ctx, chosen)
+    report = VerifyReport(subject=f"{ctx.manifest.name} ({chosen.level})", checks=list(chosen.checks),
+                          tolerances=dataclasses.asdict(tolerances), seconds=seconds)
+    manifest = ctx.manifest.replace(verified=True, verification=report.to_dict(),
+                                    tolerances=dataclasses.asdict(tolerances), versions=library_versions(),
+                                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                    optimization=_record(ctx, chosen, candidates))
+    return write_manifest(stage, manifest), report
+
+
+def _copy_preprocessor_files(ctx: Context, stage: Path) -> None:
+    """Every file of the parent except its graph, manifest and golden data (the new graph has its own)."""
+    for rel in ctx.manifest.files:
+        top = rel.split("/", 1)[0]
+        if rel.startswith(MODEL_FILE) or top.startswith("test_data_set_"):
+            continue
+        target = stage / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # confined to the parent, size-capped, and the bytes written are the bytes whose hash matched
+        target.write_bytes(read_bytes(ctx.folder, rel, manifest=ctx.manifest))
+
+
+def _tolerances(ctx: Context, chosen: Candidate) -> Tolerances:
+    """Golden-data tolerances: the parent's for an exact recipe; for a lossy one, room for the measured error.
+
+    int8 kernels differ between CPUs (AVX2, VNNI, ARM dot products), so the golden
+    replay on another machine needs a margin of the size int8 itself introduced.
+    """
+    tol = parent_tolerances(ctx.manifest)
+    if chosen.level not in LOSSY:
+        return tol
+    grid = ctx.grid
+    measured = max(chosen.max_abs, gates.max_abs_difference(grid.parent, gates.run_all(
+        gates.session(chosen.path, ctx.providers), grid.inputs)) if grid else 0.0)
+    atol = float(f"{max(tol.atol, 4 * measured):.1g}")
+    cosine = gates.gate_of(ctx.task).limits.get("min_cosine", tol.cosine)  # what an embedding gate held it to
+    return Tolerances(atol=atol, rtol=tol.rtol, cosine=min(tol.cosine, cosine))
+
+
+def _record(ctx: Context, chosen: Candidate, candidates: list[Candidate]) -> dict[str, Any]:
+    """The manifest's ``optimization`` entry: parent, level, recipe, gates, and what else was tried."""
+    parent_model = ctx.manifest.files.get(MODEL_FILE)
+    record: dict[str, Any] = {
+        "parent": {"name": ctx.manifest.name, "path": str(ctx.folder.resolve()),
+                   "model_sha256": parent_model.sha256 if parent_model else None,
+                   "manifest_sha256": hashlib.sha256(read_bytes(ctx.folder, MANIFEST)).hexdigest()},
+        "level": chosen.level,
+        "recipe": {**chosen.recipe, "ort_offline_level": fusion.OFFLINE_LEVEL,
+                   "ops": fusion.op_counts(chosen.path)},
+        "gates": {"passed": chosen.passed, "checks": [dataclasses.asdict(c) for c in chosen.checks],
+                  "speed": [{**dataclasses.asdict(f), "speedup": round(f.speedup, 3)} for f in chosen.speed],
+                  "data": ctx.data.evaluation.source, "notes": ctx.data.notes + ([ctx.grid.note] if ctx.grid else []),
+                  "limits": {**gates.gate_of(ctx.task).limits, "max_drop_points": ctx.max_drop,
+                             "min_speedup": gates.MIN_SPEEDUP}},
+        "providers": ctx.providers,
+    }
+    if len(candidates) > 1:
+        record["tried"] = [c.summary() for c in candidates]
+    return record
+
+
+__all__ = ["LEVELS", "OptimizeResult", "optimize"]

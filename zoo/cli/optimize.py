@@ -1,0 +1,89 @@
+"""``zoo optimize``: a faster artifact (fused, int8, int8-static, fp16) that must pass accuracy and speed gates.
+
+    zoo optimize artifacts/minilm --out artifacts/minilm-int8 --level int8
+    zoo optimize artifacts/digits --level auto --eval-data builtin:digits --max-drop 0.5 --json
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from zoo.cli.app import app
+from zoo.errors import GateError
+
+
+class Level(str, Enum):
+    fused = "fused"
+    int8 = "int8"
+    int8_static = "int8-static"
+    fp16 = "fp16"
+    auto = "auto"
+
+
+@app.command("optimize")
+def optimize(
+    artifact: Annotated[Path, typer.Argument(help="An artifact folder written by 'zoo export'.")],
+    out: Annotated[Path | None, typer.Option(help="Folder for the optimised artifact (default: ARTIFACT-LEVEL).")] = None,
+    level: Annotated[Level, typer.Option(help="fused: graph fusions, exact; int8: dynamic (transformers); "
+                                              "int8-static: calibrated QDQ (CNNs); fp16: CUDA only; "
+                                              "auto: the fastest level that passes.")] = Level.auto,
+    eval_data: Annotated[str | None, typer.Option(
+        help="Data to judge (and calibrate) on: a .txt file of sentences, or what 'zoo finetune --data' reads; "
+             "labelled rows also measure the accuracy drop.")] = None,
+    max_drop: Annotated[float, typer.Option(help="Largest accuracy drop allowed, in percentage points.")] = 0.5,
+    keep_failed: Annotated[Path | None, typer.Option(
+        help="On a refusal, keep the refused graphs (LEVEL.onnx) and the gate report here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Optimise ARTIFACT into a new artifact, written only if it keeps the model's accuracy and runs faster."""
+    from exporters.optimize import optimize as run_optimize
+    from zoo.cli.export import _progress
+
+    try:
+        with _progress(quiet=as_json) as step:
+            result = run_optimize(artifact, out=out, level=level.value, eval_data=eval_data, max_drop=max_drop,
+                                  keep_failed=keep_failed, progress=step)
+    except GateError as exc:
+        show_refusal(exc, as_json)
+        raise
+    show_result(result, as_json)
+
+
+def show_result(result: Any, as_json: bool) -> None:
+    """The gate table, what was tried, and the speed-up (or all of it as JSON)."""
+    if as_json:
+        record = result.manifest.optimization
+        typer.echo(json.dumps({"path": str(result.path), "level": result.level, "tried": result.tried,
+                               "notes": result.notes, **{k: record[k] for k in ("parent", "recipe", "gates")}},
+                              indent=2))
+        return
+    from rich.console import Console
+
+    console = Console()
+    for note in result.notes:
+        console.print(f"[bold yellow]warning:[/bold yellow] {note}")
+    if len(result.tried) > 1:
+        tried = "; ".join(f"{t['level']} {'passed' if t['passed'] else 'refused'}"
+                          + (f" ({t['speedup']:.2f}x)" if t["passed"] else f" ({t['failed'][0]})" if t["failed"] else "")
+                          for t in result.tried)
+        console.print(f"tried: {tried}")
+    console.print(result.report.table())  # compact when it passed: check, result, figure
+    speed = ", ".join(f"{f.shape}: {f.speedup:.2f}x ({f.parent_ms:.1f} -> {f.optimized_ms:.1f} ms)"
+                      for f in result.speed)
+    console.print(f"optimised artifact ({result.level}): {result.path}\nspeed-up over the parent: {speed}")
+
+
+def show_refusal(exc: GateError, as_json: bool) -> None:
+    if exc.report is None:
+        return
+    if as_json:
+        typer.echo(json.dumps({"refused": True, **exc.report.to_dict()}, indent=2))
+        return
+    from rich.console import Console
+
+    Console(stderr=True).print(exc.report.table(compact=False))

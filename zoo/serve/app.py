@@ -1,0 +1,235 @@
+"""The HTTP app: Open Inference Protocol v2 routes, the task-level /predict route, /metrics.
+
+    app = create_app(load_models(["artifacts/minilm"], settings), settings)
+
+Routes (``{name}`` is a served model; ``/versions/1`` may be added to every /v2/models route):
+
+    GET  /v2                           server metadata
+    GET  /v2/health/live, /v2/health/ready
+    GET  /v2/models/{name}             inputs and outputs: names, datatypes, shapes (-1 = variable)
+    GET  /v2/models/{name}/ready
+    POST /v2/models/{name}/infer       tensors in, tensors out (JSON, or the binary tensor data extension)
+    POST /v1/models/{name}/predict     raw texts (JSON) or image files (multipart) in, typed results out
+    GET  /v1/models                    what is served, with tasks and labels
+    GET  /metrics                      Prometheus
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from zoo.errors import InputError, ZooError
+from zoo.serve.errors import ModelNotFound, RequestError, error_body, status_of
+from zoo.serve.inputs import openapi_body, predict_rows, reader_for
+from zoo.serve.metrics import ServerMetrics
+from zoo.serve.middleware import ServeMiddleware
+from zoo.serve.models import VERSION, PredictJob, ServedModel, ServeSettings
+from zoo.serve.protocol import (
+    EXTENSIONS,
+    HEADER_LENGTH,
+    ErrorResponse,
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    ServerMetadata,
+    encode_response,
+    parse_request,
+)
+from zoo.tasks import get_task
+
+# Bodies above this are parsed and encoded in a worker thread, so that a large tensor never stalls the loop.
+_INLINE_BYTES = 64 << 10
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415)}
+
+
+def create_app(models: Sequence[ServedModel], settings: ServeSettings) -> FastAPI:
+    """A FastAPI app serving ``models`` (already loaded); batchers start and stop with the app's lifespan."""
+    from zoo import __version__
+
+    served = {m.name: m for m in models}
+    metrics = ServerMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for model in served.values():
+            model.start(metrics)
+        yield
+        # uvicorn runs this after the in-flight requests have been answered (graceful shutdown)
+        for model in served.values():
+            await model.stop()
+
+    app = FastAPI(title="zoo serve", version=__version__, lifespan=lifespan,
+                  description="Open Inference Protocol v2 and task-level predictions for zoo artifacts.")
+    app.state.models, app.state.metrics, app.state.settings = served, metrics, settings
+    _add_error_handlers(app)
+    _add_protocol_routes(app, served, __version__)
+    _add_task_routes(app, served)
+    app.add_middleware(ServeMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _model(served: dict[str, ServedModel], name: str, version: str | None = None) -> ServedModel:
+    if name not in served:
+        raise ModelNotFound(name, sorted(served))
+    if version is not None and version != VERSION:
+        raise RequestError(f"model '{name}' has only version {VERSION}; got version '{version}'", status=404)
+    return served[name]
+
+
+def _add_protocol_routes(app: FastAPI, served: dict[str, ServedModel], version: str) -> None:
+    @app.get("/v2", response_model=ServerMetadata, tags=["v2"])
+    async def server_metadata() -> ServerMetadata:
+        return ServerMetadata(name="zoo", version=version, extensions=EXTENSIONS)
+
+    @app.get("/v2/health/live", tags=["v2"])
+    async def live() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/v2/health/ready", tags=["v2"])
+    async def ready() -> Response:
+        return Response(status_code=200)  # every model was loaded before the server took its first request
+
+    @app.get("/v2/models/{name}", response_model=ModelMetadata, responses=_ERRORS, tags=["v2"])
+    @app.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadata, responses=_ERRORS,
+             tags=["v2"])
+    async def model_metadata(name: str, version: str | None = None) -> ModelMetadata:
+        return _model(served, name, version).metadata()
+
+    @app.get("/v2/models/{name}/ready", responses=_ERRORS, tags=["v2"])
+    @app.get("/v2/models/{name}/versions/{version}/ready", responses=_ERRORS, tags=["v2"])
+    async def model_ready(name: str, version: str | None = None) -> Response:
+        _model(served, name, version)
+        return Response(status_code=200)
+
+    infer_docs: dict[str, Any] = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}}}}
+
+    @app.post("/v2/models/{name}/infer", response_model=InferenceResponse, responses=_ERRORS,
+              openapi_extra=infer_docs, tags=["v2"])
+    @app.post("/v2/models/{name}/versions/{version}/infer", response_model=InferenceResponse,
+              responses=_ERRORS, openapi_extra=infer_docs, tags=["v2"])
+    async def infer(name: str, request: Request, version: str | None = None) -> Response:
+        model = _model(served, name, version)
+        body = await read_body(request, app.state.settings.max_body_bytes)
+        parsed, tensors = await _maybe_in_thread(len(body), parse_request, body, request.headers.get(HEADER_LENGTH))
+        wanted = [o.name for o in parsed.outputs or []]
+        unknown = [n for n in wanted if n not in model.output_names()]
+        if unknown:
+            raise RequestError(f"requested output(s) {', '.join(unknown)} do not exist; model '{name}' has "
+                               f"{', '.join(model.output_names())}")
+        feed, rows = model.checked_feed(tensors)
+        assert model.tensors is not None  # started by the lifespan
+        outputs = await model.tensors.submit(feed, rows)
+        outputs = {n: outputs[n] for n in (wanted or model.output_names())}
+        size = sum(a.nbytes for a in outputs.values())
+        content, json_length = await _maybe_in_thread(size, encode_response, name, parsed, outputs)
+        if json_length is None:
+            return Response(content, media_type="application/json")
+        return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_length)})
+
+
+def _add_task_routes(app: FastAPI, served: dict[str, ServedModel]) -> None:
+    @app.post("/v1/models/{name}/predict", responses=_ERRORS, openapi_extra={"requestBody": openapi_body()},
+              tags=["v1"])
+    async def predict(name: str, request: Request,
+                      top_k: int | None = Query(None, ge=1, le=1000, description="labels per input (classifiers)"),
+                      threshold: float | None = Query(None, ge=0, le=1,
+                                                      description="minimum score (object detection)")) -> Response:
+        """Raw inputs to typed results, as ``zoo predict --json`` prints them."""
+        model = _model(served, name)
+        given = {"top_k": top_k, "threshold": threshold}
+        options = tuple(sorted((k, v) for k, v in given.items() if v is not None))
+        try:
+            get_task(model.task).check_options(dict(options))
+        except InputError as exc:
+            raise RequestError(str(exc)) from None
+        labels, inputs = await reader_for(model.task)(request, app.state.settings.max_body_bytes)
+        assert model.raw is not None  # started by the lifespan
+        results = await model.raw.submit(PredictJob(inputs, options), rows=len(inputs))
+        return _json(predict_rows(labels, results))
+
+    @app.get("/v1/models", tags=["v1"])
+    async def list_models() -> Response:
+        return _json([{"name": m.name, "task": m.task, "labels": list(m.model.labels or []),
+                       "source": m.info.get("name"), "inputs": m.model.signature()} for m in served.values()])
+
+    @app.get("/metrics", tags=["operations"])
+    async def metrics() -> Response:
+        content, media_type = app.state.metrics.render()
+        return Response(content, media_type=media_type)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, inflated when the client compressed it (tritonclient can send gzip or deflate)."""
+    body = await request.body()
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("identity", ""):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise RequestError(f"Content-Encoding '{encoding}' is not supported; send identity, gzip or deflate",
+                           status=415)
+    inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | (16 if encoding == "gzip" else 0))
+    try:
+        plain = inflater.decompress(body, limit + 1)  # bounded: a small bomb must not become a huge buffer
+    except zlib.error as exc:
+        raise RequestError(f"the {encoding} body cannot be inflated ({exc})") from None
+    if len(plain) > limit:
+        raise RequestError(f"the inflated body is over this server's limit of {limit} bytes", status=413)
+    return plain
+
+
+async def _maybe_in_thread(size: int, function: Any, *args: Any) -> Any:
+    if size <= _INLINE_BYTES:
+        return function(*args)
+    return await anyio.to_thread.run_sync(function, *args)
+
+
+def _json(content: Any, status: int = 200) -> Response:
+    # json.dumps, not JSONResponse: a NaN in a model's output must not turn an answer into a 500
+    return Response(json.dumps(content, separators=(",", ":")), status_code=status, media_type="application/json")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def on_error(request: Request, exc: Exception) -> Response:
+        return _json(error_body(exc), status_of(exc))
+
+    async def on_http(request: Request, exc: HTTPException) -> Response:
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = (f"{request.method} {request.url.path} is not a route of this server; the routes are "
+                       "listed at GET /openapi.json (and /docs)")
+        return _json({"error": message}, exc.status_code)
+
+    async def on_validation(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+        return _json({"error": f"bad request parameters ({problems})"}, 400)
+
+    app.add_exception_handler(ZooError, on_error)  # 4xx: the client's mistake, answered by ExceptionMiddleware
+    app.add_exception_handler(Exception, on_error)  # anything else: a 500 with one line, never a traceback
+    app.add_exception_handler(HTTPException, on_http)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, on_validation)  # type: ignore[arg-type]
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the protocol's request models, which the infer route reads by hand."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    request_schema = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(request_schema.pop("$defs", {}))
+    components["InferenceRequest"] = request_schema
+    app.openapi_schema = schema
+    return schema
