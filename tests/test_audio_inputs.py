@@ -209,3 +209,22 @@ def test_a_clip_longer_than_the_window_says_so(ast_artifact: Path, tmp_path: Pat
     cut, whole = model.predict([str(long), str(short)])
     assert cut.seconds == pytest.approx(4.0) and "model hears its first 1.29 s" in cut.to_dict()["note"]
     assert whole.note is None and "note" not in whole.to_dict()
+
+
+@pytest.mark.parametrize(("classes", "empty", "message"), [
+    ({"yes": 2}, False, "has 1 class folder(s) (yes); classification needs at least 2"),
+    ({"no": 1, "yes": 1}, True, "holds no audio clips"),
+])
+def test_finetune_on_a_bad_audiofolder_is_one_line(classes: dict[str, int], empty: bool, message: str,
+                                                   ast_folder: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from zoo.cli import main
+
+    root = _audiofolder(tmp_path / "clips", classes)
+    if empty:
+        (root / "maybe").mkdir()
+    with pytest.raises(SystemExit) as done:
+        main(["finetune", str(ast_folder), "--data", str(root), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert done.value.code == 1 and err.startswith("error: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
