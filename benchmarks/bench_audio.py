@@ -80,7 +80,7 @@ def latency(artifact: Path, iterations: int, threads: int | None) -> dict[str, A
     figures: dict[str, Any] = {"torch_note": note, "clips": {}}
     for seconds in SECONDS:
         feed = model.preprocess([synthetic_clip(seconds, rate, np.random.default_rng(0))]).arrays
-        calls = [lambda: model(**feed), runner(feed)]
+        calls = [lambda feed=feed: model(**feed), runner(feed)]
         samples = time_calls(calls, iterations, warmup=max(2, iterations // 10))
         ort, eager = (Timing.from_samples(e, 1, s) for e, s in zip(("onnxruntime", "torch"), samples))
         diff = float(np.max(np.abs(calls[1]() - model(**feed)[model.output_name])))
