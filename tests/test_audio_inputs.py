@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from zoo.errors import DataError, InputError
+from zoo.errors import ConfigError, DataError, InputError
 from zoo.tasks._audio import AudioPreprocessor, AudioSettings
 
 RATE = 16_000
@@ -112,8 +112,6 @@ def test_bad_clips_are_one_input_error(make, message: str, tmp_path: Path) -> No
 
 
 def test_a_missing_audio_library_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from zoo.errors import ConfigError
-
     monkeypatch.setitem(sys.modules, "soundfile", None)
     with pytest.raises(ConfigError, match=r"pip install 'zoo-toolkit\[audio\]'"):
         WAVEFORM.load(_wav(tmp_path, "a.wav", _tone(0.5)), "input 0")
@@ -228,3 +226,29 @@ def test_finetune_on_a_bad_audiofolder_is_one_line(classes: dict[str, int], empt
     err = capsys.readouterr().err
     assert done.value.code == 1 and err.startswith("error: ") and message in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({}, None),  # the twin: a sound record is accepted
+    ({"max_frames": 10**9}, "max_frames is 1000000000, an fbank model needs an integer from 1 to"),
+    ({"sampling_rate": 2_000_000}, "sampling_rate is 2000000"),
+    ({"num_mel_bins": True}, "num_mel_bins is True"),
+    ({"mean": [float("nan")]}, "do_normalize needs mean and std"),
+])
+def test_a_manifest_cannot_make_the_runtime_allocate_without_bound(change: dict, message: str | None) -> None:
+    from zoo.errors import ArtifactError
+
+    record = {**FBANK.record(), **change}
+    if message is None:
+        assert AudioSettings.from_record(record, ["input_values"], ArtifactError) == FBANK
+        return
+    with pytest.raises(ArtifactError, match="re-export the model") as info:
+        AudioSettings.from_record(record, ["input_values"], ArtifactError)
+    assert message in str(info.value)
+
+
+def test_a_waveform_window_past_an_hour_is_refused() -> None:
+    record = {**WAVEFORM.record(), "max_seconds": 1e9}
+    with pytest.raises(ConfigError, match=r"max_seconds is 1000000000.0, give a number of seconds in \(0, 3600\]"):
+        AudioSettings.from_record(record, ["input_values", "attention_mask"])
+    assert AudioSettings.from_record(WAVEFORM.record(), ["input_values", "attention_mask"]) == WAVEFORM
