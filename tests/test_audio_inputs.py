@@ -252,3 +252,16 @@ def test_a_waveform_window_past_an_hour_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"max_seconds is 1000000000.0, give a number of seconds in \(0, 3600\]"):
         AudioSettings.from_record(record, ["input_values", "attention_mask"])
     assert AudioSettings.from_record(WAVEFORM.record(), ["input_values", "attention_mask"]) == WAVEFORM
+
+
+def test_zoo_predict_prints_the_truncation_note_under_its_table(ast_artifact: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from zoo.cli.app import app
+
+    long, short = _wav(tmp_path, "long.wav", _tone(4.0)), _wav(tmp_path, "short.wav", _tone(0.5))
+    done = CliRunner().invoke(app, ["predict", str(ast_artifact), str(long), str(short)], env={"COLUMNS": "200"})
+    assert done.exit_code == 0, done.output
+    text = " ".join(done.output.split())  # the caption wraps to the table's width
+    assert text.count("model hears its first 1.29 s") == 1 and "long.wav: clip is 4.00 s;" in text
+    assert "short.wav: clip" not in text
