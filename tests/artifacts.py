@@ -71,6 +71,17 @@ def image_file(tmp_path_factory: Any) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def ast_folder(tmp_path_factory: Any, registry: Any) -> Path:
+    """A tiny Audio Spectrogram Transformer classifier (32 mel bins x 128 frames) as a save_pretrained folder."""
+    return tiny.tiny_hf_folder(registry.get("ast-audioset"), tmp_path_factory.mktemp("tiny-ast"))
+
+
+@pytest.fixture(scope="session")
+def ast_artifact(tmp_path_factory: Any, ast_folder: Path) -> Path:
+    return make_artifact(ast_folder, tmp_path_factory.mktemp("rt") / "ast")
+
+
 def copy_artifact(src: Path, dest: Path) -> Path:
     import shutil
 

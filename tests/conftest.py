@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 from tests import tiny  # noqa: E402
 # Exported artifacts shared by the export, verify and runtime tests, built once per worker.
 from tests.artifacts import (  # noqa: E402,F401  (pytest fixtures)
-    image_file, minilm_artifact, ner_artifact, ner_folder, text_cls_artifact, timm_artifact,
+    ast_artifact, ast_folder, image_file, minilm_artifact, ner_artifact, ner_folder, text_cls_artifact, timm_artifact,
 )
 
 

@@ -50,6 +50,9 @@ def test_registry_entry_exports_and_verifies(alias: str, tmp_path, registry, mon
     if get_task(spec.task).modality == "text":
         assert "tokenizer.json" in manifest["preprocess"]["files"]
         assert manifest["inputs"][0]["shape"][1] == "sequence"
+    elif get_task(spec.task).modality == "audio":
+        assert manifest["preprocess"]["features"] == spec.preprocess.features
+        assert manifest["preprocess"]["sampling_rate"] == spec.preprocess.sampling_rate
     else:
         assert manifest["preprocess"]["input_size"] == list(spec.preprocess.input_size)
     assert verify_artifact(result.path).passed

@@ -46,6 +46,18 @@ HF_TINY: dict[str, dict[str, Any]] = {
                     decoder_in_channels=[32, 32, 32], d_model=32, encoder_hidden_dim=32, encoder_ffn_dim=64,
                     decoder_ffn_dim=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
                     decoder_attention_heads=2, num_queries=10, num_denoising=5),
+    "dinov2": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+                   image_size=TINY_IMAGE[1], patch_size=16),
+    # audio: the full seven-layer convolution stack (its strides set the frame rate), narrowed
+    "wav2vec2": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                     conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                     classifier_proj_size=16),
+    "hubert": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                   conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                   classifier_proj_size=16),
+    # 32 mel bins x 128 frames (1.3 s): 2 x 12 patches of AST's 16 x 16 with stride 10
+    "audio-spectrogram-transformer": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                          intermediate_size=37, num_mel_bins=32, max_length=128),
 }
 
 # image processors of the tiny detectors: small pictures keep the CPU tests fast
@@ -64,9 +76,11 @@ TIMM_TINY: dict[str, dict[str, Any]] = {
     "deit_small_patch16_224": dict(depth=2, embed_dim=64, num_heads=2),
     "efficientnet_b0": {},
     "mobilenetv3_large_100": {},
+    "vit_small_patch14_dinov2": dict(depth=2, embed_dim=64, num_heads=2),
 }
 
 TEXT_LABELS = ("negative", "positive")
+AUDIO_LABELS = ("yes", "no", "silence")
 NER_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
 SHAPE_LABELS = ("circle", "square", "triangle")
 
@@ -87,13 +101,16 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
     from zoo.tasks import get_task
 
     kwargs = dict(HF_TINY[spec.arch])
-    if spec.task in ("text-classification", "image-classification"):
-        labels = spec.labels or TEXT_LABELS
+    if spec.task in ("text-classification", "image-classification", "audio-classification"):
+        labels = spec.labels or (AUDIO_LABELS if spec.task == "audio-classification" else TEXT_LABELS)
         kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)))
     elif spec.task == "token-classification":
         kwargs.update(num_labels=len(NER_LABELS), id2label=dict(enumerate(NER_LABELS)))
     elif spec.task == "object-detection":
         kwargs.update(num_labels=len(SHAPE_LABELS), id2label=dict(enumerate(SHAPE_LABELS)))
+    if _takes_audio_mask(spec):
+        # wav2vec2-large / HuBERT-large style: layer-normalised convolutions, trained with a mask
+        kwargs.update(feat_extract_norm="layer", do_stable_layer_norm=True)
     config = transformers.AutoConfig.for_model(spec.arch, **kwargs)
     import torch
 
@@ -107,12 +124,14 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
         transformers.AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(folder)
     if spec.task == "feature-extraction" and spec.preprocess.pooling:
         _write_sentence_transformers_files(folder, spec, config.hidden_size)
-    if spec.task == "image-classification":
+    if get_task(spec.task).modality == "image":
         size = {"height": TINY_IMAGE[1], "width": TINY_IMAGE[2]}
         transformers.ViTImageProcessor(size=size, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
     if spec.task == "object-detection":
         name, settings = DETECTION_PROCESSORS[spec.arch]
         getattr(transformers, name)(**settings).save_pretrained(folder)
+    if get_task(spec.task).modality == "audio":
+        _audio_feature_extractor(spec, config).save_pretrained(folder)
     shutil.rmtree(folder / "__pycache__", ignore_errors=True)
     return folder
 
@@ -133,6 +152,21 @@ def _spread_weights(model: Any) -> None:
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
+
+
+def _takes_audio_mask(spec: ModelSpec) -> bool:
+    return spec.preprocess.features == "waveform" and "attention_mask" in [i.name for i in spec.inputs]
+
+
+def _audio_feature_extractor(spec: ModelSpec, config: Any) -> Any:
+    """The entry's feature extractor, sized like the tiny model (an AST's bins and frames are the model's)."""
+    import transformers
+
+    if spec.preprocess.features == "fbank":
+        return transformers.ASTFeatureExtractor(num_mel_bins=config.num_mel_bins, max_length=config.max_length,
+                                                do_normalize=spec.preprocess.do_normalize)
+    return transformers.Wav2Vec2FeatureExtractor(do_normalize=spec.preprocess.do_normalize,
+                                                 return_attention_mask=_takes_audio_mask(spec))
 
 
 def _write_sentence_transformers_files(folder: Path, spec: ModelSpec, dim: int) -> None:

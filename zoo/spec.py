@@ -36,11 +36,11 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How raw inputs become tensors. Image fields and text fields are exclusive."""
+    """How raw inputs become tensors. Image, text and audio fields are exclusive (``mean``/``std`` aside)."""
 
     # images (timm data-config vocabulary)
     input_size: tuple[int, int, int] | None = None  # (C, H, W)
-    mean: tuple[float, ...] | None = None
+    mean: tuple[float, ...] | None = None  # per channel; audio filterbanks: one data-set value (AST)
     std: tuple[float, ...] | None = None
     interpolation: str | None = None  # bilinear | bicubic | nearest
     crop_pct: float | None = None
@@ -48,7 +48,14 @@ class Preprocess:
     # text
     max_length: int | None = None
     pooling: str | None = None  # sentence embeddings only
-    normalize: bool = False
+    normalize: bool = False  # embeddings (text or image): L2-normalised
+    # audio (transformers feature-extractor vocabulary)
+    sampling_rate: int | None = None  # Hz the model expects; other rates are resampled
+    features: str | None = None  # waveform (wav2vec2, HuBERT ...) | fbank (AST's Kaldi log-mel filterbank)
+    do_normalize: bool = False  # waveform: zero mean, unit variance per clip; fbank: with mean/std
+    num_mel_bins: int | None = None  # fbank
+    max_frames: int | None = None  # fbank: frames padded / truncated to this (AST's max_length)
+    max_seconds: float | None = None  # waveform: longer clips are truncated
 
 
 ORT_OPTIMIZATIONS = ("all", "extended", "basic", "disabled")

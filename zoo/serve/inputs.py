@@ -2,7 +2,7 @@
 
 A reader turns the HTTP request into ``(labels, inputs)``: what each input is
 called in the answer (the text itself, an upload's file name) and what
-``ExportedModel.predict`` takes (strings, PIL images). A new modality (audio)
+``ExportedModel.predict`` takes (strings, PIL images, audio bytes). A new modality
 is one more reader in ``READERS``; which reader a model needs comes from its task.
 """
 
@@ -46,9 +46,28 @@ async def text_inputs(request: Request, max_bytes: int) -> tuple[list[str], list
 
 async def image_inputs(request: Request, max_bytes: int) -> tuple[list[str], list[Any]]:
     """One or more image files uploaded as multipart/form-data (any field name, e.g. ``files``)."""
+    files = await _uploads(request, max_bytes, "image", "cat.jpg")
+    images = await anyio.to_thread.run_sync(_decode_images, files)
+    return [name for name, _ in files], images
+
+
+async def audio_inputs(request: Request, max_bytes: int) -> tuple[list[str], list[Any]]:
+    """One or more audio files (WAV, FLAC, OGG ...) uploaded as multipart/form-data.
+
+    Only the headers are read here, so that a file that is not audio is refused
+    before it joins a batch; the model reads the samples it uses (resampled,
+    truncated to its window) from the bytes, as it reads a file.
+    """
+    files = await _uploads(request, max_bytes, "audio", "clip.wav")
+    await anyio.to_thread.run_sync(_check_audio, files)
+    return [name for name, _ in files], [{"bytes": data, "path": name} for name, data in files]
+
+
+async def _uploads(request: Request, max_bytes: int, kind: str, example: str) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of every file in a multipart/form-data body."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise RequestError("this image model's /predict takes image files as multipart/form-data, e.g. "
-                           "curl -F files=@cat.jpg URL", status=415)
+        raise RequestError(f"this {kind} model's /predict takes {kind} files as multipart/form-data, e.g. "
+                           f"curl -F files=@{example} URL", status=415)
     try:
         form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES, max_part_size=max_bytes)
     except Exception as exc:  # python-multipart / starlette parse errors: the body is not valid multipart
@@ -56,12 +75,24 @@ async def image_inputs(request: Request, max_bytes: int) -> tuple[list[str], lis
     try:
         uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         if not uploads:
-            raise RequestError("no file in the multipart body; upload images, e.g. curl -F files=@cat.jpg URL")
-        files = [(u.filename or f"file-{i}", await u.read()) for i, u in enumerate(uploads)]
+            raise RequestError(f"no file in the multipart body; upload {kind} files, e.g. "
+                               f"curl -F files=@{example} URL")
+        return [(u.filename or f"file-{i}", await u.read()) for i, u in enumerate(uploads)]
     finally:
         await form.close()
-    images = await anyio.to_thread.run_sync(_decode_images, files)
-    return [name for name, _ in files], images
+
+
+def _check_audio(files: list[tuple[str, bytes]]) -> None:
+    from zoo.tasks._audio_io import audio_library
+
+    soundfile = audio_library("soundfile")
+    for name, data in files:
+        try:
+            soundfile.info(io.BytesIO(data))
+        except (soundfile.LibsndfileError, RuntimeError, EOFError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RequestError(f"upload '{name}' is not audio that soundfile can read ({reason}); send WAV, "
+                               "FLAC, OGG, Opus, AIFF or MP3") from None
 
 
 def _decode_images(files: list[tuple[str, bytes]]) -> list[Any]:
@@ -84,7 +115,7 @@ def _is_json(request: Request) -> bool:
 
 
 # One reader per modality; the task says which modality its raw inputs are (zoo.tasks).
-READERS: dict[str, Reader] = {"text": text_inputs, "image": image_inputs}
+READERS: dict[str, Reader] = {"text": text_inputs, "image": image_inputs, "audio": audio_inputs}
 
 
 def reader_for(task: str) -> Reader:
@@ -103,7 +134,7 @@ def predict_rows(labels: list[str], results: list[Any]) -> list[dict[str, Any]]:
 
 
 def openapi_body() -> dict[str, Any]:
-    """The request body of /predict for the OpenAPI schema: JSON texts, or multipart image files."""
+    """The request body of /predict for the OpenAPI schema: JSON texts, or multipart image or audio files."""
     return {"required": True, "content": {
         "application/json": {"schema": TextPredictRequest.model_json_schema()},
         "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
