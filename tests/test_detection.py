@@ -277,6 +277,16 @@ def test_predict_save_to_a_folder_names_each_picture(detr_artifact: Path, pictur
     assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == ["scene0.png", "scene1.png", "scene2.png"]
 
 
+def test_save_beside_out_still_draws_the_pictures(detr_artifact: Path, pictures: list[Path], tmp_path: Path) -> None:
+    """--out streams rows to a file; --save given with it must not be dropped."""
+    rows, drawn = tmp_path / "rows.jsonl", tmp_path / "drawn"
+    done = runner.invoke(app, ["predict", str(detr_artifact), *map(str, pictures), "--threshold", "0.5",
+                               "--out", str(rows), "--save", str(drawn)])
+    assert done.exit_code == 0, done.output
+    assert len(rows.read_text().splitlines()) == len(pictures)
+    assert sorted(p.name for p in drawn.iterdir()) == ["scene0.png", "scene1.png", "scene2.png"]
+
+
 def test_save_to_one_file_with_several_inputs_is_refused(detr_artifact: Path, pictures: list[Path],
                                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = _cli(capsys, "predict", str(detr_artifact), *map(str, pictures[:2]), "--save",

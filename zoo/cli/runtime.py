@@ -64,12 +64,19 @@ def predict(
     items = gather_inputs(list(inputs), task.input_suffixes(), sys.stdin)
     given = {"top_k": top_k, "threshold": threshold}
     options = {k: v for k, v in given.items() if v is not None}
-    if writer is not None:
-        with writer:
-            _predict_all(model, items, batch_size, options, writer.write)
-        typer.echo(f"wrote {writer.rows} predictions to {out}")
-        return
     results: list[Any] = []
+    if writer is not None:
+        def take(inputs: list[str], batch: list[Any]) -> None:
+            writer.write(inputs, batch)
+            if save is not None:  # pictures need every result; rows alone stream
+                results.extend(batch)
+
+        with writer:
+            _predict_all(model, items, batch_size, options, take)
+        typer.echo(f"wrote {writer.rows} predictions to {out}")
+        for path in task.save_pictures(items, results, save) if save is not None else []:
+            typer.echo(f"saved {path}")
+        return
     _predict_all(model, items, batch_size, options, lambda _inputs, batch: results.extend(batch))
     saved = task.save_pictures(items, results, save) if save is not None else []
     if as_json:
