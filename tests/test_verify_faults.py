@@ -145,6 +145,26 @@ def test_invalid_graph_fails_the_checker(tmp_path: Path) -> None:
     assert not check.passed and "ghost" in check.detail
 
 
+def test_type_clash_fails_shape_inference(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from exporters.verify import graph_check
+
+    def save(second: int) -> Path:
+        inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2]),
+                  helper.make_tensor_value_info("b", second, [2])]
+        graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "g", inputs,
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+        path = tmp_path / f"add-{second}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+        return path
+
+    assert graph_check(save(TensorProto.FLOAT)).passed  # the twin: the same graph with matching types
+    check = graph_check(save(TensorProto.INT64))
+    assert not check.passed and "int64" in check.detail
+
+
 # ---------------------------------------------------------------- export-time faults
 
 
