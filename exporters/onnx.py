@@ -22,6 +22,7 @@ import gc
 import io
 import json
 import re
+import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -137,29 +138,49 @@ def choose_graph(source: Source, model_path: Path, references: list[dict[str, np
     spec = source.spec
     notes: list[str] = []
     last: GraphChoice | None = None
-    for exporter in EXPORTERS:
-        step(f"export ({exporter})")
-        try:
-            export_with(exporter, source.module, spec, source.example, model_path)
-        except Exception as exc:  # the exporters fail in many ways; the next one gets its turn
-            notes.append(f"{exporter} exporter failed: {type(exc).__name__}: {first_line(exc)}")
-            continue
-        for level in _levels(spec):
-            step(f"verify the {exporter} graph (onnxruntime optimisation '{level}', {len(source.cases)} cases)")
-            report, _ = verify_model(source.module, spec, model_path, source.cases, references=references,
-                                     optimization=level)
-            last = GraphChoice(exporter, level, report, notes)
-            if report.passed:
-                if notes:
-                    notes.append(f"kept the {exporter} graph, verified at onnxruntime optimisation '{level}'")
-                return last
-            notes.append(f"{exporter} graph at onnxruntime optimisation '{level}' failed: {_failed_checks(report)}")
-            if not _lower_level_may_help(report):
-                break
-    if last is None:
-        raise ExportError(f"{spec.name}: both ONNX exporters failed. {'; '.join(notes)}. Re-run with --debug for "
-                          "the traceback, or try another --opset")
-    return last
+    try:
+        for exporter in EXPORTERS:
+            step(f"export ({exporter})")
+            try:
+                export_with(exporter, source.module, spec, source.example, model_path)
+            except Exception as exc:  # the exporters fail in many ways; the next one gets its turn
+                notes.append(f"{exporter} exporter failed: {type(exc).__name__}: {first_line(exc)}")
+                continue
+            for level in _levels(spec):
+                step(f"verify the {exporter} graph (onnxruntime optimisation '{level}', {len(source.cases)} cases)")
+                report, _ = verify_model(source.module, spec, model_path, source.cases, references=references,
+                                         optimization=level)
+                last = GraphChoice(exporter, level, report, notes)
+                if report.passed:
+                    if notes:
+                        notes.append(f"kept the {exporter} graph, verified at onnxruntime optimisation '{level}'")
+                    return last
+                notes.append(f"{exporter} graph at onnxruntime optimisation '{level}' failed: "
+                             f"{_failed_checks(report)}")
+                if not _lower_level_may_help(report):
+                    break
+            # the next exporter writes model.onnx afresh: this refused graph waits aside, so that the
+            # report (and --keep-failed) still has a graph when the next exporter cannot export at all
+            _move_graph(model_path, _aside(model_path, exporter))
+        if last is None:
+            raise ExportError(f"{spec.name}: both ONNX exporters failed. {'; '.join(notes)}. Re-run with --debug "
+                              "for the traceback, or try another --opset")
+        _move_graph(_aside(model_path, last.exporter) / model_path.name, model_path.parent)
+        return last
+    finally:
+        for exporter in EXPORTERS:
+            shutil.rmtree(_aside(model_path, exporter), ignore_errors=True)
+
+
+def _aside(model_path: Path, exporter: str) -> Path:
+    return model_path.parent / f".refused-{exporter}"
+
+
+def _move_graph(graph: Path, folder: Path) -> None:
+    """Move ``graph`` and its external data files (named after it) into ``folder``, names unchanged."""
+    folder.mkdir(exist_ok=True)
+    for part in graph.parent.glob(graph.name + "*"):
+        part.replace(folder / part.name)
 
 
 def _levels(spec: ModelSpec) -> tuple[str, ...]:

@@ -66,6 +66,33 @@ def test_two_unloadable_graphs_are_one_verification_error(tiny_timm_folder: Path
     assert not (tmp_path / "art").exists()
 
 
+@pytest.mark.slow
+def test_a_refused_graph_survives_a_fallback_that_cannot_export(tiny_timm_folder: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """gemma4_vit_167m: the dynamo graph is refused and the TorchScript exporter has no aten::rms_norm at
+    opset 18. The user gets both reasons in one error and --keep-failed keeps the refused graph (it
+    used to end in FileNotFoundError: the fallback had deleted model.onnx before failing)."""
+    import exporters.onnx as onnx_exporter
+
+    def no_rms_norm(*_args: Any) -> None:
+        raise RuntimeError("Exporting the operator 'aten::rms_norm' to ONNX opset version 18 is not supported")
+
+    monkeypatch.setattr(onnx_exporter, "_export_dynamo",
+                        lambda module, spec, tensors, path, dynamic: _dangling_graph(path))
+    monkeypatch.setattr(onnx_exporter, "_export_torchscript", no_rms_norm)
+    kept = tmp_path / "kept"
+    with pytest.raises(VerificationError) as info:
+        onnx_exporter.export_onnx(str(tiny_timm_folder), out=tmp_path / "art", keep_failed=kept)
+    message = str(info.value)
+    assert "dynamo graph at onnxruntime optimisation 'all' failed" in message
+    assert "torchscript exporter failed: RuntimeError: Exporting the operator 'aten::rms_norm'" in message
+    assert not (tmp_path / "art").exists()
+    assert sorted(p.name for p in kept.iterdir() if p.name.startswith(("model", ".refused"))) == ["model.onnx"]
+    import onnx
+
+    assert onnx.load(str(kept / "model.onnx")).graph.node[0].input[1] == "mul_113_min_1"
+
+
 class _DriftingSession:
     """An onnxruntime session whose outputs drift by 0.05: a fusion that breaks the numbers."""
 
