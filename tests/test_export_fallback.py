@@ -145,7 +145,8 @@ def test_random_init_is_seeded_and_leaves_the_callers_random_state() -> None:
     spec = resolve("timm:test_resnet")
 
     def weights(seed: int) -> list[torch.Tensor]:
-        return [p.detach().clone() for p in build_source(spec, random_init=True, seed=seed, seeds=(0,)).module.parameters()]
+        module = build_source(spec, random_init=True, seed=seed, seeds=(0,)).module
+        return [p.detach().clone() for p in module.parameters()]
 
     torch.manual_seed(123)
     expected_next = torch.rand(1)
