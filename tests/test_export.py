@@ -82,6 +82,18 @@ def test_verification_grid_differs_from_export_shapes(text_cls_artifact: Path, t
     assert any(s.startswith("short [1x") for s in text_shapes)
 
 
+def test_large_images_verify_at_a_smaller_batch() -> None:
+    """SAM at 1024 px: batch 3 alone needs over 7 GiB in onnxruntime; the grid stops at 2 there, and still
+    holds batch 1 so a graph fixed at the export batch fails. Ordinary sizes keep 1 and 3."""
+    from zoo.spec import Preprocess
+    from zoo.tasks._image import EXPORT_BATCH, grid_batches
+
+    assert grid_batches(Preprocess(input_size=(3, 224, 224))) == (1, 3)
+    assert grid_batches(Preprocess(input_size=(3, 768, 768))) == (1, 3)
+    large = grid_batches(Preprocess(input_size=(3, 1024, 1024)))
+    assert large == (1, 2) and 1 in large and EXPORT_BATCH != 1
+
+
 def test_image_artifact_records_timm_preprocessing(timm_artifact: Path) -> None:
     m = _manifest(timm_artifact)
     pp = m["preprocess"]
