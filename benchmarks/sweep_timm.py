@@ -51,6 +51,9 @@ UPSTREAM = (
      "torch.export cannot trace data-dependent shapes/control flow in this model"),
     (r"is not a graph input, initializer, or output of a previous node",
      "torch.onnx (dynamo) emits a graph with a dangling node input that onnxruntime refuses"),
+    (r"dynamo graph at onnxruntime optimisation '\w+' failed: output .*torchscript exporter failed: "
+     r"\w*Unsupported\w*: Exporting the operator '([\w:]+)'",
+     "the dynamo graph misses the output tolerance and the TorchScript exporter has no conversion for {0}"),
     (r"No symbolic function|Unsupported: ONNX export of operator|is not supported in ONNX|UnsupportedOperatorError",
      "the TorchScript ONNX exporter has no conversion for an operator this model uses"),
     (r"NOT_IMPLEMENTED|Could not find an implementation",
@@ -211,8 +214,8 @@ def sweep_one(family: str, pick: dict[str, Any], args: argparse.Namespace) -> di
 
 def upstream_reason(error: str) -> str:
     for pattern, reason in UPSTREAM:
-        if re.search(pattern, error):
-            return reason
+        if match := re.search(pattern, error):
+            return reason.format(*match.groups())
     return "unclassified: " + error[:200]
 
 
