@@ -156,16 +156,20 @@ def _triple(value: Any, key: str, problems: list[str]) -> tuple[float, float, fl
     return 0.0, 0.0, 1.0
 
 
-def _aspect_size(height: int, width: int, short: int, long: int) -> tuple[int, int]:
-    """The shorter side becomes ``short`` unless the longer would pass ``long`` (DETR's rule, floored)."""
+def _capped_short(height: int, width: int, short: int, long: int) -> tuple[int, float]:
+    """(the short side, rounded; its unrounded value) once the long side is kept within ``long``."""
     small, large = float(min(height, width)), float(max(height, width))
-    exact = None
     if large / small * short > long:
         exact = long * small / large
-        short = round(exact)
+        return round(exact), exact
+    return short, float(short)
+
+
+def _aspect_size(height: int, width: int, short: int, long: int) -> tuple[int, int]:
+    """The shorter side becomes ``short`` unless the longer would pass ``long`` (DETR's rule, floored)."""
+    short, scaled = _capped_short(height, width, short, long)
     if (height <= width and height == short) or (width <= height and width == short):
         return height, width
-    scaled = exact if exact is not None else short
     if width < height:
         return int(scaled * height / width), short
     return short, int(scaled * width / height)
@@ -173,12 +177,7 @@ def _aspect_size(height: int, width: int, short: int, long: int) -> tuple[int, i
 
 def _yolos_size(height: int, width: int, short: int, long: int) -> tuple[int, int]:
     """YOLOS's variant: the portrait test comes first, and both sides drop to a multiple of 16."""
-    small, large = float(min(height, width)), float(max(height, width))
-    exact = None
-    if large / small * short > long:
-        exact = long * small / large
-        short = round(exact)
-    scaled = exact if exact is not None else short
+    short, scaled = _capped_short(height, width, short, long)
     if width < height:
         out_h, out_w = int(scaled * height / width), short
     elif (height <= width and height == short) or (width <= height and width == short):
