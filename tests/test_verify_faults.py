@@ -165,6 +165,29 @@ def test_type_clash_fails_shape_inference(tmp_path: Path) -> None:
     assert not check.passed and "int64" in check.detail
 
 
+def test_strict_shape_inference_error_fails_the_check(tmp_path: Path) -> None:
+    """Concat of a rank-2 and a rank-3 tensor: only strict-mode shape inference reports it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from exporters.verify import graph_check
+
+    def save(second: list[int]) -> Path:
+        inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]),
+                  helper.make_tensor_value_info("b", TensorProto.FLOAT, second)]
+        graph = helper.make_graph([helper.make_node("Concat", ["a", "b"], ["y"], axis=0)], "g", inputs,
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "m"])])
+        path = tmp_path / f"concat-{len(second)}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+        return path
+
+    assert graph_check(save([4, 3])).passed  # the twin: equal ranks
+    broken = save([2, 3, 4])
+    onnx.shape_inference.infer_shapes(onnx.load(str(broken)), strict_mode=False)  # lenient inference lets it by
+    check = graph_check(broken)
+    assert not check.passed and "Concat" in check.detail
+
+
 # ---------------------------------------------------------------- export-time faults
 
 
