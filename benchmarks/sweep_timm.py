@@ -126,7 +126,8 @@ def run_one(model: str, workdir: Path, seed: int) -> None:
     else:
         m = result.manifest
         outcome = {"passed": True, "exporter": m.exporter, "notes": list(m.export_notes),
-                   "ort_optimization": m.spec["export"]["ort_optimization"], "output": _output_check(result.report)}
+                   "ort_optimization": m.spec["export"]["ort_optimization"], "output": _output_check(result.report),
+                   **({"widened": m.tolerances["widened"]} if "widened" in m.tolerances else {})}
     print(json.dumps({"result": outcome}), flush=True)
 
 
@@ -259,6 +260,8 @@ def print_table(data: dict[str, Any]) -> None:
     for row in sorted(data["results"].values(), key=lambda r: (r["passed"], r["family"])):
         mark = "pass" if row["passed"] else "FAIL"
         note = row.get("reason", "") if not row["passed"] else "; ".join(row.get("notes", []))[:160]
+        if row.get("widened"):
+            note = "; ".join(filter(None, [note, f"float32 noise floor: {row['widened']}"]))
         table.add_row(row["family"], row["model"], mark, row.get("exporter", "-"), f"{row['seconds']:.0f}",
                       f"{row['peak_rss_gib']:.1f}", note)
     Console(width=220).print(table)

@@ -34,7 +34,7 @@ import numpy as np
 
 from exporters.golden import golden_indices, write_golden
 from exporters.source import DEFAULT_INIT_SEED, Source, build_source
-from exporters.verify import tolerance_record, torch_references, verify_model
+from exporters.verify import NoiseFloor, torch_references, verify_model
 from zoo.artifact import MODEL_FILE, check_destination, staged_dir, write_manifest
 from zoo.checks import VerifyReport
 from zoo.errors import ConfigError, ExportError, VerificationError, first_line
@@ -47,7 +47,8 @@ PROTOBUF_LIMIT = 2 * 1024**3
 MAX_BATCH = 4096
 EXPORTERS = ("dynamo", "torchscript")  # in the order they are tried
 # checks that a graph could pass at a lower onnxruntime optimisation level (a fusion that breaks or drifts)
-_RUNTIME_CHECKS = ("onnxruntime loads the graph", "shape grid", "top-1 agreement", "cosine similarity")
+_RUNTIME_CHECKS = ("onnxruntime loads the graph", "shape grid", "top-1 agreement", "cosine similarity",
+                   "float32 noise floor")
 
 
 @dataclass
@@ -138,6 +139,7 @@ def choose_graph(source: Source, model_path: Path, references: list[dict[str, np
     spec = source.spec
     notes: list[str] = []
     last: GraphChoice | None = None
+    noise = NoiseFloor(source.module, spec, source.cases, references, step)
     try:
         for exporter in EXPORTERS:
             step(f"export ({exporter})")
@@ -149,7 +151,7 @@ def choose_graph(source: Source, model_path: Path, references: list[dict[str, np
             for level in _levels(spec):
                 step(f"verify the {exporter} graph (onnxruntime optimisation '{level}', {len(source.cases)} cases)")
                 report, _ = verify_model(source.module, spec, model_path, source.cases, references=references,
-                                         optimization=level)
+                                         optimization=level, noise=noise)
                 last = GraphChoice(exporter, level, report, notes)
                 if report.passed:
                     if notes:
@@ -376,7 +378,7 @@ def build_manifest(source: Source, model_path: Path, exporter: str, notes: list[
         task=spec.task, labels=tuple(spec.labels) if spec.labels else None,
         inputs=inputs, outputs=outputs, opset=spec.export.opset,
         exporter=exporter, export_notes=tuple(notes), random_init=random_init, seed=source.seed,
-        preprocess=preprocess, tolerances=tolerance_record(spec.verify),
+        preprocess=preprocess, tolerances=report.tolerances,
         versions=library_versions(), verified=report.passed, verification=report.to_dict(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         model_kwargs=source.model_kwargs or None, run=run_summary(spec),

@@ -74,8 +74,9 @@ def _create(spec: ModelSpec, random_init: bool, seed: int, model_kwargs: dict[st
         return create_model(spec, pretrained=False, model_kwargs=model_kwargs)
 
 
-def torch_outputs(module: Any, inputs: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The module's outputs on numpy inputs, by output name, as float32/int numpy arrays."""
+def torch_outputs(module: Any, inputs: dict[str, np.ndarray], names: tuple[str, ...], *,
+                  keep_dtype: bool = False) -> dict[str, np.ndarray]:
+    """The module's outputs on numpy inputs, by output name, as float32/int numpy arrays (or as computed)."""
     import torch
 
     with torch.no_grad():
@@ -84,5 +85,5 @@ def torch_outputs(module: Any, inputs: dict[str, np.ndarray], names: tuple[str, 
     out = {}
     for name, value in zip(names, values):
         value = value.detach().cpu()
-        out[name] = (value.float() if value.is_floating_point() else value).numpy()
+        out[name] = (value.float() if value.is_floating_point() and not keep_dtype else value).numpy()
     return out

@@ -19,13 +19,24 @@ agreement check still compares top-1 classes). Outputs of 0 or 1 dimensions
 are judged element by element. Torch's value is the reference, never onnx's.
 Artifacts written before the rule was recorded say nothing, and are judged
 with plain ``allclose`` (|d| <= atol + rtol * |torch_i|).
+
+Where an output misses ``rtol`` on a case, the export measures the case's float32
+noise floor before refusing: how far torch float32 itself is from a float64 run of
+the same model (``NoiseFloor``). Badly conditioned weights amplify rounding: random
+gemma4_vit_167m at 768 px is 1.5e-3 of a row away from float64 in torch itself, and
+a correct graph, whose sums run in another order, is as far. The case passes when
+the graph is within ``NOISE_FACTOR`` times that floor of torch (at most
+``NOISE_RTOL_CAP``); the widened rtol and why are recorded in the manifest, so the
+golden data replays under the limit the export was verified with.
 """
 
 from __future__ import annotations
 
+import copy
 import gc
+import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,20 +51,25 @@ from zoo.spec import ModelSpec, Tolerances
 from zoo.tasks import get_task
 from zoo.tasks.base import Case
 
-__all__ = ["Check", "VerifyReport", "compare_grid", "tolerance_record", "torch_references", "verify_artifact",
-           "verify_model", "within_tolerance"]
+__all__ = ["Check", "NoiseFloor", "VerifyReport", "compare_grid", "tolerance_record", "torch_references",
+           "verify_artifact", "verify_model", "within_tolerance"]
 
 RULES = TOLERANCE_RULES
 ROW_SCALE, ALLCLOSE = TOLERANCE_RULES
+# A graph's float32 sums run in another order than torch's: by the triangle inequality, a graph at most
+# twice as far from the float64 result as torch float32 is, is within 3x torch's own error of torch.
+NOISE_FACTOR = 3.0
+# Beyond 1% of a row, float32 torch is itself too far from the exact result to verify against
+NOISE_RTOL_CAP = 1e-2
 
 
 # ---------------------------------------------------------------- comparisons
 
 
-def tolerance_record(tol: Tolerances, rule: str = ROW_SCALE) -> dict[str, Any]:
-    """The manifest's ``tolerances``: the limits, and the rule that applies them."""
+def tolerance_record(tol: Tolerances, rule: str = ROW_SCALE, widened: str = "") -> dict[str, Any]:
+    """The manifest's ``tolerances``: the limits, the rule that applies them, and why rtol was widened (if it was)."""
     scale = "max |torch| over the last axis (elementwise for 0-1 dims)" if rule == ROW_SCALE else "|torch| per element"
-    return {**asdict(tol), "rule": rule, "scale": scale}
+    return {**asdict(tol), "rule": rule, "scale": scale, **({"widened": widened} if widened else {})}
 
 
 def read_tolerances(record: dict[str, Any], where: str = "manifest.json") -> tuple[Tolerances, str]:
@@ -92,6 +108,24 @@ def within_tolerance(reference: np.ndarray, got: np.ndarray, tol: Tolerances, ru
     return bool(np.all(ok | exact))
 
 
+def needed_rtol(reference: np.ndarray, got: np.ndarray, atol: float, rule: str = ROW_SCALE) -> float:
+    """The smallest rtol at which ``got`` agrees with ``reference`` under ``rule``; inf when none would."""
+    if reference.shape != got.shape:
+        return math.inf
+    ref = reference.astype(np.float64)
+    out = got.astype(np.float64)
+    exact = (ref == out) | (np.isnan(ref) & np.isnan(out))
+    with np.errstate(invalid="ignore"):
+        excess = np.abs(out - ref) - atol
+    off = ~exact & ~(excess <= 0)  # NaN excess (a non-finite value not matched exactly) counts as off
+    if not off.any():
+        return 0.0
+    scale = reference_scale(ref, rule)[off]
+    if not np.all(np.isfinite(excess[off]) & (scale > 0)):
+        return math.inf
+    return float(np.max(excess[off] / scale))
+
+
 def limit_text(tol: Tolerances, rule: str) -> str:
     scale = "max|torch row|" if rule == ROW_SCALE else "|torch|"
     return f"|d| <= {tol.atol:g} + {tol.rtol:g}*{scale}"
@@ -109,6 +143,8 @@ class OutputStats:
     max_scaled: float = 0.0  # |d| / the rule's scale: what rtol is compared with
     cases: int = 0
     failed: list[str] = field(default_factory=list)
+    needed: dict[str, float] = field(default_factory=dict)  # failed case -> the rtol it would need
+    widened: dict[str, float] = field(default_factory=dict)  # case -> the rtol its noise floor allowed
 
     def add(self, reference: np.ndarray, got: np.ndarray, label: str) -> None:
         self.cases += 1
@@ -124,14 +160,25 @@ class OutputStats:
             self.max_scaled = max(self.max_scaled, _max_ratio(diff, reference_scale(ref, self.rule)))
         if not within_tolerance(reference, got, self.tol, self.rule):
             self.failed.append(label)
+            self.needed[label] = needed_rtol(reference, got, self.tol.atol, self.rule)
+
+    def widen(self, label: str, rtol: float) -> bool:
+        """Let a failed case pass at ``rtol`` (its measured noise floor allows it) if that is enough."""
+        if label not in self.failed or self.needed.get(label, math.inf) > rtol:
+            return False
+        self.failed.remove(label)
+        self.widened[label] = rtol
+        return True
 
     def check(self) -> Check:
         detail = f"{self.cases} cases" if not self.failed else f"fails at {', '.join(self.failed[:3])}"
         value = f"max abs {self.max_abs:.3g}, max rel {self.max_rel:.3g}"
         if self.rule == ROW_SCALE:
             value += f", max rel to row {self.max_scaled:.3g}"
-        return Check(f"output {self.name}", not self.failed and self.cases > 0, value,
-                     limit_text(self.tol, self.rule), detail)
+        limit = limit_text(self.tol, self.rule)
+        if self.widened:
+            limit += f" (rtol {max(self.widened.values()):.3g} on {len(self.widened)} cases: float32 noise floor)"
+        return Check(f"output {self.name}", not self.failed and self.cases > 0, value, limit, detail)
 
 
 def _max_ratio(diff: np.ndarray, scale: np.ndarray) -> float:
@@ -224,6 +271,26 @@ def torch_references(module: Any, spec: ModelSpec, cases: list[Case]) -> list[di
     return references
 
 
+@dataclass
+class GridRun:
+    """One graph's run over the grid: whether every case ran, each output's statistics, the task's agreement."""
+
+    shape_grid: Check
+    outputs: dict[str, OutputStats]
+    agreement: Check
+    noise: Check | None = None  # the float32 noise floor, when some case needed it
+    floor: float = 0.0  # the largest floor measured (a share of the row)
+
+    @property
+    def checks(self) -> list[Check]:
+        noise = [self.noise] if self.noise else []
+        return [self.shape_grid, *(s.check() for s in self.outputs.values()), self.agreement, *noise]
+
+    @property
+    def widened_rtol(self) -> float:
+        return max((r for s in self.outputs.values() for r in s.widened.values()), default=0.0)
+
+
 def compare_grid(module: Any, spec: ModelSpec, model_path: Path, cases: list[Case], tol: Tolerances, *,
                  references: list[dict[str, np.ndarray]] | None = None, rule: str = ROW_SCALE,
                  optimization: str | None = None) -> tuple[list[Check], list[dict[str, np.ndarray]]]:
@@ -234,19 +301,17 @@ def compare_grid(module: Any, spec: ModelSpec, model_path: Path, cases: list[Cas
     """
     if references is None:
         references = torch_references(module, spec, cases)
+    run = run_grid(spec, model_path, cases, references, tol, rule, optimization)
+    return (run.checks if isinstance(run, GridRun) else [run]), references
+
+
+def run_grid(spec: ModelSpec, model_path: Path, cases: list[Case], references: list[dict[str, np.ndarray]],
+             tol: Tolerances, rule: str = ROW_SCALE, optimization: str | None = None) -> GridRun | Check:
+    """The graph in onnxruntime on every case against torch's outputs; a failed Check if it does not load."""
     try:
         session = ort_session(model_path, optimization or spec.export.ort_optimization, lean=True)
     except Exception as exc:  # onnxruntime raises its own pybind types (InvalidGraph, Fail, ...)
-        return [Check("onnxruntime loads the graph", False, "refused", "InferenceSession", first_line(exc, 200))], \
-            references
-    checks = _run_grid(session, spec, cases, references, tol, rule)
-    del session
-    gc.collect()
-    return checks, references
-
-
-def _run_grid(session: Any, spec: ModelSpec, cases: list[Case], references: list[dict[str, np.ndarray]],
-              tol: Tolerances, rule: str) -> list[Check]:
+        return Check("onnxruntime loads the graph", False, "refused", "InferenceSession", first_line(exc, 200))
     task = get_task(spec.task)
     stats = {name: OutputStats(name, tol, rule) for name in task.output_names(spec)}
     agreement = task.agreement(spec, tol)
@@ -260,28 +325,130 @@ def _run_grid(session: Any, spec: ModelSpec, cases: list[Case], references: list
         for name, ref in reference.items():
             stats[name].add(ref, got.get(name, np.empty(0)), case.label)
         agreement.add(reference, got, case)
-    checks = [Check("shape grid", not rejected, f"{len(cases) - len(rejected)}/{len(cases)} cases ran",
-                    "all cases", "; ".join(rejected[:3]))]
-    return checks + [s.check() for s in stats.values()] + [agreement.check()]
+    del session
+    gc.collect()
+    grid = Check("shape grid", not rejected, f"{len(cases) - len(rejected)}/{len(cases)} cases ran",
+                 "all cases", "; ".join(rejected[:3]))
+    return GridRun(grid, stats, agreement.check())
+
+
+# ---------------------------------------------------------------- the float32 noise floor
+
+
+class NoiseFloor:
+    """How far torch's own float32 outputs are from a float64 run of the same model, case by case.
+
+    Measured only for cases where some output misses rtol, once per case however many
+    graphs are tried (float64 doubles the model's memory for a while). A model that cannot
+    run in float64 has no floor, and its failures stand.
+    """
+
+    def __init__(self, module: Any, spec: ModelSpec, cases: list[Case], references: list[dict[str, np.ndarray]],
+                 step: Any = None) -> None:
+        self.module, self.spec, self.cases, self.references = module, spec, cases, references
+        self.step = step or (lambda _msg: None)
+        self.floors: dict[int, dict[str, float]] = {}
+        self.problem = ""  # why the floor could not be measured
+
+    def measure(self, indices: list[int]) -> dict[int, dict[str, float]]:
+        """Per case in ``indices``: output name -> max |torch32 - torch64| / the rule's scale of torch64."""
+        todo = [i for i in indices if i not in self.floors]
+        if todo and not self.problem:
+            self.step(f"float64 torch run on {len(todo)} cases that miss the tolerance (float32 noise floor)")
+            try:
+                self.floors.update(self._float64(todo))
+            except Exception as exc:  # an op without a float64 kernel, or float32 constants in forward
+                self.problem = f"the model does not run in float64 ({type(exc).__name__}: {first_line(exc, 120)})"
+        return {i: self.floors[i] for i in indices if i in self.floors}
+
+    def _float64(self, indices: list[int]) -> dict[int, dict[str, float]]:
+        import torch
+
+        from exporters.source import torch_outputs
+
+        names = get_task(self.spec.task).output_names(self.spec)
+        default = torch.get_default_dtype()
+        module = copy.deepcopy(self.module).to(torch.float64)
+        floors = {}
+        try:
+            torch.set_default_dtype(torch.float64)  # tensors the forward creates follow the weights
+            for index in indices:
+                inputs = {k: v.astype(np.float64) if v.dtype.kind == "f" else v
+                          for k, v in self.cases[index].inputs.items()}
+                exact = torch_outputs(module, inputs, names, keep_dtype=True)
+                floors[index] = {name: _max_ratio(np.abs(self.references[index][name] - value),
+                                                  reference_scale(value))
+                                 for name, value in exact.items() if value.dtype.kind == "f"}
+                gc.collect()
+        finally:
+            torch.set_default_dtype(default)
+            del module
+            gc.collect()
+        return floors
+
+
+def allow_noise(run: GridRun, cases: list[Case], noise: NoiseFloor, tol: Tolerances) -> None:
+    """Let cases that miss rtol pass within NOISE_FACTOR x their measured float32 noise floor (row-scale only)."""
+    index = {case.label: i for i, case in enumerate(cases)}
+    missed = {label: name for name, s in run.outputs.items() for label in s.failed if label in index}
+    if not missed or not run.shape_grid.passed or not run.agreement.passed:
+        return  # nothing to measure, or the graph fails regardless
+    floors = noise.measure(sorted({index[label] for label in missed}))
+    accepted, refused, floor_max = 0, [], 0.0
+    for stats in run.outputs.values():
+        for label in list(stats.failed):
+            floor = floors.get(index.get(label, -1), {}).get(stats.name)
+            if floor is None:
+                continue
+            floor_max = max(floor_max, floor)
+            allowed = min(NOISE_RTOL_CAP, max(tol.rtol, NOISE_FACTOR * floor))
+            if stats.widen(label, allowed):
+                accepted += 1
+            else:
+                refused.append(f"{stats.name} at {label} needs rtol {stats.needed[label]:.3g}, floor {floor:.3g}")
+    limit = f"graph within {NOISE_FACTOR:g}x the floor of torch (rtol at most {NOISE_RTOL_CAP:g})"
+    if noise.problem and not floors:
+        run.noise = Check("float32 noise floor", False, "not measured", limit, noise.problem)
+        return
+    run.floor = floor_max
+    run.noise = Check("float32 noise floor", not refused,
+                      f"torch float32 vs float64: max {floor_max:.3g} of row", limit,
+                      "; ".join(refused[:3]) if refused else f"{accepted} output cases pass within it")
 
 
 def verify_model(module: Any, spec: ModelSpec, model_path: Path, cases: list[Case], *,
-                 references: list[dict[str, np.ndarray]] | None = None,
-                 optimization: str | None = None) -> tuple[VerifyReport, list[dict[str, np.ndarray]]]:
+                 references: list[dict[str, np.ndarray]] | None = None, optimization: str | None = None,
+                 noise: NoiseFloor | None = None) -> tuple[VerifyReport, list[dict[str, np.ndarray]]]:
     """The export-time verification: graph checks, dynamic axes, the torch/onnxruntime grid.
 
     ``optimization`` is the onnxruntime graph optimisation level to verify at (default: the spec's).
+    ``noise`` measures the float32 noise floor of cases that miss rtol (one per export, shared by
+    every graph tried); without it such cases fail.
     """
     start = time.perf_counter()
     tol = spec.verify
     outputs = get_task(spec.task).output_axes(spec)
     checks = [graph_check(model_path),
               dynamic_axes_check(model_path, [(i.name, list(i.shape)) for i in spec.inputs], list(outputs.items()))]
-    grid_checks, references = compare_grid(module, spec, model_path, cases, tol, references=references,
-                                           optimization=optimization)
-    report = VerifyReport(subject=spec.name, checks=checks + grid_checks,
+    if references is None:
+        references = torch_references(module, spec, cases)
+    run = run_grid(spec, model_path, cases, references, tol, ROW_SCALE, optimization)
+    record = tolerance_record(tol)
+    if isinstance(run, GridRun):
+        if noise is not None:
+            allow_noise(run, cases, noise, tol)
+        if run.widened_rtol > tol.rtol and run.noise is not None and run.noise.passed:
+            widened = replace(tol, rtol=run.widened_rtol)
+            count = len({label for s in run.outputs.values() for label in s.widened})
+            record = tolerance_record(widened, ROW_SCALE, f"rtol {tol.rtol:g} -> {run.widened_rtol:.3g}: on {count} "
+                                      f"grid cases torch float32 itself is up to {run.floor:.3g} of a row from "
+                                      f"float64, and the graph may be {NOISE_FACTOR:g}x that from torch")
+        checks += run.checks
+    else:
+        checks.append(run)
+    report = VerifyReport(subject=spec.name, checks=checks,
                           shapes=sorted({c.label.rsplit(" seed", 1)[0] for c in cases}),
-                          seeds=sorted({c.seed for c in cases}), tolerances=tolerance_record(tol))
+                          seeds=sorted({c.seed for c in cases}), tolerances=record)
     report.seconds = time.perf_counter() - start
     return report, references
 

@@ -6,6 +6,8 @@ Python API raises the same objects, so scripts can catch them by type.
 
 from __future__ import annotations
 
+import re
+
 
 class ZooError(Exception):
     """Base class of every error zoo raises on purpose."""
@@ -73,10 +75,13 @@ class ZooWarning(UserWarning):
     """Something zoo does on request although it is risky; the CLI prints it as one 'warning:' line."""
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def first_line(exc: BaseException, limit: int = 300, *, named: bool = False) -> str:
     """The first line of an exception's message (libraries often add pages of detail below it);
     ``named`` puts the exception's type in front, for messages that say nothing without it."""
-    text = str(exc).strip()
+    text = _ANSI.sub("", str(exc)).strip()  # torch.onnx colours its messages for a terminal
     if not text:
         return type(exc).__name__
     line = text.splitlines()[0][:limit]

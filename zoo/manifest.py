@@ -24,7 +24,8 @@ Fields (format_version 1):
     random_init, seed        exported from random weights (and the seed that made them)
     verified                 true only for an artifact that passed; a --keep-failed folder says false
     preprocess               the task's preprocessing record plus "files" (preprocessor file names)
-    tolerances               {"atol", "rtol", "cosine"}
+    tolerances               {"atol", "rtol", "cosine", "rule", "scale"} the verified limits; "widened" says why
+                             rtol is above the requested one (a measured float32 noise floor)
     versions                 library versions at export time
     files                    {relative path: {"sha256", "size"}} of every file but manifest.json
     verification             the verification report (VerifyReport.to_dict())
@@ -353,13 +354,13 @@ def _check_image_preprocess(pp: dict[str, Any], bad: Any) -> None:
 
 def _check_tolerances(tol: dict[str, Any], where: str) -> None:
     for key, value in tol.items():
-        if key == "rule" and value in TOLERANCE_RULES or key == "scale" and isinstance(value, str):
+        if key == "rule" and value in TOLERANCE_RULES or key in ("scale", "widened") and isinstance(value, str):
             continue
         if key == "rule":
             raise ArtifactError(f"{where}: tolerances.rule = {_show(value)} is not one this zoo knows "
                                 f"({', '.join(TOLERANCE_RULES)}); upgrade zoo-toolkit or re-export the artifact")
         if key not in ("atol", "rtol", "cosine") or not (_is_number(value) and value >= 0):
-            raise ArtifactError(f"{where}: tolerances.{key} = {_show(value)}; valid: rule, scale, and atol, rtol, "
+            raise ArtifactError(f"{where}: tolerances.{key} = {_show(value)}; valid: rule, scale, widened, and atol, rtol, "
                                 "cosine each a finite number >= 0: re-export the artifact")
 
 
