@@ -275,6 +275,7 @@ def _real_manifest(art: Path) -> dict:
     (lambda m: m["tolerances"].update(atol=-1), "tolerances.atol"),
     (lambda m: m["tolerances"].update(margin=1), "tolerances.margin"),
     (lambda m: m["tolerances"].update(rule="loose"), "tolerances.rule"),
+    (lambda m: m["tolerances"].update(widened=3), "tolerances.widened"),
 ])
 def test_manifest_fields_are_bounded(text_cls_artifact: Path, mutate: Callable[[dict], None], message: str) -> None:
     manifest = _real_manifest(text_cls_artifact)
