@@ -663,7 +663,7 @@ def test_two_export_onnx_calls_to_one_out(timm_artifact: Path, tmp_path: Path, t
 
     barrier = threading.Barrier(2)
 
-    def fake_build(source, stage, random_init, step):
+    def fake_build(source, stage, random_init, step, **_options):
         for item in timm_artifact.iterdir():
             copy = shutil.copytree if item.is_dir() else shutil.copy2
             copy(item, stage / item.name)
