@@ -284,9 +284,10 @@ def test_float32_noise_floor_passes_an_exact_graph_of_an_ill_conditioned_model(t
     inner = build_source(_as_spec(str(tiny_timm_folder), ())).module
     result = export_onnx(str(tiny_timm_folder), out=tmp_path / "artifact", module=IllConditioned.wrap(inner))
     checks = {c.name: c for c in result.report.checks}
-    assert checks["float32 noise floor"].passed and "torch float32 vs float64: max" in checks["float32 noise floor"].value
+    noise = checks["float32 noise floor"]
+    assert noise.passed and "torch float32 vs float64: max" in noise.value
     assert "float32 noise floor" in checks["output logits"].limit
-    floor = float(checks["float32 noise floor"].value.split("max ")[1].split(" of row")[0])
+    floor = float(noise.value.split("max ")[1].split(" of row")[0])
     assert 1e-4 < floor < 3e-3, "the planted rounding is what was measured"
     tolerances = result.manifest.tolerances
     assert 1e-3 < tolerances["rtol"] <= 3 * floor * 1.002 and tolerances["widened"].startswith("rtol 0.001 -> ")

@@ -360,8 +360,8 @@ def _check_tolerances(tol: dict[str, Any], where: str) -> None:
             raise ArtifactError(f"{where}: tolerances.rule = {_show(value)} is not one this zoo knows "
                                 f"({', '.join(TOLERANCE_RULES)}); upgrade zoo-toolkit or re-export the artifact")
         if key not in ("atol", "rtol", "cosine") or not (_is_number(value) and value >= 0):
-            raise ArtifactError(f"{where}: tolerances.{key} = {_show(value)}; valid: rule, scale, widened, and atol, rtol, "
-                                "cosine each a finite number >= 0: re-export the artifact")
+            raise ArtifactError(f"{where}: tolerances.{key} = {_show(value)}; valid: rule, scale, widened, and "
+                                "atol, rtol, cosine each a finite number >= 0: re-export the artifact")
 
 
 def _poolings() -> tuple[str, ...]:
