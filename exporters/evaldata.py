@@ -179,7 +179,7 @@ def _labelled_rows(manifest: Manifest, task: Task, eval_data: str | None,
 
 def _run_validation(config: dict[str, Any], task: Task) -> tuple[Any, dict[str, str], str]:
     """The validation split the fine-tune run held out, rebuilt exactly as the run built it."""
-    from zoo.data.prepare import validation_split
+    from zoo.train.data import validation_split
 
     val, val_source = validation_split(config["data"], task, split=config.get("split"),
                                        val_data=config.get("val_data"),

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from zoo import sources
 from zoo.spec import ModelSpec
 from zoo.tasks import get_task
 from zoo.tasks.base import Case, Task
@@ -28,6 +30,7 @@ class Source:
     task: Task
     module: Any
     processor: Any | None  # the source's own tokenizer / image processor, when the task uses one
+    folder: Path | None  # the model's local folder (None for a timm:ARCH name)
     cases: list[Case]
     example: dict[str, np.ndarray]
     model_kwargs: dict[str, Any] | None = None  # constructor overrides, recorded so the model can be rebuilt
@@ -54,8 +57,9 @@ def build_source(spec: ModelSpec, *, random_init: bool = False, model_kwargs: di
         spec = dataclasses.replace(spec, preprocess=preprocess)
         module = task.export_module(model, spec)
     module.eval()
-    processor = task.load_processor(spec)
-    return Source(spec=spec, task=task, module=module, processor=processor,
+    folder = sources.for_spec(spec).local_folder(spec)
+    processor = task.load_processor(spec, folder)
+    return Source(spec=spec, task=task, module=module, processor=processor, folder=folder,
                   cases=task.grid(spec, processor, SEEDS if seeds is None else seeds),
                   example=task.export_example(spec, processor), model_kwargs=model_kwargs,
                   seed=seed if seeded else None)

@@ -317,7 +317,7 @@ def test_help_screens_have_no_type_noise(command: list[str]) -> None:
 
 
 def test_embedding_prints_its_shape() -> None:
-    from zoo.runtime.results import Embedding
+    from zoo.tasks.results import Embedding
 
     assert repr(Embedding(np.full(384, 0.05, np.float32))) == "Embedding(shape=(384,), norm=0.9798)"
 

@@ -9,6 +9,7 @@ import torch
 
 from tests import tiny
 from zoo import sources  # noqa: F401
+from zoo.sources import load_processor
 from zoo.tasks import get_task
 from zoo.create import create_model
 from zoo.errors import ConfigError, ModelUnavailableError
@@ -37,7 +38,7 @@ def test_registry_entry_builds_and_runs(alias, registry, tmp_path):
             feeds = {i.name: torch.ones(2, 9, dtype=torch.long) for i in spec.inputs}
             out = module(**feeds)
         elif task.modality == "audio":  # features of synthetic clips, as the exporter makes them
-            example = task.export_example(spec, task.load_processor(spec))
+            example = task.export_example(spec, load_processor(spec))
             out = module(**{name: torch.from_numpy(array[:2]) for name, array in example.items()})
         else:
             out = module(pixel_values=torch.randn(2, *preprocess.input_size))
@@ -122,12 +123,12 @@ def test_folder_without_tokenizer_files_is_refused(tiny_text_classifier, tmp_pat
     """transformers 5 would build an empty tokenizer here; training and export must refuse instead."""
     import shutil
 
-    from zoo.sources import hf
+    from zoo.sources import load_processor
 
     folder = tmp_path / "no-tokenizer"
     shutil.copytree(tiny_text_classifier, folder)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         (folder / name).unlink(missing_ok=True)
     with pytest.raises(ModelUnavailableError, match="no tokenizer files.*save_pretrained"):
-        hf.load_tokenizer(resolve(str(folder)))
-    assert hf.load_tokenizer(resolve(str(tiny_text_classifier))).is_fast
+        load_processor(resolve(str(folder)))
+    assert load_processor(resolve(str(tiny_text_classifier))).is_fast

@@ -59,7 +59,7 @@ def image_folder(root, labels=("cat", "dog", "bird"), per_label=4):
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "jsonl", "parquet"])
 def test_text_files_each_format(tmp_path, text_spec, fmt):
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     path = write_rows(tmp_path / f"train.{fmt}", ROWS, fmt)
     data = prepare_data(str(path), text_spec, seed=0)
@@ -71,7 +71,7 @@ def test_text_files_each_format(tmp_path, text_spec, fmt):
 
 
 def test_seeded_split_is_repeatable_and_val_data_file_is_used(tmp_path, text_spec):
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     path = write_rows(tmp_path / "train.csv", ROWS, "csv")
     a, b = (prepare_data(str(path), text_spec, seed=3) for _ in range(2))
@@ -84,7 +84,7 @@ def test_seeded_split_is_repeatable_and_val_data_file_is_used(tmp_path, text_spe
 
 
 def test_named_columns(tmp_path, text_spec):
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     rows = [{"review": r["text"], "stars": r["label"]} for r in ROWS]
     path = write_rows(tmp_path / "t.csv", rows, "csv")
@@ -93,7 +93,7 @@ def test_named_columns(tmp_path, text_spec):
 
 
 def test_imagefolder_resizes_to_the_model_size(tmp_path, image_spec):
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     data = prepare_data(str(image_folder(tmp_path / "imgs")), image_spec, val_fraction=0.25)
     assert data.labels == ("cat", "dog", "bird")  # the model's own labels, in its order
@@ -105,7 +105,7 @@ def test_imagefolder_resizes_to_the_model_size(tmp_path, image_spec):
 def test_save_to_disk_folder_with_its_own_validation_split(tmp_path, text_spec):
     import datasets
 
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     table = datasets.Dataset.from_list(ROWS).class_encode_column("label")
     datasets.DatasetDict({"train": table, "validation": table.select(range(5))}).save_to_disk(tmp_path / "saved")
@@ -115,7 +115,7 @@ def test_save_to_disk_folder_with_its_own_validation_split(tmp_path, text_spec):
 
 
 def test_builtin_digits_three_channels_at_model_size(image_spec):
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     data = prepare_data("builtin:digits", image_spec, seed=0)
     assert data.labels == tuple(str(i) for i in range(10))
@@ -127,7 +127,7 @@ def test_builtin_digits_three_channels_at_model_size(image_spec):
 
 def test_token_classification_words_and_tags(tmp_path, registry):
     from tests.tiny import tiny_hf_folder
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
     from zoo.data.collate import IGNORE_INDEX
     from zoo.resolve import resolve_folder
 
@@ -166,7 +166,7 @@ def word_tags(data, row: int) -> list[int]:
 def test_integer_tags_index_the_models_own_labels(tmp_path, ner_spec):
     """CoNLL-style integer ner_tags keep all 7 of the model's names (they became ['0','1','3','5'])."""
     from tests.tiny import NER_LABELS
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     data = prepare_data(str(write_rows(tmp_path / "conll.jsonl", CONLL, "jsonl")), ner_spec, val_fraction=0.25)
     assert data.labels == NER_LABELS and not data.plan.new_head
@@ -176,7 +176,7 @@ def test_integer_tags_index_the_models_own_labels(tmp_path, ner_spec):
 
 def test_string_tags_keep_the_pretrained_order(tmp_path, ner_spec):
     from tests.tiny import NER_LABELS
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     rows = [{"tokens": r["tokens"], "ner_tags": [NER_LABELS[t] for t in r["ner_tags"]]} for r in CONLL]
     data = prepare_data(str(write_rows(tmp_path / "conll.jsonl", rows, "jsonl")), ner_spec, val_fraction=0.25)
@@ -188,7 +188,7 @@ def test_classlabel_names_map_onto_the_models_labels_by_name(tmp_path, ner_spec)
     import datasets
 
     from tests.tiny import NER_LABELS
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     names = ["O", "B-LOC", "B-PER", "B-ORG"]  # the data's own ids: B-LOC is 1 here, 5 in the model
     remap = {0: 0, 1: 2, 5: 1, 3: 3}
@@ -202,7 +202,7 @@ def test_classlabel_names_map_onto_the_models_labels_by_name(tmp_path, ner_spec)
 
 
 def test_labels_the_model_lacks_or_new_head_give_the_datas_sorted_labels(tmp_path, ner_spec):
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     rows = [{"tokens": ["Rome", "won"], "ner_tags": ["B-MISC", "O"]}, {"tokens": ["Ann"], "ner_tags": ["B-PER"]}] * 4
     data = prepare_data(str(write_rows(tmp_path / "misc.jsonl", rows, "jsonl")), ner_spec, val_fraction=0.25)
@@ -213,7 +213,7 @@ def test_labels_the_model_lacks_or_new_head_give_the_datas_sorted_labels(tmp_pat
 
 
 def test_integer_ids_beyond_the_models_labels(tmp_path, ner_spec):
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     rows = [{"tokens": ["a", "b"], "ner_tags": [0, 9]}] * 4
     path = write_rows(tmp_path / "ids.jsonl", rows, "jsonl")
@@ -224,7 +224,7 @@ def test_integer_ids_beyond_the_models_labels(tmp_path, ner_spec):
 
 
 def test_integer_labels_of_a_text_classifier_name_its_classes(tmp_path, text_spec):
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     rows = [{"text": r["text"], "label": int(r["label"] == "positive")} for r in ROWS]
     data = prepare_data(str(write_rows(tmp_path / "ids.csv", rows, "csv")), text_spec)
@@ -232,7 +232,7 @@ def test_integer_labels_of_a_text_classifier_name_its_classes(tmp_path, text_spe
 
 
 def test_a_list_column_for_one_label_per_row_names_the_task(tmp_path, text_spec):
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     rows = [{"text": "Ann ran", "label": [1, 0]}] * 4
     with pytest.raises(DataError, match="holds lists .* give --task token-classification"):
@@ -243,14 +243,14 @@ def test_a_list_column_for_one_label_per_row_names_the_task(tmp_path, text_spec)
 
 
 def test_missing_file(text_spec):
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     with pytest.raises(DataError, match="does not exist"):
         prepare_data("./no/such/train.csv", text_spec)
 
 
 def test_unknown_column(tmp_path, text_spec):
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     path = write_rows(tmp_path / "t.csv", ROWS, "csv")
     with pytest.raises(DataError, match="--label-column stars: no such column; the data has columns: text, label"):
@@ -258,7 +258,7 @@ def test_unknown_column(tmp_path, text_spec):
 
 
 def test_too_few_labels(tmp_path, text_spec):
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     path = write_rows(tmp_path / "t.csv", [{"text": "x", "label": "positive"}] * 6, "csv")
     with pytest.raises(DataError, match="1 distinct label"):
@@ -266,7 +266,7 @@ def test_too_few_labels(tmp_path, text_spec):
 
 
 def test_empty_split(tmp_path, text_spec):
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     train = write_rows(tmp_path / "t.csv", ROWS, "csv")
     empty = tmp_path / "empty.csv"
@@ -282,7 +282,7 @@ def test_empty_split(tmp_path, text_spec):
 
 
 def test_unknown_builtin(image_spec):
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     with pytest.raises(DataError, match="valid: builtin:digits"):
         prepare_data("builtin:mnist", image_spec)

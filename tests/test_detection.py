@@ -20,6 +20,7 @@ from tests import tiny
 from tests.artifacts import make_artifact
 from zoo.cli.app import app
 from zoo.errors import DataError, InputError, UnsupportedTaskError, VerificationError
+from zoo.sources import load_processor
 
 runner = CliRunner()
 SIZES = ((64, 96), (120, 80), (50, 50))  # (height, width): three aspect ratios in one call
@@ -59,7 +60,7 @@ def grid_and_torch(detr_folder: Path) -> tuple[list[Any], list[dict[str, np.ndar
 
     spec = resolve(str(detr_folder))
     task = get_task(spec.task)
-    cases = task.grid(spec, task.load_processor(spec), (0, 1))
+    cases = task.grid(spec, load_processor(spec), (0, 1))
     model = AutoModelForObjectDetection.from_pretrained(str(detr_folder)).eval()
     references = []
     with torch.no_grad():
@@ -380,7 +381,7 @@ def _box(i: int, image: int, bbox: list[float], category: int = 1) -> dict[str, 
 
 
 def _prepare(folder: Path, model: Path) -> Any:
-    from zoo.data.prepare import prepare_data
+    from zoo.train.data import prepare_data
     from zoo.resolve import resolve
 
     return prepare_data(str(folder), resolve(str(model)), val_fraction=0.25)
@@ -425,7 +426,7 @@ def test_corrupt_training_picture_is_named(detr_folder: Path, tmp_path: Path) ->
 
 def test_builtin_shapes_reads_in_the_hf_layout(detr_folder: Path) -> None:
     """builtin:shapes is a DatasetDict of image + objects {bbox, category}: the HF object-detection layout."""
-    from zoo.data.prepare import prepare_data
+    from zoo.train.data import prepare_data
     from zoo.resolve import resolve
 
     data = prepare_data("builtin:shapes", resolve(str(detr_folder)))
@@ -440,7 +441,7 @@ def test_builtin_shapes_reads_in_the_hf_layout(detr_folder: Path) -> None:
 
 def test_training_boxes_are_relative_to_each_picture_not_the_padded_batch(detr_folder: Path) -> None:
     """The loss sees boxes as post-processing reads them: relative to the picture's own size, whatever the padding."""
-    from zoo.data.prepare import prepare_data
+    from zoo.train.data import prepare_data
     from zoo.resolve import resolve
 
     data = prepare_data("builtin:shapes", resolve(str(detr_folder)))

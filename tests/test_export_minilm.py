@@ -41,7 +41,7 @@ def _artifact_embeddings(folder: Path, texts: list[str]) -> np.ndarray:
     import onnxruntime as ort
 
     from zoo.artifact import read_manifest
-    from zoo.runtime.preprocess import TextPreprocessor
+    from zoo.tasks.preprocess import TextPreprocessor
 
     manifest = json.loads((folder / "manifest.json").read_text())
     feed = TextPreprocessor(folder, read_manifest(folder))(texts).arrays
@@ -67,7 +67,7 @@ def test_truncation_is_what_sentence_transformers_uses(minilm_artifact: Path, mi
     import onnxruntime as ort
     from sentence_transformers import SentenceTransformer
 
-    from zoo.runtime.preprocess import TextPreprocessor
+    from zoo.tasks.preprocess import TextPreprocessor
 
     def runtime_tokenizer(folder: Path, record: dict) -> object:
         return TextPreprocessor.from_record(folder, record, []).tokenizer

@@ -455,7 +455,7 @@ def image_model(timm_artifact: Path):
 
 
 def test_text_beyond_the_byte_limit_is_refused(text_model, monkeypatch: pytest.MonkeyPatch) -> None:
-    import zoo.runtime.preprocess as pre
+    import zoo.tasks.preprocess as pre
 
     monkeypatch.setattr(pre, "MAX_TEXT_BYTES", 100)
     assert text_model.predict("a" * 100).label in text_model.labels
@@ -499,7 +499,7 @@ def test_decompression_bombs_are_refused_without_warnings(image_model, tmp_path:
 def test_images_past_the_pixel_limit_are_refused_in_every_form(image_model, monkeypatch: pytest.MonkeyPatch) -> None:
     from PIL import Image
 
-    import zoo.runtime.preprocess as pre
+    import zoo.tasks.preprocess as pre
 
     monkeypatch.setattr(pre, "MAX_IMAGE_PIXELS", 100 * 100)
     assert image_model.predict(np.zeros((100, 100, 3), np.uint8)).label in image_model.labels

@@ -16,7 +16,7 @@ import pytest
 
 import zoo
 from tests.artifacts import SENTENCES, copy_artifact
-from zoo.runtime.preprocess import ImagePreprocessor
+from zoo.tasks.preprocess import ImagePreprocessor
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ REQUIRED = ("output_names", "export_example", "grid", "write_preprocessor", "agr
 
 def test_tasks_are_the_modules_on_disk() -> None:
     modules = sorted(p.stem.replace("_", "-") for p in (ROOT / "zoo" / "tasks").glob("*.py")
-                     if not p.stem.startswith("_") and p.stem != "base")
+                     if not p.stem.startswith("_") and p.stem not in ("base", "preprocess", "results"))
     assert list(task_names()) == modules
     assert {"image-classification", "text-classification", "token-classification",
             "feature-extraction"} <= set(task_names())
@@ -107,12 +107,14 @@ def test_save_is_refused_where_there_is_nothing_to_draw(tmp_path: Path) -> None:
 
 
 def test_builtin_data_sets_come_from_the_tasks() -> None:
-    from zoo.data.builtin import builtins, load_builtin
     from zoo.errors import DataError
 
-    assert "digits" in builtins()
-    with pytest.raises(DataError, match="unknown built-in data set 'builtin:nope'; valid: .*builtin:digits"):
-        load_builtin("nope")
+    images, text = get_task("image-classification"), get_task("text-classification")
+    assert "digits" in images.builtin_datasets()
+    with pytest.raises(DataError, match="'builtin:nope' for image-classification models; valid: builtin:digits"):
+        images.load_builtin("nope")
+    with pytest.raises(DataError, match="'builtin:digits' for text-classification models; valid: none"):
+        text.load_builtin("digits")
 
 
 # ---------------------------------------------------------------- validation metrics

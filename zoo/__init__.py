@@ -4,6 +4,9 @@ Public API (heavy libraries load on first use, so ``import zoo`` stays light):
 
     spec = zoo.resolve("resnet50")
     model, preprocess = zoo.create_model(spec, pretrained=False)
+
+This module is the top of the layer stack (README "Architecture"): it may name any
+layer, and no module of zoo imports it back except the entry points.
 """
 
 from __future__ import annotations

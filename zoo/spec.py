@@ -7,12 +7,26 @@ read specs without importing a deep-learning framework.
 from __future__ import annotations
 
 import dataclasses
+import pkgutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, get_args
 
-from zoo.tasks import task_names
+# Modules of zoo/tasks/ that are not tasks: the interface and what every task's runtime part shares.
+TASK_SUPPORT_MODULES = frozenset({"base", "preprocess", "results"})
 
-TASKS: tuple[str, ...] = task_names()  # one module per task under zoo/tasks/
+
+def task_names() -> tuple[str, ...]:
+    """Every task this zoo handles: one module per task under zoo/tasks/, its name with dashes.
+
+    Read from the folder, not imported, so that this bottom layer never imports the task layer
+    (``zoo.tasks`` itself asks this function)."""
+    names = [m.name.replace("_", "-") for m in pkgutil.iter_modules([str(Path(__file__).parent / "tasks")])
+             if not m.name.startswith("_") and m.name not in TASK_SUPPORT_MODULES]
+    return tuple(sorted(names))
+
+
+TASKS: tuple[str, ...] = task_names()
 Source = Literal["hf", "timm"]
 SOURCES: tuple[str, ...] = get_args(Source)
 Pooling = Literal["mean", "cls", "max", "lasttoken"]
@@ -110,6 +124,12 @@ class ModelSpec:
     local_path: str | None = None  # a folder holding config and weights
     origin: str = "registry"  # registry | hf | timm | local | run | artifact
     trust_remote_code: bool = False
+
+    @property
+    def positional_inputs(self) -> bool:
+        """How the built module's forward takes the inputs: timm models take the image tensor positionally,
+        transformers models take every input by name."""
+        return self.source == "timm"
 
     @property
     def source_name(self) -> str:

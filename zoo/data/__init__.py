@@ -1,23 +1,8 @@
-"""Training data: ``prepare_data(data, spec, ...)`` -> labelled, encoded train/validation examples.
+"""Where training and evaluation data come from, read through HF ``datasets``.
 
-Readers: ``files.py`` (HF datasets: CSV/JSON/JSONL/Parquet, imagefolder,
-save_to_disk, hub names), ``builtin.py`` (``builtin:digits``); interpretation
-of columns and labels in ``prepare.py``; batching in ``collate.py``.
+Readers: ``files.py`` (CSV/JSON/JSONL/Parquet, imagefolder, save_to_disk, hub
+names), ``builtin.py`` (``builtin:digits``); label planning in ``labels.py``,
+example encoding in ``encode.py``, batching in ``collate.py``. This layer sits
+below the tasks, which use it; interpreting columns for a task and encoding both
+splits is ``zoo.train.data.prepare_data``.
 """
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # pragma: no cover
-    from zoo.data.prepare import PreparedData, prepare_data
-
-__all__ = ["PreparedData", "prepare_data"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from zoo.data import prepare
-
-        return getattr(prepare, name)
-    raise AttributeError(name)

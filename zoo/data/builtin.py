@@ -1,35 +1,16 @@
 """Offline data sets that need no download: ``builtin:NAME``, each offered by a task.
 
-A task lists its own in ``Task.builtin_datasets`` (image classification offers
-``builtin:digits``: scikit-learn ships the 1,797 labelled 8x8 digit images inside
-its wheel; they become an ``image``/``label`` data set exactly like an
-``imagefolder`` one, so they flow through the same preprocessing).
+A task lists its own in ``Task.builtin_datasets`` and loads them with
+``Task.load_builtin``. Image classification offers ``builtin:digits`` from here:
+scikit-learn ships the 1,797 labelled 8x8 digit images inside its wheel; they
+become an ``image``/``label`` data set exactly like an ``imagefolder`` one, so
+they flow through the same preprocessing.
 """
 
 from __future__ import annotations
 
 import hashlib
 from typing import Any
-
-from zoo.errors import DataError
-
-def builtins() -> dict[str, Any]:
-    """Every task's built-in data sets, by name."""
-    from zoo.tasks import all_tasks
-
-    found: dict[str, Any] = {}
-    for task in all_tasks():
-        found.update(task.builtin_datasets())
-    return found
-
-
-def load_builtin(name: str) -> tuple[Any, str]:
-    """(DatasetDict with a 'train' split, sha256 fingerprint) of ``builtin:NAME``."""
-    known = builtins()
-    if name not in known:
-        raise DataError(f"unknown built-in data set 'builtin:{name}'; valid: "
-                        + ", ".join(f"builtin:{b}" for b in sorted(known)))
-    return known[name]()
 
 
 def digits() -> tuple[Any, str]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from zoo.tasks._classify import IGNORE_INDEX
+from zoo.data.labels import IGNORE_INDEX
 
 
 class ImageExamples:

@@ -41,6 +41,8 @@ def load_raw(data: str, task: Any = None) -> RawData:
             path = Path(data).expanduser()
             files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
             return RawData(data, own, _hash_files(path if path.is_dir() else path.parent, files))
+        if data.startswith("builtin:"):
+            return _load_builtin(data, task)
         return _load_raw(data)
 
 
@@ -58,12 +60,15 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _load_raw(data: str) -> RawData:
-    if data.startswith("builtin:"):
-        from zoo.data.builtin import load_builtin
+def _load_builtin(data: str, task: Any) -> RawData:
+    """A task's own offline set: which ones exist is the task's business (``Task.builtin_datasets``)."""
+    if task is None:
+        raise DataError(f"{data}: built-in data sets belong to a task; give a model so zoo knows which")
+    table, digest = task.load_builtin(data.split(":", 1)[1])
+    return RawData(data, dict(table), digest)
 
-        table, digest = load_builtin(data.split(":", 1)[1])
-        return RawData(data, dict(table), digest)
+
+def _load_raw(data: str) -> RawData:
     path = Path(data).expanduser()
     if path.is_file():
         return RawData(data, _load_file(path), _hash_files(path.parent, [path]))

@@ -20,6 +20,8 @@ from typing import Any
 
 from zoo.errors import DataError
 
+IGNORE_INDEX = -100  # cross_entropy's default ignore_index: sub-word pieces and padding
+
 SOURCES = {
     "model": "the model's own label set",
     "classlabel": "the data's ClassLabel names",

@@ -3,11 +3,14 @@
     import zoo
     model = zoo.load("artifacts/minilm")
     model.predict("a sentence").vector
+
+Layer: above the tasks and sources (it asks the manifest's task how to pre- and postprocess),
+below train/exporters and the entry points, which it never imports (README "Architecture").
 """
 
 from __future__ import annotations
 
 from zoo.runtime.model import ExportedModel, load
-from zoo.runtime.results import Classification, Embedding, Entity, Prediction, TokenClassification
+from zoo.tasks.results import Classification, Embedding, Entity, Prediction, TokenClassification
 
 __all__ = ["Classification", "Embedding", "Entity", "ExportedModel", "Prediction", "TokenClassification", "load"]

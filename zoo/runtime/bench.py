@@ -20,18 +20,6 @@ import numpy as np
 from zoo.errors import ConfigError
 from zoo.runtime.model import ExportedModel
 
-# Real sentences of mixed length, so padded batches look like production traffic.
-BENCH_SENTENCES = (
-    "The quick brown fox jumps over the lazy dog.",
-    "I loved this film, the acting was superb and the music stayed with me for days.",
-    "Paris is the capital of France.",
-    "The committee will publish its final report on climate adaptation next spring.",
-    "What time does the train to Edinburgh leave tomorrow morning?",
-    "She read the letter twice before folding it carefully into her pocket.",
-    "Rain is expected in the north-west by Thursday evening.",
-    "Apple released a new laptop with a faster chip and a brighter screen.",
-)
-
 
 @dataclass(frozen=True)
 class Timing:

@@ -18,7 +18,7 @@ import numpy as np
 from zoo.artifact import MODEL_FILE, check_artifact, read_manifest
 from zoo.errors import ArtifactError, ConfigError, InputError, UnsupportedTaskError, ZooWarning, first_line
 from zoo.manifest import Manifest
-from zoo.runtime.preprocess import numpy_dtype
+from zoo.tasks.preprocess import numpy_dtype
 from zoo.tasks import get_task
 
 Provider = Union[str, tuple[str, dict[str, Any]]]

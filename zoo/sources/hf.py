@@ -13,17 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import ConfigError, ModelUnavailableError, UnsupportedTaskError, first_line
+from zoo.folders import read_json
 from zoo.spec import ModelSpec, Preprocess
 
-POSITIONAL_INPUTS = False  # transformers models take their inputs by name
 _ST_POOLING = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_mean_tokens": "mean",
     "pooling_mode_max_tokens": "max",
     "pooling_mode_lasttoken": "lasttoken",
 }
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
-                   "tokenizer.model")
 
 
 def is_offline() -> bool:
@@ -141,15 +139,6 @@ def _folder_description(config: dict[str, Any], model_type: str, st: dict[str, A
     return f"{kind}{arch}" + (f" (based on {base})" if base else "")
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc}); re-save the model with save_pretrained") from exc
-
-
 def _sentence_transformers_settings(path: Path) -> dict[str, Any] | None:
     modules = read_json(path / "modules.json") if (path / "modules.json").is_file() else None
     if not isinstance(modules, list):
@@ -229,31 +218,6 @@ def create_model(spec: ModelSpec, *, num_labels: int | None = None,
     return model, spec.preprocess
 
 
-def load_tokenizer(spec: ModelSpec) -> Any:
-    """The model's own fast tokenizer (transformers), for export checks and training."""
-    import transformers
-
-    location = local_folder(spec)
-    if not any((location / name).is_file() for name in TOKENIZER_FILES):
-        # transformers 5 would silently build an empty 5-token tokenizer here
-        fetch = (f" or download them (huggingface-cli download {spec.source_id} --include '*.json' '*.txt' "
-                 "'*.model')") if not spec.local_path else ""
-        raise ModelUnavailableError(
-            f"no tokenizer files in {location} (looked for {', '.join(TOKENIZER_FILES)}); export, training and "
-            "the torch-free runtime need the model's own tokenizer, with or without --random-init: save it beside "
-            f"the model with tokenizer.save_pretrained(folder){fetch}")
-    try:
-        tok = transformers.AutoTokenizer.from_pretrained(str(location), use_fast=True,
-                                                         trust_remote_code=spec.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ModelUnavailableError(f"no tokenizer for {spec.name} in {location}: {first_line(exc)}; "
-                                    "save one beside the model with tokenizer.save_pretrained(folder)") from exc
-    if not getattr(tok, "is_fast", False):
-        raise ConfigError(f"{spec.name} has only a slow tokenizer; zoo's runtime needs tokenizer.json "
-                          "(a fast tokenizer): convert it with AutoTokenizer.from_pretrained(..., use_fast=True)")
-    return tok
-
-
 def save_model(model: Any, spec: ModelSpec, folder: Path, *, model_args: dict[str, Any] | None = None) -> None:
     """A save_pretrained folder (safetensors, config with labels) plus the source's preprocessor files.
 
@@ -280,7 +244,7 @@ def save_preprocessor(spec: ModelSpec, folder: Path) -> None:
     """The files transformers needs beside the weights to preprocess inputs (tokenizer, image processor)."""
     from zoo.tasks import get_task
 
-    processor = get_task(spec.task).load_processor(spec)
+    processor = get_task(spec.task).load_processor(spec, local_folder(spec))
     if processor is not None:
         processor.save_pretrained(folder)
         return

@@ -15,7 +15,6 @@ from typing import Any
 from zoo.errors import ModelUnavailableError, NameNotFoundError, first_line
 from zoo.spec import IMAGE_PREPROCESS_KEYS, ModelSpec, Preprocess
 
-POSITIONAL_INPUTS = True  # timm models take the image tensor positionally
 
 def is_model_folder(path: Path) -> bool:
     config = path / "config.json"

@@ -7,49 +7,42 @@ A task module is ``zoo/tasks/<name with underscores>.py`` defining ``TASK``, an
 instance of a ``zoo.tasks.base.Task`` subclass whose ``name`` is the module name
 with dashes. Modules are found on disk, so adding a task is adding one file
 (plus registry entries and tests). Modules starting with ``_`` hold what several
-tasks share (a modality, classification heads). No module here imports torch at
+tasks share (a modality, classification heads); ``preprocess`` and ``results`` are
+the torch-free runtime part every task's pre- and postprocessing builds on. No module here imports torch at
 import time: the runtime and ``zoo info`` use tasks without it.
+
+Layer: above data, files and plain values; below the sources, the runtime and every stage,
+which ask the task and are never called back (README "Architecture"; tests/test_imports.py).
 """
 
 from __future__ import annotations
 
 import difflib
-import pkgutil
 from functools import lru_cache
 from importlib import import_module
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo.errors import UnsupportedTaskError
+from zoo.spec import TASKS, task_names
 
 if TYPE_CHECKING:  # pragma: no cover
     from zoo.tasks.base import Task
-
-_NOT_TASKS = {"base"}
-
-
-@lru_cache(maxsize=1)
-def task_names() -> tuple[str, ...]:
-    """Every task this zoo handles, in a stable order."""
-    names = [m.name.replace("_", "-") for m in pkgutil.iter_modules([str(Path(__file__).parent)])
-             if not m.name.startswith("_") and m.name not in _NOT_TASKS]
-    return tuple(sorted(names))
 
 
 @lru_cache(maxsize=None)
 def get_task(name: str) -> Task:
     """The task object for ``name``; an unknown name is one clear error listing the valid ones."""
-    if name not in task_names():
-        close = difflib.get_close_matches(str(name), task_names(), n=1)
+    if name not in TASKS:
+        close = difflib.get_close_matches(str(name), TASKS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise UnsupportedTaskError(f"task '{name}' is not one zoo handles{hint}; valid tasks: "
-                                   f"{', '.join(task_names())}")
+                                   f"{', '.join(TASKS)}")
     module = import_module(f"zoo.tasks.{name.replace('-', '_')}")
     return module.TASK
 
 
 def all_tasks() -> list[Task]:
-    return [get_task(n) for n in task_names()]
+    return [get_task(n) for n in TASKS]
 
 
 def default_timm_task() -> Task:
@@ -70,7 +63,7 @@ def task_for_hf_config(config: dict[str, Any], *, sentence_transformers: bool = 
         return max(matches, key=lambda t: t.hf_priority)
     declared = ", ".join(architectures) or f"model_type '{model_type}' with no architectures"
     raise UnsupportedTaskError(
-        f"the model is a {declared}, which no zoo task handles; zoo handles: {', '.join(task_names())}. "
+        f"the model is a {declared}, which no zoo task handles; zoo handles: {', '.join(TASKS)}. "
         "Give a folder saved from one of those heads (e.g. AutoModelForSequenceClassification)")
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from zoo.checks import Check
 from zoo.errors import ArtifactError, ConfigError, UnsupportedTaskError
+from zoo.folders import read_json
 from zoo.spec import InputSpec, ModelSpec, Preprocess
 from zoo.tasks import _audio_features as feats
 from zoo.tasks._audio_io import MAX_RATE, MIN_RATE, load_clip
@@ -173,8 +174,6 @@ def _one_number(value: Any) -> bool:
 
 def hf_audio_settings(folder: Path, config: dict[str, Any]) -> tuple[Preprocess, tuple[InputSpec, ...]]:
     """Audio preprocessing and inputs of a save_pretrained folder, from its feature extractor's JSON."""
-    from zoo.sources.hf import read_json
-
     pp = read_json(folder / "preprocessor_config.json")
     kind = pp.get("feature_extractor_type")
     rate = int(pp.get("sampling_rate", 16000))
@@ -307,7 +306,7 @@ class AudioTask(Task):
         preprocess, inputs = hf_audio_settings(folder, config)
         return inputs, preprocess, self.labels_from_config(config)
 
-    def load_processor(self, spec: ModelSpec) -> Any:
+    def load_processor(self, spec: ModelSpec, folder: Path | None) -> Any:
         return feature_extractor(AudioSettings.from_spec(spec))
 
     # ------------------------------------------------------------ runtime
@@ -337,7 +336,8 @@ class AudioTask(Task):
                 cases.append(Case(kind, seed, reference_features(processor, settings, clips), raw=clips))
         return cases
 
-    def write_preprocessor(self, spec: ModelSpec, processor: Any, stage: Path) -> dict[str, Any]:
+    def write_preprocessor(self, spec: ModelSpec, processor: Any, stage: Path,
+                           folder: Path | None) -> dict[str, Any]:
         import os
 
         before = set(os.listdir(stage))

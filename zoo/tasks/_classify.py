@@ -11,11 +11,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from zoo.checks import Check
+from zoo.data.labels import IGNORE_INDEX
 from zoo.errors import InputError
 from zoo.spec import ModelSpec, Tolerances
 from zoo.tasks.base import Case, Task
 
-IGNORE_INDEX = -100  # cross_entropy's default ignore_index: sub-word pieces and padding
 LABEL_COLUMNS = ("label", "labels", "class", "target", "category")
 MIN_AGREEMENT = 99.0  # percent: zoo optimize's top-1 gate for a lossy graph
 
@@ -139,7 +139,7 @@ class Classifier(Task):
 
     def postprocess(self, outputs: dict[str, np.ndarray], batch: Any, labels: tuple[str, ...] | None,
                     manifest: Any, **options: Any) -> list[Any]:
-        from zoo.runtime.results import Classification
+        from zoo.tasks.results import Classification
 
         probs = softmax(outputs["logits"].astype(np.float32))
         k = min(options.get("top_k", 1), probs.shape[-1])

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from zoo.folders import read_json
 from zoo.spec import IMAGE_PREPROCESS_KEYS, InputSpec, ModelSpec, Preprocess
 from zoo.tasks.base import Case, Task, choose_column
 
@@ -37,8 +38,6 @@ def image_inputs(input_size: tuple[int, int, int]) -> tuple[InputSpec, ...]:
 
 def hf_image_preprocess(folder: Path, config: dict[str, Any]) -> Preprocess:
     """preprocessor_config.json (transformers image processors) in timm's vocabulary."""
-    from zoo.sources.hf import read_json
-
     pp = read_json(folder / "preprocessor_config.json")
     size = pp.get("size", config.get("image_size", 224))
     if isinstance(size, dict):
@@ -93,11 +92,9 @@ class ImageTask(Task):
         return [Case("image", seed, {name: pixels(spec.preprocess, batch, seed)})
                 for seed in seeds for batch in grid_batches(spec.preprocess)]
 
-    def write_preprocessor(self, spec: ModelSpec, processor: Any, stage: Path) -> dict[str, Any]:
-        from zoo import sources
-
+    def write_preprocessor(self, spec: ModelSpec, processor: Any, stage: Path,
+                           folder: Path | None) -> dict[str, Any]:
         files = []
-        folder = sources.for_spec(spec).local_folder(spec)
         if folder is not None:
             # the source's own image-processor file, for tools that read it
             src = folder / "preprocessor_config.json"
@@ -121,7 +118,7 @@ class ImageTask(Task):
     # ------------------------------------------------------------ runtime
 
     def runtime_preprocessor(self, folder: Path, manifest: Any) -> Any:
-        from zoo.runtime.preprocess import ImagePreprocessor
+        from zoo.tasks.preprocess import ImagePreprocessor
 
         return ImagePreprocessor(folder, manifest)
 

@@ -16,9 +16,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from zoo.checks import Check
+from zoo.errors import ConfigError, ModelUnavailableError, first_line
+from zoo.folders import read_json
 from zoo.spec import InputSpec, ModelSpec, Preprocess
 from zoo.tasks.base import Case, Task
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
 EXPORT_BATCH = 2
 EXPORT_SEQUENCE = 16
 # Architectures whose position ids start after the padding index, so two
@@ -43,6 +47,18 @@ SENTENCES = (
 )
 TEXT_COLUMNS = ("text", "sentence", "content", "review", "document")
 
+# Real sentences of mixed length, so padded batches look like production traffic.
+BENCH_SENTENCES = (
+    "The quick brown fox jumps over the lazy dog.",
+    "I loved this film, the acting was superb and the music stayed with me for days.",
+    "Paris is the capital of France.",
+    "The committee will publish its final report on climate adaptation next spring.",
+    "What time does the train to Edinburgh leave tomorrow morning?",
+    "She read the letter twice before folding it carefully into her pocket.",
+    "Rain is expected in the north-west by Thursday evening.",
+    "Apple released a new laptop with a faster chip and a brighter screen.",
+)
+
 
 def text_inputs(names: tuple[str, ...] = ("input_ids", "attention_mask")) -> tuple[InputSpec, ...]:
     return tuple(InputSpec(n, "int64", ("batch", "sequence")) for n in names)
@@ -56,19 +72,15 @@ class TextTask(Task):
 
     def describe_hf(self, folder: Path, config: dict[str, Any],
                     st: dict[str, Any] | None) -> tuple[tuple[Any, ...], Preprocess, tuple[str, ...] | None]:
-        from zoo.sources.hf import read_json
-
         names = ["input_ids", "attention_mask"]
         if int(config.get("type_vocab_size", 0) or 0) >= 2:
             names.append("token_type_ids")
         pooling = (st or {}).get("pooling_args", {})
-        preprocess = Preprocess(max_length=_max_length(folder, config, st, read_json), **pooling)
+        preprocess = Preprocess(max_length=_max_length(folder, config, st), **pooling)
         return text_inputs(tuple(names)), preprocess, self.labels_from_config(config)
 
-    def load_processor(self, spec: ModelSpec) -> Any:
-        from zoo.sources.hf import load_tokenizer
-
-        return load_tokenizer(spec)
+    def load_processor(self, spec: ModelSpec, folder: Path | None) -> Any:
+        return load_tokenizer(spec, folder)
 
     # ------------------------------------------------------------ export
 
@@ -82,7 +94,8 @@ class TextTask(Task):
     def grid(self, spec: ModelSpec, processor: Any, seeds: tuple[int, ...]) -> list[Case]:
         return [case for seed in seeds for case in _text_cases(spec, processor, seed)]
 
-    def write_preprocessor(self, spec: ModelSpec, processor: Any, stage: Path) -> dict[str, Any]:
+    def write_preprocessor(self, spec: ModelSpec, processor: Any, stage: Path,
+                           folder: Path | None) -> dict[str, Any]:
         import dataclasses
         import os
 
@@ -103,7 +116,7 @@ class TextTask(Task):
     # ------------------------------------------------------------ verify
 
     def preprocessor_problems(self, folder: Path, manifest: Any) -> list[str]:
-        from zoo.runtime.preprocess import TextPreprocessor
+        from zoo.tasks.preprocess import TextPreprocessor
 
         if "tokenizer.json" not in manifest.preprocess.get("files", []):
             return ["tokenizer.json (not listed)"]
@@ -118,7 +131,7 @@ class TextTask(Task):
     # ------------------------------------------------------------ runtime
 
     def runtime_preprocessor(self, folder: Path, manifest: Any) -> Any:
-        from zoo.runtime.preprocess import TextPreprocessor
+        from zoo.tasks.preprocess import TextPreprocessor
 
         return TextPreprocessor(folder, manifest)
 
@@ -126,8 +139,6 @@ class TextTask(Task):
         return isinstance(item, str)
 
     def bench_items(self, batch_size: int, rng: np.random.Generator) -> list[Any]:
-        from zoo.runtime.bench import BENCH_SENTENCES
-
         return [BENCH_SENTENCES[i % len(BENCH_SENTENCES)] for i in range(batch_size)]
 
     # ------------------------------------------------------------ training
@@ -142,7 +153,7 @@ class TextTask(Task):
         return out
 
 
-def _max_length(folder: Path, config: dict[str, Any], st: dict[str, Any] | None, read_json: Any) -> int:
+def _max_length(folder: Path, config: dict[str, Any], st: dict[str, Any] | None) -> int:
     limit = int(config.get("max_position_embeddings", 512) or 512)
     if config.get("model_type") in _POSITION_OFFSET_TYPES:
         limit -= 2
@@ -191,7 +202,7 @@ def tokenize(spec: ModelSpec, tokenizer: Any, texts: list[str], max_length: int,
 
 def tokenizer_file_check(folder: Path, record: dict[str, Any], cases: list[Case]) -> Check:
     """tokenizer.json read by the runtime's own preprocessor must give the model tokenizer's ids."""
-    from zoo.runtime.preprocess import TextPreprocessor
+    from zoo.tasks.preprocess import TextPreprocessor
 
     if not (Path(folder) / "tokenizer.json").is_file():
         return Check("tokenizer.json", False, "missing", "present", "a torch-free runtime cannot tokenise")
@@ -208,3 +219,26 @@ def tokenizer_file_check(folder: Path, record: dict[str, Any], cases: list[Case]
     return Check("tokenizer.json reproduces tokenisation", not mismatched, f"{len(cases)} cases",
                  "identical ids and masks", "; ".join(mismatched[:3]))
 
+
+def load_tokenizer(spec: ModelSpec, location: Path | None) -> Any:
+    """The model's own fast tokenizer (transformers), for export checks and training."""
+    import transformers
+
+    if location is None or not any((location / name).is_file() for name in TOKENIZER_FILES):
+        # transformers 5 would silently build an empty 5-token tokenizer here
+        fetch = (f" or download them (hf download {spec.source_id} --include '*.json' '*.txt' "
+                 "'*.model')") if not spec.local_path else ""
+        raise ModelUnavailableError(
+            f"no tokenizer files in {location} (looked for {', '.join(TOKENIZER_FILES)}); export, training and "
+            "the torch-free runtime need the model's own tokenizer, with or without --random-init: save it beside "
+            f"the model with tokenizer.save_pretrained(folder){fetch}")
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(str(location), use_fast=True,
+                                                         trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailableError(f"no tokenizer for {spec.name} in {location}: {first_line(exc)}; "
+                                    "save one beside the model with tokenizer.save_pretrained(folder)") from exc
+    if not getattr(tok, "is_fast", False):
+        raise ConfigError(f"{spec.name} has only a slow tokenizer; zoo's runtime needs tokenizer.json "
+                          "(a fast tokenizer): convert it with AutoTokenizer.from_pretrained(..., use_fast=True)")
+    return tok

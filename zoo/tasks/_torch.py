@@ -40,8 +40,6 @@ class TaskModule(nn.Module):
 
 def task_module(model: nn.Module, spec: ModelSpec, task: Any) -> TaskModule:
     """A ``TaskModule`` whose ``forward`` signature lists the spec's inputs by name."""
-    from zoo import sources
-
     names = tuple(i.name for i in spec.inputs)
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     params += [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
@@ -51,7 +49,7 @@ def task_module(model: nn.Module, spec: ModelSpec, task: Any) -> TaskModule:
 
     forward.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     cls = type(f"{type(model).__name__}Task", (TaskModule,), {"forward": forward})
-    return cls(model, names, sources.for_spec(spec).POSITIONAL_INPUTS, task, spec)
+    return cls(model, names, spec.positional_inputs, task, spec)
 
 
 class SentenceEmbedder(nn.Module):

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from zoo.runtime.results import Classification
+from zoo.tasks.results import Classification
 from zoo.spec import ModelSpec
 from zoo.tasks._audio import AudioSettings, AudioTask
 from zoo.tasks._classify import LABEL_COLUMNS, Classifier

@@ -32,8 +32,9 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from zoo.checks import Check
-from zoo.errors import InputError
+from zoo.errors import DataError, InputError
 from zoo.spec import ModelSpec, Preprocess, Tolerances
+from zoo.tasks._vectors import CosineGate
 
 
 @dataclass(eq=False)
@@ -120,8 +121,9 @@ class Task:
         """The created model as this task runs it (e.g. wrapped with pooling)."""
         return model
 
-    def load_processor(self, spec: ModelSpec) -> Any | None:
-        """The source's own preprocessor (tokenizer, image processor) for export checks and training."""
+    def load_processor(self, spec: ModelSpec, folder: Path | None) -> Any | None:
+        """The source's own preprocessor (tokenizer, image processor) for export checks and training, read
+        from the model's local ``folder`` (None where the source keeps no folder, e.g. a timm:ARCH name)."""
         return None
 
     # ------------------------------------------------------------ export
@@ -156,8 +158,10 @@ class Task:
     def grid(self, spec: ModelSpec, processor: Any, seeds: tuple[int, ...]) -> list[Case]:
         raise NotImplementedError
 
-    def write_preprocessor(self, spec: ModelSpec, processor: Any, stage: Path) -> dict[str, Any]:
-        """Write preprocessor files into the artifact; return the manifest's ``preprocess`` record."""
+    def write_preprocessor(self, spec: ModelSpec, processor: Any, stage: Path,
+                           folder: Path | None) -> dict[str, Any]:
+        """Write preprocessor files into the artifact (``folder``: the model's local folder, if any); return the
+        manifest's ``preprocess`` record."""
         raise NotImplementedError
 
     def export_checks(self, stage: Path, record: dict[str, Any], cases: list[Case],
@@ -184,8 +188,6 @@ class Task:
         >= 0.99, mean >= 0.995), which fits any float output; classifiers override
         it with top-1 agreement.
         """
-        from zoo.tasks.feature_extraction import CosineGate
-
         return CosineGate()
 
     # ------------------------------------------------------------ runtime (torch-free)
@@ -237,6 +239,14 @@ class Task:
         """Offline data sets this task ships: ``builtin:NAME`` -> a loader of (DatasetDict, fingerprint)."""
         return {}
 
+    def load_builtin(self, name: str) -> tuple[Any, str]:
+        """(DatasetDict with a 'train' split, sha256 fingerprint) of ``builtin:NAME``, one of this task's sets."""
+        own = self.builtin_datasets()
+        if name not in own:
+            valid = ", ".join(f"builtin:{b}" for b in sorted(own)) or "none (give a file, a folder or a hub data set)"
+            raise DataError(f"unknown built-in data set 'builtin:{name}' for {self.name} models; valid: {valid}")
+        return own[name]()
+
     def read_data(self, data: str) -> dict[str, Any] | None:
         """Splits of a data layout only this task reads (e.g. COCO ``instances.json``), else None."""
         return None
@@ -274,11 +284,10 @@ class Task:
 
     def _not_trainable(self) -> Exception:
         from zoo.errors import ConfigError
-        from zoo.tasks import all_tasks
 
-        trainable = ", ".join(t.name for t in all_tasks() if t.trainable)
-        return ConfigError(f"zoo finetune does not train {self.name} models; trainable tasks: {trainable} "
-                           "(give --task to put a head on this model)")
+        # the list of trainable tasks is the registry's (zoo.tasks), which this interface does not import
+        return ConfigError(f"zoo finetune does not train {self.name} models; give --task with a trainable task "
+                           "(zoo finetune --help lists them) to put a head on this model")
 
 
 def choose_column(names: list[str], given: str | None, usual: Any, kind: str, flag: str) -> str:

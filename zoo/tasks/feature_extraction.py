@@ -19,12 +19,10 @@ from zoo.checks import Check
 from zoo.errors import ArtifactError
 from zoo.spec import ModelSpec, Tolerances
 from zoo.tasks._text import TextTask
+from zoo.tasks._vectors import cosines
 from zoo.tasks.base import Case
 
 POOLINGS = ("mean", "cls", "max", "lasttoken")
-# zoo optimize's embedding gate: every vector close to its reference, and nearly all of them very close
-MIN_COSINE = 0.99
-MEAN_COSINE = 0.995
 
 
 class CosineAgreement:
@@ -48,45 +46,6 @@ class CosineAgreement:
         ok = self.min_cos >= self.tol.cosine and self.rows > 0 and not self.broken
         return Check("cosine similarity", ok, f"min {self.min_cos:.6f}", f">= {self.tol.cosine:g}",
                      f"{self.rows} vectors" + (f", {self.broken} cases of the wrong shape" if self.broken else ""))
-
-
-class CosineGate:
-    """zoo optimize's gate for vectors: minimum cosine >= MIN_COSINE and mean >= MEAN_COSINE to the reference."""
-
-    limits: ClassVar[dict[str, float]] = {"min_cosine": MIN_COSINE, "mean_cosine": MEAN_COSINE}
-    labelled = False
-
-    def __init__(self) -> None:
-        self.values: list[np.ndarray] = []
-
-    def add(self, reference: np.ndarray, got: np.ndarray, mask: np.ndarray | None) -> None:
-        if reference.shape != got.shape:
-            self.values.append(np.full(max(len(reference), 1), -1.0))  # a wrong shape never agrees
-            return
-        self.values.append(np.nan_to_num(cosines(reference, got, mask), nan=-1.0))
-
-    def checks(self, against: str, data: str) -> list[Check]:
-        values = np.concatenate(self.values) if self.values else np.empty(0)
-        found = bool(len(values))
-        detail = f"{len(values)} vectors" + (f", worst is number {int(np.argmin(values))}" if found else "")
-        detail += f"; data: {data}"
-        return [Check(f"{against}: minimum cosine", found and bool(values.min() >= MIN_COSINE),
-                      f"{values.min():.4f}" if found else "none", f">= {MIN_COSINE}", detail),
-                Check(f"{against}: mean cosine", found and bool(values.mean() >= MEAN_COSINE),
-                      f"{values.mean():.4f}" if found else "none", f">= {MEAN_COSINE}", detail)]
-
-
-def cosines(reference: np.ndarray, got: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Cosine similarity per row (pooled embeddings) or per real token (hidden states)."""
-    ref = reference.astype(np.float64)
-    out = got.astype(np.float64)
-    if ref.ndim == 3 and mask is not None:
-        keep = mask.astype(bool)
-        ref, out = ref[keep], out[keep]
-    ref = ref.reshape(-1, ref.shape[-1])
-    out = out.reshape(-1, out.shape[-1])
-    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
-    return (ref * out).sum(1) / np.maximum(norms, 1e-30)
 
 
 def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
@@ -142,7 +101,7 @@ class FeatureExtraction(TextTask):
 
     def postprocess(self, outputs: dict[str, np.ndarray], batch: Any, labels: tuple[str, ...] | None,
                     manifest: Any, **options: Any) -> list[Any]:
-        from zoo.runtime.results import Embedding
+        from zoo.tasks.results import Embedding
 
         output = next(iter(outputs.values()))
         if output.ndim != 3:

@@ -57,7 +57,7 @@ class ImageFeatureExtraction(ImageTask):
 
     def postprocess(self, outputs: dict[str, np.ndarray], batch: Any, labels: tuple[str, ...] | None,
                     manifest: Any, **options: Any) -> list[Any]:
-        from zoo.runtime.results import Embedding
+        from zoo.tasks.results import Embedding
 
         return [Embedding(v) for v in outputs["embeddings"]]
 

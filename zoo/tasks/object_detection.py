@@ -122,13 +122,10 @@ class ObjectDetection(ImageTask):
         return (detection_inputs(takes_mask, steps.fixed_size), nominal_preprocess(steps),
                 self.labels_from_config(config))
 
-    def load_processor(self, spec: ModelSpec) -> Any:
+    def load_processor(self, spec: ModelSpec, folder: Path | None) -> Any:
         """The model's transformers image processor (PIL backend), at the size the spec trains or exports."""
         from transformers import AutoImageProcessor
 
-        from zoo import sources
-
-        folder = sources.for_spec(spec).local_folder(spec)
         steps = _processor_steps(folder)
         return AutoImageProcessor.from_pretrained(str(folder), backend="pil", **_size_override(steps, spec))
 
@@ -160,7 +157,8 @@ class ObjectDetection(ImageTask):
 
         return grid(processor, [i.name for i in spec.inputs], seeds)
 
-    def write_preprocessor(self, spec: ModelSpec, processor: Any, stage: Path) -> dict[str, Any]:
+    def write_preprocessor(self, spec: ModelSpec, processor: Any, stage: Path,
+                           folder: Path | None) -> dict[str, Any]:
         from zoo.tasks._detection_preprocess import CONFIG_FILE
 
         processor.save_pretrained(str(stage))

@@ -50,8 +50,8 @@ class TokenClassification(Classifier, TextTask):
 
     def postprocess(self, outputs: dict[str, np.ndarray], batch: Any, labels: tuple[str, ...] | None,
                     manifest: Any, **options: Any) -> list[Any]:
-        from zoo.runtime.results import Entity
-        from zoo.runtime.results import TokenClassification as Result
+        from zoo.tasks.results import Entity
+        from zoo.tasks.results import TokenClassification as Result
 
         results = []
         for row, text in enumerate(batch.texts):

@@ -51,7 +51,6 @@ def save_base(spec: ModelSpec, folder: Path) -> None:
     or a hub model gets its config.json and tokenizer / image-processor files copied.
     """
     from zoo import sources
-    from zoo.tasks import get_task
 
     source = sources.for_spec(spec).local_folder(spec)
     if source is None:
@@ -60,7 +59,7 @@ def save_base(spec: ModelSpec, folder: Path) -> None:
     for name in ("config.json", "preprocessor_config.json"):
         if (Path(source) / name).is_file():
             shutil.copy2(Path(source) / name, folder / name)
-    processor = get_task(spec.task).load_processor(spec)
+    processor = sources.load_processor(spec)
     if processor is not None and hasattr(processor, "save_pretrained"):
         processor.save_pretrained(folder)
 

@@ -50,7 +50,7 @@ def prepare(config: TrainConfig) -> tuple[ModelSpec, Any]:
     A resumed run takes the spec its checkpoint stored (the model's files come from
     the run dir, never the hub) and must find the same data it started with.
     """
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     spec = _resumed_spec(config) if config.resume else _base_spec(config)
     check_metric(spec, config)

@@ -1,8 +1,9 @@
-"""Columns, labels and splits: from raw HF ``Dataset`` splits to encoded examples.
+"""Training data: ``prepare_data(data, spec, ...)`` -> labelled, encoded train/validation splits.
 
-Which columns hold the input and the label, how labels are read and how rows
-are encoded is the task's business (``zoo.tasks``); this module finds the
-splits and checks what every task needs. Which label names the model ends
+``zoo.data`` reads files (HF datasets: CSV/JSON/JSONL/Parquet, imagefolder,
+save_to_disk, hub names); which columns hold the input and the label, how labels
+are read and how rows are encoded is the task's business (``zoo.tasks``); this
+module, above both, finds the splits and checks what every task needs. Which label names the model ends
 up with, and whether it keeps its pretrained head, is ``zoo.data.labels``'s
 rule; the names are written into the fine-tuned model, so its predictions carry
 them.
@@ -13,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from zoo import sources
 from zoo.data.files import VAL_SPLITS, RawData, load_raw
 from zoo.data.labels import LabelPlan
 from zoo.errors import DataError
@@ -56,7 +58,7 @@ def prepare_data(data: str, spec: ModelSpec, *, text_column: str | None = None, 
         raise DataError(f"column '{columns['label']}' of {data} holds {plan.distinct} distinct label(s); "
                         "classification needs at least 2")
     _check_columns(val, columns, "validation data")
-    processor = task.load_processor(spec)
+    processor = sources.load_processor(spec)
     length = min(max_length, spec.preprocess.max_length or max_length)
 
     def encode(table: Any, what: str) -> Any:

@@ -16,7 +16,7 @@ Inputs are untrusted, and bounded before any work is done on them:
   guard (its warning and its error) becomes the same InputError; so does a file
   Pillow cannot decode, and an aspect ratio so extreme that the resize would exceed the limit.
 
-Both limits are module attributes: raise them (``zoo.runtime.preprocess.MAX_TEXT_BYTES = ...``)
+Both limits are module attributes: raise them (``zoo.tasks.preprocess.MAX_TEXT_BYTES = ...``)
 for a trusted source of larger inputs.
 
 Files are read through ``zoo.artifact.read_bytes``: confined to the artifact and,
@@ -146,7 +146,7 @@ def _check_text(text: Any, index: int) -> None:
                          "form); decode the source with errors='replace'") from None
     if size > MAX_TEXT_BYTES:
         raise InputError(f"input {index} is {size} bytes of UTF-8; the limit is {MAX_TEXT_BYTES} "
-                         "(zoo.runtime.preprocess.MAX_TEXT_BYTES): split the text, the model reads only its first "
+                         "(zoo.tasks.preprocess.MAX_TEXT_BYTES): split the text, the model reads only its first "
                          "max_length tokens anyway")
 
 
@@ -343,7 +343,7 @@ def _check_pixels(width: int, height: int, index: int) -> None:
         raise InputError(f"input {index}: the image is {width} x {height} pixels; an image needs at least one pixel")
     if width * height > MAX_IMAGE_PIXELS:
         raise InputError(f"input {index}: the image is {width} x {height} = {width * height} pixels; the limit is "
-                         f"{MAX_IMAGE_PIXELS} (zoo.runtime.preprocess.MAX_IMAGE_PIXELS): downscale it first")
+                         f"{MAX_IMAGE_PIXELS} (zoo.tasks.preprocess.MAX_IMAGE_PIXELS): downscale it first")
 
 
 def _not_an_image_file(item: str | Path, index: int) -> str:
