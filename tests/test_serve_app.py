@@ -6,9 +6,11 @@ import gzip
 import io
 import json
 import logging
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -50,6 +52,67 @@ def test_gzip_request_bodies_are_inflated(client: TestClient, hello: dict) -> No
     packed = client.post("/v2/models/minilm/infer", content=gzip.compress(json.dumps(infer_json(hello)).encode()),
                          headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
     assert packed.status_code == 200 and packed.json() == plain
+
+
+ENDPOINTS = {"infer": "/v2/models/minilm/infer", "predict": "/v1/models/minilm/predict"}
+ENCODERS = {"gzip": gzip.compress, "deflate": zlib.compress, "identity": bytes}
+
+
+def _json_body(endpoint: str, hello: dict) -> dict:
+    return infer_json(hello) if endpoint == "infer" else {"inputs": ["hello there, general zoo"]}
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize("encoding", ENCODERS)
+def test_both_endpoints_decode_bodies_alike(client: TestClient, hello: dict, endpoint: str, encoding: str) -> None:
+    body = _json_body(endpoint, hello)
+    plain = client.post(ENDPOINTS[endpoint], json=body).json()
+    packed = client.post(ENDPOINTS[endpoint], content=ENCODERS[encoding](json.dumps(body).encode()),
+                         headers={"Content-Encoding": encoding, "Content-Type": "application/json"})
+    assert packed.status_code == 200, packed.text
+    assert packed.json() == plain
+
+
+def test_a_gzip_image_upload_is_inflated(client: TestClient, image_file: Path) -> None:
+    files = [("files", (image_file.name, image_file.read_bytes(), "image/jpeg"))]
+    plain = client.post("/v1/models/timm/predict", files=files)
+    form = httpx.Request("POST", "http://test", files=files)
+    packed = client.post("/v1/models/timm/predict", content=gzip.compress(form.read()),
+                         headers={"Content-Type": form.headers["Content-Type"], "Content-Encoding": "gzip"})
+    assert packed.status_code == 200, packed.text
+    assert packed.json() == plain.json()
+
+
+def test_a_refused_encoding_of_an_upload_keeps_its_status(client: TestClient, image_file: Path) -> None:
+    form = httpx.Request("POST", "http://test", files=[("files", (image_file.name, image_file.read_bytes()))])
+    answer = client.post("/v1/models/timm/predict", content=form.read(),
+                         headers={"Content-Type": form.headers["Content-Type"], "Content-Encoding": "br"})
+    assert answer.status_code == 415, answer.text
+    assert "Content-Encoding 'br' is not supported" in answer.json()["error"]
+
+
+_BOMB = gzip.compress(b" " * (300 << 10))  # 300 KiB of JSON whitespace from ~300 bytes: over the 256 KiB limit
+BAD_ENCODINGS = {
+    "brotli": (415, "br", None, "Content-Encoding 'br' is not supported; send identity, gzip or deflate"),
+    "unknown": (415, "x-zoo", None, "Content-Encoding 'x-zoo' is not supported"),
+    "two encodings": (415, "gzip, br", None, "Content-Encoding 'gzip, br' is not supported"),
+    "not gzip": (400, "gzip", b"plain text", "the gzip body cannot be inflated"),
+    "truncated gzip": (400, "gzip", gzip.compress(b'{"inputs": []}' * 50)[:-12], "the gzip body is cut short"),
+    "two gzip streams": (400, "gzip", gzip.compress(b'{"inputs": ') + gzip.compress(b'[]}'),
+                         "the gzip body goes on after its compressed stream ends"),
+    "gzip bomb": (413, "gzip", _BOMB, "the inflated body is over this server's limit of 262144 bytes"),
+}
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize("status, encoding, content, message", BAD_ENCODINGS.values(), ids=BAD_ENCODINGS.keys())
+def test_both_endpoints_refuse_encodings_alike(client: TestClient, hello: dict, endpoint: str, status: int,
+                                               encoding: str, content: bytes | None, message: str) -> None:
+    body = content if content is not None else json.dumps(_json_body(endpoint, hello)).encode()
+    answer = client.post(ENDPOINTS[endpoint], content=body,
+                         headers={"Content-Encoding": encoding, "Content-Type": "application/json"})
+    assert answer.status_code == status, answer.text
+    assert message in answer.json()["error"]
 
 
 def _predict_cli(artifact: Path, *inputs: str, top_k: int | None = None) -> list[dict]:
