@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -30,7 +31,7 @@ from tests.serving import (
 )
 from zoo.errors import ArtifactError, ConfigError
 from zoo.serve.models import ServeSettings
-from zoo.serve.server import serve
+from zoo.serve.server import _bind_problem, serve
 
 
 def pixels(artifact: Path, rows: int = 1) -> dict[str, np.ndarray]:
@@ -78,6 +79,20 @@ def test_an_address_of_another_machine_is_refused(tmp_path: Path) -> None:
     # 192.0.2.1 is TEST-NET-1 (RFC 5737): never an address of this machine
     with pytest.raises(ConfigError, match="192.0.2.1 is not an address of this machine; give one with --host"):
         serve([str(tmp_path / "missing")], ServeSettings(), host="192.0.2.1", port=free_port())
+
+
+BIND_PROBLEMS = {
+    "privileged": (OSError(errno.EACCES, "Permission denied"), "cannot listen on 0.0.0.0:80: permission denied "
+                   "(ports below 1024 need root); choose another with --port"),
+    "unresolvable": (socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+                     "cannot listen on 0.0.0.0:80 (Name or service not known); check --host and --port"),
+}
+
+
+@pytest.mark.parametrize("exc, message", BIND_PROBLEMS.values(), ids=BIND_PROBLEMS.keys())
+def test_other_bind_failures_are_named(exc: OSError, message: str) -> None:
+    # bind() raises these only without root or with a resolver; given directly, the test runs on any machine
+    assert _bind_problem("0.0.0.0", 80, exc) == message
 
 
 def test_a_free_port_twin_reaches_the_artifacts(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ def serve(artifacts: Sequence[str | Path], settings: ServeSettings, *, host: str
     uvicorn = _require_uvicorn()
     if workers < 1:
         raise ConfigError(f"--workers {workers}; give 1 or more processes")
-    listener = claim_port(host, port)  # before the models load, so that a port in use fails in a second
+    listener = claim_port(host, port)  # before the models load: a port in use fails at once, not after them
     try:
         models = load_models(artifacts, settings)
     except BaseException:
@@ -55,7 +55,7 @@ def serve(artifacts: Sequence[str | Path], settings: ServeSettings, *, host: str
                                             listener.getsockname()[1])
         try:
             server.run(sockets=[listener])  # uvicorn closes it on shutdown
-        except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down cleanly, as uvicorn.run ignores it
+        except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its clean shutdown; uvicorn.run swallows it too
             pass
         return
     # uvicorn's supervisor binds the port again for its workers (its API takes no socket); the port is
