@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -9,22 +10,28 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
 import zoo
 from tests.serving import (
     ROOT,
     SERVING_STACK,
     LiveServer,
+    free_port,
     infer_json,
     live_server,
     server_env,
     wait_ready,
     zoo_command,
 )
+from zoo.errors import ArtifactError, ConfigError
+from zoo.serve.models import ServeSettings
+from zoo.serve.server import _bind_problem, serve
 
 
 def pixels(artifact: Path, rows: int = 1) -> dict[str, np.ndarray]:
@@ -37,11 +44,60 @@ def test_a_broken_artifact_means_no_server(timm_artifact: Path, tmp_path: Path) 
     data = bytearray((broken / "model.onnx").read_bytes())
     data[-100] ^= 0xFF
     (broken / "model.onnx").write_bytes(bytes(data))
-    done = subprocess.run(zoo_command("serve", str(timm_artifact), str(broken), "--port", "1"), capture_output=True,
-                          text=True, timeout=120, cwd=ROOT, env=server_env())
+    done = subprocess.run(zoo_command("serve", str(timm_artifact), str(broken), "--port", str(free_port())),
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=server_env())
     assert done.returncode == 1
     assert done.stderr.startswith("error: cannot serve: 'broken': ") and "model.onnx: sha256 differs" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Uvicorn running" not in done.stderr + done.stdout
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port another process is listening on."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        yield other.getsockname()[1]
+
+
+def test_a_port_in_use_is_one_error_line(timm_artifact: Path, taken_port: int) -> None:
+    done = subprocess.run(zoo_command("serve", str(timm_artifact), "--port", str(taken_port)), capture_output=True,
+                          text=True, timeout=120, cwd=ROOT, env=server_env())
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"error: port {taken_port} on 127.0.0.1 is in use; choose another with "
+                                        "--port, or stop the process that holds it"]
+    assert "Application startup complete" not in done.stdout
+
+
+def test_the_port_is_claimed_before_any_artifact_is_read(tmp_path: Path, taken_port: int) -> None:
+    # a missing artifact would stop the start too: the port is what stops it, so it was checked first
+    with pytest.raises(ConfigError, match=f"port {taken_port} on 127.0.0.1 is in use"):
+        serve([str(tmp_path / "missing")], ServeSettings(), port=taken_port)
+
+
+def test_an_address_of_another_machine_is_refused(tmp_path: Path) -> None:
+    # 192.0.2.1 is TEST-NET-1 (RFC 5737): never an address of this machine
+    with pytest.raises(ConfigError, match="192.0.2.1 is not an address of this machine; give one with --host"):
+        serve([str(tmp_path / "missing")], ServeSettings(), host="192.0.2.1", port=free_port())
+
+
+BIND_PROBLEMS = {
+    "privileged": (OSError(errno.EACCES, "Permission denied"), "cannot listen on 0.0.0.0:80: permission denied "
+                   "(ports below 1024 need root); choose another with --port"),
+    "unresolvable": (socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+                     "cannot listen on 0.0.0.0:80 (Name or service not known); check --host and --port"),
+}
+
+
+@pytest.mark.parametrize("exc, message", BIND_PROBLEMS.values(), ids=BIND_PROBLEMS.keys())
+def test_other_bind_failures_are_named(exc: OSError, message: str) -> None:
+    # bind() raises these only without root or with a resolver; given directly, the test runs on any machine
+    assert _bind_problem("0.0.0.0", 80, exc) == message
+
+
+def test_a_free_port_twin_reaches_the_artifacts(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="cannot serve: 'missing'"):
+        serve([str(tmp_path / "missing")], ServeSettings(), port=free_port())
 
 
 def test_serve_without_the_extra_says_how_to_install_it(timm_artifact: Path) -> None:

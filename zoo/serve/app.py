@@ -17,7 +17,6 @@ Routes (``{name}`` is a served model; ``/versions/1`` may be added to every /v2/
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -122,7 +121,7 @@ def _add_protocol_routes(app: FastAPI, served: dict[str, ServedModel], version: 
               responses=_ERRORS, openapi_extra=infer_docs, tags=["v2"])
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         model = _model(served, name, version)
-        body = await read_body(request, app.state.settings.max_body_bytes)
+        body = await request.body()  # inflated by ServeMiddleware when the client compressed it
         parsed, tensors = await _maybe_in_thread(len(body), parse_request, body, request.headers.get(HEADER_LENGTH))
         wanted = [o.name for o in parsed.outputs or []]
         unknown = [n for n in wanted if n not in model.output_names()]
@@ -169,25 +168,6 @@ def _add_task_routes(app: FastAPI, served: dict[str, ServedModel]) -> None:
     async def metrics() -> Response:
         content, media_type = app.state.metrics.render()
         return Response(content, media_type=media_type)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, inflated when the client compressed it (tritonclient can send gzip or deflate)."""
-    body = await request.body()
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("identity", ""):
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise RequestError(f"Content-Encoding '{encoding}' is not supported; send identity, gzip or deflate",
-                           status=415)
-    inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | (16 if encoding == "gzip" else 0))
-    try:
-        plain = inflater.decompress(body, limit + 1)  # bounded: a small bomb must not become a huge buffer
-    except zlib.error as exc:
-        raise RequestError(f"the {encoding} body cannot be inflated ({exc})") from None
-    if len(plain) > limit:
-        raise RequestError(f"the inflated body is over this server's limit of {limit} bytes", status=413)
-    return plain
 
 
 async def _maybe_in_thread(size: int, function: Any, *args: Any) -> Any:

@@ -70,6 +70,8 @@ async def _uploads(request: Request, max_bytes: int, kind: str, example: str) ->
                            f"curl -F files=@{example} URL", status=415)
     try:
         form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES, max_part_size=max_bytes)
+    except RequestError:  # the body itself was refused as it arrived (size, Content-Encoding): keep that answer
+        raise
     except Exception as exc:  # python-multipart / starlette parse errors: the body is not valid multipart
         raise RequestError(f"the multipart body cannot be read ({exc})") from None
     try:

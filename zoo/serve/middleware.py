@@ -1,7 +1,9 @@
-"""ASGI middleware around the app: the request body limit, one JSON access-log line per request, metrics.
+"""ASGI middleware around the app: the request body limit, Content-Encoding, one JSON access-log line, metrics.
 
-Pure ASGI (no BaseHTTPMiddleware) so that bodies stream through untouched and a
-slow client costs a suspended coroutine, not a thread.
+Pure ASGI (no BaseHTTPMiddleware) so that bodies stream through and a slow client
+costs a suspended coroutine, not a thread. A gzip or deflate body is inflated here
+as it arrives, so every route (tensors, JSON texts, multipart uploads) reads the
+plain body; any other Content-Encoding is refused when a route reads the body.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zlib
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +27,43 @@ class BodyTooLarge(RequestError):
         size = f"{given} bytes" if given is not None else "more"
         super().__init__(f"request body of {size} is over this server's limit of {limit} bytes; send smaller "
                          "batches, or start the server with a larger --max-body-mb", status=413)
+
+
+class BodyDecoder:
+    """Undoes a request's Content-Encoding chunk by chunk, never inflating past ``limit`` bytes."""
+
+    def __init__(self, encoding: str, limit: int):
+        self.encoding = encoding.strip().lower() or "identity"
+        self.limit, self.size = limit, 0
+        wbits = _WBITS.get(self.encoding)
+        self.inflater = zlib.decompressobj(wbits=wbits) if wbits is not None else None
+
+    def __call__(self, chunk: bytes, last: bool) -> bytes:
+        if self.encoding == "identity":
+            return chunk
+        if self.inflater is None:
+            raise RequestError(f"Content-Encoding '{self.encoding}' is not supported; send identity, gzip or "
+                               "deflate", status=415)
+        try:
+            # bounded: a small bomb must not become a huge buffer
+            plain = self.inflater.decompress(chunk, self.limit - self.size + 1)
+        except zlib.error as exc:
+            raise RequestError(f"the {self.encoding} body cannot be inflated ({exc})") from None
+        self.size += len(plain)
+        if self.size > self.limit:
+            raise RequestError(f"the inflated body is over this server's limit of {self.limit} bytes; send "
+                               "smaller batches, or start the server with a larger --max-body-mb", status=413)
+        if self.inflater.unused_data:
+            raise RequestError(f"the {self.encoding} body goes on after its compressed stream ends (several "
+                               "streams one after another?); compress the body as one stream")
+        if last and not self.inflater.eof:
+            raise RequestError(f"the {self.encoding} body is cut short (its compressed stream does not end); "
+                               "send the whole body")
+        return plain
+
+
+# zlib's window bits per HTTP content coding: gzip has a gzip header, deflate is RFC 1950's zlib format
+_WBITS = {"gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
 
 
 class ServeMiddleware:
@@ -45,12 +85,16 @@ class ServeMiddleware:
             self._record(scope, seen, start)
             return
 
+        decode = BodyDecoder(_header(scope, b"content-encoding") or "identity", self.limit)
+
         async def counted_receive() -> Message:
             message = await receive()
             if message["type"] == "http.request":
-                seen["bytes_in"] += len(message.get("body", b""))
+                body = message.get("body", b"")
+                seen["bytes_in"] += len(body)
                 if seen["bytes_in"] > self.limit:  # no Content-Length (chunked): count as it arrives
                     raise BodyTooLarge(self.limit)
+                message = {**message, "body": decode(body, last=not message.get("more_body", False))}
             return message
 
         async def observed_send(message: Message) -> None:
@@ -80,14 +124,18 @@ class ServeMiddleware:
         }, separators=(",", ":")))
 
 
-def _content_length(scope: Scope) -> int | None:
+def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", []):
-        if key == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
+        if key == name:
+            return value.decode("latin-1")
     return None
+
+
+def _content_length(scope: Scope) -> int | None:
+    try:
+        return int(_header(scope, b"content-length") or "")
+    except ValueError:
+        return None
 
 
 async def _send_error(send: Send, status: int, message: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from zoo.artifact import MODEL_FILE
 from zoo.errors import ArtifactError, ConfigError, ZooError, first_line
 from zoo.serve.batching import DynamicBatcher, Feed, TensorLayout, length_buckets, run_tensor_batch
 from zoo.serve.errors import RequestError
@@ -24,6 +25,8 @@ from zoo.serve.protocol import MetadataTensor, ModelMetadata
 
 # What a text model's tokenizer pads each input with; other inputs are never padded by the server.
 _TEXT_PADDING = {"input_ids": "pad_token_id", "attention_mask": None, "token_type_ids": "pad_type_id"}
+# A text model's inputs that are row numbers of an embedding table, whether or not the graph shows the lookup.
+_TOKEN_INDEX_INPUTS = ("input_ids", "token_type_ids")
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,37 @@ class PredictJob:
     options: tuple[tuple[str, Any], ...] = ()  # e.g. (("top_k", 3),): hashable, so jobs group by it
 
 
+@dataclass(frozen=True)
+class InputLimits:
+    """What a model takes beyond datatypes and shapes, checked before a request joins a batch."""
+
+    max_tokens: int | None = None  # the longest 'sequence' axis: the manifest's preprocess.max_length
+    id_rows: dict[str, int | None] = field(default_factory=dict)  # index input -> rows of its table (None: unknown)
+
+    def check(self, model: str, name: str, array: np.ndarray, spec: dict[str, Any]) -> None:
+        axes = list(spec.get("shape", []))
+        if self.max_tokens is not None and "sequence" in axes:
+            given = array.shape[axes.index("sequence")]
+            if given > self.max_tokens:
+                raise RequestError(f"input '{name}' has {given} tokens; model '{model}' takes at most "
+                                   f"{self.max_tokens} (max_length in its manifest): truncate to {self.max_tokens} "
+                                   f"as its tokenizer does, or send raw texts to POST /v1/models/{model}/predict, "
+                                   "which truncates them")
+        if name in self.id_rows and array.size:
+            self._check_ids(name, array, self.id_rows[name])
+
+    @staticmethod
+    def _check_ids(name: str, array: np.ndarray, rows: int | None) -> None:
+        outside = array < 0 if rows is None else (array < 0) | (array >= rows)
+        if not outside.any():
+            return
+        at = np.argwhere(outside)[0]
+        valid = f"ids run from 0 to {rows - 1} (the {rows} rows of the table it indexes)" if rows is not None else (
+            "ids cannot be negative (the size of the table it indexes is not known here, so ids past its end are "
+            "left to onnxruntime)")
+        raise RequestError(f"input '{name}' holds {int(array[tuple(at)])} at {[int(i) for i in at]}; {valid}")
+
+
 @dataclass
 class ServedModel:
     name: str
@@ -66,6 +100,7 @@ class ServedModel:
     settings: ServeSettings
     info: dict[str, Any] = field(init=False)
     layout: TensorLayout = field(init=False)
+    limits: InputLimits = field(init=False)
     executor: ThreadPoolExecutor = field(init=False)
     tensors: DynamicBatcher[Feed, Feed] | None = field(default=None, init=False)
     raw: DynamicBatcher[PredictJob, list[Any]] | None = field(default=None, init=False)
@@ -73,6 +108,7 @@ class ServedModel:
     def __post_init__(self) -> None:
         self.info = self.model.info  # one copy of the manifest: .info deep-copies it on every access
         self.layout = tensor_layout(self.info)
+        self.limits = input_limits(self.info, self.model.folder / MODEL_FILE)
         self.executor = ThreadPoolExecutor(max_workers=self.settings.instances,
                                            thread_name_prefix=f"zoo-serve-{self.name}")
 
@@ -124,6 +160,7 @@ class ServedModel:
         axes: dict[str, tuple[str, int]] = {}
         for name, spec in specs.items():
             _check_tensor(name, tensors[name], spec, axes, expects)
+            self.limits.check(self.name, name, tensors[name], spec)
         rows = int(tensors[next(iter(specs))].shape[0]) if self.layout.batchable else 1
         return {name: tensors[name] for name in specs}, rows
 
@@ -204,6 +241,41 @@ def tensor_layout(info: dict[str, Any]) -> TensorLayout:
                 key = _TEXT_PADDING[name]
                 pad_values[name] = int(pp.get(key) or 0) if key else 0
     return TensorLayout(axes=axes, pad_values=pad_values, padding_side=pp.get("padding_side") or "right")
+
+
+def input_limits(info: dict[str, Any], graph: Path) -> InputLimits:
+    """The longest sequence (text models' manifest) and the id range of every input that indexes a table."""
+    max_length = (info.get("preprocess") or {}).get("max_length")
+    rows: dict[str, int | None] = dict(embedding_rows(graph))
+    if max_length:
+        names = {t["name"] for t in info["inputs"]}
+        for name in _TOKEN_INDEX_INPUTS:
+            if name in names:
+                rows.setdefault(name, None)
+    return InputLimits(int(max_length) if max_length else None, rows)
+
+
+def embedding_rows(graph: Path) -> dict[str, int]:
+    """Rows of the table each graph input indexes directly (a Gather of an initializer by that input).
+
+    onnxruntime reads a negative index from the end of the table and names the
+    bounds only in its error text; the server refuses such ids itself, by name.
+    """
+    import onnx
+
+    proto = onnx.load(str(graph), load_external_data=False).graph
+    inputs = {i.name for i in proto.input}
+    tables = {t.name: list(t.dims) for t in proto.initializer}
+    rows: dict[str, int] = {}
+    for node in proto.node:
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+            continue
+        table, indices = node.input
+        if indices in inputs and table in tables:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            size = tables[table][axis]
+            rows[indices] = min(size, rows.get(indices, size))
+    return rows
 
 
 # ---------------------------------------------------------------- loading
