@@ -212,8 +212,20 @@ def _as_spec(model: str | ModelSpec, registries: list[str] | tuple[str, ...]) ->
     spec = model if isinstance(model, ModelSpec) else resolve(str(model), registries=registries)
     if spec.origin == "artifact":
         raise ConfigError(f"'{spec.local_path}' is already a zoo artifact; check it with 'zoo verify "
-                          f"{spec.local_path}', or export its source ({spec.source_name})")
+                          f"{spec.local_path}', or export {_artifact_source(spec)}")
     return spec
+
+
+def _artifact_source(spec: ModelSpec) -> str:
+    """What an artifact was exported from: the fine-tuning run its manifest names, else its source model."""
+    from zoo.artifact import read_manifest
+
+    run_dir = (read_manifest(Path(str(spec.local_path))).run or {}).get("run_dir")
+    if not run_dir:
+        return f"its source ({spec.source_name})"
+    if (Path(run_dir) / "run.json").is_file():
+        return f"the fine-tuning run it was made from: 'zoo export {run_dir} --onnx'"
+    return f"the fine-tuning run it was made from ({run_dir}, no longer there; its base was {spec.source_name})"
 
 
 def with_overrides(spec: ModelSpec, *, opset: int | None = None, atol: float | None = None,

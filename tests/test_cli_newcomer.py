@@ -211,8 +211,11 @@ def test_predict_input_errors_are_precise(timm_artifact: Path, image_dir: Path, 
 
 
 def test_text_arguments_are_never_expanded(text_cls_artifact: Path) -> None:
-    """A text model takes '*' and '@' literally (unless @ names an existing file)."""
-    done = zoo("predict", str(text_cls_artifact), "5 * great", "@someone loved it", "--json")
+    """A text model takes '*' literally; '@' names a list file unless --text (issue 22) takes it as text."""
+    done = zoo("predict", str(text_cls_artifact), "5 * great", "--json")
+    assert done.returncode == 0, done.stderr
+    assert [r["input"] for r in json.loads(done.stdout)] == ["5 * great"]
+    done = zoo("predict", str(text_cls_artifact), "--text", "5 * great", "@someone loved it", "--json")
     assert done.returncode == 0, done.stderr
     assert [r["input"] for r in json.loads(done.stdout)] == ["5 * great", "@someone loved it"]
 

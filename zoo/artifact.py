@@ -79,8 +79,7 @@ def read_manifest(folder: Path) -> Manifest:
         raise ArtifactError(f"artifact folder '{folder}' does not exist; export one with 'zoo export NAME --onnx'")
     path = artifact_path(folder, MANIFEST)
     if not path.is_file():
-        raise ArtifactError(f"'{folder}' is not a zoo artifact: manifest.json is missing "
-                            "(an export that did not finish leaves no folder; re-run 'zoo export')")
+        raise ArtifactError(f"'{folder}' is not a zoo artifact: manifest.json is missing{_what_folder(folder)}")
     text = _read_bounded(path, MAX_MANIFEST_BYTES, f"{folder}/{MANIFEST}")
     try:
         data = json.loads(text)
@@ -88,6 +87,17 @@ def read_manifest(folder: Path) -> Manifest:
         raise ArtifactError(f"{path} is not valid JSON ({first_line(exc, 120)}); the artifact is damaged, "
                             "re-export it") from exc
     return Manifest.from_dict(data, where=str(path))
+
+
+def _what_folder(folder: Path) -> str:
+    """The rest of the no-manifest message: what the folder is instead, and how to get an artifact from it."""
+    folder = Path(folder)
+    run = next((f for f in (folder, folder.parent) if (f / "run.json").is_file()), None)
+    if run is not None:
+        return f"; it is a fine-tuning run (zoo finetune): export the run first with 'zoo export {run} --onnx'"
+    if (folder / "config.json").is_file():
+        return f"; it is a model folder: export it first with 'zoo export {folder} --onnx'"
+    return " (an export that did not finish leaves no folder; re-run 'zoo export')"
 
 
 # ---------------------------------------------------------------- confinement
@@ -266,21 +276,24 @@ def _tensor_problem(proto: Any) -> str | None:
     return None
 
 
-def check_destination(dest: Path) -> None:
-    """Refuse a destination that holds anything: an artifact folder is never merged into."""
+def check_destination(dest: Path, option: str = "--out") -> None:
+    """Refuse a destination that holds anything: an artifact folder is never merged into.
+
+    ``option``: how the user named the destination, for the fix the messages suggest.
+    """
     dest = Path(dest)
     try:
         taken = dest.exists() and (not dest.is_dir() or any(dest.iterdir()))
     except OSError as exc:
-        raise ConfigError(f"output folder '{dest}' cannot be read ({exc.strerror or exc}); choose another --out") \
+        raise ConfigError(f"output folder '{dest}' cannot be read ({exc.strerror or exc}); choose another {option}") \
             from exc
     if taken:
-        raise ConfigError(f"output folder '{dest}' already exists and is not empty; choose another --out "
+        raise ConfigError(f"output folder '{dest}' already exists and is not empty; choose another {option}, "
                           "or remove it")
-    _probe_writable(dest)
+    _probe_writable(dest, option)
 
 
-def _probe_writable(dest: Path) -> None:
+def _probe_writable(dest: Path, option: str) -> None:
     """Make (and remove) a folder where ``dest``'s first missing part would go, so an unwritable --out
     (a read-only place, a path through a regular file, /proc) fails now, not after a long build."""
     parent = dest.absolute().parent
@@ -290,7 +303,7 @@ def _probe_writable(dest: Path) -> None:
         probe = tempfile.mkdtemp(prefix=".zoo-probe-", dir=parent)
     except OSError as exc:
         raise ConfigError(f"cannot write the output folder '{dest}' ({exc.strerror or exc} at '{parent}'); "
-                          "choose a writable --out") from exc
+                          f"choose a writable {option}") from exc
     os.rmdir(probe)
 
 
@@ -312,39 +325,39 @@ def check_keep_failed(keep: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_dir(dest: Path, *, keep_failed: Path | None = None) -> Iterator[Path]:
+def staged_dir(dest: Path, *, keep_failed: Path | None = None, option: str = "--out") -> Iterator[Path]:
     """Yield a temporary sibling of ``dest``; rename it into place only if the block succeeds.
 
     On any exception the staging folder is removed (or moved to ``keep_failed``),
     so ``dest`` never holds a half-written artifact. The final rename is atomic and
     never merges: of two exports racing to one ``dest``, one wins, the other gets a
-    ConfigError and leaves nothing behind.
+    ConfigError and leaves nothing behind. ``option`` names the destination in messages.
     """
     dest = Path(dest).resolve()
-    check_destination(dest)
+    check_destination(dest, option)
     if keep_failed is not None:
         check_keep_failed(keep_failed)
-    stage = _make_stage(dest)
+    stage = _make_stage(dest, option)
     try:
         yield stage
     except BaseException:
         _discard(stage, keep_failed)
         raise
-    publish(stage, dest)
+    publish(stage, dest, option)
 
 
-def _make_stage(dest: Path) -> Path:
+def _make_stage(dest: Path, option: str) -> Path:
     stage = dest.parent / f".{dest.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         stage.mkdir()
     except OSError as exc:  # read-only, /proc, a regular file on the path, no permission
         raise ConfigError(f"cannot write the output folder '{dest}' ({exc.strerror or exc}); choose a writable "
-                          "--out") from exc
+                          f"{option}") from exc
     return stage
 
 
-def publish(stage: Path, dest: Path) -> None:
+def publish(stage: Path, dest: Path, option: str = "--out") -> None:
     """Rename the finished ``stage`` to ``dest`` in one step; ConfigError (and ``stage`` removed) if ``dest`` is taken.
 
     POSIX rename(2) replaces an empty folder atomically and refuses a non-empty one
@@ -360,11 +373,11 @@ def publish(stage: Path, dest: Path) -> None:
     except OSError as exc:
         shutil.rmtree(stage, ignore_errors=True)
         if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR) or dest.exists():
-            raise ConfigError(f"output folder '{dest}' was filled by someone else (another 'zoo export' to the same "
-                              "--out?) while this export ran; this one's artifact was discarded. Check the other "
-                              f"with 'zoo verify {dest}', or export again with another --out") from exc
-        raise ConfigError(f"cannot move the finished artifact to '{dest}' ({exc.strerror or exc}); choose a "
-                          "writable --out") from exc
+            raise ConfigError(f"output folder '{dest}' was filled by someone else (another zoo command writing to "
+                              f"the same {option}?) while this one ran; this one's output was discarded: keep the "
+                              f"other, or run again with another {option}") from exc
+        raise ConfigError(f"cannot move the finished output to '{dest}' ({exc.strerror or exc}); choose a "
+                          f"writable {option}") from exc
 
 
 def _discard(stage: Path, keep_failed: Path | None) -> None:

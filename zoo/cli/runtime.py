@@ -31,9 +31,11 @@ def _load(artifact: Path, **options: Any) -> Any:
 @app.command("predict")
 def predict(
     artifact: Annotated[Path, typer.Argument(help="An artifact folder written by 'zoo export'.")],
-    inputs: Annotated[list[str], typer.Argument(help="Texts (text models); image files, directories or globs "
-                                                     "(image models); @FILE reads one input per line, - reads "
+    inputs: Annotated[list[str], typer.Argument(help="Texts (text models); files, directories or globs (image "
+                                                     "and audio models); @FILE reads one input per line, - reads "
                                                      "stdin.")],
+    text: Annotated[bool, typer.Option("--text", help="Take every INPUT as the text itself, even one that names "
+                                                      "a file or starts with @ (text models).")] = False,
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1,
                                               help="Labels to show per input (classifiers; default 1).")] = None,
     threshold: Annotated[float | None, typer.Option(
@@ -61,7 +63,7 @@ def predict(
     model = _load(artifact, check_hashes=not no_hash_check, providers=provider or None,
                   allow_unverified=allow_unverified)
     task = get_task(model.task)
-    items = gather_inputs(list(inputs), task.input_suffixes(), sys.stdin)
+    items = gather_inputs(list(inputs), task, sys.stdin, literal=text)
     given = {"top_k": top_k, "threshold": threshold}
     options = {k: v for k, v in given.items() if v is not None}
     results: list[Any] = []

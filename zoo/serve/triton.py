@@ -51,7 +51,7 @@ def write_model_repository(artifact: str | Path, repository: str | Path, *, name
     batchable = max_batch_size > 0 and _batch_axis_everywhere(info)
     config = model_config(model_name, info, max_batch_size if batchable else 0, max_queue_delay_us,
                           labels=bool(model.labels))
-    with staged_dir(Path(repository) / model_name) as stage:
+    with staged_dir(Path(repository) / model_name, option="--name or REPOSITORY") as stage:
         (stage / VERSION).mkdir()
         for file in _graph_files(info):
             shutil.copy2(model.folder / file, stage / VERSION / file)

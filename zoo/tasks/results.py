@@ -70,6 +70,14 @@ class Embedding:
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         return self.vector if dtype is None else self.vector.astype(dtype)
 
+    # a @ b as with the arrays users expect back (the cosine of two normalised embeddings); numpy's own
+    # operators already take an Embedding through __array__
+    def __matmul__(self, other: Any) -> Any:
+        return self.vector @ np.asarray(other)
+
+    def __rmatmul__(self, other: Any) -> Any:
+        return np.asarray(other) @ self.vector
+
     def to_dict(self) -> dict[str, Any]:
         return {"shape": list(self.shape), "vector": self.vector.tolist()}
 
