@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from zoo.errors import ModelUnavailableError, NameNotFoundError
-from zoo.resolve import resolve
+from zoo.resolver import resolve
 
 
 def test_alias_needs_no_network_or_weights():
@@ -105,3 +105,25 @@ def test_folder_that_is_no_model(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(NameNotFoundError, match="not a model folder"):
         resolve(str(tmp_path))
+
+
+def test_public_api_names_stay_the_functions_after_every_submodule_is_imported():
+    """Issue 22 defect 3: importing the submodule zoo/resolve.py replaced the function ``zoo.resolve``."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import zoo
+
+    submodules = {m.name for m in pkgutil.iter_modules(zoo.__path__)}
+    assert not submodules & set(zoo.__all__), "a public name of zoo is also one of its submodules"
+    for info in pkgutil.walk_packages(zoo.__path__, "zoo."):
+        if info.name != "zoo.__main__":  # runs the CLI
+            importlib.import_module(info.name)
+    for name in zoo.__all__:
+        value = getattr(zoo, name)
+        assert not inspect.ismodule(value), name
+        if name in zoo._LAZY:
+            assert value is getattr(importlib.import_module(zoo._LAZY[name]), name), name
+    spec = zoo.resolve("minilm-l6")
+    assert spec.task == "feature-extraction"
