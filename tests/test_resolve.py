@@ -74,6 +74,33 @@ def test_hf_id_offline_not_in_cache_names_the_remedy(tmp_path, monkeypatch):
         resolve("hf:someone/not-cached")
 
 
+def test_not_cached_message_names_the_hf_command_the_project_installs(tmp_path, monkeypatch):
+    """Issue 22 defect 2: the message said `huggingface-cli download`, which huggingface_hub 1.x no longer ships.
+    The command it names now exists beside this Python and parses as meant: hf's --include takes one pattern
+    per flag (with 'hf download ID --include A B' the B is a file name and every --include is ignored)."""
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ModelUnavailableError) as caught:
+        resolve("hf:someone/not-cached@v2")
+    message = str(caught.value)
+    assert "(hf download someone/not-cached --revision v2)" in message
+    configs = "hf download someone/not-cached --revision v2 --include '*.json' --include '*.txt' --include '*.model'"
+    assert configs in message
+    hf = Path(sys.executable).parent / "hf"
+    assert hf.is_file()
+    done = subprocess.run([str(hf), *shlex.split(configs)[1:]], capture_output=True, text=True, timeout=60)
+    # offline, it fails at the file listing of the revision (patterns), not at a file named '*.txt'
+    assert "Ignoring `--include`" not in done.stderr and "revision/v2" in done.stdout + done.stderr, done.stderr
+    sources = sorted(p for p in (Path(__file__).resolve().parents[1] / "zoo").rglob("*.py")
+                     if "huggingface-cli" in p.read_text())
+    assert not sources
+
+
 def test_hf_id_resolves_offline_from_the_hub_cache(tmp_path, monkeypatch, minilm_dir):
     """Lay the MiniLM files out as huggingface_hub's cache does; resolution must find them offline."""
     cache = tmp_path / "hub"

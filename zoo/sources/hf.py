@@ -67,21 +67,27 @@ def _locate(source_id: str, revision: str | None, patterns: list[str] | None = N
     if cached is not None:
         return cached
     if is_offline():
-        raise ModelUnavailableError(_offline_message(source_id))
+        raise ModelUnavailableError(_offline_message(source_id, revision))
     try:
         return Path(snapshot_download(source_id, revision=revision, allow_patterns=patterns))
     except Exception as exc:  # network errors come in many types
-        raise ModelUnavailableError(f"{_offline_message(source_id)} (hub said: {type(exc).__name__}: "
+        raise ModelUnavailableError(f"{_offline_message(source_id, revision)} (hub said: {type(exc).__name__}: "
                                     f"{first_line(exc, 200)})") from exc
 
 
-def _offline_message(source_id: str) -> str:
+def _offline_message(source_id: str, revision: str | None = None) -> str:
     # --random-init is named only with what it needs: it builds the weights, never the config or tokenizer
     return (f"hf:{source_id} is not in the local Hugging Face cache and the hub cannot be reached; "
             "pass a local save_pretrained folder instead (zoo info ./folder), or download it where there is "
-            f"network (huggingface-cli download {source_id}). For a smoke test with --random-init, its config "
-            f"and tokenizer files are enough: huggingface-cli download {source_id} --include '*.json' '*.txt' "
-            "'*.model'")
+            f"network ({download_command(source_id, revision)}). For a smoke test with --random-init, its config "
+            f"and tokenizer files are enough: {download_command(source_id, revision, configs_only=True)}")
+
+
+def download_command(source_id: str, revision: str | None = None, *, configs_only: bool = False) -> str:
+    """The ``hf`` command (huggingface_hub's CLI) that puts a model into the cache; its --include takes one
+    pattern per flag."""
+    command = f"hf download {source_id}" + (f" --revision {revision}" if revision else "")
+    return command + (" --include '*.json' --include '*.txt' --include '*.model'" if configs_only else "")
 
 
 def fill_in(spec: ModelSpec) -> ModelSpec:
@@ -236,8 +242,8 @@ def load_tokenizer(spec: ModelSpec) -> Any:
     location = local_folder(spec)
     if not any((location / name).is_file() for name in TOKENIZER_FILES):
         # transformers 5 would silently build an empty 5-token tokenizer here
-        fetch = (f" or download them (huggingface-cli download {spec.source_id} --include '*.json' '*.txt' "
-                 "'*.model')") if not spec.local_path else ""
+        fetch = (f" or download them ({download_command(spec.source_id, spec.revision, configs_only=True)})"
+                 if not spec.local_path else "")
         raise ModelUnavailableError(
             f"no tokenizer files in {location} (looked for {', '.join(TOKENIZER_FILES)}); export, training and "
             "the torch-free runtime need the model's own tokenizer, with or without --random-init: save it beside "
