@@ -203,3 +203,84 @@ def test_the_readmes_ast_smoke_test_runs_offline_from_the_config_files_alone(tmp
     done = zoo(*args, cwd=tmp_path, env={"HF_HUB_CACHE": str(tmp_path / "hub")})
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "runs" / "tones" / "model").is_dir()
+
+
+# ---------------------------------------------------------------- defect 6: a registry entry without inputs
+
+
+def test_a_timm_entry_without_inputs_takes_them_from_its_pretrained_cfg(tmp_path):
+    """Before: inputs () and empty preprocessing, and `zoo export` ended in an IndexError in the image task."""
+    from zoo.resolver import resolve
+    from zoo.tasks import get_task
+
+    registry = tmp_path / "mine.yaml"
+    registry.write_text("models:\n"
+                        "  my-resnet: {source: timm, id: test_resnet.r160_in1k, task: image-classification}\n"
+                        "  my-small: {source: timm, id: test_resnet.r160_in1k, task: image-classification,\n"
+                        "             preprocess: {input_size: [3, 64, 64], crop_pct: 1.0}}\n")
+    spec = resolve("my-resnet", registries=[str(registry)])
+    assert [(i.name, i.shape) for i in spec.inputs] == [("pixel_values", ("batch", 3, 160, 160))]
+    assert spec.preprocess.input_size == (3, 160, 160) and spec.preprocess.crop_pct == 0.95
+    assert spec.arch == "test_resnet" and len(spec.labels) == 1000
+    small = resolve("my-small", registries=[str(registry)])  # the entry's own fields win, the input follows
+    assert small.inputs[0].shape == ("batch", 3, 64, 64) and small.preprocess.crop_pct == 1.0
+    assert small.preprocess.interpolation == "bilinear"  # left unset by the entry: from the pretrained_cfg
+    cases = get_task(small.task).grid(small, None, (0,))  # where `zoo export` stopped
+    assert {c.inputs["pixel_values"].shape[1:] for c in cases} == {(3, 64, 64)}
+
+
+def test_an_hf_entry_without_inputs_reads_its_config_or_says_what_is_missing(tmp_path, monkeypatch, minilm_dir):
+    import shutil
+
+    import huggingface_hub.constants as constants
+
+    from zoo.errors import ModelUnavailableError
+    from zoo.resolver import resolve
+
+    registry = tmp_path / "mine.yaml"
+    registry.write_text("models:\n  my-minilm: {source: hf, id: sentence-transformers/all-MiniLM-L6-v2, "
+                        "task: feature-extraction}\n")
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    with pytest.raises(ModelUnavailableError, match=r"registry entry 'my-minilm' has no 'inputs' field, so zoo "
+                                                    r"reads them from the model's config; .*hf download"):
+        resolve("my-minilm", registries=[str(registry)])
+    repo = cache / "models--sentence-transformers--all-MiniLM-L6-v2"
+    shutil.copytree(minilm_dir, repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    spec = resolve("my-minilm", registries=[str(registry)])
+    assert [i.name for i in spec.inputs] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert spec.preprocess.pooling == "mean" and spec.name == "my-minilm" and spec.origin == "registry"
+
+
+def test_an_image_spec_built_without_inputs_is_refused_in_one_line():
+    from zoo.errors import ConfigError
+    from zoo.spec import ModelSpec
+    from zoo.tasks import get_task
+
+    spec = ModelSpec(name="bare", source="timm", source_id="test_resnet", task="image-classification")
+    with pytest.raises(ConfigError, match=r"model spec 'bare' lists no inputs; an image model takes one"):
+        get_task(spec.task).grid(spec, None, (0,))
+
+
+# ---------------------------------------------------------------- defect 12: an embedder's labels
+
+
+def test_no_embedder_entry_of_the_registry_carries_labels(tmp_path):
+    """convnext_tiny-embed carried timm's 1000 ImageNet class names; an embedding has no classes. Every embedder
+    entry is checked, and a user entry that lists labels for an embedder loses them too; classifiers keep theirs."""
+    from zoo.registry import load_registry
+    from zoo.resolver import resolve
+
+    registry = load_registry()
+    embedders = [n for n in registry.names() if registry.get(n).task.endswith("feature-extraction")]
+    assert "convnext_tiny-embed" in embedders and len(embedders) >= 5
+    assert {n: resolve(n).labels for n in embedders} == dict.fromkeys(embedders)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("models:\n  labelled-embedder: {source: timm, id: test_resnet.r160_in1k, "
+                    "task: image-feature-extraction, labels: [a, b]}\n")
+    assert resolve("labelled-embedder", registries=[str(mine)]).labels is None
+    assert len(resolve("resnet50").labels) == 1000
