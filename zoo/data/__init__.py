@@ -1,7 +1,8 @@
 """Training data: ``prepare_data(data, spec, ...)`` -> labelled, encoded train/validation examples.
 
 Readers: ``files.py`` (HF datasets: CSV/JSON/JSONL/Parquet, imagefolder,
-save_to_disk, hub names), ``builtin.py`` (``builtin:digits``); interpretation
+save_to_disk, hub names; a data file's column of image paths becomes an ``Image``
+column in ``images.py``), ``builtin.py`` (``builtin:digits``); interpretation
 of columns and labels in ``prepare.py``; batching in ``collate.py``.
 """
 
