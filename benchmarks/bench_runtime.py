@@ -68,7 +68,7 @@ def build_artifacts(work: Path) -> dict[str, dict[str, Path]]:
 
     from exporters.onnx import export_onnx
     from tests.tiny import minilm_dir
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
     from zoo.sources import timm as timm_source
 
     minilm = minilm_dir()

@@ -190,6 +190,8 @@ def _run_validation(config: dict[str, Any], task: Task) -> tuple[Any, dict[str, 
 
 
 def _eval_table(eval_data: str, task: Task) -> tuple[Any, dict[str, str], str]:
+    import datasets
+
     from zoo.data.files import VAL_SPLITS, load_raw
     from zoo.tasks._classify import LABEL_COLUMNS
 
@@ -197,8 +199,10 @@ def _eval_table(eval_data: str, task: Task) -> tuple[Any, dict[str, str], str]:
     name = next((s for s in VAL_SPLITS if s in raw.splits), next(iter(raw.splits)))
     table = raw.splits[name]
     names = list(table.column_names)
+    # a data file's image paths arrive as Image columns (zoo.data.images), whatever the column's name
+    typed = [n for n, f in table.features.items() if isinstance(f, datasets.Image)]
     wanted = _input_columns(task.modality)
-    inputs = next((c for c in (*wanted, "tokens") if c in names), None)
+    inputs = next((c for c in (*typed, *wanted, "tokens") if c in names), None)
     if inputs is None:
         raise DataError(f"--eval-data {eval_data} has columns {', '.join(names)}; none holds {task.modality} "
                         f"input (expected one of {', '.join(wanted)})")

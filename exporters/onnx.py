@@ -207,7 +207,7 @@ def _failed_checks(report: VerifyReport) -> str:
 
 
 def _as_spec(model: str | ModelSpec, registries: list[str] | tuple[str, ...]) -> ModelSpec:
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
 
     spec = model if isinstance(model, ModelSpec) else resolve(str(model), registries=registries)
     if spec.origin == "artifact":

@@ -42,7 +42,7 @@ def tiny_timm_folder(tmp_path_factory):
     """A timm folder (save_for_hf layout) of timm's own test_resnet with 3 labels."""
     import timm
 
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
     from zoo.sources import timm as timm_source
 
     folder = tmp_path_factory.mktemp("tiny-timm")

@@ -43,7 +43,7 @@ def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_alias_carries_the_labels_of_the_weights_it_names() -> None:
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
 
     alias, full = resolve("resnet50"), resolve("timm:resnet50.a1_in1k")
     assert alias.labels is not None and len(alias.labels) == 1000
@@ -91,7 +91,7 @@ def test_bogus_timm_tag_is_one_line_listing_the_tags() -> None:
 
 
 def test_timm_description_has_no_class_count_a_finetune_would_contradict() -> None:
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
     from zoo.train.worker import run_spec
 
     spec = resolve("timm:test_resnet")

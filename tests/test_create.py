@@ -14,7 +14,7 @@ from zoo.tasks import get_task
 from zoo.create import create_model
 from zoo.errors import ConfigError, ModelUnavailableError
 from zoo.registry import load_registry
-from zoo.resolve import resolve
+from zoo.resolver import resolve
 
 ALIASES = load_registry().names()
 

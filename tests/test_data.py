@@ -16,14 +16,14 @@ ROWS = [{"text": t, "label": l} for t, l in
 
 @pytest.fixture(scope="module")
 def text_spec(tiny_text_classifier):
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
 
     return resolve(str(tiny_text_classifier))
 
 
 @pytest.fixture(scope="module")
 def image_spec(tiny_timm_folder):
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
 
     spec = resolve(str(tiny_timm_folder))
     pp = dataclasses.replace(spec.preprocess, input_size=(3, 24, 24))
@@ -129,7 +129,7 @@ def test_token_classification_words_and_tags(tmp_path, registry):
     from tests.tiny import tiny_hf_folder
     from zoo.train.data import prepare_data
     from zoo.data.collate import IGNORE_INDEX
-    from zoo.resolve import resolve_folder
+    from zoo.resolver import resolve_folder
 
     spec = resolve_folder(tiny_hf_folder(registry.get("bert-base"), tmp_path / "m"))
     spec = dataclasses.replace(spec, task="token-classification")
@@ -152,7 +152,7 @@ CONLL = [{"tokens": ["John", "met", "Ann", "in", "Paris"], "ner_tags": [1, 0, 1,
 
 @pytest.fixture(scope="module")
 def ner_spec(ner_folder):
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
 
     return resolve(str(ner_folder))
 

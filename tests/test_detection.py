@@ -55,7 +55,7 @@ def grid_and_torch(detr_folder: Path) -> tuple[list[Any], list[dict[str, np.ndar
     import torch
     from transformers import AutoModelForObjectDetection
 
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
     from zoo.tasks import get_task
 
     spec = resolve(str(detr_folder))
@@ -382,7 +382,7 @@ def _box(i: int, image: int, bbox: list[float], category: int = 1) -> dict[str, 
 
 def _prepare(folder: Path, model: Path) -> Any:
     from zoo.train.data import prepare_data
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
 
     return prepare_data(str(folder), resolve(str(model)), val_fraction=0.25)
 
@@ -427,7 +427,7 @@ def test_corrupt_training_picture_is_named(detr_folder: Path, tmp_path: Path) ->
 def test_builtin_shapes_reads_in_the_hf_layout(detr_folder: Path) -> None:
     """builtin:shapes is a DatasetDict of image + objects {bbox, category}: the HF object-detection layout."""
     from zoo.train.data import prepare_data
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
 
     data = prepare_data("builtin:shapes", resolve(str(detr_folder)))
     assert data.sizes == {"train": 480, "validation": 96} and data.labels == tiny.SHAPE_LABELS
@@ -442,7 +442,7 @@ def test_builtin_shapes_reads_in_the_hf_layout(detr_folder: Path) -> None:
 def test_training_boxes_are_relative_to_each_picture_not_the_padded_batch(detr_folder: Path) -> None:
     """The loss sees boxes as post-processing reads them: relative to the picture's own size, whatever the padding."""
     from zoo.train.data import prepare_data
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
 
     data = prepare_data("builtin:shapes", resolve(str(detr_folder)))
     rows = [i for i, t in enumerate(data.train.targets) if t.boxes][:8]

@@ -142,7 +142,7 @@ def test_both_exporters_failing_is_an_export_error(tiny_timm_folder, tmp_path, m
 
 def test_run_dir_export_records_the_run(tiny_text_classifier, tmp_path) -> None:
     from exporters.onnx import export_onnx
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
 
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_text_classifier, run_dir / "model")

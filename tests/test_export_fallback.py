@@ -140,7 +140,7 @@ def test_random_init_is_seeded_and_leaves_the_callers_random_state() -> None:
     import torch
 
     from exporters.source import build_source
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
 
     spec = resolve("timm:test_resnet")
 

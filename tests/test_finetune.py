@@ -45,7 +45,7 @@ def record_of(run: Path) -> dict:
 
 
 def assert_run_dir(run: Path, labels: list[str], world_size: int, strategy: str) -> dict:
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
 
     record = record_of(run)
     assert record["world_size"] == world_size and record["strategy"] == strategy
@@ -284,7 +284,7 @@ def test_head_is_kept_where_labels_match_and_reset_for_a_new_one(ner_folder):
     import transformers
 
     from zoo.data.labels import LabelPlan
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
     from zoo.train.config import TrainConfig
     from zoo.train.model import build_model
 

@@ -62,7 +62,7 @@ def _cuda_parity(run: Path, artifact: Path) -> None:
     """The trained weights on the GPU in fp32 vs the artifact under onnxruntime, on the golden inputs."""
     from exporters.golden import golden_sets, read_golden
     from zoo.create import create_model
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
     from zoo.runtime import load
     from zoo.tasks import get_task
 

@@ -372,7 +372,7 @@ def test_spec_that_is_not_a_model_spec(timm_artifact: Path, tmp_path: Path) -> N
 
 
 def test_resolving_an_artifact_folder_reads_its_manifest_strictly(text_cls_artifact: Path, tmp_path: Path) -> None:
-    from zoo.resolve import resolve  # not zoo.resolve: once the module is imported, that name is the module
+    from zoo.resolver import resolve
 
     art = copy_artifact(text_cls_artifact, tmp_path / "art")
     assert resolve(str(art)).origin == "artifact"

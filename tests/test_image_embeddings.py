@@ -34,7 +34,7 @@ def timm_classifier(tmp_path_factory: Any) -> tuple[Any, Path]:
     import timm
     import torch
 
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
     from zoo.sources import timm as timm_source
 
     torch.manual_seed(0)
@@ -46,7 +46,7 @@ def timm_classifier(tmp_path_factory: Any) -> tuple[Any, Path]:
 
 
 def _embedder_spec(folder: Path, normalize: bool) -> Any:
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
 
     spec = resolve(str(folder))
     pp = dataclasses.replace(spec.preprocess, normalize=normalize)

@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("files and schemas", ("zoo.artifact", "zoo.manifest", "zoo.registry", "zoo.folders")),
     ("data", ("zoo.data",)),
     ("tasks", ("zoo.tasks",)),
-    ("sources", ("zoo.sources", "zoo.resolve", "zoo.create")),
+    ("sources", ("zoo.sources", "zoo.resolver", "zoo.create")),
     ("runtime", ("zoo.runtime",)),
     ("train, exporters", ("zoo.train", "exporters")),
     ("entry points", ("zoo.cli", "zoo.serve", "zoo.__main__", "zoo")),

@@ -17,7 +17,7 @@ import pytest
 from tests.artifacts import copy_artifact
 from tests.test_cli_newcomer import one_error_line, zoo
 from zoo.errors import ArtifactError, ConfigError, InputError, UnsupportedTaskError, ZooWarning
-from zoo.resolve import resolve  # zoo.resolve the attribute: issue 22 defect 3, another branch
+from zoo.resolver import resolve
 from zoo.runtime.inputs import gather_inputs
 from zoo.tasks import get_task
 

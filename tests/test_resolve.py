@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from zoo.errors import ModelUnavailableError, NameNotFoundError
-from zoo.resolve import resolve
+from zoo.resolver import resolve
 
 
 def test_alias_needs_no_network_or_weights():
@@ -74,6 +74,33 @@ def test_hf_id_offline_not_in_cache_names_the_remedy(tmp_path, monkeypatch):
         resolve("hf:someone/not-cached")
 
 
+def test_not_cached_message_names_the_hf_command_the_project_installs(tmp_path, monkeypatch):
+    """Issue 22 defect 2: the message said `huggingface-cli download`, which huggingface_hub 1.x no longer ships.
+    The command it names now exists beside this Python and parses as meant: hf's --include takes one pattern
+    per flag (with 'hf download ID --include A B' the B is a file name and every --include is ignored)."""
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ModelUnavailableError) as caught:
+        resolve("hf:someone/not-cached@v2")
+    message = str(caught.value)
+    assert "(hf download someone/not-cached --revision v2)" in message
+    configs = "hf download someone/not-cached --revision v2 --include '*.json' --include '*.txt' --include '*.model'"
+    assert configs in message
+    hf = Path(sys.executable).parent / "hf"
+    assert hf.is_file()
+    done = subprocess.run([str(hf), *shlex.split(configs)[1:]], capture_output=True, text=True, timeout=60)
+    # offline, it fails at the file listing of the revision (patterns), not at a file named '*.txt'
+    assert "Ignoring `--include`" not in done.stderr and "revision/v2" in done.stdout + done.stderr, done.stderr
+    sources = sorted(p for p in (Path(__file__).resolve().parents[1] / "zoo").rglob("*.py")
+                     if "huggingface-cli" in p.read_text())
+    assert not sources
+
+
 def test_hf_id_resolves_offline_from_the_hub_cache(tmp_path, monkeypatch, minilm_dir):
     """Lay the MiniLM files out as huggingface_hub's cache does; resolution must find them offline."""
     cache = tmp_path / "hub"
@@ -105,3 +132,25 @@ def test_folder_that_is_no_model(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(NameNotFoundError, match="not a model folder"):
         resolve(str(tmp_path))
+
+
+def test_public_api_names_stay_the_functions_after_every_submodule_is_imported():
+    """Issue 22 defect 3: importing the submodule zoo/resolve.py replaced the function ``zoo.resolve``."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import zoo
+
+    submodules = {m.name for m in pkgutil.iter_modules(zoo.__path__)}
+    assert not submodules & set(zoo.__all__), "a public name of zoo is also one of its submodules"
+    for info in pkgutil.walk_packages(zoo.__path__, "zoo."):
+        if info.name != "zoo.__main__":  # runs the CLI
+            importlib.import_module(info.name)
+    for name in zoo.__all__:
+        value = getattr(zoo, name)
+        assert not inspect.ismodule(value), name
+        if name in zoo._LAZY:
+            assert value is getattr(importlib.import_module(zoo._LAZY[name]), name), name
+    spec = zoo.resolve("minilm-l6")
+    assert spec.task == "feature-extraction"

@@ -82,7 +82,7 @@ def test_a_head_no_task_handles_is_named_never_guessed(architecture: str) -> Non
 
 
 def test_local_folder_of_an_unhandled_head_fails_in_one_line(tmp_path: Path) -> None:
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
     with pytest.raises(UnsupportedTaskError, match=f"folder '{tmp_path}'.*GPT2LMHeadModel"):

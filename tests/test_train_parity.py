@@ -94,7 +94,7 @@ def _setup(case: str, strategy: Any, out: Path, ner_folder: str) -> Any:
     from tests.tiny import NER_LABELS
     from zoo.data.labels import LabelPlan
     from zoo.train.data import PreparedData
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
     from zoo.tasks import get_task
     from zoo.train.config import TrainConfig
     from zoo.train.loop import Trainer

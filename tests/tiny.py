@@ -193,7 +193,7 @@ def shrink(spec: ModelSpec, folder: Path) -> tuple[ModelSpec, dict[str, Any], bo
     64-px input and ``pretrained=False``.
     """
     if spec.source == "hf":
-        from zoo.resolve import resolve_folder
+        from zoo.resolver import resolve_folder
 
         local = resolve_folder(tiny_hf_folder(spec, folder))
         return dataclasses.replace(local, name=f"tiny-{spec.name}", verify=spec.verify, export=spec.export), {}, True

@@ -33,7 +33,7 @@ from zoo.spec import InputSpec, ModelSpec, Preprocess
 __version__ = "0.1.0"
 
 _LAZY = {
-    "resolve": "zoo.resolve",
+    "resolve": "zoo.resolver",
     "load_registry": "zoo.registry",
     "create_model": "zoo.create",
     "export_onnx": "exporters.onnx",
@@ -53,7 +53,7 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from zoo.create import create_model
     from zoo.registry import load_registry
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
 
 
 def __getattr__(name: str) -> Any:

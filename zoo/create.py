@@ -18,7 +18,7 @@ def create_model(spec: ModelSpec | str, *, num_labels: int | None = None,
     transformers config overrides), e.g. ``{"depth": 2}`` to shrink a ViT for a test.
     """
     from zoo import sources
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
 
     if isinstance(spec, str):
         spec = resolve(spec)

@@ -18,3 +18,10 @@ def read_json(path: Path) -> dict[str, Any]:
         return {}
     except ValueError as exc:
         raise ConfigError(f"{path} is not valid JSON ({exc}); re-save the model with save_pretrained") from exc
+
+
+def download_command(source_id: str, revision: str | None = None, *, configs_only: bool = False) -> str:
+    """The ``hf`` command (huggingface_hub's CLI) that puts a model into the cache; its --include takes one
+    pattern per flag."""
+    command = f"hf download {source_id}" + (f" --revision {revision}" if revision else "")
+    return command + (" --include '*.json' --include '*.txt' --include '*.model'" if configs_only else "")

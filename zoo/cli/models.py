@@ -53,7 +53,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full spec as JSON.")] = False,
 ) -> None:
     """Show what NAME resolves to: source, task, inputs, preprocessing, tolerances."""
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
 
     spec = resolve(name, registries=state.registries)
     if as_json:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from zoo.data.collate import IGNORE_INDEX, ImageExamples, TextExamples
+from zoo.data.images import decoded_images
 from zoo.data.labels import LabelPlan, class_names
 from zoo.errors import DataError
 from zoo.spec import Preprocess
@@ -28,7 +29,8 @@ def images(table: Any, columns: dict[str, str], labels: LabelPlan, pp: Preproces
     transform = transforms_imagenet_eval(img_size=(height, width), crop_pct=pp.crop_pct, crop_mode=pp.crop_mode,
                                          interpolation=pp.interpolation or "bilinear", normalize=False)
     mode = "RGB" if channels == 3 else "L"
-    pixels = torch.stack([_to_tensor(transform(img.convert(mode))) for img in table[columns["input"]]])
+    decoded = decoded_images(table, columns["input"], what)
+    pixels = torch.stack([_to_tensor(transform(img.convert(mode))) for img in decoded])
     targets = torch.tensor(label_indices(table, columns["label"], labels, what))
     return ImageExamples(pixels, targets, pp.mean or IMAGENET_MEAN, pp.std or IMAGENET_STD)
 

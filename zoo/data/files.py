@@ -1,6 +1,8 @@
 """Data on disk or on the hub, read through HF ``datasets``.
 
-    --data train.csv | data.json | data.jsonl | data.parquet   one file (its rows are the training split)
+    --data train.csv | data.json | data.jsonl | data.parquet   one file (its rows are the training split);
+                                                               for an image model a column of image paths
+                                                               (see images.py)
     --data ./images/                                           imagefolder layout: images/<label>/<file>
     --data ./saved/                                            a folder written by Dataset(Dict).save_to_disk
     --data ORG/NAME                                            a hub data set (needs the network or its cache)
@@ -43,7 +45,21 @@ def load_raw(data: str, task: Any = None) -> RawData:
             return RawData(data, own, _hash_files(path if path.is_dir() else path.parent, files))
         if data.startswith("builtin:"):
             return _load_builtin(data, task)
-        return _load_raw(data)
+        raw = _load_raw(data)
+    if task is not None and task.modality == "image" and Path(data).expanduser().is_file():
+        return _with_images(raw, Path(data).expanduser(), task.input_suffixes())
+    return raw
+
+
+def _with_images(raw: RawData, path: Path, suffixes: tuple[str, ...]) -> RawData:
+    """A data file's columns of image paths read as images; its fingerprint then covers the images too."""
+    from zoo.data.images import fingerprint, read_image_paths
+
+    splits, files = {}, []
+    for name, table in raw.splits.items():
+        splits[name], named = read_image_paths(table, path, suffixes)
+        files += named
+    return RawData(raw.name, splits, fingerprint(raw.fingerprint, files) if files else raw.fingerprint)
 
 
 @contextlib.contextmanager
@@ -89,6 +105,9 @@ def _load_file(path: Path) -> dict[str, Any]:
     if builder is None:
         raise DataError(f"data file '{path}' has an unknown type '{path.suffix}'; valid: "
                         f"{', '.join(FILE_BUILDERS)} (or a folder)")
+    if path.stat().st_size == 0:  # datasets reports a 0-byte file as a bare DatasetGenerationError
+        raise DataError(f"data file '{path}' is empty (0 bytes); a data file holds one row per example: for CSV "
+                        "a header naming the columns (e.g. text,label or image,label) and then the rows")
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     try:
         table = datasets.load_dataset(builder, data_files={"train": str(path)}, split="train", **kwargs)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import ConfigError, ModelUnavailableError, UnsupportedTaskError, first_line
-from zoo.folders import read_json
+from zoo.folders import download_command, read_json
 from zoo.spec import ModelSpec, Preprocess
 
 _ST_POOLING = {
@@ -65,21 +65,20 @@ def _locate(source_id: str, revision: str | None, patterns: list[str] | None = N
     if cached is not None:
         return cached
     if is_offline():
-        raise ModelUnavailableError(_offline_message(source_id))
+        raise ModelUnavailableError(_offline_message(source_id, revision))
     try:
         return Path(snapshot_download(source_id, revision=revision, allow_patterns=patterns))
     except Exception as exc:  # network errors come in many types
-        raise ModelUnavailableError(f"{_offline_message(source_id)} (hub said: {type(exc).__name__}: "
+        raise ModelUnavailableError(f"{_offline_message(source_id, revision)} (hub said: {type(exc).__name__}: "
                                     f"{first_line(exc, 200)})") from exc
 
 
-def _offline_message(source_id: str) -> str:
+def _offline_message(source_id: str, revision: str | None = None) -> str:
     # --random-init is named only with what it needs: it builds the weights, never the config or tokenizer
     return (f"hf:{source_id} is not in the local Hugging Face cache and the hub cannot be reached; "
             "pass a local save_pretrained folder instead (zoo info ./folder), or download it where there is "
-            f"network (huggingface-cli download {source_id}). For a smoke test with --random-init, its config "
-            f"and tokenizer files are enough: huggingface-cli download {source_id} --include '*.json' '*.txt' "
-            "'*.model'")
+            f"network ({download_command(source_id, revision)}). For a smoke test with --random-init, its config "
+            f"and tokenizer files are enough: {download_command(source_id, revision, configs_only=True)}")
 
 
 def fill_in(spec: ModelSpec) -> ModelSpec:

@@ -71,6 +71,16 @@ def grid_batches(preprocess: Preprocess) -> tuple[int, ...]:
     return LARGE_IMAGE_BATCHES if height * width > LARGE_IMAGE_PIXELS else IMAGE_BATCHES
 
 
+def _input_name(spec: ModelSpec) -> str:
+    """The pixel input's name; a spec built without inputs (a registry entry resolves them) is refused."""
+    if not spec.inputs:
+        from zoo.errors import ConfigError
+
+        raise ConfigError(f"model spec '{spec.name}' lists no inputs; an image model takes one, e.g. inputs: "
+                          "[{name: pixel_values, dtype: float32, shape: [batch, 3, 224, 224]}]")
+    return spec.inputs[0].name
+
+
 class ImageTask(Task):
     modality: ClassVar[str] = "image"
     expects: ClassVar[str] = "image paths, PIL images or uint8 arrays"
@@ -85,10 +95,10 @@ class ImageTask(Task):
     # ------------------------------------------------------------ export
 
     def export_example(self, spec: ModelSpec, processor: Any) -> dict[str, np.ndarray]:
-        return {spec.inputs[0].name: pixels(spec.preprocess, EXPORT_BATCH, seed=1234)}
+        return {_input_name(spec): pixels(spec.preprocess, EXPORT_BATCH, seed=1234)}
 
     def grid(self, spec: ModelSpec, processor: Any, seeds: tuple[int, ...]) -> list[Case]:
-        name = spec.inputs[0].name
+        name = _input_name(spec)
         return [Case("image", seed, {name: pixels(spec.preprocess, batch, seed)})
                 for seed in seeds for batch in grid_batches(spec.preprocess)]
 

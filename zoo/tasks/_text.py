@@ -17,7 +17,7 @@ import numpy as np
 
 from zoo.checks import Check
 from zoo.errors import ConfigError, ModelUnavailableError, first_line
-from zoo.folders import read_json
+from zoo.folders import download_command, read_json
 from zoo.spec import InputSpec, ModelSpec, Preprocess
 from zoo.tasks.base import Case, Task
 
@@ -226,8 +226,8 @@ def load_tokenizer(spec: ModelSpec, location: Path | None) -> Any:
 
     if location is None or not any((location / name).is_file() for name in TOKENIZER_FILES):
         # transformers 5 would silently build an empty 5-token tokenizer here
-        fetch = (f" or download them (hf download {spec.source_id} --include '*.json' '*.txt' "
-                 "'*.model')") if not spec.local_path else ""
+        fetch = (f" or download them ({download_command(spec.source_id, spec.revision, configs_only=True)})"
+                 if not spec.local_path else "")
         raise ModelUnavailableError(
             f"no tokenizer files in {location} (looked for {', '.join(TOKENIZER_FILES)}); export, training and "
             "the torch-free runtime need the model's own tokenizer, with or without --random-init: save it beside "

@@ -66,7 +66,7 @@ def prepare(config: TrainConfig) -> tuple[ModelSpec, Any]:
 
 
 def _base_spec(config: TrainConfig) -> ModelSpec:
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
 
     return training_spec(resolve(config.model, registries=config.registries), config)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from zoo.errors import NameNotFoundError
 from zoo.registry import load_registry, unknown_name
-from zoo.spec import ModelSpec
+from zoo.spec import ModelSpec, Preprocess
 
 RUN_FILE = "run.json"
 MANIFEST_FILE = "manifest.json"
@@ -43,11 +43,52 @@ def resolve(name: str, *, registries: list[str] | tuple[str, ...] = ()) -> Model
 
         # an alias carries what its source knows and the entry left out: the labels of the weights it names
         spec = registry.get(name)
-        return sources.for_spec(spec).fill_in(spec)
+        return task_labels(sources.for_spec(spec).fill_in(spec if spec.inputs else with_source_inputs(spec)))
     if name.startswith(("/", "./", "../", "~")) or path.suffix or path.exists():
         raise NameNotFoundError(f"folder '{name}' does not exist (or is not a directory); "
                                 "check the path, or give a registry alias, 'hf:ORG/NAME' or 'timm:ARCH'")
     raise unknown_name(name, registry)
+
+
+def with_source_inputs(spec: ModelSpec) -> ModelSpec:
+    """An entry that lists no ``inputs`` takes them from what its source says of its id (timm's pretrained_cfg,
+    the model's config.json), with the preprocessing fields the entry leaves unset; the entry's own fields win."""
+    import dataclasses
+
+    from zoo.errors import ModelUnavailableError
+    from zoo.sources import hf, timm
+
+    try:
+        described = timm.describe(spec.source_id) if spec.source == "timm" else hf.describe(spec.source_id,
+                                                                                             spec.revision)
+    except ModelUnavailableError as exc:
+        raise ModelUnavailableError(f"registry entry '{spec.name}' has no 'inputs' field, so zoo reads them from "
+                                    f"the model's config; list them in the entry, or make the config local: "
+                                    f"{exc}") from exc
+    defaults = Preprocess()
+    given = {f.name: getattr(spec.preprocess, f.name) for f in dataclasses.fields(Preprocess)
+             if getattr(spec.preprocess, f.name) != getattr(defaults, f.name)}
+    preprocess = dataclasses.replace(described.preprocess, **given)
+    inputs = described.inputs
+    if "input_size" in given:  # the entry resizes the image: the graph input follows
+        from zoo.tasks._image import image_inputs
+
+        inputs = image_inputs(preprocess.input_size)
+    return dataclasses.replace(spec, inputs=inputs, preprocess=preprocess, arch=spec.arch or described.arch)
+
+
+def task_labels(spec: ModelSpec) -> ModelSpec:
+    """The spec with class names only where its task's outputs carry them. The task decides as it does for a
+    transformers config's id2label: an embedder built from a classifier's weights (timm's pretrained_cfg names
+    ImageNet's 1000 classes) returns vectors, so its spec has no labels."""
+    import dataclasses
+
+    from zoo.tasks import get_task
+
+    if spec.labels is None:
+        return spec
+    kept = get_task(spec.task).labels_from_config({"id2label": {str(i): n for i, n in enumerate(spec.labels)}})
+    return spec if kept else dataclasses.replace(spec, labels=None)
 
 
 def _split_revision(text: str) -> tuple[str, str | None]:
