@@ -109,3 +109,28 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(monk
     assert code == 130 and out == ""
     assert err == (f"interrupted before the first checkpoint: {run} holds nothing to resume; remove it or give "
                    "another --out to start again\n")
+
+
+@pytest.mark.parametrize("exitcode, expected", [(130, signal.SIGINT), (-signal.SIGTERM, signal.SIGTERM), (1, None)])
+def test_workers_ended_by_a_stop_signal_are_an_interruption(monkeypatch, tmp_path, exitcode, expected):
+    """A scheduler's SIGTERM reaches the workers too (SLURM signals every process of the step); the twin:
+    a worker that failed on its own is a failure."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from zoo.train import launch
+    from zoo.train.config import TrainConfig
+
+    def ended(config, entrypoint):
+        def run(*args):
+            failure = ProcessFailure(local_rank=0, pid=1, exitcode=exitcode, error_file=str(tmp_path / "none.json"))
+            raise ChildFailedError("worker", {0: failure})
+        return run
+
+    monkeypatch.setattr("torch.distributed.launcher.api.elastic_launch", ended)
+    config = TrainConfig(model="m", data="d", out=str(tmp_path / "run"), strategy="ddp", nproc=2)
+    with pytest.raises((launch.Interrupted, launch.WorkerFailed)) as raised:
+        launch.spawn(config)
+    if expected is None:
+        assert isinstance(raised.value, launch.WorkerFailed)
+    else:
+        assert isinstance(raised.value, launch.Interrupted) and raised.value.signum == expected

@@ -27,6 +27,8 @@ from zoo.train.worker import INTERRUPTED_EXIT, Interrupted, exit_interrupted, tr
 
 # every node of a multi-node job must name the same rendezvous; torchrun's default is a fixed id too
 SHARED_RDZV_ID = "zoo"
+# a worker's exit code -> the stop signal it means: our quiet Ctrl-C exit, or killed by SIGINT / SIGTERM
+STOP_EXITS = {INTERRUPTED_EXIT: signal.SIGINT, -signal.SIGINT: signal.SIGINT, -signal.SIGTERM: signal.SIGTERM}
 
 
 def in_torchelastic(config: TrainConfig) -> bool:
@@ -76,8 +78,9 @@ def spawn(config: TrainConfig) -> None:
             elastic_launch(launch, worker)(config.to_dict())
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
-        if failure.exitcode == INTERRUPTED_EXIT:  # the worker saw Ctrl-C before this agent did
-            raise Interrupted(Path(config.out), signal.SIGINT) from None
+        stopped_by = STOP_EXITS.get(failure.exitcode)
+        if stopped_by:  # the workers got the signal too (a process group, SLURM's scancel) and ended first
+            raise Interrupted(Path(config.out), stopped_by) from None
         text = worker_traceback(failure)
         saved = save_traceback(Path(config.out), f"worker rank {rank} of {world}", text)
         where = f" (its traceback: {saved}; --debug prints it)" if saved else ""
