@@ -67,16 +67,26 @@ def finetune_command(**values: Any) -> None:
     """Fine-tune NAME on --data; write weights in the model's own format plus run.json to --out."""
     from zoo.train.finetune import finetune
     from zoo.train.launch import WorkerFailed
+    from zoo.train.worker import Interrupted
 
     name, as_json = values.pop("name"), values.pop("as_json")
-    given = {k: v.value if isinstance(v, Enum) else v for k, v in values.items() if v is not None}
     try:
-        run = finetune(name or "", **given, registries=tuple(state.registries))
+        run = finetune(name or "", **given_options(values), registries=tuple(state.registries))
     except WorkerFailed as exc:
         if state.debug:
             typer.echo(exc.worker_traceback, err=True)
         raise
+    except Interrupted as exc:
+        if _reporting_rank():
+            for line in _interrupted(exc.run):
+                typer.echo(line, err=True)
+        raise typer.Exit(128 + exc.signum) from None
     _report(run, as_json)
+
+
+def given_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The options given on the command line, as ``zoo.finetune`` keywords (the choices as plain strings)."""
+    return {k: v.value if isinstance(v, Enum) else v for k, v in values.items() if v is not None}
 
 
 _PARAMETERS = _parameters()
@@ -88,9 +98,13 @@ app.command("finetune")(finetune_command)
 # ---------------------------------------------------------------- the end-of-run summary
 
 
-def _report(run: Path, as_json: bool) -> None:
+def _reporting_rank() -> bool:
     # under an outside torchrun every rank runs this command: rank 0 alone reports
-    if os.environ.get("RANK", "0") != "0":
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _report(run: Path, as_json: bool) -> None:
+    if not _reporting_rank():
         return
     record_file = run / "run.json"
     summary = _finished(run, json.loads(record_file.read_text())) if record_file.is_file() else _paused(run)
@@ -139,3 +153,18 @@ def _paused(run: Path) -> dict[str, Any]:
              f"continue with: {command}"]
     return {"lines": lines, "json": {"run": str(run), "paused_at": step, "checkpoint": str(folder),
                                      "continue": command}}
+
+
+def _interrupted(run: Path) -> list[str]:
+    """What Ctrl-C leaves: the command that continues from the last complete checkpoint, or why there is none."""
+    from zoo.train.checkpoint import complete_checkpoints, read_trainer
+
+    found = complete_checkpoints(run)
+    if not found:
+        if run.exists():
+            return [f"interrupted before the first checkpoint: {run} holds nothing to resume; remove it or give "
+                    "another --out to start again"]
+        return ["interrupted before the run started"]
+    step = read_trainer(found[-1])["state"]["step"]
+    return [f"interrupted; {run} holds a checkpoint at step {step}",
+            f"continue with: zoo finetune --resume --out {run}"]

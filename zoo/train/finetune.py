@@ -43,7 +43,7 @@ def finetune(model: str | Path = "", data: str | Path = "", **options: Any) -> P
     from zoo.train.launch import in_torchelastic, spawn
     from zoo.train.worker import train_and_save
 
-    if in_torchelastic():
+    if in_torchelastic(config):
         train_and_save(config, checked=False)
     elif config.distributed:
         preflight(config)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,32 +22,97 @@ from zoo.train.strategies import make_strategy
 
 RUN_FILE = "run.json"
 MODEL_DIR = "model"
+INTERRUPTED_EXIT = 128 + signal.SIGINT  # 130: what a shell reports for a command stopped by Ctrl-C
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (or a scheduler's SIGTERM); ``--resume --out run`` continues it from its checkpoint."""
+
+    def __init__(self, run: Path, signum: int = signal.SIGINT):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.run, self.signum = Path(run), int(signum)
 
 
 def train_and_save(config: TrainConfig, *, checked: bool, prepared: tuple[ModelSpec, Any] | None = None) -> None:
-    """One process's whole run: train, then (rank 0) write the run dir."""
+    """One process's whole run: train, then (rank 0) write the run dir. Ctrl-C raises Interrupted."""
     _set_threads()
-    strategy = make_strategy(config.strategy, config.precision, sync_batchnorm=config.sync_batchnorm)
+    sigint = FirstSigint()
     try:
-        _check_world(config, strategy, checked)
-        spec, data = prepared or _prepare(config)
-        torch.manual_seed(config.seed)  # every rank builds identical initial weights
-        # a resumed run's checkpoint holds every weight: build without loading (or downloading) pretrained ones
-        model = build_model(spec, data.plan, config, pretrained=False if config.resume else None)
-        wrapped = strategy.wrap(model)
-        wrapped.train()
-        if strategy.is_main:
-            Path(config.out).mkdir(parents=True, exist_ok=True)
-            if not config.resume:
-                save_base(spec, Path(config.out) / BASE_DIR)
-        strategy.barrier()
-        trainer = _train(config, spec, data, wrapped, strategy)
-        weights = strategy.full_state_dict(wrapped)  # a collective: every rank takes part
-        if strategy.is_main and not trainer.state.paused:
-            write_run_dir(config, spec, data, trainer, weights, strategy)
-        strategy.barrier()
-    finally:
-        strategy.close()
+        with sigint:
+            strategy = make_strategy(config.strategy, config.precision, sync_batchnorm=config.sync_batchnorm)
+            try:
+                _run(config, strategy, checked, prepared)
+            except Exception:
+                if sigint.caught():
+                    raise KeyboardInterrupt from None
+                strategy.close()
+                raise
+    except KeyboardInterrupt:
+        # no strategy.close(): leaving the group waits on peers that may be gone mid-collective
+        raise Interrupted(Path(config.out)) from None
+    strategy.close()
+
+
+def _run(config: TrainConfig, strategy: Any, checked: bool, prepared: tuple[ModelSpec, Any] | None) -> None:
+    _check_world(config, strategy, checked)
+    spec, data = prepared or _prepare(config)
+    torch.manual_seed(config.seed)  # every rank builds identical initial weights
+    # a resumed run's checkpoint holds every weight: build without loading (or downloading) pretrained ones
+    model = build_model(spec, data.plan, config, pretrained=False if config.resume else None)
+    wrapped = strategy.wrap(model)
+    wrapped.train()
+    if strategy.is_main:
+        Path(config.out).mkdir(parents=True, exist_ok=True)
+        if not config.resume:
+            save_base(spec, Path(config.out) / BASE_DIR)
+    strategy.barrier()
+    trainer = _train(config, spec, data, wrapped, strategy)
+    weights = strategy.full_state_dict(wrapped)  # a collective: every rank takes part
+    if strategy.is_main and not trainer.state.paused:
+        write_run_dir(config, spec, data, trainer, weights, strategy)
+    strategy.barrier()
+
+
+class FirstSigint:
+    """While active, the first SIGINT raises KeyboardInterrupt and later ones are ignored; ``seen`` records it.
+
+    Ctrl-C reaches every process of the terminal's process group and torch's agent then forwards
+    the signal to its workers again: a second KeyboardInterrupt would land in the first's cleanup.
+    Only the main thread may set signal handlers; elsewhere this does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._previous: Any = None
+
+    def __enter__(self) -> FirstSigint:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._stop)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    def caught(self) -> bool:
+        """Whether Ctrl-C came: an exception may be its echo (torch's checkpoint writer wraps the
+        KeyboardInterrupt in its own; a peer that stopped first breaks the collective this process
+        waits in). A signal that arrived but whose handler has not run yet raises on entering here.
+        """
+        return self.seen
+
+
+def exit_interrupted() -> None:
+    """End a worker stopped by Ctrl-C: exit code 130, no traceback, no teardown of the broken process group."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # skipping interpreter teardown also skips c10d's warnings about collectives cut short
+    os._exit(INTERRUPTED_EXIT)
 
 
 def _set_threads() -> None:
