@@ -21,7 +21,7 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 from torch.distributed.elastic.rendezvous.api import RendezvousError
 
-from zoo.errors import LaunchError
+from zoo.errors import LaunchError, first_line
 from zoo.train.config import TrainConfig
 from zoo.train.worker import INTERRUPTED_EXIT, Interrupted, exit_interrupted, train_and_save
 
@@ -87,7 +87,7 @@ def spawn(config: TrainConfig) -> None:
         raise WorkerFailed(f"worker rank {rank} of {world} failed: "
                            f"{failure_message(failure)}{where}", text, saved) from None
     except RendezvousError as exc:  # a node that never came, an endpoint out of reach
-        why = _first_line(exc).rstrip(".")
+        why = first_line(exc).rstrip(".")
         raise LaunchError(f"the {config.nnodes} node(s) did not meet at --rdzv-endpoint {launch.rdzv_endpoint} "
                           f"(--rdzv-id {run_id}): {why}; start zoo finetune on every node with the same --nnodes, "
                           "--rdzv-endpoint and --rdzv-id, and check that the endpoint's host and port are reachable "
@@ -125,11 +125,6 @@ def _own_signal_handlers() -> Iterator[None]:
     finally:
         for number, handler in kept.items():
             signal.signal(number, handler)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def failure_message(failure: Any) -> str:
