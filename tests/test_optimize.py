@@ -86,6 +86,7 @@ def test_digits_run_int8_static_keeps_accuracy_and_loads(digits_artifact, tmp_pa
 @pytest.mark.slow
 def test_minilm_int8_passes_the_embedding_gate_and_loads(minilm_artifact, tmp_path):
     import zoo
+    from exporters.evaldata import BATCH, PROBE_SENTENCES
 
     result = zoo.optimize(minilm_artifact, out=tmp_path / "int8", level="int8")
     record = result.manifest.optimization
@@ -97,7 +98,10 @@ def test_minilm_int8_passes_the_embedding_gate_and_loads(minilm_artifact, tmp_pa
     assert float(check(result.report, "grid vs torch fp32: minimum cosine").value) >= 0.99
     assert record["recipe"]["ops"]["MatMulInteger"] > 0 and record["recipe"]["ops"]["MultiHeadAttention"] == 6
     assert zoo.verify_artifact(result.path).passed
-    texts = ["A man is eating food.", "Le chat dort.", ""]
+    # the gate's first batch (empty, one word, emoji ...): the cosine >= 0.99 the gate measured on this CPU's
+    # int8 kernel must hold through zoo.load too. Other texts, or these in another batch (dynamic int8 scales
+    # each batch's activations as a whole), carry no such promise: one measured 0.992 on an AVX2 EPYC.
+    texts = list(PROBE_SENTENCES[:BATCH])
     fp32 = np.stack([e.vector for e in zoo.load(minilm_artifact).predict(texts)])
     int8 = np.stack([e.vector for e in zoo.load(result.path).predict(texts)])
     assert (fp32 * int8).sum(1).min() >= 0.99  # unit vectors: the dot product is the cosine
