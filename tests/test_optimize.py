@@ -74,6 +74,7 @@ def test_digits_run_int8_static_keeps_accuracy_and_loads(digits_artifact, tmp_pa
     assert before >= 90.0 and before - after <= 0.5 and drop.passed
     assert "validation data (builtin:digits" in record["recipe"]["quantization"]["calibration"]
     assert record["level"] == "int8-static" and record["gates"]["passed"] is True
+    assert record["gates"]["rows"] >= record["gates"]["limits"]["min_rows"] == 64  # the sample, recorded
     assert record["parent"]["model_sha256"] == json.loads((digits_artifact / "manifest.json").read_text())[
         "files"]["model.onnx"]["sha256"]
     assert record["recipe"]["ops"].get("QuantizeLinear", 0) > 0 and record["recipe"]["ort_offline_level"] == "basic"
@@ -137,9 +138,9 @@ def test_calibration_on_mis_scaled_images_is_refused_by_the_classification_gate(
     Each real activation then quantises to its zero point, so every quantised tensor is the same for every
     image; at each step of the ladder the stem and head at most stay fp32 and every path from pixels to logits
     crosses a quantised Conv, so the graph answers every image alike. That holds in exact integer arithmetic
-    on any int8 kernel (AVX2, VNNI, AMX): no step can pass 99% agreement, and timing is never reached. (A
-    calibration on constant images, the fault this test planted before, leaves narrow but real ranges: it
-    was refused on an AVX2 EPYC and passed at the ladder's last step on an AVX-512 VNNI/AMX Xeon.)
+    on any int8 kernel (AVX2, VNNI, AMX): no step can pass 99% agreement, and timing is never reached.
+    (Constant images, the fault planted here before, leave narrow but real ranges: whether the ladder's last
+    step then passed depended on the kernel; it passed on an AVX-512 VNNI/AMX Xeon, later on the EPYC too.)
     """
     from exporters import evaldata, optimize
 
