@@ -29,6 +29,9 @@ from zoo.tasks.base import Task
 BATCH = 8
 MAX_ROWS = 512  # evaluation rows; enough for a 99% agreement figure to mean something
 MAX_CALIBRATION = 64
+# The fewest rows a gate may judge on. A clean sample of n rows bounds the share of changed answers
+# only to about 3/n (95%, the rule of three): below 64 rows "no top-1 change" could hide a 5% change.
+MIN_GATE_ROWS = 64
 
 _FLOOD = ("The river rose slowly through the night, and by morning the lower streets of the town stood under a "
           "foot of brown water that smelled of mud and diesel. ")
@@ -89,7 +92,22 @@ def gate_data(folder: Path, manifest: Manifest, eval_data: str | None) -> GateDa
                           f"{task.modality} input, which it cannot judge yet")
     # labels only where the task scores one label per row (a classifier), never for embeddings or tags
     labelled = task.optimization_gate(Tolerances()).labelled
-    return reader(folder, manifest, task, eval_data, labelled)
+    data = reader(folder, manifest, task, eval_data, labelled)
+    check_sample(data)
+    return data
+
+
+def check_sample(data: GateData) -> None:
+    """Refuse a gate that would judge on fewer than MIN_GATE_ROWS rows, naming the data that would do."""
+    rows = data.evaluation.rows
+    if rows >= MIN_GATE_ROWS:
+        return
+    # where calibration rows come out of the same data, a small data set gives only half of itself to the gate
+    needed = f"{2 * MIN_GATE_ROWS} rows (half calibrate, the rest are judged)" if data.calibration else \
+        f"{MIN_GATE_ROWS} rows"
+    raise DataError(f"the optimisation gate would judge on only {rows} rows ({data.evaluation.source}); it needs at "
+                    f"least {MIN_GATE_ROWS}, as a clean result on fewer cannot tell 99% agreement from 95%: give "
+                    f"--eval-data with at least {needed}")
 
 
 # ---------------------------------------------------------------- text
@@ -146,7 +164,7 @@ def _grid_images(manifest: Manifest) -> GateData:
                "ranges are not those of photographs; give --eval-data (an imagefolder) for a meaningful result")
     calibration = EvalSet([{name: pixels(preprocess, BATCH, seed)} for seed in range(100, 104)],
                           "verification-grid random pixels", warning=warning)
-    evaluation = EvalSet([{name: pixels(preprocess, BATCH, seed)} for seed in range(200, 204)],
+    evaluation = EvalSet([{name: pixels(preprocess, BATCH, 200 + i)} for i in range(MIN_GATE_ROWS // BATCH)],
                          "verification-grid random pixels", warning=warning)
     return GateData(evaluation, calibration, notes=[warning])
 

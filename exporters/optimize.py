@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from exporters import fusion, gates, quantize
-from exporters.evaldata import GateData, gate_data
+from exporters.evaldata import MIN_GATE_ROWS, GateData, gate_data
 from exporters.verify import dynamic_axes_check, graph_check, read_tolerances, run_session, tolerance_record
 from zoo.artifact import (
     MANIFEST,
@@ -140,6 +140,7 @@ def optimize(artifact: str | Path, *, out: str | Path | None = None, level: str 
     manifest = _checked_parent(folder)
     dest = Path(out) if out is not None else folder.parent / f"{folder.name}-{level}"
     providers = _check_options(level, max_drop, manifest, dest)
+    _require_graph_tools()
     if keep_failed is not None:
         _check_keep_failed(Path(keep_failed), dest)
     step("gate data")
@@ -215,6 +216,16 @@ def _check_options(level: str, max_drop: float, manifest: Manifest, dest: Path) 
                           f"({', '.join(ort.get_available_providers())}); on a CPU use --level int8, "
                           "int8-static or fused")
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if level == "fp16" else ["CPUExecutionProvider"]
+
+
+def _require_graph_tools() -> None:
+    """Every level starts from onnxscript's fusions; the runtime-only install has neither it nor onnx_ir."""
+    try:
+        import onnx_ir  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"zoo optimize needs the training and export extra ({exc.name} is not installed; the core "
+                          "install holds the runtime only): pip install 'zoo-toolkit[train]'") from None
 
 
 def _levels(level: str, task: Task) -> list[str]:
@@ -519,9 +530,10 @@ def _record(ctx: Context, chosen: Candidate, candidates: list[Candidate]) -> dic
                    "ops": fusion.op_counts(chosen.path)},
         "gates": {"passed": chosen.passed, "checks": [dataclasses.asdict(c) for c in chosen.checks],
                   "speed": [{**dataclasses.asdict(f), "speedup": round(f.speedup, 3)} for f in chosen.speed],
-                  "data": ctx.data.evaluation.source, "notes": ctx.data.notes + ([ctx.grid.note] if ctx.grid else []),
+                  "data": ctx.data.evaluation.source, "rows": ctx.data.evaluation.rows,
+                  "notes": ctx.data.notes + ([ctx.grid.note] if ctx.grid else []),
                   "limits": {**gates.gate_of(ctx.task).limits, "max_drop_points": ctx.max_drop,
-                             "min_speedup": gates.MIN_SPEEDUP}},
+                             "min_rows": MIN_GATE_ROWS, "min_speedup": gates.MIN_SPEEDUP}},
         "providers": ctx.providers,
     }
     if len(candidates) > 1:

@@ -35,8 +35,10 @@ from zoo.runtime import Classification
 
 # No example database in the repository; modest budgets, scaled by ZOO_HYPOTHESIS_SCALE for a deeper search
 # (ZOO_HYPOTHESIS_SCALE=20 pytest tests/test_properties.py); loading a model is slower than hypothesis expects.
+# No deadline and no too_slow health check anywhere: both time the examples, so a loaded machine would fail them.
 _SCALE = float(os.environ.get("ZOO_HYPOTHESIS_SCALE", "1"))
-FAST = settings(max_examples=int(100 * _SCALE), deadline=None, database=None)
+FAST = settings(max_examples=int(100 * _SCALE), deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=int(60 * _SCALE), deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 VERIFY = settings(max_examples=int(25 * _SCALE), deadline=None, database=None,
