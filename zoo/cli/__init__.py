@@ -21,7 +21,7 @@ from zoo.errors import ZooError
 
 # What a runtime-only install (pip install zoo-toolkit) lacks: the [train] extra brings all of it.
 TRAIN_EXTRA_MODULES = frozenset({"torch", "torchvision", "timm", "transformers", "safetensors", "onnxscript",
-                                 "datasets", "sklearn", "matplotlib", "sentence_transformers"})
+                                 "onnx_ir", "datasets", "sklearn", "matplotlib", "sentence_transformers"})
 
 # Sub-command modules register themselves on ``app`` when imported.
 from zoo.cli import export, finetune, models, optimize, runtime, serve  # noqa: F401
