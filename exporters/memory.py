@@ -204,11 +204,11 @@ def float64_estimate(memory: CaseMemory) -> int:
     return memory.estimate + sum(v for k, v in memory.terms.items() if k not in FIXED_TERMS)
 
 
-def memory_record(cases: list[Case], limit: int) -> dict[str, Any]:
+def memory_record(cases: list[Case]) -> dict[str, Any]:
     """The verification report's ``memory``: the budget, what is measured, and per case estimate and peaks
     (empty for a grid the plan did not estimate)."""
     rows = [{"case": case.label, **case.memory.record()} for case in cases if case.memory is not None]
     if not rows:
         return {}
-    return {"budget_mib": round(limit / MIB, 1), "measures": MEASURES if resets_allowed() else MEASURES_UNRESET,
+    return {"budget_mib": round(budget() / MIB, 1), "measures": MEASURES if resets_allowed() else MEASURES_UNRESET,
             "cases": rows}

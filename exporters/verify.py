@@ -28,6 +28,10 @@ a correct graph, whose sums run in another order, is as far. The case passes whe
 the graph is within ``NOISE_FACTOR`` times that floor of torch (at most
 ``NOISE_RTOL_CAP``); the widened rtol and why are recorded in the manifest, so the
 golden data replays under the limit the export was verified with.
+
+Every grid case carries the memory plan's estimate (``exporters.memory``): the torch and
+onnxruntime runs of a case record the peak resident memory they measured beside it, in the
+report's ``memory``, and a case's float64 run is left out when its estimate is over the budget.
 """
 
 from __future__ import annotations
@@ -358,10 +362,10 @@ class NoiseFloor:
 
     def measure(self, indices: list[int]) -> dict[int, dict[str, float]]:
         """Per case in ``indices``: output name -> max |torch32 - torch64| / the rule's scale of torch64."""
-        limit = budget()
-        for i in indices:
-            memory = self.cases[i].memory
-            if memory is not None and (need := float64_estimate(memory)) > limit:
+        planned = {i: memory for i in indices if (memory := self.cases[i].memory) is not None}
+        limit = budget() if planned else 0
+        for i, memory in planned.items():
+            if (need := float64_estimate(memory)) > limit:
                 self.over_budget[i] = (f"{self.cases[i].label}: a float64 run needs ~{size_text(need)}, over the "
                                        f"{size_text(limit)} memory budget")
         todo = [i for i in indices if i not in self.floors and i not in self.over_budget]
@@ -462,7 +466,7 @@ def verify_model(module: Any, spec: ModelSpec, model_path: Path, cases: list[Cas
     report = VerifyReport(subject=spec.name, checks=checks,
                           shapes=sorted({c.label.rsplit(" seed", 1)[0] for c in cases}),
                           seeds=sorted({c.seed for c in cases}), tolerances=record,
-                          memory=memory_record(cases, budget()))
+                          memory=memory_record(cases))
     report.seconds = time.perf_counter() - start
     return report, references
 
@@ -579,7 +583,7 @@ def _add_source_checks(report: VerifyReport, folder: Path, manifest: Manifest) -
     report.checks += [Check(f"source: {c.name}", c.passed, c.value, c.limit, c.detail) for c in checks]
     report.shapes = sorted({c.label.rsplit(" seed", 1)[0] for c in cases})
     report.seeds = sorted({c.seed for c in cases})
-    report.memory = memory_record(cases, budget())
+    report.memory = memory_record(cases)
 
 
 def report_tol(report: VerifyReport) -> Tolerances:
