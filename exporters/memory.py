@@ -151,10 +151,10 @@ class Planner:
 
 def plan_grid(task: Any, spec: Any, module: Any, processor: Any, cases: list[Case], limit: int | None = None,
               step: Step | None = None) -> list[Case]:
-    """The grid with every case estimated (``case.memory``) and shrunk until it fits ``limit`` bytes.
+    """The grid with every case estimated (``case.memory``) and shrunk until it fits ``limit`` bytes (default:
+    the budget), each shrink said through ``step``.
 
-    Raises ConfigError, in one line, when a case cannot shrink enough, or the model alone
-    does not fit.
+    Raises ConfigError, in one line, when a case cannot shrink enough (or the model alone does not fit).
     """
     limit = budget() if limit is None else limit
     say = step or (lambda _msg: None)
@@ -162,17 +162,16 @@ def plan_grid(task: Any, spec: Any, module: Any, processor: Any, cases: list[Cas
     planned = []
     for case in cases:
         fitted = _fit(planner, processor, case, limit)
-        if fitted.memory is not None and fitted.memory.shrunk:
+        if fitted is not case:
             say(f"memory plan: case '{case.label}' needs ~{size_text(planner.estimate(case).estimate)}, over the "
-                f"{size_text(limit)} budget ({BUDGET_ENV}); verified as {fitted.memory.shrunk} instead "
-                f"(~{size_text(fitted.memory.estimate)})")
+                f"{size_text(limit)} budget ({BUDGET_ENV}); verified at {_shape(fitted)} instead "
+                f"(~{size_text(planner.estimate(fitted).estimate)})")
         planned.append(fitted)
     return planned
 
 
 def _fit(planner: Planner, processor: Any, case: Case, limit: int) -> Case:
-    first = planner.estimate(case)
-    current, memory = case, first
+    current, memory = case, planner.estimate(case)
     while memory.estimate > limit:
         smaller = planner.task.shrink_case(planner.spec, processor, current)
         if smaller is None:
@@ -180,6 +179,7 @@ def _fit(planner: Planner, processor: Any, case: Case, limit: int) -> Case:
         current, memory = smaller, planner.estimate(smaller)
     if current is not case:
         memory.shrunk = f"{_shape(case)} -> {_shape(current)}"
+    memory.budget = limit
     current.memory = memory
     return current
 
@@ -190,8 +190,8 @@ def _refusal(planner: Planner, case: Case, smallest: Case, memory: CaseMemory, l
     needed = math.ceil(memory.estimate / GIB * 10) / 10
     return (f"{planner.spec.name}: verifying the grid case '{case.label}' needs ~{size_text(memory.estimate)} of "
             f"memory even at its smallest ({_shape(smallest)}: {parts}), over the {size_text(limit)} budget; "
-            f"nothing was exported. On a machine with that much memory raise the budget ({BUDGET_ENV}={needed:g}GiB), "
-            "or export a smaller model")
+            f"refused before anything ran or was written. On a machine with that much memory raise the budget "
+            f"({BUDGET_ENV}={needed:g}GiB), or export a smaller model")
 
 
 def _shape(case: Case) -> str:
@@ -207,8 +207,9 @@ def float64_estimate(memory: CaseMemory) -> int:
 def memory_record(cases: list[Case]) -> dict[str, Any]:
     """The verification report's ``memory``: the budget, what is measured, and per case estimate and peaks
     (empty for a grid the plan did not estimate)."""
-    rows = [{"case": case.label, **case.memory.record()} for case in cases if case.memory is not None]
-    if not rows:
+    planned = [(case.label, case.memory) for case in cases if case.memory is not None]
+    if not planned:
         return {}
-    return {"budget_mib": round(budget() / MIB, 1), "measures": MEASURES if resets_allowed() else MEASURES_UNRESET,
-            "cases": rows}
+    return {"budget_mib": round(max(memory.budget for _, memory in planned) / MIB, 1),
+            "measures": MEASURES if resets_allowed() else MEASURES_UNRESET,
+            "cases": [{"case": label, **memory.record()} for label, memory in planned]}

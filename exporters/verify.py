@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from exporters.memory import budget, float64_estimate, measure, memory_record, plan_grid
+from exporters.memory import float64_estimate, measure, memory_record, plan_grid
 from zoo.artifact import MODEL_FILE, check_artifact, read_manifest
 from zoo.checks import Check, VerifyReport
 from zoo.errors import ArtifactError, ConfigError, VerificationError, ZooError, first_line
@@ -362,12 +362,11 @@ class NoiseFloor:
 
     def measure(self, indices: list[int]) -> dict[int, dict[str, float]]:
         """Per case in ``indices``: output name -> max |torch32 - torch64| / the rule's scale of torch64."""
-        planned = {i: memory for i in indices if (memory := self.cases[i].memory) is not None}
-        limit = budget() if planned else 0
-        for i, memory in planned.items():
-            if (need := float64_estimate(memory)) > limit:
+        for i in indices:
+            memory = self.cases[i].memory
+            if memory is not None and (need := float64_estimate(memory)) > memory.budget:
                 self.over_budget[i] = (f"{self.cases[i].label}: a float64 run needs ~{size_text(need)}, over the "
-                                       f"{size_text(limit)} memory budget")
+                                       f"{size_text(memory.budget)} memory budget")
         todo = [i for i in indices if i not in self.floors and i not in self.over_budget]
         if todo and not self.problem:
             self.step(f"float64 torch run on {len(todo)} cases that miss the tolerance (float32 noise floor)")

@@ -280,13 +280,13 @@ def test_zoo_export_refuses_in_one_line_and_writes_nothing(wav2vec2_folder: Path
     assert list(tmp_path.iterdir()) == [], "a refused export wrote files"
 
 
-def test_the_noise_floor_leaves_out_a_float64_run_over_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_noise_floor_leaves_out_a_float64_run_over_the_budget() -> None:
     from exporters.verify import NoiseFloor
 
-    monkeypatch.setenv(BUDGET_ENV, "8GiB")
     inputs = {"input_values": np.zeros((1, 16000), np.float32)}
-    big = Case("long", 0, inputs, memory=CaseMemory({"process": 6 * GIB, "weights": GIB, "attention": 2 * GIB}))
-    small = Case("short", 0, inputs, memory=CaseMemory({"process": GIB, "attention": GIB}))
+    big = Case("long", 0, inputs, memory=CaseMemory({"process": 6 * GIB, "weights": GIB, "attention": 2 * GIB},
+                                                    budget=8 * GIB))
+    small = Case("short", 0, inputs, memory=CaseMemory({"process": GIB, "attention": GIB}, budget=8 * GIB))
     # no module: a float64 run that is tried fails, which shows that it was tried
     floor = NoiseFloor(None, WAVEFORM, [big, small], [{}, {}])
     assert floor.measure([0]) == {} and not floor.problem

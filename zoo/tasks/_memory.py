@@ -10,7 +10,7 @@ own term, e.g. ``{"kv cache": 2 * dims.layers * batch * tokens * dims.width * di
 The dominant terms of a transformer, one layer alive at a time (torch and onnxruntime
 free a layer's tensors before the next):
 
-    attention    batch * heads * tokens^2 * itemsize * ATTENTION_COPIES   (scores, scaled, masked, softmax)
+    attention    batch * heads * tokens^2 * itemsize * ATTENTION_COPIES   (scores, softmax, its NaN guard)
     activations  batch * tokens * width * itemsize * ACTIVATION_COPIES    (width: the widest linear layer)
 
 Nothing here imports torch: ``ModelDims.of`` reads attributes of the module it is given.
@@ -25,8 +25,9 @@ from typing import Any
 
 MIB = 1024**2
 GIB = 1024**3
-# Score-sized tensors alive together in one attention layer: onnxruntime (which holds more of them than torch:
-# scores, scaled, masked, softmax ...) measured 4.8 to 4.9 on a wav2vec2 graph at 1763 and 3203 frames.
+# Score-sized tensors alive together in one attention layer. The dynamo graph guards its softmax against fully
+# masked rows (IsNaN, Where), so onnxruntime holds the scores, the softmax, the NaN mask and the guarded copy at
+# once: measured 4.8 to 4.9 score sizes on a wav2vec2 graph at 1763 and 3203 frames (torch's fused kernel: ~0).
 ATTENTION_COPIES = 6
 # A layer's input, its residual, the widest projection and its activation are alive together.
 ACTIVATION_COPIES = 4
@@ -132,6 +133,7 @@ class CaseMemory:
     """A grid case's memory: the estimate by term (bytes), how it was shrunk to fit, and what was measured."""
 
     terms: dict[str, int]
+    budget: int = 0  # the bytes it was planned to fit
     shrunk: str = ""  # what the planner changed to fit the budget, e.g. "2x480000 -> 2x240000"
     peaks: dict[str, int] = field(default_factory=dict)  # measured resident peak per phase: torch, onnxruntime
 
