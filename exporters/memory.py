@@ -32,6 +32,9 @@ from zoo.errors import ConfigError
 from zoo.tasks._memory import GIB, MIB, CaseMemory, ModelDims, size_text
 from zoo.tasks.base import Case
 
+__all__ = ["BUDGET_ENV", "budget", "float64_estimate", "measure", "memory_record", "plan_grid", "resets_allowed",
+           "resident", "size_text"]
+
 BUDGET_ENV = "ZOO_MEMORY_BUDGET"
 DEFAULT_BUDGET = 8 * GIB
 # onnxruntime, onnx and the exporter's libraries and the session, loaded after the plan is made (measured on

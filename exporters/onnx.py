@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from exporters.golden import golden_indices, write_golden
-from exporters.memory import budget, plan_grid
+from exporters.memory import budget, plan_grid, size_text
 from exporters.source import DEFAULT_INIT_SEED, Source, build_source
 from exporters.verify import NoiseFloor, torch_references, verify_model
 from zoo.artifact import MODEL_FILE, check_destination, staged_dir, write_manifest
@@ -41,7 +41,6 @@ from zoo.checks import VerifyReport
 from zoo.errors import ConfigError, ExportError, VerificationError, first_line
 from zoo.manifest import Manifest, TensorInfo
 from zoo.spec import ModelSpec, opset_problem
-from zoo.tasks._memory import size_text
 from zoo.versions import library_versions
 
 Progress = Callable[[str], None]

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from exporters.memory import float64_estimate, measure, memory_record, plan_grid
+from exporters.memory import float64_estimate, measure, memory_record, plan_grid, size_text
 from zoo.artifact import MODEL_FILE, check_artifact, read_manifest
 from zoo.checks import Check, VerifyReport
 from zoo.errors import ArtifactError, ConfigError, VerificationError, ZooError, first_line
@@ -54,7 +54,6 @@ from zoo.manifest import TOLERANCE_RULES, Manifest
 from zoo.runtime.model import ORT_LEVELS
 from zoo.spec import ModelSpec, Tolerances
 from zoo.tasks import get_task
-from zoo.tasks._memory import size_text
 from zoo.tasks.base import Case
 
 __all__ = ["Check", "NoiseFloor", "VerifyReport", "compare_grid", "tolerance_record", "torch_references",
