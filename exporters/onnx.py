@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from exporters.golden import golden_indices, write_golden
+from exporters.memory import budget, plan_grid, size_text
 from exporters.source import DEFAULT_INIT_SEED, Source, build_source
 from exporters.verify import NoiseFloor, torch_references, verify_model
 from zoo.artifact import MODEL_FILE, check_destination, staged_dir, write_manifest
@@ -83,8 +84,13 @@ def export_onnx(model: str | ModelSpec, *, out: str | Path | None = None, opset:
     spec = with_overrides(_as_spec(model, registries), opset=opset, atol=atol, rtol=rtol)
     dest = Path(out) if out is not None else Path("artifacts") / safe_name(spec.name)
     _check_destination(dest, keep_failed)
+    limit = budget()  # ZOO_MEMORY_BUDGET
     step("build model" + (f" (random weights, seed {seed})" if random_init else ""))
     source = build_source(spec, random_init=random_init, seed=seed, model_kwargs=model_kwargs, module=module)
+    step(f"memory plan ({len(source.cases)} grid cases, budget {size_text(limit)})")
+    # before anything is written: a grid that cannot fit the budget is refused here
+    cases = plan_grid(source.task, source.spec, source.module, source.processor, source.cases, limit, step)
+    source = dataclasses.replace(source, cases=cases)
     with staged_dir(dest, keep_failed=Path(keep_failed) if keep_failed else None) as stage:
         # an explicit --rtol is the user's limit, applied as given; the registry's default yields to the noise floor
         manifest, report = _build_artifact(source, stage, random_init, step, noise_floor=rtol is None)

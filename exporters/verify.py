@@ -28,6 +28,10 @@ a correct graph, whose sums run in another order, is as far. The case passes whe
 the graph is within ``NOISE_FACTOR`` times that floor of torch (at most
 ``NOISE_RTOL_CAP``); the widened rtol and why are recorded in the manifest, so the
 golden data replays under the limit the export was verified with.
+
+Every grid case carries the memory plan's estimate (``exporters.memory``): the torch and
+onnxruntime runs of a case record the peak resident memory they measured beside it, in the
+report's ``memory``, and a case's float64 run is left out when its estimate is over the budget.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from exporters.memory import float64_estimate, measure, memory_record, plan_grid, size_text
 from zoo.artifact import MODEL_FILE, check_artifact, read_manifest
 from zoo.checks import Check, VerifyReport
 from zoo.errors import ArtifactError, ConfigError, VerificationError, ZooError, first_line
@@ -266,8 +271,9 @@ def torch_references(module: Any, spec: ModelSpec, cases: list[Case]) -> list[di
     names = get_task(spec.task).output_names(spec)
     references = []
     for case in cases:
-        references.append(torch_outputs(module, case.inputs, names))
-        gc.collect()  # a large-input model's activations go before the next case (and before onnxruntime)
+        with measure(case, "torch"):
+            references.append(torch_outputs(module, case.inputs, names))
+            gc.collect()  # a large-input model's activations go before the next case (and before onnxruntime)
     return references
 
 
@@ -318,7 +324,8 @@ def run_grid(spec: ModelSpec, model_path: Path, cases: list[Case], references: l
     rejected: list[str] = []
     for case, reference in zip(cases, references):
         try:
-            got = run_session(session, case.inputs)
+            with measure(case, "onnxruntime"):
+                got = run_session(session, case.inputs)
         except Exception as exc:  # onnxruntime raises its own pybind types (InvalidArgument, Fail, ...)
             rejected.append(f"{case.label}: {str(exc).strip().splitlines()[-1][:160]}")
             continue
@@ -339,8 +346,9 @@ class NoiseFloor:
     """How far torch's own float32 outputs are from a float64 run of the same model, case by case.
 
     Measured only for cases where some output misses rtol, once per case however many
-    graphs are tried (float64 doubles the model's memory for a while). A model that cannot
-    run in float64 has no floor, and its failures stand.
+    graphs are tried (float64 doubles the model's memory for a while), and only where the
+    memory plan says the float64 run fits the budget. A model that cannot run in float64
+    has no floor, and its failures stand.
     """
 
     def __init__(self, module: Any, spec: ModelSpec, cases: list[Case], references: list[dict[str, np.ndarray]],
@@ -349,10 +357,16 @@ class NoiseFloor:
         self.step = step or (lambda _msg: None)
         self.floors: dict[int, dict[str, float]] = {}
         self.problem = ""  # why the floor could not be measured
+        self.over_budget: dict[int, str] = {}  # case index -> why its float64 run was left out
 
     def measure(self, indices: list[int]) -> dict[int, dict[str, float]]:
         """Per case in ``indices``: output name -> max |torch32 - torch64| / the rule's scale of torch64."""
-        todo = [i for i in indices if i not in self.floors]
+        for i in indices:
+            memory = self.cases[i].memory
+            if memory is not None and (need := float64_estimate(memory)) > memory.budget:
+                self.over_budget[i] = (f"{self.cases[i].label}: a float64 run needs ~{size_text(need)}, over the "
+                                       f"{size_text(memory.budget)} memory budget")
+        todo = [i for i in indices if i not in self.floors and i not in self.over_budget]
         if todo and not self.problem:
             self.step(f"float64 torch run on {len(todo)} cases that miss the tolerance (float32 noise floor)")
             try:
@@ -394,7 +408,8 @@ def allow_noise(run: GridRun, cases: list[Case], noise: NoiseFloor, tol: Toleran
     if not missed or not run.shape_grid.passed or not run.agreement.passed:
         return  # nothing to measure, or the graph fails regardless
     floors = noise.measure(missed)
-    accepted, refused, floor_max = 0, [], 0.0
+    accepted, floor_max = 0, 0.0
+    refused = [noise.over_budget[i] for i in missed if i in noise.over_budget]
     for stats in run.outputs.values():
         for label in list(stats.failed):
             floor = floors.get(index.get(label, -1), {}).get(stats.name)
@@ -407,8 +422,8 @@ def allow_noise(run: GridRun, cases: list[Case], noise: NoiseFloor, tol: Toleran
             else:
                 refused.append(f"{stats.name} at {label} needs rtol {stats.needed[label]:.3g}, floor {floor:.3g}")
     limit = f"graph within {NOISE_FACTOR:g}x the floor of torch (rtol at most {NOISE_RTOL_CAP:g})"
-    if noise.problem and not floors:
-        run.noise = Check("float32 noise floor", False, "not measured", limit, noise.problem)
+    if (noise.problem or refused) and not floors:
+        run.noise = Check("float32 noise floor", False, "not measured", limit, noise.problem or "; ".join(refused[:3]))
         return
     run.floor = floor_max
     run.noise = Check("float32 noise floor", not refused,
@@ -448,7 +463,8 @@ def verify_model(module: Any, spec: ModelSpec, model_path: Path, cases: list[Cas
         checks.append(run)
     report = VerifyReport(subject=spec.name, checks=checks,
                           shapes=sorted({c.label.rsplit(" seed", 1)[0] for c in cases}),
-                          seeds=sorted({c.seed for c in cases}), tolerances=record)
+                          seeds=sorted({c.seed for c in cases}), tolerances=record,
+                          memory=memory_record(cases))
     report.seconds = time.perf_counter() - start
     return report, references
 
@@ -560,10 +576,12 @@ def _add_source_checks(report: VerifyReport, folder: Path, manifest: Manifest) -
         report.checks.append(Check("source model", False, "unavailable", spec.source_name, str(exc)[:300]))
         return
     tol, rule = read_tolerances(report.tolerances)
-    checks, _ = compare_grid(source.module, spec, folder / MODEL_FILE, source.cases, tol, rule=rule)
+    cases = plan_grid(source.task, spec, source.module, source.processor, source.cases)
+    checks, _ = compare_grid(source.module, spec, folder / MODEL_FILE, cases, tol, rule=rule)
     report.checks += [Check(f"source: {c.name}", c.passed, c.value, c.limit, c.detail) for c in checks]
-    report.shapes = sorted({c.label.rsplit(" seed", 1)[0] for c in source.cases})
-    report.seeds = sorted({c.seed for c in source.cases})
+    report.shapes = sorted({c.label.rsplit(" seed", 1)[0] for c in cases})
+    report.seeds = sorted({c.seed for c in cases})
+    report.memory = memory_record(cases)
 
 
 def report_tol(report: VerifyReport) -> Tolerances:

@@ -32,6 +32,7 @@ class VerifyReport:
     seeds: list[int] = field(default_factory=list)
     tolerances: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    memory: dict[str, Any] = field(default_factory=dict)  # the memory plan: budget, per case estimate and peaks
 
     @property
     def passed(self) -> bool:

@@ -28,7 +28,8 @@ Fields (format_version 1):
                              rtol is above the requested one (a measured float32 noise floor)
     versions                 library versions at export time
     files                    {relative path: {"sha256", "size"}} of every file but manifest.json
-    verification             the verification report (VerifyReport.to_dict())
+    verification             the verification report (VerifyReport.to_dict()); its "memory" holds the memory
+                             budget and, per grid case, the estimate and the measured peak resident memory (MiB)
     created                  ISO-8601 UTC time
     model_kwargs             optional: constructor overrides (e.g. a shrunken test model)
     run                      optional: a fine-tuned model's run.json summary

@@ -8,12 +8,10 @@ import typer
 
 
 def peak_rss_gib() -> float:
-    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
-    import resource
-    import sys
+    """This process's peak resident memory so far, across the verification grid's per-case peak resets."""
+    from exporters.memory import lifetime_peak
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024**3 if sys.platform == "darwin" else peak / 1024**2
+    return lifetime_peak() / 1024**3
 
 
 

@@ -29,6 +29,7 @@ from zoo.folders import read_json
 from zoo.spec import InputSpec, ModelSpec, Preprocess
 from zoo.tasks import _audio_features as feats
 from zoo.tasks._audio_io import MAX_RATE, MIN_RATE, load_clip
+from zoo.tasks._memory import CONV_COPIES, ModelDims, conv_lengths, input_terms, transformer_terms
 from zoo.tasks.base import Case, Task
 
 FEATURES = ("waveform", "fbank")
@@ -352,6 +353,37 @@ class AudioTask(Task):
 
     # ------------------------------------------------------------ verify
 
+    def memory_terms(self, spec: ModelSpec, dims: ModelDims, case: Case) -> dict[str, int]:
+        """A waveform's frames after the feature encoder's strides, or a filterbank's patches, attended to."""
+        values = case.inputs["input_values"]
+        batch = int(values.shape[0])
+        if values.ndim == 3:  # fbank [batch, frames, mel bins]
+            return {**input_terms(case.inputs),
+                    **transformer_terms(dims, batch, spectrogram_patches(dims, *values.shape[1:]))}
+        lengths = conv_lengths(int(values.shape[1]), dims.setting("conv_kernel", ()), dims.setting("conv_stride", ()))
+        channels = dims.setting("conv_dim", ())
+        widest = max((c * n for c, n in zip(channels, lengths)), default=0)
+        # without a conv stack in the config, every sample counts as a frame: the estimate errs high
+        frames = lengths[-1] if lengths else int(values.shape[1])
+        return {**input_terms(case.inputs), "feature encoder": batch * widest * dims.itemsize * CONV_COPIES,
+                **transformer_terms(dims, batch, frames)}
+
+    def shrink_case(self, spec: ModelSpec, processor: Any, case: Case) -> Case | None:
+        """Shorter clips (3/4 of the longest, down to the export's 1 s; waveforms only: a filterbank is always
+        ``max_frames`` long), then half the batch; features made again by the feature extractor."""
+        settings = AudioSettings.from_spec(spec)
+        clips = [clip[:settings.max_samples] for clip in case.raw]
+        longest = max(len(clip) for clip in clips)
+        floor = int(EXPORT_SECONDS[0] * settings.sampling_rate)
+        if settings.features == "waveform" and longest > floor:
+            keep = max(floor, longest * 3 // 4)
+            clips = [clip[:keep] for clip in clips]
+        elif len(clips) > 1:
+            clips = clips[:(len(clips) + 1) // 2]
+        else:
+            return None
+        return Case(case.kind, case.seed, reference_features(processor, settings, clips), raw=clips)
+
     def preprocessor_problems(self, folder: Path, manifest: Any) -> list[str]:
         problems = _record_problems(manifest.preprocess, manifest.input_names)
         return [f"audio preprocess: {p}" for p in problems]
@@ -372,6 +404,14 @@ class AudioTask(Task):
 
     def training_inputs(self, spec: ModelSpec, batch: dict[str, Any]) -> dict[str, Any]:
         return {i.name: batch[i.name] for i in spec.inputs}
+
+
+def spectrogram_patches(dims: ModelDims, frames: int, bins: int) -> int:
+    """The Audio Spectrogram Transformer's tokens: overlapping patches over time and frequency, plus two."""
+    patch = int(dims.setting("patch_size", 16))
+    along_time = (frames - patch) // int(dims.setting("time_stride", 10)) + 1
+    along_frequency = (bins - patch) // int(dims.setting("frequency_stride", 10)) + 1
+    return max(1, along_time) * max(1, along_frequency) + 2
 
 
 def feature_parity_check(record: dict[str, Any], cases: list[Case]) -> Check:

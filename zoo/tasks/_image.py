@@ -18,6 +18,7 @@ import numpy as np
 
 from zoo.folders import read_json
 from zoo.spec import IMAGE_PREPROCESS_KEYS, InputSpec, ModelSpec, Preprocess
+from zoo.tasks._memory import ModelDims, input_terms, pixel_terms
 from zoo.tasks.base import Case, Task, choose_column
 
 EXPORT_BATCH = 2
@@ -119,6 +120,10 @@ class ImageTask(Task):
         return record
 
     # ------------------------------------------------------------ verify
+
+    def memory_terms(self, spec: ModelSpec, dims: ModelDims, case: Case) -> dict[str, int]:
+        """The image side: patches attended to (vision transformers), or feature maps (CNNs)."""
+        return {**input_terms(case.inputs), **pixel_terms(dims, case.inputs[spec.inputs[0].name].shape)}
 
     def preprocessor_problems(self, folder: Path, manifest: Any) -> list[str]:
         if not manifest.preprocess.get("input_size"):

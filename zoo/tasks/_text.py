@@ -19,6 +19,7 @@ from zoo.checks import Check
 from zoo.errors import ConfigError, ModelUnavailableError, first_line
 from zoo.folders import download_command, read_json
 from zoo.spec import InputSpec, ModelSpec, Preprocess
+from zoo.tasks._memory import ModelDims, input_terms, transformer_terms
 from zoo.tasks.base import Case, Task
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
@@ -115,6 +116,27 @@ class TextTask(Task):
 
     # ------------------------------------------------------------ verify
 
+    def memory_terms(self, spec: ModelSpec, dims: ModelDims, case: Case) -> dict[str, int]:
+        batch, sequence = case.inputs[spec.inputs[0].name].shape
+        return {**input_terms(case.inputs), **transformer_terms(dims, int(batch), int(sequence))}
+
+    def shrink_case(self, spec: ModelSpec, processor: Any, case: Case) -> Case | None:
+        """Shorter texts (3/4 of the tokens, down to the export's 16), then half the batch; re-tokenised.
+
+        The texts themselves are cut at a word, so the artifact's tokenizer, which truncates at
+        the model's max length, still makes the very ids the case holds.
+        """
+        batch, sequence = case.inputs[spec.inputs[0].name].shape
+        if sequence > EXPORT_SEQUENCE:
+            target = max(EXPORT_SEQUENCE, sequence * 3 // 4)
+            texts = [_cut_text(processor, text, target) for text in case.texts]
+        elif batch > 1:
+            texts = case.texts[:(batch + 1) // 2]
+        else:
+            return None
+        return Case(case.kind, case.seed, tokenize(spec, processor, texts, spec.preprocess.max_length or 512),
+                    texts=texts)
+
     def preprocessor_problems(self, folder: Path, manifest: Any) -> list[str]:
         from zoo.tasks.preprocess import TextPreprocessor
 
@@ -184,6 +206,20 @@ def _long_text(pool: list[str], tokenizer: Any, max_length: int) -> str:
     while len(tokenizer(text, truncation=True, max_length=max_length + 1)["input_ids"]) <= max_length:
         text = (text + " " + " ".join(pool)).strip()
     return text
+
+
+def _cut_text(tokenizer: Any, text: str, tokens: int) -> str:
+    """The longest run of ``text``'s first words that the tokenizer makes into at most ``tokens`` ids."""
+    words = text.split(" ")
+    low, high = 0, len(words)  # words[:low] fits; bisect for the most that does
+    while low < high:
+        middle = (low + high + 1) // 2
+        # capped at tokens + 1, as in _long_text: the tokenizer never warns about over-long input
+        if len(tokenizer(" ".join(words[:middle]), truncation=True, max_length=tokens + 1)["input_ids"]) <= tokens:
+            low = middle
+        else:
+            high = middle - 1
+    return " ".join(words[:low])
 
 
 def tokenize(spec: ModelSpec, tokenizer: Any, texts: list[str], max_length: int,

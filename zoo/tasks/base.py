@@ -9,7 +9,7 @@ task strings:
 | create | ``adapt_model`` (pooling wrapper ...), ``load_processor`` (tokenizer / image processor) |
 | export | ``output_names``, ``output_axes``, ``axis_bounds``, ``export_module``, ``export_example``, |
 |        | ``write_preprocessor``, ``export_checks`` |
-| verify | ``grid``, ``agreement``, ``preprocessor_problems`` |
+| verify | ``grid``, ``memory_terms``, ``shrink_case`` (the memory plan), ``agreement``, ``preprocessor_problems`` |
 | optimize | ``optimization_gate`` (the accuracy gate of ``zoo optimize``) |
 | runtime | ``runtime_preprocessor``, ``is_single``, ``input_suffixes``, ``postprocess``, ``predict_options``, |
 |         | ``bench_items``, ``render`` (CLI table), ``save_pictures`` (``zoo predict --save``) |
@@ -34,6 +34,7 @@ import numpy as np
 from zoo.checks import Check
 from zoo.errors import DataError, InputError
 from zoo.spec import ModelSpec, Preprocess, Tolerances
+from zoo.tasks._memory import CaseMemory, ModelDims, input_terms, transformer_terms
 from zoo.tasks._vectors import CosineGate
 
 
@@ -46,6 +47,7 @@ class Case:
     inputs: dict[str, np.ndarray]
     texts: list[str] = field(default_factory=list)  # text tasks: the strings behind the token ids
     raw: list[Any] = field(default_factory=list)  # other tasks: raw items (images, waveforms) when kept
+    memory: CaseMemory | None = None  # the memory plan's estimate and the measured peaks (exporters.memory)
 
     @property
     def label(self) -> str:
@@ -170,6 +172,30 @@ class Task:
         return []
 
     # ------------------------------------------------------------ verify
+
+    def memory_terms(self, spec: ModelSpec, dims: ModelDims, case: Case) -> dict[str, int]:
+        """Bytes the model's forward holds at once on ``case``, by term, estimated from shapes and dtype.
+
+        The process and onnxruntime's copy of the weights are the planner's; a task adds what
+        only it knows (sequence length, frames, image side, queries, a cache). This default,
+        for a task that knows nothing more, counts every element of a row as a token.
+        """
+        first = next(iter(case.inputs.values()))
+        return {**input_terms(case.inputs), **transformer_terms(dims, int(first.shape[0]), first[0].size)}
+
+    def shrink_case(self, spec: ModelSpec, processor: Any, case: Case) -> Case | None:
+        """A smaller ``case`` for the memory budget, None when it is as small as it gets.
+
+        The default halves the batch, rows kept as they are: right for inputs whose rows do not
+        depend on each other. Tasks with padded inputs remake the case (the padding follows the
+        longest row), and shorten its sequence before they cut its batch.
+        """
+        batch = int(next(iter(case.inputs.values())).shape[0])
+        if batch <= 1:
+            return None
+        keep = (batch + 1) // 2
+        return Case(case.kind, case.seed, {k: v[:keep] for k, v in case.inputs.items()}, texts=case.texts[:keep],
+                    raw=case.raw[:keep])
 
     def agreement(self, spec: ModelSpec, tol: Tolerances) -> Agreement:
         raise NotImplementedError

@@ -36,6 +36,8 @@ from zoo.spec import InputSpec, ModelSpec, Preprocess, Tolerances
 from zoo.tasks._classify import label_name, labels_from_config
 from zoo.tasks._detection_postprocess import Decoding
 from zoo.tasks._image import ImageTask
+from zoo.tasks._memory import (ACTIVATION_COPIES, ATTENTION_COPIES, ModelDims, input_terms, patch_tokens, pixel_terms,
+                               transformer_terms)
 from zoo.tasks.base import Case, choose_column
 
 # model_type -> how its scores decode and whether it takes a pixel_mask
@@ -175,6 +177,34 @@ class ObjectDetection(ImageTask):
                 postprocessing_check(stage, Decoding.from_dict(record.get("detection")), cases, references)]
 
     # ------------------------------------------------------------ verify
+
+    def memory_terms(self, spec: ModelSpec, dims: ModelDims, case: Case) -> dict[str, int]:
+        """The picture's side through the backbone, the encoder's tokens, and the decoder's queries.
+
+        YOLOS appends its detection tokens to the patches of one ViT; DETR and RT-DETR attend over
+        the backbone's stride-32 map (16 with DETR's dilated last stage), then queries attend to it.
+        """
+        batch, _, height, width = case.inputs["pixel_values"].shape
+        queries = int(dims.setting("num_queries") or dims.setting("num_detection_tokens") or 100)
+        if dims.patch:
+            tokens = patch_tokens(height, width, dims.patch) + queries
+            return {**input_terms(case.inputs), **transformer_terms(dims, batch, tokens)}
+        stride = 16 if dims.setting("dilation") else 32
+        tokens = -(-height // stride) * -(-width // stride)
+        decoder = batch * queries * (dims.heads * (queries + tokens) * ATTENTION_COPIES + dims.width * ACTIVATION_COPIES)
+        backbone = pixel_terms(dataclasses.replace(dims, patch=0), (batch, 3, height, width))
+        return {**input_terms(case.inputs), **backbone, **transformer_terms(dims, batch, tokens),
+                "queries": decoder * dims.itemsize}
+
+    def shrink_case(self, spec: ModelSpec, processor: Any, case: Case) -> Case | None:
+        """Half the pictures, padded again by the image processor (the batch pads to its largest picture)."""
+        from zoo.tasks._detection_verify import processor_inputs
+
+        if len(case.raw) <= 1:
+            return None
+        images = case.raw[:(len(case.raw) + 1) // 2]
+        return Case(case.kind, case.seed, processor_inputs(processor, images, [i.name for i in spec.inputs]),
+                    raw=images)
 
     def agreement(self, spec: ModelSpec, tol: Tolerances) -> Any:
         from zoo.tasks._detection_verify import DetectionAgreement
