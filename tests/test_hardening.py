@@ -8,6 +8,7 @@ the CLI in a real subprocess: exit code 1, one line, no traceback unless --debug
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ import threading
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -670,7 +672,16 @@ def test_two_export_onnx_calls_to_one_out(timm_artifact: Path, tmp_path: Path, t
         barrier.wait(timeout=30)
         return read_manifest(stage), VerifyReport.from_dict(read_manifest(stage).verification)
 
-    monkeypatch.setattr(onnx_exporter, "build_source", lambda spec, **kw: type("S", (), {"spec": spec})())
+    @dataclasses.dataclass
+    class StandIn:  # what export_onnx reads of a Source before the faked build
+        spec: Any
+        task: Any = None
+        module: Any = None
+        processor: Any = None
+        cases: list = dataclasses.field(default_factory=list)
+
+    monkeypatch.setattr(onnx_exporter, "build_source", lambda spec, **kw: StandIn(spec))
+    monkeypatch.setattr(onnx_exporter, "plan_grid", lambda task, spec, module, processor, cases, *_: cases)
     monkeypatch.setattr(onnx_exporter, "_build_artifact", fake_build)
     dest = tmp_path / "out"
     outcome: list[object] = []

@@ -241,7 +241,7 @@ def test_an_image_batch_is_halved_down_to_one() -> None:
 
 def _issue_source(folder: Path) -> Any:
     from exporters.source import build_source
-    from zoo.resolve import resolve
+    from zoo.resolver import resolve
 
     return build_source(resolve(str(folder)))
 

@@ -264,7 +264,7 @@ def test_export_still_names_out_for_a_taken_folder(tmp_path: Path) -> None:
 
 def test_embeddings_work_as_the_arrays_the_readme_shows() -> None:
     """The README's `vectors[0] @ vectors[1]` raised TypeError on Embedding objects."""
-    from zoo.runtime.results import Embedding
+    from zoo.tasks.results import Embedding
 
     first, second = (Embedding(np.array(v, dtype=np.float32)) for v in ([0.6, 0.8], [1.0, 0.0]))
     vectors = [first, second]

@@ -64,7 +64,7 @@ def image_spec(tiny_timm_folder):
 
 
 def test_a_csv_of_relative_and_absolute_image_paths_is_read_as_images(tmp_path, image_spec, monkeypatch):
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     csv = image_csv(tmp_path / "set")
     monkeypatch.chdir(tmp_path)  # relative paths are the CSV folder's, not the working directory's
@@ -98,7 +98,7 @@ def test_the_fingerprint_of_an_image_csv_covers_the_images(tmp_path, image_spec)
     ("", r"row 2, column 'image': no image path"),
 ])
 def test_a_missing_or_unreadable_image_is_named_by_row_and_path(tmp_path, image_spec, cell, expected):
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     csv = image_csv(tmp_path / "set")
     (tmp_path / "set" / "pics" / "broken.png").write_text("not a png")
@@ -110,7 +110,7 @@ def test_a_missing_or_unreadable_image_is_named_by_row_and_path(tmp_path, image_
 
 
 def test_a_text_column_given_to_an_image_model_says_it_holds_text(tmp_path, image_spec):
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     csv = tmp_path / "reviews.csv"
     csv.write_text("text,label\n" + "".join(f"review number {i},{'ab'[i % 2]}\n" for i in range(8)))
@@ -120,7 +120,7 @@ def test_a_text_column_given_to_an_image_model_says_it_holds_text(tmp_path, imag
 
 
 def test_an_image_that_fails_to_decode_names_its_file(tmp_path, image_spec):
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     csv = image_csv(tmp_path / "set")
     png = (tmp_path / "set" / "pics" / "dog0.png").read_bytes()
@@ -150,10 +150,10 @@ def test_optimize_eval_data_reads_image_csv_paths_from_the_csvs_folder(tmp_path,
     from exporters.evaldata import gate_data
     from zoo.artifact import read_manifest
 
-    csv = image_csv(tmp_path / "set", per_label=6)
+    csv = image_csv(tmp_path / "set", per_label=43)  # 129 rows: the gate judges at least 64 of them
     monkeypatch.chdir(tmp_path)
     data = gate_data(timm_artifact, read_manifest(timm_artifact), str(csv))
-    assert data.evaluation.rows + data.calibration.rows == 18
+    assert data.evaluation.rows + data.calibration.rows == 129
     assert sorted(set(data.evaluation.labels.tolist())) == [0, 1, 2]  # cat, dog, bird: the model's order
 
 
@@ -161,7 +161,7 @@ def test_optimize_eval_data_reads_image_csv_paths_from_the_csvs_folder(tmp_path,
 
 
 def test_a_zero_byte_csv_says_the_file_is_empty(tmp_path, image_spec):
-    from zoo.data import prepare_data
+    from zoo.train.data import prepare_data
 
     empty = tmp_path / "empty.csv"
     empty.write_text("")
