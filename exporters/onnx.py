@@ -303,17 +303,26 @@ def _dims(spec: ModelSpec) -> dict[str, Any]:
     from zoo.tasks import get_task
 
     made: dict[str, Any] = {}
-    bounds = {"batch": MAX_BATCH, **get_task(spec.task).axis_bounds(spec)}
+    task = get_task(spec.task)
+    bounds = {"batch": MAX_BATCH, **task.axis_bounds(spec)}
     shapes: dict[str, Any] = {}
     for item in spec.inputs:
         axes = {}
         for axis, name in item.dynamic_axes().items():
-            key = re.sub(r"\W", "_", name)
+            key = _identifier(name)
+            if name in task.derived_axes:  # a sum of other axes (past + new tokens): torch infers it
+                axes[axis] = Dim.AUTO
+                continue
             if key not in made:
                 made[key] = Dim(key, min=1, max=max(bounds.get(name, MAX_BATCH), 2))
             axes[axis] = made[key]
-        shapes[item.name] = axes
+        shapes[_identifier(item.name)] = axes
     return shapes
+
+
+def _identifier(name: str) -> str:
+    """A graph name as a forward argument name ('past_key_values.0.key' -> 'past_key_values_0_key')."""
+    return re.sub(r"\W", "_", name)
 
 
 def _output_names(spec: ModelSpec) -> list[str]:
@@ -330,7 +339,7 @@ def _export_dynamo(module: Any, spec: ModelSpec, tensors: dict[str, Any], path: 
     # no_grad: an inference graph needs no autograd, and tracing without it is ~15% faster
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, (), kwargs=tensors, dynamo=True,
+        program = torch.onnx.export(module, (), kwargs={_identifier(k): v for k, v in tensors.items()}, dynamo=True,
                                     dynamic_shapes=_dims(spec) if dynamic else None,
                                     opset_version=spec.export.opset, input_names=list(tensors),
                                     output_names=_output_names(spec), verbose=False, optimize=False)
