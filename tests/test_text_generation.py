@@ -113,7 +113,7 @@ def test_export_verifies_decode_steps_and_greedy_generation(family, request):
     from exporters.golden import golden_sets, read_golden
     from exporters.verify import verify_artifact
 
-    spec, result = request.getfixturevalue(family)
+    _, result = request.getfixturevalue(family)
     checks = {c.name: c for c in result.report.checks}
     assert result.report.passed, result.report.summary()
     assert result.exporter == "dynamo"
@@ -151,7 +151,10 @@ class _DropsTheCache:
 
 
 class _PositionsIgnorePadding:
-    """Planted fault: positions count from the first column, padding included (the wrong offset)."""
+    """Planted fault: positions count from the first column, padding included (the wrong offset).
+
+    Planted on GPT-2: its learned absolute positions see the offset. Rotary embeddings (Llama) depend only on
+    the distance between tokens, so a constant offset per row leaves their outputs unchanged (not a fault)."""
 
     def run(self, input_ids, attention_mask, position_ids, past):
         import torch
