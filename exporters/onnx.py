@@ -344,6 +344,7 @@ def _export_dynamo(module: Any, spec: ModelSpec, tensors: dict[str, Any], path: 
                                     opset_version=spec.export.opset, input_names=list(tensors),
                                     output_names=_output_names(spec), verbose=False, optimize=False)
         _tidy_graph(program.model)
+        _name_derived_axes(program.model, spec)
         program.save(str(path), external_data=big)
 
 
@@ -366,6 +367,20 @@ def _tidy_graph(model: Any) -> None:
                          common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
                          common.DeduplicateInitializersPass(), common.CommonSubexpressionEliminationPass(),
                          common.OutputFixPass(), common.NameFixPass())(model)
+
+
+def _name_derived_axes(model: Any, spec: ModelSpec) -> None:
+    """Give the inputs' inferred axes (``Dim.AUTO``: torch names them s0, s53 ...) the names the spec declares."""
+    import onnx_ir as ir
+
+    from zoo.tasks import get_task
+
+    derived = get_task(spec.task).derived_axes
+    declared = {item.name: item.shape for item in spec.inputs}
+    for value in model.graph.inputs:
+        shape = declared.get(value.name, ())
+        if value.shape is not None and len(shape) == len(value.shape) and any(d in derived for d in shape):
+            value.shape = ir.Shape([ir.SymbolicDim(d) if d in derived else old for d, old in zip(shape, value.shape)])
 
 
 def _export_torchscript(module: Any, spec: ModelSpec, tensors: dict[str, Any], path: Path, dynamic: bool) -> None:

@@ -123,6 +123,7 @@ def test_export_verifies_decode_steps_and_greedy_generation(family, request):
     generation = manifest["preprocess"]["generation"]
     assert generation["eos_token_ids"] == [102] and generation["kv_cache"]["layers"] == 2
     shapes = {i["name"]: i["shape"] for i in manifest["inputs"]}
+    assert shapes["attention_mask"] == ["batch", "total_sequence"]  # past + new tokens, inferred by the exporter
     assert shapes["past_key_values.1.value"][0] == "batch" and shapes["past_key_values.1.value"][2] == "past_sequence"
     assert [o["name"] for o in manifest["outputs"]][:2] == ["logits", "present.0.key"]
     # the golden data holds a decode step on a non-empty cache, and zoo verify replays it
@@ -230,6 +231,28 @@ def test_sampling_is_seeded_and_stop_strings_end_the_text(llama):
     stopped = model.generate(PROMPTS[0], max_new_tokens=12, stop=[stop])[0]
     assert stopped.finish_reason == "stop" and stop not in stopped.text
     assert greedy.text.startswith(stopped.text)
+
+
+@pytest.mark.parametrize("stop", [None, "stop"])
+def test_stream_pieces_join_to_the_generated_text(llama, stop):
+    import zoo
+
+    model = zoo.load(llama[1].path)
+    whole = model.generate(PROMPTS[1], max_new_tokens=16)[0].text
+    stops = [whole.split()[3]] if stop else None  # a word the greedy text reaches, so the stop is hit
+    expected = model.generate(PROMPTS[1], max_new_tokens=16, stop=stops)[0]
+    pieces = list(model.stream(PROMPTS[1], max_new_tokens=16, stop=stops))
+    assert "".join(pieces) == expected.text and len(pieces) > 1
+    assert not stop or expected.finish_reason == "stop"
+
+
+def test_stream_holds_back_half_characters_and_stop_string_starts():
+    from zoo.runtime.generate import _certain
+
+    assert _certain("caf\ufffd", []) == "caf"  # the rest of the UTF-8 sequence comes with the next token
+    assert _certain("Hello\n", ["\n\n"]) == "Hello"  # may be the start of the stop string
+    assert _certain("Hello\nWorld", ["\n\n"]) == "Hello\nWorld"
+    assert _certain("the end", ["END", "ending"]) == "the "
 
 
 def test_sampling_rules_in_numpy():

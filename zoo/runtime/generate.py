@@ -16,7 +16,7 @@ temperature, top-k and top-p from a seeded generator.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,10 +126,33 @@ class Generator:
             raise InputError("; ".join(problems) + "; fix the option (leave it out for the model's default)")
         return new, Sampling(**values)
 
-    def generate(self, prompts: Sequence[str], *, max_new_tokens: int | None = None,
-                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                 repetition_penalty: float | None = None, stop: Sequence[str] | None = None,
-                 seed: int | None = None) -> list[Generation]:
+    def generate(self, prompts: Sequence[str], **options: Any) -> list[Generation]:
+        """Every prompt's continuation (options: see ``steps``)."""
+        rows: list[_Row] = []
+        for rows in self.steps(prompts, **options):
+            pass
+        return [Generation(r.text, tuple(r.new), len(r.prompt), len(r.new), r.finish or "length") for r in rows]
+
+    def stream(self, prompt: str, **options: Any) -> Iterator[str]:
+        """One prompt's continuation as pieces of text, each as soon as it is certain.
+
+        A piece is held back while it ends in an incomplete character (a byte-level token
+        can carry half of one) or could be the start of a stop string, so the pieces joined
+        are exactly ``generate``'s text.
+        """
+        stops = _stop_strings(options.get("stop"))
+        sent = 0
+        for [row] in self.steps([prompt], **options):
+            text = row.text if row.finish is not None else _certain(row.text, stops)
+            if len(text) > sent:
+                yield text[sent:]
+                sent = len(text)
+
+    def steps(self, prompts: Sequence[str], *, max_new_tokens: int | None = None, temperature: float | None = None,
+              top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
+              stop: Sequence[str] | None = None, seed: int | None = None) -> Iterator[list[_Row]]:
+        """The decode loop: every row's state after each new token. Options left out take the model's defaults;
+        ``stop`` strings end a row's text (not included); ``seed`` seeds sampling."""
         new, sampling = self.settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
         stops = _stop_strings(stop)
         batch = self.preprocessor(list(prompts))
@@ -150,12 +173,12 @@ class Generator:
             for row, token in zip(rows, tokens):
                 if row.finish is None:
                     self._append(row, int(token), new, stops)
+            yield rows
             if all(row.finish is not None for row in rows):
-                break
+                return
             # a finished row is fed padding, as generate() does; its output is no longer read
             ids = np.array([[r.new[-1] if r.finish is None else self.pad] for r in rows], np.int64)
             mask = np.concatenate([mask, np.ones((len(rows), 1), np.int64)], axis=1)
-        return [Generation(r.text, tuple(r.new), len(r.prompt), len(r.new), r.finish or "length") for r in rows]
 
     def _append(self, row: _Row, token: int, limit: int, stops: list[str]) -> None:
         if token in self.eos:
@@ -202,6 +225,14 @@ class _Row:
     new: list[int] = field(default_factory=list)
     text: str = ""
     finish: str | None = None
+
+
+def _certain(text: str, stops: list[str]) -> str:
+    """The part of a growing text no later token can change: without a trailing incomplete character
+    (U+FFFD, what decoding half of a UTF-8 sequence gives) and without a tail that may begin a stop string."""
+    text = text.rstrip("\ufffd")
+    hold = max((n for s in stops for n in range(1, min(len(s), len(text)) + 1) if text.endswith(s[:n])), default=0)
+    return text[:len(text) - hold]
 
 
 def _stop_strings(stop: Sequence[str] | None) -> list[str]:

@@ -264,13 +264,23 @@ class ExportedModel:
         ``repetition_penalty``, ``stop`` (strings that end a continuation), ``seed``; each left out
         takes the model's ``generation_config.json`` default (``zoo.runtime.generate``).
         """
+        items = [prompts] if isinstance(prompts, str) else self._as_list(prompts)
+        return self._generator(options).generate(items, **options)
+
+    def stream(self, prompt: str, **options: Any) -> Iterator[str]:
+        """One prompt's new text in pieces as it is generated (``generate``'s options); joined, they are
+        ``generate``'s text: no character is split across pieces, and a stop string never shows."""
+        if not isinstance(prompt, str):
+            raise InputError(f"stream takes one prompt (a string), not {type(prompt).__name__}; use generate for many")
+        return self._generator(options).stream(prompt, **options)
+
+    def _generator(self, options: dict[str, Any]) -> Any:
         from zoo.runtime.generate import Generator
 
         if not self._task.generates:
             raise InputError(f"generate needs a text-generation artifact; this one is {self.task}: use predict")
-        items = [prompts] if isinstance(prompts, str) else self._as_list(prompts)
         self._task.check_options(options)
-        return Generator(self._session, self._manifest, self._preprocess).generate(items, **options)
+        return Generator(self._session, self._manifest, self._preprocess)
 
     def _as_list(self, inputs: Any) -> list[Any]:
         if isinstance(inputs, (bytes, bytearray, memoryview)):
