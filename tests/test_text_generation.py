@@ -288,6 +288,24 @@ def test_bad_generation_options_are_one_clear_error(llama, options, message):
     assert "\n" not in str(caught.value)
 
 
+def test_no_prompt_or_a_prompt_without_tokens_is_refused(gpt2):
+    """A tokenizer that adds no special tokens (GPT-2's own) turns "" into a row of padding only; the tiny models'
+    MiniLM tokenizer always adds [CLS] [SEP], so that row is made here directly."""
+    from types import SimpleNamespace
+
+    import zoo
+    from zoo.runtime.generate import Generator
+
+    model = zoo.load(gpt2[1].path)
+    with pytest.raises(InputError, match="generate got no prompts"):
+        model.generate([])
+    rows = {"input_ids": np.array([[0, 0], [101, 102]]), "attention_mask": np.array([[0, 0], [1, 1]])}
+    generator = Generator(model._session, model.manifest, model._preprocess)
+    generator.preprocessor = lambda texts: SimpleNamespace(arrays=rows)
+    with pytest.raises(InputError, match="prompt 0 makes no tokens"):
+        generator.generate(["", "Hi"])
+
+
 def test_predict_cli_prints_the_generated_text(gpt2):
     from typer.testing import CliRunner
 

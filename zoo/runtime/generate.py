@@ -155,9 +155,14 @@ class Generator:
         ``stop`` strings end a row's text (not included); ``seed`` seeds sampling."""
         new, sampling = self.settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
         stops = _stop_strings(stop)
+        if not prompts:
+            raise InputError("generate got no prompts; give one string or a list of them")
         batch = self.preprocessor(list(prompts))
         ids, mask = batch.arrays["input_ids"], batch.arrays["attention_mask"]
         lengths = mask.sum(1)
+        if not lengths.all():
+            raise InputError(f"prompt {int(np.argmin(lengths))} makes no tokens; the model continues a text: give it "
+                             "at least one word")
         too_long = [i for i, n in enumerate(lengths) if n + new > self.context]
         if too_long:
             raise InputError(f"prompt {too_long[0]} has {int(lengths[too_long[0]])} tokens; with max_new_tokens="
