@@ -74,6 +74,16 @@ def test_the_packaged_smollm2_resolves_as_a_dequantised_llama(tmp_path, cache):
     assert spec.inputs[3].shape == ("batch", 3, "past_sequence", 64)  # 9 query heads share 3 KV heads
     folder = Path(spec.local_path)
     assert folder.parent == cache and (folder / "gguf.json").is_file() and (folder / "tokenizer.json").is_file()
+    # its real chat template renders in zoo's sandbox as transformers renders it
+    import transformers
+
+    from zoo.runtime.chat import render_chat
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    assert render_chat(tokenizer.chat_template, messages, bos_token=tokenizer.bos_token or "",
+                       eos_token=tokenizer.eos_token or "") == \
+        tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     # the folder holding the file names the same model, from the same dequantised folder (no second conversion)
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / file.name).symlink_to(file)

@@ -97,8 +97,11 @@ def test_the_manifest_records_the_chat_template_and_generation_defaults(tmp_path
     from zoo.tasks.text_generation import generation_record
 
     spec = _tiny(registry, "qwen2.5-0.5b", tmp_path / "qwen2")
-    record = generation_record(spec, load_processor(spec), Path(spec.local_path))
+    tokenizer = load_processor(spec)
+    record = generation_record(spec, tokenizer, Path(spec.local_path))
     assert record["chat_template"] == tiny.CHAT_TEMPLATE
+    # what a template writes as bos_token / eos_token: the tokenizer's strings, as transformers passes them
+    assert (record["bos_token"], record["eos_token"]) == (tokenizer.bos_token or "", tokenizer.eos_token or "")
     assert record["eos_token_ids"] == [102] and record["pad_token_id"] == 0
     assert record["kv_cache"] == {"layers": 2, "kv_heads": 2, "head_dim": 8, "dtype": "float32",
                                   "layout": "batch, kv_heads, sequence, head_dim"}
@@ -135,11 +138,71 @@ def test_export_verifies_decode_steps_and_greedy_generation(family, request):
 
 
 @pytest.mark.slow
-def test_qwen2_exports_and_verifies(tmp_path, registry):
+def test_qwen2_exports_verifies_and_chats_like_transformers(tmp_path, registry):
+    import torch
+    import transformers
+
+    import zoo
+
     spec = _tiny(registry, "qwen2.5-0.5b", tmp_path / "model")
     result = _export(spec, tmp_path / "artifact")
     assert result.report.passed, result.report.summary()
     assert result.manifest.preprocess["generation"]["chat_template"] == tiny.CHAT_TEMPLATE
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
+    reply = zoo.load(result.path).chat(messages, max_new_tokens=12)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(spec.local_path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(spec.local_path).eval()
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, do_sample=False, max_new_tokens=12, pad_token_id=0)
+    want = out[0, ids["input_ids"].shape[1]:].tolist()
+    assert list(reply.token_ids) == (want[:want.index(102)] if 102 in want else want)
+    assert reply.prompt_tokens == ids["input_ids"].shape[1]
+
+
+def test_chat_templates_render_as_transformers_renders_them(tmp_path, registry):
+    from zoo.runtime.chat import render_chat
+    from zoo.sources import load_processor
+
+    spec = _tiny(registry, "qwen2.5-0.5b", tmp_path / "qwen2")
+    tokenizer = load_processor(spec)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Héllo {{ 7*7 }}"},
+                {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "Again"}]
+    for prompt in (True, False):
+        assert render_chat(tiny.CHAT_TEMPLATE, messages, add_generation_prompt=prompt) == \
+            tokenizer.apply_chat_template(messages, add_generation_prompt=prompt, tokenize=False)
+    assert "{{ 7*7 }}" in render_chat(tiny.CHAT_TEMPLATE, messages)  # content is data, never template code
+
+
+def test_the_template_sandbox_refuses_what_a_template_must_not_do():
+    from zoo.runtime.chat import render_chat
+
+    hostile = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
+    with pytest.raises(Exception, match="unsafe|not safely|access to attribute"):
+        render_chat(hostile, [{"role": "user", "content": "hi"}])
+    refusing = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('user first') }}{% endif %}ok"
+    with pytest.raises(InputError, match="chat template refused these messages: user first"):
+        render_chat(refusing, [{"role": "system", "content": "x"}])
+
+
+@pytest.mark.parametrize("messages,message", [
+    ([{"role": "wizard", "content": "hi"}], "message 0 has role 'wizard'; valid roles: system, user, assistant"),
+    ([{"role": "user"}], "message 0 is not"),
+    ("Hello", "chat takes a non-empty list of messages"),
+    ([], "chat takes a non-empty list of messages"),
+])
+def test_bad_chat_messages_are_one_clear_error(messages, message):
+    from zoo.runtime.chat import check_messages
+
+    with pytest.raises(InputError, match=message):
+        check_messages(messages)
+
+
+def test_a_model_without_a_chat_template_says_so(llama):
+    import zoo
+
+    with pytest.raises(InputError, match="this model has no chat template"):
+        zoo.load(llama[1].path).chat([{"role": "user", "content": "hi"}])
 
 
 class _DropsTheCache:

@@ -148,17 +148,31 @@ class Generator:
                 yield text[sent:]
                 sent = len(text)
 
+    def chat(self, messages: Any, **options: Any) -> Generation:
+        """The assistant's reply to ``messages``, prompted through the model's own chat template."""
+        from zoo.runtime.chat import check_messages, render_chat
+
+        template = self.record.get("chat_template")
+        if not template:
+            raise InputError("this model has no chat template (its tokenizer_config.json names none): use generate "
+                             "with a plain prompt, or export a chat (instruct) model")
+        text = render_chat(template, check_messages(messages), bos_token=self.record.get("bos_token", ""),
+                           eos_token=self.record.get("eos_token", ""))
+        # the template writes the special tokens itself, as transformers' apply_chat_template tokenises it
+        return self.generate([text], special_tokens=False, **options)[0]
+
     def steps(self, prompts: Sequence[str], *, max_new_tokens: int | None = None, temperature: float | None = None,
               top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
-              stop: Sequence[str] | None = None, seed: int | None = None) -> Iterator[list[_Row]]:
+              stop: Sequence[str] | None = None, seed: int | None = None,
+              special_tokens: bool = True) -> Iterator[list[_Row]]:
         """The decode loop: every row's state after each new token. Options left out take the model's defaults;
-        ``stop`` strings end a row's text (not included); ``seed`` seeds sampling."""
+        ``stop`` strings end a row's text (not included); ``seed`` seeds sampling; ``special_tokens=False``
+        tokenises without the tokenizer's own BOS/EOS (a rendered chat template holds them)."""
         new, sampling = self.settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
         stops = _stop_strings(stop)
         if not prompts:
             raise InputError("generate got no prompts; give one string or a list of them")
-        batch = self.preprocessor(list(prompts))
-        ids, mask = batch.arrays["input_ids"], batch.arrays["attention_mask"]
+        ids, mask = self._encode(list(prompts), special_tokens)
         lengths = mask.sum(1)
         if not lengths.all():
             raise InputError(f"prompt {int(np.argmin(lengths))} makes no tokens; the model continues a text: give it "
@@ -184,6 +198,14 @@ class Generator:
             # a finished row is fed padding, as generate() does; its output is no longer read
             ids = np.array([[r.new[-1] if r.finish is None else self.pad] for r in rows], np.int64)
             mask = np.concatenate([mask, np.ones((len(rows), 1), np.int64)], axis=1)
+
+    def _encode(self, prompts: list[str], special_tokens: bool) -> tuple[np.ndarray, np.ndarray]:
+        if special_tokens:
+            arrays = self.preprocessor(prompts).arrays
+            return arrays["input_ids"], arrays["attention_mask"]
+        encodings = self.tokenizer.encode_batch(prompts, add_special_tokens=False)  # padded left, as configured
+        return (np.array([e.ids for e in encodings], np.int64), np.array([e.attention_mask for e in encodings],
+                                                                         np.int64))
 
     def _append(self, row: _Row, token: int, limit: int, stops: list[str]) -> None:
         if token in self.eos:

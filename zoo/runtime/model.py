@@ -274,6 +274,11 @@ class ExportedModel:
             raise InputError(f"stream takes one prompt (a string), not {type(prompt).__name__}; use generate for many")
         return self._generator(options).stream(prompt, **options)
 
+    def chat(self, messages: Any, **options: Any) -> Any:
+        """The assistant's reply (a ``Generation``) to ``[{"role": ..., "content": ...}, ...]``, through the
+        model's own chat template (jinja2, sandboxed); ``generate``'s options."""
+        return self._generator(options).chat(messages, **options)
+
     def _generator(self, options: dict[str, Any]) -> Any:
         from zoo.runtime.generate import Generator
 

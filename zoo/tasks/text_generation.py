@@ -245,6 +245,8 @@ def generation_record(spec: ModelSpec, tokenizer: Any, folder: Path | None) -> d
             "bos_token_id": defaults.get("bos_token_id", config.get("bos_token_id")),
             "defaults": {k: defaults[k] for k in GENERATION_DEFAULTS if k in defaults},
             "chat_template": template if isinstance(template, str) else None,
+            # the strings a chat template writes as bos_token / eos_token (the tokenizer's, as transformers passes)
+            "bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or "",
             "context_length": spec.preprocess.max_length,
             "kv_cache": {"layers": layers_of(spec), "kv_heads": heads, "head_dim": dim, "dtype": "float32",
                          "layout": "batch, kv_heads, sequence, head_dim"}}
