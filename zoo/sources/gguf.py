@@ -18,6 +18,7 @@ import os
 import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from zoo.errors import ConfigError, first_line
 
@@ -35,7 +36,7 @@ def tensor_types(path: Path) -> dict[str, int]:
     return dict(sorted(Counter(t.tensor_type.name for t in reader.tensors).items()))
 
 
-def _reader(path: Path):  # noqa: ANN202 - gguf.GGUFReader, an optional dependency
+def _reader(path: Path) -> Any:  # a gguf.GGUFReader (gguf is an optional dependency)
     try:
         from gguf import GGUFReader
     except ImportError:
