@@ -309,17 +309,26 @@ def _dims(spec: ModelSpec) -> dict[str, Any]:
     from zoo.tasks import get_task
 
     made: dict[str, Any] = {}
-    bounds = {"batch": MAX_BATCH, **get_task(spec.task).axis_bounds(spec)}
+    task = get_task(spec.task)
+    bounds = {"batch": MAX_BATCH, **task.axis_bounds(spec)}
     shapes: dict[str, Any] = {}
     for item in spec.inputs:
         axes = {}
         for axis, name in item.dynamic_axes().items():
-            key = re.sub(r"\W", "_", name)
+            key = _identifier(name)
+            if name in task.derived_axes:  # a sum of other axes (past + new tokens): torch infers it
+                axes[axis] = Dim.AUTO
+                continue
             if key not in made:
                 made[key] = Dim(key, min=1, max=max(bounds.get(name, MAX_BATCH), 2))
             axes[axis] = made[key]
-        shapes[item.name] = axes
+        shapes[_identifier(item.name)] = axes
     return shapes
+
+
+def _identifier(name: str) -> str:
+    """A graph name as a forward argument name ('past_key_values.0.key' -> 'past_key_values_0_key')."""
+    return re.sub(r"\W", "_", name)
 
 
 def _output_names(spec: ModelSpec) -> list[str]:
@@ -336,11 +345,12 @@ def _export_dynamo(module: Any, spec: ModelSpec, tensors: dict[str, Any], path: 
     # no_grad: an inference graph needs no autograd, and tracing without it is ~15% faster
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, (), kwargs=tensors, dynamo=True,
+        program = torch.onnx.export(module, (), kwargs={_identifier(k): v for k, v in tensors.items()}, dynamo=True,
                                     dynamic_shapes=_dims(spec) if dynamic else None,
                                     opset_version=spec.export.opset, input_names=list(tensors),
                                     output_names=_output_names(spec), verbose=False, optimize=False)
         _tidy_graph(program.model)
+        _name_derived_axes(program.model, spec)
         program.save(str(path), external_data=big)
 
 
@@ -363,6 +373,20 @@ def _tidy_graph(model: Any) -> None:
                          common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
                          common.DeduplicateInitializersPass(), common.CommonSubexpressionEliminationPass(),
                          common.OutputFixPass(), common.NameFixPass())(model)
+
+
+def _name_derived_axes(model: Any, spec: ModelSpec) -> None:
+    """Give the inputs' inferred axes (``Dim.AUTO``: torch names them s0, s53 ...) the names the spec declares."""
+    import onnx_ir as ir
+
+    from zoo.tasks import get_task
+
+    derived = get_task(spec.task).derived_axes
+    declared = {item.name: item.shape for item in spec.inputs}
+    for value in model.graph.inputs:
+        shape = declared.get(value.name, ())
+        if value.shape is not None and len(shape) == len(value.shape) and any(d in derived for d in shape):
+            value.shape = ir.Shape([ir.SymbolicDim(d) if d in derived else old for d, old in zip(shape, value.shape)])
 
 
 def _export_torchscript(module: Any, spec: ModelSpec, tensors: dict[str, Any], path: Path, dynamic: bool) -> None:

@@ -54,7 +54,7 @@ from zoo.manifest import TOLERANCE_RULES, Manifest
 from zoo.runtime.model import ORT_LEVELS
 from zoo.spec import ModelSpec, Tolerances
 from zoo.tasks import get_task
-from zoo.tasks.base import Case
+from zoo.tasks.base import Case, Task
 
 __all__ = ["Check", "NoiseFloor", "VerifyReport", "compare_grid", "tolerance_record", "torch_references",
            "verify_artifact", "verify_model", "within_tolerance"]
@@ -458,7 +458,7 @@ def verify_model(module: Any, spec: ModelSpec, model_path: Path, cases: list[Cas
             record = tolerance_record(widened, ROW_SCALE, f"rtol {tol.rtol:g} -> {run.widened_rtol:.3g}: on {count} "
                                       f"grid cases torch float32 itself is up to {run.floor:.3g} of a row from "
                                       f"float64, and the graph may be {NOISE_FACTOR:g}x that from torch")
-        checks += run.checks
+        checks += run.checks + _sequence_checks(module, spec, model_path, cases, tol, optimization)
     else:
         checks.append(run)
     report = VerifyReport(subject=spec.name, checks=checks,
@@ -467,6 +467,20 @@ def verify_model(module: Any, spec: ModelSpec, model_path: Path, cases: list[Cas
                           memory=memory_record(cases))
     report.seconds = time.perf_counter() - start
     return report, references
+
+
+def _sequence_checks(module: Any, spec: ModelSpec, model_path: Path, cases: list[Case], tol: Tolerances,
+                     optimization: str | None) -> list[Check]:
+    """The task's step-by-step checks (a decoder fed its own cache), in a session of their own."""
+    task = get_task(spec.task)
+    if type(task).sequence_checks is Task.sequence_checks:
+        return []  # the task has none: no second session
+    session = ort_session(model_path, optimization or spec.export.ort_optimization, lean=True)
+    try:
+        return task.sequence_checks(module, spec, session, cases, tol, within_tolerance)
+    finally:
+        del session
+        gc.collect()
 
 
 # ---------------------------------------------------------------- artifacts

@@ -18,7 +18,8 @@ def test_curated_registry_covers_both_sources_and_all_tasks(registry):
     assert {s.source for s in specs} == set(SOURCES)
     assert {s.task for s in specs} == set(TASKS)
     for spec in specs:
-        assert spec.inputs, spec.name
+        # a decoder's cache inputs (one key and value per layer) depend on its depth: read from config.json
+        assert spec.inputs or spec.task == "text-generation", spec.name
         assert spec.description, spec.name
         assert spec.export.opset >= 17, spec.name
 

@@ -35,7 +35,9 @@ def test_every_task_implements_the_interface(name: str) -> None:
     from zoo.tasks.base import Task
 
     task = get_task(name)
-    missing = [m for m in REQUIRED if getattr(type(task), m) is getattr(Task, m)]
+    # a generating task's results come from a loop of graph calls (zoo.runtime.generate), not from postprocess
+    required = [m for m in REQUIRED if not (task.generates and m == "postprocess")]
+    missing = [m for m in required if getattr(type(task), m) is getattr(Task, m)]
     assert not missing, f"{name} leaves {missing} to the base class"
     if task.trainable:
         trained = ("data_columns", "read_labels", "encode", "training_loss", "eval_batch", "metrics")
@@ -74,7 +76,8 @@ def test_sentence_transformers_folder_is_an_embedding_model() -> None:
     assert task_for_hf_config(config, sentence_transformers=True).name == "feature-extraction"
 
 
-@pytest.mark.parametrize("architecture", ["GPT2LMHeadModel", "BertForQuestionAnswering", "T5ForConditionalGeneration"])
+@pytest.mark.parametrize("architecture", ["GPT2ForQuestionAnswering", "BertForQuestionAnswering",
+                                          "T5ForConditionalGeneration"])
 def test_a_head_no_task_handles_is_named_never_guessed(architecture: str) -> None:
     config = {"architectures": [architecture], "model_type": "gpt2"}
     with pytest.raises(UnsupportedTaskError, match=f"{architecture}, which no zoo task handles; zoo handles: "):
@@ -84,8 +87,9 @@ def test_a_head_no_task_handles_is_named_never_guessed(architecture: str) -> Non
 def test_local_folder_of_an_unhandled_head_fails_in_one_line(tmp_path: Path) -> None:
     from zoo.resolver import resolve
 
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
-    with pytest.raises(UnsupportedTaskError, match=f"folder '{tmp_path}'.*GPT2LMHeadModel"):
+    config = {"model_type": "gpt2", "architectures": ["GPT2ForQuestionAnswering"]}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedTaskError, match=f"folder '{tmp_path}'.*GPT2ForQuestionAnswering"):
         resolve(str(tmp_path))
 
 

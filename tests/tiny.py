@@ -58,7 +58,20 @@ HF_TINY: dict[str, dict[str, Any]] = {
     # 32 mel bins x 128 frames (1.3 s): 2 x 12 patches of AST's 16 x 16 with stride 10
     "audio-spectrogram-transformer": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                           intermediate_size=37, num_mel_bins=32, max_length=128),
+    # causal LMs: the MiniLM tokenizer's vocabulary, [SEP] as EOS, grouped-query attention where the family has it
+    "llama": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=37, vocab_size=30522, max_position_embeddings=256, bos_token_id=101,
+                  eos_token_id=102, pad_token_id=0),
+    "qwen2": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=37, vocab_size=30522, max_position_embeddings=256, bos_token_id=101,
+                  eos_token_id=102, pad_token_id=0, tie_word_embeddings=True),
+    "gpt2": dict(n_embd=32, n_layer=2, n_head=2, n_positions=256, vocab_size=30522, bos_token_id=101,
+                 eos_token_id=102, pad_token_id=0),
 }
+
+# a minimal ChatML template, on the tiny qwen2's tokenizer (the family's own template format)
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 # image processors of the tiny detectors: small pictures keep the CPU tests fast
 DETECTION_PROCESSORS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -121,7 +134,10 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     if get_task(spec.task).modality == "text":
-        transformers.AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(folder)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir())
+        if spec.arch == "qwen2":
+            tokenizer.chat_template = CHAT_TEMPLATE
+        tokenizer.save_pretrained(folder)
     if spec.task == "feature-extraction" and spec.preprocess.pooling:
         _write_sentence_transformers_files(folder, spec, config.hidden_size)
     if get_task(spec.task).modality == "image":

@@ -28,6 +28,8 @@ def resolve(name: str, *, registries: list[str] | tuple[str, ...] = ()) -> Model
     path = Path(name).expanduser()
     if path.is_dir():
         return resolve_folder(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return resolve_gguf(path)
     if name.startswith("hf:"):
         from zoo.sources import hf
 
@@ -115,10 +117,22 @@ def resolve_folder(path: Path) -> ModelSpec:
     for source in (hf, timm):
         if source.is_model_folder(path):
             return source.describe_folder(path)
+    if len(ggufs := sorted(path.glob("*.gguf"))) == 1:  # llama.cpp users keep one model file in a folder
+        return resolve_gguf(ggufs[0])
     raise NameNotFoundError(
         f"folder '{path}' is not a model folder: expected config.json from save_pretrained (transformers), "
         "config.json with 'architecture' (timm), run.json (zoo finetune) or manifest.json (zoo export)"
     )
+
+
+def resolve_gguf(path: Path) -> ModelSpec:
+    """A GGUF file, through the transformers folder it is dequantised into once (``zoo.sources.gguf``)."""
+    from zoo.sources import gguf
+
+    folder, types = gguf.dequantised_folder(path)
+    spec = resolve_folder(folder)
+    return _with(spec, name=path.stem, description=f"{spec.description}, {gguf.describe_dequantised(types)} "
+                 f"of {path.name}")
 
 
 def _with(spec: ModelSpec, **changes: object) -> ModelSpec:

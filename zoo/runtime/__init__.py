@@ -10,7 +10,9 @@ below train/exporters and the entry points, which it never imports (README "Arch
 
 from __future__ import annotations
 
+from zoo.runtime.generate import Generation
 from zoo.runtime.model import ExportedModel, load
 from zoo.tasks.results import Classification, Embedding, Entity, Prediction, TokenClassification
 
-__all__ = ["Classification", "Embedding", "Entity", "ExportedModel", "Prediction", "TokenClassification", "load"]
+__all__ = ["Classification", "Embedding", "Entity", "ExportedModel", "Generation", "Prediction", "TokenClassification",
+           "load"]

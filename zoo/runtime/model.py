@@ -250,9 +250,42 @@ class ExportedModel:
         options = self._task.check_options(options)
         items = self._as_list(items)
         for start in range(0, len(items), batch_size):
+            if self._task.generates:  # a language model: predict is generate
+                yield self.generate(items[start:start + batch_size], **options)
+                continue
             batch = self._preprocess(items[start:start + batch_size])
             outputs = self._run(batch.arrays)
             yield self._task.postprocess(outputs, batch, self.labels, self._manifest, **options)
+
+    def generate(self, prompts: str | Sequence[str], **options: Any) -> list[Any]:
+        """New text after each prompt (a text-generation artifact): a list of ``Generation`` results.
+
+        Options: ``max_new_tokens``, ``temperature`` (0: greedy), ``top_k``, ``top_p``,
+        ``repetition_penalty``, ``stop`` (strings that end a continuation), ``seed``; each left out
+        takes the model's ``generation_config.json`` default (``zoo.runtime.generate``).
+        """
+        items = [prompts] if isinstance(prompts, str) else self._as_list(prompts)
+        return self._generator(options).generate(items, **options)
+
+    def stream(self, prompt: str, **options: Any) -> Iterator[str]:
+        """One prompt's new text in pieces as it is generated (``generate``'s options); joined, they are
+        ``generate``'s text: no character is split across pieces, and a stop string never shows."""
+        if not isinstance(prompt, str):
+            raise InputError(f"stream takes one prompt (a string), not {type(prompt).__name__}; use generate for many")
+        return self._generator(options).stream(prompt, **options)
+
+    def chat(self, messages: Any, **options: Any) -> Any:
+        """The assistant's reply (a ``Generation``) to ``[{"role": ..., "content": ...}, ...]``, through the
+        model's own chat template (jinja2, sandboxed); ``generate``'s options."""
+        return self._generator(options).chat(messages, **options)
+
+    def _generator(self, options: dict[str, Any]) -> Any:
+        from zoo.runtime.generate import Generator
+
+        if not self._task.generates:
+            raise InputError(f"generate needs a text-generation artifact; this one is {self.task}: use predict")
+        self._task.check_options(options)
+        return Generator(self._session, self._manifest, self._preprocess)
 
     def _as_list(self, inputs: Any) -> list[Any]:
         if isinstance(inputs, (bytes, bytearray, memoryview)):

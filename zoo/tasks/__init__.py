@@ -54,7 +54,7 @@ def default_timm_task() -> Task:
 def task_for_hf_config(config: dict[str, Any], *, sentence_transformers: bool = False) -> Task:
     """The task a transformers ``config.json`` declares (its architecture's head), never a guess.
 
-    A folder whose head no task handles (a causal LM, a question-answering head, a
+    A folder whose head no task handles (a question-answering head, a
     translation model, a CLIP-like pair of encoders ...) is refused, naming the
     architecture. A pretraining head (masked LM) is taken as the encoder under it,
     with a warning that says so.

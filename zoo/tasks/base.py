@@ -92,6 +92,8 @@ class Task:
     metric_names: ClassVar[tuple[str, ...]] = ("val_loss",)  # what ``metrics`` reports, plus val_loss
     expects: ClassVar[str] = "inputs"  # what predict takes, for error messages
     predict_options: ClassVar[dict[str, type]] = {}  # keyword options of predict (top_k, threshold ...)
+    derived_axes: ClassVar[tuple[str, ...]] = ()  # input axes that are sums of others (the exporter infers them)
+    generates: ClassVar[bool] = False  # predict generates text token by token (zoo.runtime.generate)
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
@@ -199,6 +201,13 @@ class Task:
 
     def agreement(self, spec: ModelSpec, tol: Tolerances) -> Agreement:
         raise NotImplementedError
+
+    def sequence_checks(self, module: Any, spec: ModelSpec, session: Any, cases: list[Case], tol: Tolerances,
+                        compare: Callable[[np.ndarray, np.ndarray, Tolerances], bool]) -> list[Check]:
+        """Checks that run the graph (an onnxruntime ``session``) step after step against ``module``, for tasks
+        whose graph is called in a loop (a decoder fed its own cache); ``compare(torch, onnx, tol)`` is the
+        verifier's tolerance rule."""
+        return []
 
     def preprocessor_problems(self, folder: Path, manifest: Any) -> list[str]:
         """What is missing or unreadable among the files the runtime needs to preprocess inputs."""

@@ -1,0 +1,425 @@
+"""text-generation: causal LMs claimed, exported as one decoder graph with a KV cache, verified step by step,
+and generated from without torch.
+
+Tiny random Llama (grouped-query attention: 4 heads, 2 KV heads) and GPT-2 (learned absolute positions)
+from tests/tiny.py, exported once per module with one grid seed; the Qwen2 export is marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests import tiny
+from zoo.errors import InputError, UnsupportedTaskError
+
+PROMPTS = ["The capital of France is", "Once upon a time, in a small village by the sea, there lived", "Hi"]
+
+
+def _tiny(registry, alias: str, folder: Path):
+    spec, _, _ = tiny.shrink(registry.get(alias), folder)
+    return spec
+
+
+def _export(spec, out: Path):
+    from exporters.onnx import export_onnx
+
+    with pytest.MonkeyPatch.context() as patch:
+        import exporters.source
+
+        patch.setattr(exporters.source, "SEEDS", (0,))  # one seed: every case kind, a third of the time
+        return export_onnx(spec, out=out)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory, registry):
+    root = tmp_path_factory.mktemp("tiny-llama")
+    spec = _tiny(registry, "smollm2-135m", root / "model")
+    return spec, _export(spec, root / "artifact")
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory, registry):
+    root = tmp_path_factory.mktemp("tiny-gpt2")
+    spec = _tiny(registry, "gpt2", root / "model")
+    return spec, _export(spec, root / "artifact")
+
+
+def _hf_greedy(folder: Path, prompts: list[str], new: int) -> list[list[int]]:
+    """transformers' own greedy continuation of left-padded prompts, cut before EOS."""
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, padding_side="left")
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    encoded = tokenizer(prompts, padding=True, return_tensors="pt", return_token_type_ids=False)
+    with torch.no_grad():
+        out = model.generate(**encoded, do_sample=False, max_new_tokens=new, pad_token_id=0)
+    rows = out[:, encoded["input_ids"].shape[1]:].tolist()
+    eos = model.generation_config.eos_token_id
+    return [row[:row.index(eos)] if eos in row else row for row in rows]
+
+
+# ---------------------------------------------------------------- the task claims causal LMs
+
+
+def test_causal_lm_folders_are_text_generation_with_their_cache_layout(tmp_path, registry):
+    from zoo.resolver import resolve_folder
+
+    llama = resolve_folder(tiny.tiny_hf_folder(registry.get("smollm2-135m"), tmp_path / "llama"))
+    gpt2 = resolve_folder(tiny.tiny_hf_folder(registry.get("gpt2"), tmp_path / "gpt2"))
+    assert llama.task == gpt2.task == "text-generation"  # LlamaForCausalLM and GPT2LMHeadModel
+    names = [i.name for i in llama.inputs]
+    assert names[:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert names[3:] == ["past_key_values.0.key", "past_key_values.0.value", "past_key_values.1.key",
+                         "past_key_values.1.value"]
+    # grouped-query attention: 2 KV heads of 8 dims, not the 4 query heads
+    assert llama.inputs[3].shape == ("batch", 2, "past_sequence", 8)
+    assert gpt2.inputs[3].shape == ("batch", 2, "past_sequence", 16)
+    assert llama.preprocess.max_length == 256
+
+
+def test_a_seq2seq_model_is_still_refused():
+    from zoo.tasks import task_for_hf_config
+
+    with pytest.raises(UnsupportedTaskError, match="T5ForConditionalGeneration"):
+        task_for_hf_config({"architectures": ["T5ForConditionalGeneration"], "model_type": "t5",
+                            "is_encoder_decoder": True})
+
+
+def test_the_manifest_records_the_chat_template_and_generation_defaults(tmp_path, registry):
+    from zoo.sources import load_processor
+    from zoo.tasks.text_generation import generation_record
+
+    spec = _tiny(registry, "qwen2.5-0.5b", tmp_path / "qwen2")
+    tokenizer = load_processor(spec)
+    record = generation_record(spec, tokenizer, Path(spec.local_path))
+    assert record["chat_template"] == tiny.CHAT_TEMPLATE
+    # what a template writes as bos_token / eos_token: the tokenizer's strings, as transformers passes them
+    assert (record["bos_token"], record["eos_token"]) == (tokenizer.bos_token or "", tokenizer.eos_token or "")
+    assert record["eos_token_ids"] == [102] and record["pad_token_id"] == 0
+    assert record["kv_cache"] == {"layers": 2, "kv_heads": 2, "head_dim": 8, "dtype": "float32",
+                                  "layout": "batch, kv_heads, sequence, head_dim"}
+    assert record["context_length"] == 256
+
+
+# ---------------------------------------------------------------- export and verification
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_export_verifies_decode_steps_and_greedy_generation(family, request):
+    from exporters.golden import golden_sets, read_golden
+    from exporters.verify import verify_artifact
+
+    _, result = request.getfixturevalue(family)
+    checks = {c.name: c for c in result.report.checks}
+    assert result.report.passed, result.report.summary()
+    assert result.exporter == "dynamo"
+    assert checks["prefill + decode steps (own cache)"].value == "18 steps on 2 batches"
+    assert checks["greedy generation vs transformers"].value == "3/3 identical"
+    manifest = json.loads((result.path / "manifest.json").read_text())
+    generation = manifest["preprocess"]["generation"]
+    assert generation["eos_token_ids"] == [102] and generation["kv_cache"]["layers"] == 2
+    shapes = {i["name"]: i["shape"] for i in manifest["inputs"]}
+    assert shapes["attention_mask"] == ["batch", "total_sequence"]  # past + new tokens, inferred by the exporter
+    assert shapes["past_key_values.1.value"][0] == "batch" and shapes["past_key_values.1.value"][2] == "past_sequence"
+    assert [o["name"] for o in manifest["outputs"]][:2] == ["logits", "present.0.key"]
+    # the golden data holds a decode step on a non-empty cache, and zoo verify replays it
+    decode = [s for s in golden_sets(result.path) if read_golden(s)[0]["input_ids"].shape[1] == 1]
+    assert decode and read_golden(decode[0])[0]["past_key_values.0.key"].shape[2] > 0
+    assert read_golden(decode[0])[1]["present.0.key"].shape[2] == read_golden(decode[0])[0][
+        "past_key_values.0.key"].shape[2] + 1
+    assert verify_artifact(result.path).passed
+
+
+@pytest.mark.slow
+def test_qwen2_exports_verifies_and_chats_like_transformers(tmp_path, registry):
+    import torch
+    import transformers
+
+    import zoo
+
+    spec = _tiny(registry, "qwen2.5-0.5b", tmp_path / "model")
+    result = _export(spec, tmp_path / "artifact")
+    assert result.report.passed, result.report.summary()
+    assert result.manifest.preprocess["generation"]["chat_template"] == tiny.CHAT_TEMPLATE
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
+    reply = zoo.load(result.path).chat(messages, max_new_tokens=12)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(spec.local_path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(spec.local_path).eval()
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, do_sample=False, max_new_tokens=12, pad_token_id=0)
+    want = out[0, ids["input_ids"].shape[1]:].tolist()
+    assert list(reply.token_ids) == (want[:want.index(102)] if 102 in want else want)
+    assert reply.prompt_tokens == ids["input_ids"].shape[1]
+
+
+def test_chat_templates_render_as_transformers_renders_them(tmp_path, registry):
+    from zoo.runtime.chat import render_chat
+    from zoo.sources import load_processor
+
+    spec = _tiny(registry, "qwen2.5-0.5b", tmp_path / "qwen2")
+    tokenizer = load_processor(spec)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Héllo {{ 7*7 }}"},
+                {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "Again"}]
+    for prompt in (True, False):
+        assert render_chat(tiny.CHAT_TEMPLATE, messages, add_generation_prompt=prompt) == \
+            tokenizer.apply_chat_template(messages, add_generation_prompt=prompt, tokenize=False)
+    assert "{{ 7*7 }}" in render_chat(tiny.CHAT_TEMPLATE, messages)  # content is data, never template code
+
+
+def test_the_template_sandbox_refuses_what_a_template_must_not_do():
+    from zoo.runtime.chat import render_chat
+
+    hostile = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
+    with pytest.raises(Exception, match="unsafe|not safely|access to attribute"):
+        render_chat(hostile, [{"role": "user", "content": "hi"}])
+    refusing = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('user first') }}{% endif %}ok"
+    with pytest.raises(InputError, match="chat template refused these messages: user first"):
+        render_chat(refusing, [{"role": "system", "content": "x"}])
+
+
+@pytest.mark.parametrize("messages,message", [
+    ([{"role": "wizard", "content": "hi"}], "message 0 has role 'wizard'; valid roles: system, user, assistant"),
+    ([{"role": "user"}], "message 0 is not"),
+    ("Hello", "chat takes a non-empty list of messages"),
+    ([], "chat takes a non-empty list of messages"),
+])
+def test_bad_chat_messages_are_one_clear_error(messages, message):
+    from zoo.runtime.chat import check_messages
+
+    with pytest.raises(InputError, match=message):
+        check_messages(messages)
+
+
+def test_a_model_without_a_chat_template_says_so(llama):
+    import zoo
+
+    with pytest.raises(InputError, match="this model has no chat template"):
+        zoo.load(llama[1].path).chat([{"role": "user", "content": "hi"}])
+
+
+class _DropsTheCache:
+    """Planted fault: the graph looks only at the new tokens, as if the cache were empty."""
+
+    def run(self, input_ids, attention_mask, position_ids, past):
+        new = input_ids.shape[1]
+        empty = [(k[:, :, :0], v[:, :, :0]) for k, v in past]  # still inputs of the graph, never read
+        return super().run(input_ids, attention_mask[:, -new:], position_ids, empty)
+
+
+class _PositionsIgnorePadding:
+    """Planted fault: positions count from the first column, padding included (the wrong offset).
+
+    Planted on GPT-2: its learned absolute positions see the offset. Rotary embeddings (Llama) depend only on
+    the distance between tokens, so a constant offset per row leaves their outputs unchanged (not a fault)."""
+
+    def run(self, input_ids, attention_mask, position_ids, past):
+        import torch
+
+        start = attention_mask.shape[1] - input_ids.shape[1]
+        wrong = position_ids * 0 + torch.arange(start, attention_mask.shape[1])
+        return super().run(input_ids, attention_mask, wrong, past)
+
+
+@pytest.mark.parametrize("fault,family", [(_DropsTheCache, "llama"), (_PositionsIgnorePadding, "gpt2")])
+def test_planted_decoder_faults_are_refused(fault, family, request, tmp_path):
+    """A graph that drops the cache, or puts left-padded tokens at the wrong positions, matches its own torch
+    module case by case (the grid passes) but not transformers step by step: verification refuses it."""
+    from exporters.onnx import export_with
+    from exporters.source import build_source
+    from exporters.verify import verify_model
+    from zoo.tasks._generate_torch import DecoderWithCache, decoder_module
+
+    spec, _ = request.getfixturevalue(family)
+    source = build_source(spec, seeds=(0,))
+    planted = decoder_module(source.module.model, 2, type("Planted", (fault, DecoderWithCache), {}))
+    path = tmp_path / "model.onnx"
+    export_with("dynamo", planted, spec, source.example, path)
+    report, _ = verify_model(planted, spec, path, source.cases)
+    checks = {c.name: c for c in report.checks}
+    assert checks["shape grid"].passed and checks["output logits"].passed  # a single forward cannot tell
+    assert not checks["prefill + decode steps (own cache)"].passed
+    assert not report.passed
+    if fault is _DropsTheCache:
+        assert "step 1" in checks["prefill + decode steps (own cache)"].detail  # the prompt itself is right
+    else:
+        assert "prefill" in checks["prefill + decode steps (own cache)"].detail
+
+
+def test_a_near_tie_is_told_apart_from_a_real_difference():
+    from zoo.spec import Tolerances
+    from zoo.tasks._generate_verify import near_tie
+
+    tol = Tolerances(atol=1e-4, rtol=1e-3)
+    assert near_tie(np.array([1.0, 5.0, 5.0 + 1e-3]), tol)[0]  # 1e-3 apart, within 1e-4 + 1e-3 * 5
+    assert not near_tie(np.array([1.0, 5.0, 5.5]), tol)[0]
+
+
+# ---------------------------------------------------------------- the torch-free runtime
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_runtime_greedy_equals_transformers_generate(family, request):
+    import zoo
+
+    spec, result = request.getfixturevalue(family)
+    model = zoo.load(result.path)
+    got = model.generate(PROMPTS, max_new_tokens=24)
+    want = _hf_greedy(Path(spec.local_path), PROMPTS, 24)
+    assert [list(r.token_ids) for r in got] == want
+    for result_row, row in zip(got, want):
+        assert result_row.completion_tokens == len(row)
+        assert result_row.finish_reason == ("length" if len(row) == 24 else "stop")
+    assert got[2].prompt_tokens == 3  # [CLS] hi [SEP]: padding is not counted
+
+
+def test_sampling_is_seeded_and_stop_strings_end_the_text(llama):
+    import zoo
+
+    _, result = llama
+    model = zoo.load(result.path)
+    options = dict(max_new_tokens=12, temperature=0.9, top_k=40, top_p=0.9, repetition_penalty=1.2)
+    first = model.generate(PROMPTS[:2], seed=7, **options)
+    assert first == model.generate(PROMPTS[:2], seed=7, **options)
+    assert first != model.generate(PROMPTS[:2], seed=8, **options)
+    greedy = model.generate(PROMPTS[0], max_new_tokens=12)[0]
+    stop = greedy.text.split()[1] if len(greedy.text.split()) > 1 else greedy.text[1:3]
+    stopped = model.generate(PROMPTS[0], max_new_tokens=12, stop=[stop])[0]
+    assert stopped.finish_reason == "stop" and stop not in stopped.text
+    assert greedy.text.startswith(stopped.text)
+
+
+@pytest.mark.parametrize("stop", [None, "stop"])
+def test_stream_pieces_join_to_the_generated_text(llama, stop):
+    import zoo
+
+    model = zoo.load(llama[1].path)
+    whole = model.generate(PROMPTS[1], max_new_tokens=16)[0].text
+    stops = [whole.split()[3]] if stop else None  # a word the greedy text reaches, so the stop is hit
+    expected = model.generate(PROMPTS[1], max_new_tokens=16, stop=stops)[0]
+    pieces = list(model.stream(PROMPTS[1], max_new_tokens=16, stop=stops))
+    assert "".join(pieces) == expected.text and len(pieces) > 1
+    assert not stop or expected.finish_reason == "stop"
+
+
+def test_stream_holds_back_half_characters_and_stop_string_starts():
+    from zoo.runtime.generate import _certain
+
+    assert _certain("caf\ufffd", []) == "caf"  # the rest of the UTF-8 sequence comes with the next token
+    assert _certain("Hello\n", ["\n\n"]) == "Hello"  # may be the start of the stop string
+    assert _certain("Hello\nWorld", ["\n\n"]) == "Hello\nWorld"
+    assert _certain("the end", ["END", "ending"]) == "the "
+
+
+def test_sampling_rules_in_numpy():
+    """Repetition penalty moves a seen token's logit toward 'less likely' whatever its sign (greedy too);
+    top_k=1 and a tiny top_p leave only the best token to sample."""
+    from zoo.runtime.generate import Sampling
+
+    rng = np.random.default_rng(0)
+    logits = np.array([[2.0, 1.9, -1.0], [-1.0, -1.1, -3.0]])
+    assert Sampling().choose(logits, [[0], [0]], rng).tolist() == [0, 0]
+    assert Sampling(repetition_penalty=1.2).choose(logits, [[0], [0]], rng).tolist() == [1, 1]
+    spread = np.zeros((1, 50))
+    spread[0, 7] = 0.5
+    for rule in (Sampling(temperature=1.0, top_k=1), Sampling(temperature=1.0, top_p=1e-3)):
+        assert {int(rule.choose(spread, [[]], rng)[0]) for _ in range(20)} == {7}
+    assert len({int(Sampling(temperature=1.0).choose(spread, [[]], rng)[0]) for _ in range(40)}) > 5
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(max_new_tokens=0), "max_new_tokens=0 must be a whole number >= 1"),
+    (dict(temperature=-1.0), "temperature=-1.0 must be >= 0"),
+    (dict(top_p=1.5), "top_p=1.5 must be in"),
+    (dict(stop=[""]), "stop strings must be non-empty"),
+    (dict(max_new_tokens=250), "passes the model's context length of 256 tokens"),
+    (dict(beams=2), "do not apply to text-generation"),
+])
+def test_bad_generation_options_are_one_clear_error(llama, options, message):
+    import zoo
+
+    model = zoo.load(llama[1].path)
+    with pytest.raises(InputError, match=message.replace("(", r"\(")) as caught:
+        model.generate([PROMPTS[1]], **options)
+    assert "\n" not in str(caught.value)
+
+
+def test_no_prompt_or_a_prompt_without_tokens_is_refused(gpt2):
+    """A tokenizer that adds no special tokens (GPT-2's own) turns "" into a row of padding only; the tiny models'
+    MiniLM tokenizer always adds [CLS] [SEP], so that row is made here directly."""
+    from types import SimpleNamespace
+
+    import zoo
+    from zoo.runtime.generate import Generator
+
+    model = zoo.load(gpt2[1].path)
+    with pytest.raises(InputError, match="generate got no prompts"):
+        model.generate([])
+    rows = {"input_ids": np.array([[0, 0], [101, 102]]), "attention_mask": np.array([[0, 0], [1, 1]])}
+    generator = Generator(model._session, model.manifest, model._preprocess)
+    generator.preprocessor = lambda texts: SimpleNamespace(arrays=rows)
+    with pytest.raises(InputError, match="prompt 0 makes no tokens"):
+        generator.generate(["", "Hi"])
+
+
+def test_predict_cli_prints_the_generated_text(gpt2):
+    from typer.testing import CliRunner
+
+    import zoo
+    from zoo.cli import app
+
+    _, result = gpt2
+    expected = zoo.load(result.path).generate("Hi", max_new_tokens=64)[0]
+    done = CliRunner().invoke(app, ["predict", str(result.path), "Hi", "--json"])
+    assert done.exit_code == 0, done.output
+    [row] = json.loads(done.output)
+    assert row["input"] == "Hi" and row["token_ids"] == list(expected.token_ids)
+    assert row["text"] == expected.text and row["finish_reason"] == expected.finish_reason
+
+
+_PROBE = """
+import sys, json
+import zoo
+out = zoo.load(sys.argv[1]).generate(["Hi", "The capital of France is"], max_new_tokens=4)
+heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
+print(json.dumps({"heavy": heavy, "n": [r.completion_tokens for r in out]}))
+"""
+
+
+def test_generate_imports_no_torch(llama):
+    done = subprocess.run([sys.executable, "-c", _PROBE, str(llama[1].path)], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1], timeout=120)
+    assert done.returncode == 0, done.stderr
+    probe = json.loads(done.stdout.splitlines()[-1])
+    assert probe["heavy"] == [] and len(probe["n"]) == 2
+
+
+def test_the_cache_stays_in_onnxruntime_between_steps(llama, monkeypatch):
+    """Each step binds the previous step's present OrtValues as its past inputs, never numpy arrays."""
+    import onnxruntime
+
+    import zoo
+
+    bound: list[str] = []
+    original = onnxruntime.IOBinding.bind_ortvalue_input
+
+    def spy(self, name, value):
+        bound.append(name)
+        return original(self, name, value)
+
+    monkeypatch.setattr(onnxruntime.IOBinding, "bind_ortvalue_input", spy)
+    cpu_inputs: list[str] = []
+    original_cpu = onnxruntime.IOBinding.bind_cpu_input
+    monkeypatch.setattr(onnxruntime.IOBinding, "bind_cpu_input",
+                        lambda self, name, array: (cpu_inputs.append(name), original_cpu(self, name, array))[1])
+    result = zoo.load(llama[1].path).generate("Hi", max_new_tokens=5)[0]
+    steps = result.completion_tokens + (result.finish_reason == "stop")  # an EOS is chosen after a step too
+    assert bound.count("past_key_values.0.key") == steps >= 2
+    assert not [n for n in cpu_inputs if n.startswith("past")]

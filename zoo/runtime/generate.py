@@ -1,0 +1,273 @@
+"""Text generation from a text-generation artifact: onnxruntime and numpy, no torch.
+
+    model = zoo.load("artifacts/llama")
+    [result] = model.generate(["The capital of France is"], max_new_tokens=32)
+    result.text, result.token_ids, result.finish_reason
+
+Prompts are tokenised by the artifact's ``tokenizer.json`` and padded on the left, so
+a batch's prompts end at the same column and every step appends one column. The
+decoder graph runs once on the prompts (an empty cache) and then once per new token;
+between steps the cache stays in onnxruntime: each step's ``present.N.*`` outputs are
+bound, as OrtValues, to the next step's ``past_key_values.N.*`` inputs (IO binding),
+never copied out to numpy. Only the last position's logits come back, to choose the
+next token in numpy: repetition penalty, then greedy (temperature 0) or sampling with
+temperature, top-k and top-p from a seeded generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from zoo.errors import ArtifactError, InputError
+from zoo.tasks._decoding import positions
+
+DEFAULT_NEW_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One prompt's continuation: the text and ids of the new tokens (EOS excluded) and why it ended."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # stop (EOS or a stop string) | length (max_new_tokens reached)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "token_ids": list(self.token_ids), "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "finish_reason": self.finish_reason}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen; temperature 0 is greedy."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0: no limit
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+    def choose(self, logits: np.ndarray, seen: list[list[int]], rng: np.random.Generator) -> np.ndarray:
+        """The next token of each row of ``logits`` [batch, vocab] (``seen``: each row's tokens so far)."""
+        scores = logits.astype(np.float64)
+        if self.repetition_penalty != 1.0:
+            for row, ids in enumerate(seen):
+                ids = np.unique(np.asarray(ids, np.int64))
+                hit = scores[row, ids]
+                # as transformers does: a repeated token's logit moves toward "less likely" whatever its sign
+                scores[row, ids] = np.where(hit < 0, hit * self.repetition_penalty, hit / self.repetition_penalty)
+        if self.temperature == 0:
+            return scores.argmax(-1)
+        return np.array([self._sample(row / self.temperature, rng) for row in scores])
+
+    def _sample(self, scores: np.ndarray, rng: np.random.Generator) -> int:
+        if 0 < self.top_k < len(scores):
+            kth = np.partition(scores, -self.top_k)[-self.top_k]
+            scores = np.where(scores < kth, -np.inf, scores)
+        probs = np.exp(scores - scores.max())
+        probs /= probs.sum()
+        if self.top_p < 1.0:
+            order = np.argsort(-probs, kind="stable")
+            # keep the smallest set of best tokens whose probability reaches top_p (always the best one)
+            cut = int(np.searchsorted(np.cumsum(probs[order]), self.top_p)) + 1
+            kept = np.zeros_like(probs)
+            kept[order[:cut]] = probs[order[:cut]]
+            probs = kept / kept.sum()
+        return int(rng.choice(len(probs), p=probs))
+
+
+class Generator:
+    """The decode loop of one artifact: its session, tokenizer and ``preprocess.generation`` record."""
+
+    def __init__(self, session: Any, manifest: Any, preprocessor: Any):
+        record = manifest.preprocess.get("generation")
+        if not isinstance(record, dict) or "kv_cache" not in record:
+            raise ArtifactError(f"{manifest.name}: manifest.json has no preprocess.generation record (EOS ids, KV "
+                                "layout); re-export the artifact with this zoo")
+        self.session, self.preprocessor, self.record = session, preprocessor, record
+        self.tokenizer = preprocessor.tokenizer
+        self.eos = {int(e) for e in record.get("eos_token_ids", [])}
+        self.pad = int(record.get("pad_token_id") or 0)
+        self.context = int(record.get("context_length") or preprocessor.max_length)
+        self.outputs = [o.name for o in session.get_outputs()]
+        self.cache_names = [i.name for i in session.get_inputs() if i.name.startswith("past_key_values.")]
+        self.device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+    def settings(self, max_new_tokens: int | None, temperature: float | None, top_k: int | None,
+                 top_p: float | None, repetition_penalty: float | None) -> tuple[int, Sampling]:
+        """The options, each defaulting to the model's generation_config.json; bad values are one InputError."""
+        defaults = self.record.get("defaults", {})
+        sampled = bool(defaults.get("do_sample"))
+        new = max_new_tokens if max_new_tokens is not None else int(defaults.get("max_new_tokens")
+                                                                     or DEFAULT_NEW_TOKENS)
+        values = {"temperature": temperature if temperature is not None
+                  else (float(defaults.get("temperature", 1.0)) if sampled else 0.0),
+                  "top_k": top_k if top_k is not None else (int(defaults.get("top_k") or 0) if sampled else 0),
+                  "top_p": top_p if top_p is not None else (float(defaults.get("top_p", 1.0)) if sampled else 1.0),
+                  "repetition_penalty": repetition_penalty if repetition_penalty is not None
+                  else float(defaults.get("repetition_penalty", 1.0))}
+        problems = []
+        if not isinstance(new, int) or isinstance(new, bool) or new < 1:
+            problems.append(f"max_new_tokens={new!r} must be a whole number >= 1")
+        if not values["temperature"] >= 0:
+            problems.append(f"temperature={values['temperature']!r} must be >= 0 (0 is greedy)")
+        if not (isinstance(values["top_k"], int) and values["top_k"] >= 0):
+            problems.append(f"top_k={values['top_k']!r} must be a whole number >= 0 (0: no limit)")
+        if not 0 < values["top_p"] <= 1:
+            problems.append(f"top_p={values['top_p']!r} must be in (0, 1]")
+        if not values["repetition_penalty"] > 0:
+            problems.append(f"repetition_penalty={values['repetition_penalty']!r} must be > 0 (1: none)")
+        if problems:
+            raise InputError("; ".join(problems) + "; fix the option (leave it out for the model's default)")
+        return new, Sampling(**values)
+
+    def generate(self, prompts: Sequence[str], **options: Any) -> list[Generation]:
+        """Every prompt's continuation (options: see ``steps``)."""
+        rows: list[_Row] = []
+        for rows in self.steps(prompts, **options):
+            pass
+        return [Generation(r.text, tuple(r.new), len(r.prompt), len(r.new), r.finish or "length") for r in rows]
+
+    def stream(self, prompt: str, **options: Any) -> Iterator[str]:
+        """One prompt's continuation as pieces of text, each as soon as it is certain.
+
+        A piece is held back while it ends in an incomplete character (a byte-level token
+        can carry half of one) or could be the start of a stop string, so the pieces joined
+        are exactly ``generate``'s text.
+        """
+        stops = _stop_strings(options.get("stop"))
+        sent = 0
+        for [row] in self.steps([prompt], **options):
+            text = row.text if row.finish is not None else _certain(row.text, stops)
+            if len(text) > sent:
+                yield text[sent:]
+                sent = len(text)
+
+    def chat(self, messages: Any, **options: Any) -> Generation:
+        """The assistant's reply to ``messages``, prompted through the model's own chat template."""
+        from zoo.runtime.chat import check_messages, render_chat
+
+        template = self.record.get("chat_template")
+        if not template:
+            raise InputError("this model has no chat template (its tokenizer_config.json names none): use generate "
+                             "with a plain prompt, or export a chat (instruct) model")
+        text = render_chat(template, check_messages(messages), bos_token=self.record.get("bos_token", ""),
+                           eos_token=self.record.get("eos_token", ""))
+        # the template writes the special tokens itself, as transformers' apply_chat_template tokenises it
+        return self.generate([text], special_tokens=False, **options)[0]
+
+    def steps(self, prompts: Sequence[str], *, max_new_tokens: int | None = None, temperature: float | None = None,
+              top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
+              stop: Sequence[str] | None = None, seed: int | None = None,
+              special_tokens: bool = True) -> Iterator[list[_Row]]:
+        """The decode loop: every row's state after each new token. Options left out take the model's defaults;
+        ``stop`` strings end a row's text (not included); ``seed`` seeds sampling; ``special_tokens=False``
+        tokenises without the tokenizer's own BOS/EOS (a rendered chat template holds them)."""
+        new, sampling = self.settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+        stops = _stop_strings(stop)
+        if not prompts:
+            raise InputError("generate got no prompts; give one string or a list of them")
+        ids, mask = self._encode(list(prompts), special_tokens)
+        lengths = mask.sum(1)
+        if not lengths.all():
+            raise InputError(f"prompt {int(np.argmin(lengths))} makes no tokens; the model continues a text: give it "
+                             "at least one word")
+        too_long = [i for i, n in enumerate(lengths) if n + new > self.context]
+        if too_long:
+            raise InputError(f"prompt {too_long[0]} has {int(lengths[too_long[0]])} tokens; with max_new_tokens="
+                             f"{new} that passes the model's context length of {self.context} tokens: shorten the "
+                             "prompt or ask for fewer new tokens")
+        rng = np.random.default_rng(seed)
+        rows = [_Row(list(map(int, i[m.astype(bool)]))) for i, m in zip(ids, mask)]
+        binding = self.session.io_binding()
+        past = self._empty_cache(len(rows))
+        for _ in range(new):
+            logits, past = self._step(binding, ids, mask, past)
+            tokens = sampling.choose(logits, [r.prompt + r.new for r in rows], rng)
+            for row, token in zip(rows, tokens):
+                if row.finish is None:
+                    self._append(row, int(token), new, stops)
+            yield rows
+            if all(row.finish is not None for row in rows):
+                return
+            # a finished row is fed padding, as generate() does; its output is no longer read
+            ids = np.array([[r.new[-1] if r.finish is None else self.pad] for r in rows], np.int64)
+            mask = np.concatenate([mask, np.ones((len(rows), 1), np.int64)], axis=1)
+
+    def _encode(self, prompts: list[str], special_tokens: bool) -> tuple[np.ndarray, np.ndarray]:
+        if special_tokens:
+            arrays = self.preprocessor(prompts).arrays
+            return arrays["input_ids"], arrays["attention_mask"]
+        encodings = self.tokenizer.encode_batch(prompts, add_special_tokens=False)  # padded left, as configured
+        return (np.array([e.ids for e in encodings], np.int64), np.array([e.attention_mask for e in encodings],
+                                                                         np.int64))
+
+    def _append(self, row: _Row, token: int, limit: int, stops: list[str]) -> None:
+        if token in self.eos:
+            row.finish = "stop"
+            return
+        row.new.append(token)
+        row.text = self.tokenizer.decode(row.new, skip_special_tokens=True)
+        cut = min((i for i in (row.text.find(s) for s in stops) if i >= 0), default=-1)
+        if cut >= 0:
+            row.text, row.finish = row.text[:cut], "stop"
+        elif len(row.new) >= limit:
+            row.finish = "length"
+
+    def _empty_cache(self, batch: int) -> list[Any]:
+        from onnxruntime import OrtValue
+
+        layout = self.record["kv_cache"]
+        shape = (batch, int(layout["kv_heads"]), 0, int(layout["head_dim"]))
+        return [OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32), self.device) for _ in self.cache_names]
+
+    def _step(self, binding: Any, ids: np.ndarray, mask: np.ndarray, past: list[Any]) -> tuple[np.ndarray, list[Any]]:
+        """One graph call; returns the last position's logits (numpy) and the grown cache (OrtValues)."""
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        # bound by address: the arrays must outlive the run, so they are held here, not made inline
+        feed = {"input_ids": np.ascontiguousarray(ids), "attention_mask": np.ascontiguousarray(mask),
+                "position_ids": np.ascontiguousarray(positions(mask)[:, -ids.shape[1]:])}
+        for name, array in feed.items():
+            binding.bind_cpu_input(name, array)
+        for name, value in zip(self.cache_names, past):
+            binding.bind_ortvalue_input(name, value)
+        for name in self.outputs:
+            binding.bind_output(name, self.device)
+        self.session.run_with_iobinding(binding)
+        logits, *present = binding.get_outputs()
+        return logits.numpy()[:, -1], present
+
+
+@dataclass
+class _Row:
+    """One prompt's state in the loop."""
+
+    prompt: list[int]
+    new: list[int] = field(default_factory=list)
+    text: str = ""
+    finish: str | None = None
+
+
+def _certain(text: str, stops: list[str]) -> str:
+    """The part of a growing text no later token can change: without a trailing incomplete character
+    (U+FFFD, what decoding half of a UTF-8 sequence gives) and without a tail that may begin a stop string."""
+    text = text.rstrip("\ufffd")
+    hold = max((n for s in stops for n in range(1, min(len(s), len(text)) + 1) if text.endswith(s[:n])), default=0)
+    return text[:len(text) - hold]
+
+
+def _stop_strings(stop: Sequence[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    bad = [s for s in stop if not isinstance(s, str) or not s]
+    if bad:
+        raise InputError(f"stop={list(stop)!r}: stop strings must be non-empty strings, e.g. stop=['\\n\\n']")
+    return list(stop)
