@@ -33,15 +33,20 @@ def test_registry_entry_builds_and_runs(alias, registry, tmp_path):
     model, preprocess = create_model(spec, pretrained=pretrained, model_kwargs=kwargs)
     task = get_task(spec.task)
     module = task.export_module(model, spec)
+    token_ids_only = all(len(i.shape) == 2 for i in spec.inputs)  # a decoder's inputs include its KV cache
     with torch.no_grad():
-        if task.modality == "text":
+        if task.modality == "text" and token_ids_only:
             feeds = {i.name: torch.ones(2, 9, dtype=torch.long) for i in spec.inputs}
             out = module(**feeds)
-        elif task.modality == "audio":  # features of synthetic clips, as the exporter makes them
+        elif task.modality in ("text", "audio"):  # the exporter's own example: synthetic clips, a cache
             example = task.export_example(spec, load_processor(spec))
             out = module(**{name: torch.from_numpy(array[:2]) for name, array in example.items()})
         else:
             out = module(pixel_values=torch.randn(2, *preprocess.input_size))
+    if spec.task == "text-generation":  # (logits, present.0.key, ...): the logits cover the new tokens
+        logits, *present = out
+        assert len(present) == len([i for i in spec.inputs if i.name.startswith("past_key_values")])
+        out = logits
     if spec.task == "object-detection":  # raw (logits, pred_boxes): one query set per picture
         logits, out = out
         assert logits.shape[:2] == out.shape[:2] and logits.shape[2] == len(spec.labels) + (spec.arch != "rt_detr")
