@@ -21,7 +21,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,10 +123,11 @@ class GenerationPool:
             raise ApiError(f"model '{self.name}' is busy: {self.active} generations are running or waiting, the "
                            f"most it takes (zoo serve --generations {self.slots} --generation-queue {self.queue}); "
                            f"retry after {RETRY_AFTER_S} s", status=429, code="rate_limit_exceeded")
-        run = Run(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        run = Run(loop)
         self.active += 1
         self.on_active(self.active)
-        future = asyncio.get_running_loop().run_in_executor(self.executor, self._produce, run, prompt, options)
+        future = loop.run_in_executor(self.executor, self._produce, run, prompt, options)
         future.add_done_callback(self._release)
         return run
 
@@ -165,7 +166,7 @@ class Run:
         if not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.items.put_nowait, item)
 
-    async def tokens(self, request: Request) -> AsyncIterator[Token]:
+    async def tokens(self, request: Request) -> AsyncGenerator[Token, None]:
         """The tokens as they come; stops the thread when the caller stops early or the client disconnects."""
         try:
             while (item := await self.items.get()) is not None:
@@ -220,7 +221,8 @@ def _pool(pools: dict[str, GenerationPool], models: dict[str, Any], body: _Sampl
     if body.model not in pools:
         raise ApiError(f"model '{body.model}' is a {models[body.model].task} model; completions need a "
                        "text-generation artifact (use POST /v1/models/NAME/predict for this one)", param="model")
-    given = [name for name in UNSUPPORTED if (body.model_extra or {}).get(name) not in (None, False)]
+    # a neutral value (false, 0, null) asks for nothing zoo lacks
+    given = [name for name in UNSUPPORTED if (body.model_extra or {}).get(name)]
     if given:
         raise ApiError(f"{given[0]} is not supported by zoo serve; leave it out (supported: max_tokens, "
                        "temperature, top_p, stop, seed, n=1, stream, stream_options)", param=given[0])
@@ -270,7 +272,8 @@ async def _answer(request: Request, body: _Sampling, pool: GenerationPool, promp
     return _json(shape.whole(text, last))
 
 
-async def _events(shape: _Shape, first: Token, tokens: AsyncIterator[Token], usage: bool) -> AsyncIterator[str]:
+async def _events(shape: _Shape, first: Token, tokens: AsyncGenerator[Token, None],
+                  usage: bool) -> AsyncIterator[str]:
     """Server-sent events: a chunk per piece of text, the finish reason, the usage if asked, then [DONE]."""
     last = first
     try:
@@ -293,7 +296,7 @@ async def _events(shape: _Shape, first: Token, tokens: AsyncIterator[Token], usa
                                 "server log has the details", "type": _TYPES.get(status, "server_error"),
                                 "param": None, "code": None}})
     finally:
-        await tokens.aclose()  # type: ignore[attr-defined]
+        await tokens.aclose()
 
 
 @dataclass(frozen=True)
