@@ -174,3 +174,15 @@ def _wait_for(condition, limit_s: float = 60) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_a_client_that_stops_waiting_for_a_whole_answer_stops_its_generation(server: LiveServer) -> None:
+    import httpx
+
+    before = metric(server, "zoo_generations_total", model="llm", outcome="cancelled")
+    body = {"model": "llm", "messages": MESSAGES, "max_tokens": LONG}
+    # the client gives up after a fraction of the seconds the answer needs, and hangs up
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=0.2))
+    assert _wait_for(lambda: metric(server, "zoo_generations_total", model="llm", outcome="cancelled")
+                     == before + 1)
