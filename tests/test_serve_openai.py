@@ -21,7 +21,7 @@ openai = pytest.importorskip("openai")
 PROMPT = "The capital of France is"
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
 SAMPLED = {"temperature": 1.0, "seed": 2}  # seeded sampling: the random model's greedy choice is EOS at once
-# a generation no client waits for: at the tiny model's thousand-odd tokens a second, seconds of work
+# a generation no client waits for: several seconds of work at the tiny model's ~600 tokens a second here
 LONG = 3000
 
 
