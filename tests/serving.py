@@ -117,3 +117,13 @@ def stop(server: LiveServer) -> int:
             server.process.kill()
             server.process.wait()
     return server.process.returncode
+
+
+def metric(server: LiveServer, name: str, **labels: str) -> float:
+    """One sample of the server's ``/metrics`` (0 when the series has not appeared yet)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if series == (f"{name}{{{want}}}" if want else name):
+            return float(value)
+    return 0.0

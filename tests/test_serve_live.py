@@ -115,7 +115,7 @@ def test_curl_like_calls_on_both_endpoints(server: LiveServer, minilm: zoo.Expor
     assert answer.status_code == 200
     expected = zoo.load(timm_artifact).predict(image_file, top_k=2)
     assert answer.json() == [{"input": image_file.name, **expected.to_dict()}]
-    assert httpx.get(f"{server.url}/v1/models").json()[0]["task"] == "feature-extraction"
+    assert httpx.get(f"{server.url}/v1/models").json()["data"][0]["task"] == "feature-extraction"
 
 
 def readme_json(marker: str) -> dict:

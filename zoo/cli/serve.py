@@ -39,6 +39,10 @@ def serve(
                                                 "(default: the cores divided by --instances).")] = None,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Largest request body "
                                                "accepted, in MiB; larger ones get 413.")] = 32.0,
+    generations: Annotated[int, typer.Option(min=1, help="Text generations of one model that run at the same "
+                                             "time (OpenAI routes).")] = 2,
+    generation_queue: Annotated[int, typer.Option("--generation-queue", min=0, help="Text generations that "
+                                                  "wait beyond those; more get 429.")] = 16,
     no_hash_check: Annotated[bool, typer.Option("--no-hash-check", help="Check file sizes only, not sha256 "
                                                 "(faster start).")] = False,
     log_level: Annotated[LogLevel, typer.Option(help="Server log level (access lines are info).")] = LogLevel.info,
@@ -49,7 +53,8 @@ def serve(
 
     settings = ServeSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                              max_body_bytes=int(max_body_mb * (1 << 20)), instances=instances, threads=threads,
-                             check_hashes=not no_hash_check)
+                             check_hashes=not no_hash_check, generations=generations,
+                             generation_queue=generation_queue)
     run_server(artifacts, settings, host=host, port=port, workers=workers, log_level=log_level.value)
 
 

@@ -140,26 +140,36 @@ class Generator:
         can carry half of one) or could be the start of a stop string, so the pieces joined
         are exactly ``generate``'s text.
         """
+        for piece, _ in self.pieces(prompt, **options):
+            if piece:
+                yield piece
+
+    def pieces(self, prompt: str, **options: Any) -> Iterator[tuple[str, _Row]]:
+        """``stream``'s loop, one item per new token: the text it made certain (often '') and the row so far
+        (token counts, finish reason), for callers that report usage or stop between tokens (``zoo serve``)."""
         stops = _stop_strings(options.get("stop"))
         sent = 0
         for [row] in self.steps([prompt], **options):
             text = row.text if row.finish is not None else _certain(row.text, stops)
-            if len(text) > sent:
-                yield text[sent:]
-                sent = len(text)
+            yield text[sent:], row
+            sent = max(sent, len(text))
 
     def chat(self, messages: Any, **options: Any) -> Generation:
         """The assistant's reply to ``messages``, prompted through the model's own chat template."""
+        # the template writes the special tokens itself, as transformers' apply_chat_template tokenises it
+        return self.generate([self.chat_prompt(messages)], special_tokens=False, **options)[0]
+
+    def chat_prompt(self, messages: Any) -> str:
+        """The prompt ``chat`` continues: ``messages`` through the model's own template (tokenise it with
+        ``special_tokens=False``)."""
         from zoo.runtime.chat import check_messages, render_chat
 
         template = self.record.get("chat_template")
         if not template:
             raise InputError("this model has no chat template (its tokenizer_config.json names none): use generate "
                              "with a plain prompt, or export a chat (instruct) model")
-        text = render_chat(template, check_messages(messages), bos_token=self.record.get("bos_token", ""),
+        return render_chat(template, check_messages(messages), bos_token=self.record.get("bos_token", ""),
                            eos_token=self.record.get("eos_token", ""))
-        # the template writes the special tokens itself, as transformers' apply_chat_template tokenises it
-        return self.generate([text], special_tokens=False, **options)[0]
 
     def steps(self, prompts: Sequence[str], *, max_new_tokens: int | None = None, temperature: float | None = None,
               top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,

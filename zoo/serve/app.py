@@ -1,4 +1,4 @@
-"""The HTTP app: Open Inference Protocol v2 routes, the task-level /predict route, /metrics.
+"""The HTTP app: Open Inference Protocol v2 routes, the task-level /predict route, OpenAI's routes, /metrics.
 
     app = create_app(load_models(["artifacts/minilm"], settings), settings)
 
@@ -10,7 +10,9 @@ Routes (``{name}`` is a served model; ``/versions/1`` may be added to every /v2/
     GET  /v2/models/{name}/ready
     POST /v2/models/{name}/infer       tensors in, tensors out (JSON, or the binary tensor data extension)
     POST /v1/models/{name}/predict     raw texts (JSON) or image files (multipart) in, typed results out
-    GET  /v1/models                    what is served, with tasks and labels
+    GET  /v1/models                    what is served (OpenAI's list), with tasks and labels
+    POST /v1/completions               OpenAI-compatible text generation (text-generation artifacts;
+    POST /v1/chat/completions          zoo.serve.completions)
     GET  /metrics                      Prometheus
 """
 
@@ -29,6 +31,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from zoo.errors import InputError, ZooError
+from zoo.serve.completions import PATHS as OPENAI_PATHS
+from zoo.serve.completions import ApiError, GenerationPool, add_openai_routes, openai_error
 from zoo.serve.errors import ModelNotFound, RequestError, error_body, status_of
 from zoo.serve.inputs import openapi_body, predict_rows, reader_for
 from zoo.serve.metrics import ServerMetrics
@@ -58,6 +62,7 @@ def create_app(models: Sequence[ServedModel], settings: ServeSettings) -> FastAP
 
     served = {m.name: m for m in models}
     metrics = ServerMetrics()
+    pools = {m.name: _generation_pool(m, settings, metrics) for m in models if get_task(m.task).generates}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -67,6 +72,8 @@ def create_app(models: Sequence[ServedModel], settings: ServeSettings) -> FastAP
         # uvicorn runs this after the in-flight requests have been answered (graceful shutdown)
         for model in served.values():
             await model.stop()
+        for pool in pools.values():
+            pool.shutdown()
 
     app = FastAPI(title="zoo serve", version=__version__, lifespan=lifespan,
                   description="Open Inference Protocol v2 and task-level predictions for zoo artifacts.")
@@ -74,9 +81,17 @@ def create_app(models: Sequence[ServedModel], settings: ServeSettings) -> FastAP
     _add_error_handlers(app)
     _add_protocol_routes(app, served, __version__)
     _add_task_routes(app, served)
+    add_openai_routes(app, pools, served)
     app.add_middleware(ServeMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _generation_pool(model: ServedModel, settings: ServeSettings, metrics: ServerMetrics) -> GenerationPool:
+    # the artifact's own decode loop (ExportedModel builds it; the options are checked per request)
+    return GenerationPool(model.name, model.model._generator({}), settings.generations, settings.generation_queue,
+                          on_active=metrics.queue_observer(model.name, "generate"),
+                          on_end=metrics.generation_observer(model.name))
 
 
 def _model(served: dict[str, ServedModel], name: str, version: str | None = None) -> ServedModel:
@@ -159,11 +174,6 @@ def _add_task_routes(app: FastAPI, served: dict[str, ServedModel]) -> None:
         results = await model.raw.submit(PredictJob(inputs, options), rows=len(inputs))
         return _json(predict_rows(labels, results))
 
-    @app.get("/v1/models", tags=["v1"])
-    async def list_models() -> Response:
-        return _json([{"name": m.name, "task": m.task, "labels": list(m.model.labels or []),
-                       "source": m.info.get("name"), "inputs": m.model.signature()} for m in served.values()])
-
     @app.get("/metrics", tags=["operations"])
     async def metrics() -> Response:
         content, media_type = app.state.metrics.render()
@@ -182,17 +192,24 @@ def _json(content: Any, status: int = 200) -> Response:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
+    def answer(request: Request, status: int, message: str, exc: Exception | None = None) -> Response:
+        if request.url.path in OPENAI_PATHS:  # OpenAI's clients read their own error object
+            return openai_error(status, message, exc)
+        return _json({"error": message}, status)
+
     async def on_error(request: Request, exc: Exception) -> Response:
-        return _json(error_body(exc), status_of(exc))
+        return answer(request, status_of(exc), error_body(exc)["error"], exc)
 
     async def on_http(request: Request, exc: HTTPException) -> Response:
         message = str(exc.detail)
         if exc.status_code == 404:
             message = (f"{request.method} {request.url.path} is not a route of this server; the routes are "
                        "listed at GET /openapi.json (and /docs)")
-        return _json({"error": message}, exc.status_code)
+        return answer(request, exc.status_code, message)
 
     async def on_validation(request: Request, exc: RequestValidationError) -> Response:
+        if request.url.path in OPENAI_PATHS:
+            return openai_error(400, *_first_problem(exc))
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
         return _json({"error": f"bad request parameters ({problems})"}, 400)
 
@@ -200,6 +217,19 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, on_error)  # anything else: a 500 with one line, never a traceback
     app.add_exception_handler(HTTPException, on_http)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, on_validation)  # type: ignore[arg-type]
+
+
+def _first_problem(exc: RequestValidationError) -> tuple[str, RequestError]:
+    """One line for the first thing wrong with an OpenAI request body, and the parameter it names."""
+    error = exc.errors()[0]
+    param = ".".join(map(str, error["loc"][1:])) or None
+    if error["type"] == "json_invalid":
+        message, param = f"the request body is not valid JSON ({error.get('ctx', {}).get('error', error['msg'])})", None
+    elif error["type"] == "missing":
+        message = f"'{param}' is required (see the OpenAI API reference for this route's fields)"
+    else:
+        message = f"'{param}': {error['msg']}; got {error.get('input')!r}"
+    return message, ApiError(message, param=param)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -36,6 +36,10 @@ class ServerMetrics:
         self.run_seconds = Histogram("zoo_batch_duration_seconds", "Time of one batched model call "
                                      "(preprocessing included for /predict)", ["model"],
                                      buckets=LATENCY_BUCKETS, registry=r)
+        self.generations = Counter("zoo_generations", "Text generations ended, by outcome: finished, cancelled "
+                                   "(the client left), failed", ["model", "outcome"], registry=r)
+        self.generated_tokens = Counter("zoo_generated_tokens", "New tokens of text generations", ["model"],
+                                        registry=r)
         self.queue_depth = Gauge("zoo_queue_depth", "Requests waiting for a batch", ["model", "queue"],
                                  registry=r, multiprocess_mode="livesum")
 
@@ -50,6 +54,13 @@ class ServerMetrics:
     def queue_observer(self, model: str, queue: str) -> Callable[[float], None]:
         gauge = self.queue_depth.labels(model, queue)
         return gauge.set
+
+    def generation_observer(self, model: str) -> Callable[[str, int], None]:
+        def observe(outcome: str, tokens: int) -> None:
+            self.generations.labels(model, outcome).inc()
+            self.generated_tokens.labels(model).inc(tokens)
+
+        return observe
 
     def observe_request(self, endpoint: str, model: str, code: int, seconds: float) -> None:
         self.requests.labels(endpoint, model, str(code)).inc()

@@ -39,10 +39,13 @@ class ServeSettings:
     instances: int = 2  # batches of one model that run at once (Triton's instance count; its CPU default is 2)
     threads: int | None = None  # onnxruntime intra-op threads per call; None: the cores shared by the instances
     check_hashes: bool = True
+    generations: int = 2  # text generations of one model that decode at once (each holds a thread throughout)
+    generation_queue: int = 16  # more that wait for one of those; a request past them gets 429
 
     def __post_init__(self) -> None:
         problems = [f"{name}={getattr(self, name)} must be at least {low}" for name, low in
-                    (("max_batch_size", 1), ("max_wait_ms", 0), ("max_body_bytes", 1024), ("instances", 1))
+                    (("max_batch_size", 1), ("max_wait_ms", 0), ("max_body_bytes", 1024), ("instances", 1),
+                     ("generations", 1), ("generation_queue", 0))
                     if getattr(self, name) < low]
         if self.threads is not None and self.threads < 1:
             problems.append(f"threads={self.threads} must be at least 1")
