@@ -150,16 +150,20 @@ class Generator:
 
     def chat(self, messages: Any, **options: Any) -> Generation:
         """The assistant's reply to ``messages``, prompted through the model's own chat template."""
+        # the template writes the special tokens itself, as transformers' apply_chat_template tokenises it
+        return self.generate([self.chat_prompt(messages)], special_tokens=False, **options)[0]
+
+    def chat_prompt(self, messages: Any) -> str:
+        """The prompt ``chat`` continues: ``messages`` through the model's own template (tokenise it with
+        ``special_tokens=False``)."""
         from zoo.runtime.chat import check_messages, render_chat
 
         template = self.record.get("chat_template")
         if not template:
             raise InputError("this model has no chat template (its tokenizer_config.json names none): use generate "
                              "with a plain prompt, or export a chat (instruct) model")
-        text = render_chat(template, check_messages(messages), bos_token=self.record.get("bos_token", ""),
+        return render_chat(template, check_messages(messages), bos_token=self.record.get("bos_token", ""),
                            eos_token=self.record.get("eos_token", ""))
-        # the template writes the special tokens itself, as transformers' apply_chat_template tokenises it
-        return self.generate([text], special_tokens=False, **options)[0]
 
     def steps(self, prompts: Sequence[str], *, max_new_tokens: int | None = None, temperature: float | None = None,
               top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
