@@ -247,6 +247,16 @@ def test_chat_with_a_model_without_a_template_names_zoo_predict(qwen2, capsys, t
     _refused(["chat", str(plain)], f"zoo predict {plain}", capsys, tmp_path)
 
 
+def test_chat_with_a_model_of_another_task_names_zoo_predict():
+    from types import SimpleNamespace
+
+    from zoo.cli.chat import _check_chat_model
+
+    with pytest.raises(InputError, match="zoo chat needs a text-generation artifact; art is text-classification: "
+                                         "run it with zoo predict art"):
+        _check_chat_model(SimpleNamespace(task="text-classification"), Path("art"))
+
+
 def test_a_conversation_past_the_context_is_one_error_line_and_the_chat_goes_on(qwen2, model):
     long = " ".join(["word"] * 300)
     done = _zoo("chat", str(qwen2[1]), *FLAGS, stdin=f"{long}\nHello\n")
