@@ -12,6 +12,7 @@ import json
 import os
 import select
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -148,14 +149,17 @@ def test_exit_command_leaves_before_the_rest_of_the_input(qwen2, model):
     assert done.stdout == model.chat([_user("Hello")], **SAMPLED).text + "\n"
 
 
-def _read_until(stream, text: str, deadline_s: float) -> str:
-    """What the process wrote to ``stream`` until ``text`` shows (or the deadline passes)."""
+def _read_until(stream, text: str, deadline_s: float, after: str = "") -> str:
+    """What the process wrote to ``stream`` until ``text`` shows after ``after`` (or the deadline passes)."""
     seen = ""
     end = time.monotonic() + deadline_s
-    while text not in seen and time.monotonic() < end:
+    while not (after in seen and text in seen[seen.index(after) + len(after):]) and time.monotonic() < end:
         ready, _, _ = select.select([stream], [], [], 0.5)
         if ready:
-            chunk = os.read(stream.fileno(), 4096).decode()
+            try:
+                chunk = os.read(stream.fileno(), 4096).decode(errors="replace")
+            except OSError:  # a pseudo-terminal whose other end has closed: the end of its output
+                break
             if not chunk:
                 break
             seen += chunk
@@ -174,6 +178,35 @@ def test_ctrl_c_at_the_prompt_leaves_cleanly(qwen2):
         process.kill()
     assert process.returncode == 0, err.decode()
     assert "Traceback" not in err.decode() and "interrupted" not in err.decode()
+
+
+def test_in_a_terminal_a_turn_then_ctrl_c_typed_at_the_prompt(qwen2, model):
+    """On a terminal (a pseudo-terminal here) the prompt is input()'s, with line editing; the Ctrl-C key
+    reaches the chat as the terminal's SIGINT."""
+    import fcntl
+    import pty
+    import termios
+
+    main_fd, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # 80 columns: no odd wrapping
+    process = subprocess.Popen([sys.executable, "-m", "zoo", "chat", str(qwen2[1]), *FLAGS], cwd=ROOT,
+                               stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True,
+                               preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))  # noqa: PLW1509
+    os.close(terminal)
+    reader = os.fdopen(main_fd, "rb", buffering=0)
+    try:
+        assert "> " in _read_until(reader, "> ", 120)
+        os.write(main_fd, b"Hello\r")
+        reply = model.chat([_user("Hello")], **SAMPLED).text
+        shown = _read_until(reader, "> ", 60, after=reply)  # the prompt again after the reply, not a redraw
+        os.write(main_fd, b"\x03")  # the Ctrl-C key
+        shown += _read_until(reader, "never shown", 30)  # until the chat has left and closed the terminal
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+        reader.close()
+    assert reply and reply in shown
+    assert process.returncode == 0 and "Traceback" not in shown, shown
 
 
 class _Interrupted:
