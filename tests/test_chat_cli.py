@@ -231,7 +231,7 @@ def test_ctrl_c_during_a_reply_stops_it_and_returns_to_the_prompt():
     from zoo.cli.chat import ChatSession, run_chat
 
     model, written, notes = _Interrupted(), [], []
-    lines = iter(["Tell a story", "Go on"])
+    lines = iter(["Tell a story", "/rest", "Go on"])
 
     def read() -> str:
         line = next(lines, None)
@@ -243,6 +243,7 @@ def test_ctrl_c_during_a_reply_stops_it_and_returns_to_the_prompt():
     assert code == 0
     assert "".join(written) == "Once upon\nOnce upon a time\n"
     assert "(stopped)" in notes
+    assert "unknown command /rest: /reset clears the conversation, /exit or Ctrl-D leaves" in notes  # not sent
     # what was written of the stopped reply stays in the conversation: the model said it
     assert model.asked[1] == [_user("Tell a story"), _assistant("Once upon"), _user("Go on")]
 

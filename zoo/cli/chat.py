@@ -168,7 +168,7 @@ def run_chat(session: ChatSession, read: Callable[[], str], write: Callable[[str
             return int(failed)
         if not line:
             continue
-        if line.startswith("/"):  # a command, never sent to the model
+        if line.startswith("/"):  # a command (a typo of one too), never sent to the model
             if line == "/exit":
                 return int(failed)
             if line == "/reset":
@@ -237,17 +237,13 @@ def chat(
     model = load(artifact, check_hashes=not no_hash_check, providers=provider or None)
     _check_chat_model(model, artifact)
     session = ChatSession(model, options, system)
-    note = _noter()
-    note(f"chatting with {model.manifest.name}: {COMMANDS}")
-    raise typer.Exit(run_chat(session, _reader(), terminal_write, note))
+    _note(f"chatting with {model.manifest.name}: {COMMANDS}")
+    raise typer.Exit(run_chat(session, _reader(), terminal_write, _note))
 
 
-def _noter() -> Callable[[str], None]:
-    def note(line: str) -> None:
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-    return note
+def _note(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _check_chat_model(model: Any, artifact: Path) -> None:
