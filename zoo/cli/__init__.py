@@ -24,7 +24,7 @@ TRAIN_EXTRA_MODULES = frozenset({"torch", "torchvision", "timm", "transformers",
                                  "onnx_ir", "datasets", "sklearn", "matplotlib", "sentence_transformers"})
 
 # Sub-command modules register themselves on ``app`` when imported.
-from zoo.cli import export, finetune, models, optimize, runtime, serve  # noqa: F401
+from zoo.cli import chat, export, finetune, models, optimize, runtime, serve  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

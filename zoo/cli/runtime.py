@@ -2,6 +2,7 @@
 
     zoo predict artifacts/sst2 "I loved it" "Dreadful" --top-k 2
     zoo predict artifacts/resnet cat.jpg dog.png --json
+    zoo predict artifacts/llama "The capital of France is" --max-new-tokens 32   # streams the text
     zoo bench artifacts/minilm --batch-sizes 1,8 --iterations 50 --vs-torch
 """
 
@@ -15,6 +16,8 @@ from typing import Annotated, Any
 import typer
 
 from zoo.cli.app import app, out_console
+from zoo.cli.chat import (MaxNewTokens, RepetitionPenalty, Seed, Stop, Temperature, TopP, check_flags,
+                          generation_options, print_stream, terminal_write)
 from zoo.errors import ConfigError
 
 _PROVIDER_HELP = "onnxruntime execution provider, e.g. cpu or cuda (repeat in order of preference)."
@@ -31,13 +34,14 @@ def _load(artifact: Path, **options: Any) -> Any:
 @app.command("predict")
 def predict(
     artifact: Annotated[Path, typer.Argument(help="An artifact folder written by 'zoo export'.")],
-    inputs: Annotated[list[str], typer.Argument(help="Texts (text models); files, directories or globs (image "
-                                                     "and audio models); @FILE reads one input per line, - reads "
-                                                     "stdin.")],
+    inputs: Annotated[list[str], typer.Argument(help="Texts (text models; prompts for text generation); files, "
+                                                     "directories or globs (image and audio models); @FILE reads "
+                                                     "one input per line, - reads stdin.")],
     text: Annotated[bool, typer.Option("--text", help="Take every INPUT as the text itself, even one that names "
                                                       "a file or starts with @ (text models).")] = False,
-    top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1,
-                                              help="Labels to show per input (classifiers; default 1).")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=0, help="Labels to show per input "
+                                              "(classifiers; default 1); sample from the k likeliest tokens "
+                                              "(text generation; 0: no limit).")] = None,
     threshold: Annotated[float | None, typer.Option(
         help="Keep detections scoring at least this (object detection; default: the artifact's).")] = None,
     save: Annotated[Path | None, typer.Option(
@@ -52,8 +56,18 @@ def predict(
     no_hash_check: Annotated[bool, typer.Option("--no-hash-check",
                                                 help="Check file sizes only, not sha256 (faster start).")] = False,
     allow_unverified: Annotated[bool, typer.Option("--allow-unverified", help=_UNVERIFIED_HELP)] = False,
+    max_new_tokens: MaxNewTokens = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    repetition_penalty: RepetitionPenalty = None,
+    stop: Stop = None,
+    seed: Seed = None,
 ) -> None:
-    """Run an exported model on raw inputs and print (or write) its predictions."""
+    """Run an exported model on raw inputs and print (or write) its predictions.
+
+    A text-generation model continues each prompt; one prompt streams its text as it is generated
+    (--json and --out give the whole result: token ids, counts, finish reason).
+    """
     import sys
 
     from zoo.runtime.inputs import ResultWriter, gather_inputs
@@ -63,18 +77,24 @@ def predict(
     model = _load(artifact, check_hashes=not no_hash_check, providers=provider or None,
                   allow_unverified=allow_unverified)
     task = get_task(model.task)
+    options = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, seed)
+    options.update({"threshold": threshold} if threshold is not None else {})
+    check_flags(task, options)
+    if top_k == 0 and not task.generates:
+        raise ConfigError("--top-k 0: a classifier shows at least one label; give --top-k 1 or more "
+                          "(0, no limit, is for sampling a text-generation model)")
     items = gather_inputs(list(inputs), task, sys.stdin, literal=text)
-    given = {"top_k": top_k, "threshold": threshold}
-    options = {k: v for k, v in given.items() if v is not None}
     results: list[Any] = []
+    if task.generates and len(items) == 1 and not as_json and writer is None and save is None:
+        print_stream(model.stream(items[0], **options), terminal_write)
+        return
     if writer is not None:
         def take(inputs: list[str], batch: list[Any]) -> None:
             writer.write(inputs, batch)
             if save is not None:  # pictures need every result; rows alone stream
                 results.extend(batch)
 
-        with writer:
-            _predict_all(model, items, batch_size, options, take)
+        _write_all(writer, lambda: _predict_all(model, items, batch_size, options, take))
         typer.echo(f"wrote {writer.rows} predictions to {out}")
         for path in task.save_pictures(items, results, save) if save is not None else []:
             typer.echo(f"saved {path}")
@@ -91,6 +111,21 @@ def predict(
     console.print(task.render(title, items, results))
     for path in saved:
         console.print(f"saved {escape(str(path))}")
+
+
+def _write_all(writer: Any, run: Callable[[], None]) -> None:
+    """Run with the result file open; one that fails before its first row (a bad option, a prompt past the
+    context length) leaves no file behind."""
+    made = [folder for folder in (writer.path.parent, *writer.path.parent.parents) if not folder.exists()]
+    try:
+        with writer:
+            run()
+    except BaseException:
+        if writer.rows == 0:
+            writer.path.unlink(missing_ok=True)
+            for folder in made:  # innermost first: the folders the writer made for the file
+                folder.rmdir()
+        raise
 
 
 def _predict_all(model: Any, items: list[str], batch_size: int, options: dict[str, Any],

@@ -279,6 +279,16 @@ class ExportedModel:
         model's own chat template (jinja2, sandboxed); ``generate``'s options."""
         return self._generator(options).chat(messages, **options)
 
+    def stream_chat(self, messages: Any, **options: Any) -> Iterator[str]:
+        """``chat``'s reply in pieces as it is generated, as ``stream`` gives a prompt's; joined, they are
+        ``chat``'s text. The messages are checked and rendered at the call, before the first piece."""
+        generator = self._generator(options)
+        return generator.stream(generator.chat_prompt(messages), special_tokens=False, **options)
+
+    def chat_prompt(self, messages: Any) -> str:
+        """The text ``chat`` continues for ``messages``: the model's chat template rendered (jinja2, sandboxed)."""
+        return self._generator({}).chat_prompt(messages)
+
     def _generator(self, options: dict[str, Any]) -> Any:
         from zoo.runtime.generate import Generator
 
