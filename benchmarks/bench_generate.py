@@ -54,16 +54,22 @@ PROMPT = (
 )
 # the memory probe: a fresh interpreter, zoo's runtime only, one generation filling the whole context
 MEMORY_PROBE = """
-import json, resource, sys
+import json, sys
+from pathlib import Path
 import zoo
+
+def status(key):  # kB lines of /proc/self/status: VmRSS now, VmHWM the peak since the last reset
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key + ":"))
+    return int(line.split()[1]) / 1024
+
 model = zoo.load(sys.argv[1], threads=int(sys.argv[3]))
-loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+load_peak, loaded = status("VmHWM"), status("VmRSS")
+Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux >= 4.0): the peak of generation alone
 ids = json.loads(sys.argv[2])
 text = model._preprocess.tokenizer.decode(ids)
 [result] = model.generate([text], max_new_tokens=int(sys.argv[4]), temperature=0)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"prompt_tokens": result.prompt_tokens, "new_tokens": result.completion_tokens,
-                  "rss_after_load_mib": loaded / 1024, "peak_rss_mib": peak / 1024}))
+                  "load_peak_rss_mib": load_peak, "rss_after_load_mib": loaded, "peak_rss_mib": status("VmHWM")}))
 """
 
 
@@ -244,7 +250,8 @@ def main() -> None:
     results["memory_2048_context"] = memory(paths["zoo"], tokenizer, max(args.threads))
     mem = results["memory_2048_context"]
     print(f"\nzoo, {mem['context_tokens']}-token context: peak resident memory {mem['peak_rss_mib']:.0f} MiB "
-          f"(after load {mem['rss_after_load_mib']:.0f} MiB; target <= 1024 MiB)")
+          f"(after load {mem['rss_after_load_mib']:.0f} MiB, "
+          f"peak while loading {mem['load_peak_rss_mib']:.0f} MiB; target <= 1024 MiB)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten {args.out} ({results['machine']['cpu']}, {results['machine']['cores']} cores)")
