@@ -109,8 +109,8 @@ start = time.perf_counter()
 reply = model.chat([{"role": "user", "content": question}], max_new_tokens=64)
 elapsed = time.perf_counter() - start
 print(f"user: {question}\nassistant: {reply.text}")
-print(f"{reply.completion_tokens} tokens in {elapsed:.2f} s: {reply.completion_tokens / elapsed:.1f} tokens/s, prompt included "
-      f"(prompt {reply.prompt_tokens} tokens, finish: {reply.finish_reason})")
+print(f"{reply.completion_tokens} tokens in {elapsed:.2f} s: {reply.completion_tokens / elapsed:.1f} tokens/s "
+      f"(reading the {reply.prompt_tokens}-token prompt included; finish: {reply.finish_reason})")
 heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
 assert not heavy, f"the chat turn imported {heavy}"
 print("torch imported: no")
