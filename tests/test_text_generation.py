@@ -423,3 +423,25 @@ def test_the_cache_stays_in_onnxruntime_between_steps(llama, monkeypatch):
     steps = result.completion_tokens + (result.finish_reason == "stop")  # an EOS is chosen after a step too
     assert bound.count("past_key_values.0.key") == steps >= 2
     assert not [n for n in cpu_inputs if n.startswith("past")]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_long_prompt_goes_in_chunks_and_generates_as_transformers(family, request, monkeypatch):
+    """A prompt longer than PREFILL_CHUNK is run chunk by chunk on its own cache (bounded memory), left padding
+    included (a short row's first chunks are all padding), and still continues token for token as transformers."""
+    import onnxruntime
+
+    import zoo
+    from zoo.runtime import generate
+
+    spec, result = request.getfixturevalue(family)
+    monkeypatch.setattr(generate, "PREFILL_CHUNK", 4)
+    widths: list[int] = []
+    original = onnxruntime.IOBinding.bind_cpu_input
+    monkeypatch.setattr(onnxruntime.IOBinding, "bind_cpu_input", lambda self, name, array: (
+        widths.append(array.shape[1]) if name == "input_ids" else None, original(self, name, array))[1])
+    got = zoo.load(result.path).generate(PROMPTS, max_new_tokens=8)
+    columns = max(r.prompt_tokens for r in got)
+    chunks = [4] * (columns // 4) + ([columns % 4] if columns % 4 else [])
+    assert len(chunks) > 2 and widths[:len(chunks)] == chunks and set(widths[len(chunks):]) == {1}
+    assert [list(r.token_ids) for r in got] == _hf_greedy(Path(spec.local_path), PROMPTS, 8)

@@ -6,7 +6,8 @@
 
 Prompts are tokenised by the artifact's ``tokenizer.json`` and padded on the left, so
 a batch's prompts end at the same column and every step appends one column. The
-decoder graph runs once on the prompts (an empty cache) and then once per new token;
+decoder graph runs on the prompts (from an empty cache, in chunks of ``PREFILL_CHUNK``
+columns, so a long prompt's logits never sit in memory whole) and then once per new token;
 between steps the cache stays in onnxruntime: each step's ``present.N.*`` outputs are
 bound, as OrtValues, to the next step's ``past_key_values.N.*`` inputs (IO binding),
 never copied out to numpy. Only the last position's logits come back, to choose the
@@ -26,6 +27,9 @@ from zoo.errors import ArtifactError, InputError
 from zoo.tasks._decoding import positions
 
 DEFAULT_NEW_TOKENS = 64
+# prompt columns per graph call: a long prompt goes in chunks, each on the cache of those before, so the logits
+# and attention scores of one call stay small (a 2,000-token prompt at once holds 400 MB of SmolLM2 logits alone)
+PREFILL_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -196,8 +200,8 @@ class Generator:
         rows = [_Row(list(map(int, i[m.astype(bool)]))) for i, m in zip(ids, mask)]
         binding = self.session.io_binding()
         past = self._empty_cache(len(rows))
-        for _ in range(new):
-            logits, past = self._step(binding, ids, mask, past)
+        for step in range(new):
+            logits, past = self._step(binding, ids, mask, past) if step else self._prefill(binding, ids, mask, past)
             tokens = sampling.choose(logits, [r.prompt + r.new for r in rows], rng)
             for row, token in zip(rows, tokens):
                 if row.finish is None:
@@ -235,6 +239,14 @@ class Generator:
         layout = self.record["kv_cache"]
         shape = (batch, int(layout["kv_heads"]), 0, int(layout["head_dim"]))
         return [OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32), self.device) for _ in self.cache_names]
+
+    def _prefill(self, binding: Any, ids: np.ndarray, mask: np.ndarray,
+                 past: list[Any]) -> tuple[np.ndarray, list[Any]]:
+        """The prompts through the graph, ``PREFILL_CHUNK`` columns at a time; the last column's logits."""
+        for start in range(0, ids.shape[1], PREFILL_CHUNK):
+            end = start + PREFILL_CHUNK
+            logits, past = self._step(binding, ids[:, start:end], mask[:, :end], past)
+        return logits, past
 
     def _step(self, binding: Any, ids: np.ndarray, mask: np.ndarray, past: list[Any]) -> tuple[np.ndarray, list[Any]]:
         """One graph call; returns the last position's logits (numpy) and the grown cache (OrtValues)."""
