@@ -168,7 +168,7 @@ def zoo_engine(artifact: Path, threads: int) -> Engine:
         start = time.perf_counter()
         first = start
         # stream yields text as it is certain; the first step's time is the prompt's, so time the steps themselves
-        for step, rows in enumerate(model._generator({}).steps([text], max_new_tokens=NEW_TOKENS, temperature=0)):
+        for step, rows in enumerate(model.generator().steps([text], max_new_tokens=NEW_TOKENS, temperature=0)):
             if step == 0:
                 first = time.perf_counter()
         end = time.perf_counter()

@@ -289,6 +289,10 @@ class ExportedModel:
         """The text ``chat`` continues for ``messages``: the model's chat template rendered (jinja2, sandboxed)."""
         return self._generator({}).chat_prompt(messages)
 
+    def generator(self) -> Any:
+        """The artifact's ``zoo.runtime.generate.Generator``: step by step generation, for servers and benchmarks."""
+        return self._generator({})
+
     def _generator(self, options: dict[str, Any]) -> Any:
         from zoo.runtime.generate import Generator
 

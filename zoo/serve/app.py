@@ -89,7 +89,7 @@ def create_app(models: Sequence[ServedModel], settings: ServeSettings) -> FastAP
 
 def _generation_pool(model: ServedModel, settings: ServeSettings, metrics: ServerMetrics) -> GenerationPool:
     # the artifact's own decode loop (ExportedModel builds it; the options are checked per request)
-    return GenerationPool(model.name, model.model._generator({}), settings.generations, settings.generation_queue,
+    return GenerationPool(model.name, model.model.generator(), settings.generations, settings.generation_queue,
                           on_active=metrics.queue_observer(model.name, "generate"),
                           on_end=metrics.generation_observer(model.name))
 
