@@ -223,7 +223,7 @@ def candidate_labels(labels: Any) -> list[str]:
     """The candidate labels as a list: a list of strings, or one string of comma-separated labels."""
     if labels is None:
         raise InputError("zero-shot classification needs candidate labels: predict(image, labels=['a cat', "
-                         "'a dog']) or --labels 'a cat,a dog'")
+                         "'a dog']), zoo predict --labels 'a cat,a dog', or ?labels=a cat,a dog on zoo serve's /predict")
     if isinstance(labels, str):
         labels = [part.strip() for part in labels.split(",")]
     if not isinstance(labels, (list, tuple)) or not all(isinstance(x, str) for x in labels):
