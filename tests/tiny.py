@@ -113,6 +113,8 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
     from zoo.sources.hf import auto_class
     from zoo.tasks import get_task
 
+    if spec.task == "zero-shot-image-classification":
+        return tiny_zero_shot_folder(spec.arch, folder)
     kwargs = dict(HF_TINY[spec.arch])
     if spec.task in ("text-classification", "image-classification", "audio-classification"):
         labels = spec.labels or (AUDIO_LABELS if spec.task == "audio-classification" else TEXT_LABELS)
@@ -275,3 +277,6 @@ def tiny_zero_shot_folder(model_type: str, folder: Path) -> Path:
         processor = transformers.SiglipImageProcessor(size=size)
     processor.save_pretrained(folder)
     return folder
+
+
+HF_TINY.update(clip=CLIP_TINY, siglip=CLIP_TINY)  # registry coverage: their folders come from tiny_zero_shot_folder
