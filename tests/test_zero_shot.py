@@ -261,3 +261,33 @@ def test_siglip_pads_prompts_to_64_tokens_at_runtime(artifacts: dict[str, Path])
     assert arrays["input_ids"].shape == (2, 64) and arrays["pixel_values"].shape[0] == 0
     images = preprocessor([str(PICTURES[0])]).arrays
     assert images["pixel_values"].shape == (1, 3, 64, 64) and images["input_ids"].shape[0] == 0
+
+
+def test_center_floor_crops_as_transformers_image_processors_do() -> None:
+    """CLIP's resize-then-crop, pixel for pixel with transformers' Pillow processor; torchvision's rounded
+    offsets ("center") are a pixel off on this picture, which is why the mode exists."""
+    import transformers
+    from PIL import Image
+
+    from zoo.tasks.preprocess import ImagePreprocessor
+
+    picture = Image.open(PICTURES[0]).convert("RGB")  # 640 x 427: 95 x 64 after the resize, 31 columns to crop
+    processor = transformers.CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    want = processor(images=[picture], return_tensors="np")["pixel_values"][0]
+    record = {"input_size": [3, 64, 64], "mean": processor.image_mean, "std": processor.image_std,
+              "interpolation": "bicubic", "crop_pct": 1.0}
+    floor = ImagePreprocessor.from_record({**record, "crop_mode": "center-floor"})([picture]).arrays["pixel_values"]
+    rounded = ImagePreprocessor.from_record({**record, "crop_mode": "center"})([picture]).arrays["pixel_values"]
+    np.testing.assert_allclose(floor[0], want, atol=1e-5)
+    assert np.abs(rounded[0] - want).max() > 0.1
+
+
+def test_optimize_refuses_the_two_tower_graph_in_one_line(artifacts: dict[str, Path], tmp_path: Path,
+                                                          capsys: Any) -> None:
+    from zoo.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["optimize", str(artifacts["clip"]), "--level", "int8", "--out", str(tmp_path / "opt")])
+    error = capsys.readouterr().err
+    assert exited.value.code == 1 and "two towers" in error and "Traceback" not in error
+    assert not (tmp_path / "opt").exists()

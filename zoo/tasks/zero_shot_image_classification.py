@@ -146,6 +146,14 @@ class ZeroShotImageClassification(ImageTask):
     def agreement(self, spec: ModelSpec, tol: Tolerances) -> ZeroShotAgreement:
         return ZeroShotAgreement(tol)
 
+    def optimization_gate(self, tol: Tolerances) -> Any:
+        from zoo.errors import ConfigError
+
+        # the gate compares a graph's first output on one kind of input; this graph has two towers and two inputs
+        raise ConfigError("zoo optimize does not judge image-text (zero-shot-image-classification) graphs yet: its "
+                          "gate compares one output on one kind of input, and this graph has two towers; use the "
+                          "artifact as exported")
+
     def preprocessor_problems(self, folder: Path, manifest: Any) -> list[str]:
         pp = manifest.preprocess
         problems = super().preprocessor_problems(folder, manifest)
