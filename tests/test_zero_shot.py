@@ -291,3 +291,17 @@ def test_optimize_refuses_the_two_tower_graph_in_one_line(artifacts: dict[str, P
     error = capsys.readouterr().err
     assert exited.value.code == 1 and "two towers" in error and "Traceback" not in error
     assert not (tmp_path / "opt").exists()
+
+
+def test_clip_folders_with_bare_number_sizes_crop_as_clip_does(tmp_path: Path) -> None:
+    """openai/clip-* write size: 224, crop_size: 224 (the shorter side, a square crop), not dicts."""
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"size": 224, "crop_size": 224, "do_center_crop": True, "resample": 3,
+         "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+    config = {"model_type": "clip", "architectures": ["CLIPModel"], "vision_config": {"image_size": 224},
+              "text_config": {"max_position_embeddings": 77}}
+    inputs, preprocess, _ = TASK.describe_hf(tmp_path, config, None)
+    assert preprocess.input_size == (3, 224, 224) and preprocess.crop_mode == "center-floor"
+    assert preprocess.crop_pct == 1.0 and preprocess.interpolation == "bicubic" and preprocess.max_length == 77
+    assert [i.name for i in inputs] == ["pixel_values", "input_ids", "attention_mask"]
+    assert inputs[1].shape == ("texts", "sequence")

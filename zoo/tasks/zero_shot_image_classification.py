@@ -292,14 +292,20 @@ class ZeroShotPreprocessor:
 
 
 def _image_preprocess(folder: Path, vision: dict[str, Any]) -> Preprocess:
-    """The image processor's recipe; CLIP's resize-shorter-side-then-center-crop as transformers crops it."""
+    """The image processor's recipe; CLIP's resize-shorter-side-then-center-crop as transformers crops it.
+
+    CLIP's processor reads a bare number as the shorter side (``size``) and as a square (``crop_size``):
+    openai/clip-* folders write both that way.
+    """
     pp = read_json(folder / "preprocessor_config.json")
     base = hf_image_preprocess(folder, vision)
     size, crop = pp.get("size"), pp.get("crop_size")
-    if pp.get("do_center_crop") and isinstance(size, dict) and "shortest_edge" in size and isinstance(crop, dict):
-        height, width = int(crop["height"]), int(crop["width"])
+    shorter = size.get("shortest_edge") if isinstance(size, dict) else size
+    crop_hw = (crop.get("height"), crop.get("width")) if isinstance(crop, dict) else (crop, crop)
+    if pp.get("do_center_crop") and isinstance(shorter, int) and all(isinstance(x, int) for x in crop_hw):
+        height, width = crop_hw
         return dataclasses.replace(base, input_size=(base.input_size[0], height, width), crop_mode="center-floor",
-                                   crop_pct=height / int(size["shortest_edge"]))
+                                   crop_pct=height / shorter)
     return base
 
 
