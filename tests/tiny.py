@@ -224,7 +224,8 @@ def shrink(spec: ModelSpec, folder: Path) -> tuple[ModelSpec, dict[str, Any], bo
 # ---------------------------------------------------------------- zero-shot image classification (CLIP, SigLIP)
 
 # a few BPE merges, so the tiny tokenizer joins some letters as a trained one does
-_CLIP_MERGES = ("t h", "th e</w>", "a t</w>", "c at</w>", "d o", "do g</w>", "o f</w>", "i s</w>", "p h", "o t", "ph ot")
+_CLIP_MERGES = ("t h", "th e</w>", "a t</w>", "c at</w>", "d o", "do g</w>", "o f</w>", "i s</w>", "p h", "o t",
+                "ph ot")
 CLIP_TINY = dict(text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
                                   max_position_embeddings=77),
                  vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,

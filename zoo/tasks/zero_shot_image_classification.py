@@ -36,7 +36,7 @@ from zoo.checks import Check
 from zoo.errors import ArtifactError, InputError
 from zoo.folders import read_json
 from zoo.spec import InputSpec, ModelSpec, Preprocess, Tolerances
-from zoo.tasks._image import EXPORT_BATCH, IMAGE_CONFIG, ImageTask, hf_image_preprocess, pixels
+from zoo.tasks._image import EXPORT_BATCH, ImageTask, hf_image_preprocess, pixels
 from zoo.tasks._text import SENTENCES, load_tokenizer
 from zoo.tasks._vectors import cosines
 from zoo.tasks.base import Case
@@ -109,7 +109,7 @@ class ZeroShotImageClassification(ImageTask):
             labels = [LABELS[i] for i in rng.permutation(len(LABELS))]
             for kind, images, prompts in (("1 image x 3 labels", 1, [TEMPLATE.format(x) for x in labels[:3]]),
                                           ("3 images x 2 labels", 3, [TEMPLATE.format(labels[3]),
-                                                                      " ".join(SENTENCES) * 4])):
+                                                                      " ".join(SENTENCES)])):
                 inputs = {"pixel_values": pixels(spec.preprocess, images, seed), **_tokenize(spec, processor, prompts)}
                 cases.append(Case(kind, seed, inputs, texts=prompts))
         return cases
@@ -231,7 +231,8 @@ def candidate_labels(labels: Any) -> list[str]:
     """The candidate labels as a list: a list of strings, or one string of comma-separated labels."""
     if labels is None:
         raise InputError("zero-shot classification needs candidate labels: predict(image, labels=['a cat', "
-                         "'a dog']), zoo predict --labels 'a cat,a dog', or ?labels=a cat,a dog on zoo serve's /predict")
+                         "'a dog']), zoo predict --labels 'a cat,a dog', or ?labels=a cat,a dog on zoo serve's "
+                         "/predict")
     if isinstance(labels, str):
         labels = [part.strip() for part in labels.split(",")]
     if not isinstance(labels, (list, tuple)) or not all(isinstance(x, str) for x in labels):
