@@ -27,6 +27,8 @@ from exporters.evaldata import PROBE_SENTENCES, EvalSet
 from exporters.verify import OutputStats
 from zoo.checks import Check
 from zoo.manifest import Manifest
+from zoo.runtime import engines
+from zoo.runtime.engines import Engine
 from zoo.spec import Tolerances
 from zoo.tasks import get_task
 from zoo.tasks.base import Gate, Task
@@ -47,8 +49,14 @@ class Outputs:
     masks: list[np.ndarray | None] = field(default_factory=list)
 
 
-def session(path: Path, providers: list[str] | None = None, threads: int | None = None) -> Any:
-    """An onnxruntime session with ``zoo.load``'s graph level; worker threads sleep instead of spinning."""
+def session(path: Path, providers: list[str] | None = None, threads: int | None = None,
+            engine: Engine | None = None) -> Any:
+    """An onnxruntime session with ``zoo.load``'s graph level; worker threads sleep instead of spinning.
+
+    ``engine``: another engine setting (OpenVINO f32 or bf16) judged on the same graph.
+    """
+    if engine is not None and engine.name != "onnxruntime":
+        return engines.open_session(path, engine, threads=threads)
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -160,11 +168,14 @@ def _image_shapes(manifest: Manifest, images: EvalSet | None) -> dict[str, dict[
 
 
 def measure_speed(parent: Path, optimized: Path, shapes: dict[str, dict[str, np.ndarray]],
-                  providers: list[str] | None = None) -> list[SpeedFigure]:
-    """Median latency of both graphs per shape, taking turns call by call on the same inputs."""
+                  providers: list[str] | None = None, engine: Engine | None = None) -> list[SpeedFigure]:
+    """Median latency of both graphs per shape, taking turns call by call on the same inputs.
+
+    The parent runs on onnxruntime; the optimised graph on ``engine`` (onnxruntime unless given).
+    """
     from zoo.runtime.bench import time_calls
 
-    sessions = [session(parent, providers, SPEED_THREADS), session(optimized, providers, SPEED_THREADS)]
+    sessions = [session(parent, providers, SPEED_THREADS), session(optimized, providers, SPEED_THREADS, engine)]
     figures = []
     for shape, feed in shapes.items():
         calls = [_caller(s, feed) for s in sessions]
