@@ -93,8 +93,7 @@ class Candidate:
         failed = [f"{c.name}: {c.value} (limit {c.limit})" for c in self.checks if not c.passed]
         return {"level": self.level, "engine": self.engine.to_dict(), "passed": self.passed,
                 "speedup": round(self.mean_speedup, 3), "failed": failed,
-                "speed": [{"shape": f.shape, "parent_ms": round(f.parent_ms, 3), "optimized_ms": round(f.optimized_ms, 3)}
-                          for f in self.speed]}
+                "speed": [dataclasses.asdict(f) for f in self.speed]}
 
 
 @dataclass
@@ -428,39 +427,68 @@ class GridReference:
     parent: gates.Outputs
     torch: gates.Outputs | None
     note: str
+    module: Any = None  # the torch source, kept to time eager torch beside the graphs
 
     @classmethod
     def build(cls, ctx: Context) -> GridReference:
         ctx.step("verification grid (torch fp32 when the source resolves)")
-        inputs, torch_outputs, note = _torch_grid(ctx)
+        inputs, torch_outputs, note, module = _torch_grid(ctx)
         if inputs is None:
             from exporters.golden import golden_sets, read_golden
 
             inputs = [read_golden(s)[0] for s in golden_sets(ctx.folder)]
         parent = gates.run_all(gates.session(ctx.parent_model, ctx.providers), inputs)
-        return cls(inputs, parent, torch_outputs, note)
+        return cls(inputs, parent, torch_outputs, note, module)
 
 
-def _torch_grid(ctx: Context) -> tuple[list[dict[str, np.ndarray]] | None, gates.Outputs | None, str]:
-    """(grid inputs, torch outputs, note); (None, None, why) when the torch source is not available."""
+def _torch_grid(ctx: Context) -> tuple[list[dict[str, np.ndarray]] | None, gates.Outputs | None, str, Any]:
+    """(grid inputs, torch outputs, note, module); (None, None, why, None) when the torch source is not available."""
     if ctx.manifest.random_init:
-        return None, None, "torch fp32 not compared: the parent was exported from random weights"
+        return None, None, "torch fp32 not compared: the parent was exported from random weights", None
     try:
         from exporters.source import build_source, torch_outputs
 
         # source_spec: an artifact never chooses to run a repository's own code (trust_remote_code) here
         source = build_source(ctx.manifest.source_spec(), random_init=False, model_kwargs=ctx.manifest.model_kwargs)
     except (ZooError, ImportError, OSError) as exc:
-        return None, None, f"torch fp32 not compared: the source does not resolve here ({str(exc)[:200]})"
+        return None, None, f"torch fp32 not compared: the source does not resolve here ({str(exc)[:200]})", None
     inputs = [case.inputs for case in source.cases]
     names = source.output_names  # the gates judge the first output, as onnxruntime lists it
     values = [torch_outputs(source.module, feed, names)[names[0]] for feed in inputs]
-    return inputs, gates.Outputs(values, [feed.get("attention_mask") for feed in inputs]), "torch fp32 compared"
+    return (inputs, gates.Outputs(values, [feed.get("attention_mask") for feed in inputs]), "torch fp32 compared",
+            source.module)
 
 
 def measure_speed(ctx: Context, candidate: Candidate) -> list[gates.SpeedFigure]:
     shapes = gates.speed_shapes(ctx.folder, ctx.manifest, ctx.data.evaluation)
-    return gates.measure_speed(ctx.parent_model, candidate.path, shapes, ctx.providers, candidate.engine)
+    module = ctx.grid.module if ctx.grid else None
+    if module is None:  # random weights or no source here: the parent is the only reference
+        return gates.measure_speed(ctx.parent_model, candidate.path, shapes, ctx.providers, candidate.engine)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(gates.SPEED_THREADS)  # the graphs' thread count: a fair turn for each
+    try:
+        return gates.measure_speed(ctx.parent_model, candidate.path, shapes, ctx.providers, candidate.engine,
+                                   torch_call=_torch_call(module))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _torch_call(module: Any) -> Callable[[dict[str, np.ndarray]], Callable[[], Any]]:
+    """feed -> one eager torch fp32 call on it, as 'zoo bench --vs-torch' runs it (inference mode)."""
+    import torch
+
+    def factory(feed: dict[str, np.ndarray]) -> Callable[[], Any]:
+        tensors = {k: torch.from_numpy(v) for k, v in feed.items()}
+
+        def call() -> Any:
+            with torch.inference_mode():
+                return module(**tensors)
+
+        return call
+
+    return factory
 
 
 def parent_tolerances(manifest: Manifest) -> tuple[Tolerances, str]:

@@ -28,13 +28,14 @@ from zoo.runtime.engines import Engine
 pytestmark = pytest.mark.xdist_group("optimize")
 openvino = pytest.importorskip("openvino")  # the dev extra installs it; a runtime-only install skips these
 
+REAL_MEASURE_SPEED = gates.measure_speed  # kept before the autouse fixture replaces it
 WITH_BF16 = {"fpu", "avx2", "avx512f", "avx512_bf16"}
 WITHOUT_BF16 = {"fpu", "avx2", "avx512f", "avx512_vnni"}
 
 
 def fake_speed(factor: float):
     """A measure_speed stand-in: the candidate takes 1/factor of the parent's 10 ms at every shape."""
-    def measure(parent, optimized, shapes, providers=None, engine=None):
+    def measure(parent, optimized, shapes, providers=None, engine=None, torch_call=None):
         return [gates.SpeedFigure(shape, 10.0, 10.0 / factor) for shape in shapes]
 
     return measure
@@ -351,3 +352,47 @@ def test_openvino_session_answers_by_name_in_the_order_asked(text_cls_artifact, 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_array_equal(session.run(None, feed)[0], logits)
+
+
+# ---------------------------------------------------------------- the speed gate against eager torch
+
+
+def speed_against_torch(optimized_ms: float, torch_ms: float, seen: list[Any]):
+    """A measure_speed stand-in: the parent 10 ms, the candidate and eager torch as given; records torch_call."""
+    def measure(parent, optimized, shapes, providers=None, engine=None, torch_call=None):
+        seen.append(torch_call)
+        return [gates.SpeedFigure(shape, 10.0, optimized_ms, torch_ms) for shape in shapes]
+
+    return measure
+
+
+def test_a_recipe_slower_than_eager_torch_is_refused_and_a_faster_one_kept(text_cls_artifact, tmp_path, monkeypatch):
+    import zoo
+
+    seen: list[Any] = []
+    monkeypatch.setattr(gates, "measure_speed", speed_against_torch(5.0, 4.0, seen))  # 2x the parent, 0.8x torch
+    dest = tmp_path / "ov"
+    with pytest.raises(GateError) as info:
+        zoo.optimize(text_cls_artifact, out=dest, level="openvino")
+    vs_torch = [c for c in info.value.report.checks if c.name.startswith("speed vs torch fp32 eager")]
+    assert [c.name for c in vs_torch] == ["speed vs torch fp32 eager at 1x32", "speed vs torch fp32 eager at 8x128"]
+    assert all(not c.passed and c.value == "0.80x" and "torch 4.00 ms, optimised 5.00 ms" in c.detail
+               for c in vs_torch)
+    assert all(c.passed for c in info.value.report.checks if c.name.startswith("speed at"))
+    assert not dest.exists() and callable(seen[0])  # the source resolves: eager torch was handed to the timer
+    monkeypatch.setattr(gates, "measure_speed", speed_against_torch(5.0, 6.0, seen))
+    result = zoo.optimize(text_cls_artifact, out=dest, level="openvino")
+    assert all(c.passed for c in result.report.checks if c.name.startswith("speed vs torch"))
+
+
+def test_speed_measurement_times_eager_torch_in_the_same_turns(text_cls_artifact, monkeypatch):
+    """The mechanics only (each call taken at each shape, positive medians); no ratio is asserted."""
+    monkeypatch.setattr(gates, "SPEED_BUDGET_S", 0.01)
+    calls: list[tuple[int, ...]] = []
+    shapes = gates.speed_shapes(text_cls_artifact, read_manifest(text_cls_artifact), None)
+    figures = REAL_MEASURE_SPEED(text_cls_artifact / "model.onnx", text_cls_artifact / "model.onnx", shapes,
+                                 engine=Engine("openvino", "f32"),
+                                 torch_call=lambda feed: lambda: calls.append(feed["input_ids"].shape))
+    assert [f.shape for f in figures] == ["1x32", "8x128"]
+    assert set(calls) == {feed["input_ids"].shape for feed in shapes.values()}
+    assert all(f.parent_ms > 0 and f.optimized_ms > 0 and f.torch_ms > 0 for f in figures)

@@ -27,7 +27,7 @@ REAL_MEASURE_SPEED = gates.measure_speed  # kept before the autouse fixture repl
 
 def fake_speed(factor: float):
     """A measure_speed stand-in: the optimised graph takes 1/factor of the parent's 10 ms at every shape."""
-    def measure(parent, optimized, shapes, providers=None):
+    def measure(parent, optimized, shapes, providers=None, engine=None, torch_call=None):
         return [gates.SpeedFigure(shape, 10.0, 10.0 / factor) for shape in shapes]
 
     return measure

@@ -87,11 +87,12 @@ def tried_table(result: Any) -> Any:
     cpu = result.manifest.optimization.get("cpu", {})
     table = Table(title=f"tried on {escape(cpu.get('model', 'this CPU'))} "
                         f"({', '.join(cpu.get('flags', [])) or 'no AVX2, AVX-512 or AMX'})")
-    for column in ("level", "engine", "time vs parent", "speed-up", "result"):
+    for column in ("level", "engine", "ms: this / parent / torch fp32 eager", "speed-up", "result"):
         table.add_column(column)
     for t in result.tried:
         engine = t["engine"]
-        times = ", ".join(f"{s['shape']}: {s['optimized_ms']:.1f} / {s['parent_ms']:.1f} ms" for s in t["speed"])
+        times = ", ".join(f"{s['shape']}: {s['optimized_ms']:.1f} / {s['parent_ms']:.1f}"
+                          + (f" / {s['torch_ms']:.1f}" if s.get("torch_ms") is not None else "") for s in t["speed"])
         verdict = ("kept" if t["level"] == result.level else "passed") if t["passed"] else \
             f"refused: {t['failed'][0]}" if t["failed"] else "refused"
         table.add_row(t["level"], f"{engine['name']} {engine['precision']}", times or "not timed",
