@@ -113,6 +113,10 @@ def test_text_generation_on_openvino_is_one_clear_line(text_cls_artifact):
     with pytest.raises(ConfigError, match="text-generation artifact, which runs on onnxruntime only"):
         engines.choose(manifest, "openvino")
     assert engines.choose(manifest, None) == Engine()
+    edited = manifest.replace(engine={"name": "openvino", "precision": "f32"})  # a manifest no optimize writes
+    with pytest.raises(ConfigError, match="text-generation artifact, which runs on onnxruntime only"):
+        engines.choose(edited, None)
+    assert engines.choose(edited, "onnxruntime") == Engine()
 
 
 def test_a_manifest_naming_an_unknown_engine_is_refused(text_cls_artifact):

@@ -73,11 +73,11 @@ def choose(manifest: Manifest, asked: str | None = None) -> Engine:
     """The engine to run an artifact on: ``asked`` when given (at the manifest's precision if it is that engine,
     else f32), else the manifest's; an absent OpenVINO named only by the manifest falls back to onnxruntime."""
     own = recorded(manifest)
+    if (asked or own.name) == "openvino" and get_task(manifest.task).generates:
+        raise ConfigError(f"{manifest.name} is a text-generation artifact, which runs on onnxruntime only "
+                          "(OpenVINO is not supported for generation yet): use --engine onnxruntime")
     if asked is not None:
         require(asked)
-        if asked == "openvino" and get_task(manifest.task).generates:
-            raise ConfigError(f"{manifest.name} is a text-generation artifact, which runs on onnxruntime only "
-                              "(OpenVINO is not supported for generation yet): use --engine onnxruntime")
         return own if asked == own.name else Engine(asked)
     if own.name == "openvino" and not installed("openvino"):
         warnings.warn(f"{manifest.name} was verified on OpenVINO {own.precision}, which is not installed here; "
