@@ -400,3 +400,35 @@ def test_speed_measurement_times_eager_torch_in_the_same_turns(text_cls_artifact
     assert [f.shape for f in figures] == ["1x32", "8x128"]
     assert set(calls) == {feed["input_ids"].shape for feed in shapes.values()}
     assert all(f.parent_ms > 0 and f.optimized_ms > 0 and f.torch_ms > 0 for f in figures)
+
+
+def test_bench_labels_the_engine_it_timed(text_cls_artifact):
+    import zoo
+    from zoo.runtime.bench import bench
+
+    report = bench(zoo.load(text_cls_artifact, engine="openvino"), batch_sizes=[1], iterations=1, warmup=0)
+    assert [t.engine for t in report.timings] == ["openvino f32"] and report.providers == ["OpenVINO CPU (f32)"]
+
+
+def test_auto_prints_what_it_tried_with_the_cpu_flags():
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from zoo.cli.optimize import tried_table
+
+    speed = [{"shape": "8x128", "parent_ms": 100.0, "optimized_ms": 40.0, "torch_ms": 90.0}]
+    tried = [{"level": "int8", "engine": {"name": "onnxruntime", "precision": "f32"}, "passed": True,
+              "speedup": 1.4, "failed": [], "speed": speed},
+             {"level": "bf16", "engine": {"name": "openvino", "precision": "bf16"}, "passed": True,
+              "speedup": 2.5, "failed": [], "speed": speed},
+             {"level": "openvino", "engine": {"name": "openvino", "precision": "f32"}, "passed": False,
+              "speedup": 0.0, "failed": ["speed at 8x128: 0.90x (limit >= 1.05x the parent)"], "speed": []}]
+    result = SimpleNamespace(level="bf16", tried=tried, manifest=SimpleNamespace(optimization={
+        "cpu": {"model": "AMD EPYC", "flags": ["avx2", "avx512_bf16"]}}))
+    console = Console(width=200, record=True)
+    console.print(tried_table(result))
+    text = console.export_text()
+    assert "AMD EPYC (avx2, avx512_bf16)" in text and "8x128: 40.0 / 100.0 / 90.0" in text
+    rows = {line.split("│")[1].strip(): line for line in text.splitlines() if line.startswith("│")}
+    assert "kept" in rows["bf16"] and "passed" in rows["int8"] and "refused: speed at 8x128" in rows["openvino"]
