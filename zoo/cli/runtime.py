@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +23,20 @@ from zoo.errors import ConfigError
 
 _PROVIDER_HELP = "onnxruntime execution provider, e.g. cpu or cuda (repeat in order of preference)."
 _UNVERIFIED_HELP = "Load an artifact that failed verification (kept by 'zoo export --keep-failed')."
+
+
+class EngineName(str, Enum):
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
+EngineOption = Annotated[EngineName | None, typer.Option(
+    "--engine", help="Run on onnxruntime or OpenVINO (pip install 'zoo-toolkit\\[openvino]'); default: the engine "
+                     "the artifact's manifest names (onnxruntime unless 'zoo optimize' chose OpenVINO).")]
+
+
+def engine_name(engine: EngineName | None) -> str | None:
+    return engine.value if engine is not None else None
 
 
 def _load(artifact: Path, **options: Any) -> Any:
@@ -61,6 +76,7 @@ def predict(
     no_hash_check: Annotated[bool, typer.Option("--no-hash-check",
                                                 help="Check file sizes only, not sha256 (faster start).")] = False,
     allow_unverified: Annotated[bool, typer.Option("--allow-unverified", help=_UNVERIFIED_HELP)] = False,
+    engine: EngineOption = None,
     max_new_tokens: MaxNewTokens = None,
     temperature: Temperature = None,
     top_p: TopP = None,
@@ -80,7 +96,7 @@ def predict(
 
     writer = ResultWriter(out) if out is not None else None  # a bad --out fails before the model loads
     model = _load(artifact, check_hashes=not no_hash_check, providers=provider or None,
-                  allow_unverified=allow_unverified)
+                  allow_unverified=allow_unverified, engine=engine_name(engine))
     task = get_task(model.task)
     options = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, seed)
     options.update({"threshold": threshold} if threshold is not None else {})
@@ -173,6 +189,7 @@ def bench(
                                                 "engines (default: each engine's own).")] = None,
     provider: Annotated[list[str] | None, typer.Option("--provider", metavar="NAME", help=_PROVIDER_HELP)] = None,
     allow_unverified: Annotated[bool, typer.Option("--allow-unverified", help=_UNVERIFIED_HELP)] = False,
+    engine: EngineOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Latency (p50/p90/p99) and throughput of an artifact per batch size, after warm-up.
@@ -183,7 +200,8 @@ def bench(
     from zoo.runtime.bench import bench as run_bench
 
     sizes = _batch_sizes(batch_sizes)
-    model = _load(artifact, threads=threads, providers=provider or None, allow_unverified=allow_unverified)
+    model = _load(artifact, threads=threads, providers=provider or None, allow_unverified=allow_unverified,
+                  engine=engine_name(engine))
     report = run_bench(model, batch_sizes=sizes, iterations=iterations, vs_torch=vs_torch, threads=threads)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
@@ -200,10 +218,10 @@ def _print_bench(report: Any) -> None:
     for column in ("batch", "input shape", "engine", "p50 ms", "p90 ms", "p99 ms", "inputs/s", "speed-up"):
         table.add_column(column, justify="left" if column in ("engine", "input shape") else "right")
     for t in report.timings:
-        ratio = report.speedup(t.batch_size) if t.engine == "onnxruntime" else None
+        ratio = report.speedup(t.batch_size) if t.engine != "torch" else None
         table.add_row(str(t.batch_size), escape(report.shape_text(t.batch_size)), t.engine, f"{t.p50_ms:.2f}",
                       f"{t.p90_ms:.2f}", f"{t.p99_ms:.2f}", f"{t.throughput:.1f}", f"{ratio:.2f}x" if ratio else "")
     console = out_console()
     console.print(table)
     if report.torch_note:
-        console.print(f"torch: {escape(report.torch_note)}; speed-up = torch p50 / onnxruntime p50")
+        console.print(f"torch: {escape(report.torch_note)}; speed-up = torch p50 / artifact p50")
