@@ -57,6 +57,12 @@ class DepthEstimation(DenseTask):
 
     # ------------------------------------------------------------ export
 
+    def export_module(self, model: Any, spec: ModelSpec) -> Any:
+        from zoo.tasks._depth_torch import allow_dynamic_size
+
+        allow_dynamic_size(spec.arch)
+        return super().export_module(model, spec)
+
     def output_names(self, spec: ModelSpec) -> tuple[str, ...]:
         return ("predicted_depth",)
 
