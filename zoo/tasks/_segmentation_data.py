@@ -77,10 +77,9 @@ def scene(seed: int) -> tuple[Image.Image, Image.Image]:
 def _table(images: list[Any], masks: list[Any], names: tuple[str, ...] | None) -> Any:
     import datasets
 
-    info = datasets.DatasetInfo(description=json.dumps({_NAMES_KEY: list(names)}) if names else "")
-    return datasets.Dataset.from_dict({"image": images, "annotation": masks}, info=info,
-                                      features=datasets.Features({"image": datasets.Image(),
-                                                                  "annotation": datasets.Image()}))
+    features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+    info = datasets.DatasetInfo(description=json.dumps({_NAMES_KEY: list(names)}) if names else "", features=features)
+    return datasets.Dataset.from_dict({"image": images, "annotation": masks}, info=info, features=features)
 
 
 # ---------------------------------------------------------------- ADE20K-style folders
@@ -176,7 +175,7 @@ def _mask_array(mask: Any, where: str) -> np.ndarray:
     array = np.asarray(mask)
     if array.max(initial=0) > IGNORE:
         raise DataError(f"{where}: mask value {int(array.max())}; class indices go up to 254 (255 is ignored)")
-    return array
+    return array.astype(np.uint8)  # a writable copy: the processor's reduction edits it in place
 
 
 # ---------------------------------------------------------------- batches
