@@ -163,7 +163,7 @@ def plan_labels(table: Any, column: str, spec: Any, new_head: bool) -> Any:
 
 def _mask_classes(table: Any, column: str, row: int) -> np.ndarray:
     """The classes (after the reduction) one mask holds."""
-    values = np.unique(_mask_array(table[row][column], f"row {row}"))
+    values = np.unique(_mask_array(table[row][column], f"row {row}")).astype(np.int64)
     return values[(values != 0) & (values != IGNORE)] - 1
 
 
