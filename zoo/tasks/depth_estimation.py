@@ -27,7 +27,7 @@ from zoo.checks import Check
 from zoo.errors import UnsupportedTaskError
 from zoo.spec import ModelSpec, Tolerances
 from zoo.tasks._dense import DenseTask
-from zoo.tasks.base import Case
+from zoo.tasks.base import Case, choose_column
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,6 +54,9 @@ class DepthEstimation(DenseTask):
     what: ClassVar[str] = "depth estimation"
     hf_heads: ClassVar[tuple[str, ...]] = ("ForDepthEstimation",)
     hf_auto_class: ClassVar[str | None] = "AutoModelForDepthEstimation"
+    trainable: ClassVar[bool] = True
+    primary_metric: ClassVar[str] = "val_delta1"
+    metric_names: ClassVar[tuple[str, ...]] = ("val_loss", "val_delta1", "val_abs_rel")
 
     # ------------------------------------------------------------ export
 
@@ -114,6 +117,48 @@ class DepthEstimation(DenseTask):
         from zoo.tasks._depth_draw import save_pictures
 
         return save_pictures(inputs, results, Path(folder))
+
+    # ------------------------------------------------------------ data and training
+
+    def builtin_datasets(self) -> dict[str, Any]:
+        from zoo.tasks._depth_data import shapes
+
+        return {"shapes": shapes}
+
+    def data_columns(self, table: Any, input_column: str | None, label_column: str | None) -> dict[str, str]:
+        from zoo.tasks._depth_data import DEPTH_COLUMNS
+
+        image = self.image_column(table, input_column)
+        return {"input": image, "label": choose_column(list(table.column_names), label_column, DEPTH_COLUMNS,
+                                                       "depth map", "--label-column")}
+
+    def read_labels(self, table: Any, column: str, spec: ModelSpec, new_head: bool = False) -> Any:
+        """Depth has no classes: the model's head is always kept."""
+        from zoo.data.labels import LabelPlan
+
+        return LabelPlan((), new_head=False, source="model")
+
+    def encode(self, table: Any, columns: dict[str, str], labels: Any, spec: ModelSpec,
+               processor: Any, max_length: int, what: str) -> Any:
+        from zoo.tasks._depth_data import DepthExamples
+
+        return DepthExamples.checked(table, columns, processor, what)
+
+    def training_loss(self, runner: Any, batch: dict[str, Any], inputs: dict[str, Any]) -> tuple[Any, int]:
+        from zoo.tasks._depth_torch import training_loss
+
+        return training_loss(runner, batch, inputs)
+
+    def eval_batch(self, runner: Any, batch: dict[str, Any], inputs: dict[str, Any],
+                   rows: list[bool]) -> tuple[float, int, list[Any]]:
+        from zoo.tasks._depth_torch import eval_batch
+
+        return eval_batch(runner, batch, inputs, rows)
+
+    def metrics(self, records: list[Any], labels: tuple[str, ...]) -> dict[str, float]:
+        from zoo.tasks._depth_data import depth_metrics
+
+        return depth_metrics(records)
 
 
 TASK = DepthEstimation()
