@@ -74,10 +74,12 @@ class DepthExamples:
         for row in range(len(table)):
             record = table[row]
             image, depth = record[columns["input"]], np.asarray(record[columns["label"]], dtype=np.float32)
-            if depth.shape != image.size[::-1] or not np.isfinite(depth).all():
-                raise DataError(f"{what} row {row}: the depth map is {depth.shape} with "
-                                f"{int((~np.isfinite(depth)).sum())} non-finite values; it must be finite and "
-                                f"{image.size[1]}x{image.size[0]}, the picture's size")
+            if depth.shape != image.size[::-1]:
+                raise DataError(f"{what} row {row}: the depth map is {'x'.join(map(str, depth.shape))} but the "
+                                f"picture {image.size[1]}x{image.size[0]} (height x width); give one value per pixel")
+            if not np.isfinite(depth).all():
+                raise DataError(f"{what} row {row}: the depth map holds {int((~np.isfinite(depth)).sum())} NaN or "
+                                "infinite values; replace them (or drop the row)")
         return cls(table, columns, processor)
 
     def __len__(self) -> int:

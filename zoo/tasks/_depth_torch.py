@@ -84,5 +84,6 @@ def eval_batch(runner: Any, batch: dict[str, Any], inputs: dict[str, torch.Tenso
         truth = target.clamp_min(1e-6)
         guess = fitted.clamp_min(1e-6)
         ratio = torch.maximum(guess / truth, truth / guess)
-        records.append([float((ratio < 1.25).sum()), float(truth.numel()), float(((guess - truth).abs() / truth).sum())])
+        relative = float(((guess - truth).abs() / truth).sum())
+        records.append([float((ratio < 1.25).sum()), float(truth.numel()), relative])
     return loss, len(keep), records

@@ -25,7 +25,6 @@ stems, optionally split into ``training/`` and ``validation/``, class names in
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,8 +32,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from zoo.checks import Check
-from zoo.errors import ArtifactError, DataError, UnsupportedTaskError
-from zoo.spec import ModelSpec, Preprocess, Tolerances
+from zoo.errors import UnsupportedTaskError
+from zoo.spec import ModelSpec, Tolerances
 from zoo.tasks._classify import label_name, labels_from_config
 from zoo.tasks._dense import DenseTask
 from zoo.tasks.base import Case, choose_column
