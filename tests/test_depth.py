@@ -186,6 +186,7 @@ def test_depth_rows_of_the_wrong_size_or_not_finite_are_one_line(depth_folder: P
     table = datasets.Dataset.from_dict({"image": [image], "depth": [depth[:32]]}, features=features)
     with pytest.raises(DataError, match="depth map is 32x64 but the picture 64x64"):
         DepthExamples.checked(table, {"input": "image", "label": "depth"}, None, "train")
+    depth = depth.copy()
     depth[3, 3] = np.nan
     features = datasets.Features({"image": datasets.Image(), "depth": datasets.Array2D((64, 64), "float32")})
     table = datasets.Dataset.from_dict({"image": [image], "depth": [depth]}, features=features)

@@ -191,7 +191,8 @@ def _spread_weights(model: Any) -> None:
     decided by ties, which torch and onnxruntime break differently: a random
     RT-DETR is not reproducible by any export. Trained weights (or these) are.
     A random DETR's queries likewise score within 1e-6 of each other, so no
-    threshold would separate them; with this noise its detections differ.
+    threshold would separate them; with this noise its detections differ. Segmentation and depth
+    models get it too: their random maps then vary across the picture, so a resize or axis fault shows.
     """
     import torch
 
