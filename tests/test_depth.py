@@ -223,3 +223,10 @@ def test_finetuning_on_builtin_shapes_raises_delta1(depth_folder: Path, tmp_path
     assert after["val_loss"] < before["val_loss"]
     record = json.loads((run / "run.json").read_text())
     assert record["model"]["metric"] == "val_delta1"
+
+
+def test_a_picture_too_thin_to_keep_its_aspect_ratio_is_one_line(depth_artifact: Path) -> None:
+    import zoo
+
+    with pytest.raises(InputError, match="resizes to 70x0 .*less extreme shape"):
+        zoo.load(depth_artifact).predict(np.zeros((8, 600, 3), dtype=np.uint8))

@@ -311,7 +311,7 @@ def test_upernet_exports_and_verifies(tmp_path: Path, registry: Any) -> None:
 
 @pytest.mark.slow
 def test_finetuning_on_builtin_shapes_raises_mean_iou(seg_folder: Path, tmp_path: Path) -> None:
-    """Measured on a loaded 2-core machine: untrained mIoU 0.12, after 12 steps 0.4-0.5 (0.74 after 40)."""
+    """Measured (seed 0): untrained mIoU 0.04 (pixel accuracy 0.11); after 12 steps 0.55 (0.88), after 40 0.74."""
     from zoo.train.finetune import finetune
 
     def evaluations(run: Path) -> list[dict[str, Any]]:
@@ -323,6 +323,6 @@ def test_finetuning_on_builtin_shapes_raises_mean_iou(seg_folder: Path, tmp_path
     run = finetune(str(seg_folder), "builtin:shapes", out=tmp_path / "run", max_steps=12, batch_size=16, lr=3e-3,
                    eval_every=12, progress=False, seed=0)
     after = evaluations(run)[-1]
-    assert after["val_mean_iou"] >= before["val_mean_iou"] + 0.15 and after["val_loss"] < before["val_loss"]
+    assert after["val_mean_iou"] >= before["val_mean_iou"] + 0.25 and after["val_loss"] < before["val_loss"]
     record = json.loads((run / "run.json").read_text())
     assert record["model"]["metric"] == "val_mean_iou" and record["data"]["labels"] == list(tiny.SEGMENT_LABELS)

@@ -11,6 +11,10 @@ Postprocessing resizes a model's low-resolution map back to each picture's own s
 the way ``torch.nn.functional.interpolate(..., align_corners=False)`` does (bilinear
 for segmentation logits, bicubic for depth), as one (out, in) weight matrix per
 axis, so the runtime needs numpy only.
+
+``DenseTask`` holds what both tasks do alike: describe a folder from its processor, the
+verification grid (generated non-square scenes at sizes the export never traced), the
+artifact's files, the preprocessing parity check and the runtime preprocessor.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from zoo.checks import Check
-from zoo.errors import ArtifactError, ModelUnavailableError, UnsupportedTaskError
+from zoo.errors import ArtifactError, InputError, ModelUnavailableError, UnsupportedTaskError
 from zoo.spec import InputSpec, ModelSpec, Preprocess
 from zoo.tasks._detection_preprocess import _RESAMPLE, CONFIG_FILE, ImageSteps, _triple
 from zoo.tasks._image import ImageTask
@@ -97,7 +101,11 @@ class DenseSteps(ImageSteps):
         scale_h, scale_w = self.size["height"] / height, self.size["width"] / width
         if self.keep_aspect_ratio:
             scale_h = scale_w = scale_w if abs(1 - scale_w) < abs(1 - scale_h) else scale_h
-        return _multiple(scale_h * height, self.ensure_multiple_of), _multiple(scale_w * width, self.ensure_multiple_of)
+        size = _multiple(scale_h * height, self.ensure_multiple_of), _multiple(scale_w * width, self.ensure_multiple_of)
+        if min(size) < 1:
+            raise InputError(f"a {width}x{height} picture resizes to {size[1]}x{size[0]} with this model's processor "
+                             "(it keeps the aspect ratio); crop it to a less extreme shape")
+        return size
 
 
 def _multiple(value: float, multiple: int) -> int:
