@@ -55,8 +55,9 @@ def task_for_hf_config(config: dict[str, Any], *, sentence_transformers: bool = 
     """The task a transformers ``config.json`` declares (its architecture's head), never a guess.
 
     A folder whose head no task handles (a question-answering head, a
-    translation model, a CLIP-like pair of encoders ...) is refused, naming the
-    architecture. A pretraining head (masked LM) is taken as the encoder under it,
+    translation model ...) is refused, naming the architecture; a pair of
+    encoders is refused unless a task claims it with its own auto class (CLIP and
+    SigLIP: zero-shot-image-classification). A pretraining head (masked LM) is taken as the encoder under it,
     with a warning that says so.
     """
     architectures = [str(a) for a in config.get("architectures") or []]
