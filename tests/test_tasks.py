@@ -64,7 +64,8 @@ def test_no_task_name_is_compared_outside_the_task_modules() -> None:
     ("DistilBertForTokenClassification", "distilbert", "token-classification"),
     ("ViTForImageClassification", "vit", "image-classification"),
     ("BertModel", "bert", "feature-extraction"),
-    ("BertForMaskedLM", "bert", "feature-extraction"),
+    ("BertForMaskedLM", "bert", "fill-mask"),
+    ("BertForPreTraining", "bert", "feature-extraction"),
 ])
 def test_a_config_names_its_task(architecture: str, model_type: str, task: str) -> None:
     config = {"architectures": [architecture], "model_type": model_type}

@@ -217,3 +217,28 @@ def shrink(spec: ModelSpec, folder: Path) -> tuple[ModelSpec, dict[str, Any], bo
     inputs = (dataclasses.replace(spec.inputs[0], shape=("batch", *TINY_IMAGE)),)
     tiny = dataclasses.replace(spec, name=f"tiny-{spec.name}", preprocess=pp, inputs=inputs)
     return tiny, dict(TIMM_TINY[spec.arch]), False
+
+
+# ---------------------------------------------------------------- fill-mask and question answering (issue 23)
+
+# ModernBERT on the MiniLM tokenizer: its special tokens' ids, global attention in every other layer
+HF_TINY["modernbert"] = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                             vocab_size=30522, pad_token_id=0, bos_token_id=101, cls_token_id=101, eos_token_id=102,
+                             sep_token_id=102, global_attn_every_n_layers=2, local_attention=16)
+
+
+def tiny_head_folder(arch: str, task: str, folder: Path) -> Path:
+    """A tiny random ``arch`` with ``task``'s head and the MiniLM tokenizer, its weights spread by seeded noise.
+
+    transformers' initialisation makes a random masked LM score every token of its vocabulary
+    within float32 noise of the others (and a random QA head every span): the noise gives the
+    top-k answers margins that exact parity with the transformers pipelines can rest on.
+    """
+    from zoo.sources.hf import auto_class
+
+    spec = ModelSpec(name=f"tiny-{arch}-{task}", source="hf", source_id=f"tiny-{arch}", task=task, arch=arch)
+    tiny_hf_folder(spec, folder)
+    model = auto_class(spec).from_pretrained(folder)
+    _spread_weights(model)
+    model.save_pretrained(folder)
+    return folder
