@@ -257,12 +257,11 @@ def test_training_targets_point_at_the_answer_or_cls(qa_folder: Path) -> None:
 
 @pytest.mark.slow
 def test_finetune_on_builtin_facts_raises_f1(qa_folder: Path, tmp_path: Path) -> None:
-    from zoo.train.config import TrainConfig
     from zoo.train.finetune import finetune
 
     out = tmp_path / "run"
-    finetune(TrainConfig(model=str(qa_folder), data="builtin:facts", out=str(out), epochs=3, batch_size=16,
-                         lr=3e-3, max_length=64, eval_every=25, progress=False))
+    finetune(str(qa_folder), "builtin:facts", out=str(out), epochs=3, batch_size=16, lr=3e-3, max_length=64,
+             eval_every=25, progress=False)
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     f1 = [row["val_f1"] for row in log if "val_f1" in row]
     assert len(f1) >= 2 and f1[-1] > f1[0] + 0.1, f1
