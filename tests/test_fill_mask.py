@@ -170,3 +170,17 @@ def test_a_masked_lm_fine_tunes_as_a_classifier_on_its_encoder(mlm_folder: Path)
 
     spec = training_spec(resolve(str(mlm_folder)), TrainConfig(model=str(mlm_folder), data="reviews.csv"))
     assert spec.task == "text-classification"
+
+
+def test_serve_fills_masks(mlm_artifact: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    import zoo
+    from zoo.serve import ServeSettings, create_app, load_models
+
+    with TestClient(create_app(load_models([f"mlm={mlm_artifact}"], ServeSettings()), ServeSettings())) as client:
+        answer = client.post("/v1/models/mlm/predict", json={"inputs": TEXTS[:2]},
+                             params={"top_k": 2})
+    assert answer.status_code == 200, answer.text
+    want = [{"input": t, **r.to_dict()} for t, r in zip(TEXTS, zoo.load(mlm_artifact).predict(TEXTS[:2], top_k=2))]
+    assert answer.json() == json.loads(json.dumps(want))

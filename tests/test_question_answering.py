@@ -265,3 +265,17 @@ def test_finetune_on_builtin_facts_raises_f1(qa_folder: Path, tmp_path: Path) ->
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     f1 = [row["val_f1"] for row in log if "val_f1" in row]
     assert len(f1) >= 2 and f1[-1] > f1[0] + 0.1, f1
+
+
+def test_serve_answers_question_context_objects(qa_artifact: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from tests.test_cli import zoo
+    from zoo.serve import ServeSettings, create_app, load_models
+
+    pairs = [{"question": q, "context": c} for q, c in PARAGRAPHS[1:]]
+    with TestClient(create_app(load_models([f"qa={qa_artifact}"], ServeSettings()), ServeSettings())) as client:
+        answer = client.post("/v1/models/qa/predict", json={"inputs": pairs}, params={"top_k": 2})
+    assert answer.status_code == 200, answer.text
+    done = zoo("predict", str(qa_artifact), *(json.dumps(p) for p in pairs), "--top-k", "2", "--json")
+    assert [row["answers"] for row in answer.json()] == [row["answers"] for row in json.loads(done.stdout)]

@@ -189,11 +189,16 @@ class FillMask(TextTask):
         return tokenize(spec, processor, texts, length, pad_to_max=True)
 
     def grid(self, spec: ModelSpec, processor: Any, seeds: tuple[int, ...]) -> list[Case]:
-        """The text grid with words masked out: one mask per text, two in every other text."""
+        """The text grid with words masked out: one mask per text, two in every other text.
+
+        The long case keeps only its text of max_length tokens: logits over the vocabulary at
+        every position make each row of it tens of megabytes to compare.
+        """
         mask, cases = mask_token(processor), []
         for case in super().grid(spec, processor, seeds):
             rng = random.Random(case.seed)
-            texts = [mask_words(t, mask, 1 + i % 2, rng) for i, t in enumerate(case.texts)]
+            kept = case.texts[:1] if case.kind == "long" else case.texts
+            texts = [mask_words(t, mask, 1 + i % 2, rng) for i, t in enumerate(kept)]
             cases.append(Case(case.kind, case.seed, tokenize(spec, processor, texts, spec.preprocess.max_length or 512),
                               texts=texts))
         return cases
