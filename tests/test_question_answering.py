@@ -65,6 +65,8 @@ def qa_artifact(qa_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def reference_answers(folder: Path, question: str, context: str, max_seq_len: int, doc_stride: int, top_k: int,
                       handle_impossible_answer: bool, max_answer_len: int = 15) -> list[dict[str, Any]]:
     """What transformers' question-answering pipeline answered, rebuilt from transformers' own parts."""
+    import inspect
+
     import torch
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
     from transformers.pipelines.document_question_answering import select_starts_ends
@@ -73,13 +75,17 @@ def reference_answers(folder: Path, question: str, context: str, max_seq_len: in
     model = AutoModelForQuestionAnswering.from_pretrained(folder).eval()
     encoded = tokenizer(question, context, truncation="only_second", max_length=max_seq_len, stride=doc_stride,
                         return_overflowing_tokens=True, return_offsets_mapping=True, return_token_type_ids=True)
+    # segment ids where the model has them (not DistilBERT; not RoBERTa, though the suite's MiniLM tokenizer makes them)
+    segments = getattr(model.config, "type_vocab_size", 0) >= 2
+    takes = [k for k in ("input_ids", "attention_mask", "token_type_ids")
+             if k in inspect.signature(model.forward).parameters and (segments or k != "token_type_ids")]
     answers, null = [], 1e6
     for i, window in enumerate(encoded.encodings):
         ids = np.array(window.ids)
         p_mask = np.array([s != 1 for s in window.sequence_ids], dtype=np.int64)
         p_mask[ids == tokenizer.cls_token_id] = 0
         with torch.no_grad():
-            out = model(**{k: torch.tensor([encoded[k][i]]) for k in ("input_ids", "attention_mask", "token_type_ids")})
+            out = model(**{k: torch.tensor([encoded[k][i]]) for k in takes})
         starts, ends, scores, null = select_starts_ends(out.start_logits.numpy(), out.end_logits.numpy(), p_mask,
                                                         np.array([window.attention_mask]), null, top_k,
                                                         handle_impossible_answer, max_answer_len)
