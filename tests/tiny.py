@@ -113,6 +113,8 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
     from zoo.sources.hf import auto_class
     from zoo.tasks import get_task
 
+    if spec.task == "zero-shot-image-classification":
+        return tiny_zero_shot_folder(spec.arch, folder)
     kwargs = dict(HF_TINY[spec.arch])
     if spec.task in ("text-classification", "image-classification", "audio-classification"):
         labels = spec.labels or (AUDIO_LABELS if spec.task == "audio-classification" else TEXT_LABELS)
@@ -217,6 +219,68 @@ def shrink(spec: ModelSpec, folder: Path) -> tuple[ModelSpec, dict[str, Any], bo
     inputs = (dataclasses.replace(spec.inputs[0], shape=("batch", *TINY_IMAGE)),)
     tiny = dataclasses.replace(spec, name=f"tiny-{spec.name}", preprocess=pp, inputs=inputs)
     return tiny, dict(TIMM_TINY[spec.arch]), False
+
+
+# ---------------------------------------------------------------- zero-shot image classification (CLIP, SigLIP)
+
+# a few BPE merges, so the tiny tokenizer joins some letters as a trained one does
+_CLIP_MERGES = ("t h", "th e</w>", "a t</w>", "c at</w>", "d o", "do g</w>", "o f</w>", "i s</w>", "p h", "o t",
+                "ph ot")
+CLIP_TINY = dict(text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+                                  max_position_embeddings=77),
+                 vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+                                    image_size=TINY_IMAGE[1], patch_size=16),
+                 projection_dim=16)
+
+
+def tiny_clip_tokenizer() -> Any:
+    """transformers' CLIPTokenizer (byte-level BPE, lower-cased, </w> word ends) over every byte and a few merges."""
+    import transformers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for token in chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in _CLIP_MERGES]:
+        vocab.setdefault(token, len(vocab))
+    return transformers.CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in _CLIP_MERGES],
+                                      model_max_length=77)
+
+
+def tiny_zero_shot_folder(model_type: str, folder: Path) -> Path:
+    """save_pretrained folder of a tiny random CLIP or SigLIP with its tokenizer and image processor.
+
+    Both use the tiny CLIP tokenizer (SigLIP's own is a SentencePiece model, which cannot be built offline);
+    SigLIP's text tower is told its pad and end ids, and its pipeline pads every prompt to 64 tokens.
+    """
+    import torch
+    import transformers
+
+    tokenizer = tiny_clip_tokenizer()
+    ids = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1, vocab_size=len(tokenizer))
+    settings = {**CLIP_TINY, "text_config": {**CLIP_TINY["text_config"], **ids}}
+    if model_type == "siglip":
+        settings["text_config"].update(max_position_embeddings=64, projection_size=32)  # the vision width
+        settings.pop("projection_dim")
+    config = transformers.AutoConfig.for_model(model_type, **settings)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForZeroShotImageClassification.from_config(config).eval()
+    if model_type == "siglip":
+        with torch.no_grad():  # trained SigLIPs have a large scale and a negative bias; random ones start at 0
+            model.logit_scale.fill_(2.3)
+            model.logit_bias.fill_(-1.5)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    size = {"height": TINY_IMAGE[1], "width": TINY_IMAGE[2]}
+    if model_type == "clip":  # CLIP's recipe: shorter side to the size, then a centre crop
+        processor = transformers.CLIPImageProcessor(size={"shortest_edge": TINY_IMAGE[1]}, crop_size=size)
+    else:
+        processor = transformers.SiglipImageProcessor(size=size)
+    processor.save_pretrained(folder)
+    return folder
+
+
+HF_TINY.update(clip=CLIP_TINY, siglip=CLIP_TINY)  # registry coverage: their folders come from tiny_zero_shot_folder
 
 
 # ---------------------------------------------------------------- fill-mask and question answering (issue 23)

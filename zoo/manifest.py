@@ -53,7 +53,7 @@ MAX_PATH_CHARS = 1024
 MAX_IMAGE_SIDE = 8192  # input_size height/width, and the resize before the crop
 MAX_SEQUENCE = 1 << 20  # preprocess.max_length, in tokens
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
-CROP_MODES = ("center", "squash", "border")
+CROP_MODES = ("center", "squash", "border", "center-floor")  # center-floor: transformers' centre crop
 SIDES = ("left", "right")
 
 

@@ -45,6 +45,11 @@ def predict(
                                               "(text generation; 0: no limit).")] = None,
     threshold: Annotated[float | None, typer.Option(
         help="Keep detections scoring at least this (object detection; default: the artifact's).")] = None,
+    labels: Annotated[str | None, typer.Option(
+        help="Candidate labels, comma-separated (zero-shot image classification), e.g. 'a cat,a dog'.")] = None,
+    template: Annotated[str | None, typer.Option(
+        help="Prompt around each label, {} marking its place (zero-shot; default: the artifact's, "
+             "'This is a photo of {}.').")] = None,
     save: Annotated[Path | None, typer.Option(
         help="Where to draw the predictions (object detection: boxes and labels): a .png/.jpg file for one "
              "input, else a folder.")] = None,
@@ -82,6 +87,7 @@ def predict(
     task = get_task(model.task)
     options = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, seed)
     options.update({"threshold": threshold} if threshold is not None else {})
+    options.update({k: v for k, v in (("labels", labels), ("template", template)) if v is not None})
     check_flags(task, options)
     if top_k == 0 and not task.generates:
         raise ConfigError("--top-k 0: a classifier shows at least one label; give --top-k 1 or more "

@@ -249,6 +249,7 @@ class ExportedModel:
             raise InputError(f"batch_size={batch_size!r}; give a positive number of inputs per onnxruntime call")
         options = self._task.check_options(options)
         items = self._as_list(items)
+        options = self._task.runtime_options(options, self) if items else options
         for start in range(0, len(items), batch_size):
             if self._task.generates:  # a language model: predict is generate
                 yield self.generate(items[start:start + batch_size], **options)
@@ -256,6 +257,25 @@ class ExportedModel:
             batch = self._preprocess(items[start:start + batch_size])
             outputs = self._run(batch.arrays)
             yield self._task.postprocess(outputs, batch, self.labels, self._manifest, **options)
+
+    def embed_text(self, texts: str | Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+        """Text embeddings [len(texts), dim] of an image-text model (zero-shot-image-classification), L2-normalised
+        as the model defines them: compare with ``embed_images``' rows by dot product (retrieval)."""
+        items = [texts] if isinstance(texts, str) else self._as_list(texts)
+        return self._embed("text", items, batch_size)
+
+    def embed_images(self, images: Any, *, batch_size: int = 32) -> np.ndarray:
+        """Image embeddings [len(images), dim] of an image-text model (paths, PIL images or uint8 arrays), L2-normalised
+        as the model defines them; see ``embed_text``."""
+        items = [images] if self._task.is_single(images) else self._as_list(images)
+        return self._embed("images", items, batch_size)
+
+    def _embed(self, kind: str, items: list[Any], batch_size: int) -> np.ndarray:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InputError(f"batch_size={batch_size!r}; give a positive number of inputs per onnxruntime call")
+        parts = [self._task.embed(self._run, self._preprocess, kind, items[start:start + batch_size])
+                 for start in range(0, max(len(items), 1), batch_size)]
+        return np.concatenate(parts)
 
     def generate(self, prompts: str | Sequence[str], **options: Any) -> list[Any]:
         """New text after each prompt (a text-generation artifact): a list of ``Generation`` results.
