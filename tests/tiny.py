@@ -313,3 +313,28 @@ def tiny_zero_shot_folder(model_type: str, folder: Path) -> Path:
 
 
 HF_TINY.update(clip=CLIP_TINY, siglip=CLIP_TINY)  # registry coverage: their folders come from tiny_zero_shot_folder
+
+
+# ---------------------------------------------------------------- fill-mask and question answering (issue 23)
+
+# ModernBERT on the MiniLM tokenizer: its special tokens' ids, global attention in every other layer
+HF_TINY["modernbert"] = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                             vocab_size=30522, pad_token_id=0, bos_token_id=101, cls_token_id=101, eos_token_id=102,
+                             sep_token_id=102, global_attn_every_n_layers=2, local_attention=16)
+
+
+def tiny_head_folder(arch: str, task: str, folder: Path) -> Path:
+    """A tiny random ``arch`` with ``task``'s head and the MiniLM tokenizer, its weights spread by seeded noise.
+
+    transformers' initialisation makes a random masked LM score every token of its vocabulary
+    within float32 noise of the others (and a random QA head every span): the noise gives the
+    top-k answers margins that exact parity with the transformers pipelines can rest on.
+    """
+    from zoo.sources.hf import auto_class
+
+    spec = ModelSpec(name=f"tiny-{arch}-{task}", source="hf", source_id=f"tiny-{arch}", task=task, arch=arch)
+    tiny_hf_folder(spec, folder)
+    model = auto_class(spec).from_pretrained(folder)
+    _spread_weights(model)
+    model.save_pretrained(folder)
+    return folder

@@ -49,9 +49,10 @@ def _load(artifact: Path, **options: Any) -> Any:
 @app.command("predict")
 def predict(
     artifact: Annotated[Path, typer.Argument(help="An artifact folder written by 'zoo export'.")],
-    inputs: Annotated[list[str], typer.Argument(help="Texts (text models; prompts for text generation); files, "
-                                                     "directories or globs (image and audio models); @FILE reads "
-                                                     "one input per line, - reads stdin.")],
+    inputs: Annotated[list[str] | None, typer.Argument(help="Texts (text models; prompts for text generation); "
+                                                            "files, directories or globs (image and audio models); "
+                                                            "JSON objects (question answering); @FILE reads one "
+                                                            "input per line, - reads stdin.")] = None,
     text: Annotated[bool, typer.Option("--text", help="Take every INPUT as the text itself, even one that names "
                                                       "a file or starts with @ (text models).")] = False,
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=0, help="Labels to show per input "
@@ -83,6 +84,8 @@ def predict(
     repetition_penalty: RepetitionPenalty = None,
     stop: Stop = None,
     seed: Seed = None,
+    question: Annotated[str | None, typer.Option(help="The question (question answering; with --context).")] = None,
+    context: Annotated[str | None, typer.Option(help="The text to find the answer in (question answering).")] = None,
 ) -> None:
     """Run an exported model on raw inputs and print (or write) its predictions.
 
@@ -105,7 +108,9 @@ def predict(
     if top_k == 0 and not task.generates:
         raise ConfigError("--top-k 0: a classifier shows at least one label; give --top-k 1 or more "
                           "(0, no limit, is for sampling a text-generation model)")
-    items = gather_inputs(list(inputs), task, sys.stdin, literal=text)
+    items = _pair_input(task, question, context)
+    if inputs or not items:
+        items += gather_inputs(list(inputs or []), task, sys.stdin, literal=text)
     results: list[Any] = []
     if task.generates and len(items) == 1 and not as_json and writer is None and save is None:
         print_stream(model.stream(items[0], **options), terminal_write)
@@ -133,6 +138,19 @@ def predict(
     console.print(task.render(title, items, results))
     for path in saved:
         console.print(f"saved {escape(str(path))}")
+
+
+def _pair_input(task: Any, question: str | None, context: str | None) -> list[Any]:
+    """The input --question and --context make, for a task whose inputs are named texts."""
+    if question is None and context is None:
+        return []
+    if not task.input_fields:
+        raise ConfigError(f"--question and --context are for question answering; this {task.name} model takes "
+                          f"{task.expects}: give them as arguments")
+    if question is None or context is None:
+        raise ConfigError("--question and --context go together: give both (or JSON inputs with question and "
+                          "context)")
+    return [dict(zip(task.input_fields, (question, context)))]
 
 
 def _write_all(writer: Any, run: Callable[[], None]) -> None:

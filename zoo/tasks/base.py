@@ -92,6 +92,7 @@ class Task:
     primary_metric: ClassVar[str] = "val_loss"
     metric_names: ClassVar[tuple[str, ...]] = ("val_loss",)  # what ``metrics`` reports, plus val_loss
     expects: ClassVar[str] = "inputs"  # what predict takes, for error messages
+    input_fields: ClassVar[tuple[str, ...]] = ()  # texts one input is made of, named (question answering)
     predict_options: ClassVar[dict[str, type]] = {}  # keyword options of predict (top_k, threshold ...)
     derived_axes: ClassVar[tuple[str, ...]] = ()  # input axes that are sums of others (the exporter infers them)
     generates: ClassVar[bool] = False  # predict generates text token by token (zoo.runtime.generate)
