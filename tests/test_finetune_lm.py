@@ -1,0 +1,248 @@
+"""Fine-tuning causal language models: data layouts, packing, LoRA (adapter + checked merge), export, parity.
+
+Tiny random Llama / GPT-2 / Qwen2 from tests/tiny.py. Each verification check has its planted
+fault beside it: packing that lets attention cross examples, a LoRA merge that drops alpha / r.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests import tiny
+from zoo.data.labels import IGNORE_INDEX
+from zoo.errors import ConfigError, DataError, VerificationError
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, registry) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-lms")
+    return {arch: tiny.tiny_hf_folder(registry.get(alias), root / arch)
+            for arch, alias in (("llama", "smollm2-135m"), ("gpt2", "gpt2"), ("qwen2", "qwen2.5-0.5b"))}
+
+
+def _spec(folder: Path):
+    from zoo.resolver import resolve_folder
+
+    return resolve_folder(folder)
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _prepare(folder: Path, data: Path | str, **options: Any):
+    from zoo.train.data import prepare_data
+
+    return prepare_data(str(data), _spec(folder), **options)
+
+
+# ---------------------------------------------------------------- data: layouts, targets, bad data
+
+
+def test_prompt_completion_learns_the_completion_and_its_eos_only(folders, tmp_path):
+    rows = [{"prompt": "next a b c =", "completion": " b c d"}] * 4
+    data = _prepare(folders["llama"], _write(tmp_path / "d.jsonl", rows))
+    first = data.train.rows[0]
+    tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(folders["llama"])
+    asked = tokenizer("next a b c =")["input_ids"]  # as generate tokenises a plain prompt
+    assert first.ids[:len(asked)] == asked and first.targets[:len(asked)] == [IGNORE_INDEX] * len(asked)
+    answer = first.targets[len(asked):]
+    assert tokenizer.decode(answer[:-1]) == "b c d" and answer[-1] == 102  # config.json's eos_token_id ([SEP])
+    assert first.answered and data.columns == {"prompt": "prompt", "completion": "completion"}
+
+
+def test_text_rows_learn_every_token_but_the_first(folders, tmp_path):
+    data = _prepare(folders["gpt2"], _write(tmp_path / "d.jsonl", [{"text": "hello there world"}] * 3))
+    row = data.train.rows[0]
+    assert row.targets[0] == IGNORE_INDEX and row.targets[1:] == row.ids[1:] and not row.answered
+
+
+def test_chat_messages_learn_the_assistant_turns_only(folders, tmp_path):
+    chat = [{"role": "user", "content": "say yes"}, {"role": "assistant", "content": "yes indeed"},
+            {"role": "user", "content": "and no"}, {"role": "assistant", "content": "no way"}]
+    data = _prepare(folders["qwen2"], _write(tmp_path / "d.jsonl", [{"messages": chat}] * 3), max_length=256)
+    row = data.train.rows[0]
+    tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(folders["qwen2"])
+    # the tiny Qwen2's tokenizer splits into characters and decodes them without spaces
+    learned = tokenizer.decode([t for t in row.targets if t != IGNORE_INDEX])
+    assert learned == "yesindeed<|im_end|>noway<|im_end|>"
+    assert row.answered
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("columns", "no text-generation columns among: title, stars"),
+    ("empty", "is empty"),
+    ("template", "has chat 'messages' but the model's tokenizer has no chat template"),
+    ("turns", "'messages' must be a list of {'role', 'content'} turns"),
+    ("long", "leaves no token to learn within --max-length 4"),
+])
+def test_bad_data_is_one_clear_error(folders, tmp_path, case, expected):
+    path = tmp_path / "d.jsonl"
+    if case == "empty":
+        path.write_text("")
+        path = tmp_path / "d.csv"
+        path.write_text("prompt,completion\n")
+    else:
+        row = {"columns": {"title": "x", "stars": 3},
+               "template": {"messages": [{"role": "user", "content": "hi"}]},
+               "turns": {"messages": [{"role": "user"}]},
+               "long": {"prompt": "a very long prompt that fills everything", "completion": " x"}}[case]
+        _write(path, [row] * 4)
+    folder = folders["qwen2"] if case == "turns" else folders["llama"]
+    with pytest.raises(DataError, match=expected.replace("{", r"\{").replace("}", r"\}").replace("'", "'")):
+        _prepare(folder, path, max_length=4 if case == "long" else 128)
+
+
+def test_builtin_next_letter_is_fixed_and_held_out():
+    from zoo.tasks import get_task
+
+    first, digest = get_task("text-generation").load_builtin("next-letter")
+    again, same = get_task("text-generation").load_builtin("next-letter")
+    assert digest == same and first["train"][0] == again["train"][0]
+    assert (len(first["train"]), len(first["validation"])) == (900, 100)
+    assert not set(first["train"]["prompt"]) & set(first["validation"]["prompt"])
+    row = first["validation"][0]
+    letters = row["prompt"].split()[1:4]
+    assert row["completion"] == " " + " ".join(chr(ord(c) + 1) for c in letters)
+
+
+# ---------------------------------------------------------------- packing keeps attention inside each example
+
+
+def _packed(folder: Path):
+    from zoo.data.lm import LMExamples, example
+
+    rows = [example([101, 1037 + i, 1038, 1039 + i, 102][:3 + i], [5] * (3 + i), True) for i in range(3)]
+    return LMExamples(rows, 0, packed=False).packed_to(64)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_packed_rows_give_each_example_its_own_logits(folders, arch, monkeypatch):
+    import transformers
+
+    from zoo.tasks._lm_train import forward_logits
+    from zoo.train.packing import check_packing, packing_error
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folders[arch]).eval()
+    examples = _packed(folders[arch])
+    assert examples.rows[0].lengths == [3, 4, 5]
+    assert packing_error(model, examples, forward_logits) < 1e-5
+    check_packing(model, examples, forward_logits)
+    # the planted fault: positions numbered across the row, so transformers sees one long sequence
+    import zoo.data.lm
+
+    monkeypatch.setattr(zoo.data.lm, "positions", lambda lengths, width: list(range(width)))
+    assert packing_error(model, examples, forward_logits) > 1e-3
+    with pytest.raises(ConfigError, match="lets attention cross packed examples"):
+        check_packing(model, examples, forward_logits)
+
+
+# ---------------------------------------------------------------- LoRA: the merge is checked against the adapters
+
+
+def _adapted(folder: Path):
+    import transformers
+
+    from zoo.train.config import TrainConfig
+    from zoo.train.lora import add_adapters
+
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    model = add_adapters(model, TrainConfig(lora_r=4, lora_alpha=16.0, lora_targets="q_proj,v_proj,down_proj"))
+    with torch.no_grad():  # peft starts B at zero (no change); a trained adapter is not
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    return model
+
+
+def test_lora_merge_keeps_the_adapted_logits_and_a_merge_without_scaling_is_refused(folders, monkeypatch):
+    import zoo.train.lora as lora
+
+    sample = {"input_ids": torch.tensor([[101, 2000, 2001, 2002, 102]]), "position_ids": torch.arange(5)[None]}
+    merged = lora.merge(_adapted(folders["llama"]), sample)
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+
+    def without_scaling(model):  # the planted fault: W + B @ A, alpha / r (here 4) forgotten
+        for module in model.modules():
+            if hasattr(module, "scaling") and isinstance(module.scaling, dict):
+                module.scaling = {k: 1.0 for k in module.scaling}
+        return model.merge_and_unload()
+
+    monkeypatch.setattr(lora, "fold", without_scaling)
+    with pytest.raises(VerificationError, match="merging the LoRA adapters changed the model's logits"):
+        lora.merge(_adapted(folders["llama"]), sample)
+
+
+def test_lora_options_need_a_rank_and_a_causal_lm(folders, tiny_text_classifier, tmp_path):
+    from zoo.train.finetune import finetune
+
+    with pytest.raises(ConfigError, match="--lora-alpha configure LoRA, which --lora-r RANK turns on"):
+        finetune(str(folders["llama"]), "builtin:next-letter", lora_alpha=8.0, out=tmp_path / "a")
+    with pytest.raises(ConfigError, match="--packing and --lora-r train text-generation models"):
+        finetune(str(tiny_text_classifier), "builtin:next-letter", packing=True, lora_r=4, out=tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# ---------------------------------------------------------------- end to end: LoRA run -> export -> torch-free answers
+
+
+def _answer_loss_onnx(artifact: Path, prompts: list[str], answers: list[str]) -> float:
+    """Mean next-token loss of each answer after its prompt, from the exported graph alone (no torch)."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    layout = manifest["preprocess"]["generation"]["kv_cache"]
+    eos = manifest["preprocess"]["generation"]["eos_token_ids"][0]
+    tokenizer = Tokenizer.from_file(str(artifact / "tokenizer.json"))
+    session = ort.InferenceSession(str(artifact / "model.onnx"))
+    total = count = 0.0
+    for prompt, answer in zip(prompts, answers):
+        asked = tokenizer.encode(prompt).ids
+        wanted = tokenizer.encode(answer, add_special_tokens=False).ids + [eos]
+        ids = np.array([asked + wanted], np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(ids.shape[1])[None]}
+        for i in range(layout["layers"]):
+            for kind in ("key", "value"):
+                feeds[f"past_key_values.{i}.{kind}"] = np.zeros((1, layout["kv_heads"], 0, layout["head_dim"]),
+                                                                np.float32)
+        logits = session.run(["logits"], feeds)[0][0, len(asked) - 1:-1]
+        logits = logits - logits.max(-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        total -= float(logp[np.arange(len(wanted)), wanted].sum())
+        count += len(wanted)
+    return total / count
+
+
+@pytest.mark.slow
+def test_lora_run_exports_its_merged_model_which_answers_better_than_the_base(folders, tmp_path):
+    from exporters.onnx import export_onnx
+    from zoo.tasks import get_task
+    from zoo.train.finetune import finetune
+
+    run = finetune(str(folders["llama"]), "builtin:next-letter", out=tmp_path / "run", lora_r=8,
+                   lora_targets="all-linear", lora_dropout=0.0, lr=2e-2, max_steps=12, batch_size=8, packing=True,
+                   max_length=64, progress=False)
+    record = json.loads((run / "run.json").read_text())
+    assert (run / "adapter" / "adapter_config.json").is_file() and (run / "model" / "model.safetensors").is_file()
+    assert set(record["metrics"]["final"]) == {"val_loss", "val_perplexity", "val_exact_match"}
+    with pytest.MonkeyPatch.context() as patch:
+        import exporters.source
+
+        patch.setattr(exporters.source, "SEEDS", (0,))
+        tuned = export_onnx(str(run), out=tmp_path / "tuned")
+        base = export_onnx(str(folders["llama"]), out=tmp_path / "base")
+    assert tuned.report.passed and base.report.passed, tuned.report.summary()
+    held_out = get_task("text-generation").load_builtin("next-letter")[0]["validation"][:20]
+    tuned_loss = _answer_loss_onnx(tuned.path, held_out["prompt"], held_out["completion"])
+    base_loss = _answer_loss_onnx(base.path, held_out["prompt"], held_out["completion"])
+    # the run's own validation loss (torch, merged weights) is the artifact's, on the same held-out answers
+    assert tuned_loss < base_loss - 1.0, (tuned_loss, base_loss)
