@@ -246,3 +246,110 @@ def test_lora_run_exports_its_merged_model_which_answers_better_than_the_base(fo
     base_loss = _answer_loss_onnx(base.path, held_out["prompt"], held_out["completion"])
     # the run's own validation loss (torch, merged weights) is the artifact's, on the same held-out answers
     assert tuned_loss < base_loss - 1.0, (tuned_loss, base_loss)
+
+
+# ---------------------------------------------------------------- DDP and FSDP take the single process's steps
+
+PARITY_STEPS = 3
+PARITY_CASES = [("ddp", False), ("fsdp", False), ("fsdp", True)]  # (strategy, LoRA)
+
+
+def _lm_trainer(folder: str, strategy: Any, out: Path, lora: bool) -> Any:
+    """A Trainer over the tiny Llama on packed builtin:next-letter rows, global batch 8, no dropout."""
+    from zoo.resolver import resolve_folder
+    from zoo.tasks import get_task
+    from zoo.train.config import TrainConfig
+    from zoo.train.data import prepare_data
+    from zoo.train.loop import Trainer
+    from zoo.train.model import build_model
+
+    options = dict(lora_r=4, lora_dropout=0.0, lora_targets="all-linear") if lora else {}
+    config = TrainConfig(model=folder, data="builtin:next-letter", out=str(out), batch_size=8, max_steps=PARITY_STEPS,
+                         lr=1e-3, warmup=0.3, packing=True, max_length=48, progress=False, **options)
+    spec = resolve_folder(Path(folder))
+    data = prepare_data(config.data, spec, max_length=48, packing=True)
+    torch.manual_seed(0)
+    model = strategy.wrap(build_model(spec, data.plan, config))
+    model.train()
+    return Trainer(model, get_task(spec.task).training_module(model, spec), strategy, data, config, out, spec)
+
+
+def lm_steps(folder: str, strategy: Any, out: Path, lora: bool) -> dict[str, Any]:
+    """Per step: the global batch's mean loss and the gradient norm; then the validation metrics and weights."""
+    from zoo.train import batches
+
+    trainer = _lm_trainer(folder, strategy, out, lora)
+    plan = batches.epoch_steps(len(trainer.data.train), 8, 1, 0, 0)
+    losses, norms = [], []
+    for micro in plan[:PARITY_STEPS]:
+        norms.append(trainer.train_step(micro))
+        total, count = strategy.all_sum(trainer._pending.clone()).tolist()
+        trainer._pending.zero_()
+        losses.append(total / count)
+    weights = {k: v for k, v in strategy.full_state_dict(trainer.model).items() if not lora or "lora" in k}
+    return {"losses": losses, "norms": norms, "eval": trainer.evaluate(), "weights": weights}
+
+
+def lm_parity_worker(out: str, folder: str) -> None:
+    """Entry point of each of the 2 launched processes: every case in one launch."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    @record
+    def run() -> None:
+        from zoo.train.strategies import make_strategy
+
+        strategy = None
+        for name, lora in PARITY_CASES:
+            strategy = make_strategy(name)
+            result = lm_steps(folder, strategy, Path(out) / f"{name}-{lora}", lora)
+            if strategy.rank == 0:
+                torch.save(result, Path(out) / f"{name}-{lora}.pt")
+        strategy.close()
+
+    run()
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_ddp_and_fsdp_take_the_single_process_steps(folders, tmp_path, monkeypatch):
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from zoo.train.strategies import SingleStrategy
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, rdzv_backend="c10d",
+                          rdzv_endpoint="localhost:0", run_id="lm-parity", max_restarts=0, start_method="spawn",
+                          monitor_interval=0.1)
+    elastic_launch(config, lm_parity_worker)(str(tmp_path), str(folders["llama"]))
+    for lora in (False, True):
+        reference = lm_steps(str(folders["llama"]), SingleStrategy(), tmp_path / f"single-{lora}", lora)
+        assert reference["losses"][-1] < reference["losses"][0]  # the steps learn: parity is not "nothing moved"
+        for name in [n for n, with_lora in PARITY_CASES if with_lora == lora]:
+            got = torch.load(tmp_path / f"{name}-{lora}.pt", weights_only=False)
+            assert got["losses"] == pytest.approx(reference["losses"], rel=1e-5), name
+            assert got["norms"] == pytest.approx(reference["norms"], rel=1e-4), name
+            assert got["eval"]["val_loss"] == pytest.approx(reference["eval"]["val_loss"], rel=1e-5), name
+            assert got["weights"].keys() == reference["weights"].keys()
+            assert max(float((got["weights"][k] - reference["weights"][k]).abs().max())
+                       for k in got["weights"]) < 1e-5, name
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(folders):
+    from zoo.resolver import resolve_folder
+    from zoo.tasks._lm_train import training_loss
+    from zoo.train.config import TrainConfig
+    from zoo.train.data import prepare_data
+    from zoo.train.model import build_model
+
+    spec = resolve_folder(folders["llama"])
+    data = prepare_data("builtin:next-letter", spec, max_length=48, packing=True)
+    batch = data.train.batch([0, 1])
+    grads = []
+    for checkpointing in (False, True):
+        config = TrainConfig(model=str(folders["llama"]), gradient_checkpointing=checkpointing)
+        model = build_model(spec, data.plan, config).train()
+        assert model.is_gradient_checkpointing == checkpointing
+        loss, _ = training_loss(model, batch, {k: batch[k] for k in ("input_ids", "position_ids")})
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
