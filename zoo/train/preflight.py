@@ -124,9 +124,11 @@ def check_metric(spec: ModelSpec, config: TrainConfig) -> None:
 
 
 def check_language_options(spec: ModelSpec, config: TrainConfig) -> None:
-    """--packing and LoRA train causal language models only."""
+    """--packing and LoRA train causal language models (the tasks that generate) only."""
+    from zoo.tasks import get_task
+
     given = [flag for flag, on in (("--packing", config.packing), ("--lora-r", config.lora_r is not None)) if on]
-    if given and spec.task != "text-generation":
+    if given and not get_task(spec.task).generates:
         raise ConfigError(f"{' and '.join(given)} train text-generation models, but {spec.name} is a {spec.task} "
                           f"model; leave {' and '.join(given)} out")
 
