@@ -23,13 +23,17 @@ def forward_logits(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(**inputs, use_cache=False).logits
 
 
+def next_targets(labels: torch.Tensor) -> torch.Tensor:
+    """What each position predicts: the next position's label (IGNORE_INDEX after the last). Shifting the labels
+    rather than slicing the logits spares a copy of the [batch, sequence, vocabulary] logits each step."""
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position cross entropy of predicting labels[:, 1:] from logits[:, :-1] (0 off the targets), and the
-    target mask."""
-    targets = labels[:, 1:].to(logits.device)
-    scores = logits[:, :-1].float()
-    losses = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX,
-                             reduction="none").view(targets.shape)
+    """Per-position cross entropy of predicting the next label (0 off the targets), and the target mask."""
+    targets = next_targets(labels).to(logits.device)
+    losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                             ignore_index=IGNORE_INDEX, reduction="none").view(targets.shape)
     return losses, targets != IGNORE_INDEX
 
 
@@ -43,7 +47,7 @@ def eval_batch(model: Any, batch: dict[str, Any], inputs: dict[str, torch.Tensor
     """(loss sum, targets, one record per kept row: (loss sum, targets, exact match or None))."""
     logits = forward_logits(model, inputs)
     losses, kept = token_losses(logits, batch["labels"])
-    right = (logits[:, :-1].argmax(-1) == batch["labels"][:, 1:].to(logits.device)) | ~kept
+    right = (logits.argmax(-1) == next_targets(batch["labels"]).to(logits.device)) | ~kept
     records = []
     for i, keep in enumerate(rows):
         if keep:
