@@ -15,8 +15,8 @@ task strings:
 |         | ``postprocess``, ``predict_options``, |
 |         | ``bench_items``, ``render`` (CLI table), ``save_pictures`` (``zoo predict --save``) |
 | data | ``builtin_datasets`` (``builtin:NAME``), ``read_data`` (layouts only this task reads) |
-| train | ``training_spec``, ``data_columns``, ``read_labels``, ``encode``, ``training_loss``, ``eval_batch``, |
-|       | ``metrics``, ``primary_metric``, ``metric_names`` |
+| train | ``training_spec``, ``data_columns``, ``read_labels``, ``encode``, ``training_module``, ``training_loss``, |
+|       | ``eval_batch``, ``metrics``, ``primary_metric``, ``metric_names`` |
 
 Modality mixins (``_text.py``, ``_image.py``) implement what tasks of one input kind
 share; a task module combines a modality with its own outputs, checks and results.
@@ -321,6 +321,10 @@ class Task:
     def encode(self, table: Any, columns: dict[str, str], labels: Any, spec: ModelSpec,
                processor: Any, max_length: int, what: str) -> Any:
         raise self._not_trainable()
+
+    def training_module(self, model: Any, spec: ModelSpec) -> Any:
+        """What training calls with a batch's inputs (``training_loss``'s runner): by default the export module."""
+        return self.export_module(model, spec)
 
     def training_loss(self, runner: Any, batch: dict[str, Any], inputs: dict[str, Any]) -> tuple[Any, int]:
         """(summed loss over this rank's micro-batch, number of targets it covers)."""
