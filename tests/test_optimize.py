@@ -289,8 +289,10 @@ def test_bad_options_are_reported_together(text_cls_artifact, tmp_path):
     from exporters.optimize import optimize
 
     with pytest.raises(ConfigError) as info:
-        optimize(text_cls_artifact, out=tmp_path / "x", level="int4", max_drop=-1)
-    assert "--level 'int4'" in str(info.value) and "--max-drop -1" in str(info.value)
+        optimize(text_cls_artifact, out=tmp_path / "x", level="int3", max_drop=-1)
+    assert "--level 'int3'" in str(info.value) and "--max-drop -1" in str(info.value)
+    with pytest.raises(ConfigError, match="int4 quantises the weights of text-generation models"):
+        optimize(text_cls_artifact, out=tmp_path / "x", level="int4")
     with pytest.raises(ConfigError, match="int8-static calibrates image models"):
         optimize(text_cls_artifact, out=tmp_path / "x", level="int8-static")
 
@@ -496,7 +498,7 @@ def test_cli_fp16_without_cuda_is_one_line(timm_artifact, tmp_path, capsys):
 
 
 def test_cli_unknown_level_lists_the_choices(timm_artifact, capsys):
-    code, _, err = _zoo(["optimize", str(timm_artifact), "--level", "int4"], capsys)
+    code, _, err = _zoo(["optimize", str(timm_artifact), "--level", "int3"], capsys)
     assert code == 2 and "int8-static" in err
 
 
