@@ -8,7 +8,8 @@ by zoo; zoo's fp32 artifact): (a) transformers eager fp32; (b) onnxruntime-genai
 ``zoo optimize --level int4`` and (d) ``--level int8-weights`` of the fp32 artifact, each written only
 if it passed the generative gate on this machine (perplexity on the built-in held-out text, greedy
 agreement on the gate's 16 prompts, decode speed against the fp32 parent); the gate's figures come
-from the artifacts' manifests. Then, for the record, the planted fault of the tests on the real model:
+from the artifacts' manifests, or from the refusal, whose graph is kept (--keep-failed) and timed all
+the same. Then, for the record, the planted fault of the tests on the real model:
 an int4 LM head with one scale per whole row (block 1024 >= K = 576), through the same gate.
 
 Every engine gets the same prompt ids and makes up to 64 greedy tokens; engines take turns within each
@@ -24,32 +25,71 @@ import functools
 import json
 import os
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench_generate import ROOT, build, genai_engine, gguf_file, measure, run, transformers_engine, zoo_engine
+from bench_generate import (NEW_TOKENS, ROOT, Engine, build, genai_engine, gguf_file, measure, run,
+                            transformers_engine)
 from machine import machine_info
 
 LEVELS = ("int4", "int8-weights")
 
 
-def quantised(work: Path, parent: Path) -> dict[str, Path]:
-    """zoo's int4 and int8-weights artifacts (through the gate, once) and onnxruntime-genai's int4 model."""
+def quantised(work: Path, parent: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+    """zoo's int4 and int8-weights graphs through the gate (the artifact's, or the refused graph kept by
+    --keep-failed, so that a refused level is still timed) with the gate's figures, and onnxruntime-genai's
+    int4 model."""
     import zoo
+    from zoo.errors import GateError
 
-    paths = {}
+    paths, gate = {}, {}
     for level in LEVELS:
-        paths[level] = work / f"zoo-{level}"
-        if not (paths[level] / "manifest.json").is_file():
+        out, kept = work / f"zoo-{level}", work / f"zoo-{level}-refused"
+        if not (out / "manifest.json").is_file() and not (kept / "refusal.json").is_file():
             print(f"$ zoo optimize {parent} --level {level}", flush=True)
-            zoo.optimize(parent, out=paths[level], level=level, progress=lambda msg: print(f"  {msg}", flush=True))
+            try:
+                zoo.optimize(parent, out=out, level=level, keep_failed=kept,
+                             progress=lambda msg: print(f"  {msg}", flush=True))
+            except GateError as refusal:
+                print(f"  refused: {refusal}", flush=True)
+        if (out / "manifest.json").is_file():
+            paths[level], gate[level] = out / "model.onnx", {"passed": True, **gate_figures(out)}
+        else:
+            report = json.loads((kept / "refusal.json").read_text())
+            paths[level] = kept / f"{level}.onnx"
+            gate[level] = {"passed": False, "checks": [{k: c[k] for k in ("name", "passed", "value", "detail")}
+                                                       for c in report["checks"]]}
     folder = Path(build(work)["folder"])
     paths["genai-int4"] = work / "ortgenai-int4"
     if not (paths["genai-int4"] / "genai_config.json").is_file():
         run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o",
              str(paths["genai-int4"]), "-p", "int4", "-e", "cpu"])
-    return paths
+    return paths, gate
+
+
+def graph_engine(graph: Path, parent: Path, threads: int) -> Engine:
+    """zoo's runtime loop (Generator, IO binding) over ``graph`` with the parent artifact's tokenizer and record."""
+    from exporters.gates import session
+    from zoo.artifact import read_manifest
+    from zoo.runtime.generate import Generator
+    from zoo.tasks import get_task
+
+    manifest = read_manifest(parent)
+    loop = Generator(session(graph, threads=threads), manifest,
+                     get_task(manifest.task).runtime_preprocessor(parent, manifest))
+    tokenizer = loop.tokenizer
+
+    def generate(ids: list[int]) -> tuple[list[int], float, float]:
+        start = first = time.perf_counter()
+        for step, rows in enumerate(loop.steps([tokenizer.decode(ids)], max_new_tokens=NEW_TOKENS, temperature=0)):
+            if step == 0:
+                first = time.perf_counter()
+        [row] = rows
+        return row.new, first - start, time.perf_counter() - first
+
+    return generate
 
 
 def gate_figures(artifact: Path) -> dict[str, Any]:
@@ -89,7 +129,7 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     base = build(args.work)
-    paths = quantised(args.work, base["zoo"])
+    paths, gate = quantised(args.work, base["zoo"])
 
     from tokenizers import Tokenizer
 
@@ -100,12 +140,12 @@ def main() -> None:
     results: dict[str, Any] = {
         "machine": machine_info(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": gguf_file().name, "prompt_tokens": len(ids), "repeats": args.repeats,
-        "gate": {level: gate_figures(paths[level]) for level in LEVELS}, "threads": {}}
+        "gate": gate, "threads": {}}
     for threads in args.threads:
         engines = {"transformers eager fp32": transformers_engine(base["folder"], threads),
                    "onnxruntime-genai int4": genai_engine(paths["genai-int4"], threads),
-                   "zoo int4": zoo_engine(paths["int4"], threads),
-                   "zoo int8-weights": zoo_engine(paths["int8-weights"], threads)}
+                   "zoo int4": graph_engine(paths["int4"], base["zoo"], threads),
+                   "zoo int8-weights": graph_engine(paths["int8-weights"], base["zoo"], threads)}
         entry = measure(engines, ids, args.repeats)
         reference = entry["tokens"]["transformers eager fp32"]
         entry["tokens_equal_to_fp32"] = {name: _leading_agreement(tokens, reference)

@@ -183,6 +183,11 @@ def perplexity(session: Any, windows: list[np.ndarray]) -> tuple[float, list[np.
 
 def prefill_logits(session: Any, ids: np.ndarray) -> np.ndarray:
     """The logits of every position of ``ids`` (one row, an empty cache) [sequence, vocab]."""
+    return session.run([session.get_outputs()[0].name], prefill_feed(session, ids))[0][0]
+
+
+def prefill_feed(session: Any, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The decoder's inputs for one row of ``ids`` after an empty cache."""
     from zoo.tasks._decoding import positions
 
     mask = np.ones((1, len(ids)), np.int64)
@@ -191,7 +196,7 @@ def prefill_logits(session: Any, ids: np.ndarray) -> np.ndarray:
         if spec.name.startswith("past_key_values."):
             _, heads, _, dim = spec.shape
             feed[spec.name] = np.zeros((1, heads, 0, dim), np.float32)
-    return session.run([session.get_outputs()[0].name], feed)[0][0]
+    return feed
 
 
 def greedy_paths(session: Any, folder: Path, manifest: Manifest, prompts: list[str]) -> list[GreedyPath]:

@@ -55,6 +55,8 @@ LEVELS = ("fused", "int8", "int8-static", "fp16", "int8-weights", "int4", "auto"
 LOSSY = ("int8", "int8-static", "fp16", "int8-weights", "int4")
 # weight-only levels for causal language models, judged by the generative gate; auto tries them in this order
 GENERATIVE = ("int4", "int8-weights")
+# ... keeping these shares of the body's MatMuls, the most error-prone first, at 8 bits (int4) or fp32 (int8-weights)
+WEIGHT_LADDER = (0.0, 1 / 16, 1 / 8, 1 / 4)
 # The int8 recipe each kind of input suits: dynamic for transformers over tokens, calibrated QDQ for
 # images (only image data gives calibration rows; see evaldata). auto tries it before "fused".
 INT8_FOR = {"text": "int8", "image": "int8-static"}
@@ -290,17 +292,26 @@ def _weight_only(ctx: Context, level: str) -> Candidate:
     """A text-generation graph with MatMulNBits weights, judged by the generative gate (perplexity, greedy
     agreement, decode speed) instead of the per-output gates of the other tasks."""
     assert ctx.generative is not None  # optimize() reads the generative data for every text-generation artifact
-    path = ctx.work / f"{level}.onnx"
-    candidate = Candidate(level, path, {"passes": [], "quantization": quantize.weight_only(ctx.parent_model, path,
-                                                                                          level)})
     if ctx.reference is None:
         ctx.step("generative gate: the parent's perplexity and greedy continuations")
         ctx.reference = generative_gate.reference(ctx.parent_model, ctx.folder, ctx.manifest, ctx.generative)
-    ctx.step(f"{level}: perplexity and greedy continuations")
     limit = ctx.max_ppl_increase if ctx.max_ppl_increase is not None else \
         generative_gate.DEFAULT_MAX_PPL_INCREASE[level]
-    judged = generative_gate.judge(path, ctx.folder, ctx.manifest, ctx.generative, ctx.reference, limit)
-    candidate.checks, candidate.figures, candidate.max_abs = judged.checks, judged.figures, judged.max_abs
+    feeds = [generative_gate.prefill_feed(gates.session(ctx.parent_model), ctx.generative.windows[0])]
+    ranked = [name for name, _ in quantize.rank_weight_error(ctx.parent_model, feeds, level)]
+    steps: list[dict[str, Any]] = []
+    for index, keep in enumerate(sorted({math.ceil(share * len(ranked)) for share in WEIGHT_LADDER})):
+        ctx.step(f"{level}: step {index + 1}/{len(WEIGHT_LADDER)} ({keep} MatMuls kept at higher precision)")
+        path = ctx.work / f"{level}-{index}.onnx"
+        settings = quantize.weight_only(ctx.parent_model, path, level, keep=ranked[:keep])
+        candidate = Candidate(level, path, {"passes": [], "quantization": settings})
+        judged = generative_gate.judge(path, ctx.folder, ctx.manifest, ctx.generative, ctx.reference, limit)
+        candidate.checks, candidate.figures, candidate.max_abs = judged.checks, judged.figures, judged.max_abs
+        steps.append({"kept_fp32": keep, "kept_as": "int8" if level == "int4" else "fp32",
+                      "passed": candidate.passed, "figures": {c.name: c.value for c in candidate.checks}})
+        if candidate.passed:
+            break
+    candidate.recipe["quantization"]["search"] = steps
     if candidate.passed:
         ctx.step(f"{level}: verify and time decoding")
         candidate.checks += _graph_checks(ctx, candidate)
@@ -497,7 +508,7 @@ def _refusal(folder: Path, dest: Path, level: str, candidates: list[Candidate]) 
 def _search_checks(candidate: Candidate, prefix: str) -> list[Check]:
     """One line per earlier step of a lossy level's search, so a refusal shows everything that was tried."""
     steps = (candidate.recipe.get("quantization") or {}).get("search", [])[:-1]
-    return [Check(f"{prefix}step {i + 1}: {step['kept_fp32']} nodes kept in fp32", False,
+    return [Check(f"{prefix}step {i + 1}: {step['kept_fp32']} nodes kept in {step.get('kept_as', 'fp32')}", False,
                   "; ".join(f"{k.replace('parent: ', '')} {v}" for k, v in step["figures"].items()),
                   "every gate", "a later step keeps more in fp32") for i, step in enumerate(steps)]
 
