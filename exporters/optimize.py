@@ -510,7 +510,8 @@ def _search_checks(candidate: Candidate, prefix: str) -> list[Check]:
     steps = (candidate.recipe.get("quantization") or {}).get("search", [])[:-1]
     return [Check(f"{prefix}step {i + 1}: {step['kept_fp32']} nodes kept in {step.get('kept_as', 'fp32')}", False,
                   "; ".join(f"{k.replace('parent: ', '')} {v}" for k, v in step["figures"].items()),
-                  "every gate", "a later step keeps more in fp32") for i, step in enumerate(steps)]
+                  "every gate", f"a later step keeps more in {step.get('kept_as', 'fp32')}")
+            for i, step in enumerate(steps)]
 
 
 def _keep(candidates: list[Candidate], refusal: GateError, folder: Path) -> None:
