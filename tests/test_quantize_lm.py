@@ -133,10 +133,16 @@ def test_an_int4_lm_head_with_one_scale_per_whole_row_is_refused(lm, tmp_path, m
         _optimize(lm, dest, "int4")
     assert not _check(refused.value.report, "perplexity increase").passed
     assert not _check(refused.value.report, "greedy agreement (16 tokens)").passed
+    # the search tried keeping more of the body at 8 bits first; the head's fault is in none of those MatMuls
+    assert [c.name for c in refused.value.report.checks][:3] == [f"step {i + 1}: {k} nodes kept in int8"
+                                                                  for i, k in enumerate((0, 1, 2))]
     assert _nothing_left(dest)
 
 
 def test_the_perplexity_check_refuses_a_degraded_model(lm, tmp_path, monkeypatch):
+    import exporters.optimize
+
+    monkeypatch.setattr(exporters.optimize, "WEIGHT_LADDER", (0.0,))  # the planted graph ignores the search
     rng = np.random.default_rng(0)
 
     def noisy_head(weights):  # every LM-head weight moved by 30% of the head's spread
@@ -157,6 +163,9 @@ def test_the_agreement_check_catches_continuations_that_part_where_perplexity_do
     starts elsewhere in the word cycle."""
     import transformers
 
+    import exporters.optimize
+
+    monkeypatch.setattr(exporters.optimize, "WEIGHT_LADDER", (0.0,))  # the planted graph ignores the search
     tokenizer = transformers.AutoTokenizer.from_pretrained(lm[0])
     ends = {tokenizer(p)["input_ids"][-1] for p in generative_gate.PROMPTS} | {tokenizer.cls_token_id}
     last = sorted(ends - set(tokenizer(Path(lm[1]).read_text(), add_special_tokens=False)["input_ids"]))
@@ -216,6 +225,25 @@ def test_too_little_held_out_text_is_refused_naming_eval_data(lm, tmp_path):
     short.write_text("only a few words here")
     with pytest.raises(DataError, match="needs at least 128 .* give --eval-data with more text"):
         _optimize((lm[0], str(short)), tmp_path / "z", "int4")
+
+
+def test_the_search_keeps_the_most_error_prone_matmuls_at_8_bits(lm, tmp_path):
+    import onnx
+
+    from zoo.artifact import read_manifest
+
+    artifact = lm[0]
+    graph = artifact / "model.onnx"
+    data = generative_gate.gate_data(artifact, read_manifest(artifact), lm[1])
+    feed = generative_gate.prefill_feed(gates.session(graph), data.windows[0])
+    ranked = quantize.rank_weight_error(graph, [feed], "int4")
+    errors = [e for _, e in ranked]
+    assert len(ranked) == 14 and errors == sorted(errors, reverse=True) and errors[-1] > 0  # the head is apart
+    settings = quantize.weight_only(graph, tmp_path / "mixed.onnx", "int4", keep=[n for n, _ in ranked[:3]])
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits")
+            for n in onnx.load(str(tmp_path / "mixed.onnx")).graph.node if n.op_type == "MatMulNBits"}
+    assert sorted(bits.values()) == [4] * 11 + [8] * 4  # 3 kept and the head
+    assert settings["kept"] == {"nodes": sorted(n for n, _ in ranked[:3]), "bits": 8}
 
 
 def test_a_tied_lm_head_is_untied_and_quantised_and_the_transpose_dropped(tmp_path):
