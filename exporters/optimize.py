@@ -7,8 +7,9 @@ Levels: ``fused`` (onnxscript's onnxruntime fusions, exact), ``int8`` (dynamic,
 for transformers), ``int8-static`` (QDQ calibrated on real images, for CNNs),
 ``fp16`` (CUDA only), ``openvino`` (the parent's graph on OpenVINO in float32),
 ``bf16`` (the same on OpenVINO computing in bf16: CPUs with AVX512_BF16 or AMX
-only) and ``auto`` (each level that applies on this machine, the fastest that
-passes). The OpenVINO levels are engine settings, not rewritten graphs: model.onnx
+only), ``int8-weights`` and ``int4`` (weight-only MatMulNBits for text generation,
+judged by ``generative_gate``) and ``auto`` (each level that applies on this machine,
+the fastest that passes). The OpenVINO levels are engine settings, not rewritten graphs: model.onnx
 is the parent's, the manifest's ``engine`` names the engine and precision, and the
 golden data are written under them. A lossy level searches for the least fp32 it needs: int8 keeps the
 MatMuls that lose the most (measured on the gate's data) in fp32, a few more at
@@ -34,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from exporters import fusion, gates, quantize
-from exporters.evaldata import MIN_GATE_ROWS, GateData, gate_data
+from exporters import fusion, gates, generative_gate, quantize
+from exporters.evaldata import MIN_GATE_ROWS, EvalSet, GateData, gate_data
 from exporters.verify import dynamic_axes_check, graph_check, read_tolerances, run_session, tolerance_record
 from zoo.artifact import (
     MANIFEST,
@@ -56,10 +57,14 @@ from zoo.spec import Tolerances
 from zoo.tasks import get_task
 from zoo.tasks.base import Task
 
-LEVELS = ("fused", "int8", "int8-static", "fp16", "openvino", "bf16", "auto")
-LOSSY = ("int8", "int8-static", "fp16", "bf16")
+LEVELS = ("fused", "int8", "int8-static", "fp16", "openvino", "bf16", "int8-weights", "int4", "auto")
+LOSSY = ("int8", "int8-static", "fp16", "bf16", "int8-weights", "int4")
 # The levels that run the parent's graph unchanged on another engine setting
 ENGINE_LEVELS = {"openvino": Engine("openvino", "f32"), "bf16": Engine("openvino", "bf16")}
+# weight-only levels for causal language models, judged by the generative gate; auto tries them in this order
+GENERATIVE = ("int4", "int8-weights")
+# ... keeping these shares of the body's MatMuls, the most error-prone first, at 8 bits (int4) or fp32 (int8-weights)
+WEIGHT_LADDER = (0.0, 1 / 16, 1 / 8, 1 / 4)
 # The int8 recipe each kind of input suits: dynamic for transformers over tokens, calibrated QDQ for
 # images (only image data gives calibration rows; see evaldata). auto tries it before "fused".
 INT8_FOR = {"text": "int8", "image": "int8-static"}
@@ -79,6 +84,7 @@ class Candidate:
     checks: list[Check] = field(default_factory=list)
     speed: list[gates.SpeedFigure] = field(default_factory=list)
     max_abs: float = 0.0
+    figures: dict[str, Any] = field(default_factory=dict)  # the generative gate's measurements
 
     @property
     def passed(self) -> bool:
@@ -124,6 +130,9 @@ class Context:
     grid: Any = None  # GridReference, built lazily
     fused: Path | None = None
     fusions: dict[str, int] = field(default_factory=dict)
+    generative: generative_gate.GenerativeData | None = None  # text generation: the generative gate's data
+    reference: generative_gate.Reference | None = None  # ... and the parent's figures on it
+    max_ppl_increase: float | None = None
 
     @property
     def task(self) -> Task:
@@ -136,27 +145,33 @@ class Context:
 
 def optimize(artifact: str | Path, *, out: str | Path | None = None, level: str = "auto",
              eval_data: str | None = None, max_drop: float = 0.5, keep_failed: str | Path | None = None,
-             progress: Progress | None = None) -> OptimizeResult:
+             progress: Progress | None = None, max_ppl_increase: float | None = None) -> OptimizeResult:
     """Write a faster artifact from ``artifact`` at ``level``, or raise GateError and write nothing.
 
     ``eval_data``: a .txt file (one sentence per line) or anything ``zoo finetune
     --data`` reads (labelled rows also measure the accuracy drop); ``max_drop``:
     the largest accuracy loss allowed, in percentage points. ``keep_failed``: on a
     refusal, the refused graphs (LEVEL.onnx) and the gate report go there for inspection.
+    ``max_ppl_increase``: text generation, the largest perplexity rise allowed, in percent
+    (default per level: ``generative_gate.DEFAULT_MAX_PPL_INCREASE``).
     """
     step = progress or (lambda _msg: None)
     started = time.perf_counter()
     folder = Path(artifact)
     manifest = _checked_parent(folder)
     dest = Path(out) if out is not None else folder.parent / f"{folder.name}-{level}"
-    providers = _check_options(level, max_drop, manifest, dest)
+    providers = _check_options(level, max_drop, manifest, dest, max_ppl_increase)
     _require_graph_tools()
     if keep_failed is not None:
         _check_keep_failed(Path(keep_failed), dest)
     step("gate data")
-    data = gate_data(folder, manifest, eval_data)
+    generative = get_task(manifest.task).generates
+    data = GateData(EvalSet([], "")) if generative else gate_data(folder, manifest, eval_data)
     with tempfile.TemporaryDirectory(prefix="zoo-optimize-") as work:
-        ctx = Context(folder, manifest, data, Path(work), providers, max_drop, step)
+        ctx = Context(folder, manifest, data, Path(work), providers, max_drop, step, max_ppl_increase=max_ppl_increase)
+        if generative:
+            ctx.generative = generative_gate.gate_data(folder, manifest, eval_data)
+            data.notes += ctx.generative.notes
         candidates = [_attempt(ctx, lv) for lv in _levels(level, ctx.task)]
         passing = [c for c in candidates if c.passed]
         if not passing:
@@ -205,13 +220,23 @@ def _earlier_refusal(keep: Path) -> bool:
     return names <= written and (not names or "refusal.json" in names)
 
 
-def _check_options(level: str, max_drop: float, manifest: Manifest, dest: Path) -> list[str]:
+def _check_options(level: str, max_drop: float, manifest: Manifest, dest: Path,
+                   max_ppl_increase: float | None = None) -> list[str]:
     """All option problems at once; returns the execution providers the gates run on."""
     problems = []
     if level not in LEVELS:
         problems.append(f"--level {level!r} is not one of {', '.join(LEVELS)}")
     if not (max_drop >= 0 and np.isfinite(max_drop)):
         problems.append(f"--max-drop {max_drop} must be a finite number of percentage points >= 0")
+    if max_ppl_increase is not None and not (max_ppl_increase >= 0 and np.isfinite(max_ppl_increase)):
+        problems.append(f"--max-ppl-increase {max_ppl_increase} must be a finite percentage >= 0")
+    generates = get_task(manifest.task).generates
+    if generates and level not in (*GENERATIVE, "auto"):
+        problems.append(f"--level {level} does not apply to {manifest.task} artifacts (a decoder with a KV cache, "
+                        f"judged by the generative gate): use --level {', '.join(GENERATIVE)} or auto")
+    if level in GENERATIVE and not generates:
+        problems.append(f"--level {level} quantises the weights of text-generation models; this artifact is "
+                        f"{manifest.task}: use --level int8, int8-static or fused")
     if level == "int8-static" and INT8_FOR.get(get_task(manifest.task).modality) != level:
         problems.append(f"--level int8-static calibrates image models; this artifact is {manifest.task}: "
                         "use --level int8 (dynamic) or fused")
@@ -258,6 +283,8 @@ def _levels(level: str, task: Task) -> list[str]:
     """The level asked for, or for auto every level that applies here, most aggressive first."""
     if level != "auto":
         return [level]
+    if task.generates:
+        return list(GENERATIVE)
     levels = [INT8_FOR.get(task.modality, "int8"), "fused"]
     if engines.installed("openvino") and not task.generates:
         levels += ["bf16", "openvino"] if engines.bf16_compute()[0] else ["openvino"]
@@ -269,6 +296,8 @@ def _levels(level: str, task: Task) -> list[str]:
 
 def _attempt(ctx: Context, level: str) -> Candidate:
     ctx.step(f"{level}: build")
+    if level in GENERATIVE:
+        return _weight_only(ctx, level)
     if level == "fused":
         candidate = Candidate(level, _fused(ctx), {"passes": fusion.describe_passes(), "fusions": ctx.fusions,
                                                    "quantization": None})
@@ -289,6 +318,38 @@ def _attempt(ctx: Context, level: str) -> Candidate:
         ctx.step(f"{level}: verify and time")
         candidate.checks += _graph_checks(ctx, candidate) + _grid_checks(ctx, candidate)
         candidate.speed = measure_speed(ctx, candidate)
+        candidate.checks += gates.speed_checks(candidate.speed)
+    return candidate
+
+
+def _weight_only(ctx: Context, level: str) -> Candidate:
+    """A text-generation graph with MatMulNBits weights, judged by the generative gate (perplexity, greedy
+    agreement, decode speed) instead of the per-output gates of the other tasks."""
+    assert ctx.generative is not None  # optimize() reads the generative data for every text-generation artifact
+    if ctx.reference is None:
+        ctx.step("generative gate: the parent's perplexity and greedy continuations")
+        ctx.reference = generative_gate.reference(ctx.parent_model, ctx.folder, ctx.manifest, ctx.generative)
+    limit = ctx.max_ppl_increase if ctx.max_ppl_increase is not None else \
+        generative_gate.DEFAULT_MAX_PPL_INCREASE[level]
+    feeds = [generative_gate.prefill_feed(gates.session(ctx.parent_model), ctx.generative.windows[0])]
+    ranked = [name for name, _ in quantize.rank_weight_error(ctx.parent_model, feeds, level)]
+    steps: list[dict[str, Any]] = []
+    for index, keep in enumerate(sorted({math.ceil(share * len(ranked)) for share in WEIGHT_LADDER})):
+        ctx.step(f"{level}: step {index + 1}/{len(WEIGHT_LADDER)} ({keep} MatMuls kept at higher precision)")
+        path = ctx.work / f"{level}-{index}.onnx"
+        settings = quantize.weight_only(ctx.parent_model, path, level, keep=ranked[:keep])
+        candidate = Candidate(level, path, {"passes": [], "quantization": settings})
+        judged = generative_gate.judge(path, ctx.folder, ctx.manifest, ctx.generative, ctx.reference, limit)
+        candidate.checks, candidate.figures, candidate.max_abs = judged.checks, judged.figures, judged.max_abs
+        steps.append({"kept_fp32": keep, "kept_as": "int8" if level == "int4" else "fp32",
+                      "passed": candidate.passed, "figures": {c.name: c.value for c in candidate.checks}})
+        if candidate.passed:
+            break
+    candidate.recipe["quantization"]["search"] = steps
+    if candidate.passed:
+        ctx.step(f"{level}: verify and time decoding")
+        candidate.checks += _graph_checks(ctx, candidate)
+        candidate.speed = generative_gate.measure_decode(ctx.parent_model, path, ctx.folder, ctx.manifest)
         candidate.checks += gates.speed_checks(candidate.speed)
     return candidate
 
@@ -510,9 +571,10 @@ def _refusal(folder: Path, dest: Path, level: str, candidates: list[Candidate]) 
 def _search_checks(candidate: Candidate, prefix: str) -> list[Check]:
     """One line per earlier step of a lossy level's search, so a refusal shows everything that was tried."""
     steps = (candidate.recipe.get("quantization") or {}).get("search", [])[:-1]
-    return [Check(f"{prefix}step {i + 1}: {step['kept_fp32']} nodes kept in fp32", False,
+    return [Check(f"{prefix}step {i + 1}: {step['kept_fp32']} nodes kept in {step.get('kept_as', 'fp32')}", False,
                   "; ".join(f"{k.replace('parent: ', '')} {v}" for k, v in step["figures"].items()),
-                  "every gate", "a later step keeps more in fp32") for i, step in enumerate(steps)]
+                  "every gate", f"a later step keeps more in {step.get('kept_as', 'fp32')}")
+            for i, step in enumerate(steps)]
 
 
 def _keep(candidates: list[Candidate], refusal: GateError, folder: Path) -> None:
@@ -597,6 +659,7 @@ def _record(ctx: Context, chosen: Candidate, candidates: list[Candidate]) -> dic
         "recipe": {**chosen.recipe, "ort_offline_level": fusion.OFFLINE_LEVEL,
                    "ops": fusion.op_counts(chosen.path)},
         "gates": {"passed": chosen.passed, "checks": [dataclasses.asdict(c) for c in chosen.checks],
+                  **({"generative": chosen.figures} if chosen.figures else {}),
                   "speed": [{**dataclasses.asdict(f), "speedup": round(f.speedup, 3)} for f in chosen.speed],
                   "data": ctx.data.evaluation.source, "rows": ctx.data.evaluation.rows,
                   "notes": ctx.data.notes + ([ctx.grid.note] if ctx.grid else []),
@@ -606,6 +669,12 @@ def _record(ctx: Context, chosen: Candidate, candidates: list[Candidate]) -> dic
         "engine": chosen.engine.to_dict(),
         "cpu": {"model": engines.cpu_model(), "flags": engines.relevant_flags()},
     }
+    if chosen.level in GENERATIVE:
+        # the generative gate judged it (figures above), not the per-output gate of the other tasks
+        record["gates"].update(data=chosen.figures["data"], rows=chosen.figures["scored_tokens"], limits={
+            "max_ppl_increase_percent": chosen.figures["max_ppl_increase_percent"],
+            "agree_tokens": generative_gate.AGREE_TOKENS, "min_agreement": generative_gate.MIN_AGREEMENT,
+            "min_scored_tokens": generative_gate.MIN_SCORED_TOKENS, "min_speedup": gates.MIN_SPEEDUP})
     if len(candidates) > 1:
         record["tried"] = [c.summary() for c in candidates]
     return record

@@ -289,8 +289,10 @@ def test_bad_options_are_reported_together(text_cls_artifact, tmp_path):
     from exporters.optimize import optimize
 
     with pytest.raises(ConfigError) as info:
-        optimize(text_cls_artifact, out=tmp_path / "x", level="int4", max_drop=-1)
-    assert "--level 'int4'" in str(info.value) and "--max-drop -1" in str(info.value)
+        optimize(text_cls_artifact, out=tmp_path / "x", level="int3", max_drop=-1)
+    assert "--level 'int3'" in str(info.value) and "--max-drop -1" in str(info.value)
+    with pytest.raises(ConfigError, match="int4 quantises the weights of text-generation models"):
+        optimize(text_cls_artifact, out=tmp_path / "x", level="int4")
     with pytest.raises(ConfigError, match="int8-static calibrates image models"):
         optimize(text_cls_artifact, out=tmp_path / "x", level="int8-static")
 
@@ -500,13 +502,13 @@ def test_cli_fp16_without_cuda_is_one_line(timm_artifact, tmp_path, capsys):
 
 
 def test_cli_unknown_level_lists_the_choices(timm_artifact, capsys):
-    code, _, err = _zoo(["optimize", str(timm_artifact), "--level", "int4"], capsys)
+    code, _, err = _zoo(["optimize", str(timm_artifact), "--level", "int3"], capsys)
     assert code == 2 and "int8-static" in err
 
 
 def test_cli_export_optimize_typo_fails_before_exporting(tiny_timm_folder, tmp_path, capsys):
-    code, _, err = _zoo(["export", str(tiny_timm_folder), "--out", str(tmp_path / "a"), "--optimize", "int4"], capsys)
-    assert code == 1 and "--optimize 'int4'" in err and not (tmp_path / "a").exists()
+    code, _, err = _zoo(["export", str(tiny_timm_folder), "--out", str(tmp_path / "a"), "--optimize", "int3"], capsys)
+    assert code == 1 and "--optimize 'int3'" in err and not (tmp_path / "a").exists()
 
 
 @pytest.mark.slow

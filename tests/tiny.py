@@ -338,3 +338,68 @@ def tiny_head_folder(arch: str, task: str, folder: Path) -> Path:
     _spread_weights(model)
     model.save_pretrained(folder)
     return folder
+
+
+# ---------------------------------------------------------------- a decisive tiny causal LM (issue 20, quantisation)
+
+
+def successor_lm(folder: Path, *, outlier_channel: int = 5, margin: float = 20.0) -> Path:
+    """save_pretrained folder of a tiny Llama (hidden 64, the MiniLM tokenizer) whose greedy next token is decisive.
+
+    A random model's next-token scores are near ties (30,522 logits within a fraction of their spread), so any
+    quantisation flips greedy tokens and no gate could pass a faithful one. Here every token's embedding is the
+    random code (norm sqrt(64)) of its successor in a fixed cycle over 4,096 whole lowercase words (a token off
+    the cycle leads into it), and the LM head scores each token by its own code, scaled so that the successor's
+    logit is ``margin`` and the others are spread around 0 with std margin/8: the layers (random, with outputs
+    about 3% of the embedding) barely move it. The model writes ``successor_text`` and continues every prompt
+    into the cycle, decisively, as a trained LM continues a text it knows.
+
+    ``outlier_channel``: a hidden channel whose final-norm weight is 0 and whose LM-head weights are 16x the
+    largest other one, as real LLMs' outlier channels are. The fp32 model is unchanged by it (the channel reaches
+    the head as 0), but one scale for a whole row of the head (all K = 64 weights of a token) then has a step
+    larger than every ordinary weight: a coarse LM head loses all of them, a 32-weight block at 8 bits keeps them.
+    """
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir())
+    words = _cycle_words(tokenizer)
+    config = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=128, vocab_size=len(tokenizer),
+                                      max_position_embeddings=256, bos_token_id=101, eos_token_id=102,
+                                      pad_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    codes = torch.randn(len(tokenizer), 64)
+    codes *= 8 / codes.norm(dim=1, keepdim=True)  # RMS 1: what the final RMSNorm makes of an embedding
+    successor = torch.tensor(words)[torch.arange(len(tokenizer)) % len(words)]  # off the cycle: into it
+    successor[torch.tensor(words)] = torch.tensor(words[1:] + words[:1])
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(codes[successor])
+        model.lm_head.weight.copy_(codes * margin / 64)
+        model.model.norm.weight.fill_(1.0)
+        model.model.norm.weight[outlier_channel] = 0.0
+        model.lm_head.weight[:, outlier_channel] = 16 * model.lm_head.weight.abs().max()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def successor_text(folder: Path, words: int = 300) -> str:
+    """The text ``successor_lm`` predicts: its cycle of whole words, which the tokenizer reads back id for id."""
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    cycle = _cycle_words(tokenizer)
+    return " ".join(tokenizer.convert_ids_to_tokens(cycle[:words]))
+
+
+def _cycle_words(tokenizer: Any) -> list[int]:
+    """4,096 whole lowercase ascii words of the vocabulary (each one token when read back), in a shuffled order."""
+    import random
+
+    vocab = tokenizer.get_vocab()
+    words = sorted(i for t, i in vocab.items() if t.isascii() and t.isalpha() and t.islower() and len(t) > 2)
+    random.Random(0).shuffle(words)
+    return words[:4096]

@@ -23,6 +23,8 @@ class Level(str, Enum):
     int8 = "int8"
     int8_static = "int8-static"
     fp16 = "fp16"
+    int8_weights = "int8-weights"
+    int4 = "int4"
     openvino = "openvino"
     bf16 = "bf16"
     auto = "auto"
@@ -35,12 +37,16 @@ def optimize(
     level: Annotated[Level, typer.Option(help="fused: graph fusions, exact; int8: dynamic (transformers); "
                                               "int8-static: calibrated QDQ (CNNs); fp16: CUDA only; openvino: the "
                                               "same graph on OpenVINO, float32; bf16: OpenVINO computing in bf16 "
-                                              "(CPUs with avx512_bf16 or amx_bf16); auto: the fastest level that "
-                                              "passes on this machine.")] = Level.auto,
+                                              "(CPUs with avx512_bf16 or amx_bf16); int8-weights, int4: weight-only "
+                                              "(text generation); auto: the fastest level that passes on this "
+                                              "machine.")] = Level.auto,
     eval_data: Annotated[str | None, typer.Option(
         help="Data to judge (and calibrate) on: a .txt file of sentences, or what 'zoo finetune --data' reads; "
              "labelled rows also measure the accuracy drop.")] = None,
     max_drop: Annotated[float, typer.Option(help="Largest accuracy drop allowed, in percentage points.")] = 0.5,
+    max_ppl_increase: Annotated[float | None, typer.Option(
+        help="Text generation: largest perplexity rise allowed, in percent (default 2 for int8-weights, "
+             "10 for int4).")] = None,
     keep_failed: Annotated[Path | None, typer.Option(
         help="On a refusal, keep the refused graphs (LEVEL.onnx) and the gate report here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -51,7 +57,7 @@ def optimize(
     try:
         with StageProgress("zoo optimize", quiet=as_json) as step:
             result = run_optimize(artifact, out=out, level=level.value, eval_data=eval_data, max_drop=max_drop,
-                                  keep_failed=keep_failed, progress=step)
+                                  keep_failed=keep_failed, progress=step, max_ppl_increase=max_ppl_increase)
     except GateError as exc:
         show_refusal(exc, as_json)
         raise
