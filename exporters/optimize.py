@@ -147,7 +147,7 @@ def optimize(artifact: str | Path, *, out: str | Path | None = None, level: str 
     data = gate_data(folder, manifest, eval_data)
     with tempfile.TemporaryDirectory(prefix="zoo-optimize-") as work:
         ctx = Context(folder, manifest, data, Path(work), providers, max_drop, step)
-        candidates = [_attempt(ctx, lv) for lv in _levels(level, ctx.task)]
+        candidates = [_attempt(ctx, lv) for lv in _levels(level, ctx.task, _fused_at_export(manifest))]
         passing = [c for c in candidates if c.passed]
         if not passing:
             refusal = _refusal(folder, dest, level, candidates)
@@ -176,6 +176,11 @@ def _checked_parent(folder: Path) -> Manifest:
     return manifest
 
 
+def _fused_at_export(manifest: Manifest) -> bool:
+    """``zoo export`` fused the graph already (manifest ``graph``): level fused would add nothing."""
+    return (manifest.graph or {}).get("form") == "fused"
+
+
 def _check_keep_failed(keep: Path, dest: Path) -> None:
     """--keep-failed: a new or empty folder, or an earlier refusal's (replaced); never a user's files or --out."""
     if keep.resolve() == dest.resolve():
@@ -202,6 +207,10 @@ def _check_options(level: str, max_drop: float, manifest: Manifest, dest: Path) 
         problems.append(f"--level {level!r} is not one of {', '.join(LEVELS)}")
     if not (max_drop >= 0 and np.isfinite(max_drop)):
         problems.append(f"--max-drop {max_drop} must be a finite number of percentage points >= 0")
+    if level == "fused" and _fused_at_export(manifest):
+        problems.append(f"--level fused: this artifact's graph was fused and verified at export "
+                        f"({_fusion_summary(manifest)}), so it is already the fused level; use --level int8 "
+                        "or auto for a faster one")
     if level == "int8-static" and INT8_FOR.get(get_task(manifest.task).modality) != level:
         problems.append(f"--level int8-static calibrates image models; this artifact is {manifest.task}: "
                         "use --level int8 (dynamic) or fused")
@@ -218,6 +227,11 @@ def _check_options(level: str, max_drop: float, manifest: Manifest, dest: Path) 
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if level == "fp16" else ["CPUExecutionProvider"]
 
 
+def _fusion_summary(manifest: Manifest) -> str:
+    fusions = (manifest.graph or {}).get("fusions") or {}
+    return ", ".join(f"{count} {kind}" for kind, count in fusions.items()) or "fusions recorded"
+
+
 def _require_graph_tools() -> None:
     """Every level starts from onnxscript's fusions; the runtime-only install has neither it nor onnx_ir."""
     try:
@@ -228,11 +242,14 @@ def _require_graph_tools() -> None:
                           "install holds the runtime only): pip install 'zoo-toolkit[train]'") from None
 
 
-def _levels(level: str, task: Task) -> list[str]:
-    """The level asked for, or for auto every level that applies here, most aggressive first."""
+def _levels(level: str, task: Task, fused_at_export: bool = False) -> list[str]:
+    """The level asked for, or for auto every level that applies here, most aggressive first.
+
+    An artifact fused at export is the fused level already: auto tries only the lossy one.
+    """
     if level != "auto":
         return [level]
-    return [INT8_FOR.get(task.modality, "int8"), "fused"]
+    return [INT8_FOR.get(task.modality, "int8")] + ([] if fused_at_export else ["fused"])
 
 
 # ---------------------------------------------------------------- one level
@@ -260,7 +277,13 @@ def _attempt(ctx: Context, level: str) -> Candidate:
 
 
 def _fused(ctx: Context) -> Path:
-    """The parent with onnxscript's fusions, saved offline at the portable level (made once)."""
+    """The parent with onnxscript's fusions, saved offline at the portable level (made once).
+
+    A parent fused at export is that graph already (the same recipe, verified against torch).
+    """
+    if ctx.fused is None and _fused_at_export(ctx.manifest):
+        ctx.fused = ctx.parent_model
+        ctx.fusions = dict((ctx.manifest.graph or {}).get("fusions") or {})
     if ctx.fused is None:
         raw = ctx.work / "fused-raw.onnx"
         ctx.fusions = fusion.fuse_graph(ctx.parent_model, raw)

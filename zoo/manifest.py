@@ -34,6 +34,8 @@ Fields (format_version 1):
     model_kwargs             optional: constructor overrides (e.g. a shrunken test model)
     run                      optional: a fine-tuned model's run.json summary
     optimization             optional: an optimised artifact's parent, recipe and gates
+    graph                    optional: the exported graph's form: {"form": "fused", "recipe", "fusions": {kind:
+                             count}} (onnxruntime fusions verified at export) or {"form": "plain", "reason"}
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class Manifest:
     model_kwargs: dict[str, Any] | None = None
     run: dict[str, Any] | None = None
     optimization: dict[str, Any] | None = None
+    graph: dict[str, Any] | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -176,12 +179,12 @@ class Manifest:
 # How verification applies rtol: to the largest |torch| of each output row, or to each element (numpy allclose)
 TOLERANCE_RULES = ("row-scale", "allclose")
 
-_OPTIONAL = {"model_kwargs", "run", "optimization", "seed"}
+_OPTIONAL = {"model_kwargs", "run", "optimization", "seed", "graph"}
 _FIELDS = {f.name for f in dataclasses.fields(Manifest)}
 _REQUIRED = [f.name for f in dataclasses.fields(Manifest)
              if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
 _DICTS = {"spec", "source", "preprocess", "tolerances", "versions", "verification"}
-_OPTIONAL_DICTS = {"model_kwargs", "run", "optimization"}
+_OPTIONAL_DICTS = {"model_kwargs", "run", "optimization", "graph"}
 _STRINGS = {"name", "task", "exporter", "created", "format"}
 
 
