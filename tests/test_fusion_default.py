@@ -83,7 +83,7 @@ def test_no_fuse_keeps_the_plain_graph(tiny_text_classifier: Path, tmp_path: Pat
 
 
 def _perturbing_recipe(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The real encoder fusion, then one weight scaled by 1%: a fusion that is not exact."""
+    """The real encoder fusion, then the classifier's weight scaled by 1%: a fusion that is not exact."""
     import onnx
     from onnx import numpy_helper
 
@@ -93,7 +93,10 @@ def _perturbing_recipe(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     def perturbing(src: Path | str, dst: Path | str) -> dict[str, int]:
         counts = real(src, dst)
         model = onnx.load(str(dst))
-        weight = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+        weights = {t.name: t for t in model.graph.initializer}
+        # the last projection with a constant weight: the head, whose error no LayerNorm rescales
+        head = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in weights][-1]
+        weight = weights[head.input[1]]
         weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * np.float32(1.01), weight.name))
         onnx.save(model, str(dst))
         touched.append(weight.name)
@@ -237,3 +240,17 @@ def test_layer_norm_of_anything_but_a_sum_is_left_alone(tmp_path: Path) -> None:
     plain = tmp_path / "plain.onnx"
     _sum_then_layer_norm(plain, through_add=False)
     assert _apply_rows_rule(plain, tmp_path / "same.onnx") == 0
+
+
+def test_export_optimize_fused_is_refused_before_the_export(tiny_text_classifier: Path, tmp_path: Path,
+                                                            capsys: Any) -> None:
+    """The default graph is the fused level already: one line, before anything is built or written."""
+    from zoo.cli import main
+
+    dest = tmp_path / "art"
+    with pytest.raises(SystemExit) as info:
+        main(["export", str(tiny_text_classifier), "--out", str(dest), "--optimize", "fused"])
+    err = capsys.readouterr().err
+    assert info.value.code != 0 and "writes the fused graph by default already" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []

@@ -44,7 +44,7 @@ def export(
     from exporters.onnx import export_onnx
 
     if optimize is not None:
-        _check_level(optimize)
+        _check_level(optimize, fused=not no_fuse)
     try:
         with StageProgress("zoo export", quiet=as_json) as step:
             result = export_onnx(name, out=out, opset=opset, atol=atol, rtol=rtol, random_init=random_init,
@@ -64,14 +64,16 @@ def export(
                          as_json=as_json)
 
 
-def _check_level(level: str) -> None:
+def _check_level(level: str, *, fused: bool) -> None:
     """Before the (long) export starts, so a typo costs nothing."""
     from exporters.optimize import LEVELS
+    from zoo.errors import ConfigError
 
     if level not in LEVELS:
-        from zoo.errors import ConfigError
-
         raise ConfigError(f"--optimize {level!r} is not one of {', '.join(LEVELS)}; e.g. --optimize int8")
+    if level == "fused" and fused:
+        raise ConfigError("--optimize fused: zoo export writes the fused graph by default already; drop "
+                          "--optimize, or use --optimize int8 / auto for a faster one")
 
 
 @app.command("verify")
