@@ -54,7 +54,8 @@ MODELS: dict[str, dict[str, Any]] = {
     "vit": {"task": "image-classification", "shapes": [(1,), (8,)]},
     "resnet": {"task": "image-classification", "shapes": [(1,), (8,)]},
 }
-ORT_CLASSES = {"feature-extraction": "ORTModelForFeatureExtraction",
+# a sentence-transformers folder exports with token_embeddings + sentence_embedding, which only the custom class reads
+ORT_CLASSES = {"feature-extraction": "ORTModelForCustomTasks",
                "text-classification": "ORTModelForSequenceClassification",
                "image-classification": "ORTModelForImageClassification"}
 
@@ -119,16 +120,21 @@ def source_folder(key: str, work: Path) -> Path:
 # ---------------------------------------------------------------- exports and cold starts
 
 
-def timed(argv: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Wall seconds and peak resident MiB of one fresh process; its output is shown only when it fails."""
+# printed by a cold-start process as it ends: its own high-water mark (a child's ru_maxrss would start
+# from this, much larger, process's, since Linux carries it across fork and exec)
+PEAK = "; print('VmHWM', open('/proc/self/status').read().split('VmHWM:')[1].split()[0])"
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Wall seconds of one fresh process (and its peak resident MiB when it prints it); output shown on failure."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = proc.stdout.read() if proc.stdout else b""
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(argv, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(argv[:6])} failed:\n{out.decode(errors='replace')[-3000:]}")
-    return {"seconds": round(seconds, 2), "peak_mib": round(usage.ru_maxrss / 1024, 1)}
+    out = proc.stdout.decode(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:6])} failed:\n{out[-3000:]}")
+    peak = [line.split()[1] for line in out.splitlines() if line.startswith("VmHWM ")]
+    return {"seconds": round(seconds, 2), **({"peak_mib": round(int(peak[-1]) / 1024, 1)} if peak else {})}
 
 
 def export_all(key: str, folder: Path, work: Path, python: Path) -> dict[str, Any]:
@@ -146,7 +152,7 @@ def export_all(key: str, folder: Path, work: Path, python: Path) -> dict[str, An
              "zoo --no-fuse": timed([*zoo, str(out["zoo --no-fuse"]), "--no-fuse"], zoo_env)}
     manifest = json.loads((out["zoo"] / "manifest.json").read_text())
     return {"paths": out, "export": times, "zoo_graph": manifest.get("graph"),
-            "zoo_grid_cases": len(manifest["verification"].get("shapes", [])),
+            "zoo_grid_shapes": len(manifest["verification"].get("shapes", [])),
             "zoo_export_notes": manifest.get("export_notes", [])}
 
 
@@ -165,8 +171,14 @@ def cold_starts(key: str, paths: dict[str, Path], python: Path, picture: Path) -
                  f"m(**p(images=[Image.open({item}).convert('RGB')], return_tensors='np'))")
     optimum = (f"from optimum.onnxruntime import {cls}; m = {cls}.from_pretrained({str(paths['optimum'])!r}, "
                f"provider='CPUExecutionProvider'); {first}")
-    return {"zoo": timed([sys.executable, "-c", zoo], {"PYTHONPATH": str(ROOT)}),
-            "optimum": timed([str(python), "-c", optimum])}
+    results = {}
+    for name, argv, env in (("zoo", [sys.executable, "-c", zoo + PEAK], {"PYTHONPATH": str(ROOT)}),
+                            ("optimum", [str(python), "-c", optimum + PEAK], None)):
+        try:
+            results[name] = timed(argv, env)
+        except RuntimeError as exc:  # a cold start that fails is reported, and the timings already taken are kept
+            results[name] = {"error": str(exc)[-600:]}
+    return results
 
 
 # ---------------------------------------------------------------- latency
@@ -247,8 +259,10 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"  export wall: zoo {ex['zoo']['seconds']} s (full grid), --no-fuse {ex['zoo --no-fuse']['seconds']} s, "
               f"optimum-cli {ex['optimum']['seconds']} s -> {ex['zoo']['seconds'] / ex['optimum']['seconds']:.2f}x")
         cold = result["cold_start"]
-        print(f"  cold start: zoo {cold['zoo']['seconds']} s / {cold['zoo']['peak_mib']} MiB, optimum "
-              f"{cold['optimum']['seconds']} s / {cold['optimum']['peak_mib']} MiB")
+        print("  cold start: " + ", ".join(
+            f"{name} {c['seconds']} s / {c.get('peak_mib', '?')} MiB" if "error" not in c
+            else f"{name} failed: {c['error']}"
+            for name, c in cold.items()))
 
 
 def main() -> None:
