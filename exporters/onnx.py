@@ -82,8 +82,9 @@ def export_onnx(model: str | ModelSpec, *, out: str | Path | None = None, opset:
     smoke test is repeatable. ``model_kwargs`` go to the source's constructor (e.g. a
     shrunken test model); ``module`` replaces the torch module built from the spec (its
     forward takes the spec's inputs by name). ``progress`` is called with the name of
-    each stage as it starts. ``fuse=False`` keeps the plain graph (no onnxruntime fusions). Raises VerificationError (with ``.report``) when no graph
-    behaves like the torch model; nothing is then left at ``out``.
+    each stage as it starts. ``fuse=False`` keeps the plain graph (no onnxruntime fusions).
+    Raises VerificationError (with ``.report``) when no graph behaves like the torch model;
+    nothing is then left at ``out``.
     """
     step = progress or (lambda _msg: None)
     # name, flags and destination are checked before the first stage is announced: bad input is one line
