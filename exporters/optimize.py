@@ -5,8 +5,12 @@
 
 Levels: ``fused`` (onnxscript's onnxruntime fusions, exact), ``int8`` (dynamic,
 for transformers), ``int8-static`` (QDQ calibrated on real images, for CNNs),
-``fp16`` (CUDA only) and ``auto`` (each applicable level, the fastest that
-passes). A lossy level searches for the least fp32 it needs: int8 keeps the
+``fp16`` (CUDA only), ``openvino`` (the parent's graph on OpenVINO in float32),
+``bf16`` (the same on OpenVINO computing in bf16: CPUs with AVX512_BF16 or AMX
+only) and ``auto`` (each level that applies on this machine, the fastest that
+passes). The OpenVINO levels are engine settings, not rewritten graphs: model.onnx
+is the parent's, the manifest's ``engine`` names the engine and precision, and the
+golden data are written under them. A lossy level searches for the least fp32 it needs: int8 keeps the
 MatMuls that lose the most (measured on the gate's data) in fp32, a few more at
 each step, until the accuracy gate passes. The result is written beside, never
 over, the parent: a new artifact with its own golden data and hashes whose
@@ -46,12 +50,16 @@ from zoo.artifact import (
 from zoo.checks import Check, VerifyReport
 from zoo.errors import ConfigError, GateError, ZooError
 from zoo.manifest import Manifest
+from zoo.runtime import engines
+from zoo.runtime.engines import Engine
 from zoo.spec import Tolerances
 from zoo.tasks import get_task
 from zoo.tasks.base import Task
 
-LEVELS = ("fused", "int8", "int8-static", "fp16", "auto")
-LOSSY = ("int8", "int8-static", "fp16")
+LEVELS = ("fused", "int8", "int8-static", "fp16", "openvino", "bf16", "auto")
+LOSSY = ("int8", "int8-static", "fp16", "bf16")
+# The levels that run the parent's graph unchanged on another engine setting
+ENGINE_LEVELS = {"openvino": Engine("openvino", "f32"), "bf16": Engine("openvino", "bf16")}
 # The int8 recipe each kind of input suits: dynamic for transformers over tokens, calibrated QDQ for
 # images (only image data gives calibration rows; see evaldata). auto tries it before "fused".
 INT8_FOR = {"text": "int8", "image": "int8-static"}
@@ -67,6 +75,7 @@ class Candidate:
     level: str
     path: Path
     recipe: dict[str, Any]
+    engine: Engine = field(default_factory=Engine)
     checks: list[Check] = field(default_factory=list)
     speed: list[gates.SpeedFigure] = field(default_factory=list)
     max_abs: float = 0.0
@@ -82,8 +91,9 @@ class Candidate:
 
     def summary(self) -> dict[str, Any]:
         failed = [f"{c.name}: {c.value} (limit {c.limit})" for c in self.checks if not c.passed]
-        return {"level": self.level, "passed": self.passed, "speedup": round(self.mean_speedup, 3),
-                "failed": failed}
+        return {"level": self.level, "engine": self.engine.to_dict(), "passed": self.passed,
+                "speedup": round(self.mean_speedup, 3), "failed": failed,
+                "speed": [dataclasses.asdict(f) for f in self.speed]}
 
 
 @dataclass
@@ -216,6 +226,8 @@ def _check_options(level: str, max_drop: float, manifest: Manifest, dest: Path) 
                         "use --level int8 (dynamic) or fused")
     if problems:
         raise ConfigError("; ".join(problems))
+    if level in ENGINE_LEVELS:
+        _check_engine_level(level, manifest)
     check_destination(dest)
     import onnxruntime as ort
 
@@ -230,6 +242,20 @@ def _check_options(level: str, max_drop: float, manifest: Manifest, dest: Path) 
 def _fusion_summary(manifest: Manifest) -> str:
     fusions = (manifest.graph or {}).get("fusions") or {}
     return ", ".join(f"{count} {kind}" for kind, count in fusions.items()) or "fusions recorded"
+
+
+def _check_engine_level(level: str, manifest: Manifest) -> None:
+    """The OpenVINO levels need OpenVINO, a task it runs, and for bf16 a CPU that computes in bf16."""
+    if get_task(manifest.task).generates:
+        raise ConfigError(f"--level {level} runs on OpenVINO, and text-generation artifacts run on onnxruntime only "
+                          "(OpenVINO is not supported for generation yet): use --level fused or int8")
+    engines.require("openvino")
+    if level == "bf16":
+        has, evidence = engines.bf16_compute()
+        if not has:
+            raise ConfigError(f"--level bf16 needs a CPU that computes in bf16, and this one {evidence} "
+                              "(/proc/cpuinfo); bf16 would be emulated, slower than float32: use --level openvino, "
+                              "int8 or auto")
 
 
 def _require_graph_tools() -> None:
@@ -249,7 +275,10 @@ def _levels(level: str, task: Task, fused_at_export: bool = False) -> list[str]:
     """
     if level != "auto":
         return [level]
-    return [INT8_FOR.get(task.modality, "int8")] + ([] if fused_at_export else ["fused"])
+    levels = [INT8_FOR.get(task.modality, "int8")] + ([] if fused_at_export else ["fused"])
+    if engines.installed("openvino") and not task.generates:
+        levels += ["bf16", "openvino"] if engines.bf16_compute()[0] else ["openvino"]
+    return levels
 
 
 # ---------------------------------------------------------------- one level
@@ -265,6 +294,11 @@ def _attempt(ctx: Context, level: str) -> Candidate:
         candidate = _search(ctx, level, _int8_ladder(ctx), _build_int8)
     elif level == "int8-static":
         candidate = _search(ctx, level, _static_ladder(ctx), _build_static)
+    elif level in ENGINE_LEVELS:
+        engine = ENGINE_LEVELS[level]
+        candidate = Candidate(level, ctx.parent_model, {"engine": engine.to_dict(), "graph": "the parent's, unchanged",
+                                                        "quantization": None}, engine)
+        candidate.checks = _accuracy_checks(ctx, candidate)
     else:
         candidate = _build_fp16(ctx)
         candidate.checks = _accuracy_checks(ctx, candidate)
@@ -367,7 +401,7 @@ def _accuracy_checks(ctx: Context, candidate: Candidate) -> list[Check]:
     evaluation = ctx.data.evaluation
     if ctx.parent_outputs is None:
         ctx.parent_outputs = gates.run_all(gates.session(ctx.parent_model, ctx.providers), evaluation.batches)
-    got = gates.run_all(gates.session(candidate.path, ctx.providers), evaluation.batches)
+    got = gates.run_all(gates.session(candidate.path, ctx.providers, engine=candidate.engine), evaluation.batches)
     candidate.max_abs = gates.max_abs_difference(ctx.parent_outputs, got)
     checks = gates.task_checks(ctx.task, ctx.parent_outputs, got, "parent", evaluation.source)
     if gates.gate_of(ctx.task).labelled:
@@ -393,7 +427,7 @@ def _graph_checks(ctx: Context, candidate: Candidate) -> list[Check]:
 def _grid_checks(ctx: Context, candidate: Candidate) -> list[Check]:
     """The verification grid: against the parent graph, and against torch fp32 when the source resolves."""
     grid = ctx.grid = ctx.grid or GridReference.build(ctx)
-    got = gates.run_all(gates.session(candidate.path, ctx.providers), grid.inputs)
+    got = gates.run_all(gates.session(candidate.path, ctx.providers, engine=candidate.engine), grid.inputs)
     checks = []
     for against, reference in (("grid vs parent", grid.parent), ("grid vs torch fp32", grid.torch)):
         if reference is None:
@@ -416,39 +450,68 @@ class GridReference:
     parent: gates.Outputs
     torch: gates.Outputs | None
     note: str
+    module: Any = None  # the torch source, kept to time eager torch beside the graphs
 
     @classmethod
     def build(cls, ctx: Context) -> GridReference:
         ctx.step("verification grid (torch fp32 when the source resolves)")
-        inputs, torch_outputs, note = _torch_grid(ctx)
+        inputs, torch_outputs, note, module = _torch_grid(ctx)
         if inputs is None:
             from exporters.golden import golden_sets, read_golden
 
             inputs = [read_golden(s)[0] for s in golden_sets(ctx.folder)]
         parent = gates.run_all(gates.session(ctx.parent_model, ctx.providers), inputs)
-        return cls(inputs, parent, torch_outputs, note)
+        return cls(inputs, parent, torch_outputs, note, module)
 
 
-def _torch_grid(ctx: Context) -> tuple[list[dict[str, np.ndarray]] | None, gates.Outputs | None, str]:
-    """(grid inputs, torch outputs, note); (None, None, why) when the torch source is not available."""
+def _torch_grid(ctx: Context) -> tuple[list[dict[str, np.ndarray]] | None, gates.Outputs | None, str, Any]:
+    """(grid inputs, torch outputs, note, module); (None, None, why, None) when the torch source is not available."""
     if ctx.manifest.random_init:
-        return None, None, "torch fp32 not compared: the parent was exported from random weights"
+        return None, None, "torch fp32 not compared: the parent was exported from random weights", None
     try:
         from exporters.source import build_source, torch_outputs
 
         # source_spec: an artifact never chooses to run a repository's own code (trust_remote_code) here
         source = build_source(ctx.manifest.source_spec(), random_init=False, model_kwargs=ctx.manifest.model_kwargs)
     except (ZooError, ImportError, OSError) as exc:
-        return None, None, f"torch fp32 not compared: the source does not resolve here ({str(exc)[:200]})"
+        return None, None, f"torch fp32 not compared: the source does not resolve here ({str(exc)[:200]})", None
     inputs = [case.inputs for case in source.cases]
     names = source.output_names  # the gates judge the first output, as onnxruntime lists it
     values = [torch_outputs(source.module, feed, names)[names[0]] for feed in inputs]
-    return inputs, gates.Outputs(values, [feed.get("attention_mask") for feed in inputs]), "torch fp32 compared"
+    return (inputs, gates.Outputs(values, [feed.get("attention_mask") for feed in inputs]), "torch fp32 compared",
+            source.module)
 
 
 def measure_speed(ctx: Context, candidate: Candidate) -> list[gates.SpeedFigure]:
     shapes = gates.speed_shapes(ctx.folder, ctx.manifest, ctx.data.evaluation)
-    return gates.measure_speed(ctx.parent_model, candidate.path, shapes, ctx.providers)
+    module = ctx.grid.module if ctx.grid else None
+    if module is None:  # random weights or no source here: the parent is the only reference
+        return gates.measure_speed(ctx.parent_model, candidate.path, shapes, ctx.providers, candidate.engine)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(gates.SPEED_THREADS)  # the graphs' thread count: a fair turn for each
+    try:
+        return gates.measure_speed(ctx.parent_model, candidate.path, shapes, ctx.providers, candidate.engine,
+                                   torch_call=_torch_call(module))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _torch_call(module: Any) -> Callable[[dict[str, np.ndarray]], Callable[[], Any]]:
+    """feed -> one eager torch fp32 call on it, as 'zoo bench --vs-torch' runs it (inference mode)."""
+    import torch
+
+    def factory(feed: dict[str, np.ndarray]) -> Callable[[], Any]:
+        tensors = {k: torch.from_numpy(v) for k, v in feed.items()}
+
+        def call() -> Any:
+            with torch.inference_mode():
+                return module(**tensors)
+
+        return call
+
+    return factory
 
 
 def parent_tolerances(manifest: Manifest) -> tuple[Tolerances, str]:
@@ -496,9 +559,13 @@ def _write_artifact(ctx: Context, chosen: Candidate, candidates: list[Candidate]
     from exporters.golden import golden_sets, read_golden, write_golden
     from zoo.versions import library_versions
 
-    shutil.copyfile(chosen.path, stage / MODEL_FILE)
+    if chosen.path == ctx.parent_model:  # an engine setting: the parent's graph, with any external data
+        for rel in (r for r in ctx.manifest.files if r.startswith(MODEL_FILE)):
+            shutil.copyfile(ctx.folder / rel, stage / rel)
+    else:
+        shutil.copyfile(chosen.path, stage / MODEL_FILE)
     _copy_preprocessor_files(ctx, stage)
-    session = gates.session(stage / MODEL_FILE, ctx.providers)
+    session = gates.session(stage / MODEL_FILE, ctx.providers, engine=chosen.engine)  # golden data on its engine
     for index, data_set in enumerate(golden_sets(ctx.folder)):
         inputs, _ = read_golden(data_set)
         write_golden(stage, index, inputs, run_session(session, inputs))  # every output, in graph order
@@ -508,7 +575,8 @@ def _write_artifact(ctx: Context, chosen: Candidate, candidates: list[Candidate]
     manifest = ctx.manifest.replace(verified=True, verification=report.to_dict(),
                                     tolerances=tolerances, versions=library_versions(),
                                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                    optimization=_record(ctx, chosen, candidates))
+                                    optimization=_record(ctx, chosen, candidates),
+                                    engine=None if chosen.engine == Engine() else chosen.engine.to_dict())
     return write_manifest(stage, manifest), report
 
 
@@ -535,7 +603,7 @@ def _tolerances(ctx: Context, chosen: Candidate) -> tuple[Tolerances, str]:
         return tol, rule
     grid = ctx.grid
     measured = max(chosen.max_abs, gates.max_abs_difference(grid.parent, gates.run_all(
-        gates.session(chosen.path, ctx.providers), grid.inputs)) if grid else 0.0)
+        gates.session(chosen.path, ctx.providers, engine=chosen.engine), grid.inputs)) if grid else 0.0)
     atol = float(f"{max(tol.atol, 4 * measured):.1g}")
     cosine = gates.gate_of(ctx.task).limits.get("min_cosine", tol.cosine)  # what an embedding gate held it to
     return Tolerances(atol=atol, rtol=tol.rtol, cosine=min(tol.cosine, cosine)), rule
@@ -558,6 +626,8 @@ def _record(ctx: Context, chosen: Candidate, candidates: list[Candidate]) -> dic
                   "limits": {**gates.gate_of(ctx.task).limits, "max_drop_points": ctx.max_drop,
                              "min_rows": MIN_GATE_ROWS, "min_speedup": gates.MIN_SPEEDUP}},
         "providers": ctx.providers,
+        "engine": chosen.engine.to_dict(),
+        "cpu": {"model": engines.cpu_model(), "flags": engines.relevant_flags()},
     }
     if len(candidates) > 1:
         record["tried"] = [c.summary() for c in candidates]

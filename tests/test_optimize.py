@@ -27,7 +27,7 @@ REAL_MEASURE_SPEED = gates.measure_speed  # kept before the autouse fixture repl
 
 def fake_speed(factor: float):
     """A measure_speed stand-in: the optimised graph takes 1/factor of the parent's 10 ms at every shape."""
-    def measure(parent, optimized, shapes, providers=None):
+    def measure(parent, optimized, shapes, providers=None, engine=None, torch_call=None):
         return [gates.SpeedFigure(shape, 10.0, 10.0 / factor) for shape in shapes]
 
     return measure
@@ -327,11 +327,15 @@ def test_tampered_parent_is_refused(timm_artifact, tmp_path):
 
 
 @pytest.mark.slow
-def test_auto_tries_each_level_and_an_optimised_artifact_is_not_optimised_again(timm_artifact, tmp_path):
+def test_auto_tries_each_level_and_an_optimised_artifact_is_not_optimised_again(timm_artifact, tmp_path, monkeypatch):
     from exporters.optimize import optimize
+    from zoo.runtime import engines
 
+    pytest.importorskip("openvino")
+    monkeypatch.setattr(engines, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})  # either CPU kind
     result = optimize(timm_artifact, out=tmp_path / "auto", level="auto")
-    assert [t["level"] for t in result.tried] == ["int8-static", "fused"]
+    assert [t["level"] for t in result.tried] == ["int8-static", "fused", "bf16", "openvino"]
+    assert [t["engine"]["precision"] for t in result.tried] == ["f32", "f32", "bf16", "f32"]
     assert result.manifest.optimization["tried"] == result.tried
     assert any("random pixels" in note for note in result.notes)  # no run, no --eval-data: said loudly
     with pytest.raises(ConfigError, match="already optimised"):

@@ -8,10 +8,11 @@ task strings:
 | identity / sources | ``name``, ``modality``, ``claims_hf``, ``hf_auto_class``, ``timm_kwargs``, ``describe_hf`` |
 | create | ``adapt_model`` (pooling wrapper ...), ``load_processor`` (tokenizer / image processor) |
 | export | ``output_names``, ``output_axes``, ``axis_bounds``, ``export_module``, ``export_example``, |
-|        | ``write_preprocessor``, ``export_checks`` |
+|        | ``write_preprocessor``, ``model_record``, ``export_checks`` |
 | verify | ``grid``, ``memory_terms``, ``shrink_case`` (the memory plan), ``agreement``, ``preprocessor_problems`` |
 | optimize | ``optimization_gate`` (the accuracy gate of ``zoo optimize``) |
-| runtime | ``runtime_preprocessor``, ``is_single``, ``input_suffixes``, ``postprocess``, ``predict_options``, |
+| runtime | ``runtime_preprocessor``, ``is_single``, ``input_suffixes``, ``runtime_options``, ``embed``, |
+|         | ``postprocess``, ``predict_options``, |
 |         | ``bench_items``, ``render`` (CLI table), ``save_pictures`` (``zoo predict --save``) |
 | data | ``builtin_datasets`` (``builtin:NAME``), ``read_data`` (layouts only this task reads) |
 | train | ``training_spec``, ``data_columns``, ``read_labels``, ``encode``, ``training_loss``, ``eval_batch``, |
@@ -91,6 +92,7 @@ class Task:
     primary_metric: ClassVar[str] = "val_loss"
     metric_names: ClassVar[tuple[str, ...]] = ("val_loss",)  # what ``metrics`` reports, plus val_loss
     expects: ClassVar[str] = "inputs"  # what predict takes, for error messages
+    input_fields: ClassVar[tuple[str, ...]] = ()  # texts one input is made of, named (question answering)
     predict_options: ClassVar[dict[str, type]] = {}  # keyword options of predict (top_k, threshold ...)
     derived_axes: ClassVar[tuple[str, ...]] = ()  # input axes that are sums of others (the exporter infers them)
     generates: ClassVar[bool] = False  # predict generates text token by token (zoo.runtime.generate)
@@ -177,6 +179,11 @@ class Task:
         manifest's ``preprocess`` record."""
         raise NotImplementedError
 
+    def model_record(self, module: Any) -> dict[str, Any]:
+        """Values of the built torch module the runtime needs beside the graph, added to the manifest's
+        ``preprocess`` record (zero-shot: the logit scale and bias); export_checks sees them."""
+        return {}
+
     def export_checks(self, stage: Path, record: dict[str, Any], cases: list[Case],
                       references: list[dict[str, np.ndarray]]) -> list[Check]:
         """Checks of the written artifact beyond the graph (e.g. the torch-free tokenizer)."""
@@ -256,6 +263,17 @@ class Task:
             valid = ", ".join(self.predict_options) or "none"
             raise InputError(f"predict option(s) {', '.join(unknown)} do not apply to {self.name}; valid: {valid}")
         return options
+
+    def runtime_options(self, options: dict[str, Any], model: Any) -> dict[str, Any]:
+        """predict's checked options, completed once per call with what the loaded ``model`` (an ExportedModel)
+        computes from them (zero-shot: the labels' text embeddings)."""
+        return options
+
+    def embed(self, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], preprocessor: Any, kind: str,
+              items: list[Any]) -> np.ndarray:
+        """``embed_text`` / ``embed_images`` (``kind``: text | images) of an image-text model: one row per item."""
+        raise InputError(f"embed_{kind} needs an image-text artifact (zero-shot-image-classification); this one is "
+                         f"{self.name}: use predict")
 
     def postprocess(self, outputs: dict[str, np.ndarray], batch: Any, labels: tuple[str, ...] | None,
                     manifest: Any, **options: Any) -> list[Any]:
