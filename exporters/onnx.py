@@ -3,7 +3,11 @@
     zoo export ./my-bert --onnx --out artifacts/my-bert
     python -c "import zoo; print(zoo.export_onnx('minilm-l6').path)"
 
-The dynamo exporter runs first (inputs by name, named dynamic dims). When it
+The dynamo exporter runs first (inputs by name, named dynamic dims). Its graph
+is then fused for onnxruntime (``exporters.fusion``: attention, LayerNorm, Gelu;
+the task's ``graph_fusion`` names the recipe, ``fuse=False`` skips it) and the
+fused graph is verified like any other; when it fails, the plain graph gets the
+same turn, so an unverified fusion never ships. When the exporter
 fails, or its graph fails verification (onnxruntime cannot load it, or its
 outputs differ), a lower onnxruntime graph-optimisation level is tried where that
 could help, then the TorchScript exporter gets the same turns. The manifest says
@@ -32,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from exporters import fusion
 from exporters.golden import golden_indices, write_golden
 from exporters.memory import budget, plan_grid, size_text
 from exporters.source import DEFAULT_INIT_SEED, Source, build_source
@@ -69,15 +74,17 @@ def export_onnx(model: str | ModelSpec, *, out: str | Path | None = None, opset:
                 atol: float | None = None, rtol: float | None = None, random_init: bool = False,
                 seed: int = DEFAULT_INIT_SEED, keep_failed: str | Path | None = None,
                 registries: list[str] | tuple[str, ...] = (), progress: Progress | None = None,
-                model_kwargs: dict[str, Any] | None = None, module: Any | None = None) -> ExportResult:
+                model_kwargs: dict[str, Any] | None = None, module: Any | None = None,
+                fuse: bool = True) -> ExportResult:
     """Export ``model`` (any name ``resolve`` accepts, or a spec) to a verified ONNX artifact.
 
     ``random_init`` builds random weights from ``seed`` (recorded in the manifest), so a
     smoke test is repeatable. ``model_kwargs`` go to the source's constructor (e.g. a
     shrunken test model); ``module`` replaces the torch module built from the spec (its
     forward takes the spec's inputs by name). ``progress`` is called with the name of
-    each stage as it starts. Raises VerificationError (with ``.report``) when no graph
-    behaves like the torch model; nothing is then left at ``out``.
+    each stage as it starts. ``fuse=False`` keeps the plain graph (no onnxruntime fusions).
+    Raises VerificationError (with ``.report``) when no graph behaves like the torch model;
+    nothing is then left at ``out``.
     """
     step = progress or (lambda _msg: None)
     # name, flags and destination are checked before the first stage is announced: bad input is one line
@@ -93,7 +100,7 @@ def export_onnx(model: str | ModelSpec, *, out: str | Path | None = None, opset:
     source = dataclasses.replace(source, cases=cases)
     with staged_dir(dest, keep_failed=Path(keep_failed) if keep_failed else None) as stage:
         # an explicit --rtol is the user's limit, applied as given; the registry's default yields to the noise floor
-        manifest, report = _build_artifact(source, stage, random_init, step, noise_floor=rtol is None)
+        manifest, report = _build_artifact(source, stage, random_init, step, noise_floor=rtol is None, fuse=fuse)
         if not report.passed:
             where = f"kept for debugging at {keep_failed}" if keep_failed else f"nothing written to {dest}"
             tried = f" Tried: {'; '.join(manifest.export_notes)}." if manifest.export_notes else ""
@@ -104,7 +111,7 @@ def export_onnx(model: str | ModelSpec, *, out: str | Path | None = None, opset:
 
 
 def _build_artifact(source: Source, stage: Path, random_init: bool, step: Progress, *,
-                    noise_floor: bool = True) -> tuple[Manifest, VerifyReport]:
+                    noise_floor: bool = True, fuse: bool = True) -> tuple[Manifest, VerifyReport]:
     spec = source.spec
     model_path = stage / MODEL_FILE
     step("preprocessor files")
@@ -112,7 +119,7 @@ def _build_artifact(source: Source, stage: Path, random_init: bool, step: Progre
     preprocess.update(source.task.model_record(source.module))
     step(f"torch reference outputs ({len(source.cases)} grid cases, one at a time)")
     references = torch_references(source.module, spec, source.cases)
-    kept = choose_graph(source, model_path, references, step, noise_floor=noise_floor)
+    kept = choose_graph(source, model_path, references, step, noise_floor=noise_floor, fuse=fuse)
     report = kept.report
     report.checks += source.task.export_checks(stage, preprocess, source.cases, references)
     step("golden data")
@@ -120,7 +127,8 @@ def _build_artifact(source: Source, stage: Path, random_init: bool, step: Progre
     step("manifest")
     export = dataclasses.replace(spec.export, ort_optimization=kept.optimization)
     source = dataclasses.replace(source, spec=dataclasses.replace(spec, export=export))
-    manifest = build_manifest(source, model_path, kept.exporter, kept.notes, preprocess, report, random_init)
+    manifest = build_manifest(source, model_path, kept.exporter, kept.notes, preprocess, report, random_init,
+                              graph=kept.graph)
     return write_manifest(stage, manifest), report
 
 
@@ -129,20 +137,27 @@ def _build_artifact(source: Source, stage: Path, random_init: bool, step: Progre
 
 @dataclass
 class GraphChoice:
-    """The graph left at model.onnx: who wrote it, the onnxruntime level it was verified at, and why."""
+    """The graph left at model.onnx: who wrote it, the onnxruntime level it was verified at, and why.
+
+    ``graph`` is the manifest's record of its form: {"form": "fused", "recipe", "fusions": {kind: count}}
+    or {"form": "plain", "reason"}.
+    """
 
     exporter: str
     optimization: str
     report: VerifyReport
     notes: list[str]
+    graph: dict[str, Any]
 
 
 def choose_graph(source: Source, model_path: Path, references: list[dict[str, np.ndarray]],
-                 step: Progress, *, noise_floor: bool = True) -> GraphChoice:
+                 step: Progress, *, noise_floor: bool = True, fuse: bool = True) -> GraphChoice:
     """Export and verify with each exporter (and a lower onnxruntime level where it may help) until one passes.
 
     ``noise_floor`` lets a case that misses rtol pass within its measured float32 noise floor
-    (``exporters.verify.NoiseFloor``); off, rtol is applied as given.
+    (``exporters.verify.NoiseFloor``); off, rtol is applied as given. ``fuse``: each exporter's
+    graph is fused first (when the task has a recipe and a fusion matches); a fused graph that
+    fails verification gives way to the plain graph of the same exporter.
 
     Returns the first graph that passes; when none does, the last one tried (for --keep-failed),
     its report, and notes naming every attempt and why it was not kept.
@@ -159,19 +174,16 @@ def choose_graph(source: Source, model_path: Path, references: list[dict[str, np
             except Exception as exc:  # the exporters fail in many ways; the next one gets its turn
                 notes.append(f"{exporter} exporter failed: {type(exc).__name__}: {first_line(exc)}")
                 continue
-            for level in _levels(spec):
-                step(f"verify the {exporter} graph (onnxruntime optimisation '{level}', {len(source.cases)} cases)")
-                report, _ = verify_model(source.module, spec, model_path, source.cases, references=references,
-                                         optimization=level, noise=noise)
-                last = GraphChoice(exporter, level, report, notes)
-                if report.passed:
-                    if notes:
-                        notes.append(f"kept the {exporter} graph, verified at onnxruntime optimisation '{level}'")
-                    return last
-                notes.append(f"{exporter} graph at onnxruntime optimisation '{level}' failed: "
-                             f"{_failed_checks(report)}")
-                if not _lower_level_may_help(report):
-                    break
+            graph = fuse_in_place(source, model_path, exporter, step, notes) if fuse else _plain("--no-fuse")
+            last = _verify_levels(source, model_path, references, noise, exporter, graph, notes, step)
+            if not last.report.passed and graph["form"] == "fused":
+                # the fusion, not the exporter, may be at fault: the plain graph gets its turn
+                reason = f"the fused graph failed verification ({_failed_checks(last.report)[:200]})"
+                notes.append(f"{reason}; verifying the plain {exporter} graph")
+                _restore_plain(model_path)
+                last = _verify_levels(source, model_path, references, noise, exporter, _plain(reason), notes, step)
+            if last.report.passed:
+                return last
             # the next exporter writes model.onnx afresh: this refused graph waits aside, so that the
             # report (and --keep-failed) still has a graph when the next exporter cannot export at all
             _move_graph(model_path, _aside(model_path, exporter))
@@ -181,8 +193,76 @@ def choose_graph(source: Source, model_path: Path, references: list[dict[str, np
         _move_graph(_aside(model_path, last.exporter) / model_path.name, model_path.parent)
         return last
     finally:
-        for exporter in EXPORTERS:
-            shutil.rmtree(_aside(model_path, exporter), ignore_errors=True)
+        for folder in (*EXPORTERS, "plain"):
+            shutil.rmtree(_aside(model_path, folder), ignore_errors=True)
+        _fused_path(model_path).unlink(missing_ok=True)
+
+
+def _verify_levels(source: Source, model_path: Path, references: list[dict[str, np.ndarray]],
+                   noise: NoiseFloor | None, exporter: str, graph: dict[str, Any], notes: list[str],
+                   step: Progress) -> GraphChoice:
+    """Verify model.onnx at the recorded onnxruntime level, then a lower one where that may help."""
+    spec = source.spec
+    what = f"fused {exporter}" if graph["form"] == "fused" else exporter
+    choice: GraphChoice | None = None
+    for level in _levels(spec):
+        step(f"verify the {what} graph (onnxruntime optimisation '{level}', {len(source.cases)} cases)")
+        report, _ = verify_model(source.module, spec, model_path, source.cases, references=references,
+                                 optimization=level, noise=noise)
+        choice = GraphChoice(exporter, level, report, notes, graph)
+        if report.passed:
+            if notes:
+                notes.append(f"kept the {what} graph, verified at onnxruntime optimisation '{level}'")
+            return choice
+        notes.append(f"{what} graph at onnxruntime optimisation '{level}' failed: {_failed_checks(report)}")
+        if not _lower_level_may_help(report):
+            break
+    assert choice is not None  # _levels names at least one level
+    return choice
+
+
+# ---------------------------------------------------------------- default fusion
+
+
+def fuse_in_place(source: Source, model_path: Path, exporter: str, step: Progress, notes: list[str]) -> dict[str, Any]:
+    """Replace model.onnx by its fused graph (the plain one waits aside); return the manifest's graph record.
+
+    The plain graph stays where it is when the task has no recipe, the graph is too large for
+    one protobuf file, no fusion matched, or the fusion itself raised (noted).
+    """
+    recipe = source.task.graph_fusion(source.spec)
+    if recipe is None:
+        return _plain(f"the {source.task.name} task has no export fusion recipe")
+    if any(part != model_path for part in model_path.parent.glob(model_path.name + "*")):
+        return _plain("the graph keeps its weights in external data (over 2 GiB); fusion writes one file")
+    step(f"fuse the {exporter} graph for onnxruntime ({recipe})")
+    fused = _fused_path(model_path)
+    try:
+        counts = fusion.RECIPES[recipe](model_path, fused)
+    except Exception as exc:  # onnxscript's rewriter fails in many ways; the plain graph is still there
+        fused.unlink(missing_ok=True)
+        reason = f"the {recipe} fusion failed: {type(exc).__name__}: {first_line(exc)[:200]}"
+        notes.append(f"{reason}; verifying the plain {exporter} graph")
+        return _plain(reason)
+    if not counts:
+        return _plain(f"no {recipe} fusion pattern matched this graph")
+    _move_graph(model_path, _aside(model_path, "plain"))
+    fused.replace(model_path)
+    return {"form": "fused", "recipe": recipe, "fusions": counts}
+
+
+def _plain(reason: str) -> dict[str, Any]:
+    return {"form": "plain", "reason": reason}
+
+
+def _fused_path(model_path: Path) -> Path:
+    """Where the fusion writes, beside model.onnx but outside the names export_with clears."""
+    return model_path.with_name(f".fused-{model_path.name}")
+
+
+def _restore_plain(model_path: Path) -> None:
+    model_path.unlink()
+    _move_graph(_aside(model_path, "plain") / model_path.name, model_path.parent)
 
 
 def _aside(model_path: Path, exporter: str) -> Path:
@@ -416,7 +496,8 @@ def write_golden_sets(stage: Path, cases: list[Any], references: list[dict[str, 
 
 
 def build_manifest(source: Source, model_path: Path, exporter: str, notes: list[str],
-                   preprocess: dict[str, Any], report: VerifyReport, random_init: bool) -> Manifest:
+                   preprocess: dict[str, Any], report: VerifyReport, random_init: bool,
+                   graph: dict[str, Any] | None = None) -> Manifest:
     spec = source.spec
     inputs, outputs = graph_signature(model_path)
     return Manifest(
@@ -428,7 +509,7 @@ def build_manifest(source: Source, model_path: Path, exporter: str, notes: list[
         preprocess=preprocess, tolerances=report.tolerances,
         versions=library_versions(), verified=report.passed, verification=report.to_dict(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        model_kwargs=source.model_kwargs or None, run=run_summary(spec),
+        model_kwargs=source.model_kwargs or None, run=run_summary(spec), graph=graph,
     )
 
 

@@ -172,7 +172,7 @@ def optimize(artifact: str | Path, *, out: str | Path | None = None, level: str 
         if generative:
             ctx.generative = generative_gate.gate_data(folder, manifest, eval_data)
             data.notes += ctx.generative.notes
-        candidates = [_attempt(ctx, lv) for lv in _levels(level, ctx.task)]
+        candidates = [_attempt(ctx, lv) for lv in _levels(level, ctx.task, _fused_at_export(manifest))]
         passing = [c for c in candidates if c.passed]
         if not passing:
             refusal = _refusal(folder, dest, level, candidates)
@@ -199,6 +199,11 @@ def _checked_parent(folder: Path) -> Manifest:
         raise ConfigError(f"{folder} is already optimised (level {manifest.optimization.get('level')}); "
                           f"optimise the fp32 artifact it came from ({parent}) instead")
     return manifest
+
+
+def _fused_at_export(manifest: Manifest) -> bool:
+    """``zoo export`` fused the graph already (manifest ``graph``): level fused would add nothing."""
+    return (manifest.graph or {}).get("form") == "fused"
 
 
 def _check_keep_failed(keep: Path, dest: Path) -> None:
@@ -237,6 +242,10 @@ def _check_options(level: str, max_drop: float, manifest: Manifest, dest: Path,
     if level in GENERATIVE and not generates:
         problems.append(f"--level {level} quantises the weights of text-generation models; this artifact is "
                         f"{manifest.task}: use --level int8, int8-static or fused")
+    if level == "fused" and _fused_at_export(manifest):
+        problems.append(f"--level fused: this artifact's graph was fused and verified at export "
+                        f"({_fusion_summary(manifest)}), so it is already the fused level; use --level int8 "
+                        "or auto for a faster one")
     if level == "int8-static" and INT8_FOR.get(get_task(manifest.task).modality) != level:
         problems.append(f"--level int8-static calibrates image models; this artifact is {manifest.task}: "
                         "use --level int8 (dynamic) or fused")
@@ -253,6 +262,11 @@ def _check_options(level: str, max_drop: float, manifest: Manifest, dest: Path,
                           f"({', '.join(ort.get_available_providers())}); on a CPU use --level int8, "
                           "int8-static or fused")
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if level == "fp16" else ["CPUExecutionProvider"]
+
+
+def _fusion_summary(manifest: Manifest) -> str:
+    fusions = (manifest.graph or {}).get("fusions") or {}
+    return ", ".join(f"{count} {kind}" for kind, count in fusions.items()) or "fusions recorded"
 
 
 def _check_engine_level(level: str, manifest: Manifest) -> None:
@@ -279,13 +293,16 @@ def _require_graph_tools() -> None:
                           "install holds the runtime only): pip install 'zoo-toolkit[train]'") from None
 
 
-def _levels(level: str, task: Task) -> list[str]:
-    """The level asked for, or for auto every level that applies here, most aggressive first."""
+def _levels(level: str, task: Task, fused_at_export: bool = False) -> list[str]:
+    """The level asked for, or for auto every level that applies here, most aggressive first.
+
+    An artifact fused at export is the fused level already: auto tries only the lossy one.
+    """
     if level != "auto":
         return [level]
     if task.generates:
         return list(GENERATIVE)
-    levels = [INT8_FOR.get(task.modality, "int8"), "fused"]
+    levels = [INT8_FOR.get(task.modality, "int8")] + ([] if fused_at_export else ["fused"])
     if engines.installed("openvino") and not task.generates:
         levels += ["bf16", "openvino"] if engines.bf16_compute()[0] else ["openvino"]
     return levels
@@ -355,7 +372,13 @@ def _weight_only(ctx: Context, level: str) -> Candidate:
 
 
 def _fused(ctx: Context) -> Path:
-    """The parent with onnxscript's fusions, saved offline at the portable level (made once)."""
+    """The parent with onnxscript's fusions, saved offline at the portable level (made once).
+
+    A parent fused at export is that graph already (the same recipe, verified against torch).
+    """
+    if ctx.fused is None and _fused_at_export(ctx.manifest):
+        ctx.fused = ctx.parent_model
+        ctx.fusions = dict((ctx.manifest.graph or {}).get("fusions") or {})
     if ctx.fused is None:
         raw = ctx.work / "fused-raw.onnx"
         ctx.fusions = fusion.fuse_graph(ctx.parent_model, raw)

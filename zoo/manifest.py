@@ -34,6 +34,8 @@ Fields (format_version 1):
     model_kwargs             optional: constructor overrides (e.g. a shrunken test model)
     run                      optional: a fine-tuned model's run.json summary
     optimization             optional: an optimised artifact's parent, recipe and gates
+    graph                    optional: the exported graph's form: {"form": "fused", "recipe", "fusions": {kind:
+                             count}} (onnxruntime fusions verified at export) or {"form": "plain", "reason"}
     engine                   optional: {"name": onnxruntime | openvino, "precision": f32 | bf16}, the engine setting
                              the artifact was verified (and its golden data written) under; absent: onnxruntime
 """
@@ -101,6 +103,7 @@ class Manifest:
     model_kwargs: dict[str, Any] | None = None
     run: dict[str, Any] | None = None
     optimization: dict[str, Any] | None = None
+    graph: dict[str, Any] | None = None
     engine: dict[str, Any] | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
@@ -182,12 +185,12 @@ TOLERANCE_RULES = ("row-scale", "allclose")
 ENGINES = ("onnxruntime", "openvino")
 PRECISIONS = ("f32", "bf16")
 
-_OPTIONAL = {"model_kwargs", "run", "optimization", "seed", "engine"}
+_OPTIONAL = {"model_kwargs", "run", "optimization", "seed", "graph", "engine"}
 _FIELDS = {f.name for f in dataclasses.fields(Manifest)}
 _REQUIRED = [f.name for f in dataclasses.fields(Manifest)
              if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
 _DICTS = {"spec", "source", "preprocess", "tolerances", "versions", "verification"}
-_OPTIONAL_DICTS = {"model_kwargs", "run", "optimization", "engine"}
+_OPTIONAL_DICTS = {"model_kwargs", "run", "optimization", "graph", "engine"}
 _STRINGS = {"name", "task", "exporter", "created", "format"}
 
 

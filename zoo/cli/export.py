@@ -2,6 +2,7 @@
 
     zoo export ./my-bert --onnx --out artifacts/my-bert
     zoo export resnet18 --onnx --random-init --rtol 1e-2
+    zoo export ./my-bert --no-fuse        # the plain graph, without onnxruntime's fusions
     zoo verify artifacts/my-bert --against-source
 """
 
@@ -33,6 +34,9 @@ def export(
     keep_failed: Annotated[Path | None, typer.Option(
         help="Move a failed artifact here (marked unverified) instead of deleting it.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verification report as JSON.")] = False,
+    no_fuse: Annotated[bool, typer.Option(
+        "--no-fuse", help="Keep the plain exported graph: skip the onnxruntime fusions (attention, LayerNorm, "
+                          "Gelu) that export otherwise applies and verifies.")] = False,
     optimize: Annotated[str | None, typer.Option(
         help="Then optimise the artifact at this level (fused, int8, int8-static, fp16, auto) into OUT-LEVEL; "
              "shorthand for 'zoo optimize OUT --level LEVEL'.")] = None,
@@ -41,15 +45,17 @@ def export(
     from exporters.onnx import export_onnx
 
     if optimize is not None:
-        _check_level(optimize)
+        _check_level(optimize, fused=not no_fuse)
     try:
         with StageProgress("zoo export", quiet=as_json) as step:
             result = export_onnx(name, out=out, opset=opset, atol=atol, rtol=rtol, random_init=random_init,
-                                 seed=seed, keep_failed=keep_failed, registries=state.registries, progress=step)
+                                 seed=seed, keep_failed=keep_failed, registries=state.registries, progress=step,
+                                 fuse=not no_fuse)
     except VerificationError as exc:
         _show(exc.report, as_json, path=None)
         raise
-    _show(result.report, as_json and optimize is None, path=result.path, exporter=result.exporter)
+    _show(result.report, as_json and optimize is None, path=result.path, exporter=result.exporter,
+          graph=(result.manifest.graph or {}).get("form"))
     if optimize is not None:
         from zoo.cli.optimize import Level
         from zoo.cli.optimize import optimize as optimize_command
@@ -59,14 +65,16 @@ def export(
                          as_json=as_json)
 
 
-def _check_level(level: str) -> None:
+def _check_level(level: str, *, fused: bool) -> None:
     """Before the (long) export starts, so a typo costs nothing."""
     from exporters.optimize import LEVELS
+    from zoo.errors import ConfigError
 
     if level not in LEVELS:
-        from zoo.errors import ConfigError
-
         raise ConfigError(f"--optimize {level!r} is not one of {', '.join(LEVELS)}; e.g. --optimize int8")
+    if level == "fused" and fused:
+        raise ConfigError("--optimize fused: zoo export writes the fused graph by default already; drop "
+                          "--optimize, or use --optimize int8 / auto for a faster one")
 
 
 @app.command("verify")
@@ -88,13 +96,15 @@ def verify(
     _show(report, as_json, path=folder)
 
 
-def _show(report: Any, as_json: bool, path: Path | None, exporter: str | None = None) -> None:
+def _show(report: Any, as_json: bool, path: Path | None, exporter: str | None = None,
+          graph: str | None = None) -> None:
     if report is None:
         return
     if as_json:
         data = report.to_dict()
         if path is not None:
-            data = {"path": str(path), **({"exporter": exporter} if exporter else {}), **data}
+            data = {"path": str(path), **({"exporter": exporter} if exporter else {}),
+                    **({"graph": graph} if graph else {}), **data}
         typer.echo(json.dumps(data, indent=2))
         return
     from rich.console import Console
@@ -103,4 +113,5 @@ def _show(report: Any, as_json: bool, path: Path | None, exporter: str | None = 
     console = Console(stderr=not report.passed)
     console.print(report.table())
     if path is not None:
-        console.print(f"artifact: {path}" + (f" (exporter: {exporter})" if exporter else ""))
+        details = [f"exporter: {exporter}"] * bool(exporter) + [f"{graph} graph"] * bool(graph)
+        console.print(f"artifact: {path}" + (f" ({', '.join(details)})" if details else ""))

@@ -158,6 +158,15 @@ class Task:
 
         return task_module(model, spec, self)
 
+    def graph_fusion(self, spec: ModelSpec) -> str | None:
+        """The fusion recipe ``zoo export`` runs on this task's graph by default (``exporters.fusion.RECIPES``).
+
+        "encoder": onnxscript's onnxruntime fusions (attention, LayerNorm, Gelu), exact within the export
+        tolerances. A generating task's decoder graph with its KV cache needs its own recipe, so it opts
+        in by overriding this; None exports the plain graph.
+        """
+        return None if self.generates else "encoder"
+
     def export_example(self, spec: ModelSpec, processor: Any) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
