@@ -37,6 +37,12 @@ FUSED_OPS = ("SkipSimplifiedLayerNormalization", "RotaryEmbedding",
              "MultiHeadAttention", "GroupQueryAttention")
 
 
+def rotary_tables(inv_freq: np.ndarray, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of every position's angles, [max_positions, len(inv_freq)]: onnxruntime's rotary caches."""
+    angles = np.arange(max_positions, dtype=np.float32)[:, None] * inv_freq.astype(np.float32)[None]
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
 def _positions_rotary_rule(max_positions: int) -> Any:
     """The rule rewriting onnxscript's intermediate rotary op, fed ``Mul``-made angles, into onnxruntime's."""
     import onnx_ir as ir
@@ -74,9 +80,8 @@ def _positions_rotary_rule(max_positions: int) -> Any:
                     num_heads: Any, **_: Any) -> Any:
             key = id(inv_freq)
             if key not in self.tables:
-                angles = np.arange(max_positions, dtype=np.float32)[:, None] * inv_freq.const_value.numpy()[None]
-                self.tables[key] = (op.Constant(value=ir.tensor(np.cos(angles).astype(np.float32))),
-                                    op.Constant(value=ir.tensor(np.sin(angles).astype(np.float32))))
+                cos, sin = rotary_tables(inv_freq.const_value.numpy(), max_positions)
+                self.tables[key] = (op.Constant(value=ir.tensor(cos)), op.Constant(value=ir.tensor(sin)))
             cos, sin = self.tables[key]
             return op.RotaryEmbedding(x, position_ids, cos, sin, interleaved=interleaved, num_heads=num_heads,
                                       _domain="com.microsoft")

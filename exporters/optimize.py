@@ -202,7 +202,11 @@ def _check_options(level: str, max_drop: float, manifest: Manifest, dest: Path) 
         problems.append(f"--level {level!r} is not one of {', '.join(LEVELS)}")
     if not (max_drop >= 0 and np.isfinite(max_drop)):
         problems.append(f"--max-drop {max_drop} must be a finite number of percentage points >= 0")
-    if level == "int8-static" and INT8_FOR.get(get_task(manifest.task).modality) != level:
+    if get_task(manifest.task).generates:
+        problems.append(f"{manifest.task} artifacts are not optimised by zoo optimize (its gates run one forward "
+                        "pass, a decoder needs its cache-fed steps checked); 'zoo export' already fuses the "
+                        "decoder graph and verifies it step by step (manifest: preprocess.generation.fusion)")
+    elif level == "int8-static" and INT8_FOR.get(get_task(manifest.task).modality) != level:
         problems.append(f"--level int8-static calibrates image models; this artifact is {manifest.task}: "
                         "use --level int8 (dynamic) or fused")
     if problems:
