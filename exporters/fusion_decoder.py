@@ -33,8 +33,7 @@ FUSED_DIR = ".fused"  # inside the stage: the fused graph keeps the plain one's 
 PROTOBUF_LIMIT = 2 * 1024**3
 NOTHING_MATCHED = "no fusion pattern matched"  # GPT-2's LayerNorm/GELU decoder: the plain graph, nothing to note
 # the fused operator each pass writes, as named in the manifest
-FUSED_OPS = ("SkipSimplifiedLayerNormalization", "RotaryEmbedding",
-             "MultiHeadAttention", "GroupQueryAttention")
+FUSED_OPS = ("SkipSimplifiedLayerNormalization", "RotaryEmbedding", "MultiHeadAttention")
 
 
 def rotary_tables(inv_freq: np.ndarray, max_positions: int) -> tuple[np.ndarray, np.ndarray]:

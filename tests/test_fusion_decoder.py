@@ -71,7 +71,7 @@ def test_the_rules_fuse_a_llama_decoder_into_onnxruntime_operators(plain, tmp_pa
     # zoo's rule: attention reads key and value [batch, heads, total, head dim], not transposed copies
     producers = {out: n for n in graph.node for out in n.output}
     for node in (n for n in graph.node if n.op_type == "MultiHeadAttention"):
-        for name in node.input[1:3]:  # repeat_kv's Expand + Reshape to all heads, no Transpose to [batch, total, hidden]
+        for name in node.input[1:3]:  # repeat_kv's Expand + Reshape to all heads; no Transpose to 3-D after it
             assert [producers[name].op_type, producers[producers[name].input[0]].op_type] == ["Reshape", "Expand"]
     # the first layer's norm (no residual before it) stays plain ops: onnx.checker knows no ONNX-domain contrib op
     assert ("", "SimplifiedLayerNormalization") not in _ops(fused)
