@@ -1,7 +1,7 @@
-"""zoo optimize: latency of eager torch, the fp32 artifact, and its fused and int8 forms, with the gates' figures.
+"""zoo optimize: latency of eager torch, the fp32 artifact, and its fused, int8 and OpenVINO forms, with the gates.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_optimize.py [--models minilm,resnet50,convnext_tiny]
-        [--iterations 15] [--threads 1] [--work DIR]
+        [--iterations 15] [--threads 1,2] [--work DIR] [--out FILE]
 
 Models: the real all-MiniLM-L6-v2 package (batch 8 x 128 tokens and 1 x 32), and
 timm resnet50 and convnext_tiny with random weights at batch 8, 224 px. Each
@@ -9,8 +9,12 @@ optimised form is made by ``zoo.optimize`` itself (fused; int8 dynamic for MiniL
 int8-static for the CNNs calibrated on synthetic photo-like images: colour
 gradients, ellipses and rectangles, blur and noise, not real photographs). A form
 the gates refuse is still timed (from ``--keep-failed``), and the table says it was
-refused and why. All engines run the same arrays, call by call in turns, so a busy
-machine slows them alike; the figure is the median. Writes benchmarks/results/optimize.json.
+refused and why. With OpenVINO installed, the same fp32 graph also runs on OpenVINO
+in float32 (``--level openvino``) and, where the CPU computes in bf16 (avx512_bf16 or
+amx_bf16), in bf16 (``--level bf16``), beside eager torch with the model in bf16
+(channels-last for CNNs). All engines run the same arrays, call by call in turns, so a
+busy machine slows them alike; the figure is the median. Prints the CPU and its flags;
+writes benchmarks/results/optimize.json.
 
 Targets (issue 10, this 2-core AVX2 machine): MiniLM 8x128 fused >= 1.5x eager and
 int8 >= 2.0x eager with minimum cosine >= 0.99; MiniLM 1x32 fused >= 2.0x eager;
@@ -104,7 +108,7 @@ def _verdict(passed: bool, checks: list[dict[str, Any]], graph: Path, record: di
     failed = [f"{c['name']} {c['value']} (limit {c['limit']})" for c in checks if not c["passed"]]
     entry = {"passed": passed, "gate": figures, "failed": failed, "graph": str(graph)}
     if record is not None:
-        entry["recipe"] = {k: record["recipe"].get(k) for k in ("fusions", "quantization")}
+        entry["recipe"] = {k: record["recipe"].get(k) for k in ("fusions", "quantization", "engine")}
     return entry
 
 
@@ -122,9 +126,10 @@ def feeds(key: str, parent: Path) -> dict[str, dict[str, Any]]:
     return {"batch 8": get_task(manifest.task).runtime_preprocessor(parent, manifest)(images).arrays}
 
 
-def time_engines(parent: Path, graphs: dict[str, Path], shape_feeds: dict[str, dict[str, Any]], iterations: int,
-                 threads: int) -> dict[str, dict[str, float]]:
-    """Median ms per engine and shape: eager torch and each graph, taking turns call by call."""
+def time_engines(parent: Path, graphs: dict[str, tuple[Path, Any]], shape_feeds: dict[str, dict[str, Any]],
+                 iterations: int, threads: int, torch_bf16: bool) -> dict[str, dict[str, float]]:
+    """Median ms per engine and shape: eager torch (fp32, and bf16 where the CPU computes it) and each graph on its
+    engine, taking turns call by call."""
     import numpy as np
 
     from exporters.gates import session
@@ -133,15 +138,47 @@ def time_engines(parent: Path, graphs: dict[str, Path], shape_feeds: dict[str, d
     from zoo.runtime.torch_baseline import torch_runner
 
     runner, note = torch_runner(read_manifest(parent), threads=threads)
-    sessions = {name: session(path, threads=threads) for name, path in graphs.items()}
+    torch_calls = {"torch eager": runner, **({"torch bf16": bf16_runner(parent)} if torch_bf16 else {})}
+    sessions = {name: session(path, threads=threads, engine=engine) for name, (path, engine) in graphs.items()}
     table: dict[str, dict[str, float]] = {}
     for shape, feed in shape_feeds.items():
-        calls = [runner(feed)] + [_graph_call(s, feed) for s in sessions.values()]
+        calls = [make(feed) for make in torch_calls.values()] + [_graph_call(s, feed) for s in sessions.values()]
         samples = time_calls(calls, iterations=iterations, warmup=2)
         table[shape] = {name: round(1e3 * float(np.median(s)), 2)
-                        for name, s in zip(["torch eager", *sessions], samples)}
+                        for name, s in zip([*torch_calls, *sessions], samples)}
     table["torch"] = {"note": note}  # type: ignore[dict-item]
     return table
+
+
+def bf16_runner(parent: Path) -> Any:
+    """Eager torch with the model in bf16 (float inputs cast to bf16; images channels-last), as a user would run it."""
+    import torch
+
+    from zoo.artifact import read_manifest
+    from zoo.runtime.torch_baseline import torch_model
+
+    module, _ = torch_model(read_manifest(parent))
+    module = module.to(torch.bfloat16)
+    image = read_manifest(parent).task.startswith("image")
+    if image:
+        module = module.to(memory_format=torch.channels_last)
+
+    def runner(feed: dict[str, Any]) -> Any:
+        tensors = {}
+        for name, array in feed.items():
+            tensor = torch.from_numpy(array)
+            if tensor.is_floating_point():
+                tensor = tensor.to(torch.bfloat16)
+                tensor = tensor.contiguous(memory_format=torch.channels_last) if tensor.ndim == 4 else tensor
+            tensors[name] = tensor
+
+        def call() -> Any:
+            with torch.inference_mode():
+                return module(**tensors)
+
+        return call
+
+    return runner
 
 
 def _graph_call(sess: Any, feed: dict[str, Any]) -> Any:
@@ -150,27 +187,36 @@ def _graph_call(sess: Any, feed: dict[str, Any]) -> Any:
     return lambda: sess.run(None, inputs)
 
 
-def bench_model(key: str, work: Path, iterations: int, threads: int) -> dict[str, Any]:
+def bench_model(key: str, work: Path, iterations: int, thread_counts: list[int], bf16: bool) -> dict[str, Any]:
+    from exporters.optimize import ENGINE_LEVELS
+    from zoo.runtime import engines
+
     parent = parent_artifact(key, work)
     int8_level, eval_data = ("int8", None) if key == "minilm" else ("int8-static", str(photo_folder(work)))
-    levels = {"fused": optimised(parent, "fused", work, eval_data),
-              int8_level: optimised(parent, int8_level, work, eval_data)}
-    graphs = {"fp32": parent / "model.onnx", **{lv: Path(v["graph"]) for lv, v in levels.items()}}
-    latency = time_engines(parent, graphs, feeds(key, parent), iterations, threads)
-    return {"levels": levels, "latency_ms": latency, "threads": threads}
+    names = ["fused", int8_level] + (["openvino"] + (["bf16"] if bf16 else []) if engines.installed("openvino") else [])
+    levels = {level: optimised(parent, level, work, eval_data) for level in names}
+    graphs = {"fp32": (parent / "model.onnx", None),
+              **{lv: (Path(v["graph"]), ENGINE_LEVELS.get(lv)) for lv, v in levels.items()}}
+    latency = {f"{n} threads": time_engines(parent, graphs, feeds(key, parent), iterations, n, bf16)
+               for n in thread_counts}
+    return {"levels": levels, "latency_ms": latency}
 
 
 def print_table(results: dict[str, Any]) -> None:
-    print(f"\n{'model':<14}{'shape':<9}{'engine':<13}{'ms':>9}{'vs eager':>10}{'vs fp32':>9}  gate")
+    cpu = results["machine"]
+    print(f"\nCPU: {cpu['cpu']}, {cpu['cores']} cores, flags: {', '.join(cpu['cpu_flags']) or 'none of interest'}; "
+          f"bf16 compute: {cpu['bf16_compute']}")
+    print(f"{'model':<14}{'threads':<11}{'shape':<9}{'engine':<13}{'ms':>9}{'vs eager':>10}{'vs fp32':>9}  gate")
     for key, entry in results["models"].items():
-        for shape, row in entry["latency_ms"].items():
-            if shape == "torch":
-                continue
-            for engine, ms in row.items():
-                level = entry["levels"].get(engine)
-                gate = "" if level is None else _gate_text(level)
-                print(f"{key:<14}{shape:<9}{engine:<13}{ms:>9.1f}{row['torch eager'] / ms:>9.2f}x"
-                      f"{row['fp32'] / ms:>8.2f}x  {gate}")
+        for threads, table in entry["latency_ms"].items():
+            for shape, row in table.items():
+                if shape == "torch":
+                    continue
+                for engine, ms in row.items():
+                    level = entry["levels"].get(engine)
+                    gate = "" if level is None else _gate_text(level)
+                    print(f"{key:<14}{threads:<11}{shape:<9}{engine:<13}{ms:>9.1f}{row['torch eager'] / ms:>9.2f}x"
+                          f"{row['fp32'] / ms:>8.2f}x  {gate}")
 
 
 def _gate_text(level: dict[str, Any]) -> str:
@@ -183,16 +229,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="minilm,resnet50,convnext_tiny")
     parser.add_argument("--iterations", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=1, help="intra-op threads of every engine (default 1)")
+    parser.add_argument("--threads", default="1", help="intra-op threads of every engine, e.g. 1,2 (default 1)")
     parser.add_argument("--work", type=Path, default=None, help="where artifacts are kept between runs")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "optimize.json")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="zoo-bench-optimize-"))
     work.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"machine": machine_info(), "iterations": args.iterations,
+    from zoo.runtime import engines
+
+    bf16, evidence = engines.bf16_compute()
+    results: dict[str, Any] = {"machine": machine_info(cpu_flags=engines.relevant_flags(), bf16_compute=evidence),
+                               "iterations": args.iterations,
                                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "models": {}}
+    print(f"CPU: {results['machine']['cpu']}; {', '.join(engines.relevant_flags())}; bf16 compute: {evidence}",
+          flush=True)
+    thread_counts = [int(n) for n in args.threads.split(",")]
     for key in args.models.split(","):
-        results["models"][key] = bench_model(key, work, args.iterations, args.threads)
+        results["models"][key] = bench_model(key, work, args.iterations, thread_counts, bf16)
         print(f"done {key}", flush=True)
     results["machine"]["load_average_after"] = list(os.getloadavg())
     print_table(results)

@@ -173,6 +173,15 @@ _READERS: dict[str, Callable[[Path, Manifest, Task, str | None, bool], GateData]
     "text": _text_data, "image": _image_data}
 
 
+# ---------------------------------------------------------------- held-out text for a generative gate
+
+
+def held_out_texts(manifest: Manifest, task: Task, eval_data: str | None) -> tuple[list[str], str]:
+    """(texts, description) from ``--eval-data`` or the fine-tune run's validation split; ([], "") when neither."""
+    texts, _, what = _labelled_rows(manifest, task, eval_data, labelled=False)
+    return [str(t) for t in texts if str(t).strip()], what
+
+
 # ---------------------------------------------------------------- labelled rows from a run or --eval-data
 
 

@@ -12,11 +12,14 @@ gate (``Task.optimization_gate``):
 
 Speed, on this machine: at each of the task's usual shapes the optimised graph
 must be at least MIN_SPEEDUP times as fast as its parent (medians of runs that
-take turns call by call), else both timings are reported and it is refused.
+take turns call by call), else both timings are reported and it is refused. Where
+the torch source resolves (the verification grid's torch fp32), eager torch takes
+its turn too, and a graph slower than it at any of those shapes is refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,8 @@ from exporters.evaldata import PROBE_SENTENCES, EvalSet
 from exporters.verify import OutputStats
 from zoo.checks import Check
 from zoo.manifest import Manifest
+from zoo.runtime import engines
+from zoo.runtime.engines import Engine
 from zoo.spec import Tolerances
 from zoo.tasks import get_task
 from zoo.tasks.base import Gate, Task
@@ -47,8 +52,14 @@ class Outputs:
     masks: list[np.ndarray | None] = field(default_factory=list)
 
 
-def session(path: Path, providers: list[str] | None = None, threads: int | None = None) -> Any:
-    """An onnxruntime session with ``zoo.load``'s graph level; worker threads sleep instead of spinning."""
+def session(path: Path, providers: list[str] | None = None, threads: int | None = None,
+            engine: Engine | None = None) -> Any:
+    """An onnxruntime session with ``zoo.load``'s graph level; worker threads sleep instead of spinning.
+
+    ``engine``: another engine setting (OpenVINO f32 or bf16) judged on the same graph.
+    """
+    if engine is not None and engine.name != "onnxruntime":
+        return engines.open_session(path, engine, threads=threads)
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -126,10 +137,15 @@ class SpeedFigure:
     shape: str
     parent_ms: float
     optimized_ms: float
+    torch_ms: float | None = None  # eager torch fp32 at the same shape, where the source resolves
 
     @property
     def speedup(self) -> float:
         return self.parent_ms / self.optimized_ms if self.optimized_ms > 0 else 0.0
+
+    @property
+    def vs_torch(self) -> float | None:
+        return self.torch_ms / self.optimized_ms if self.torch_ms is not None and self.optimized_ms > 0 else None
 
 
 def speed_shapes(folder: Path, manifest: Manifest, images: EvalSet | None) -> dict[str, dict[str, np.ndarray]]:
@@ -160,19 +176,24 @@ def _image_shapes(manifest: Manifest, images: EvalSet | None) -> dict[str, dict[
 
 
 def measure_speed(parent: Path, optimized: Path, shapes: dict[str, dict[str, np.ndarray]],
-                  providers: list[str] | None = None) -> list[SpeedFigure]:
-    """Median latency of both graphs per shape, taking turns call by call on the same inputs."""
+                  providers: list[str] | None = None, engine: Engine | None = None,
+                  torch_call: Callable[[dict[str, np.ndarray]], Callable[[], Any]] | None = None) -> list[SpeedFigure]:
+    """Median latency of both graphs per shape, taking turns call by call on the same inputs.
+
+    The parent runs on onnxruntime; the optimised graph on ``engine`` (onnxruntime unless given).
+    ``torch_call``: feed -> a call of the eager torch source, timed in the same turns.
+    """
     from zoo.runtime.bench import time_calls
 
-    sessions = [session(parent, providers, SPEED_THREADS), session(optimized, providers, SPEED_THREADS)]
+    sessions = [session(parent, providers, SPEED_THREADS), session(optimized, providers, SPEED_THREADS, engine)]
     figures = []
     for shape, feed in shapes.items():
-        calls = [_caller(s, feed) for s in sessions]
+        calls = [_caller(s, feed) for s in sessions] + ([torch_call(feed)] if torch_call else [])
         first = time_calls(calls, iterations=1, warmup=1)
         per_round = sum(t[0] for t in first)
-        iterations = int(np.clip(SPEED_BUDGET_S * 2 / max(per_round, 1e-6), 5, 200))
-        parent_s, optimized_s = time_calls(calls, iterations=iterations, warmup=0)
-        figures.append(SpeedFigure(shape, 1e3 * float(np.median(parent_s)), 1e3 * float(np.median(optimized_s))))
+        iterations = int(np.clip(SPEED_BUDGET_S * len(calls) / max(per_round, 1e-6), 5, 200))
+        medians = [1e3 * float(np.median(s)) for s in time_calls(calls, iterations=iterations, warmup=0)]
+        figures.append(SpeedFigure(shape, *medians))
     return figures
 
 
@@ -184,6 +205,9 @@ def _caller(sess: Any, feed: dict[str, np.ndarray]) -> Any:
 
 
 def speed_checks(figures: list[SpeedFigure]) -> list[Check]:
-    return [Check(f"speed at {f.shape}", bool(f.speedup >= MIN_SPEEDUP), f"{f.speedup:.2f}x",
-                  f">= {MIN_SPEEDUP:g}x the parent",
-                  f"parent {f.parent_ms:.2f} ms, optimised {f.optimized_ms:.2f} ms (medians)") for f in figures]
+    checks = [Check(f"speed at {f.shape}", bool(f.speedup >= MIN_SPEEDUP), f"{f.speedup:.2f}x",
+                    f">= {MIN_SPEEDUP:g}x the parent",
+                    f"parent {f.parent_ms:.2f} ms, optimised {f.optimized_ms:.2f} ms (medians)") for f in figures]
+    return checks + [Check(f"speed vs torch fp32 eager at {f.shape}", bool(f.vs_torch >= 1.0), f"{f.vs_torch:.2f}x",
+                           ">= 1x eager torch", f"torch {f.torch_ms:.2f} ms, optimised {f.optimized_ms:.2f} ms "
+                           "(medians)") for f in figures if f.vs_torch is not None]

@@ -109,6 +109,7 @@ def _build_artifact(source: Source, stage: Path, random_init: bool, step: Progre
     model_path = stage / MODEL_FILE
     step("preprocessor files")
     preprocess = source.task.write_preprocessor(spec, source.processor, stage, source.folder)
+    preprocess.update(source.task.model_record(source.module))
     step(f"torch reference outputs ({len(source.cases)} grid cases, one at a time)")
     references = torch_references(source.module, spec, source.cases)
     kept = choose_graph(source, model_path, references, step, noise_floor=noise_floor)

@@ -5,8 +5,13 @@
 
 Levels: ``fused`` (onnxscript's onnxruntime fusions, exact), ``int8`` (dynamic,
 for transformers), ``int8-static`` (QDQ calibrated on real images, for CNNs),
-``fp16`` (CUDA only) and ``auto`` (each applicable level, the fastest that
-passes). A lossy level searches for the least fp32 it needs: int8 keeps the
+``fp16`` (CUDA only), ``openvino`` (the parent's graph on OpenVINO in float32),
+``bf16`` (the same on OpenVINO computing in bf16: CPUs with AVX512_BF16 or AMX
+only), ``int8-weights`` and ``int4`` (weight-only MatMulNBits for text generation,
+judged by ``generative_gate``) and ``auto`` (each level that applies on this machine,
+the fastest that passes). The OpenVINO levels are engine settings, not rewritten graphs: model.onnx
+is the parent's, the manifest's ``engine`` names the engine and precision, and the
+golden data are written under them. A lossy level searches for the least fp32 it needs: int8 keeps the
 MatMuls that lose the most (measured on the gate's data) in fp32, a few more at
 each step, until the accuracy gate passes. The result is written beside, never
 over, the parent: a new artifact with its own golden data and hashes whose
@@ -30,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from exporters import fusion, gates, quantize
-from exporters.evaldata import MIN_GATE_ROWS, GateData, gate_data
+from exporters import fusion, gates, generative_gate, quantize
+from exporters.evaldata import MIN_GATE_ROWS, EvalSet, GateData, gate_data
 from exporters.verify import dynamic_axes_check, graph_check, read_tolerances, run_session, tolerance_record
 from zoo.artifact import (
     MANIFEST,
@@ -46,12 +51,20 @@ from zoo.artifact import (
 from zoo.checks import Check, VerifyReport
 from zoo.errors import ConfigError, GateError, ZooError
 from zoo.manifest import Manifest
+from zoo.runtime import engines
+from zoo.runtime.engines import Engine
 from zoo.spec import Tolerances
 from zoo.tasks import get_task
 from zoo.tasks.base import Task
 
-LEVELS = ("fused", "int8", "int8-static", "fp16", "auto")
-LOSSY = ("int8", "int8-static", "fp16")
+LEVELS = ("fused", "int8", "int8-static", "fp16", "openvino", "bf16", "int8-weights", "int4", "auto")
+LOSSY = ("int8", "int8-static", "fp16", "bf16", "int8-weights", "int4")
+# The levels that run the parent's graph unchanged on another engine setting
+ENGINE_LEVELS = {"openvino": Engine("openvino", "f32"), "bf16": Engine("openvino", "bf16")}
+# weight-only levels for causal language models, judged by the generative gate; auto tries them in this order
+GENERATIVE = ("int4", "int8-weights")
+# ... keeping these shares of the body's MatMuls, the most error-prone first, at 8 bits (int4) or fp32 (int8-weights)
+WEIGHT_LADDER = (0.0, 1 / 16, 1 / 8, 1 / 4)
 # The int8 recipe each kind of input suits: dynamic for transformers over tokens, calibrated QDQ for
 # images (only image data gives calibration rows; see evaldata). auto tries it before "fused".
 INT8_FOR = {"text": "int8", "image": "int8-static"}
@@ -67,9 +80,11 @@ class Candidate:
     level: str
     path: Path
     recipe: dict[str, Any]
+    engine: Engine = field(default_factory=Engine)
     checks: list[Check] = field(default_factory=list)
     speed: list[gates.SpeedFigure] = field(default_factory=list)
     max_abs: float = 0.0
+    figures: dict[str, Any] = field(default_factory=dict)  # the generative gate's measurements
 
     @property
     def passed(self) -> bool:
@@ -82,8 +97,9 @@ class Candidate:
 
     def summary(self) -> dict[str, Any]:
         failed = [f"{c.name}: {c.value} (limit {c.limit})" for c in self.checks if not c.passed]
-        return {"level": self.level, "passed": self.passed, "speedup": round(self.mean_speedup, 3),
-                "failed": failed}
+        return {"level": self.level, "engine": self.engine.to_dict(), "passed": self.passed,
+                "speedup": round(self.mean_speedup, 3), "failed": failed,
+                "speed": [dataclasses.asdict(f) for f in self.speed]}
 
 
 @dataclass
@@ -114,6 +130,9 @@ class Context:
     grid: Any = None  # GridReference, built lazily
     fused: Path | None = None
     fusions: dict[str, int] = field(default_factory=dict)
+    generative: generative_gate.GenerativeData | None = None  # text generation: the generative gate's data
+    reference: generative_gate.Reference | None = None  # ... and the parent's figures on it
+    max_ppl_increase: float | None = None
 
     @property
     def task(self) -> Task:
@@ -126,27 +145,33 @@ class Context:
 
 def optimize(artifact: str | Path, *, out: str | Path | None = None, level: str = "auto",
              eval_data: str | None = None, max_drop: float = 0.5, keep_failed: str | Path | None = None,
-             progress: Progress | None = None) -> OptimizeResult:
+             progress: Progress | None = None, max_ppl_increase: float | None = None) -> OptimizeResult:
     """Write a faster artifact from ``artifact`` at ``level``, or raise GateError and write nothing.
 
     ``eval_data``: a .txt file (one sentence per line) or anything ``zoo finetune
     --data`` reads (labelled rows also measure the accuracy drop); ``max_drop``:
     the largest accuracy loss allowed, in percentage points. ``keep_failed``: on a
     refusal, the refused graphs (LEVEL.onnx) and the gate report go there for inspection.
+    ``max_ppl_increase``: text generation, the largest perplexity rise allowed, in percent
+    (default per level: ``generative_gate.DEFAULT_MAX_PPL_INCREASE``).
     """
     step = progress or (lambda _msg: None)
     started = time.perf_counter()
     folder = Path(artifact)
     manifest = _checked_parent(folder)
     dest = Path(out) if out is not None else folder.parent / f"{folder.name}-{level}"
-    providers = _check_options(level, max_drop, manifest, dest)
+    providers = _check_options(level, max_drop, manifest, dest, max_ppl_increase)
     _require_graph_tools()
     if keep_failed is not None:
         _check_keep_failed(Path(keep_failed), dest)
     step("gate data")
-    data = gate_data(folder, manifest, eval_data)
+    generative = get_task(manifest.task).generates
+    data = GateData(EvalSet([], "")) if generative else gate_data(folder, manifest, eval_data)
     with tempfile.TemporaryDirectory(prefix="zoo-optimize-") as work:
-        ctx = Context(folder, manifest, data, Path(work), providers, max_drop, step)
+        ctx = Context(folder, manifest, data, Path(work), providers, max_drop, step, max_ppl_increase=max_ppl_increase)
+        if generative:
+            ctx.generative = generative_gate.gate_data(folder, manifest, eval_data)
+            data.notes += ctx.generative.notes
         candidates = [_attempt(ctx, lv) for lv in _levels(level, ctx.task)]
         passing = [c for c in candidates if c.passed]
         if not passing:
@@ -195,22 +220,30 @@ def _earlier_refusal(keep: Path) -> bool:
     return names <= written and (not names or "refusal.json" in names)
 
 
-def _check_options(level: str, max_drop: float, manifest: Manifest, dest: Path) -> list[str]:
+def _check_options(level: str, max_drop: float, manifest: Manifest, dest: Path,
+                   max_ppl_increase: float | None = None) -> list[str]:
     """All option problems at once; returns the execution providers the gates run on."""
     problems = []
     if level not in LEVELS:
         problems.append(f"--level {level!r} is not one of {', '.join(LEVELS)}")
     if not (max_drop >= 0 and np.isfinite(max_drop)):
         problems.append(f"--max-drop {max_drop} must be a finite number of percentage points >= 0")
-    if get_task(manifest.task).generates:
-        problems.append(f"{manifest.task} artifacts are not optimised by zoo optimize (its gates run one forward "
-                        "pass, a decoder needs its cache-fed steps checked); 'zoo export' already fuses the "
-                        "decoder graph and verifies it step by step (manifest: preprocess.generation.fusion)")
-    elif level == "int8-static" and INT8_FOR.get(get_task(manifest.task).modality) != level:
+    if max_ppl_increase is not None and not (max_ppl_increase >= 0 and np.isfinite(max_ppl_increase)):
+        problems.append(f"--max-ppl-increase {max_ppl_increase} must be a finite percentage >= 0")
+    generates = get_task(manifest.task).generates
+    if generates and level not in (*GENERATIVE, "auto"):
+        problems.append(f"--level {level} does not apply to {manifest.task} artifacts (a decoder with a KV cache, "
+                        f"judged by the generative gate): use --level {', '.join(GENERATIVE)} or auto")
+    if level in GENERATIVE and not generates:
+        problems.append(f"--level {level} quantises the weights of text-generation models; this artifact is "
+                        f"{manifest.task}: use --level int8, int8-static or fused")
+    if level == "int8-static" and INT8_FOR.get(get_task(manifest.task).modality) != level:
         problems.append(f"--level int8-static calibrates image models; this artifact is {manifest.task}: "
                         "use --level int8 (dynamic) or fused")
     if problems:
         raise ConfigError("; ".join(problems))
+    if level in ENGINE_LEVELS:
+        _check_engine_level(level, manifest)
     check_destination(dest)
     import onnxruntime as ort
 
@@ -220,6 +253,20 @@ def _check_options(level: str, max_drop: float, manifest: Manifest, dest: Path) 
                           f"({', '.join(ort.get_available_providers())}); on a CPU use --level int8, "
                           "int8-static or fused")
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if level == "fp16" else ["CPUExecutionProvider"]
+
+
+def _check_engine_level(level: str, manifest: Manifest) -> None:
+    """The OpenVINO levels need OpenVINO, a task it runs, and for bf16 a CPU that computes in bf16."""
+    if get_task(manifest.task).generates:
+        raise ConfigError(f"--level {level} runs on OpenVINO, and text-generation artifacts run on onnxruntime only "
+                          "(OpenVINO is not supported for generation yet): use --level fused or int8")
+    engines.require("openvino")
+    if level == "bf16":
+        has, evidence = engines.bf16_compute()
+        if not has:
+            raise ConfigError(f"--level bf16 needs a CPU that computes in bf16, and this one {evidence} "
+                              "(/proc/cpuinfo); bf16 would be emulated, slower than float32: use --level openvino, "
+                              "int8 or auto")
 
 
 def _require_graph_tools() -> None:
@@ -236,7 +283,12 @@ def _levels(level: str, task: Task) -> list[str]:
     """The level asked for, or for auto every level that applies here, most aggressive first."""
     if level != "auto":
         return [level]
-    return [INT8_FOR.get(task.modality, "int8"), "fused"]
+    if task.generates:
+        return list(GENERATIVE)
+    levels = [INT8_FOR.get(task.modality, "int8"), "fused"]
+    if engines.installed("openvino") and not task.generates:
+        levels += ["bf16", "openvino"] if engines.bf16_compute()[0] else ["openvino"]
+    return levels
 
 
 # ---------------------------------------------------------------- one level
@@ -244,6 +296,8 @@ def _levels(level: str, task: Task) -> list[str]:
 
 def _attempt(ctx: Context, level: str) -> Candidate:
     ctx.step(f"{level}: build")
+    if level in GENERATIVE:
+        return _weight_only(ctx, level)
     if level == "fused":
         candidate = Candidate(level, _fused(ctx), {"passes": fusion.describe_passes(), "fusions": ctx.fusions,
                                                    "quantization": None})
@@ -252,6 +306,11 @@ def _attempt(ctx: Context, level: str) -> Candidate:
         candidate = _search(ctx, level, _int8_ladder(ctx), _build_int8)
     elif level == "int8-static":
         candidate = _search(ctx, level, _static_ladder(ctx), _build_static)
+    elif level in ENGINE_LEVELS:
+        engine = ENGINE_LEVELS[level]
+        candidate = Candidate(level, ctx.parent_model, {"engine": engine.to_dict(), "graph": "the parent's, unchanged",
+                                                        "quantization": None}, engine)
+        candidate.checks = _accuracy_checks(ctx, candidate)
     else:
         candidate = _build_fp16(ctx)
         candidate.checks = _accuracy_checks(ctx, candidate)
@@ -259,6 +318,38 @@ def _attempt(ctx: Context, level: str) -> Candidate:
         ctx.step(f"{level}: verify and time")
         candidate.checks += _graph_checks(ctx, candidate) + _grid_checks(ctx, candidate)
         candidate.speed = measure_speed(ctx, candidate)
+        candidate.checks += gates.speed_checks(candidate.speed)
+    return candidate
+
+
+def _weight_only(ctx: Context, level: str) -> Candidate:
+    """A text-generation graph with MatMulNBits weights, judged by the generative gate (perplexity, greedy
+    agreement, decode speed) instead of the per-output gates of the other tasks."""
+    assert ctx.generative is not None  # optimize() reads the generative data for every text-generation artifact
+    if ctx.reference is None:
+        ctx.step("generative gate: the parent's perplexity and greedy continuations")
+        ctx.reference = generative_gate.reference(ctx.parent_model, ctx.folder, ctx.manifest, ctx.generative)
+    limit = ctx.max_ppl_increase if ctx.max_ppl_increase is not None else \
+        generative_gate.DEFAULT_MAX_PPL_INCREASE[level]
+    feeds = [generative_gate.prefill_feed(gates.session(ctx.parent_model), ctx.generative.windows[0])]
+    ranked = [name for name, _ in quantize.rank_weight_error(ctx.parent_model, feeds, level)]
+    steps: list[dict[str, Any]] = []
+    for index, keep in enumerate(sorted({math.ceil(share * len(ranked)) for share in WEIGHT_LADDER})):
+        ctx.step(f"{level}: step {index + 1}/{len(WEIGHT_LADDER)} ({keep} MatMuls kept at higher precision)")
+        path = ctx.work / f"{level}-{index}.onnx"
+        settings = quantize.weight_only(ctx.parent_model, path, level, keep=ranked[:keep])
+        candidate = Candidate(level, path, {"passes": [], "quantization": settings})
+        judged = generative_gate.judge(path, ctx.folder, ctx.manifest, ctx.generative, ctx.reference, limit)
+        candidate.checks, candidate.figures, candidate.max_abs = judged.checks, judged.figures, judged.max_abs
+        steps.append({"kept_fp32": keep, "kept_as": "int8" if level == "int4" else "fp32",
+                      "passed": candidate.passed, "figures": {c.name: c.value for c in candidate.checks}})
+        if candidate.passed:
+            break
+    candidate.recipe["quantization"]["search"] = steps
+    if candidate.passed:
+        ctx.step(f"{level}: verify and time decoding")
+        candidate.checks += _graph_checks(ctx, candidate)
+        candidate.speed = generative_gate.measure_decode(ctx.parent_model, path, ctx.folder, ctx.manifest)
         candidate.checks += gates.speed_checks(candidate.speed)
     return candidate
 
@@ -348,7 +439,7 @@ def _accuracy_checks(ctx: Context, candidate: Candidate) -> list[Check]:
     evaluation = ctx.data.evaluation
     if ctx.parent_outputs is None:
         ctx.parent_outputs = gates.run_all(gates.session(ctx.parent_model, ctx.providers), evaluation.batches)
-    got = gates.run_all(gates.session(candidate.path, ctx.providers), evaluation.batches)
+    got = gates.run_all(gates.session(candidate.path, ctx.providers, engine=candidate.engine), evaluation.batches)
     candidate.max_abs = gates.max_abs_difference(ctx.parent_outputs, got)
     checks = gates.task_checks(ctx.task, ctx.parent_outputs, got, "parent", evaluation.source)
     if gates.gate_of(ctx.task).labelled:
@@ -374,7 +465,7 @@ def _graph_checks(ctx: Context, candidate: Candidate) -> list[Check]:
 def _grid_checks(ctx: Context, candidate: Candidate) -> list[Check]:
     """The verification grid: against the parent graph, and against torch fp32 when the source resolves."""
     grid = ctx.grid = ctx.grid or GridReference.build(ctx)
-    got = gates.run_all(gates.session(candidate.path, ctx.providers), grid.inputs)
+    got = gates.run_all(gates.session(candidate.path, ctx.providers, engine=candidate.engine), grid.inputs)
     checks = []
     for against, reference in (("grid vs parent", grid.parent), ("grid vs torch fp32", grid.torch)):
         if reference is None:
@@ -397,39 +488,68 @@ class GridReference:
     parent: gates.Outputs
     torch: gates.Outputs | None
     note: str
+    module: Any = None  # the torch source, kept to time eager torch beside the graphs
 
     @classmethod
     def build(cls, ctx: Context) -> GridReference:
         ctx.step("verification grid (torch fp32 when the source resolves)")
-        inputs, torch_outputs, note = _torch_grid(ctx)
+        inputs, torch_outputs, note, module = _torch_grid(ctx)
         if inputs is None:
             from exporters.golden import golden_sets, read_golden
 
             inputs = [read_golden(s)[0] for s in golden_sets(ctx.folder)]
         parent = gates.run_all(gates.session(ctx.parent_model, ctx.providers), inputs)
-        return cls(inputs, parent, torch_outputs, note)
+        return cls(inputs, parent, torch_outputs, note, module)
 
 
-def _torch_grid(ctx: Context) -> tuple[list[dict[str, np.ndarray]] | None, gates.Outputs | None, str]:
-    """(grid inputs, torch outputs, note); (None, None, why) when the torch source is not available."""
+def _torch_grid(ctx: Context) -> tuple[list[dict[str, np.ndarray]] | None, gates.Outputs | None, str, Any]:
+    """(grid inputs, torch outputs, note, module); (None, None, why, None) when the torch source is not available."""
     if ctx.manifest.random_init:
-        return None, None, "torch fp32 not compared: the parent was exported from random weights"
+        return None, None, "torch fp32 not compared: the parent was exported from random weights", None
     try:
         from exporters.source import build_source, torch_outputs
 
         # source_spec: an artifact never chooses to run a repository's own code (trust_remote_code) here
         source = build_source(ctx.manifest.source_spec(), random_init=False, model_kwargs=ctx.manifest.model_kwargs)
     except (ZooError, ImportError, OSError) as exc:
-        return None, None, f"torch fp32 not compared: the source does not resolve here ({str(exc)[:200]})"
+        return None, None, f"torch fp32 not compared: the source does not resolve here ({str(exc)[:200]})", None
     inputs = [case.inputs for case in source.cases]
     names = source.output_names  # the gates judge the first output, as onnxruntime lists it
     values = [torch_outputs(source.module, feed, names)[names[0]] for feed in inputs]
-    return inputs, gates.Outputs(values, [feed.get("attention_mask") for feed in inputs]), "torch fp32 compared"
+    return (inputs, gates.Outputs(values, [feed.get("attention_mask") for feed in inputs]), "torch fp32 compared",
+            source.module)
 
 
 def measure_speed(ctx: Context, candidate: Candidate) -> list[gates.SpeedFigure]:
     shapes = gates.speed_shapes(ctx.folder, ctx.manifest, ctx.data.evaluation)
-    return gates.measure_speed(ctx.parent_model, candidate.path, shapes, ctx.providers)
+    module = ctx.grid.module if ctx.grid else None
+    if module is None:  # random weights or no source here: the parent is the only reference
+        return gates.measure_speed(ctx.parent_model, candidate.path, shapes, ctx.providers, candidate.engine)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(gates.SPEED_THREADS)  # the graphs' thread count: a fair turn for each
+    try:
+        return gates.measure_speed(ctx.parent_model, candidate.path, shapes, ctx.providers, candidate.engine,
+                                   torch_call=_torch_call(module))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _torch_call(module: Any) -> Callable[[dict[str, np.ndarray]], Callable[[], Any]]:
+    """feed -> one eager torch fp32 call on it, as 'zoo bench --vs-torch' runs it (inference mode)."""
+    import torch
+
+    def factory(feed: dict[str, np.ndarray]) -> Callable[[], Any]:
+        tensors = {k: torch.from_numpy(v) for k, v in feed.items()}
+
+        def call() -> Any:
+            with torch.inference_mode():
+                return module(**tensors)
+
+        return call
+
+    return factory
 
 
 def parent_tolerances(manifest: Manifest) -> tuple[Tolerances, str]:
@@ -451,9 +571,10 @@ def _refusal(folder: Path, dest: Path, level: str, candidates: list[Candidate]) 
 def _search_checks(candidate: Candidate, prefix: str) -> list[Check]:
     """One line per earlier step of a lossy level's search, so a refusal shows everything that was tried."""
     steps = (candidate.recipe.get("quantization") or {}).get("search", [])[:-1]
-    return [Check(f"{prefix}step {i + 1}: {step['kept_fp32']} nodes kept in fp32", False,
+    return [Check(f"{prefix}step {i + 1}: {step['kept_fp32']} nodes kept in {step.get('kept_as', 'fp32')}", False,
                   "; ".join(f"{k.replace('parent: ', '')} {v}" for k, v in step["figures"].items()),
-                  "every gate", "a later step keeps more in fp32") for i, step in enumerate(steps)]
+                  "every gate", f"a later step keeps more in {step.get('kept_as', 'fp32')}")
+            for i, step in enumerate(steps)]
 
 
 def _keep(candidates: list[Candidate], refusal: GateError, folder: Path) -> None:
@@ -477,9 +598,13 @@ def _write_artifact(ctx: Context, chosen: Candidate, candidates: list[Candidate]
     from exporters.golden import golden_sets, read_golden, write_golden
     from zoo.versions import library_versions
 
-    shutil.copyfile(chosen.path, stage / MODEL_FILE)
+    if chosen.path == ctx.parent_model:  # an engine setting: the parent's graph, with any external data
+        for rel in (r for r in ctx.manifest.files if r.startswith(MODEL_FILE)):
+            shutil.copyfile(ctx.folder / rel, stage / rel)
+    else:
+        shutil.copyfile(chosen.path, stage / MODEL_FILE)
     _copy_preprocessor_files(ctx, stage)
-    session = gates.session(stage / MODEL_FILE, ctx.providers)
+    session = gates.session(stage / MODEL_FILE, ctx.providers, engine=chosen.engine)  # golden data on its engine
     for index, data_set in enumerate(golden_sets(ctx.folder)):
         inputs, _ = read_golden(data_set)
         write_golden(stage, index, inputs, run_session(session, inputs))  # every output, in graph order
@@ -489,7 +614,8 @@ def _write_artifact(ctx: Context, chosen: Candidate, candidates: list[Candidate]
     manifest = ctx.manifest.replace(verified=True, verification=report.to_dict(),
                                     tolerances=tolerances, versions=library_versions(),
                                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                    optimization=_record(ctx, chosen, candidates))
+                                    optimization=_record(ctx, chosen, candidates),
+                                    engine=None if chosen.engine == Engine() else chosen.engine.to_dict())
     return write_manifest(stage, manifest), report
 
 
@@ -516,7 +642,7 @@ def _tolerances(ctx: Context, chosen: Candidate) -> tuple[Tolerances, str]:
         return tol, rule
     grid = ctx.grid
     measured = max(chosen.max_abs, gates.max_abs_difference(grid.parent, gates.run_all(
-        gates.session(chosen.path, ctx.providers), grid.inputs)) if grid else 0.0)
+        gates.session(chosen.path, ctx.providers, engine=chosen.engine), grid.inputs)) if grid else 0.0)
     atol = float(f"{max(tol.atol, 4 * measured):.1g}")
     cosine = gates.gate_of(ctx.task).limits.get("min_cosine", tol.cosine)  # what an embedding gate held it to
     return Tolerances(atol=atol, rtol=tol.rtol, cosine=min(tol.cosine, cosine)), rule
@@ -533,13 +659,22 @@ def _record(ctx: Context, chosen: Candidate, candidates: list[Candidate]) -> dic
         "recipe": {**chosen.recipe, "ort_offline_level": fusion.OFFLINE_LEVEL,
                    "ops": fusion.op_counts(chosen.path)},
         "gates": {"passed": chosen.passed, "checks": [dataclasses.asdict(c) for c in chosen.checks],
+                  **({"generative": chosen.figures} if chosen.figures else {}),
                   "speed": [{**dataclasses.asdict(f), "speedup": round(f.speedup, 3)} for f in chosen.speed],
                   "data": ctx.data.evaluation.source, "rows": ctx.data.evaluation.rows,
                   "notes": ctx.data.notes + ([ctx.grid.note] if ctx.grid else []),
                   "limits": {**gates.gate_of(ctx.task).limits, "max_drop_points": ctx.max_drop,
                              "min_rows": MIN_GATE_ROWS, "min_speedup": gates.MIN_SPEEDUP}},
         "providers": ctx.providers,
+        "engine": chosen.engine.to_dict(),
+        "cpu": {"model": engines.cpu_model(), "flags": engines.relevant_flags()},
     }
+    if chosen.level in GENERATIVE:
+        # the generative gate judged it (figures above), not the per-output gate of the other tasks
+        record["gates"].update(data=chosen.figures["data"], rows=chosen.figures["scored_tokens"], limits={
+            "max_ppl_increase_percent": chosen.figures["max_ppl_increase_percent"],
+            "agree_tokens": generative_gate.AGREE_TOKENS, "min_agreement": generative_gate.MIN_AGREEMENT,
+            "min_scored_tokens": generative_gate.MIN_SCORED_TOKENS, "min_speedup": gates.MIN_SPEEDUP})
     if len(candidates) > 1:
         record["tried"] = [c.summary() for c in candidates]
     return record

@@ -184,3 +184,167 @@ def _product_error(x: np.ndarray, w: np.ndarray) -> float:
     w_q = np.round(w / w_scale) * w_scale
     norm = float(np.linalg.norm(exact))
     return float(np.linalg.norm(exact - x_q @ w_q)) / norm if norm else 0.0
+
+
+# ---------------------------------------------------------------- weight-only (causal language models)
+
+# Weight-only recipes for text generation: onnxruntime's MatMulNBits quantiser, blockwise along K.
+# bits of the body's MatMuls, bits of the LM head, and whether zero points are stored.
+WEIGHT_ONLY: dict[str, dict[str, Any]] = {
+    "int8-weights": {"bits": 8, "head_bits": 8, "symmetric": True, "keep_bits": None},
+    "int4": {"bits": 4, "head_bits": 8, "symmetric": False, "keep_bits": 8},
+}
+BLOCK_SIZE = 32  # weights per scale along K; 32 is onnxruntime-genai's int4 default and MLAS's fastest path
+# MatMulNBits' accuracy_level 4: activations are quantised to int8 per block at run time, so the CPU's int8
+# dot products (AVX512-VNNI, AVX-VNNI, ARM dot) do the work; the weights alone carry the quantisation error
+ACCURACY_LEVEL = 4
+
+
+def lm_head(model: Any) -> Any:
+    """The MatMul that makes the first graph output (the logits), found by walking back from it."""
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    pending, seen = [graph.output[0].name], set()
+    while pending:
+        node = producer.get(pending.pop(0))
+        if node is None or node.name in seen:
+            continue
+        if node.op_type == "MatMul":
+            return node
+        seen.add(node.name)
+        pending.extend(node.input)  # through the padding mask (Mul / Where) and any reshape
+    raise ValueError("no MatMul produces the graph's first output; this graph has no LM head to quantise")
+
+
+def _constant_weight(model: Any, node: Any) -> bool:
+    """Make ``node``'s second input an initializer if it is a Transpose of one (a tied embedding), and say
+    whether it now is: the quantiser only takes constant weights."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    if node.input[1] in initializers:
+        return True
+    producer = next((n for n in graph.node if node.input[1] in n.output), None)
+    if producer is None or producer.op_type != "Transpose" or producer.input[0] not in initializers:
+        return False
+    # tied weights: the head reads the embedding transposed at run time; give it its own [K, N] copy to quantise
+    table = numpy_helper.to_array(initializers[producer.input[0]])
+    perm = next((list(a.ints) for a in producer.attribute if a.name == "perm"), None)
+    name = f"{node.name}.weight_untied"
+    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(np.transpose(table, perm)), name))
+    node.input[1] = name
+    if not any(producer.output[0] in n.input for n in graph.node):
+        graph.node.remove(producer)  # the transpose fed only the head
+    return True
+
+
+def weight_only(src: Path, dst: Path, level: str, *, keep: list[str] | tuple[str, ...] = (),
+                block_size: int = BLOCK_SIZE, head_bits: int | None = None,
+                head_block_size: int | None = None) -> dict[str, Any]:
+    """Write ``level``'s MatMulNBits graph (int8-weights or int4); returns the settings recorded in the manifest.
+
+    Every MatMul with a constant weight becomes MatMulNBits: the body at the level's bits,
+    the LM head (the MatMul behind the logits; a tied embedding is untied for it) at
+    ``head_bits`` with ``head_block_size`` (default: 8 bits, the level's block). The
+    embedding lookup (Gather) stays fp32: it reads one row per token, so quantising it
+    would save memory, never time. ``keep``: body MatMuls kept at the level's
+    ``keep_bits`` (int4: 8 bits; int8-weights: fp32), the search's most error-prone first.
+    ``head_bits``/``head_block_size``: only for the test that plants a coarse LM head.
+    """
+    import onnx
+
+    recipe = WEIGHT_ONLY[level]
+    head_bits = head_bits or recipe["head_bits"]
+    head_block = head_block_size or block_size
+    model = onnx.load(str(src))
+    head = lm_head(model)
+    head_quantised = _constant_weight(model, head)
+    body = [name for name in _weight_matmul_names(model) if name != head.name]
+    with _quiet():
+        # imported here: the module calls logging.basicConfig(level=INFO) when first imported
+        import onnxruntime.quantization.matmul_nbits_quantizer  # noqa: F401
+
+        logging.getLogger().setLevel(logging.ERROR)
+        model = _nbits(model, recipe["bits"], block_size, recipe["symmetric"], include=[n for n in body
+                                                                                       if n not in set(keep)])
+        if keep and recipe["keep_bits"]:
+            model = _nbits(model, recipe["keep_bits"], block_size, recipe["symmetric"], include=list(keep))
+        if head_quantised:
+            model = _nbits(model, head_bits, head_block, recipe["symmetric"], include=[head.name])
+    onnx.save(model, str(dst))
+    kind = "symmetric (no zero points)" if recipe["symmetric"] else "asymmetric (a zero point per block)"
+    return {"method": "weight-only, onnxruntime MatMulNBits", "bits": recipe["bits"], "block_size": block_size,
+            "weights": f"int{recipe['bits']}, {kind}, one scale per {block_size} weights along K",
+            "lm_head": {"node": head.name, "bits": head_bits if head_quantised else None,
+                        "block_size": head_block if head_quantised else None,
+                        "kept_fp32": not head_quantised},
+            "embedding": "fp32 (a Gather reads one row per token)",
+            "activations": f"fp32 in and out; int8 per block inside MatMulNBits (accuracy_level {ACCURACY_LEVEL})",
+            "matmuls_quantised": len(body) + int(head_quantised) - (0 if recipe["keep_bits"] else len(keep)),
+            "kept": {"nodes": sorted(keep), "bits": recipe["keep_bits"] if keep else None}}
+
+
+def _weight_matmul_names(model: Any) -> list[str]:
+    constants = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in constants]
+
+
+def _nbits(model: Any, bits: int, block_size: int, symmetric: bool, include: list[str]) -> Any:
+    """One pass of onnxruntime's quantiser over the MatMuls named in ``include`` (and no others)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    others = [name for name in _weight_matmul_names(model) if name not in set(include)]
+    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,
+                                     accuracy_level=ACCURACY_LEVEL, nodes_to_include=include,
+                                     nodes_to_exclude=others, op_types_to_quantize=("MatMul",))
+    quantizer.process()
+    return quantizer.model.model
+
+
+def rank_weight_error(path: Path, feeds: list[dict[str, np.ndarray]], level: str) -> list[tuple[str, float]]:
+    """(node, relative output error) of each body MatMul with only its weight quantised as ``level`` does,
+    worst first: one fp32 pass records every MatMul's input on ``feeds``, then each product is recomputed with
+    blockwise-quantised weights. A MatMul fed outlier activations (a "massive" channel) loses the most."""
+    import onnx
+    from onnx import numpy_helper
+
+    recipe = WEIGHT_ONLY[level]
+    model = onnx.load(str(path))
+    head = lm_head(model).name
+    weights = {i.name: i for i in model.graph.initializer}
+    wanted = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights and n.name != head]
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(p, onnx.TensorProto.FLOAT, None)
+                              for p in sorted({n.input[0] for n in wanted}) if p not in known)
+    session = _session_from_proto(model)
+    names = [o.name for o in session.get_outputs()]
+    worst = {n.name: 0.0 for n in wanted}
+    for feed in feeds:
+        outputs = dict(zip(names, session.run(names, feed)))
+        for node in wanted:
+            w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
+            x = outputs[node.input[0]].reshape(-1, w.shape[0])
+            exact = x @ w
+            norm = float(np.linalg.norm(exact)) or 1.0
+            error = float(np.linalg.norm(exact - x @ _blockwise(w, recipe["bits"], recipe["symmetric"]))) / norm
+            worst[node.name] = max(worst[node.name], error)
+    return sorted(worst.items(), key=lambda item: -item[1])
+
+
+def _blockwise(w: np.ndarray, bits: int, symmetric: bool) -> np.ndarray:
+    """``w`` [K, N] round-tripped through MatMulNBits' grid: blocks of BLOCK_SIZE along K, round to nearest."""
+    k = w.shape[0]
+    padded = np.pad(w, ((0, -k % BLOCK_SIZE), (0, 0))).reshape(-1, BLOCK_SIZE, w.shape[1])
+    levels = 2 ** bits - 1
+    if symmetric:
+        scale = np.abs(padded).max(1, keepdims=True) / (levels // 2 + 0.5)
+        scale[scale == 0] = 1.0
+        q = np.clip(np.round(padded / scale), -(levels // 2 + 1), levels // 2) * scale
+    else:
+        low, high = np.minimum(padded.min(1, keepdims=True), 0), np.maximum(padded.max(1, keepdims=True), 0)
+        scale = (high - low) / levels
+        scale[scale == 0] = 1.0
+        zero = np.round(-low / scale)
+        q = (np.clip(np.round(padded / scale) + zero, 0, levels) - zero) * scale
+    return q.reshape(-1, w.shape[1])[:k]

@@ -51,7 +51,8 @@ from zoo.artifact import MODEL_FILE, check_artifact, read_manifest
 from zoo.checks import Check, VerifyReport
 from zoo.errors import ArtifactError, ConfigError, VerificationError, ZooError, first_line
 from zoo.manifest import TOLERANCE_RULES, Manifest
-from zoo.runtime.model import ORT_LEVELS
+from zoo.runtime import engines
+from zoo.runtime.engines import ORT_LEVELS, Engine
 from zoo.spec import ModelSpec, Tolerances
 from zoo.tasks import get_task
 from zoo.tasks.base import Case, Task
@@ -486,8 +487,11 @@ def _sequence_checks(module: Any, spec: ModelSpec, model_path: Path, cases: list
 # ---------------------------------------------------------------- artifacts
 
 
-def verify_artifact(path: str | Path, *, against_source: bool = False) -> VerifyReport:
+def verify_artifact(path: str | Path, *, against_source: bool = False, engine: str | None = None) -> VerifyReport:
     """Re-check an artifact on its own: hashes, checker, dynamic axes, golden data replay.
+
+    The golden data replay on ``engine`` ("onnxruntime" | "openvino"), by default the engine and
+    precision the manifest names (the ones its golden data were written under).
 
     ``against_source`` also rebuilds the source model and re-runs the torch grid.
     A folder that does not match its manifest (unsafe paths, changed, missing or
@@ -506,7 +510,8 @@ def verify_artifact(path: str | Path, *, against_source: bool = False) -> Verify
     checks = [hashes, preprocessor_check(folder, manifest), graph_check(model_path),
               dynamic_axes_check(model_path, [(i.name, list(i.shape)) for i in spec.inputs],
                                  [(o.name, list(o.shape)) for o in manifest.outputs])]
-    checks += golden_checks(folder, model_path, tol, rule, _recorded_level(manifest))
+    chosen = engines.choose(manifest, engine)
+    checks += golden_checks(folder, model_path, tol, rule, _recorded_level(manifest), chosen)
     report = VerifyReport(subject=str(folder), checks=checks, tolerances=tolerance_record(tol, rule))
     if against_source:
         _add_source_checks(report, folder, manifest)
@@ -547,15 +552,20 @@ def _recorded_level(manifest: Manifest) -> str:
 
 
 def golden_checks(folder: Path, model_path: Path, tol: Tolerances, rule: str = ROW_SCALE,
-                  optimization: str = "all") -> list[Check]:
-    """Replay every test_data_set_N through onnxruntime (at the recorded level) against its stored outputs."""
+                  optimization: str = "all", engine: Engine | None = None) -> list[Check]:
+    """Replay every test_data_set_N through ``engine`` (onnxruntime at the recorded level unless given) against its
+    stored outputs, each output looked up by name."""
     from exporters.golden import golden_sets, read_golden
 
     sets = golden_sets(folder)
     if not sets:
         return [Check("golden data", False, "0 data sets", ">= 1", "test_data_set_N folders are missing")]
+    engine = engine or Engine()
     try:
-        session = ort_session(model_path, optimization, lean=True)
+        if engine.name == "onnxruntime":
+            session = ort_session(model_path, optimization, lean=True)
+        else:
+            session = engines.open_session(model_path, engine)
     except Exception as exc:  # a damaged graph cannot even be loaded
         return [Check("golden data", False, "model.onnx does not load", "", first_line(exc, 200))]
     checks = []
@@ -569,7 +579,7 @@ def golden_checks(folder: Path, model_path: Path, tol: Tolerances, rule: str = R
         except Exception as exc:  # onnxruntime's pybind errors; the message says what went wrong
             stats.failed.append(str(exc).strip().splitlines()[-1][:160])
         check = stats.check()
-        check.name = f"golden {data_set.name}"
+        check.name = f"golden {data_set.name}" + ("" if engine == Engine() else f" on {engine.label}")
         checks.append(check)
     return checks
 

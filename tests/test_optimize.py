@@ -27,7 +27,7 @@ REAL_MEASURE_SPEED = gates.measure_speed  # kept before the autouse fixture repl
 
 def fake_speed(factor: float):
     """A measure_speed stand-in: the optimised graph takes 1/factor of the parent's 10 ms at every shape."""
-    def measure(parent, optimized, shapes, providers=None):
+    def measure(parent, optimized, shapes, providers=None, engine=None, torch_call=None):
         return [gates.SpeedFigure(shape, 10.0, 10.0 / factor) for shape in shapes]
 
     return measure
@@ -289,8 +289,10 @@ def test_bad_options_are_reported_together(text_cls_artifact, tmp_path):
     from exporters.optimize import optimize
 
     with pytest.raises(ConfigError) as info:
-        optimize(text_cls_artifact, out=tmp_path / "x", level="int4", max_drop=-1)
-    assert "--level 'int4'" in str(info.value) and "--max-drop -1" in str(info.value)
+        optimize(text_cls_artifact, out=tmp_path / "x", level="int3", max_drop=-1)
+    assert "--level 'int3'" in str(info.value) and "--max-drop -1" in str(info.value)
+    with pytest.raises(ConfigError, match="int4 quantises the weights of text-generation models"):
+        optimize(text_cls_artifact, out=tmp_path / "x", level="int4")
     with pytest.raises(ConfigError, match="int8-static calibrates image models"):
         optimize(text_cls_artifact, out=tmp_path / "x", level="int8-static")
 
@@ -306,11 +308,15 @@ def test_tampered_parent_is_refused(timm_artifact, tmp_path):
 
 
 @pytest.mark.slow
-def test_auto_tries_each_level_and_an_optimised_artifact_is_not_optimised_again(timm_artifact, tmp_path):
+def test_auto_tries_each_level_and_an_optimised_artifact_is_not_optimised_again(timm_artifact, tmp_path, monkeypatch):
     from exporters.optimize import optimize
+    from zoo.runtime import engines
 
+    pytest.importorskip("openvino")
+    monkeypatch.setattr(engines, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})  # either CPU kind
     result = optimize(timm_artifact, out=tmp_path / "auto", level="auto")
-    assert [t["level"] for t in result.tried] == ["int8-static", "fused"]
+    assert [t["level"] for t in result.tried] == ["int8-static", "fused", "bf16", "openvino"]
+    assert [t["engine"]["precision"] for t in result.tried] == ["f32", "f32", "bf16", "f32"]
     assert result.manifest.optimization["tried"] == result.tried
     assert any("random pixels" in note for note in result.notes)  # no run, no --eval-data: said loudly
     with pytest.raises(ConfigError, match="already optimised"):
@@ -496,13 +502,13 @@ def test_cli_fp16_without_cuda_is_one_line(timm_artifact, tmp_path, capsys):
 
 
 def test_cli_unknown_level_lists_the_choices(timm_artifact, capsys):
-    code, _, err = _zoo(["optimize", str(timm_artifact), "--level", "int4"], capsys)
+    code, _, err = _zoo(["optimize", str(timm_artifact), "--level", "int3"], capsys)
     assert code == 2 and "int8-static" in err
 
 
 def test_cli_export_optimize_typo_fails_before_exporting(tiny_timm_folder, tmp_path, capsys):
-    code, _, err = _zoo(["export", str(tiny_timm_folder), "--out", str(tmp_path / "a"), "--optimize", "int4"], capsys)
-    assert code == 1 and "--optimize 'int4'" in err and not (tmp_path / "a").exists()
+    code, _, err = _zoo(["export", str(tiny_timm_folder), "--out", str(tmp_path / "a"), "--optimize", "int3"], capsys)
+    assert code == 1 and "--optimize 'int3'" in err and not (tmp_path / "a").exists()
 
 
 @pytest.mark.slow

@@ -67,6 +67,22 @@ HF_TINY: dict[str, dict[str, Any]] = {
                   eos_token_id=102, pad_token_id=0, tie_word_embeddings=True),
     "gpt2": dict(n_embd=32, n_layer=2, n_head=2, n_positions=256, vocab_size=30522, bos_token_id=101,
                  eos_token_id=102, pad_token_id=0),
+    # segmentation and depth (issue 23): two stages, a quarter-resolution map (SegFormer), a ConvNeXt under
+    # UperNet, a four-layer ViT under DPT, a DINOv2 with 14-px patches under Depth Anything
+    "segformer": dict(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32], patch_sizes=[7, 3],
+                      strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2], decoder_hidden_size=32),
+    "upernet": dict(backbone_config=dict(model_type="convnext", hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
+                                         out_features=["stage1", "stage2", "stage3", "stage4"]),
+                    hidden_size=16, auxiliary_in_channels=32, auxiliary_channels=8, pool_scales=[1, 2]),
+    "dpt": dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=37, image_size=64,
+                patch_size=16, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 32, 32],
+                fusion_hidden_size=16, head_hidden_size=8),
+    "depth_anything": dict(backbone_config=dict(model_type="dinov2", hidden_size=32, num_hidden_layers=4,
+                                                num_attention_heads=2, mlp_ratio=2, image_size=70, patch_size=14,
+                                                out_features=["stage1", "stage2", "stage3", "stage4"],
+                                                reshape_hidden_states=False),
+                           neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8,
+                           reassemble_hidden_size=32, patch_size=14),
 }
 
 # a minimal ChatML template, on the tiny qwen2's tokenizer (the family's own template format)
@@ -78,6 +94,15 @@ DETECTION_PROCESSORS: dict[str, tuple[str, dict[str, Any]]] = {
     "detr": ("DetrImageProcessor", {"size": {"shortest_edge": 64, "longest_edge": 96}}),
     "yolos": ("YolosImageProcessor", {"size": {"shortest_edge": 64, "longest_edge": 96}}),
     "rt_detr": ("RTDetrImageProcessor", {"size": {"height": 64, "width": 64}}),
+}
+# segmentation and depth: SegFormer's processor (UperNet checkpoints ship it too) and DPT's; Depth Anything's keeps
+# the aspect ratio and rounds sides to its 14-px patch, as depth-anything/Depth-Anything-V2-Small-hf's does
+DENSE_PROCESSORS: dict[str, tuple[str, dict[str, Any]]] = {
+    "segformer": ("SegformerImageProcessor", {"size": {"height": 64, "width": 64}}),
+    "upernet": ("SegformerImageProcessor", {"size": {"height": 64, "width": 64}}),
+    "dpt": ("DPTImageProcessor", {"size": {"height": 64, "width": 64}}),
+    "depth_anything": ("DPTImageProcessor", {"size": {"height": 70, "width": 70}, "keep_aspect_ratio": True,
+                                             "ensure_multiple_of": 14, "resample": 3}),
 }
 
 # timm constructor kwargs per architecture; {} keeps the full depth (already small at 64 px).
@@ -96,6 +121,7 @@ TEXT_LABELS = ("negative", "positive")
 AUDIO_LABELS = ("yes", "no", "silence")
 NER_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
 SHAPE_LABELS = ("circle", "square", "triangle")
+SEGMENT_LABELS = ("background", "circle", "square", "triangle")
 
 
 def minilm_dir() -> Path:
@@ -113,6 +139,8 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
     from zoo.sources.hf import auto_class
     from zoo.tasks import get_task
 
+    if spec.task == "zero-shot-image-classification":
+        return tiny_zero_shot_folder(spec.arch, folder)
     kwargs = dict(HF_TINY[spec.arch])
     if spec.task in ("text-classification", "image-classification", "audio-classification"):
         labels = spec.labels or (AUDIO_LABELS if spec.task == "audio-classification" else TEXT_LABELS)
@@ -121,6 +149,8 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
         kwargs.update(num_labels=len(NER_LABELS), id2label=dict(enumerate(NER_LABELS)))
     elif spec.task == "object-detection":
         kwargs.update(num_labels=len(SHAPE_LABELS), id2label=dict(enumerate(SHAPE_LABELS)))
+    elif spec.task == "image-segmentation":
+        kwargs.update(num_labels=len(SEGMENT_LABELS), id2label=dict(enumerate(SEGMENT_LABELS)))
     if _takes_audio_mask(spec):
         # wav2vec2-large / HuBERT-large style: layer-normalised convolutions, trained with a mask
         kwargs.update(feat_extract_norm="layer", do_stable_layer_norm=True)
@@ -129,7 +159,7 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
 
     torch.manual_seed(0)  # the same weights in every xdist worker: tests compare runs made in different workers
     model = auto_class(spec).from_config(config)
-    if spec.task == "object-detection":
+    if spec.task in ("object-detection", "image-segmentation", "depth-estimation"):
         _spread_weights(model)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
@@ -146,6 +176,9 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
     if spec.task == "object-detection":
         name, settings = DETECTION_PROCESSORS[spec.arch]
         getattr(transformers, name)(**settings).save_pretrained(folder)
+    if spec.arch in DENSE_PROCESSORS:
+        name, settings = DENSE_PROCESSORS[spec.arch]
+        getattr(transformers, name)(**settings).save_pretrained(folder)
     if get_task(spec.task).modality == "audio":
         _audio_feature_extractor(spec, config).save_pretrained(folder)
     shutil.rmtree(folder / "__pycache__", ignore_errors=True)
@@ -160,7 +193,8 @@ def _spread_weights(model: Any) -> None:
     decided by ties, which torch and onnxruntime break differently: a random
     RT-DETR is not reproducible by any export. Trained weights (or these) are.
     A random DETR's queries likewise score within 1e-6 of each other, so no
-    threshold would separate them; with this noise its detections differ.
+    threshold would separate them; with this noise its detections differ. Segmentation and depth
+    models get it too: their random maps then vary across the picture, so a resize or axis fault shows.
     """
     import torch
 
@@ -217,3 +251,155 @@ def shrink(spec: ModelSpec, folder: Path) -> tuple[ModelSpec, dict[str, Any], bo
     inputs = (dataclasses.replace(spec.inputs[0], shape=("batch", *TINY_IMAGE)),)
     tiny = dataclasses.replace(spec, name=f"tiny-{spec.name}", preprocess=pp, inputs=inputs)
     return tiny, dict(TIMM_TINY[spec.arch]), False
+
+
+# ---------------------------------------------------------------- zero-shot image classification (CLIP, SigLIP)
+
+# a few BPE merges, so the tiny tokenizer joins some letters as a trained one does
+_CLIP_MERGES = ("t h", "th e</w>", "a t</w>", "c at</w>", "d o", "do g</w>", "o f</w>", "i s</w>", "p h", "o t",
+                "ph ot")
+CLIP_TINY = dict(text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+                                  max_position_embeddings=77),
+                 vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+                                    image_size=TINY_IMAGE[1], patch_size=16),
+                 projection_dim=16)
+
+
+def tiny_clip_tokenizer() -> Any:
+    """transformers' CLIPTokenizer (byte-level BPE, lower-cased, </w> word ends) over every byte and a few merges."""
+    import transformers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for token in chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in _CLIP_MERGES]:
+        vocab.setdefault(token, len(vocab))
+    return transformers.CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in _CLIP_MERGES],
+                                      model_max_length=77)
+
+
+def tiny_zero_shot_folder(model_type: str, folder: Path) -> Path:
+    """save_pretrained folder of a tiny random CLIP or SigLIP with its tokenizer and image processor.
+
+    Both use the tiny CLIP tokenizer (SigLIP's own is a SentencePiece model, which cannot be built offline);
+    SigLIP's text tower is told its pad and end ids, and its pipeline pads every prompt to 64 tokens.
+    """
+    import torch
+    import transformers
+
+    tokenizer = tiny_clip_tokenizer()
+    ids = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1, vocab_size=len(tokenizer))
+    settings = {**CLIP_TINY, "text_config": {**CLIP_TINY["text_config"], **ids}}
+    if model_type == "siglip":
+        settings["text_config"].update(max_position_embeddings=64, projection_size=32)  # the vision width
+        settings.pop("projection_dim")
+    config = transformers.AutoConfig.for_model(model_type, **settings)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForZeroShotImageClassification.from_config(config).eval()
+    if model_type == "siglip":
+        with torch.no_grad():  # trained SigLIPs have a large scale and a negative bias; random ones start at 0
+            model.logit_scale.fill_(2.3)
+            model.logit_bias.fill_(-1.5)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    size = {"height": TINY_IMAGE[1], "width": TINY_IMAGE[2]}
+    if model_type == "clip":  # CLIP's recipe: shorter side to the size, then a centre crop
+        processor = transformers.CLIPImageProcessor(size={"shortest_edge": TINY_IMAGE[1]}, crop_size=size)
+    else:
+        processor = transformers.SiglipImageProcessor(size=size)
+    processor.save_pretrained(folder)
+    return folder
+
+
+HF_TINY.update(clip=CLIP_TINY, siglip=CLIP_TINY)  # registry coverage: their folders come from tiny_zero_shot_folder
+
+
+# ---------------------------------------------------------------- fill-mask and question answering (issue 23)
+
+# ModernBERT on the MiniLM tokenizer: its special tokens' ids, global attention in every other layer
+HF_TINY["modernbert"] = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                             vocab_size=30522, pad_token_id=0, bos_token_id=101, cls_token_id=101, eos_token_id=102,
+                             sep_token_id=102, global_attn_every_n_layers=2, local_attention=16)
+
+
+def tiny_head_folder(arch: str, task: str, folder: Path) -> Path:
+    """A tiny random ``arch`` with ``task``'s head and the MiniLM tokenizer, its weights spread by seeded noise.
+
+    transformers' initialisation makes a random masked LM score every token of its vocabulary
+    within float32 noise of the others (and a random QA head every span): the noise gives the
+    top-k answers margins that exact parity with the transformers pipelines can rest on.
+    """
+    from zoo.sources.hf import auto_class
+
+    spec = ModelSpec(name=f"tiny-{arch}-{task}", source="hf", source_id=f"tiny-{arch}", task=task, arch=arch)
+    tiny_hf_folder(spec, folder)
+    model = auto_class(spec).from_pretrained(folder)
+    _spread_weights(model)
+    model.save_pretrained(folder)
+    return folder
+
+
+# ---------------------------------------------------------------- a decisive tiny causal LM (issue 20, quantisation)
+
+
+def successor_lm(folder: Path, *, outlier_channel: int = 5, margin: float = 20.0) -> Path:
+    """save_pretrained folder of a tiny Llama (hidden 64, the MiniLM tokenizer) whose greedy next token is decisive.
+
+    A random model's next-token scores are near ties (30,522 logits within a fraction of their spread), so any
+    quantisation flips greedy tokens and no gate could pass a faithful one. Here every token's embedding is the
+    random code (norm sqrt(64)) of its successor in a fixed cycle over 4,096 whole lowercase words (a token off
+    the cycle leads into it), and the LM head scores each token by its own code, scaled so that the successor's
+    logit is ``margin`` and the others are spread around 0 with std margin/8: the layers (random, with outputs
+    about 3% of the embedding) barely move it. The model writes ``successor_text`` and continues every prompt
+    into the cycle, decisively, as a trained LM continues a text it knows.
+
+    ``outlier_channel``: a hidden channel whose final-norm weight is 0 and whose LM-head weights are 16x the
+    largest other one, as real LLMs' outlier channels are. The fp32 model is unchanged by it (the channel reaches
+    the head as 0), but one scale for a whole row of the head (all K = 64 weights of a token) then has a step
+    larger than every ordinary weight: a coarse LM head loses all of them, a 32-weight block at 8 bits keeps them.
+    """
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir())
+    words = _cycle_words(tokenizer)
+    config = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=128, vocab_size=len(tokenizer),
+                                      max_position_embeddings=256, bos_token_id=101, eos_token_id=102,
+                                      pad_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    codes = torch.randn(len(tokenizer), 64)
+    codes *= 8 / codes.norm(dim=1, keepdim=True)  # RMS 1: what the final RMSNorm makes of an embedding
+    successor = torch.tensor(words)[torch.arange(len(tokenizer)) % len(words)]  # off the cycle: into it
+    successor[torch.tensor(words)] = torch.tensor(words[1:] + words[:1])
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(codes[successor])
+        model.lm_head.weight.copy_(codes * margin / 64)
+        model.model.norm.weight.fill_(1.0)
+        model.model.norm.weight[outlier_channel] = 0.0
+        model.lm_head.weight[:, outlier_channel] = 16 * model.lm_head.weight.abs().max()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def successor_text(folder: Path, words: int = 300) -> str:
+    """The text ``successor_lm`` predicts: its cycle of whole words, which the tokenizer reads back id for id."""
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    cycle = _cycle_words(tokenizer)
+    return " ".join(tokenizer.convert_ids_to_tokens(cycle[:words]))
+
+
+def _cycle_words(tokenizer: Any) -> list[int]:
+    """4,096 whole lowercase ascii words of the vocabulary (each one token when read back), in a shuffled order."""
+    import random
+
+    vocab = tokenizer.get_vocab()
+    words = sorted(i for t, i in vocab.items() if t.isascii() and t.isalpha() and t.islower() and len(t) > 2)
+    random.Random(0).shuffle(words)
+    return words[:4096]

@@ -34,6 +34,8 @@ Fields (format_version 1):
     model_kwargs             optional: constructor overrides (e.g. a shrunken test model)
     run                      optional: a fine-tuned model's run.json summary
     optimization             optional: an optimised artifact's parent, recipe and gates
+    engine                   optional: {"name": onnxruntime | openvino, "precision": f32 | bf16}, the engine setting
+                             the artifact was verified (and its golden data written) under; absent: onnxruntime
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ MAX_PATH_CHARS = 1024
 MAX_IMAGE_SIDE = 8192  # input_size height/width, and the resize before the crop
 MAX_SEQUENCE = 1 << 20  # preprocess.max_length, in tokens
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
-CROP_MODES = ("center", "squash", "border")
+CROP_MODES = ("center", "squash", "border", "center-floor")  # center-floor: transformers' centre crop
 SIDES = ("left", "right")
 
 
@@ -99,6 +101,7 @@ class Manifest:
     model_kwargs: dict[str, Any] | None = None
     run: dict[str, Any] | None = None
     optimization: dict[str, Any] | None = None
+    engine: dict[str, Any] | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -175,13 +178,16 @@ class Manifest:
 
 # How verification applies rtol: to the largest |torch| of each output row, or to each element (numpy allclose)
 TOLERANCE_RULES = ("row-scale", "allclose")
+# The engines an artifact may name (zoo.runtime.engines) and the precisions OpenVINO computes in
+ENGINES = ("onnxruntime", "openvino")
+PRECISIONS = ("f32", "bf16")
 
-_OPTIONAL = {"model_kwargs", "run", "optimization", "seed"}
+_OPTIONAL = {"model_kwargs", "run", "optimization", "seed", "engine"}
 _FIELDS = {f.name for f in dataclasses.fields(Manifest)}
 _REQUIRED = [f.name for f in dataclasses.fields(Manifest)
              if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
 _DICTS = {"spec", "source", "preprocess", "tolerances", "versions", "verification"}
-_OPTIONAL_DICTS = {"model_kwargs", "run", "optimization"}
+_OPTIONAL_DICTS = {"model_kwargs", "run", "optimization", "engine"}
 _STRINGS = {"name", "task", "exporter", "created", "format"}
 
 
@@ -213,6 +219,8 @@ def _parse(name: str, value: Any, where: str) -> Any:
             _check_preprocess(value, where)
         elif name == "tolerances":
             _check_tolerances(value, where)
+        elif name == "engine":
+            _check_engine(value, where)
         return value
     if name in ("verified", "random_init"):
         if not isinstance(value, bool):
@@ -363,6 +371,12 @@ def _check_tolerances(tol: dict[str, Any], where: str) -> None:
         if key not in ("atol", "rtol", "cosine") or not (_is_number(value) and value >= 0):
             raise ArtifactError(f"{where}: tolerances.{key} = {_show(value)}; valid: rule, scale, widened, and "
                                 "atol, rtol, cosine each a finite number >= 0: re-export the artifact")
+
+
+def _check_engine(engine: dict[str, Any], where: str) -> None:
+    if set(engine) != {"name", "precision"} or engine["name"] not in ENGINES or engine["precision"] not in PRECISIONS:
+        raise ArtifactError(f"{where}: engine = {_show(engine)}; valid: {{name: {' | '.join(ENGINES)}, precision: "
+                            f"{' | '.join(PRECISIONS)}}}: upgrade zoo-toolkit or re-export the artifact")
 
 
 def _poolings() -> tuple[str, ...]:

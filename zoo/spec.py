@@ -58,7 +58,7 @@ class Preprocess:
     std: tuple[float, ...] | None = None
     interpolation: str | None = None  # bilinear | bicubic | nearest
     crop_pct: float | None = None
-    crop_mode: str | None = None  # center | squash | border
+    crop_mode: str | None = None  # center | squash | border | center-floor (transformers' crop offsets)
     # text
     max_length: int | None = None
     pooling: str | None = None  # sentence embeddings only

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from zoo.cli.app import app, state
+from zoo.cli.runtime import EngineOption, engine_name
 from zoo.cli.stages import StageProgress
 from zoo.errors import VerificationError
 
@@ -74,12 +75,13 @@ def verify(
     against_source: Annotated[bool, typer.Option(
         "--against-source", help="Also rebuild the source model and re-run the torch comparison.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    engine: EngineOption = None,
 ) -> None:
-    """Re-check an artifact: file hashes, onnx.checker, dynamic axes, golden data through onnxruntime."""
+    """Re-check an artifact: file hashes, onnx.checker, dynamic axes, golden data through its engine."""
     from exporters.verify import verify_artifact
 
     try:
-        report = verify_artifact(folder, against_source=against_source)
+        report = verify_artifact(folder, against_source=against_source, engine=engine_name(engine))
     except VerificationError as exc:
         _show(exc.report, as_json, path=None)
         raise

@@ -123,7 +123,7 @@ def _finished(run: Path, record: dict[str, Any]) -> dict[str, Any]:
     head = "a new head" if data.get("new_head") else "the model's head kept"
     lines = [
         f"run dir: {run}",
-        f"labels: {len(data['labels'])} from {data['label_source']}, {head}",
+        *([f"labels: {len(data['labels'])} from {data['label_source']}, {head}"] if data["labels"] else []),
         f"validation (final, step {record['steps']}): {shown}",
         (f"best {metric} {best.get(kept['metric'], float('nan')):.4f} at step {best.get('step')}"
          f"{_checkpoint_of(run, best.get('step'))}; "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +25,20 @@ _PROVIDER_HELP = "onnxruntime execution provider, e.g. cpu or cuda (repeat in or
 _UNVERIFIED_HELP = "Load an artifact that failed verification (kept by 'zoo export --keep-failed')."
 
 
+class EngineName(str, Enum):
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
+EngineOption = Annotated[EngineName | None, typer.Option(
+    "--engine", help="Run on onnxruntime or OpenVINO (pip install 'zoo-toolkit\\[openvino]'); default: the engine "
+                     "the artifact's manifest names (onnxruntime unless 'zoo optimize' chose OpenVINO).")]
+
+
+def engine_name(engine: EngineName | None) -> str | None:
+    return engine.value if engine is not None else None
+
+
 def _load(artifact: Path, **options: Any) -> Any:
     """zoo.load (lazily imported); its warnings print as one 'warning:' line through zoo.cli.main."""
     from zoo.runtime import load
@@ -34,9 +49,10 @@ def _load(artifact: Path, **options: Any) -> Any:
 @app.command("predict")
 def predict(
     artifact: Annotated[Path, typer.Argument(help="An artifact folder written by 'zoo export'.")],
-    inputs: Annotated[list[str], typer.Argument(help="Texts (text models; prompts for text generation); files, "
-                                                     "directories or globs (image and audio models); @FILE reads "
-                                                     "one input per line, - reads stdin.")],
+    inputs: Annotated[list[str] | None, typer.Argument(help="Texts (text models; prompts for text generation); "
+                                                            "files, directories or globs (image and audio models); "
+                                                            "JSON objects (question answering); @FILE reads one "
+                                                            "input per line, - reads stdin.")] = None,
     text: Annotated[bool, typer.Option("--text", help="Take every INPUT as the text itself, even one that names "
                                                       "a file or starts with @ (text models).")] = False,
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=0, help="Labels to show per input "
@@ -44,6 +60,11 @@ def predict(
                                               "(text generation; 0: no limit).")] = None,
     threshold: Annotated[float | None, typer.Option(
         help="Keep detections scoring at least this (object detection; default: the artifact's).")] = None,
+    labels: Annotated[str | None, typer.Option(
+        help="Candidate labels, comma-separated (zero-shot image classification), e.g. 'a cat,a dog'.")] = None,
+    template: Annotated[str | None, typer.Option(
+        help="Prompt around each label, {} marking its place (zero-shot; default: the artifact's, "
+             "'This is a photo of {}.').")] = None,
     save: Annotated[Path | None, typer.Option(
         help="Where to draw the predictions (object detection: boxes and labels): a .png/.jpg file for one "
              "input, else a folder.")] = None,
@@ -56,12 +77,15 @@ def predict(
     no_hash_check: Annotated[bool, typer.Option("--no-hash-check",
                                                 help="Check file sizes only, not sha256 (faster start).")] = False,
     allow_unverified: Annotated[bool, typer.Option("--allow-unverified", help=_UNVERIFIED_HELP)] = False,
+    engine: EngineOption = None,
     max_new_tokens: MaxNewTokens = None,
     temperature: Temperature = None,
     top_p: TopP = None,
     repetition_penalty: RepetitionPenalty = None,
     stop: Stop = None,
     seed: Seed = None,
+    question: Annotated[str | None, typer.Option(help="The question (question answering; with --context).")] = None,
+    context: Annotated[str | None, typer.Option(help="The text to find the answer in (question answering).")] = None,
 ) -> None:
     """Run an exported model on raw inputs and print (or write) its predictions.
 
@@ -75,15 +99,18 @@ def predict(
 
     writer = ResultWriter(out) if out is not None else None  # a bad --out fails before the model loads
     model = _load(artifact, check_hashes=not no_hash_check, providers=provider or None,
-                  allow_unverified=allow_unverified)
+                  allow_unverified=allow_unverified, engine=engine_name(engine))
     task = get_task(model.task)
     options = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, seed)
     options.update({"threshold": threshold} if threshold is not None else {})
+    options.update({k: v for k, v in (("labels", labels), ("template", template)) if v is not None})
     check_flags(task, options)
     if top_k == 0 and not task.generates:
         raise ConfigError("--top-k 0: a classifier shows at least one label; give --top-k 1 or more "
                           "(0, no limit, is for sampling a text-generation model)")
-    items = gather_inputs(list(inputs), task, sys.stdin, literal=text)
+    items = _pair_input(task, question, context)
+    if inputs or not items:
+        items += gather_inputs(list(inputs or []), task, sys.stdin, literal=text)
     results: list[Any] = []
     if task.generates and len(items) == 1 and not as_json and writer is None and save is None:
         print_stream(model.stream(items[0], **options), terminal_write)
@@ -111,6 +138,19 @@ def predict(
     console.print(task.render(title, items, results))
     for path in saved:
         console.print(f"saved {escape(str(path))}")
+
+
+def _pair_input(task: Any, question: str | None, context: str | None) -> list[Any]:
+    """The input --question and --context make, for a task whose inputs are named texts."""
+    if question is None and context is None:
+        return []
+    if not task.input_fields:
+        raise ConfigError(f"--question and --context are for question answering; this {task.name} model takes "
+                          f"{task.expects}: give them as arguments")
+    if question is None or context is None:
+        raise ConfigError("--question and --context go together: give both (or JSON inputs with question and "
+                          "context)")
+    return [dict(zip(task.input_fields, (question, context)))]
 
 
 def _write_all(writer: Any, run: Callable[[], None]) -> None:
@@ -167,6 +207,7 @@ def bench(
                                                 "engines (default: each engine's own).")] = None,
     provider: Annotated[list[str] | None, typer.Option("--provider", metavar="NAME", help=_PROVIDER_HELP)] = None,
     allow_unverified: Annotated[bool, typer.Option("--allow-unverified", help=_UNVERIFIED_HELP)] = False,
+    engine: EngineOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Latency (p50/p90/p99) and throughput of an artifact per batch size, after warm-up.
@@ -177,7 +218,8 @@ def bench(
     from zoo.runtime.bench import bench as run_bench
 
     sizes = _batch_sizes(batch_sizes)
-    model = _load(artifact, threads=threads, providers=provider or None, allow_unverified=allow_unverified)
+    model = _load(artifact, threads=threads, providers=provider or None, allow_unverified=allow_unverified,
+                  engine=engine_name(engine))
     report = run_bench(model, batch_sizes=sizes, iterations=iterations, vs_torch=vs_torch, threads=threads)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
@@ -194,10 +236,10 @@ def _print_bench(report: Any) -> None:
     for column in ("batch", "input shape", "engine", "p50 ms", "p90 ms", "p99 ms", "inputs/s", "speed-up"):
         table.add_column(column, justify="left" if column in ("engine", "input shape") else "right")
     for t in report.timings:
-        ratio = report.speedup(t.batch_size) if t.engine == "onnxruntime" else None
+        ratio = report.speedup(t.batch_size) if t.engine != "torch" else None
         table.add_row(str(t.batch_size), escape(report.shape_text(t.batch_size)), t.engine, f"{t.p50_ms:.2f}",
                       f"{t.p90_ms:.2f}", f"{t.p99_ms:.2f}", f"{t.throughput:.1f}", f"{ratio:.2f}x" if ratio else "")
     console = out_console()
     console.print(table)
     if report.torch_note:
-        console.print(f"torch: {escape(report.torch_note)}; speed-up = torch p50 / onnxruntime p50")
+        console.print(f"torch: {escape(report.torch_note)}; speed-up = torch p50 / artifact p50")

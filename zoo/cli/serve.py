@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from zoo.cli.app import app
+from zoo.cli.runtime import EngineOption, engine_name
 
 
 class LogLevel(str, Enum):
@@ -46,6 +47,7 @@ def serve(
     no_hash_check: Annotated[bool, typer.Option("--no-hash-check", help="Check file sizes only, not sha256 "
                                                 "(faster start).")] = False,
     log_level: Annotated[LogLevel, typer.Option(help="Server log level (access lines are info).")] = LogLevel.info,
+    engine: EngineOption = None,
 ) -> None:
     """Serve artifacts over HTTP: Open Inference Protocol v2 (/v2/...) and raw-input predictions (/v1/...)."""
     from zoo.serve.models import ServeSettings
@@ -54,7 +56,7 @@ def serve(
     settings = ServeSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                              max_body_bytes=int(max_body_mb * (1 << 20)), instances=instances, threads=threads,
                              check_hashes=not no_hash_check, generations=generations,
-                             generation_queue=generation_queue)
+                             generation_queue=generation_queue, engine=engine_name(engine))
     run_server(artifacts, settings, host=host, port=port, workers=workers, log_level=log_level.value)
 
 

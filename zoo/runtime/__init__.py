@@ -1,4 +1,4 @@
-"""The torch-free runtime: ``load(artifact_dir) -> ExportedModel`` (onnxruntime, numpy, tokenizers, Pillow).
+"""The torch-free runtime: ``load(artifact_dir) -> ExportedModel`` (onnxruntime or OpenVINO, numpy, tokenizers, Pillow).
 
     import zoo
     model = zoo.load("artifacts/minilm")

@@ -23,7 +23,7 @@ from zoo.runtime.model import ExportedModel
 
 @dataclass(frozen=True)
 class Timing:
-    engine: str  # "onnxruntime" | "torch"
+    engine: str  # the artifact's engine ("onnxruntime", "openvino bf16", ...) | "torch"
     batch_size: int
     p50_ms: float
     p90_ms: float
@@ -56,11 +56,11 @@ class BenchReport:
         return f"{name} {'x'.join(map(str, shape))}".strip()
 
     def speedup(self, batch_size: int) -> float | None:
-        """torch p50 / onnxruntime p50 at ``batch_size`` (above 1: onnxruntime is faster)."""
-        by = {t.engine: t for t in self.timings if t.batch_size == batch_size}
-        if "torch" not in by or "onnxruntime" not in by:
+        """torch p50 / the artifact's p50 at ``batch_size`` (above 1: the artifact is faster)."""
+        by = {"torch" if t.engine == "torch" else "artifact": t for t in self.timings if t.batch_size == batch_size}
+        if "torch" not in by or "artifact" not in by:
             return None
-        return by["torch"].p50_ms / by["onnxruntime"].p50_ms
+        return by["torch"].p50_ms / by["artifact"].p50_ms
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -112,7 +112,7 @@ def bench(model: ExportedModel, *, batch_sizes: Sequence[int] = (1, 8), iteratio
         calls: list[Callable[[], Any]] = [lambda feed=feed: model(**feed)]
         if baseline is not None:
             calls.append(baseline.runner(feed))
-        for engine, seconds in zip(("onnxruntime", "torch"), time_calls(calls, iterations, warmup)):
+        for engine, seconds in zip((model.engine.label, "torch"), time_calls(calls, iterations, warmup)):
             report.timings.append(Timing.from_samples(engine, bs, seconds))
         if baseline is not None:
             expected = model(**feed)[model.output_name]

@@ -1,4 +1,4 @@
-"""``load(artifact_dir) -> ExportedModel``: an exported artifact run by onnxruntime, no torch.
+"""``load(artifact_dir) -> ExportedModel``: an exported artifact run by onnxruntime or OpenVINO, no torch.
 
     model = zoo.load("artifacts/minilm")
     model.predict(["a sentence", "another"])          # raw inputs in, typed results out
@@ -11,20 +11,17 @@ import copy
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from zoo.artifact import MODEL_FILE, check_artifact, read_manifest
 from zoo.errors import ArtifactError, ConfigError, InputError, UnsupportedTaskError, ZooWarning, first_line
 from zoo.manifest import Manifest
+from zoo.runtime import engines
+from zoo.runtime.engines import ORT_LEVELS, Engine, Provider
 from zoo.tasks.preprocess import numpy_dtype
 from zoo.tasks import get_task
-
-Provider = Union[str, tuple[str, dict[str, Any]]]
-# onnxruntime graph optimisation levels by the names a manifest records (spec.export.ort_optimization)
-ORT_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
-              "disabled": "ORT_DISABLE_ALL"}
 
 
 class UnverifiedArtifactWarning(ZooWarning):
@@ -32,11 +29,14 @@ class UnverifiedArtifactWarning(ZooWarning):
 
 
 def load(artifact_dir: str | Path, *, providers: Sequence[Provider] | None = None, threads: int | None = None,
-         check_hashes: bool = True, allow_unverified: bool = False) -> ExportedModel:
-    """Open an artifact: check its files against the manifest, start onnxruntime, rebuild preprocessing.
+         check_hashes: bool = True, allow_unverified: bool = False, engine: str | None = None) -> ExportedModel:
+    """Open an artifact: check its files against the manifest, start its engine, rebuild preprocessing.
 
-    ``providers`` defaults to CUDA when onnxruntime has it, else CPU. ``threads`` sets
-    onnxruntime's intra-op thread count. Paths and sizes are always checked; sha256 and
+    ``engine`` ("onnxruntime" | "openvino") defaults to the one the manifest names (onnxruntime
+    unless ``zoo optimize`` chose OpenVINO), at the manifest's precision; an OpenVINO the manifest
+    names but this machine lacks falls back to onnxruntime with an ``EngineFallbackWarning``.
+    ``providers`` (onnxruntime's) defaults to CUDA when onnxruntime has it, else CPU. ``threads``
+    sets the engine's intra-op thread count. Paths and sizes are always checked; sha256 and
     the golden tensors' headers too unless ``check_hashes=False`` (faster cold start for a
     trusted, read-only artifact). An artifact that failed verification (``zoo export
     --keep-failed``) is refused unless ``allow_unverified=True``, which loads it with an
@@ -47,8 +47,22 @@ def load(artifact_dir: str | Path, *, providers: Sequence[Provider] | None = Non
     _check_manifest(folder, manifest)
     _check_verified(folder, manifest, allow_unverified)
     check_artifact(folder, manifest, full=check_hashes)  # confined paths, sizes, hashes: before any parse
-    session = _session(folder / MODEL_FILE, providers, threads, _optimization(folder, manifest))
-    return ExportedModel(folder, manifest, session)
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads={threads}; give a positive thread count, or None for the engine's default")
+    chosen = _engine(manifest, engine, providers)
+    session = engines.open_session(folder / MODEL_FILE, chosen, threads=threads, providers=providers,
+                                   optimization=_optimization(folder, manifest))
+    return ExportedModel(folder, manifest, session, chosen)
+
+
+def _engine(manifest: Manifest, asked: str | None, providers: Sequence[Provider] | None) -> Engine:
+    if asked == "openvino" and providers:
+        raise ConfigError("execution providers are onnxruntime's; OpenVINO runs on the CPU: drop --provider, or "
+                          "use --engine onnxruntime")
+    chosen = engines.choose(manifest, asked)
+    if chosen.name == "openvino" and providers:
+        return Engine()  # providers given for an artifact that names OpenVINO: the caller asked for onnxruntime
+    return chosen
 
 
 def _check_verified(folder: Path, manifest: Manifest, allow: bool) -> None:
@@ -80,48 +94,14 @@ def _check_manifest(folder: Path, manifest: Manifest) -> None:
         raise ArtifactError(f"{folder}/manifest.json: {exc}; upgrade zoo-toolkit or re-export the artifact") from None
 
 
-def _session(path: Path, providers: Sequence[Provider] | None, threads: int | None,
-             optimization: str = "all") -> Any:
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if providers is None:
-        # CUDA first when this onnxruntime build has it; CPU stays as the fallback for unsupported ops
-        providers = [p for p in ("CUDAExecutionProvider",) if p in available] + ["CPUExecutionProvider"]
-    providers = [provider_name(p, available) if isinstance(p, str) else (provider_name(p[0], available), p[1])
-                 for p in providers]
-    options = ort.SessionOptions()
-    # the level the export was verified at: a graph that drifted under a fusion is opened without it
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[optimization])
-    if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"threads={threads}; give a positive thread count, or None for onnxruntime's default")
-        options.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
-    except Exception as exc:  # onnxruntime raises its own pybind exception types
-        raise ArtifactError(f"onnxruntime cannot open {path}: {first_line(exc)}; "
-                            "the file is damaged or needs a newer onnxruntime") from exc
-
-
-def provider_name(name: str, available: Sequence[str]) -> str:
-    """onnxruntime's name for an execution provider: 'cpu' / 'cuda' / 'CUDAExecutionProvider' ..."""
-    wanted = name.strip().lower().removesuffix("executionprovider")
-    match = next((p for p in available if p.lower().removesuffix("executionprovider") == wanted), None)
-    if match is None:
-        raise ConfigError(f"execution provider '{name}' is not in this onnxruntime build; available: "
-                          f"{', '.join(available)} (or their short names, e.g. cpu, cuda; install onnxruntime-gpu "
-                          "for CUDA)")
-    return match
-
-
 class ExportedModel:
     """One loaded artifact. Safe to call from several threads: nothing mutates after construction."""
 
-    def __init__(self, folder: Path, manifest: Manifest, session: Any):
+    def __init__(self, folder: Path, manifest: Manifest, session: Any, engine: Engine | None = None):
         self.folder = Path(folder)
         self._manifest = manifest
         self._session = session
+        self.engine: Engine = engine or Engine()
         self.task: str = manifest.task
         self._task = get_task(manifest.task)
         self._inputs = list(manifest.inputs)
@@ -171,7 +151,8 @@ class ExportedModel:
         return ", ".join(f"{i.name} {i.dtype}[{', '.join(map(str, i.shape))}]" for i in self._inputs)
 
     def __repr__(self) -> str:
-        return f"ExportedModel({self._manifest.name!r}, task={self.task!r}, providers={self.providers})"
+        return (f"ExportedModel({self._manifest.name!r}, task={self.task!r}, engine={self.engine.label!r}, "
+                f"providers={self.providers})")
 
     # ------------------------------------------------------------ raw graph
 
@@ -182,8 +163,8 @@ class ExportedModel:
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             return dict(zip(self._outputs, self._session.run(self._outputs, feed)))
-        except Exception as exc:  # onnxruntime's own pybind types (InvalidArgument, Fail, RuntimeException)
-            raise InputError(f"onnxruntime cannot run {self._manifest.name} on these inputs: {first_line(exc)}; "
+        except Exception as exc:  # the engine's own types (onnxruntime's pybind errors, OpenVINO's RuntimeError)
+            raise InputError(f"{self.engine.name} cannot run {self._manifest.name} on these inputs: {first_line(exc)}; "
                              "check the values (token ids inside the vocabulary, sizes the graph allows)") from exc
 
     def _checked(self, arrays: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -249,6 +230,7 @@ class ExportedModel:
             raise InputError(f"batch_size={batch_size!r}; give a positive number of inputs per onnxruntime call")
         options = self._task.check_options(options)
         items = self._as_list(items)
+        options = self._task.runtime_options(options, self) if items else options
         for start in range(0, len(items), batch_size):
             if self._task.generates:  # a language model: predict is generate
                 yield self.generate(items[start:start + batch_size], **options)
@@ -256,6 +238,25 @@ class ExportedModel:
             batch = self._preprocess(items[start:start + batch_size])
             outputs = self._run(batch.arrays)
             yield self._task.postprocess(outputs, batch, self.labels, self._manifest, **options)
+
+    def embed_text(self, texts: str | Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+        """Text embeddings [len(texts), dim] of an image-text model (zero-shot-image-classification), L2-normalised
+        as the model defines them: compare with ``embed_images``' rows by dot product (retrieval)."""
+        items = [texts] if isinstance(texts, str) else self._as_list(texts)
+        return self._embed("text", items, batch_size)
+
+    def embed_images(self, images: Any, *, batch_size: int = 32) -> np.ndarray:
+        """Image embeddings [len(images), dim] of an image-text model (paths, PIL images or uint8 arrays), L2-normalised
+        as the model defines them; see ``embed_text``."""
+        items = [images] if self._task.is_single(images) else self._as_list(images)
+        return self._embed("images", items, batch_size)
+
+    def _embed(self, kind: str, items: list[Any], batch_size: int) -> np.ndarray:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InputError(f"batch_size={batch_size!r}; give a positive number of inputs per onnxruntime call")
+        parts = [self._task.embed(self._run, self._preprocess, kind, items[start:start + batch_size])
+                 for start in range(0, max(len(items), 1), batch_size)]
+        return np.concatenate(parts)
 
     def generate(self, prompts: str | Sequence[str], **options: Any) -> list[Any]:
         """New text after each prompt (a text-generation artifact): a list of ``Generation`` results.

@@ -160,10 +160,14 @@ def _add_task_routes(app: FastAPI, served: dict[str, ServedModel]) -> None:
     async def predict(name: str, request: Request,
                       top_k: int | None = Query(None, ge=1, le=1000, description="labels per input (classifiers)"),
                       threshold: float | None = Query(None, ge=0, le=1,
-                                                      description="minimum score (object detection)")) -> Response:
+                                                      description="minimum score (object detection)"),
+                      labels: str | None = Query(None, max_length=65536, description="candidate labels, "
+                                                 "comma-separated (zero-shot image classification)"),
+                      template: str | None = Query(None, max_length=1024, description="prompt around each "
+                                                   "label, {} marking its place (zero-shot)")) -> Response:
         """Raw inputs to typed results, as ``zoo predict --json`` prints them."""
         model = _model(served, name)
-        given = {"top_k": top_k, "threshold": threshold}
+        given = {"top_k": top_k, "threshold": threshold, "labels": labels, "template": template}
         options = tuple(sorted((k, v) for k, v in given.items() if v is not None))
         try:
             get_task(model.task).check_options(dict(options))

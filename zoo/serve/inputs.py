@@ -24,11 +24,13 @@ MAX_FILES = 256
 
 
 class TextPredictRequest(BaseModel):
-    inputs: list[str] = Field(min_length=1, description="the texts to run the model on")
+    # question answering takes records of named texts: {"question": ..., "context": ...}
+    inputs: list[str | dict[str, str]] = Field(min_length=1, description="the texts to run the model on (question "
+                                                                         "answering: question/context objects)")
 
 
-async def text_inputs(request: Request, max_bytes: int) -> tuple[list[str], list[Any]]:
-    """``{"inputs": ["text", ...]}`` as JSON."""
+async def text_inputs(request: Request, max_bytes: int) -> tuple[list[Any], list[Any]]:
+    """``{"inputs": ["text", ...]}`` (or ``[{"question": ..., "context": ...}, ...]``) as JSON."""
     body = await request.body()
     if not _is_json(request):
         raise RequestError(f"this text model's /predict takes JSON {{\"inputs\": [\"text\", ...]}}, sent as "

@@ -41,6 +41,7 @@ class ServeSettings:
     check_hashes: bool = True
     generations: int = 2  # text generations of one model that decode at once (each holds a thread throughout)
     generation_queue: int = 16  # more that wait for one of those; a request past them gets 429
+    engine: str | None = None  # "onnxruntime" | "openvino"; None: the engine each artifact's manifest names
 
     def __post_init__(self) -> None:
         problems = [f"{name}={getattr(self, name)} must be at least {low}" for name, low in
@@ -301,7 +302,7 @@ def load_models(artifacts: Sequence[str | Path], settings: ServeSettings) -> lis
     served = []
     for name, path in named:
         try:
-            served.append(ServedModel(name, load(path, threads=settings.onnx_threads(),
+            served.append(ServedModel(name, load(path, threads=settings.onnx_threads(), engine=settings.engine,
                                                  check_hashes=settings.check_hashes), settings))
         except ZooError as exc:
             problems.append(f"'{name}': {exc}")

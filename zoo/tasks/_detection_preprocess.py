@@ -222,7 +222,7 @@ class DetectionPreprocessor:
         height, width = self.steps.pad_size or (max(p.shape[1] for p in pixels), max(p.shape[2] for p in pixels))
         if not self.steps.do_pad and len({p.shape for p in pixels}) > 1:
             raise InputError(f"images resize to different sizes {sorted({p.shape[1:] for p in pixels})} and this "
-                             "processor does not pad; predict them one at a time")
+                             "processor does not pad; predict them one at a time (zoo predict --batch-size 1)")
         batch = np.zeros((len(pixels), 3, height, width), dtype=np.float32)
         mask = np.zeros((len(pixels), height, width), dtype=np.int64)
         for i, p in enumerate(pixels):

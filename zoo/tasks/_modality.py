@@ -15,6 +15,8 @@ IMAGE_MODEL_TYPES = frozenset({
     "regnet", "resnet", "rt_detr", "rt_detr_v2", "rt_detr_resnet", "segformer", "swiftformer", "swin",
     "swinv2", "table-transformer", "textnet", "timm_backbone", "timm_wrapper", "van", "vit", "vit_hybrid",
     "vit_mae", "vit_msn", "vitdet", "yolos", "deta", "dab-detr",
+    # dense prediction: semantic segmentation and depth
+    "upernet", "mask2former", "dpt", "depth_anything",
 })
 AUDIO_MODEL_TYPES = frozenset({
     "audio-spectrogram-transformer", "data2vec-audio", "hubert", "sew", "sew-d", "unispeech",

@@ -8,14 +8,15 @@ task strings:
 | identity / sources | ``name``, ``modality``, ``claims_hf``, ``hf_auto_class``, ``timm_kwargs``, ``describe_hf`` |
 | create | ``adapt_model`` (pooling wrapper ...), ``load_processor`` (tokenizer / image processor) |
 | export | ``output_names``, ``output_axes``, ``axis_bounds``, ``export_module``, ``export_example``, |
-|        | ``write_preprocessor``, ``export_checks`` |
+|        | ``write_preprocessor``, ``model_record``, ``export_checks`` |
 | verify | ``grid``, ``memory_terms``, ``shrink_case`` (the memory plan), ``agreement``, ``preprocessor_problems`` |
 | optimize | ``optimization_gate`` (the accuracy gate of ``zoo optimize``) |
-| runtime | ``runtime_preprocessor``, ``is_single``, ``input_suffixes``, ``postprocess``, ``predict_options``, |
+| runtime | ``runtime_preprocessor``, ``is_single``, ``input_suffixes``, ``runtime_options``, ``embed``, |
+|         | ``postprocess``, ``predict_options``, |
 |         | ``bench_items``, ``render`` (CLI table), ``save_pictures`` (``zoo predict --save``) |
 | data | ``builtin_datasets`` (``builtin:NAME``), ``read_data`` (layouts only this task reads) |
-| train | ``training_spec``, ``data_columns``, ``read_labels``, ``encode``, ``training_loss``, ``eval_batch``, |
-|       | ``metrics``, ``primary_metric``, ``metric_names`` |
+| train | ``training_spec``, ``data_columns``, ``read_labels``, ``encode``, ``training_module``, ``training_loss``, |
+|       | ``eval_batch``, ``metrics``, ``primary_metric``, ``metric_names`` |
 
 Modality mixins (``_text.py``, ``_image.py``) implement what tasks of one input kind
 share; a task module combines a modality with its own outputs, checks and results.
@@ -91,6 +92,7 @@ class Task:
     primary_metric: ClassVar[str] = "val_loss"
     metric_names: ClassVar[tuple[str, ...]] = ("val_loss",)  # what ``metrics`` reports, plus val_loss
     expects: ClassVar[str] = "inputs"  # what predict takes, for error messages
+    input_fields: ClassVar[tuple[str, ...]] = ()  # texts one input is made of, named (question answering)
     predict_options: ClassVar[dict[str, type]] = {}  # keyword options of predict (top_k, threshold ...)
     derived_axes: ClassVar[tuple[str, ...]] = ()  # input axes that are sums of others (the exporter infers them)
     generates: ClassVar[bool] = False  # predict generates text token by token (zoo.runtime.generate)
@@ -167,6 +169,11 @@ class Task:
         """Write preprocessor files into the artifact (``folder``: the model's local folder, if any); return the
         manifest's ``preprocess`` record."""
         raise NotImplementedError
+
+    def model_record(self, module: Any) -> dict[str, Any]:
+        """Values of the built torch module the runtime needs beside the graph, added to the manifest's
+        ``preprocess`` record (zero-shot: the logit scale and bias); export_checks sees them."""
+        return {}
 
     def export_checks(self, stage: Path, record: dict[str, Any], cases: list[Case],
                       references: list[dict[str, np.ndarray]]) -> list[Check]:
@@ -248,6 +255,17 @@ class Task:
             raise InputError(f"predict option(s) {', '.join(unknown)} do not apply to {self.name}; valid: {valid}")
         return options
 
+    def runtime_options(self, options: dict[str, Any], model: Any) -> dict[str, Any]:
+        """predict's checked options, completed once per call with what the loaded ``model`` (an ExportedModel)
+        computes from them (zero-shot: the labels' text embeddings)."""
+        return options
+
+    def embed(self, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], preprocessor: Any, kind: str,
+              items: list[Any]) -> np.ndarray:
+        """``embed_text`` / ``embed_images`` (``kind``: text | images) of an image-text model: one row per item."""
+        raise InputError(f"embed_{kind} needs an image-text artifact (zero-shot-image-classification); this one is "
+                         f"{self.name}: use predict")
+
     def postprocess(self, outputs: dict[str, np.ndarray], batch: Any, labels: tuple[str, ...] | None,
                     manifest: Any, **options: Any) -> list[Any]:
         """Graph outputs -> one typed result per input."""
@@ -303,6 +321,10 @@ class Task:
     def encode(self, table: Any, columns: dict[str, str], labels: Any, spec: ModelSpec,
                processor: Any, max_length: int, what: str) -> Any:
         raise self._not_trainable()
+
+    def training_module(self, model: Any, spec: ModelSpec) -> Any:
+        """What training calls with a batch's inputs (``training_loss``'s runner): by default the export module."""
+        return self.export_module(model, spec)
 
     def training_loss(self, runner: Any, batch: dict[str, Any], inputs: dict[str, Any]) -> tuple[Any, int]:
         """(summed loss over this rank's micro-batch, number of targets it covers)."""

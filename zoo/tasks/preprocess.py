@@ -39,7 +39,7 @@ from PIL import Image
 
 from zoo.artifact import read_bytes
 from zoo.errors import ArtifactError, InputError, first_line
-from zoo.manifest import INTERPOLATIONS, MAX_IMAGE_SIDE
+from zoo.manifest import CROP_MODES, INTERPOLATIONS, MAX_IMAGE_SIDE
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
@@ -84,8 +84,9 @@ class TextBatch:
 class TextPreprocessor:
     """Tokenise strings with ``tokenizer.json``: truncate at max_length, pad to the longest in the batch."""
 
-    def __init__(self, folder: Path, manifest: Any):
-        inputs = [(i.name, numpy_dtype(i.dtype)) for i in manifest.inputs]
+    def __init__(self, folder: Path, manifest: Any, names: Sequence[str] | None = None):
+        # names: the token inputs, for a graph that also takes other inputs (an image-text model's pixels)
+        inputs = [(i.name, numpy_dtype(i.dtype)) for i in manifest.inputs if names is None or i.name in names]
         self._setup(Path(folder), manifest.preprocess, inputs, manifest)
 
     @classmethod
@@ -116,8 +117,10 @@ class TextPreprocessor:
         # tokenizer.json often carries its own fixed padding/truncation (MiniLM's pads to 128):
         # replace both with what transformers does for padding=True, truncation=True, max_length=N.
         tokenizer.enable_truncation(self.max_length, direction=settings["truncation_side"])
+        # padding "max_length" (SigLIP's prompts): every row padded to max_length, as the model was trained
         tokenizer.enable_padding(direction=settings["padding_side"], pad_id=settings["pad_id"],
-                                 pad_token=settings["pad_token"], pad_type_id=settings["pad_type_id"])
+                                 pad_token=settings["pad_token"], pad_type_id=settings["pad_type_id"],
+                                 length=self.max_length if pp.get("padding") == "max_length" else None)
         # The tokenizer is configured once here and only read afterwards, so threads may share it.
         self.tokenizer = tokenizer
 
@@ -252,10 +255,10 @@ class ImagePreprocessor:
         self.crop_pct = float(pp.get("crop_pct") or DEFAULT_CROP_PCT)
         self.crop_mode = pp.get("crop_mode") or "center"
         interpolation = pp.get("interpolation") or "bilinear"
-        if interpolation not in _RESAMPLE or self.crop_mode not in ("center", "squash", "border"):
+        if interpolation not in _RESAMPLE or self.crop_mode not in CROP_MODES:
             raise ArtifactError(f"preprocess interpolation='{interpolation}', crop_mode='{self.crop_mode}' in "
                                 f"the manifest; valid: interpolation in {', '.join(_RESAMPLE)}, crop_mode in "
-                                "center, squash, border")
+                                f"{', '.join(CROP_MODES)}")
         self.resample = _RESAMPLE[interpolation]
         self.fill = tuple(round(255 * float(v)) for v in pp["mean"])
         self.input_name = input_name
@@ -284,7 +287,8 @@ class ImagePreprocessor:
             image = _resize(image, _shorter_side(image, scale[0]), self.resample)
         else:
             image = _resize(image, _keep_ratio(image, scale, longest=False), self.resample)
-        return _center_crop_or_pad(image, self.size, self.fill if self.crop_mode == "border" else 0)
+        return _center_crop_or_pad(image, self.size, self.fill if self.crop_mode == "border" else 0,
+                                   floor=self.crop_mode == "center-floor")
 
 
 def _open_image(item: ImageInput, index: int, mode: str) -> Image.Image:
@@ -384,14 +388,19 @@ def _keep_ratio(image: Image.Image, target_hw: tuple[int, int], *, longest: bool
     return round(image.height / ratio), round(image.width / ratio)
 
 
-def _center_crop_or_pad(image: Image.Image, size_hw: tuple[int, int], fill: int | tuple[int, ...]) -> Image.Image:
-    """torchvision CenterCrop (pads with ``fill`` when the image is smaller than the crop)."""
+def _center_crop_or_pad(image: Image.Image, size_hw: tuple[int, int], fill: int | tuple[int, ...], *,
+                        floor: bool = False) -> Image.Image:
+    """torchvision CenterCrop (pads with ``fill`` when the image is smaller than the crop); ``floor``: the offsets
+    floored, as transformers' image processors crop, where torchvision rounds them."""
     height, width = size_hw
     if image.width < width or image.height < height:
         canvas = Image.new(image.mode, (max(width, image.width), max(height, image.height)),
                            fill if image.mode != "L" else (fill[0] if isinstance(fill, tuple) else fill))
         canvas.paste(image, ((max(width - image.width, 0)) // 2, (max(height - image.height, 0)) // 2))
         image = canvas
-    top = int(round((image.height - height) / 2.0))
-    left = int(round((image.width - width) / 2.0))
+    if floor:
+        top, left = (image.height - height) // 2, (image.width - width) // 2
+    else:
+        top = int(round((image.height - height) / 2.0))
+        left = int(round((image.width - width) / 2.0))
     return image.crop((left, top, left + width, top + height))

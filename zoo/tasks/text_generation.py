@@ -85,6 +85,8 @@ class TextGeneration(TextTask):
     hf_auto_class: ClassVar[str | None] = "AutoModelForCausalLM"
     derived_axes: ClassVar[tuple[str, ...]] = ("total_sequence",)
     generates: ClassVar[bool] = True
+    trainable: ClassVar[bool] = True
+    metric_names: ClassVar[tuple[str, ...]] = ("val_loss", "val_perplexity", "val_exact_match")
     expects: ClassVar[str] = "prompts (strings)"
     predict_options: ClassVar[dict[str, type]] = {
         "max_new_tokens": int, "temperature": float, "top_k": int, "top_p": float, "repetition_penalty": float,
@@ -228,6 +230,53 @@ class TextGeneration(TextTask):
 
     def bench_items(self, batch_size: int, rng: np.random.Generator) -> list[Any]:
         return [PROMPTS[i % len(PROMPTS)] for i in range(batch_size)]
+
+    # ------------------------------------------------------------ training (zoo.tasks._lm_data, _lm_train)
+
+    def builtin_datasets(self) -> dict[str, Any]:
+        from zoo.tasks._lm_data import next_letter
+
+        return {"next-letter": next_letter}
+
+    def data_columns(self, table: Any, input_column: str | None, label_column: str | None) -> dict[str, str]:
+        from zoo.tasks._lm_data import lm_columns
+
+        return lm_columns(table, input_column, label_column)
+
+    def read_labels(self, table: Any, column: str, spec: ModelSpec, new_head: bool = False) -> Any:
+        from zoo.data.labels import LabelPlan
+
+        return LabelPlan((), new_head=False, source="model")  # the vocabulary is the head: nothing to plan
+
+    def encode(self, table: Any, columns: dict[str, str], labels: Any, spec: ModelSpec,
+               processor: Any, max_length: int, what: str) -> Any:
+        from zoo.data.lm import LMExamples, example
+        from zoo.tasks._lm_data import encode_rows, eos_id
+
+        rows = encode_rows(table, columns, processor, eos_id(spec, processor), max_length, what)
+        return LMExamples([example(*row) for row in rows], int(processor.pad_token_id), packed=False)
+
+    def training_module(self, model: Any, spec: ModelSpec) -> Any:
+        return model  # trained through its own forward (packed rows, no cache), not the exported decoder
+
+    def training_inputs(self, spec: ModelSpec, batch: dict[str, Any]) -> dict[str, Any]:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+
+    def training_loss(self, runner: Any, batch: dict[str, Any], inputs: dict[str, Any]) -> tuple[Any, int]:
+        from zoo.tasks._lm_train import training_loss
+
+        return training_loss(runner, batch, inputs)
+
+    def eval_batch(self, runner: Any, batch: dict[str, Any], inputs: dict[str, Any],
+                   rows: list[bool]) -> tuple[float, int, list[Any]]:
+        from zoo.tasks._lm_train import eval_batch
+
+        return eval_batch(runner, batch, inputs, rows)
+
+    def metrics(self, records: list[Any], labels: tuple[str, ...]) -> dict[str, float]:
+        from zoo.tasks._lm_train import metrics
+
+        return metrics(records)
 
 
 def generation_record(spec: ModelSpec, tokenizer: Any, folder: Path | None) -> dict[str, Any]:

@@ -80,6 +80,8 @@ class TrainConfig:
                                  DATA, low=0, high=1, low_open=True)
     image_size: int | None = option(None, "Train images at this size instead of the model's own.", DATA, low=1)
     max_length: int = option(128, "Longest token sequence for text.", DATA, low=1)
+    packing: bool = option(False, "text-generation: pack several training examples into each --max-length row "
+                                  "(attention stays inside each example).", DATA)
     epochs: int | None = option(None, "Passes over the training data (default 3).", TRAIN, low=1)
     max_steps: int | None = option(None, "Optimizer steps instead of --epochs.", TRAIN, low=1)
     batch_size: int = option(32, "Global batch per micro-step, summed over all processes.", TRAIN, low=1)
@@ -94,6 +96,15 @@ class TrainConfig:
     precision: str = option("fp32", "fp32, or bf16 / fp16 compute with fp32 master weights (fp16: single "
                                      "and ddp only).", TRAIN, choices=PRECISIONS)
     seed: int = option(0, "Seed of weights, data order and dropout.", TRAIN)
+    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass: less memory, "
+                                                 "about a third more compute.", TRAIN)
+    lora_r: int | None = option(None, "text-generation: train LoRA adapters of this rank instead of every weight "
+                                      "(the run dir holds the adapter and the merged model).", TRAIN, low=1)
+    lora_alpha: float = option(16.0, "LoRA scaling numerator: the update is alpha / r * B @ A.", TRAIN, low=0,
+                               low_open=True)
+    lora_dropout: float = option(0.05, "Dropout on the LoRA branch's input.", TRAIN, low=0, high=1)
+    lora_targets: str | None = option(None, "Comma-separated module names that get adapters (e.g. q_proj,v_proj), "
+                                            "or all-linear (default: peft's choice for the architecture).", TRAIN)
     eval_every: int | None = option(None, "Optimizer steps between evaluations (default: every epoch).", EVAL,
                                     low=1)
     metric: str | None = option(None, "Validation metric that picks the best step and drives early stopping "
@@ -211,6 +222,10 @@ def _check_combinations(c: TrainConfig) -> list[str]:
                    "use --strategy ddp or fsdp")
     if c.nnodes > 1 and not c.rdzv_endpoint:
         out.append(f"--nnodes {c.nnodes} needs --rdzv-endpoint HOST:PORT (and --rdzv-id) shared by all nodes")
+    lora_given = [flag(n) for n in ("lora_targets",) if getattr(c, n) is not None] + \
+        [flag(n) for n in ("lora_alpha", "lora_dropout") if getattr(c, n) != FIELDS[n].default]
+    if c.lora_r is None and lora_given:
+        out.append(f"{', '.join(lora_given)} configure LoRA, which --lora-r RANK turns on; give --lora-r too")
     if c.epochs is not None and c.max_steps is not None:
         out.append("give --epochs or --max-steps, not both")
     if not c.model:

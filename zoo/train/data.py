@@ -45,15 +45,20 @@ class PreparedData:
 
 def prepare_data(data: str, spec: ModelSpec, *, text_column: str | None = None, label_column: str | None = None,
                  split: str | None = None, val_data: str | None = None, val_fraction: float = 0.1,
-                 seed: int = 0, max_length: int = 128, new_head: bool = False) -> PreparedData:
-    """Load ``data``, let ``spec``'s task pick its columns and plan the labels, encode both splits."""
+                 seed: int = 0, max_length: int = 128, new_head: bool = False,
+                 packing: bool = False) -> PreparedData:
+    """Load ``data``, let ``spec``'s task pick its columns and plan the labels, encode both splits.
+
+    ``packing`` (text-generation): several training examples per row of ``max_length`` tokens; the
+    validation rows stay one example each, so each can be scored on its own.
+    """
     from zoo.tasks import get_task
 
     task = get_task(spec.task)
     raw = load_raw(data, task)
     train, val, val_source = _splits(raw, split, val_data, val_fraction, seed, task)
     columns = task.data_columns(train, text_column, label_column)
-    plan = task.read_labels(train, columns["label"], spec, new_head)
+    plan = task.read_labels(train, columns.get("label", ""), spec, new_head)
     if task.has_labels and plan.distinct < 2:
         raise DataError(f"column '{columns['label']}' of {data} holds {plan.distinct} distinct label(s); "
                         "classification needs at least 2")
@@ -64,8 +69,11 @@ def prepare_data(data: str, spec: ModelSpec, *, text_column: str | None = None, 
     def encode(table: Any, what: str) -> Any:
         return task.encode(table, columns, plan, spec, processor, length, what)
 
+    train_examples = encode(train, "train")
+    if packing:
+        train_examples = train_examples.packed_to(length)
     return PreparedData(name=raw.name, fingerprint=raw.fingerprint, task=spec.task, plan=plan,
-                        train=encode(train, "train"), val=encode(val, "validation"), columns=columns,
+                        train=train_examples, val=encode(val, "validation"), columns=columns,
                         val_source=val_source, sizes={"train": len(train), "validation": len(val)})
 
 

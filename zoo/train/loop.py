@@ -43,7 +43,7 @@ class TrainState:
 
 
 def lower_is_better(metric: str) -> bool:
-    return metric.endswith("loss")
+    return metric.endswith(("loss", "perplexity"))
 
 
 def lr_factor(kind: str, total_steps: int, warmup: float) -> Callable[[int], float]:

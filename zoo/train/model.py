@@ -27,7 +27,27 @@ def build_model(spec: ModelSpec, plan: Any, config: Any, *, pretrained: bool | N
     if load and plan.new_head and spec.labels and len(spec.labels) == len(plan.names):
         # same number of classes: the source loaded the old head's weights into the new one
         reset_head(model)
+    if config.gradient_checkpointing:
+        checkpoint_activations(model)
+    if config.lora_r is not None:
+        from zoo.train.lora import add_adapters
+
+        model = add_adapters(model, config)
     return model
+
+
+def checkpoint_activations(model: nn.Module) -> None:
+    """Gradient checkpointing through the model's own switch (transformers or timm)."""
+    from zoo.errors import ConfigError
+
+    if getattr(model, "supports_gradient_checkpointing", False):
+        # non-reentrant: works with frozen inputs (LoRA) and with DDP's hooks
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif hasattr(model, "set_grad_checkpointing"):
+        model.set_grad_checkpointing(True)
+    else:
+        raise ConfigError(f"--gradient-checkpointing: {type(model).__name__} has no gradient checkpointing; "
+                          "leave the flag out")
 
 
 def reset_head(model: nn.Module) -> None:

@@ -54,9 +54,11 @@ def prepare(config: TrainConfig) -> tuple[ModelSpec, Any]:
 
     spec = _resumed_spec(config) if config.resume else _base_spec(config)
     check_metric(spec, config)
+    check_language_options(spec, config)
     data = prepare_data(config.data, spec, text_column=config.text_column, label_column=config.label_column,
                         split=config.split, val_data=config.val_data, val_fraction=config.val_fraction,
-                        seed=config.seed, max_length=config.max_length, new_head=config.new_head)
+                        seed=config.seed, max_length=config.max_length, new_head=config.new_head,
+                        packing=config.packing)
     if config.resume:
         _check_same_data(config, data)
     if len(data.train) < config.batch_size * config.grad_accum:
@@ -119,6 +121,16 @@ def check_metric(spec: ModelSpec, config: TrainConfig) -> None:
     if config.metric is not None and metric_name(config.metric) not in task.metric_names:
         names = ", ".join(m.removeprefix("val_") for m in task.metric_names)
         raise ConfigError(f"--metric {config.metric} is not reported for {spec.task}; valid: {names}")
+
+
+def check_language_options(spec: ModelSpec, config: TrainConfig) -> None:
+    """--packing and LoRA train causal language models (the tasks that generate) only."""
+    from zoo.tasks import get_task
+
+    given = [flag for flag, on in (("--packing", config.packing), ("--lora-r", config.lora_r is not None)) if on]
+    if given and not get_task(spec.task).generates:
+        raise ConfigError(f"{' and '.join(given)} train text-generation models, but {spec.name} is a {spec.task} "
+                          f"model; leave {' and '.join(given)} out")
 
 
 def metric_name(given: str) -> str:

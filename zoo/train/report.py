@@ -49,14 +49,16 @@ def plot_curves(records: list[dict[str, Any]], path: Path, metric: str = "val_ac
     right.plot([r["step"] for r in val], [r.get(key, 0.0) for r in val], marker="o", color="tab:green",
                label=key.removeprefix("val_"))
     # the task's other validation scores beside the main one (detection: mAP@.5 beside mAP@[.5:.95])
-    others = sorted({k for r in val for k in r if k.startswith("val_") and k not in ("val_loss", key)})
+    # (perplexity is the validation loss on another scale: the left panel shows it already)
+    shown = ("val_loss", "val_perplexity", key)
+    others = sorted({k for r in val for k in r if k.startswith("val_") and k not in shown})
     for other in others:
         right.plot([r["step"] for r in val], [r.get(other, 0.0) for r in val], marker=".", linestyle="--",
                    label=other.removeprefix("val_"))
     if others:
         right.legend()
     right.set(xlabel="step", ylabel=key.removeprefix("val_"), title=f"validation {key.removeprefix('val_')}")
-    if not key.endswith("loss"):  # scores run from 0 to 1
+    if not key.endswith(("loss", "perplexity")):  # scores run from 0 to 1
         right.set_ylim(0, 1.02)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -59,6 +59,11 @@ def _run(config: TrainConfig, strategy: Any, checked: bool, prepared: tuple[Mode
     torch.manual_seed(config.seed)  # every rank builds identical initial weights
     # a resumed run's checkpoint holds every weight: build without loading (or downloading) pretrained ones
     model = build_model(spec, data.plan, config, pretrained=False if config.resume else None)
+    if config.packing and not config.resume:
+        from zoo.tasks._lm_train import forward_logits
+        from zoo.train.packing import check_packing
+
+        check_packing(model, data.train, forward_logits)
     wrapped = strategy.wrap(model)
     wrapped.train()
     if strategy.is_main:
@@ -149,7 +154,7 @@ def _train(config: TrainConfig, spec: ModelSpec, data: Any, model: torch.nn.Modu
     from zoo.tasks import get_task
     from zoo.train.loop import Trainer, fit
 
-    runner = get_task(spec.task).export_module(model, spec)
+    runner = get_task(spec.task).training_module(model, spec)
     trainer = Trainer(model, runner, strategy, data, config, Path(config.out), spec)
     if config.resume:
         trainer.resume()
@@ -174,6 +179,8 @@ def write_run_dir(config: TrainConfig, spec: ModelSpec, data: Any, trainer: Any,
     out, state = Path(config.out), trainer.state
     fresh = fresh_copy(spec, data.plan, config)
     fresh.load_state_dict(weights)
+    if config.lora_r is not None:
+        fresh = _adapter_and_merge(fresh, spec, data, out)
     final = run_spec(spec, data.labels, out)
     # save with the base's local_path: the tokenizer / preprocessor files are copied from there
     saving = dataclasses.replace(final, local_path=spec.local_path)
@@ -190,6 +197,16 @@ def write_run_dir(config: TrainConfig, spec: ModelSpec, data: Any, trainer: Any,
         "timing": trainer.timing(), "versions": library_versions(),
     }
     (out / RUN_FILE).write_text(json.dumps(record, indent=2))
+
+
+def _adapter_and_merge(model: Any, spec: ModelSpec, data: Any, out: Path) -> Any:
+    """Write the LoRA adapter (peft's folder), then return the merged model, checked against the adapted one."""
+    from zoo.tasks import get_task
+    from zoo.train.lora import ADAPTER_DIR, merge
+
+    model.save_pretrained(out / ADAPTER_DIR)  # before merging, which takes the adapter layers out
+    batch = data.val.batch(list(range(min(4, len(data.val)))))
+    return merge(model, get_task(spec.task).training_inputs(spec, batch))
 
 
 def _model_args(spec: ModelSpec, config: TrainConfig) -> dict[str, Any]:
