@@ -25,6 +25,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -87,12 +88,21 @@ def build(work: Path) -> dict[str, Path]:
     gguf = gguf_file()
     folder = Path(resolve(str(gguf)).local_path)  # zoo's GGUF cache: dequantised once, keyed by the file's sha256
     zoo_art, genai = work / "zoo-onnx", work / "ortgenai-fp32"
-    if not (zoo_art / "manifest.json").is_file():
+    if zoo_fusion(zoo_art) is None:  # none yet, or exported before zoo fused decoder graphs
+        shutil.rmtree(zoo_art, ignore_errors=True)
         run([sys.executable, "-m", "zoo", "export", str(gguf), "--onnx", "--out", str(zoo_art)])
     if not (genai / "genai_config.json").is_file():
         run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o", str(genai),
              "-p", "fp32", "-e", "cpu"])
     return {"folder": folder, "zoo": zoo_art, "genai": genai}
+
+
+def zoo_fusion(artifact: Path) -> dict[str, Any] | None:
+    """The artifact's decoder fusion record (which fused operators, which graph was kept), None if it has none."""
+    manifest = artifact / "manifest.json"
+    if not manifest.is_file():
+        return None
+    return json.loads(manifest.read_text())["preprocess"]["generation"].get("fusion")
 
 
 def run(command: list[str]) -> None:
@@ -236,7 +246,7 @@ def main() -> None:
     ids = tokenizer.encode(PROMPT).ids
     results: dict[str, Any] = {"machine": machine_info(), "created": datetime.now(timezone.utc).isoformat(
         timespec="seconds"), "model": gguf_file().name, "prompt_tokens": len(ids), "new_tokens": NEW_TOKENS,
-        "repeats": args.repeats, "threads": {}}
+        "repeats": args.repeats, "zoo_graph": zoo_fusion(paths["zoo"]), "threads": {}}
     for threads in args.threads:
         engines = {"transformers eager fp32": transformers_engine(paths["folder"], threads),
                    "onnxruntime-genai fp32": genai_engine(paths["genai"], threads),

@@ -120,6 +120,10 @@ def _build_artifact(source: Source, stage: Path, random_init: bool, step: Progre
     step(f"torch reference outputs ({len(source.cases)} grid cases, one at a time)")
     references = torch_references(source.module, spec, source.cases)
     kept = choose_graph(source, model_path, references, step, noise_floor=noise_floor, fuse=fuse)
+    if fuse and kept.report.passed and source.task.generates:  # a decoder with a KV cache: its own fusions
+        from exporters.fusion_decoder import fuse_verified
+
+        kept = fuse_verified(source, model_path, kept, references, preprocess, step, noise_floor=noise_floor)
     report = kept.report
     report.checks += source.task.export_checks(stage, preprocess, source.cases, references)
     step("golden data")

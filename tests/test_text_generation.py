@@ -137,6 +137,33 @@ def test_export_verifies_decode_steps_and_greedy_generation(family, request):
     assert verify_artifact(result.path).passed
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_the_decoder_graph_is_fused_where_onnxruntime_has_the_operators(family, request):
+    """Llama's norms, rotary embeddings and attention become onnxruntime's operators, GPT-2's attention too
+    (its LayerNorm and learned positions have no rule here), each verified like the plain graph: the checks
+    above and test_runtime_greedy_equals_transformers_generate run on the fused graphs."""
+    import onnx
+
+    _, result = request.getfixturevalue(family)
+    fusion = json.loads((result.path / "manifest.json").read_text())["preprocess"]["generation"]["fusion"]
+    ops = {n.op_type for n in onnx.load(str(result.path / "model.onnx"), load_external_data=False).graph.node
+           if n.domain == "com.microsoft"}
+    fused = {"llama": {"SkipSimplifiedLayerNormalization": 4, "RotaryEmbedding": 4, "MultiHeadAttention": 2},
+             "gpt2": {"MultiHeadAttention": 2}}[family]
+    assert fusion == {"fused": fused, "kept": "fused"}
+    assert set(fused) <= ops and result.manifest.export_notes == ()  # GPT-2 gains a FusedMatMul too
+
+
+def test_zoo_bench_refuses_a_text_generation_artifact_in_one_line(llama, capsys):
+    from zoo.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["bench", str(llama[1].path)])
+    err = capsys.readouterr().err
+    assert done.value.code == 1 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert "text-generation" in err and "bench_generate.py" in err
+
+
 @pytest.mark.slow
 def test_qwen2_exports_verifies_and_chats_like_transformers(tmp_path, registry):
     import torch

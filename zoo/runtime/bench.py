@@ -95,6 +95,12 @@ def bench(model: ExportedModel, *, batch_sizes: Sequence[int] = (1, 8), iteratio
     """Time the graph per batch size; with ``vs_torch`` time the source model in eager PyTorch too."""
     if iterations < 1 or not batch_sizes or min(batch_sizes) < 1:
         raise ConfigError(f"iterations={iterations}, batch sizes={list(batch_sizes)}; both must be positive")
+    from zoo.tasks import get_task
+
+    if get_task(model.task).generates:
+        raise ConfigError(f"zoo bench times one forward pass per batch, and a {model.task} artifact generates token "
+                          "by token: time its generation with benchmarks/bench_generate.py (prefill ms, decode "
+                          "tokens/s)")
     warmup = max(3, iterations // 10) if warmup is None else warmup
     baseline = _torch_baseline(model, threads) if vs_torch else None
     report = BenchReport(name=model.manifest.name, task=model.task,
