@@ -101,7 +101,8 @@ def _config(data: str) -> Any:
 
 @pytest.mark.slow
 def test_finetuning_raises_zero_shot_accuracy_then_the_run_exports(clip_folder: Path, tmp_path: Path) -> None:
-    """Measured (seed 0, tiny CLIP, batch 32, lr 1e-3): untrained accuracy 0.XX; after 20 steps 0.XX."""
+    """Measured (seed 0, tiny CLIP, batch 32, lr 1e-3): accuracy 0.06 untrained (loss 2.30), 0.32 after 20 steps
+    (loss 1.32)."""
     import zoo
     from exporters.onnx import export_onnx
     from zoo.resolver import resolve

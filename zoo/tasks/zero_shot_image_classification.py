@@ -4,6 +4,7 @@
     zoo predict artifacts/clip cat.jpg --labels "a cat,a dog"      # labels ranked with scores
     model = zoo.load("artifacts/clip")
     model.embed_text(["a cat"]), model.embed_images(["cat.jpg"])   # unit vectors, for retrieval
+    zoo finetune ./clip-vit-base-patch32 --data builtin:shapes      # contrastive, on class captions
 
 One graph holds both towers: ``pixel_values`` [batch, C, H, W] and the tokens
 [texts, sequence] in, ``image_embeds`` [batch, dim], ``text_embeds`` [texts, dim]
@@ -22,6 +23,9 @@ for SigLIP, as transformers' zero-shot pipeline does), and the text padding
 (SigLIP pads every prompt to 64 tokens, as its pipeline does). Scores are
 ``activation(logit_scale * image . text + logit_bias)``; export checks that the
 recorded scale and bias reproduce the model's own logits.
+
+Fine-tuning (``_zero_shot_data``, ``_zero_shot_torch``) trains on pictures with class
+names, each class's caption being the predict prompt, and validates zero-shot accuracy.
 """
 
 from __future__ import annotations
