@@ -93,6 +93,62 @@ def test_labels_that_are_not_class_names_are_refused() -> None:
         TASK.data_columns(table.remove_columns("label"), None, None)
 
 
+def _batch(folder: Path, arch: str, labels: list[int]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The folder's model as training runs it, and a batch of random pictures with three class captions."""
+    from types import SimpleNamespace
+
+    import torch
+    import transformers
+
+    from zoo.resolver import resolve_folder
+    from zoo.tasks._zero_shot_data import ZeroShotExamples
+    from zoo.tasks.zero_shot_image_classification import MODEL_TYPES, TEMPLATE, _tokenize
+
+    spec = resolve_folder(folder)
+    prompts = _tokenize(spec, TASK.load_processor(spec, folder), [TEMPLATE.format(c) for c in ("cat", "dog", "car")])
+    noise = torch.randn(len(labels), 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    pictures = SimpleNamespace(batch=lambda rows: {"pixel_values": noise[rows], "labels": torch.tensor(labels)[rows]})
+    batch = ZeroShotExamples(pictures, prompts, MODEL_TYPES[arch][0]).batch(list(range(len(labels))))
+    runner = SimpleNamespace(model=transformers.AutoModel.from_pretrained(folder).eval())  # the export module's .model
+    return runner, batch, TASK.training_inputs(spec, batch)
+
+
+def test_siglip_loss_is_the_models_own_when_the_classes_are_distinct(tmp_path: Path) -> None:
+    """Pictures of three distinct classes: the loss over class captions is SiglipModel's return_loss exactly."""
+    import torch
+
+    from zoo.tasks._zero_shot_torch import training_loss
+
+    runner, batch, inputs = _batch(tiny_zero_shot_folder("siglip", tmp_path / "siglip"), "siglip", [2, 0, 1])
+    with torch.no_grad():
+        total, count = training_loss(runner, batch, inputs)
+        own = runner.model(pixel_values=inputs["pixel_values"], return_loss=True,
+                           **{n: inputs["class_" + n][batch["labels"]] for n in ("input_ids", "attention_mask")})
+    assert count == 3 and float(total) / 3 == pytest.approx(float(own.loss), rel=1e-5)
+    batch["activation"] = "softmax"  # the twin: CLIP's loss form on the same logits is another number
+    with torch.no_grad():
+        assert float(training_loss(runner, batch, inputs)[0]) / 3 != pytest.approx(float(own.loss), rel=1e-3)
+
+
+def test_validation_scores_kept_pictures_as_predict_does(clip_folder: Path) -> None:
+    import torch
+
+    from zoo.tasks._zero_shot_torch import eval_batch
+    from zoo.tasks.zero_shot_image_classification import zero_shot_scores
+
+    runner, batch, inputs = _batch(clip_folder, "clip", [1, 0, 2, 1])
+    with torch.no_grad():
+        loss, count, records = eval_batch(runner, batch, inputs, [True, True, False, True])
+        both = runner.model(pixel_values=inputs["pixel_values"], input_ids=inputs["class_input_ids"],
+                            attention_mask=inputs["class_attention_mask"])
+    record = {**TASK.model_record(runner.model), "activation": "softmax"}  # what export writes in the manifest
+    scores = zero_shot_scores(both.image_embeds.numpy(), both.text_embeds.numpy(), record)
+    assert count == 3 and loss > 0
+    assert records == [(1, int(scores[0].argmax())), (0, int(scores[1].argmax())), (1, int(scores[3].argmax()))]
+    assert TASK.metrics(records, ("cat", "dog", "car"))["val_accuracy"] == pytest.approx(
+        sum(t == p for t, p in records) / 3)
+
+
 def _config(data: str) -> Any:
     from zoo.train.config import TrainConfig
 
