@@ -47,8 +47,10 @@ def test_builtin_shapes_is_seeded_and_names_its_classes() -> None:
     image, label = scene(123)
     again, same = scene(123)
     assert label == same and image.tobytes() == again.tobytes()
-    labels = {scene(61000 * 1000 + i)[1] for i in range(60)}
-    assert labels == set(range(9))  # every class occurs
+    splits, digest = TASK.load_builtin("shapes")
+    assert {k: len(v) for k, v in splits.items()} == {"train": 360, "validation": 90}
+    assert splits["train"].features["label"].names == list(CLASSES)
+    assert set(splits["validation"]["label"]) == set(range(9)) and digest == TASK.load_builtin("shapes")[1]
 
 
 def test_an_image_folder_trains_with_its_folder_names_as_classes(clip_folder: Path, tmp_path: Path) -> None:
