@@ -163,7 +163,7 @@ def test_finetuning_raises_zero_shot_accuracy_then_the_run_exports(clip_folder: 
     (loss 1.32)."""
     import zoo
     from exporters.onnx import export_onnx
-    from zoo.resolver import resolve
+    from zoo.resolver import resolve, resolve_folder
     from zoo.tasks._zero_shot_data import CLASSES, scene
     from zoo.train.finetune import finetune
 
@@ -179,6 +179,8 @@ def test_finetuning_raises_zero_shot_accuracy_then_the_run_exports(clip_folder: 
     assert after["val_accuracy"] >= before["val_accuracy"] + 0.1 and after["val_loss"] < before["val_loss"]
     record = json.loads((run / "run.json").read_text())
     assert record["model"]["metric"] == "val_accuracy" and record["data"]["labels"] == list(CLASSES)
+    # the run's model folder is a whole CLIP folder: tokenizer and image processor beside the weights
+    assert resolve_folder(run / "model").preprocess.crop_mode == "center-floor"
 
     artifact = export_onnx(resolve(str(run)), out=tmp_path / "artifact").path
     checks = json.loads((artifact / "manifest.json").read_text())["verification"]["checks"]
