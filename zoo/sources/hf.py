@@ -246,9 +246,9 @@ def save_preprocessor(spec: ModelSpec, folder: Path) -> None:
     processor = get_task(spec.task).load_processor(spec, local_folder(spec))
     if processor is not None:
         processor.save_pretrained(folder)
-        return
     src = local_folder(spec) / "preprocessor_config.json"
-    if src.is_file():
+    # an image-text model's processor is its tokenizer: its image processor's file comes from the source
+    if src.is_file() and not (Path(folder) / src.name).is_file():
         import shutil
 
         shutil.copy2(src, Path(folder) / src.name)

@@ -4,6 +4,7 @@
     zoo predict artifacts/clip cat.jpg --labels "a cat,a dog"      # labels ranked with scores
     model = zoo.load("artifacts/clip")
     model.embed_text(["a cat"]), model.embed_images(["cat.jpg"])   # unit vectors, for retrieval
+    zoo finetune ./clip-vit-base-patch32 --data builtin:shapes      # contrastive, on class captions
 
 One graph holds both towers: ``pixel_values`` [batch, C, H, W] and the tokens
 [texts, sequence] in, ``image_embeds`` [batch, dim], ``text_embeds`` [texts, dim]
@@ -22,6 +23,9 @@ for SigLIP, as transformers' zero-shot pipeline does), and the text padding
 (SigLIP pads every prompt to 64 tokens, as its pipeline does). Scores are
 ``activation(logit_scale * image . text + logit_bias)``; export checks that the
 recorded scale and bias reproduce the model's own logits.
+
+Fine-tuning (``_zero_shot_data``, ``_zero_shot_torch``) trains on pictures with class
+names, each class's caption being the predict prompt, and validates zero-shot accuracy.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from zoo.checks import Check
-from zoo.errors import ArtifactError, InputError
+from zoo.errors import ArtifactError, DataError, InputError
 from zoo.folders import read_json
 from zoo.spec import InputSpec, ModelSpec, Preprocess, Tolerances
 from zoo.tasks._image import EXPORT_BATCH, ImageTask, hf_image_preprocess, pixels
@@ -62,6 +66,9 @@ class ZeroShotImageClassification(ImageTask):
     hf_auto_class: ClassVar[str | None] = "AutoModelForZeroShotImageClassification"
     expects: ClassVar[str] = "image paths, PIL images or uint8 arrays, with labels=[...]"
     predict_options: ClassVar[dict[str, type]] = {"labels": list, "template": str, "top_k": int}
+    trainable: ClassVar[bool] = True
+    primary_metric: ClassVar[str] = "val_accuracy"
+    metric_names: ClassVar[tuple[str, ...]] = ("val_loss", "val_accuracy")  # zero-shot accuracy on the class prompts
 
     def claims_hf(self, architectures: list[str], model_type: str, sentence_transformers: bool) -> bool:
         return not sentence_transformers and model_type in MODEL_TYPES
@@ -220,8 +227,73 @@ class ZeroShotImageClassification(ImageTask):
                 table.add_row(escape(item) if rank == 0 else "", escape(label), f"{score:.4f}")
         return table
 
+    # ------------------------------------------------------------ data and training
+
+    def builtin_datasets(self) -> dict[str, Any]:
+        from zoo.tasks._zero_shot_data import shapes
+
+        return {"shapes": shapes}
+
     def training_spec(self, spec: ModelSpec, config: Any) -> ModelSpec:
-        raise self._not_trainable()
+        """The image side as image tasks train it (size, squashed built-in pictures); the text inputs kept."""
+        image = super().training_spec(spec, config)
+        return dataclasses.replace(image, inputs=(*image.inputs, *spec.inputs[1:]))
+
+    def data_columns(self, table: Any, input_column: str | None, label_column: str | None) -> dict[str, str]:
+        from zoo.tasks._classify import LABEL_COLUMNS
+        from zoo.tasks.base import choose_column
+
+        image = self.image_column(table, input_column)
+        names = list(table.column_names)
+        usual = [n for n in LABEL_COLUMNS if n != image]
+        if label_column is None and not set(usual) & set(names):
+            # an imagefolder with a single sub-folder comes without a label column
+            raise DataError(f"no class column among: {', '.join(names)}; give an image folder with one sub-folder per "
+                            "class (at least 2; folder names are the classes), or name a column of class names "
+                            "with --label-column")
+        return {"input": image, "label": choose_column(names, label_column, usual, "class", "--label-column")}
+
+    def read_labels(self, table: Any, column: str, spec: ModelSpec, new_head: bool = False) -> Any:
+        from zoo.tasks._zero_shot_data import plan_labels
+
+        return plan_labels(table, column)
+
+    def encode(self, table: Any, columns: dict[str, str], labels: Any, spec: ModelSpec,
+               processor: Any, max_length: int, what: str) -> Any:
+        """Pictures as image tasks encode them, and each class's caption tokenised once by the model's tokenizer
+        (``processor``: this task's ``load_processor``) as predict tokenises its prompts."""
+        from zoo.data import encode
+        from zoo.tasks._zero_shot_data import ZeroShotExamples
+
+        pp = spec.preprocess
+        if pp.crop_mode == "center-floor":  # zoo's runtime name for CLIP's crop; timm's training transform says center
+            pp = dataclasses.replace(pp, crop_mode="center")
+        prompts = _tokenize(spec, processor, [TEMPLATE.format(name) for name in labels.names])
+        return ZeroShotExamples(encode.images(table, columns, labels, pp, what), prompts, MODEL_TYPES[spec.arch][0])
+
+    def training_inputs(self, spec: ModelSpec, batch: dict[str, Any]) -> dict[str, Any]:
+        from zoo.tasks._zero_shot_data import PROMPT_PREFIX
+
+        return {"pixel_values": batch["pixel_values"], **{PROMPT_PREFIX + n: batch[PROMPT_PREFIX + n]
+                                                          for n in text_names(spec.inputs)}}
+
+    def training_loss(self, runner: Any, batch: dict[str, Any], inputs: dict[str, Any]) -> tuple[Any, int]:
+        from zoo.tasks._zero_shot_torch import training_loss
+
+        return training_loss(runner, batch, inputs)
+
+    def eval_batch(self, runner: Any, batch: dict[str, Any], inputs: dict[str, Any],
+                   rows: list[bool]) -> tuple[float, int, list[Any]]:
+        from zoo.tasks._zero_shot_torch import eval_batch
+
+        return eval_batch(runner, batch, inputs, rows)
+
+    def metrics(self, records: list[Any], labels: tuple[str, ...]) -> dict[str, float]:
+        from sklearn.metrics import accuracy_score
+
+        if not records:
+            return {"val_accuracy": 0.0}
+        return {"val_accuracy": float(accuracy_score([t for t, _ in records], [p for _, p in records]))}
 
 
 # ---------------------------------------------------------------- scoring (torch-free)
