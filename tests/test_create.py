@@ -38,7 +38,8 @@ def test_registry_entry_builds_and_runs(alias, registry, tmp_path):
         if task.modality == "text" and token_ids_only:
             feeds = {i.name: torch.ones(2, 9, dtype=torch.long) for i in spec.inputs}
             out = module(**feeds)
-        elif task.modality in ("text", "audio"):  # the exporter's own example: synthetic clips, a cache
+        elif task.modality in ("text", "audio") or [i.name for i in spec.inputs] != ["pixel_values"]:
+            # the exporter's own example: synthetic clips, a cache, question/context windows, a dual encoder's texts
             example = task.export_example(spec, load_processor(spec))
             out = module(**{name: torch.from_numpy(array[:2]) for name, array in example.items()})
         else:
@@ -51,6 +52,9 @@ def test_registry_entry_builds_and_runs(alias, registry, tmp_path):
         logits, out = out
         assert logits.shape[:2] == out.shape[:2] and logits.shape[2] == len(spec.labels) + (spec.arch != "rt_detr")
         assert out.shape[2] == 4 and torch.isfinite(logits).all()
+    if isinstance(out, tuple):  # several outputs (answer spans, a dual encoder's towers): each finite, batched
+        assert all(o.shape[0] == 2 and torch.isfinite(o).all() for o in out), [o.shape for o in out]
+        return
     assert out.shape[0] == 2
     if spec.task == "token-classification":
         assert out.shape[1] == 9 and out.shape[2] == len(spec.labels)
