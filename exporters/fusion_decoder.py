@@ -22,6 +22,7 @@ kernel assumes every row's tokens start at column 0) is not used.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -227,13 +228,14 @@ def fuse_verified(source: Any, model_path: Path, kept: Any, references: list[dic
             record["reason"] = reason
             if reason != NOTHING_MATCHED:
                 kept.notes.append(f"decoder fusion refused, the plain graph kept: {reason}")
-            return kept
+            return dataclasses.replace(kept, graph={"form": "plain", "reason": reason})
         for part in model_path.parent.glob(model_path.name + "*"):
             part.unlink()
         for part in fused_path.parent.iterdir():
             part.replace(model_path.parent / part.name)
         record["kept"] = "fused"
-        return type(kept)(kept.exporter, kept.optimization, report, kept.notes)
+        return dataclasses.replace(kept, report=report,
+                                   graph={"form": "fused", "recipe": "decoder", "fusions": dict(record["fused"])})
     finally:
         shutil.rmtree(fused_path.parent, ignore_errors=True)
 

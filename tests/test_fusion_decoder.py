@@ -86,7 +86,7 @@ def test_the_rules_fuse_a_llama_decoder_into_onnxruntime_operators(plain, tmp_pa
 def _choice(report):
     from exporters.onnx import GraphChoice
 
-    return GraphChoice("dynamo", "all", report, [])
+    return GraphChoice("dynamo", "all", report, [], {"form": "plain", "reason": "a decoder: its own recipe"})
 
 
 def _stage(plain, tmp_path: Path) -> Path:
@@ -116,6 +116,7 @@ def test_a_fused_graph_with_the_wrong_rotary_base_is_refused_and_the_plain_graph
     assert record["reason"].startswith("the fused graph failed verification: ")
     assert "prefill + decode steps" in record["reason"] or "output logits" in record["reason"]
     assert kept.notes == [f"decoder fusion refused, the plain graph kept: {record['reason']}"]
+    assert kept.graph == {"form": "plain", "reason": record["reason"]}  # the manifest's `graph` says so too
     assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["model.onnx"]
     json.dumps(record)  # what the manifest holds
 

@@ -151,6 +151,7 @@ def test_the_decoder_graph_is_fused_where_onnxruntime_has_the_operators(family, 
     fused = {"llama": {"SkipSimplifiedLayerNormalization": 4, "RotaryEmbedding": 4, "MultiHeadAttention": 2},
              "gpt2": {"MultiHeadAttention": 2}}[family]
     assert fusion == {"fused": fused, "kept": "fused"}
+    assert result.manifest.graph == {"form": "fused", "recipe": "decoder", "fusions": fused}
     assert set(fused) <= ops and result.manifest.export_notes == ()  # GPT-2 gains a FusedMatMul too
 
 
