@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from zoo.checks import Check
-from zoo.errors import ArtifactError, InputError, ModelUnavailableError, UnsupportedTaskError
+from zoo.errors import ArtifactError, DataError, InputError, ModelUnavailableError, UnsupportedTaskError
 from zoo.spec import InputSpec, ModelSpec, Preprocess
 from zoo.tasks._detection_preprocess import _RESAMPLE, CONFIG_FILE, ImageSteps, _triple
 from zoo.tasks._image import ImageTask
@@ -341,6 +341,29 @@ class DenseTask(ImageTask):
         if isinstance(spec.inputs[0].shape[2], int):
             inputs = (dataclasses.replace(spec.inputs[0], shape=("batch", 3, size, size)),)
         return dataclasses.replace(spec, preprocess=pp, inputs=inputs)
+
+
+class PictureExamples:
+    """Indexable training rows of pictures: a subclass's ``batch`` encodes them with the model's processor."""
+
+    def __init__(self, table: Any, columns: dict[str, str], processor: Any):
+        self.table, self.columns, self.processor = table, columns, processor
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def target_count(self, indices: list[int]) -> int:
+        # the model's loss is a per-batch mean over pixels; the loop weighs each picture equally
+        return len(indices)
+
+
+def stacked_pixels(pixel_values: Any) -> np.ndarray:
+    """The processor's pictures as one float32 batch; refused when they resized to different sizes."""
+    pixels = [np.asarray(p) for p in pixel_values]
+    if len({p.shape for p in pixels}) > 1:
+        raise DataError(f"pictures resize to different sizes {sorted({p.shape[1:] for p in pixels})} with this "
+                        "processor (it keeps the aspect ratio); give pictures of one size, or --batch-size 1")
+    return np.stack(pixels).astype(np.float32)
 
 
 def steps_of(processor: Any) -> DenseSteps:
