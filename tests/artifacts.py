@@ -82,6 +82,25 @@ def ast_artifact(tmp_path_factory: Any, ast_folder: Path) -> Path:
     return make_artifact(ast_folder, tmp_path_factory.mktemp("rt") / "ast")
 
 
+def short_artifact(folder: Path, out: Path, max_length: int) -> Path:
+    """An artifact whose longest sequence is MAX_LENGTH, verified on one seed's grid (every kind of case is still
+    checked): a large-vocabulary head at full length takes minutes to verify."""
+    import dataclasses
+
+    import exporters.source
+    from exporters.onnx import export_onnx
+    from zoo.resolver import resolve
+
+    spec = resolve(str(folder))
+    spec = dataclasses.replace(spec, preprocess=dataclasses.replace(spec.preprocess, max_length=max_length))
+    seeds = exporters.source.SEEDS
+    exporters.source.SEEDS = (0,)
+    try:
+        return Path(export_onnx(spec, out=out).path)
+    finally:
+        exporters.source.SEEDS = seeds
+
+
 def copy_artifact(src: Path, dest: Path) -> Path:
     import shutil
 
