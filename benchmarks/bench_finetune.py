@@ -23,7 +23,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 import torch.nn.functional as F
 from machine import machine_info
+from train_rounds import compare_rounds
 from torch.distributed.elastic.multiprocessing.errors import record
 
 BATCH = 64
@@ -67,33 +67,9 @@ def _build(config: Any, strategy: Any, data: Any = None) -> tuple[Any, Any]:
 # ---------------------------------------------------------------- throughput
 
 
-def zoo_round(trainer: Any, plan: list, steps: int) -> float:
-    trainer.train_step(plan[0])  # warm-up
-    start = time.perf_counter()
-    for micro in plan[1:steps + 1]:
-        trainer.train_step(micro)
-        trainer.state.step += 1
-    return steps * BATCH / (time.perf_counter() - start)
-
-
-def bare_round(trainer: Any, plan: list, steps: int) -> float:
-    """The loop a user writes by hand: forward, mean loss, backward, clip, AdamW, schedule."""
-    model, optimizer, scheduler, data = trainer.model, trainer.optimizer, trainer.scheduler, trainer.data.train
-
-    def step(indices: list[int]) -> None:
-        batch = data.batch(indices)
-        loss = F.cross_entropy(model(batch["pixel_values"]), batch["labels"])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-
-    step(plan[0][0])
-    start = time.perf_counter()
-    for micro in plan[1:steps + 1]:
-        step(micro[0])
-    return steps * BATCH / (time.perf_counter() - start)
+def _bare_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """The hand-written loop's loss: forward, mean cross-entropy."""
+    return F.cross_entropy(model(batch["pixel_values"]), batch["labels"])
 
 
 def throughput(steps: int, rounds: int) -> dict[str, Any]:
@@ -105,13 +81,8 @@ def throughput(steps: int, rounds: int) -> dict[str, Any]:
         zoo_trainer, data = _build(config, SingleStrategy())
         bare_trainer, _ = _build(config, SingleStrategy(), data)
         plan = batches.epoch_steps(len(data[1].train), BATCH, 1, 0, 0)
-        zoo_rates, bare_rates = [], []
-        for _ in range(rounds):
-            zoo_rates.append(zoo_round(zoo_trainer, plan, steps))
-            bare_rates.append(bare_round(bare_trainer, plan, steps))
-    return {"model": "timm:test_resnet @ 32 px, 10 classes", "batch": BATCH, "steps_per_round": steps,
-            "zoo_samples_per_s": zoo_rates, "bare_samples_per_s": bare_rates,
-            "ratio": max(zoo_rates) / max(bare_rates)}
+        compared = compare_rounds(zoo_trainer, bare_trainer, plan, steps, rounds, BATCH, _bare_loss)
+    return {"model": "timm:test_resnet @ 32 px, 10 classes", **compared}
 
 
 # ---------------------------------------------------------------- memory

@@ -39,6 +39,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 from machine import machine_info
+from train_rounds import compare_rounds
 
 BATCH = 32
 LETTERS = "abcdefghij"
@@ -127,34 +128,10 @@ def _trainer(model: Path, out: str) -> Any:
     return Trainer(net, get_task(spec.task).training_module(net, spec), strategy, data, config, Path(out), spec)
 
 
-def zoo_round(trainer: Any, plan: list, steps: int) -> float:
-    trainer.train_step(plan[0])  # warm-up
-    start = time.perf_counter()
-    for micro in plan[1:steps + 1]:
-        trainer.train_step(micro)
-        trainer.state.step += 1
-    return steps * BATCH / (time.perf_counter() - start)
-
-
-def bare_round(trainer: Any, plan: list, steps: int) -> float:
-    """The loop a user writes by hand: forward with the model's own loss, backward, clip, AdamW, schedule."""
-    model, optimizer, scheduler, data = trainer.model, trainer.optimizer, trainer.scheduler, trainer.data.train
-
-    def step(indices: list[int]) -> None:
-        batch = data.batch(indices)
-        loss = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"],
-                     use_cache=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-
-    step(plan[0][0])
-    start = time.perf_counter()
-    for micro in plan[1:steps + 1]:
-        step(micro[0])
-    return steps * BATCH / (time.perf_counter() - start)
+def _bare_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """The hand-written loop's loss: the model's own, from a forward without the cache."""
+    return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"],
+                 use_cache=False).loss
 
 
 def throughput(work: Path, steps: int, rounds: int) -> dict[str, Any]:
@@ -163,13 +140,8 @@ def throughput(work: Path, steps: int, rounds: int) -> dict[str, Any]:
     model = tiny_llama(work / "llama-throughput")
     zoo_trainer, bare_trainer = _trainer(model, str(work / "z")), _trainer(model, str(work / "b"))
     plan = batches.epoch_steps(len(zoo_trainer.data.train), BATCH, 1, 0, 0)
-    zoo_rates, bare_rates = [], []
-    for _ in range(rounds):
-        zoo_rates.append(zoo_round(zoo_trainer, plan, steps))
-        bare_rates.append(bare_round(bare_trainer, plan, steps))
-    return {"model": "tiny Llama (tests/tiny.py), builtin:next-letter rows", "batch": BATCH, "steps_per_round": steps,
-            "zoo_samples_per_s": zoo_rates, "bare_samples_per_s": bare_rates,
-            "ratio": max(zoo_rates) / max(bare_rates)}
+    compared = compare_rounds(zoo_trainer, bare_trainer, plan, steps, rounds, BATCH, _bare_loss)
+    return {"model": "tiny Llama (tests/tiny.py), builtin:next-letter rows", **compared}
 
 
 def main() -> None:

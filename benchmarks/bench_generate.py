@@ -35,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import decode_figures
 from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,12 +278,8 @@ def ratios(engines: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 def print_threads(threads: int, entry: dict[str, Any]) -> None:
-    print(f"\n== {threads} thread{'s' if threads > 1 else ''}: same greedy tokens: {entry['same_tokens']}")
-    for name, fig in entry["engines"].items():
-        print(f"  {name:<26} prefill {fig['prefill_ms']:8.1f} ms   decode {fig['decode_tokens_per_s']:6.1f} tok/s"
-              f"   ({fig['new_tokens']} tokens)")
-    for name, value in entry["ratios"].items():
-        print(f"  {name}: {value:.2f}")
+    decode_figures.print_threads(threads, entry, lambda name, fig: f"{fig['new_tokens']} tokens",
+                                 f": same greedy tokens: {entry['same_tokens']}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from typing import Any
 
 from bench_generate import (NEW_TOKENS, ROOT, Engine, build, genai_engine, gguf_file, measure, run,
                             transformers_engine)
+import decode_figures
 from machine import machine_info
 
 LEVELS = ("int4", "int8-weights")
@@ -177,12 +178,9 @@ def ratios(engines: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 def print_threads(threads: int, entry: dict[str, Any]) -> None:
-    print(f"\n== {threads} thread{'s' if threads > 1 else ''}")
-    for name, fig in entry["engines"].items():
-        print(f"  {name:<26} prefill {fig['prefill_ms']:8.1f} ms   decode {fig['decode_tokens_per_s']:6.1f} tok/s"
-              f"   ({fig['new_tokens']} tokens, first {entry['tokens_equal_to_fp32'][name]} as fp32's)")
-    for name, value in entry["ratios"].items():
-        print(f"  {name}: {value:.2f}")
+    decode_figures.print_threads(
+        threads, entry,
+        lambda name, fig: f"{fig['new_tokens']} tokens, first {entry['tokens_equal_to_fp32'][name]} as fp32's")
 
 
 if __name__ == "__main__":

@@ -82,8 +82,60 @@ def ast_artifact(tmp_path_factory: Any, ast_folder: Path) -> Path:
     return make_artifact(ast_folder, tmp_path_factory.mktemp("rt") / "ast")
 
 
+def short_artifact(folder: Path, out: Path, max_length: int) -> Path:
+    """An artifact whose longest sequence is MAX_LENGTH, verified on one seed's grid (every kind of case is still
+    checked): a large-vocabulary head at full length takes minutes to verify."""
+    import dataclasses
+
+    import exporters.source
+    from exporters.onnx import export_onnx
+    from zoo.resolver import resolve
+
+    spec = resolve(str(folder))
+    spec = dataclasses.replace(spec, preprocess=dataclasses.replace(spec.preprocess, max_length=max_length))
+    seeds = exporters.source.SEEDS
+    exporters.source.SEEDS = (0,)
+    try:
+        return Path(export_onnx(spec, out=out).path)
+    finally:
+        exporters.source.SEEDS = seeds
+
+
 def copy_artifact(src: Path, dest: Path) -> Path:
     import shutil
 
     shutil.copytree(src, dest)
     return dest
+
+
+def scene_files(folder: Path, seed: int, sizes: tuple[tuple[int, int], ...], stem: str) -> list[Path]:
+    """Generated scenes saved as PNG files in FOLDER, one a (height, width) of SIZES: STEM0.png, STEM1.png, ..."""
+    from zoo.tasks._detection_verify import scenes
+
+    paths = []
+    for i, image in enumerate(scenes(seed, sizes)):
+        paths.append(folder / f"{stem}{i}.png")
+        image.save(paths[-1])
+    return paths
+
+
+def grid_and_torch_outputs(folder: Path, auto_class: str,
+                           outputs: tuple[str, ...]) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The export grid (seeds 0, 1) of the tiny model in FOLDER and torch's OUTPUTS on it, loaded with transformers'
+    AUTO_CLASS: the references of the task's parity checks."""
+    import torch
+    import transformers
+
+    from zoo.resolver import resolve
+    from zoo.sources import load_processor
+    from zoo.tasks import get_task
+
+    spec = resolve(str(folder))
+    cases = get_task(spec.task).grid(spec, load_processor(spec), (0, 1))
+    model = getattr(transformers, auto_class).from_pretrained(str(folder)).eval()
+    references = []
+    with torch.no_grad():
+        for case in cases:
+            out = model(**{k: torch.from_numpy(v) for k, v in case.inputs.items()})
+            references.append({name: getattr(out, name).numpy() for name in outputs})
+    return cases, references

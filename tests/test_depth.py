@@ -16,9 +16,8 @@ import pytest
 from PIL import Image
 
 from tests import tiny
-from tests.artifacts import make_artifact
+from tests.artifacts import grid_and_torch_outputs, make_artifact, scene_files
 from zoo.errors import InputError
-from zoo.sources import load_processor
 
 SIZES = ((64, 96), (120, 80))  # (height, width)
 
@@ -35,31 +34,12 @@ def depth_artifact(tmp_path_factory: Any, depth_folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory: Any) -> list[Path]:
-    from zoo.tasks._detection_verify import scenes
-
-    folder = tmp_path_factory.mktemp("pictures")
-    paths = []
-    for i, image in enumerate(scenes(5, SIZES)):
-        paths.append(folder / f"room{i}.png")
-        image.save(paths[-1])
-    return paths
+    return scene_files(tmp_path_factory.mktemp("pictures"), 5, SIZES, "room")
 
 
 @pytest.fixture(scope="module")
 def grid_and_torch(depth_folder: Path) -> tuple[list[Any], list[dict[str, np.ndarray]]]:
-    import torch
-    from transformers import AutoModelForDepthEstimation
-
-    from zoo.resolver import resolve
-    from zoo.tasks import get_task
-
-    spec = resolve(str(depth_folder))
-    cases = get_task(spec.task).grid(spec, load_processor(spec), (0, 1))
-    model = AutoModelForDepthEstimation.from_pretrained(str(depth_folder)).eval()
-    with torch.no_grad():
-        references = [{"predicted_depth": model(pixel_values=torch.from_numpy(c.inputs["pixel_values"]))
-                       .predicted_depth.numpy()} for c in cases]
-    return cases, references
+    return grid_and_torch_outputs(depth_folder, "AutoModelForDepthEstimation", ("predicted_depth",))
 
 
 def test_export_has_dynamic_sides_and_runs_the_task_checks(depth_artifact: Path) -> None:

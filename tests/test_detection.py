@@ -17,10 +17,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests import tiny
-from tests.artifacts import make_artifact
+from tests.artifacts import grid_and_torch_outputs, make_artifact, scene_files
 from zoo.cli.app import app
 from zoo.errors import DataError, InputError, UnsupportedTaskError, VerificationError
-from zoo.sources import load_processor
 
 runner = CliRunner()
 SIZES = ((64, 96), (120, 80), (50, 50))  # (height, width): three aspect ratios in one call
@@ -39,35 +38,13 @@ def detr_artifact(tmp_path_factory: Any, detr_folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory: Any) -> list[Path]:
     """Generated scenes saved as PNG files at SIZES."""
-    from zoo.tasks._detection_verify import scenes
-
-    folder = tmp_path_factory.mktemp("pictures")
-    paths = []
-    for i, image in enumerate(scenes(7, SIZES)):
-        paths.append(folder / f"scene{i}.png")
-        image.save(paths[-1])
-    return paths
+    return scene_files(tmp_path_factory.mktemp("pictures"), 7, SIZES, "scene")
 
 
 @pytest.fixture(scope="module")
 def grid_and_torch(detr_folder: Path) -> tuple[list[Any], list[dict[str, np.ndarray]]]:
     """The export grid of the tiny DETR and torch's raw outputs on it (references of the parity checks)."""
-    import torch
-    from transformers import AutoModelForObjectDetection
-
-    from zoo.resolver import resolve
-    from zoo.tasks import get_task
-
-    spec = resolve(str(detr_folder))
-    task = get_task(spec.task)
-    cases = task.grid(spec, load_processor(spec), (0, 1))
-    model = AutoModelForObjectDetection.from_pretrained(str(detr_folder)).eval()
-    references = []
-    with torch.no_grad():
-        for case in cases:
-            out = model(**{k: torch.from_numpy(v) for k, v in case.inputs.items()})
-            references.append({"logits": out.logits.numpy(), "pred_boxes": out.pred_boxes.numpy()})
-    return cases, references
+    return grid_and_torch_outputs(detr_folder, "AutoModelForObjectDetection", ("logits", "pred_boxes"))
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:

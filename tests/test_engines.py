@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from exporters import gates
+from tests.speed import REAL_MEASURE_SPEED, fake_speed, twice_as_fast  # noqa: F401  (autouse fixture)
 from zoo.artifact import read_manifest, write_manifest
 from zoo.errors import ArtifactError, ConfigError, GateError, VerificationError
 from zoo.runtime import engines
@@ -28,22 +29,8 @@ from zoo.runtime.engines import Engine
 pytestmark = pytest.mark.xdist_group("optimize")
 openvino = pytest.importorskip("openvino")  # the dev extra installs it; a runtime-only install skips these
 
-REAL_MEASURE_SPEED = gates.measure_speed  # kept before the autouse fixture replaces it
 WITH_BF16 = {"fpu", "avx2", "avx512f", "avx512_bf16"}
 WITHOUT_BF16 = {"fpu", "avx2", "avx512f", "avx512_vnni"}
-
-
-def fake_speed(factor: float):
-    """A measure_speed stand-in: the candidate takes 1/factor of the parent's 10 ms at every shape."""
-    def measure(parent, optimized, shapes, providers=None, engine=None, torch_call=None):
-        return [gates.SpeedFigure(shape, 10.0, 10.0 / factor) for shape in shapes]
-
-    return measure
-
-
-@pytest.fixture(autouse=True)
-def twice_as_fast(monkeypatch):
-    monkeypatch.setattr(gates, "measure_speed", fake_speed(2.0))
 
 
 def fake_cpu(monkeypatch, flags: set[str]) -> None:

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests import tiny
+from tests.artifacts import short_artifact
 from zoo.errors import InputError
 from zoo.spec import Tolerances
 from zoo.tasks.base import Case
@@ -30,18 +30,7 @@ def mlm_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def mlm_artifact(mlm_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import exporters.source
-    from exporters.onnx import export_onnx
-    from zoo.resolver import resolve
-
-    spec = resolve(str(mlm_folder))
-    spec = dataclasses.replace(spec, preprocess=dataclasses.replace(spec.preprocess, max_length=MAX_LENGTH))
-    seeds = exporters.source.SEEDS
-    exporters.source.SEEDS = (0,)  # one seed: every kind of case is still checked
-    try:
-        return export_onnx(spec, out=tmp_path_factory.mktemp("mlm-art") / "mlm").path
-    finally:
-        exporters.source.SEEDS = seeds
+    return short_artifact(mlm_folder, tmp_path_factory.mktemp("mlm-art") / "mlm", MAX_LENGTH)
 
 
 def test_a_masked_lm_folder_is_fill_mask(mlm_folder: Path) -> None:

@@ -17,25 +17,12 @@ import numpy as np
 import pytest
 
 from exporters import gates
+from tests.speed import REAL_MEASURE_SPEED, fake_speed, twice_as_fast  # noqa: F401  (autouse fixture)
 from zoo.artifact import read_manifest
 from zoo.errors import ArtifactError, ConfigError, DataError, GateError
 from zoo.spec import Tolerances
 
 pytestmark = pytest.mark.xdist_group("optimize")
-REAL_MEASURE_SPEED = gates.measure_speed  # kept before the autouse fixture replaces it
-
-
-def fake_speed(factor: float):
-    """A measure_speed stand-in: the optimised graph takes 1/factor of the parent's 10 ms at every shape."""
-    def measure(parent, optimized, shapes, providers=None, engine=None, torch_call=None):
-        return [gates.SpeedFigure(shape, 10.0, 10.0 / factor) for shape in shapes]
-
-    return measure
-
-
-@pytest.fixture(autouse=True)
-def twice_as_fast(monkeypatch):
-    monkeypatch.setattr(gates, "measure_speed", fake_speed(2.0))
 
 
 @pytest.fixture(scope="module")

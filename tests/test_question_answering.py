@@ -10,7 +10,6 @@ by transformers for document question answering), answers aligned to whole words
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 from tests import tiny
+from tests.artifacts import short_artifact
 from zoo.errors import InputError
 from zoo.spec import Tolerances
 
@@ -48,18 +48,7 @@ def qa_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def qa_artifact(qa_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import exporters.source
-    from exporters.onnx import export_onnx
-    from zoo.resolver import resolve
-
-    spec = resolve(str(qa_folder))
-    spec = dataclasses.replace(spec, preprocess=dataclasses.replace(spec.preprocess, max_length=MAX_LENGTH))
-    seeds = exporters.source.SEEDS
-    exporters.source.SEEDS = (0,)  # one seed: every kind of case is still checked
-    try:
-        return export_onnx(spec, out=tmp_path_factory.mktemp("qa-art") / "qa").path
-    finally:
-        exporters.source.SEEDS = seeds
+    return short_artifact(qa_folder, tmp_path_factory.mktemp("qa-art") / "qa", MAX_LENGTH)
 
 
 def reference_answers(folder: Path, question: str, context: str, max_seq_len: int, doc_stride: int, top_k: int,

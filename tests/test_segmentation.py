@@ -15,9 +15,8 @@ import pytest
 from PIL import Image
 
 from tests import tiny
-from tests.artifacts import make_artifact
+from tests.artifacts import grid_and_torch_outputs, make_artifact, scene_files
 from zoo.errors import DataError
-from zoo.sources import load_processor
 
 SIZES = ((64, 96), (120, 80), (50, 50))  # (height, width): three aspect ratios in one call
 
@@ -34,32 +33,13 @@ def seg_artifact(tmp_path_factory: Any, seg_folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory: Any) -> list[Path]:
-    from zoo.tasks._detection_verify import scenes
-
-    folder = tmp_path_factory.mktemp("pictures")
-    paths = []
-    for i, image in enumerate(scenes(7, SIZES)):
-        paths.append(folder / f"scene{i}.png")
-        image.save(paths[-1])
-    return paths
+    return scene_files(tmp_path_factory.mktemp("pictures"), 7, SIZES, "scene")
 
 
 @pytest.fixture(scope="module")
 def grid_and_torch(seg_folder: Path) -> tuple[list[Any], list[dict[str, np.ndarray]]]:
     """The export grid of the tiny SegFormer and torch's logits on it (references of the parity checks)."""
-    import torch
-    from transformers import AutoModelForSemanticSegmentation
-
-    from zoo.resolver import resolve
-    from zoo.tasks import get_task
-
-    spec = resolve(str(seg_folder))
-    cases = get_task(spec.task).grid(spec, load_processor(spec), (0, 1))
-    model = AutoModelForSemanticSegmentation.from_pretrained(str(seg_folder)).eval()
-    with torch.no_grad():
-        references = [{"logits": model(pixel_values=torch.from_numpy(c.inputs["pixel_values"])).logits.numpy()}
-                      for c in cases]
-    return cases, references
+    return grid_and_torch_outputs(seg_folder, "AutoModelForSemanticSegmentation", ("logits",))
 
 
 def _torch_maps(folder: Path, paths: list[Path]) -> list[np.ndarray]:

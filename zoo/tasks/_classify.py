@@ -37,7 +37,35 @@ def labels_from_config(config: dict[str, Any]) -> tuple[str, ...] | None:
     return tuple(str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k)))
 
 
-class TopOneAgreement:
+class CountedAgreement:
+    """Agreement of one output of torch and onnxruntime, counted over the grid's rows or tokens.
+
+    A subclass's ``compare`` counts one case: (compared, disagreements, ties excused).
+    """
+
+    def __init__(self, output: str, tol: Tolerances):
+        self.output, self.tol = output, tol
+        self.compared = self.wrong = self.ties = 0
+
+    def add(self, reference: dict[str, np.ndarray], got: dict[str, np.ndarray], case: Case) -> None:
+        ref, out = reference[self.output], got.get(self.output, np.empty(0))
+        if ref.shape != out.shape:
+            self.wrong += 1  # counted by the output check too; a shape error can never agree
+            return
+        compared, wrong, ties = self.compare(ref, out, case)
+        self.compared, self.wrong, self.ties = self.compared + compared, self.wrong + wrong, self.ties + ties
+
+    def compare(self, reference: np.ndarray, got: np.ndarray, case: Case) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    def counted(self, name: str, unit: str) -> Check:
+        """The check named ``name``: every one of the compared ``unit`` agrees."""
+        share = 100.0 * (self.compared - self.wrong) / max(self.compared, 1)
+        detail = f"{self.compared} {unit}" + (f", {self.ties} ties within tolerance" if self.ties else "")
+        return Check(name, self.wrong == 0 and self.compared > 0, f"{share:.2f}%", "100%", detail)
+
+
+class TopOneAgreement(CountedAgreement):
     """Top-1 agreement of torch and onnxruntime over the grid (per row, or per real token).
 
     A disagreement where torch's own top-2 margin is within tolerance is a tie
@@ -45,23 +73,15 @@ class TopOneAgreement:
     """
 
     def __init__(self, output: str, tol: Tolerances, per_token: bool = False):
-        self.output, self.tol, self.per_token = output, tol, per_token
-        self.rows = self.wrong = self.ties = 0
+        super().__init__(output, tol)
+        self.per_token = per_token
 
-    def add(self, reference: dict[str, np.ndarray], got: dict[str, np.ndarray], case: Case) -> None:
-        ref, out = reference[self.output], got.get(self.output, np.empty(0))
-        if ref.shape != out.shape:
-            self.wrong += 1  # counted by the output check too; a shape error can never agree
-            return
+    def compare(self, reference: np.ndarray, got: np.ndarray, case: Case) -> tuple[int, int, int]:
         mask = case.inputs.get("attention_mask") if self.per_token else None
-        rows, wrong, ties = top1_agreement(ref, out, self.tol, mask)
-        self.rows, self.wrong, self.ties = self.rows + rows, self.wrong + wrong, self.ties + ties
+        return top1_agreement(reference, got, self.tol, mask)
 
     def check(self) -> Check:
-        unit = "tokens" if self.per_token else "rows"
-        share = 100.0 * (self.rows - self.wrong) / max(self.rows, 1)
-        detail = f"{self.rows} {unit}" + (f", {self.ties} ties within tolerance" if self.ties else "")
-        return Check("top-1 agreement", self.wrong == 0 and self.rows > 0, f"{share:.2f}%", "100%", detail)
+        return self.counted("top-1 agreement", "tokens" if self.per_token else "rows")
 
 
 class TopOneGate:

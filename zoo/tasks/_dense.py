@@ -29,9 +29,10 @@ import numpy as np
 from PIL import Image
 
 from zoo.checks import Check
-from zoo.errors import ArtifactError, InputError, ModelUnavailableError, UnsupportedTaskError
+from zoo.errors import ArtifactError, DataError, InputError
 from zoo.spec import InputSpec, ModelSpec, Preprocess
-from zoo.tasks._detection_preprocess import _RESAMPLE, CONFIG_FILE, ImageSteps, _triple
+from zoo.tasks._detection_preprocess import (CONFIG_FILE, ImageSteps, _normalisation, _processor_kind, _resampling,
+                                            steps_from_folder)
 from zoo.tasks._image import ImageTask
 from zoo.tasks.base import Case
 
@@ -59,26 +60,14 @@ class DenseSteps(ImageSteps):
 
     @classmethod
     def from_config(cls, config: Any, where: str = CONFIG_FILE) -> DenseSteps:
-        if not isinstance(config, dict):
-            raise ArtifactError(f"{where} is not a JSON object; re-export the artifact")
-        kind = str(config.get("image_processor_type", "")).removesuffix("Pil").removesuffix("Fast")
-        problems = [] if kind in PROCESSORS else [f"image_processor_type '{kind}' (zoo reproduces "
-                                                  f"{', '.join(PROCESSORS)})"]
+        _, problems = _processor_kind(config, where, PROCESSORS)
         size = config.get("size")
         if not (isinstance(size, dict) and all(isinstance(size.get(k), int) and not isinstance(size.get(k), bool)
                                                and size[k] > 0 for k in ("height", "width"))):
             problems.append(f"size {size!r} (give height and width, positive integers)")
             size = {"height": 1, "width": 1}
-        mean, std = _triple(config.get("image_mean"), "image_mean", problems), \
-            _triple(config.get("image_std"), "image_std", problems)
-        if any(s <= 0 for s in std):
-            problems.append(f"image_std {list(std)} (every value must be positive)")
-        resample = config.get("resample", 2)
-        if resample not in _RESAMPLE:
-            problems.append(f"resample {resample!r} (valid: {', '.join(map(str, _RESAMPLE))})")
-        factor = config.get("rescale_factor", 1 / 255)
-        if not isinstance(factor, (int, float)) or not 0 < factor <= 1:
-            problems.append(f"rescale_factor {factor!r} (a number in (0, 1])")
+        mean, std = _normalisation(config, problems)
+        resample, factor = _resampling(config, problems)
         multiple = config.get("ensure_multiple_of", 1)
         if not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1:
             problems.append(f"ensure_multiple_of {multiple!r} (a positive integer)")
@@ -115,13 +104,7 @@ def _multiple(value: float, multiple: int) -> int:
 
 def read_steps(folder: Path, what: str) -> DenseSteps:
     """The folder's image-processor settings; a missing or unsupported config names the remedy."""
-    if not (Path(folder) / CONFIG_FILE).is_file():
-        raise ModelUnavailableError(f"{folder} has no {CONFIG_FILE}; a {what} model needs its image processor beside "
-                                    "the weights: AutoImageProcessor.from_pretrained(ORIGINAL).save_pretrained(folder)")
-    try:
-        return DenseSteps.from_folder(folder)
-    except ArtifactError as exc:
-        raise UnsupportedTaskError(str(exc).replace("; re-export the artifact", "")) from None
+    return steps_from_folder(DenseSteps, folder, f"a {what} model")
 
 
 def dense_inputs(steps: DenseSteps) -> tuple[InputSpec, ...]:
@@ -341,6 +324,29 @@ class DenseTask(ImageTask):
         if isinstance(spec.inputs[0].shape[2], int):
             inputs = (dataclasses.replace(spec.inputs[0], shape=("batch", 3, size, size)),)
         return dataclasses.replace(spec, preprocess=pp, inputs=inputs)
+
+
+class PictureExamples:
+    """Indexable training rows of pictures: a subclass's ``batch`` encodes them with the model's processor."""
+
+    def __init__(self, table: Any, columns: dict[str, str], processor: Any):
+        self.table, self.columns, self.processor = table, columns, processor
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def target_count(self, indices: list[int]) -> int:
+        # the model's loss is a per-batch mean over pixels; the loop weighs each picture equally
+        return len(indices)
+
+
+def stacked_pixels(pixel_values: Any) -> np.ndarray:
+    """The processor's pictures as one float32 batch; refused when they resized to different sizes."""
+    pixels = [np.asarray(p) for p in pixel_values]
+    if len({p.shape for p in pixels}) > 1:
+        raise DataError(f"pictures resize to different sizes {sorted({p.shape[1:] for p in pixels})} with this "
+                        "processor (it keeps the aspect ratio); give pictures of one size, or --batch-size 1")
+    return np.stack(pixels).astype(np.float32)
 
 
 def steps_of(processor: Any) -> DenseSteps:

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from zoo.errors import DataError
+from zoo.tasks._dense import PictureExamples, stacked_pixels
 
 SIDE = 64
 TRAIN_IMAGES = 256
@@ -62,11 +63,8 @@ def scene(seed: int) -> tuple[Image.Image, np.ndarray]:
     return image, np.asarray(depth, dtype=np.float32)
 
 
-class DepthExamples:
+class DepthExamples(PictureExamples):
     """Indexable training rows; ``batch`` returns pixel_values and each picture's disparity (``depth``)."""
-
-    def __init__(self, table: Any, columns: dict[str, str], processor: Any):
-        self.table, self.columns, self.processor = table, columns, processor
 
     @classmethod
     def checked(cls, table: Any, columns: dict[str, str], processor: Any, what: str) -> DepthExamples:
@@ -82,12 +80,6 @@ class DepthExamples:
                                 "infinite values; replace them (or drop the row)")
         return cls(table, columns, processor)
 
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def target_count(self, indices: list[int]) -> int:
-        return len(indices)
-
     def batch(self, indices: list[int]) -> dict[str, Any]:
         import torch
 
@@ -95,11 +87,7 @@ class DepthExamples:
 
         rows = [self.table[i] for i in indices]
         encoded = self.processor(images=[to_rgb(r[self.columns["input"]]) for r in rows], return_tensors=None)
-        pixels = [np.asarray(p) for p in encoded["pixel_values"]]
-        if len({p.shape for p in pixels}) > 1:
-            raise DataError(f"pictures resize to different sizes {sorted({p.shape[1:] for p in pixels})} with this "
-                            "processor (it keeps the aspect ratio); give pictures of one size, or --batch-size 1")
-        return {"pixel_values": torch.from_numpy(np.stack(pixels).astype(np.float32)),
+        return {"pixel_values": torch.from_numpy(stacked_pixels(encoded["pixel_values"])),
                 "depth": [torch.as_tensor(np.asarray(r[self.columns["label"]], dtype=np.float32)) for r in rows]}
 
 

@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from zoo.tasks._detection_draw import _write_all
-from zoo.tasks._segmentation_draw import picture_targets
+from zoo.tasks._detection_draw import _write_all, picture_targets
 
 # (position, RGB) stops of the preview's colour ramp, a magma-like dark-to-light sequence
 _RAMP = ((0.0, (0, 0, 4)), (0.25, (81, 18, 124)), (0.5, (183, 55, 121)), (0.75, (252, 137, 97)),

@@ -28,18 +28,24 @@ def save_pictures(inputs: list[Any], results: list[Any], folder: Path) -> list[P
     """
     from zoo.tasks._detection_preprocess import load_image
 
+    targets = picture_targets(inputs, folder)
+    return _write_all([draw(load_image(item, i), result) for i, (item, result) in enumerate(zip(inputs, results))],
+                      targets)
+
+
+def picture_targets(inputs: list[Any], folder: Path) -> list[Path]:
+    """``folder`` when it names one picture for one input, else ``<stem>.png`` per input inside it (created)."""
     single = folder.suffix.lower() in _PICTURE_SUFFIXES and not folder.is_dir()
     if single and len(inputs) != 1:
         raise ConfigError(f"--save {folder} names one picture but {len(inputs)} inputs were given; "
                           "give a folder to write one picture per input")
     if not single and folder.exists() and not folder.is_dir():
         raise ConfigError(f"--save {folder} is a file; give a folder to write the pictures into")
-    pictures = [draw(load_image(item, i), result) for i, (item, result) in enumerate(zip(inputs, results))]
     if single:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        return _write_all(pictures, [folder])
+        return [folder]
     folder.mkdir(parents=True, exist_ok=True)
-    return _write_all(pictures, [folder / name for name in _names(inputs)])
+    return [folder / name for name in _names(inputs)]
 
 
 def _write_all(pictures: list[Image.Image], targets: list[Path]) -> list[Path]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from zoo.errors import ArtifactError, InputError
+from zoo.errors import ArtifactError, InputError, ModelUnavailableError, UnsupportedTaskError
 
 CONFIG_FILE = "preprocessor_config.json"
 MIN_SIDE = 8  # smaller pictures hold nothing a detector can find; refused in one line
@@ -64,24 +64,12 @@ class ImageSteps:
     @classmethod
     def from_config(cls, config: Any, where: str = CONFIG_FILE) -> ImageSteps:
         """Check a processor config; one ArtifactError listing every problem otherwise."""
-        if not isinstance(config, dict):
-            raise ArtifactError(f"{where} is not a JSON object; re-export the artifact")
-        kind = str(config.get("image_processor_type", "")).removesuffix("Pil").removesuffix("Fast")
-        problems = [] if kind in PROCESSORS else [
-            f"image_processor_type '{kind}' (zoo reproduces {', '.join(PROCESSORS)})"]
+        kind, problems = _processor_kind(config, where, PROCESSORS)
         size = _size(config.get("size"), problems)
-        mean, std = _triple(config.get("image_mean"), "image_mean", problems), \
-            _triple(config.get("image_std"), "image_std", problems)
-        if any(s <= 0 for s in std):
-            problems.append(f"image_std {list(std)} (every value must be positive)")
+        mean, std = _normalisation(config, problems)
         pad = config.get("pad_size")
         pad_size = _size(pad, problems, key="pad_size") if pad else None
-        resample = config.get("resample", 2)
-        if resample not in _RESAMPLE:
-            problems.append(f"resample {resample!r} (valid: {', '.join(map(str, _RESAMPLE))})")
-        factor = config.get("rescale_factor", 1 / 255)
-        if not isinstance(factor, (int, float)) or not 0 < factor <= 1:
-            problems.append(f"rescale_factor {factor!r} (a number in (0, 1])")
+        resample, factor = _resampling(config, problems)
         if problems:
             raise ArtifactError(f"{where}: " + "; ".join(problems) + "; re-export the artifact")
         return cls(rule=PROCESSORS[kind], size=size, resample=int(resample),
@@ -133,6 +121,46 @@ class ImageSteps:
             std = np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
             pixels = (pixels - mean) / std
         return pixels
+
+
+def steps_from_folder(steps: type[ImageSteps], folder: Path, needs: str) -> Any:
+    """The folder's image-processor settings read by STEPS; a missing or unsupported config names the remedy."""
+    if not (Path(folder) / CONFIG_FILE).is_file():
+        raise ModelUnavailableError(f"{folder} has no {CONFIG_FILE}; {needs} needs its image processor beside "
+                                    "the weights: AutoImageProcessor.from_pretrained(ORIGINAL).save_pretrained(folder)")
+    try:
+        return steps.from_folder(folder)
+    except ArtifactError as exc:
+        raise UnsupportedTaskError(str(exc).replace("; re-export the artifact", "")) from None
+
+
+def _processor_kind(config: Any, where: str, processors: Any) -> tuple[str, list[str]]:
+    """The config's image-processor class (no Pil/Fast suffix) and the problem list, naming it if unsupported."""
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{where} is not a JSON object; re-export the artifact")
+    kind = str(config.get("image_processor_type", "")).removesuffix("Pil").removesuffix("Fast")
+    return kind, [] if kind in processors else [f"image_processor_type '{kind}' (zoo reproduces "
+                                                f"{', '.join(processors)})"]
+
+
+def _normalisation(config: dict[str, Any], problems: list[str]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """image_mean and image_std; problems are collected, not raised."""
+    mean, std = _triple(config.get("image_mean"), "image_mean", problems), \
+        _triple(config.get("image_std"), "image_std", problems)
+    if any(s <= 0 for s in std):
+        problems.append(f"image_std {list(std)} (every value must be positive)")
+    return mean, std
+
+
+def _resampling(config: dict[str, Any], problems: list[str]) -> tuple[Any, Any]:
+    """resample (a PIL filter number) and rescale_factor as the config gives them; problems are collected."""
+    resample = config.get("resample", 2)
+    if resample not in _RESAMPLE:
+        problems.append(f"resample {resample!r} (valid: {', '.join(map(str, _RESAMPLE))})")
+    factor = config.get("rescale_factor", 1 / 255)
+    if not isinstance(factor, (int, float)) or not 0 < factor <= 1:
+        problems.append(f"rescale_factor {factor!r} (a number in (0, 1])")
+    return resample, factor
 
 
 def _size(value: Any, problems: list[str], key: str = "size") -> dict[str, int]:

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from zoo.errors import DataError
+from zoo.tasks._dense import PictureExamples, stacked_pixels
 
 CLASSES = ("background", "circle", "square", "triangle")
 SIDE = 64
@@ -181,11 +182,8 @@ def _mask_array(mask: Any, where: str) -> np.ndarray:
 # ---------------------------------------------------------------- batches
 
 
-class SegmentationExamples:
+class SegmentationExamples(PictureExamples):
     """Indexable training rows; ``batch`` returns pixel_values and the reduced class masks (``labels``)."""
-
-    def __init__(self, table: Any, columns: dict[str, str], processor: Any):
-        self.table, self.columns, self.processor = table, columns, processor
 
     @classmethod
     def checked(cls, table: Any, columns: dict[str, str], classes: int, processor: Any,
@@ -211,13 +209,6 @@ class SegmentationExamples:
                                 f"{classes} classes being trained; fix the mask or add the class to {LABELS_FILE}")
         return cls(table, columns, processor)
 
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def target_count(self, indices: list[int]) -> int:
-        # the model's loss is a per-batch mean over pixels; the loop weighs each picture equally
-        return len(indices)
-
     def batch(self, indices: list[int]) -> dict[str, Any]:
         import torch
 
@@ -227,12 +218,9 @@ class SegmentationExamples:
         images = [to_rgb(r[self.columns["input"]]) for r in rows]
         masks = [_mask_array(r[self.columns["label"]], f"row {i}") for i, r in zip(indices, rows)]
         encoded = self.processor(images=images, segmentation_maps=masks, do_reduce_labels=True, return_tensors=None)
-        pixels, labels = [np.asarray(p) for p in encoded["pixel_values"]], [np.asarray(m) for m in encoded["labels"]]
-        if len({p.shape for p in pixels}) > 1:
-            raise DataError(f"pictures resize to different sizes {sorted({p.shape[1:] for p in pixels})} with this "
-                            "processor (it keeps the aspect ratio); give pictures of one size, or --batch-size 1")
-        return {"pixel_values": torch.from_numpy(np.stack(pixels).astype(np.float32)),
-                "labels": torch.from_numpy(np.stack(labels).astype(np.int64))}
+        pixels = stacked_pixels(encoded["pixel_values"])
+        labels = [np.asarray(m) for m in encoded["labels"]]
+        return {"pixel_values": torch.from_numpy(pixels), "labels": torch.from_numpy(np.stack(labels).astype(np.int64))}
 
 
 # ---------------------------------------------------------------- mean IoU

@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from zoo.errors import ConfigError
 from zoo.tasks._classify import label_name
-from zoo.tasks._detection_draw import _PICTURE_SUFFIXES, _names, _write_all
+from zoo.tasks._detection_draw import _write_all, picture_targets
 
 OPACITY = 0.5  # the mask's share of each pixel's colour
 _GOLDEN = 0.618033988749895  # hue step between class ids: neighbouring ids get distant colours
@@ -28,21 +27,6 @@ def save_pictures(inputs: list[Any], results: list[Any], folder: Path) -> list[P
     targets = picture_targets(inputs, folder)
     return _write_all([draw(load_image(item, i), result) for i, (item, result) in enumerate(zip(inputs, results))],
                       targets)
-
-
-def picture_targets(inputs: list[Any], folder: Path) -> list[Path]:
-    """``folder`` when it names one picture for one input, else ``<stem>.png`` per input inside it (created)."""
-    single = folder.suffix.lower() in _PICTURE_SUFFIXES and not folder.is_dir()
-    if single and len(inputs) != 1:
-        raise ConfigError(f"--save {folder} names one picture but {len(inputs)} inputs were given; "
-                          "give a folder to write one picture per input")
-    if not single and folder.exists() and not folder.is_dir():
-        raise ConfigError(f"--save {folder} is a file; give a folder to write the pictures into")
-    if single:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        return [folder]
-    folder.mkdir(parents=True, exist_ok=True)
-    return [folder / name for name in _names(inputs)]
 
 
 def palette(count: int) -> np.ndarray:

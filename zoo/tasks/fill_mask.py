@@ -25,7 +25,7 @@ import numpy as np
 from zoo.checks import Check
 from zoo.errors import ArtifactError, InputError
 from zoo.spec import ModelSpec, Tolerances
-from zoo.tasks._classify import TopOneGate, softmax
+from zoo.tasks._classify import CountedAgreement, TopOneGate, softmax
 from zoo.tasks._text import EXPORT_BATCH, EXPORT_SEQUENCE, SENTENCES, TextTask, tokenize
 from zoo.tasks.base import Case
 
@@ -114,7 +114,7 @@ def decode(tokenizer: Any, ids: list[int], skip_special: bool, clean_up: bool) -
     return text
 
 
-class TopKAgreement:
+class TopKAgreement(CountedAgreement):
     """The top-k tokens of torch and onnxruntime, in order, at every real token of the grid.
 
     A position where they differ is a tie, not a failure, when torch's own logits of the
@@ -122,24 +122,16 @@ class TopKAgreement:
     """
 
     def __init__(self, output: str, tol: Tolerances, k: int = AGREEMENT_K):
-        self.output, self.tol, self.k = output, tol, k
-        self.positions = self.wrong = self.ties = 0
+        super().__init__(output, tol)
+        self.k = k
 
-    def add(self, reference: dict[str, np.ndarray], got: dict[str, np.ndarray], case: Case) -> None:
-        ref, out = reference[self.output], got.get(self.output, np.empty(0))
-        if ref.shape != out.shape:
-            self.wrong += 1  # counted by the output check too; a shape error can never agree
-            return
+    def compare(self, reference: np.ndarray, got: np.ndarray, case: Case) -> tuple[int, int, int]:
         mask = case.inputs.get("attention_mask")
-        keep = np.ones(ref.shape[:-1], dtype=bool) if mask is None else mask.astype(bool)
-        positions, wrong, ties = topk_agreement(ref[keep], out[keep], self.k, self.tol)
-        self.positions, self.wrong, self.ties = self.positions + positions, self.wrong + wrong, self.ties + ties
+        keep = np.ones(reference.shape[:-1], dtype=bool) if mask is None else mask.astype(bool)
+        return topk_agreement(reference[keep], got[keep], self.k, self.tol)
 
     def check(self) -> Check:
-        share = 100.0 * (self.positions - self.wrong) / max(self.positions, 1)
-        detail = f"{self.positions} tokens" + (f", {self.ties} ties within tolerance" if self.ties else "")
-        return Check(f"top-{self.k} token agreement", self.wrong == 0 and self.positions > 0, f"{share:.2f}%",
-                     "100%", detail)
+        return self.counted(f"top-{self.k} token agreement", "tokens")
 
 
 def topk_agreement(reference: np.ndarray, got: np.ndarray, k: int, tol: Tolerances) -> tuple[int, int, int]:

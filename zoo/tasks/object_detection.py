@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from zoo.checks import Check
-from zoo.errors import ArtifactError, DataError, InputError, ModelUnavailableError, UnsupportedTaskError
+from zoo.errors import ArtifactError, DataError, InputError, UnsupportedTaskError
 from zoo.spec import InputSpec, ModelSpec, Preprocess, Tolerances
 from zoo.tasks._classify import label_name, labels_from_config
 from zoo.tasks._detection_postprocess import Decoding
@@ -358,15 +358,9 @@ class ObjectDetection(ImageTask):
 
 def _processor_steps(folder: Path) -> Any:
     """The folder's image-processor settings; a missing or unsupported config names the remedy."""
-    from zoo.tasks._detection_preprocess import CONFIG_FILE, ImageSteps
+    from zoo.tasks._detection_preprocess import ImageSteps, steps_from_folder
 
-    if not (Path(folder) / CONFIG_FILE).is_file():
-        raise ModelUnavailableError(f"{folder} has no {CONFIG_FILE}; a detector needs its image processor beside "
-                                    "the weights: AutoImageProcessor.from_pretrained(ORIGINAL).save_pretrained(folder)")
-    try:
-        return ImageSteps.from_folder(folder)
-    except ArtifactError as exc:
-        raise UnsupportedTaskError(str(exc).replace("; re-export the artifact", "")) from None
+    return steps_from_folder(ImageSteps, folder, "a detector")
 
 
 def nominal_preprocess(steps: Any) -> Preprocess:
