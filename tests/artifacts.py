@@ -139,3 +139,10 @@ def grid_and_torch_outputs(folder: Path, auto_class: str,
             out = model(**{k: torch.from_numpy(v) for k, v in case.inputs.items()})
             references.append({name: getattr(out, name).numpy() for name in outputs})
     return cases, references
+
+
+def metric_lines(run: Path, key: str) -> list[dict[str, Any]]:
+    """The lines of a run's metrics.jsonl that carry ``key`` (its evaluations of that metric), in order."""
+    import json
+
+    return [line for line in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if key in line]

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from tests import tiny
-from tests.artifacts import grid_and_torch_outputs, make_artifact, scene_files
+from tests.artifacts import grid_and_torch_outputs, make_artifact, metric_lines, scene_files
 from zoo.errors import InputError
 
 SIZES = ((64, 96), (120, 80))  # (height, width)
@@ -189,11 +189,11 @@ def test_finetuning_on_builtin_shapes_raises_delta1(depth_folder: Path, tmp_path
     (0.20), after 12 0.77 (0.17). The bound leaves room for other seeds and versions."""
     from zoo.train.finetune import finetune
 
-    def evaluations(run: Path) -> list[dict[str, Any]]:
-        lines = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-        return [line for line in lines if "val_delta1" in line]
 
     settings = dict(batch_size=16, progress=False, seed=0, image_size=28)
+    def evaluations(run: Path) -> list[dict[str, Any]]:
+        return metric_lines(run, "val_delta1")
+
     before = evaluations(finetune(str(depth_folder), "builtin:shapes", out=tmp_path / "untrained", max_steps=1,
                                   lr=1e-9, eval_every=1, **settings))[0]
     run = finetune(str(depth_folder), "builtin:shapes", out=tmp_path / "run", max_steps=6, lr=2e-3, eval_every=6,

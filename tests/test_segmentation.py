@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tests import tiny
-from tests.artifacts import grid_and_torch_outputs, make_artifact, scene_files
+from tests.artifacts import grid_and_torch_outputs, make_artifact, metric_lines, scene_files
 from zoo.errors import DataError
 
 SIZES = ((64, 96), (120, 80), (50, 50))  # (height, width): three aspect ratios in one call
@@ -295,8 +295,7 @@ def test_finetuning_on_builtin_shapes_raises_mean_iou(seg_folder: Path, tmp_path
     from zoo.train.finetune import finetune
 
     def evaluations(run: Path) -> list[dict[str, Any]]:
-        lines = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-        return [line for line in lines if "val_mean_iou" in line]
+        return metric_lines(run, "val_mean_iou")
 
     before = evaluations(finetune(str(seg_folder), "builtin:shapes", out=tmp_path / "untrained", max_steps=1,
                                   batch_size=16, lr=1e-9, eval_every=1, progress=False, seed=0))[0]

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.artifacts import metric_lines
 from tests.tiny import tiny_zero_shot_folder
 from zoo.errors import DataError
 from zoo.tasks import get_task
@@ -168,8 +169,7 @@ def test_finetuning_raises_zero_shot_accuracy_then_the_run_exports(clip_folder: 
     from zoo.train.finetune import finetune
 
     def evaluations(run: Path) -> list[dict[str, Any]]:
-        lines = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-        return [line for line in lines if "val_accuracy" in line]
+        return metric_lines(run, "val_accuracy")
 
     before = evaluations(finetune(str(clip_folder), "builtin:shapes", out=tmp_path / "untrained", max_steps=1,
                                   batch_size=32, lr=1e-9, eval_every=1, progress=False, seed=0))[0]

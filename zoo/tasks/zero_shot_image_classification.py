@@ -40,6 +40,7 @@ from zoo.checks import Check
 from zoo.errors import ArtifactError, DataError, InputError
 from zoo.folders import read_json
 from zoo.spec import InputSpec, ModelSpec, Preprocess, Tolerances
+from zoo.tasks._classify import Classifier
 from zoo.tasks._image import EXPORT_BATCH, ImageTask, hf_image_preprocess, pixels
 from zoo.tasks._text import SENTENCES, load_tokenizer
 from zoo.tasks._vectors import cosines
@@ -215,17 +216,7 @@ class ZeroShotImageClassification(ImageTask):
             results.append(Classification(tuple(names[i] for i in order), tuple(float(row[i]) for i in order)))
         return results
 
-    def render(self, title: str, inputs: list[str], results: list[Any]) -> Any:
-        from rich.markup import escape
-        from rich.table import Table
-
-        table = Table(title=title)
-        for column in ("input", "label", "score"):
-            table.add_column(column, justify="right" if column == "score" else "left")
-        for item, result in zip(inputs, results):
-            for rank, (label, score) in enumerate(zip(result.labels, result.scores)):
-                table.add_row(escape(item) if rank == 0 else "", escape(label), f"{score:.4f}")
-        return table
+    render = Classifier.render  # ranked labels with their scores, as a classifier's
 
     # ------------------------------------------------------------ data and training
 
