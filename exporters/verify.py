@@ -94,9 +94,66 @@ def read_tolerances(record: dict[str, Any], where: str = "manifest.json") -> tup
 def reference_scale(reference: np.ndarray, rule: str = ROW_SCALE) -> np.ndarray:
     """What rtol multiplies, per element: the row's largest finite |torch| (row-scale) or |torch_i| (allclose)."""
     magnitude = np.where(np.isfinite(reference), np.abs(reference.astype(np.float64)), 0.0)
-    if rule == ALLCLOSE or reference.ndim <= 1 or reference.shape[-1] == 0:
+    return _scale(magnitude, rule)
+
+
+def _scale(magnitude: np.ndarray, rule: str) -> np.ndarray:
+    if rule == ALLCLOSE or magnitude.ndim <= 1 or magnitude.shape[-1] == 0:
         return magnitude
-    return np.broadcast_to(magnitude.max(axis=-1, keepdims=True), reference.shape)
+    return np.broadcast_to(magnitude.max(axis=-1, keepdims=True), magnitude.shape)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One output's distance from torch, computed once for every check that reads it.
+
+    An output can be hundreds of MB in float64 (a masked LM's logits over a 30k vocabulary), and
+    each fresh array of that size costs page faults: the conversions, the difference and the
+    scale are made once, in place where possible, and shared by the tolerance test, the rtol a
+    failure would need and the report's maxima.
+    """
+
+    diff: np.ndarray  # |got - torch| in float64; NaN where either side is NaN, or inf - inf
+    magnitude: np.ndarray  # |torch|, 0 where torch is not finite
+    scale: np.ndarray  # what rtol multiplies under the rule
+    exact: np.ndarray | None  # where torch is not finite and got is the same value; None when torch is all finite
+
+    @classmethod
+    def of(cls, reference: np.ndarray, got: np.ndarray, rule: str) -> Difference:
+        ref = reference.astype(np.float64)
+        diff = got.astype(np.float64, copy=True)
+        finite = np.isfinite(ref)
+        exact = None
+        if not finite.all():  # a non-finite torch value passes only when matched exactly
+            exact = ~finite & ((ref == diff) | (np.isnan(ref) & np.isnan(diff)))
+        with np.errstate(invalid="ignore"):
+            np.subtract(diff, ref, out=diff)
+        np.abs(diff, out=diff)
+        magnitude = np.abs(ref, out=ref)
+        if exact is not None:
+            magnitude[~finite] = 0.0
+        return cls(diff, magnitude, _scale(magnitude, rule), exact)
+
+    def within(self, tol: Tolerances) -> bool:
+        with np.errstate(invalid="ignore"):
+            ok = self.diff <= tol.atol + tol.rtol * self.scale
+        if self.exact is not None:
+            ok |= self.exact
+        return bool(np.all(ok))
+
+    def needed_rtol(self, atol: float) -> float:
+        """The smallest rtol at which the output passes; inf when none would."""
+        with np.errstate(invalid="ignore"):
+            excess = self.diff - atol
+            off = ~(excess <= 0)  # NaN excess (a non-finite value not matched exactly) counts as off
+        if self.exact is not None:
+            off &= ~self.exact
+        if not off.any():
+            return 0.0
+        excess, scale = excess[off], self.scale[off]
+        if not np.all(np.isfinite(excess) & (scale > 0)):
+            return math.inf
+        return float(np.max(excess / scale))
 
 
 def within_tolerance(reference: np.ndarray, got: np.ndarray, tol: Tolerances, rule: str = ROW_SCALE) -> bool:
@@ -106,30 +163,14 @@ def within_tolerance(reference: np.ndarray, got: np.ndarray, tol: Tolerances, ru
     """
     if reference.shape != got.shape:
         return False
-    ref = reference.astype(np.float64)
-    out = got.astype(np.float64)
-    exact = (ref == out) | (np.isnan(ref) & np.isnan(out))
-    with np.errstate(invalid="ignore"):  # inf - inf is NaN: such places pass only through ``exact``
-        ok = np.abs(out - ref) <= tol.atol + tol.rtol * reference_scale(ref, rule)
-    return bool(np.all(ok | exact))
+    return Difference.of(reference, got, rule).within(tol)
 
 
 def needed_rtol(reference: np.ndarray, got: np.ndarray, atol: float, rule: str = ROW_SCALE) -> float:
     """The smallest rtol at which ``got`` agrees with ``reference`` under ``rule``; inf when none would."""
     if reference.shape != got.shape:
         return math.inf
-    ref = reference.astype(np.float64)
-    out = got.astype(np.float64)
-    exact = (ref == out) | (np.isnan(ref) & np.isnan(out))
-    with np.errstate(invalid="ignore"):
-        excess = np.abs(out - ref) - atol
-    off = ~exact & ~(excess <= 0)  # NaN excess (a non-finite value not matched exactly) counts as off
-    if not off.any():
-        return 0.0
-    scale = reference_scale(ref, rule)[off]
-    if not np.all(np.isfinite(excess[off]) & (scale > 0)):
-        return math.inf
-    return float(np.max(excess[off] / scale))
+    return Difference.of(reference, got, rule).needed_rtol(atol)
 
 
 def limit_text(tol: Tolerances, rule: str) -> str:
@@ -157,16 +198,14 @@ class OutputStats:
         if reference.shape != got.shape:
             self.failed.append(f"{label}: shape {list(got.shape)} != torch {list(reference.shape)}")
             return
-        ref = reference.astype(np.float64)
-        with np.errstate(invalid="ignore"):
-            diff = np.abs(got.astype(np.float64) - ref)
-        if diff.size:
-            self.max_abs = max(self.max_abs, float(np.nanmax(diff)) if not np.isnan(diff).all() else np.inf)
-            self.max_rel = max(self.max_rel, _max_ratio(diff, np.abs(ref)))
-            self.max_scaled = max(self.max_scaled, _max_ratio(diff, reference_scale(ref, self.rule)))
-        if not within_tolerance(reference, got, self.tol, self.rule):
+        d = Difference.of(reference, got, self.rule)
+        if d.diff.size:
+            self.max_abs = max(self.max_abs, float(np.nanmax(d.diff)) if not np.isnan(d.diff).all() else np.inf)
+            self.max_rel = max(self.max_rel, _max_ratio(d.diff, d.magnitude))
+            self.max_scaled = max(self.max_scaled, _max_ratio(d.diff, d.scale))
+        if not d.within(self.tol):
             self.failed.append(label)
-            self.needed[label] = needed_rtol(reference, got, self.tol.atol, self.rule)
+            self.needed[label] = d.needed_rtol(self.tol.atol)
 
     def widen(self, label: str, rtol: float) -> bool:
         """Let a failed case pass at ``rtol`` (its measured noise floor allows it) if that is enough."""
@@ -188,8 +227,9 @@ class OutputStats:
 
 
 def _max_ratio(diff: np.ndarray, scale: np.ndarray) -> float:
-    nonzero = (scale > 0) & np.isfinite(diff)
-    return float(np.max(diff[nonzero] / scale[nonzero])) if nonzero.any() else 0.0
+    ratio = np.zeros(diff.shape)
+    np.divide(diff, scale, out=ratio, where=(scale > 0) & np.isfinite(diff))
+    return float(ratio.max()) if ratio.size else 0.0
 
 
 # ---------------------------------------------------------------- graph checks

@@ -571,3 +571,37 @@ def test_first_line_drops_terminal_colours() -> None:
 
     exc = RuntimeError("Failed to decompose. \x1b[96mThis is step 2/3\x1b[0m of exporting.\nmore detail")
     assert first_line(exc) == "Failed to decompose. This is step 2/3 of exporting."
+
+
+def test_shared_difference_agrees_with_the_rule_element_by_element() -> None:
+    """The one-pass comparison (``Difference``) gives what the rule says, written out per element, on rows
+    mixing ordinary values, huge ones, infinities and NaN on either side."""
+    from exporters.verify import ALLCLOSE, ROW_SCALE, OutputStats, needed_rtol, within_tolerance
+
+    rng = np.random.default_rng(0)
+    tol = Tolerances(atol=1e-4, rtol=1e-3)
+    specials = np.array([np.inf, -np.inf, np.nan, 1e10, 0.0])
+    for trial in range(200):
+        ref = rng.standard_normal((3, 5)).astype(np.float32)
+        got = ref + rng.standard_normal(ref.shape).astype(np.float32) * rng.choice([1e-6, 1e-3, 1e-1])
+        for array in (ref, got):
+            where = rng.random(ref.shape) < 0.1
+            array[where] = rng.choice(specials, size=int(where.sum()))
+        if trial % 3 == 0:  # matched non-finite values must pass as exact
+            got[~np.isfinite(ref)] = ref[~np.isfinite(ref)]
+        for rule in (ROW_SCALE, ALLCLOSE):
+            r, g = ref.astype(np.float64), got.astype(np.float64)
+            magnitude = np.where(np.isfinite(r), np.abs(r), 0.0)
+            scale = magnitude if rule == ALLCLOSE else np.broadcast_to(magnitude.max(-1, keepdims=True), r.shape)
+            with np.errstate(invalid="ignore"):
+                ok = (np.abs(g - r) <= tol.atol + tol.rtol * scale) | (r == g) | (np.isnan(r) & np.isnan(g))
+                at_atol = (np.abs(g - r) <= tol.atol) | (r == g) | (np.isnan(r) & np.isnan(g))
+            assert within_tolerance(ref, got, tol, rule) == bool(ok.all()), (trial, rule)
+            needed = needed_rtol(ref, got, tol.atol, rule)
+            assert (needed == 0.0) == bool(at_atol.all())
+            if np.isfinite(needed) and needed > 0:  # the rtol it names is just enough, and a hair less is not
+                assert within_tolerance(ref, got, Tolerances(tol.atol, needed * (1 + 1e-9)), rule)
+                assert not within_tolerance(ref, got, Tolerances(tol.atol, needed * (1 - 1e-6)), rule)
+            stats = OutputStats("y", tol, rule)
+            stats.add(ref, got, "case")
+            assert stats.check().passed == bool(ok.all())
