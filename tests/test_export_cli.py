@@ -31,10 +31,9 @@ pytestmark = pytest.mark.xdist_group("export-cli")
 
 
 @pytest.fixture(scope="module")
-def cli_artifact(tiny_timm_folder, tmp_path_factory) -> Path:
-    from exporters.onnx import export_onnx
-
-    return export_onnx(str(tiny_timm_folder), out=tmp_path_factory.mktemp("cli") / "timm").path
+def cli_artifact(timm_artifact) -> Path:
+    """The session's timm artifact (the same export of the same folder); tests that change it copy it first."""
+    return timm_artifact
 
 
 @pytest.mark.slow
