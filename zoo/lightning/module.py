@@ -174,7 +174,7 @@ def module_config(name: str, options: dict[str, Any]) -> TrainConfig:
     problems = []
     for key in sorted(set(options) - set(allowed)):
         if key in ELSEWHERE:
-            problems.append(f"{key} is set on Lightning's side with Lightning: {ELSEWHERE[key]}")
+            problems.append(f"{key} belongs to Lightning: {ELSEWHERE[key]}")
         elif key in DATA_OPTIONS:
             problems.append(f"{key} is an option of the data: ZooDataModule(..., {key}=...)")
         elif key.startswith("lora_"):
