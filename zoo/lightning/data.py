@@ -44,7 +44,11 @@ class ZooDataModule(pl.LightningDataModule):
         self.batch_size, self.image_size, self.num_workers = batch_size, image_size, num_workers
         self.columns = {"text_column": text_column, "label_column": label_column}
         self.split, self.val_fraction, self.max_length, self.seed = split, val_fraction, max_length, seed
-        self.save_hyperparameters()
+        # recorded as plain values: zoo reads checkpoints with weights_only, which refuses a Path
+        self.save_hyperparameters({"data": self.data, "batch_size": batch_size, "image_size": image_size,
+                                   **self.columns, "split": split, "val_data": self.val_data,
+                                   "val_fraction": val_fraction, "max_length": max_length, "seed": seed,
+                                   "num_workers": num_workers})
         self.spec: ModelSpec | None = None
         self.prepared: Any = None
 

@@ -54,7 +54,8 @@ class ZooModule(pl.LightningModule):
     def __init__(self, name_or_run: str | Path, zoo: dict[str, Any] | None = None, **options: Any):
         super().__init__()
         self.config = module_config(str(name_or_run), options)
-        self.save_hyperparameters({"name_or_run": self.config.model, **options})
+        self.save_hyperparameters({"name_or_run": self.config.model, **options,
+                                   **({"registries": list(self.config.registries)} if "registries" in options else {})})
         self.model: torch.nn.Module | None = None
         self.spec: ModelSpec | None = None
         self.labels: tuple[str, ...] = ()
@@ -185,8 +186,8 @@ def module_config(name: str, options: dict[str, Any]) -> TrainConfig:
     if problems:
         raise ConfigError(f"ZooModule: {'; '.join(problems)}; ZooModule's options: {', '.join(allowed)}")
     given = dict(options)
-    if "registries" in given:
-        given["registries"] = tuple(given["registries"] or ())
+    if "registries" in given:  # file names, kept as strings: a checkpoint's hyper-parameters hold plain values
+        given["registries"] = tuple(str(r) for r in given["registries"] or ())
     config = TrainConfig(model=normalise_location(name), data=DATA_PLACEHOLDER, **given)
     validate(config)
     return config

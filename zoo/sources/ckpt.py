@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,10 @@ def _load(path: Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refused a class: not a plain Lightning checkpoint
-        raise ConfigError(f"{path.name} holds Python objects other than tensors and plain values "
-                          f"({first_line(exc, 160)}), which zoo does not unpickle; {NEEDS}") from None
+        named = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        found = named.group(1) if named else first_line(exc, 120)
+        raise ConfigError(f"{path.name} holds Python objects other than tensors and plain values ({found}), "
+                          f"which zoo does not unpickle: they could run code; {NEEDS}") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"{path} is not a readable torch checkpoint ({first_line(exc, 120)}); it may be "
                           "truncated, or not a .ckpt Lightning wrote") from None
