@@ -1,6 +1,6 @@
 """Lightning with ZooModule against zoo's own training loop: throughput on the same model, data, batch and steps.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_lightning.py [--steps 30] [--rounds 5] [--threads 1]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_lightning.py [--steps 20] [--rounds 5] [--threads 1]
 
 One process, CPU. zoo's side is ``zoo.train.loop.Trainer.train_step`` with the single strategy (what
 ``zoo finetune`` runs); Lightning's is ``Trainer.fit`` of a ``ZooModule("timm:test_resnet",
@@ -74,6 +74,8 @@ def throughput(steps: int, rounds: int) -> dict[str, Any]:
         config = _config(MODEL, tmp)
         zoo_trainer, data = _build(config, SingleStrategy())
         plan = batches.epoch_steps(len(data[1].train), BATCH, 1, 0, 0)
+        if steps + 1 > len(plan):  # both sides time one epoch's steps: no epoch boundary inside a round
+            raise SystemExit(f"--steps {steps} is more than the {len(plan) - 1} timed steps one epoch holds")
         module = ZooModule(MODEL, random_init=True, image_size=32, lr=config.lr)
         datamodule = ZooDataModule("builtin:digits", batch_size=BATCH, image_size=32)
         zoo_rates, lightning_rates = [], []
@@ -88,7 +90,7 @@ def throughput(steps: int, rounds: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
