@@ -151,12 +151,14 @@ def test_the_torch_free_layers_import_no_training_code():
 
 def lightning_importers(root: Path, packages: tuple[str, ...]) -> list[str]:
     """Modules outside zoo.lightning that import it or the lightning package itself (an optional extra)."""
-    found = [f"{m} -> {t}" for m, targets in module_graph(root, packages).items() for t in targets
-             if t.startswith("zoo.lightning") and not m.startswith("zoo.lightning")]
-    for name, path in module_files(root, packages).items():
+    modules = module_files(root, packages)
+    found = []
+    for name, path in modules.items():
         if name.startswith("zoo.lightning"):
             continue
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text())):
+            found += [f"{name} -> {t}" for t in _targets(node, package, modules) if t.startswith("zoo.lightning")]
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
             found += [f"{name} -> {n}" for n in names if n.split(".")[0] in ("lightning", "pytorch_lightning")]

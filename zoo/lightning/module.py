@@ -54,8 +54,8 @@ class ZooModule(pl.LightningModule):
     def __init__(self, name_or_run: str | Path, zoo: dict[str, Any] | None = None, **options: Any):
         super().__init__()
         self.config = module_config(str(name_or_run), options)
-        self.save_hyperparameters({"name_or_run": self.config.model, **options,
-                                   **({"registries": list(self.config.registries)} if "registries" in options else {})})
+        # the names and options as the config holds them (strings, not paths): what rebuilds the module
+        self.save_hyperparameters({"name_or_run": self.config.model, **{k: getattr(self.config, k) for k in options}})
         self.model: torch.nn.Module | None = None
         self.spec: ModelSpec | None = None
         self.labels: tuple[str, ...] = ()
