@@ -256,3 +256,15 @@ def test_the_datamodules_hyper_parameters_are_plain_values_a_checkpoint_reader_a
     torch.save(dict(data.hparams), tmp_path / "hparams.pt")
     loaded = torch.load(tmp_path / "hparams.pt", weights_only=True)
     assert loaded["data"] == str(tmp_path / "train.csv") and loaded["val_data"] == str(tmp_path / "val.csv")
+
+
+def test_a_zoomodule_fitted_without_a_zoodatamodule_says_how_to_pair_them(tmp_path):
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader
+
+    from zoo.lightning import ZooModule
+
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(ConfigError, match="ZooModule takes its labels and preprocessing from a ZooDataModule"):
+        trainer.fit(ZooModule("timm:test_resnet", random_init=True), train_dataloaders=DataLoader(range(4)))
