@@ -197,7 +197,7 @@ def test_weights_that_do_not_fit_the_recorded_model_are_refused(tmp_path, capsys
                tmp_path / "edited.ckpt")
     err = _cli_error(["info", str(tmp_path / "edited.ckpt")], capsys)
     assert "its weights do not fit the model its hyper-parameters describe" in err
-    assert not list(ckpt._cache_root().glob("*.partial")), "nothing half-written is left in the cache"
+    assert not list(ckpt._cache_root().glob("*.partial*")), "nothing half-written is left in the cache"
     assert not (ckpt._cache_root() / ckpt._sha256(tmp_path / "edited.ckpt")[:16]).exists()
 
 
@@ -268,3 +268,21 @@ def test_a_zoomodule_fitted_without_a_zoodatamodule_says_how_to_pair_them(tmp_pa
                       enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path)
     with pytest.raises(ConfigError, match="ZooModule takes its labels and preprocessing from a ZooDataModule"):
         trainer.fit(ZooModule("timm:test_resnet", random_init=True), train_dataloaders=DataLoader(range(4)))
+
+
+def test_a_process_that_loses_the_race_to_write_the_model_folder_keeps_the_winners(tmp_path):
+    from zoo.create import create_model
+    from zoo.resolver import resolve
+    from zoo.sources import ckpt
+
+    spec = resolve("timm:test_resnet")
+    model, _ = create_model(spec, labels=["a", "b"], pretrained=False)
+    record = ckpt.record(spec, head_labels=("a", "b"), labels=("a", "b"), model_kwargs={})
+    path = tmp_path / "raced.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"zoo": record}}, path)
+    folder, final = ckpt.model_folder(path)  # the winner's copy
+    written = (folder / ckpt.DONE_FILE).stat().st_mtime_ns
+    ckpt._write_folder(torch.load(path, weights_only=True), path, ckpt.read_record(record), final, folder)
+    assert (folder / ckpt.DONE_FILE).stat().st_mtime_ns == written
+    assert not list(folder.parent.glob("*.partial*")) and final.labels == ("a", "b")

@@ -120,8 +120,9 @@ def _read_record(checkpoint: dict[str, Any], path: Path) -> Record:
 
 def _write_folder(checkpoint: dict[str, Any], path: Path, found: Record, final: ModelSpec, folder: Path) -> None:
     """Rebuild the model, load the checkpoint's weights, save it in its source's format; written aside,
-    then renamed into place, so a folder that exists is complete."""
+    then renamed into place, so a folder that exists is complete (and two processes may race to write it)."""
     import json
+    import tempfile
 
     from zoo import sources
 
@@ -136,15 +137,18 @@ def _write_folder(checkpoint: dict[str, Any], path: Path, found: Record, final: 
     except RuntimeError as exc:
         raise ConfigError(f"{path.name}: its weights do not fit the model its hyper-parameters describe "
                           f"({first_line(exc, 160)}); was the checkpoint edited?") from None
-    stage = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(stage, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f"{folder.name}.partial-", dir=folder.parent))
     try:
         # saved with the base's local_path: the tokenizer / preprocessor files are copied from there
         source.save_model(model, dataclasses.replace(final, local_path=built.local_path), stage,
                           model_args=_model_args(built, model_kwargs))
         (stage / DONE_FILE).write_text(json.dumps({"file": str(path), "spec": final.to_dict()}, indent=2))
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        stage.replace(folder)
+        try:
+            stage.replace(folder)
+        except OSError:  # another process renamed its complete copy into place first
+            if not (folder / DONE_FILE).is_file():
+                raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
