@@ -140,6 +140,31 @@ def test_zoo_info_shows_the_ckpt_as_a_checkpoint_and_load_from_checkpoint_rebuil
     torch.testing.assert_close(logits, torch.tensor(trained["logits"]))
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_the_logged_metrics_are_those_of_both_processes_validation_rows_together(ddp_run):
+    """Validation ran at the last step, so the checkpoint's weights give the logged values again."""
+    from zoo.lightning import ZooDataModule, ZooModule
+    from zoo.lightning.data import _ValidationShard
+
+    module = ZooModule.load_from_checkpoint(ddp_run / "last.ckpt", map_location="cpu").eval()
+    val = ZooDataModule("builtin:digits", batch_size=16, image_size=32).prepare_for(module.spec, False).val
+
+    def scored(ranks: tuple[int, ...]) -> dict[str, float]:
+        module.on_validation_epoch_start()
+        with torch.no_grad():
+            for rank in ranks:  # limit_val_batches=2 on each process
+                for index, batch in zip(range(2), _ValidationShard(val, 16, rank, 2)):
+                    module.validation_step(batch, index)
+        loss, count = module._val_stats.tolist()
+        return {"val_loss": loss / count, **module.task.metrics(module._val_records, module.labels)}
+
+    logged = _ranks(ddp_run)[0]["metrics"]
+    both = scored((0, 1))
+    assert {k: logged[k] for k in both} == pytest.approx(both, rel=1e-5)
+    assert scored((0,))["val_loss"] != pytest.approx(logged["val_loss"], rel=1e-5)  # one process's rows: not it
+
+
 # ---------------------------------------------------------------- checkpoints zoo cannot use: one line each
 
 
