@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sources", ("zoo.sources", "zoo.resolver", "zoo.create")),
     ("runtime", ("zoo.runtime",)),
     ("train, exporters", ("zoo.train", "exporters")),
+    ("lightning", ("zoo.lightning",)),
     ("entry points", ("zoo.cli", "zoo.serve", "zoo.__main__", "zoo")),
 )
 
@@ -148,6 +149,26 @@ def test_the_torch_free_layers_import_no_training_code():
     assert [f"{m} -> {t}" for m in low for t in graph[m] if t.startswith(("zoo.train", "exporters"))] == []
 
 
+def lightning_importers(root: Path, packages: tuple[str, ...]) -> list[str]:
+    """Modules outside zoo.lightning that import it or the lightning package itself (an optional extra)."""
+    modules = module_files(root, packages)
+    found = []
+    for name, path in modules.items():
+        if name.startswith("zoo.lightning"):
+            continue
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            found += [f"{name} -> {t}" for t in _targets(node, package, modules) if t.startswith("zoo.lightning")]
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            found += [f"{name} -> {n}" for n in names if n.split(".")[0] in ("lightning", "pytorch_lightning")]
+    return sorted(found)
+
+
+def test_only_zoo_lightning_imports_lightning():
+    assert lightning_importers(ROOT, ("zoo", "exporters")) == []
+
+
 # ---------------------------------------------------------------- the checks catch what they are for
 
 
@@ -193,3 +214,11 @@ def test_downward_imports_pass(tmp_path):
 def test_a_module_outside_every_layer_is_named():
     with pytest.raises(AssertionError, match="zoo_extra.thing is in no layer"):
         layer_of("zoo_extra.thing")
+
+
+def test_a_planted_lightning_import_outside_zoo_lightning_is_named(tmp_path):
+    root = _plant(tmp_path, {
+        "zoo/__init__.py": "", "zoo/lightning/__init__.py": "import lightning.pytorch\n",
+        "zoo/cli.py": "from zoo.lightning import ZooModule\n", "zoo/train.py": "from lightning import Trainer\n",
+    })
+    assert lightning_importers(root, ("zoo",)) == ["zoo.cli -> zoo.lightning", "zoo.train -> lightning"]

@@ -4,6 +4,7 @@
     zoo info hf:ORG/NAME@REV   # any transformers model (needs config.json locally or the hub)
     zoo info timm:convnext_tiny.fb_in1k
     zoo info ./my-model        # save_pretrained / timm / zoo run / zoo artifact folder
+    zoo info last.ckpt         # a Lightning checkpoint of a zoo.lightning.ZooModule
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def resolve(name: str, *, registries: list[str] | tuple[str, ...] = ()) -> Model
         raise NameNotFoundError("empty model name; give a registry alias (see 'zoo list'), "
                                 "'hf:ORG/NAME', 'timm:ARCH' or a folder")
     path = Path(name).expanduser()
+    if path.suffix == ".ckpt" and path.exists():  # a file, or the folder DeepSpeed writes under that name
+        return resolve_checkpoint(path)
     if path.is_dir():
         return resolve_folder(path)
     if path.is_file() and path.suffix == ".gguf":
@@ -133,6 +136,14 @@ def resolve_gguf(path: Path) -> ModelSpec:
     spec = resolve_folder(folder)
     return _with(spec, name=path.stem, description=f"{spec.description}, {gguf.describe_dequantised(types)} "
                  f"of {path.name}")
+
+
+def resolve_checkpoint(path: Path) -> ModelSpec:
+    """A Lightning ``.ckpt`` of a ZooModule, through the model folder it is rebuilt into once
+    (``zoo.sources.ckpt``)."""
+    from zoo.sources import ckpt
+
+    return ckpt.model_folder(path)[1]
 
 
 def _with(spec: ModelSpec, **changes: object) -> ModelSpec:

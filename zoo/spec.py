@@ -122,7 +122,7 @@ class ModelSpec:
     labels: tuple[str, ...] | None = None
     description: str = ""
     local_path: str | None = None  # a folder holding config and weights
-    origin: str = "registry"  # registry | hf | timm | local | run | artifact
+    origin: str = "registry"  # registry | hf | timm | local | run | artifact | checkpoint
     trust_remote_code: bool = False
 
     @property
