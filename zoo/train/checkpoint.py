@@ -8,6 +8,9 @@
 DCP stores tensors by their global shape, so a checkpoint written by N
 processes loads into M processes (or another strategy): resume resharding.
 A folder without ``COMPLETE`` (a run killed mid-write) is never loaded.
+
+``--strategy deepspeed`` writes DeepSpeed's own checkpoint instead of the DCP shards,
+in ``step_N/deepspeed`` (see zoo/train/deepspeed.py); trainer.json and the marker are the same.
 """
 
 from __future__ import annotations
@@ -93,9 +96,14 @@ def save(folder: Path, model: Any, optimizer: Any, trainer: dict[str, Any], stra
     if strategy.is_main and folder.exists():
         shutil.rmtree(folder)  # a leftover incomplete folder from an interrupted run
     strategy.barrier()
-    model_state, optim_state = get_state_dict(model, optimizer)
-    with _single_process_ok():
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
+    if _deepspeed(model):
+        from zoo.train.deepspeed import save_engine
+
+        save_engine(folder, model)
+    else:
+        model_state, optim_state = get_state_dict(model, optimizer)
+        with _single_process_ok():
+            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
     strategy.barrier()
     if strategy.is_main:
         (folder / TRAINER_FILE).write_text(json.dumps(trainer, indent=1))
@@ -107,6 +115,12 @@ def load(folder: Path, model: Any, optimizer: Any) -> dict[str, Any]:
     """Load shards into the (already wrapped) model and optimizer; return the trainer state."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    if _deepspeed(model):
+        from zoo.train.deepspeed import load_engine
+
+        load_engine(folder, model)
+        return json.loads((folder / TRAINER_FILE).read_text())
 
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state}
@@ -121,10 +135,21 @@ def load_model(folder: Path, model: Any) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
+    if _deepspeed(model):
+        from zoo.train.deepspeed import load_engine
+
+        load_engine(folder, model)
+        return
     state = {"model": get_model_state_dict(model)}
     with _single_process_ok():
         dcp.load(state, checkpoint_id=str(folder))
     set_model_state_dict(model, state["model"])
+
+
+def _deepspeed(model: Any) -> bool:
+    from zoo.train.deepspeed import is_engine
+
+    return is_engine(model)
 
 
 @contextlib.contextmanager

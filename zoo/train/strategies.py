@@ -45,6 +45,10 @@ class SingleStrategy:
     def wrap(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
 
+    def client_optimizer(self, model: nn.Module) -> torch.optim.Optimizer | None:
+        """The optimizer ``wrap`` already built with the model (DeepSpeed's engine needs it); None: the loop's."""
+        return None
+
     def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
         """Skip the gradient exchange on non-final micro-steps of gradient accumulation."""
         return contextlib.nullcontext()
@@ -273,8 +277,15 @@ def _device(local_rank: int) -> torch.device:
 STRATEGY_CLASSES = {"single": SingleStrategy, "ddp": DDPStrategy, "fsdp": FSDPStrategy}
 
 
-def make_strategy(name: str, precision: str = "fp32", *, sync_batchnorm: bool = True) -> SingleStrategy:
-    """A started strategy (its process group initialised)."""
+def make_strategy(name: str, precision: str = "fp32", *, sync_batchnorm: bool = True,
+                  config: Any = None) -> SingleStrategy:
+    """A started strategy (its process group initialised); ``config``: the run's options (DeepSpeed's come from it)."""
+    if name == "deepspeed":
+        from zoo.train.deepspeed import DeepSpeedStrategy
+
+        strategy: SingleStrategy = DeepSpeedStrategy(precision, sync_batchnorm, config=config)
+        strategy.setup()
+        return strategy
     strategy = STRATEGY_CLASSES[name](precision, sync_batchnorm)
     strategy.setup()
     return strategy
