@@ -5,12 +5,13 @@ One elastic launch runs every in-process case (see ``CASES``) and writes what it
 - ZeRO-2 and ZeRO-3 (also with its parameters offloaded) take the same steps as one process on a
   model without dropout or batch norm (timm test_vit): the same loss at every step and the same
   weights, within float tolerance, with an equal global batch and gradient accumulation;
-- ZeRO-2 checkpoints and resumes: a fresh engine loading the checkpoint takes the same next step as
-  the engine that wrote it; ZeRO-3 holds half the parameters on each rank;
+- ZeRO-2 and ZeRO-3 checkpoint and resume: a fresh engine loading the checkpoint takes the same next
+  step as the engine that wrote it; both hold half the optimizer state on each rank;
 - bf16 computes in bf16 and still hands back fp32 weights for model/.
 
-The end-to-end test runs ``zoo finetune --strategy deepspeed --zero-stage 3 --nproc 2``, pauses,
-resumes, and exports the run with ``zoo export RUN --onnx``. The refusals never launch anything.
+The end-to-end test runs ``zoo finetune --strategy deepspeed --zero-stage 3 --nproc 2`` (one launch),
+sees another process count or strategy refused for ``--resume``, and exports the run with
+``zoo export RUN --onnx``. The refusals never launch anything.
 """
 
 from __future__ import annotations
@@ -52,13 +53,13 @@ def _trainer(case: str, out: Path) -> Any:
     from zoo.train.loop import Trainer
     from zoo.train.model import build_model
     from zoo.train.preflight import training_spec
-    from zoo.train.strategies import make_strategy
+    from zoo.train.worker import start_strategy
 
     options = CASES[case]
     config = TrainConfig(model="timm:test_vit", data="synthetic", out=str(out), batch_size=8, grad_accum=2,
                          max_steps=STEPS + 1, lr=2e-4, warmup=0.3, image_size=32, progress=False, random_init=True,
                          nproc=1 if case == "single" else 2, **options)
-    strategy = make_strategy(config.strategy, config.precision, config=config)
+    strategy = start_strategy(config)
     spec = training_spec(resolve(config.model), config)
     train, val = _image_data(torch.Generator().manual_seed(1))
     data = PreparedData("synthetic", "-", spec.task, LabelPlan(("a", "b", "c"), True, "sorted"), train, val, {},
@@ -87,23 +88,23 @@ def run_case(case: str, out: Path) -> dict[str, Any]:
     module.blocks[0].register_forward_hook(lambda _m, _i, output: seen.append(str(output.dtype)))
     plan = batches.epoch_steps(64, 8, 2, 0, 0)
     losses = [_step(trainer, micro) for micro in plan[:STEPS]]
-    params = list(module.parameters())
-    local = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in params)
-    result = {"losses": losses, "compute": sorted(set(seen)), "local_params": local / sum(
-        getattr(p, "ds_numel", p.numel()) for p in params), "weights": trainer.strategy.full_state_dict(trainer.model)}
-    if case == "zero2":
-        result["resume"] = _resume(trainer, plan[STEPS], out)
+    moments = [state["exp_avg"] for state in trainer.optimizer.state.values()]
+    full = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    result = {"losses": losses, "compute": sorted(set(seen)), "optimizer_share": sum(m.numel() for m in moments) / full,
+              "weights": trainer.strategy.full_state_dict(trainer.model)}
+    if case in ("zero2", "zero3"):
+        result["resume"] = _resume(case, trainer, plan[STEPS], out)
     return result
 
 
-def _resume(trainer: Any, micro: list[list[int]], out: Path) -> dict[str, Any]:
+def _resume(case: str, trainer: Any, micro: list[list[int]], out: Path) -> dict[str, Any]:
     """Checkpoint after STEPS steps, take one more; a fresh engine loads the checkpoint and takes the same step."""
     from zoo.train import checkpoint
 
     folder = trainer.save_checkpoint()
     saved = trainer.strategy.full_state_dict(trainer.model)
     going_on = [_step(trainer, micro)]
-    fresh = _trainer("zero2", out)
+    fresh = _trainer(case, out)
     state = checkpoint.load(folder, fresh.model, fresh.optimizer)
     fresh.scheduler.load_state_dict(state["scheduler"])
     loaded = fresh.strategy.full_state_dict(fresh.model)
@@ -124,7 +125,7 @@ def deepspeed_worker(out: str) -> None:
             continue
         result = run_case(case, Path(out) / case)
         rank = dist.get_rank()
-        Path(out, f"{case}-share-{rank}.json").write_text(json.dumps(result["local_params"]))
+        Path(out, f"{case}-share-{rank}.json").write_text(json.dumps(result["optimizer_share"]))
         if rank == 0:
             torch.save(result, Path(out) / f"{case}.pt")
     dist.destroy_process_group()
@@ -173,16 +174,21 @@ def test_weight_and_loss_checks_see_a_planted_difference(reference):
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_zero3_shards_parameters_and_zero2_does_not(launched):
-    for rank in (0, 1):
-        assert 0.4 < json.loads((launched / f"zero3-share-{rank}.json").read_text()) < 0.6
-        assert json.loads((launched / f"zero2-share-{rank}.json").read_text()) == 1.0
+def test_zero_shards_the_optimizer_state(launched, reference):
+    """Each rank's AdamW holds moments for its half of the weights (test_vit's parameters are all under
+    DeepSpeed's persistence threshold, so ZeRO-3 keeps them whole: benchmarks/bench_finetune.py measures
+    parameter sharding on a larger ViT)."""
+    assert reference["optimizer_share"] == 1.0  # the twin: one process holds every moment
+    for case in ("zero2", "zero3"):
+        for rank in (0, 1):
+            assert 0.45 < json.loads((launched / f"{case}-share-{rank}.json").read_text()) < 0.55
 
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_zero2_checkpoint_resumes_into_a_fresh_engine(launched):
-    resumed = _got(launched, "zero2")["resume"]
+@pytest.mark.parametrize("case", ["zero2", "zero3"])
+def test_checkpoint_resumes_into_a_fresh_engine(launched, case):
+    resumed = _got(launched, case)["resume"]
     assert max_weight_diff(resumed["saved"], resumed["loaded"]) == 0
     # the optimizer state came back too: the next step is the same step
     assert resumed["next_losses"][0] == pytest.approx(resumed["next_losses"][1], rel=TOLERANCE)
@@ -206,24 +212,23 @@ def test_bf16_computes_in_bf16_and_saves_fp32_weights(launched, reference):
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_zero3_finetune_pause_resume_and_export(tiny_timm_folder, tmp_path, capsys):
+def test_zero3_finetune_then_export(tiny_timm_folder, tmp_path, capsys):
+    """A batch-norm CNN (synced batch norm) under ZeRO-3: the run dir, --resume's refusals, zoo export."""
     import timm
 
     images = image_folder(tmp_path / "data", per_label=6)
     run = tmp_path / "run"
     argv = ["finetune", str(tiny_timm_folder), "--data", str(images), "--out", str(run), "--strategy", "deepspeed",
             "--zero-stage", "3", "--nproc", "2", "--batch-size", "6", "--image-size", "24", "--max-steps", "4",
-            "--checkpoint-every", "2", "--pause-at", "2", "--no-progress"]
+            "--checkpoint-every", "2", "--no-progress"]
     code, printed, _ = cli(argv, capsys)
-    assert code == 0 and "paused at step 2 of 4" in printed
+    assert code == 0 and "validation (final, step 4)" in printed
     assert (run / "checkpoints" / "step_2" / "deepspeed" / "zoo").is_dir()
     # DeepSpeed partitions its checkpoint per rank: another process count is refused before any launch
     code, err = run_cli(["finetune", "--resume", "--out", str(run), "--nproc", "1"], capsys)
     assert code == 1 and "this DeepSpeed checkpoint was written by 2" in err and len(err.splitlines()) == 1
     code, err = run_cli(["finetune", "--resume", "--out", str(run), "--strategy", "ddp"], capsys)
     assert code == 1 and "written by --strategy deepspeed" in err and len(err.splitlines()) == 1
-    code, printed, _ = cli(["finetune", "--resume", "--out", str(run), "--no-progress"], capsys)
-    assert code == 0 and "validation (final, step 4)" in printed
     record_ = json.loads((run / "run.json").read_text())
     assert record_["strategy"] == "deepspeed" and record_["world_size"] == 2 and record_["sync_batchnorm"] is True
     model = timm.create_model(f"local-dir:{run / 'model'}").eval()  # model/ is a plain timm folder

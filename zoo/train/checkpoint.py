@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 MARKER = "COMPLETE"
 TRAINER_FILE = "trainer.json"
 PREFIX = "step_"
+ENGINE_DIR, ENGINE_TAG = "deepspeed", "zoo"  # step_N/deepspeed/zoo: --strategy deepspeed's own checkpoint
 BASE_DIR = "base"  # <run>/base: the base model's config and preprocessor files (no weights), for --resume
 
 
@@ -97,9 +98,7 @@ def save(folder: Path, model: Any, optimizer: Any, trainer: dict[str, Any], stra
         shutil.rmtree(folder)  # a leftover incomplete folder from an interrupted run
     strategy.barrier()
     if _deepspeed(model):
-        from zoo.train.deepspeed import save_engine
-
-        save_engine(folder, model)
+        _save_engine(folder, model)
     else:
         model_state, optim_state = get_state_dict(model, optimizer)
         with _single_process_ok():
@@ -117,9 +116,7 @@ def load(folder: Path, model: Any, optimizer: Any) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     if _deepspeed(model):
-        from zoo.train.deepspeed import load_engine
-
-        load_engine(folder, model)
+        _load_engine(folder, model)
         return json.loads((folder / TRAINER_FILE).read_text())
 
     model_state, optim_state = get_state_dict(model, optimizer)
@@ -136,9 +133,7 @@ def load_model(folder: Path, model: Any) -> None:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
     if _deepspeed(model):
-        from zoo.train.deepspeed import load_engine
-
-        load_engine(folder, model)
+        _load_engine(folder, model)  # with the optimizer: model/ is written from its fp32 master weights
         return
     state = {"model": get_model_state_dict(model)}
     with _single_process_ok():
@@ -147,9 +142,21 @@ def load_model(folder: Path, model: Any) -> None:
 
 
 def _deepspeed(model: Any) -> bool:
-    from zoo.train.deepspeed import is_engine
+    """A DeepSpeed engine (zoo/train/deepspeed.py), told by its checkpoint API without importing deepspeed."""
+    return all(callable(getattr(model, name, None)) for name in ("save_checkpoint", "load_checkpoint",
+                                                                  "zero_optimization_stage"))
 
-    return is_engine(model)
+
+def _save_engine(folder: Path, engine: Any) -> None:
+    """Every rank writes its ZeRO partitions (weights, fp32 master weights, optimizer state) in DeepSpeed's format."""
+    engine.save_checkpoint(str(folder / ENGINE_DIR), tag=ENGINE_TAG, save_latest=False)
+
+
+def _load_engine(folder: Path, engine: Any) -> None:
+    """A step's DeepSpeed checkpoint into the engine, the optimizer state and fp32 master weights included."""
+    path, _ = engine.load_checkpoint(str(folder / ENGINE_DIR), tag=ENGINE_TAG, load_lr_scheduler_states=False)
+    if path is None:
+        raise ConfigError(f"--resume: {folder / ENGINE_DIR} holds no DeepSpeed checkpoint; start a new run")
 
 
 @contextlib.contextmanager

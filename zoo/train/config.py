@@ -258,9 +258,11 @@ def _check_deepspeed(c: TrainConfig) -> list[str]:
         out.append(f"--strategy {c.strategy} is not offered: {REPLACED_STRATEGIES[c.strategy]}")
     given = [flag(n) for n in ("zero_stage", "offload") if getattr(c, n) is not None]
     if c.strategy != "deepspeed":
-        if given:
-            out.append(f"{' and '.join(given)} configure --strategy deepspeed but --strategy is {c.strategy}; "
-                       "add --strategy deepspeed or leave them out")
+        # a resumed DeepSpeed run keeps its stage: check_resumed_strategy says why another strategy cannot go on
+        if given and not c.resume:
+            out.append(f"{' and '.join(given)} {'configure' if len(given) > 1 else 'configures'} --strategy "
+                       f"deepspeed but --strategy is {c.strategy}; add --strategy deepspeed or leave "
+                       f"{'them' if len(given) > 1 else 'it'} out")
         return out
     if c.zero_stage is not None and c.zero_stage not in ZERO_STAGES:
         out.append(f"--zero-stage {c.zero_stage} is unknown; valid: 1 (optimizer state sharded), 2 (and gradients), "

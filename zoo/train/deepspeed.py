@@ -23,9 +23,9 @@ DeepSpeed is imported only here and only inside a worker: without CUDA it runs o
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,8 +34,6 @@ from torch import nn
 from zoo.train.strategies import DDPStrategy
 
 DEFAULT_STAGE = 2
-ENGINE_DIR = "deepspeed"  # <run>/checkpoints/step_N/deepspeed: DeepSpeed's checkpoint, one tag
-ENGINE_TAG = "zoo"
 
 
 class DeepSpeedStrategy(DDPStrategy):
@@ -54,10 +52,18 @@ class DeepSpeedStrategy(DDPStrategy):
         super().setup()
         import deepspeed
 
-        # DeepSpeed logs its config and every stage's setup at INFO on each rank: zoo reports the run itself
-        deepspeed.utils.logger.setLevel(logging.WARNING)
-        deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo",
-                                   dist_init_required=False)
+        _quiet_deepspeed()
+        # on the CPU DeepSpeed loads (first builds, then caches) its shared-memory all-reduce op, printing
+        # that it did on each rank, and torch warns on the way that there is no CUDA: neither is news to the user
+        extension_log = logging.getLogger("torch.utils.cpp_extension")
+        level = extension_log.level
+        extension_log.setLevel(logging.ERROR)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo",
+                                           dist_init_required=False)
+        finally:
+            extension_log.setLevel(level)
 
     def ds_config(self) -> dict[str, Any]:
         """The DeepSpeed config for zoo's options (no optimizer/scheduler section: zoo passes its own)."""
@@ -140,27 +146,14 @@ class DeepSpeedStrategy(DDPStrategy):
         return out if self.is_main else {}
 
 
-def is_engine(model: Any) -> bool:
-    """A DeepSpeed engine (checked without importing deepspeed where no run loaded it)."""
-    import sys
+def _quiet_deepspeed() -> None:
+    """DeepSpeed's own chatter, which zoo's run summary replaces."""
+    import warnings
 
-    engine = sys.modules.get("deepspeed.runtime.engine")
-    return engine is not None and isinstance(model, engine.DeepSpeedEngine)
+    import deepspeed
 
-
-def save_engine(folder: Path, engine: Any) -> None:
-    """Every rank writes its shards of the model, gradients' optimizer state and fp32 master weights."""
-    engine.save_checkpoint(str(Path(folder) / ENGINE_DIR), tag=ENGINE_TAG, save_latest=False)
-
-
-def load_engine(folder: Path, engine: Any) -> None:
-    """Load a step's DeepSpeed checkpoint into the engine, optimizer state and fp32 master weights included.
-
-    Also for ``--keep best``: the weights written to model/ are the master weights, which a
-    module-only load would leave at the last step's.
-    """
-    path, _ = engine.load_checkpoint(str(Path(folder) / ENGINE_DIR), tag=ENGINE_TAG, load_lr_scheduler_states=False)
-    if path is None:
-        from zoo.errors import ConfigError
-
-        raise ConfigError(f"--resume: {Path(folder) / ENGINE_DIR} holds no DeepSpeed checkpoint; start a new run")
+    # its config and every stage's setup, logged at INFO on each rank
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+    # DeepSpeed calls torch's collectives by their older names, each call warning that they are deprecated
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` "
+                                              "is deprecated", category=FutureWarning)

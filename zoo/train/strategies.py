@@ -277,15 +277,8 @@ def _device(local_rank: int) -> torch.device:
 STRATEGY_CLASSES = {"single": SingleStrategy, "ddp": DDPStrategy, "fsdp": FSDPStrategy}
 
 
-def make_strategy(name: str, precision: str = "fp32", *, sync_batchnorm: bool = True,
-                  config: Any = None) -> SingleStrategy:
-    """A started strategy (its process group initialised); ``config``: the run's options (DeepSpeed's come from it)."""
-    if name == "deepspeed":
-        from zoo.train.deepspeed import DeepSpeedStrategy
-
-        strategy: SingleStrategy = DeepSpeedStrategy(precision, sync_batchnorm, config=config)
-        strategy.setup()
-        return strategy
+def make_strategy(name: str, precision: str = "fp32", *, sync_batchnorm: bool = True) -> SingleStrategy:
+    """A started strategy (its process group initialised)."""
     strategy = STRATEGY_CLASSES[name](precision, sync_batchnorm)
     strategy.setup()
     return strategy
