@@ -194,12 +194,15 @@ def ds_state_bytes(trainer: Any) -> dict[str, Any]:
         partitioned = hasattr(p, "ds_tensor") and not getattr(p, "ds_persist", False)
         add("params", p.ds_tensor if partitioned else p.data)
     client = engine.client_optimizer
+    # ZeRO-3 puts each fp32 partition into the param groups only while stepping it: the state's keys hold them
+    for p, state in client.state.items():
+        add("optimizer", p)
+        for v in state.values():
+            if isinstance(v, torch.Tensor) and v.ndim > 0:
+                add("optimizer", v)
     for group in client.param_groups:
         for p in group["params"]:
             add("optimizer", p)
-            for v in client.state.get(p, {}).values():
-                if isinstance(v, torch.Tensor) and v.ndim > 0:
-                    add("optimizer", v)
     for name, value in vars(engine.optimizer).items():
         if name != "optimizer":
             for t in _storages(value):
