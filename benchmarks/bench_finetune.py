@@ -292,10 +292,14 @@ def main() -> None:
              "deepspeed": lambda: deepspeed_bench(args.steps, args.rounds)}
     out = ROOT / "benchmarks" / "results" / "finetune.json"
     result = json.loads(out.read_text()) if args.only and out.is_file() else {}
-    result["machine"] = machine_info(threads=args.threads)
     for name, run in parts.items():
         if args.only in (None, name):
             result[name] = run()
+    machine = machine_info(threads=args.threads)
+    if args.only:  # the other parts keep the machine state they were measured in
+        result[args.only]["machine"] = machine
+    else:
+        result["machine"] = machine
     out.write_text(json.dumps(result, indent=2))
     if args.only in (None, "throughput"):
         print(f"throughput zoo / bare loop: {result['throughput']['ratio']:.3f} (target >= 0.95)")
