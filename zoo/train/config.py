@@ -131,7 +131,8 @@ class TrainConfig:
                                  "stored options.", EVAL, on_resume="free")
     pause_at: int | None = option(None, "Stop after this step with a checkpoint; continue later with --resume.",
                                   EVAL, low=1, on_resume="once")
-    strategy: str = option("single", "single, ddp, fsdp (FSDP2) or deepspeed (ZeRO).", PROCESSES,
+    strategy: str = option("single", "single, ddp, fsdp (FSDP2) or deepspeed (ZeRO); horovod and fairscale "
+                                     "name what to use instead.", PROCESSES,
                            choices=STRATEGIES + tuple(REPLACED_STRATEGIES), on_resume="free")
     zero_stage: int | None = option(None, "--strategy deepspeed: ZeRO stage 1 (shard optimizer state), 2 (and "
                                           "gradients) or 3 (and parameters); default 2.", PROCESSES)
