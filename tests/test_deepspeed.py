@@ -2,7 +2,7 @@
 
 One elastic launch runs every in-process case (see ``CASES``) and writes what it saw to files:
 
-- ZeRO-2 and ZeRO-3 (also with its parameters offloaded) take the same steps as one process on a
+- ZeRO-1, ZeRO-2 and ZeRO-3 (also with its parameters offloaded) take the same steps as one process on a
   model without dropout or batch norm (timm test_vit): the same loss at every step and the same
   weights, within float tolerance, with an equal global batch and gradient accumulation;
 - ZeRO-2 and ZeRO-3 checkpoint and resume: a fresh engine loading the checkpoint takes the same next
@@ -36,6 +36,7 @@ TOLERANCE = 1e-5
 # case -> TrainConfig options; every case trains timm:test_vit for STEPS steps of 2 micro-batches
 CASES = {
     "single": {"strategy": "single"},
+    "zero1": {"strategy": "deepspeed", "zero_stage": 1},
     "zero2": {"strategy": "deepspeed", "zero_stage": 2},
     "zero3": {"strategy": "deepspeed", "zero_stage": 3},
     "zero3-offload": {"strategy": "deepspeed", "zero_stage": 3, "offload": "params"},
@@ -154,7 +155,7 @@ def _got(launched: Path, case: str) -> dict[str, Any]:
 
 @pytest.mark.distributed
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["zero2", "zero3", "zero3-offload"])
+@pytest.mark.parametrize("case", ["zero1", "zero2", "zero3", "zero3-offload"])
 def test_zero_steps_match_one_process(launched, reference, case):
     got = _got(launched, case)
     assert got["losses"] == pytest.approx(reference["losses"], rel=TOLERANCE)
