@@ -8,6 +8,9 @@
 DCP stores tensors by their global shape, so a checkpoint written by N
 processes loads into M processes (or another strategy): resume resharding.
 A folder without ``COMPLETE`` (a run killed mid-write) is never loaded.
+
+``--strategy deepspeed`` writes DeepSpeed's own checkpoint instead of the DCP shards,
+in ``step_N/deepspeed`` (see zoo/train/deepspeed.py); trainer.json and the marker are the same.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 MARKER = "COMPLETE"
 TRAINER_FILE = "trainer.json"
 PREFIX = "step_"
+ENGINE_DIR, ENGINE_TAG = "deepspeed", "zoo"  # step_N/deepspeed/zoo: --strategy deepspeed's own checkpoint
 BASE_DIR = "base"  # <run>/base: the base model's config and preprocessor files (no weights), for --resume
 
 
@@ -93,9 +97,12 @@ def save(folder: Path, model: Any, optimizer: Any, trainer: dict[str, Any], stra
     if strategy.is_main and folder.exists():
         shutil.rmtree(folder)  # a leftover incomplete folder from an interrupted run
     strategy.barrier()
-    model_state, optim_state = get_state_dict(model, optimizer)
-    with _single_process_ok():
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
+    if _deepspeed(model):
+        _save_engine(folder, model)
+    else:
+        model_state, optim_state = get_state_dict(model, optimizer)
+        with _single_process_ok():
+            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
     strategy.barrier()
     if strategy.is_main:
         (folder / TRAINER_FILE).write_text(json.dumps(trainer, indent=1))
@@ -107,6 +114,10 @@ def load(folder: Path, model: Any, optimizer: Any) -> dict[str, Any]:
     """Load shards into the (already wrapped) model and optimizer; return the trainer state."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    if _deepspeed(model):
+        _load_engine(folder, model)
+        return json.loads((folder / TRAINER_FILE).read_text())
 
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state}
@@ -121,10 +132,31 @@ def load_model(folder: Path, model: Any) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
+    if _deepspeed(model):
+        _load_engine(folder, model)  # with the optimizer: model/ is written from its fp32 master weights
+        return
     state = {"model": get_model_state_dict(model)}
     with _single_process_ok():
         dcp.load(state, checkpoint_id=str(folder))
     set_model_state_dict(model, state["model"])
+
+
+def _deepspeed(model: Any) -> bool:
+    """A DeepSpeed engine (zoo/train/deepspeed.py), told by its checkpoint API without importing deepspeed."""
+    return all(callable(getattr(model, name, None)) for name in ("save_checkpoint", "load_checkpoint",
+                                                                  "zero_optimization_stage"))
+
+
+def _save_engine(folder: Path, engine: Any) -> None:
+    """Every rank writes its ZeRO partitions (weights, fp32 master weights, optimizer state) in DeepSpeed's format."""
+    engine.save_checkpoint(str(folder / ENGINE_DIR), tag=ENGINE_TAG, save_latest=False)
+
+
+def _load_engine(folder: Path, engine: Any) -> None:
+    """A step's DeepSpeed checkpoint into the engine, the optimizer state and fp32 master weights included."""
+    path, _ = engine.load_checkpoint(str(folder / ENGINE_DIR), tag=ENGINE_TAG, load_lr_scheduler_states=False)
+    if path is None:
+        raise ConfigError(f"--resume: {folder / ENGINE_DIR} holds no DeepSpeed checkpoint; start a new run")
 
 
 @contextlib.contextmanager

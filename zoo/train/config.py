@@ -19,6 +19,16 @@ from typing import Any
 from zoo.errors import ConfigError
 
 STRATEGIES = ("single", "ddp", "fsdp")
+STRATEGIES += ("deepspeed",)
+# strategies users come with that PyTorch itself now covers: refused with what to use instead
+REPLACED_STRATEGIES = {
+    "horovod": "Horovod's allreduce data parallelism is what DDP does (a full replica per rank, gradients "
+               "all-reduced); use --strategy ddp",
+    "fairscale": "FairScale's sharded data parallelism was upstreamed into PyTorch as FSDP; use --strategy fsdp "
+                 "(or --strategy deepspeed for ZeRO stages and CPU offload)",
+}
+ZERO_STAGES = (1, 2, 3)
+OFFLOADS = ("none", "optimizer", "params")
 CPU_OVERSUBSCRIPTION = 4  # CPU processes per core beyond which --nproc is surely a typo
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -121,8 +131,14 @@ class TrainConfig:
                                  "stored options.", EVAL, on_resume="free")
     pause_at: int | None = option(None, "Stop after this step with a checkpoint; continue later with --resume.",
                                   EVAL, low=1, on_resume="once")
-    strategy: str = option("single", "single, ddp or fsdp (FSDP2).", PROCESSES, choices=STRATEGIES,
-                           on_resume="free")
+    strategy: str = option("single", "single, ddp, fsdp (FSDP2) or deepspeed (ZeRO); horovod and fairscale "
+                                     "name what to use instead.", PROCESSES,
+                           choices=STRATEGIES + tuple(REPLACED_STRATEGIES), on_resume="free")
+    zero_stage: int | None = option(None, "--strategy deepspeed: ZeRO stage 1 (shard optimizer state), 2 (and "
+                                          "gradients) or 3 (and parameters); default 2.", PROCESSES)
+    offload: str | None = option(None, "--strategy deepspeed: keep the optimizer state (optimizer) or also the "
+                                       "parameters (params, ZeRO-3 only) in CPU memory; default none.", PROCESSES,
+                                 choices=OFFLOADS)
     nproc: int = option(1, "Processes on this node (> 1 starts torch's elastic launcher).", PROCESSES, low=1,
                         on_resume="free")
     nnodes: int = option(1, "Nodes in the job (multi-node needs --rdzv-endpoint).", PROCESSES, low=1,
@@ -217,6 +233,7 @@ def _check_combinations(c: TrainConfig) -> list[str]:
     if c.strategy == "fsdp" and c.precision == "fp16":
         out.append("--strategy fsdp refuses --precision fp16 (fp16 needs loss scaling that sharded "
                    "training does not do here); use --precision bf16 or fp32")
+    out += _check_deepspeed(c)
     if c.strategy == "single" and (c.nproc > 1 or c.nnodes > 1):
         out.append(f"--strategy single runs one process but --nproc {c.nproc} --nnodes {c.nnodes} was given; "
                    "use --strategy ddp or fsdp")
@@ -232,6 +249,36 @@ def _check_combinations(c: TrainConfig) -> list[str]:
         out.append("no model given; name one (an alias, hf:ORG/NAME, timm:ARCH or a folder)")
     if not c.data:
         out.append("no --data given; name a data file, folder, hub data set or builtin:digits")
+    return out
+
+
+def _check_deepspeed(c: TrainConfig) -> list[str]:
+    """--strategy deepspeed's own options, and the strategies that became ddp and fsdp."""
+    out = []
+    if c.strategy in REPLACED_STRATEGIES:
+        out.append(f"--strategy {c.strategy} is not offered: {REPLACED_STRATEGIES[c.strategy]}")
+    given = [flag(n) for n in ("zero_stage", "offload") if getattr(c, n) is not None]
+    if c.strategy != "deepspeed":
+        # a resumed DeepSpeed run keeps its stage: check_resumed_strategy says why another strategy cannot go on
+        if given and not c.resume:
+            out.append(f"{' and '.join(given)} {'configure' if len(given) > 1 else 'configures'} --strategy "
+                       f"deepspeed but --strategy is {c.strategy}; add --strategy deepspeed or leave "
+                       f"{'them' if len(given) > 1 else 'it'} out")
+        return out
+    if c.zero_stage is not None and c.zero_stage not in ZERO_STAGES:
+        out.append(f"--zero-stage {c.zero_stage} is unknown; valid: 1 (optimizer state sharded), 2 (and gradients), "
+                   "3 (and parameters)")
+    if c.offload == "params" and c.zero_stage != 3:
+        out.append(f"--offload params needs --zero-stage 3 (stage {c.zero_stage or 2} keeps every parameter on each "
+                   "rank, so there is nothing of them to offload); add --zero-stage 3, or use --offload optimizer")
+    if c.precision == "fp16":
+        out.append("--strategy deepspeed refuses --precision fp16 (zoo trains DeepSpeed in fp32 or bf16 only); "
+                   "use --precision bf16 or fp32")
+    from importlib.util import find_spec
+
+    if find_spec("deepspeed") is None:
+        out.append("--strategy deepspeed needs the deepspeed package, which is not installed; "
+                   "pip install 'zoo-toolkit[deepspeed]'")
     return out
 
 

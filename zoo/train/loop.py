@@ -66,12 +66,18 @@ def lr_factor(kind: str, total_steps: int, warmup: float) -> Callable[[int], flo
     return factor
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig, total_steps: int) -> tuple[Any, Any]:
+def adamw(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     # no weight decay on biases and norm scales (1-d parameters), as BERT and timm recipes do
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, total_steps: int,
+                    optimizer: torch.optim.Optimizer | None = None) -> tuple[Any, Any]:
+    """zoo's AdamW (or the one a strategy already built with the model) and its learning-rate schedule."""
+    optimizer = optimizer or adamw(model, config)
     factor = lr_factor(config.scheduler, total_steps, config.warmup)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -88,7 +94,7 @@ class Trainer:
         self.metric = metric_name(config.metric or self.task.primary_metric)
         self.per_epoch = batches.steps_per_epoch(len(data.train), config.batch_size, config.grad_accum)
         self.total = config.max_steps or (config.epochs or 3) * self.per_epoch
-        self.optimizer, self.scheduler = build_optimizer(model, config, self.total)
+        self.optimizer, self.scheduler = build_optimizer(model, config, self.total, strategy.client_optimizer(model))
         self.state = TrainState()
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", strategy.is_main)
         self._pending = torch.zeros(2)  # local train-loss sum and target count since the last log line

@@ -36,12 +36,32 @@ ERROR_FILE = "worker-error.txt"
 def check_out(config: TrainConfig) -> None:
     out = Path(config.out)
     if config.resume:
-        from zoo.train.checkpoint import latest_checkpoint
+        from zoo.train.checkpoint import latest_checkpoint, read_trainer
 
-        latest_checkpoint(out)
+        check_resumed_strategy(config, read_trainer(latest_checkpoint(out)))
     elif out.exists() and (not out.is_dir() or any(p.name != ERROR_FILE for p in out.iterdir())):
         raise ConfigError(f"--out {out} already exists and is not empty; give a new --out, or --resume to "
                           "continue the run in it")
+
+
+def check_resumed_strategy(config: TrainConfig, saved: dict[str, Any]) -> None:
+    """DeepSpeed's checkpoints load only into DeepSpeed, with the process count that wrote them.
+
+    torch DCP checkpoints (single, ddp, fsdp) reshard to any strategy and count; DeepSpeed writes its
+    own format, with ZeRO's partitions per rank, and refuses another data-parallel world size (its
+    universal-checkpoint conversion is an offline step zoo does not run).
+    """
+    before, world = saved.get("strategy"), saved.get("world_size")
+    if "deepspeed" not in (before, config.strategy) or before is None:
+        return
+    if before != config.strategy:
+        raise ConfigError(f"--strategy {config.strategy} cannot resume the checkpoint of this run, written by "
+                          f"--strategy {before} (DeepSpeed's checkpoint format is not torch's DCP); resume with "
+                          f"--strategy {before}")
+    if world is not None and config.nproc * config.nnodes != world:
+        raise ConfigError(f"--nproc {config.nproc} --nnodes {config.nnodes} starts {config.nproc * config.nnodes} "
+                          f"processes but this DeepSpeed checkpoint was written by {world}: ZeRO partitions it per "
+                          f"rank and loads it only into as many; resume with {world} processes")
 
 
 def prepare(config: TrainConfig) -> tuple[ModelSpec, Any]:

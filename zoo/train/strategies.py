@@ -45,6 +45,10 @@ class SingleStrategy:
     def wrap(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
 
+    def client_optimizer(self, model: nn.Module) -> torch.optim.Optimizer | None:
+        """The optimizer ``wrap`` already built with the model (DeepSpeed's engine needs it); None: the loop's."""
+        return None
+
     def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
         """Skip the gradient exchange on non-final micro-steps of gradient accumulation."""
         return contextlib.nullcontext()

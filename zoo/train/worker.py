@@ -39,7 +39,7 @@ def train_and_save(config: TrainConfig, *, checked: bool, prepared: tuple[ModelS
     sigint = FirstSigint()
     try:
         with sigint:
-            strategy = make_strategy(config.strategy, config.precision, sync_batchnorm=config.sync_batchnorm)
+            strategy = start_strategy(config)
             try:
                 _run(config, strategy, checked, prepared)
             except Exception:
@@ -51,6 +51,17 @@ def train_and_save(config: TrainConfig, *, checked: bool, prepared: tuple[ModelS
         # no strategy.close(): leaving the group waits on peers that may be gone mid-collective
         raise Interrupted(Path(config.out)) from None
     strategy.close()
+
+
+def start_strategy(config: TrainConfig) -> Any:
+    """The run's strategy, started (its process group initialised); DeepSpeed's reads its options from the config."""
+    if config.strategy == "deepspeed":
+        from zoo.train.deepspeed import DeepSpeedStrategy
+
+        strategy = DeepSpeedStrategy(config.precision, config.sync_batchnorm, config=config)
+        strategy.setup()
+        return strategy
+    return make_strategy(config.strategy, config.precision, sync_batchnorm=config.sync_batchnorm)
 
 
 def _run(config: TrainConfig, strategy: Any, checked: bool, prepared: tuple[ModelSpec, Any] | None) -> None:
