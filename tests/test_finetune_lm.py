@@ -110,6 +110,18 @@ def test_cli_bad_data_is_one_line_and_writes_nothing(folders, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
+def test_exact_match_on_plain_text_is_refused_before_training(folders, tmp_path, capsys):
+    # the bug: training ran, then the first evaluation raised KeyError 'val_exact_match' (text rows have no answers)
+    from tests.test_finetune import run_cli
+
+    data = _write(tmp_path / "text.jsonl", [{"text": f"hello there world {i}"} for i in range(20)])
+    code, err = run_cli(["finetune", str(folders["llama"]), "--data", str(data), "--metric", "exact_match",
+                         "--max-steps", "1", "--batch-size", "4", "--out", str(tmp_path / "run")], capsys)
+    assert code == 1 and err.startswith("error: --metric exact_match scores answers to prompts")
+    assert "use --metric loss or perplexity" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_builtin_next_letter_is_fixed_and_held_out():
     from zoo.tasks import get_task
 

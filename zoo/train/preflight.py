@@ -59,6 +59,7 @@ def prepare(config: TrainConfig) -> tuple[ModelSpec, Any]:
                         split=config.split, val_data=config.val_data, val_fraction=config.val_fraction,
                         seed=config.seed, max_length=config.max_length, new_head=config.new_head,
                         packing=config.packing)
+    check_metric_on_data(spec, config, data)
     if config.resume:
         _check_same_data(config, data)
     if len(data.train) < config.batch_size * config.grad_accum:
@@ -121,6 +122,17 @@ def check_metric(spec: ModelSpec, config: TrainConfig) -> None:
     if config.metric is not None and metric_name(config.metric) not in task.metric_names:
         names = ", ".join(m.removeprefix("val_") for m in task.metric_names)
         raise ConfigError(f"--metric {config.metric} is not reported for {spec.task}; valid: {names}")
+
+
+def check_metric_on_data(spec: ModelSpec, config: TrainConfig, data: Any) -> None:
+    """A --metric the task reports, but not on this data (exact-match of plain text): refused before training."""
+    from zoo.tasks import get_task
+
+    if config.metric is None:
+        return
+    problem = get_task(spec.task).metric_problem(metric_name(config.metric), data)
+    if problem:
+        raise ConfigError(f"--metric {config.metric} {problem}")
 
 
 def check_language_options(spec: ModelSpec, config: TrainConfig) -> None:
