@@ -55,6 +55,7 @@ def prepare(config: TrainConfig) -> tuple[ModelSpec, Any]:
     spec = _resumed_spec(config) if config.resume else _base_spec(config)
     check_metric(spec, config)
     check_language_options(spec, config)
+    check_tensor_parallel(spec, config)
     data = prepare_data(config.data, spec, text_column=config.text_column, label_column=config.label_column,
                         split=config.split, val_data=config.val_data, val_fraction=config.val_fraction,
                         seed=config.seed, max_length=config.max_length, new_head=config.new_head,
@@ -143,6 +144,16 @@ def check_language_options(spec: ModelSpec, config: TrainConfig) -> None:
     if given and not get_task(spec.task).generates:
         raise ConfigError(f"{' and '.join(given)} train text-generation models, but {spec.name} is a {spec.task} "
                           f"model; leave {' and '.join(given)} out")
+
+
+def check_tensor_parallel(spec: ModelSpec, config: TrainConfig) -> None:
+    """--tp: every reason it cannot split this model this way, in one ConfigError."""
+    if config.tp > 1:
+        from zoo.train.tensor_parallel import problems
+
+        found = problems(config, spec)
+        if found:
+            raise ConfigError("; ".join(found))
 
 
 def metric_name(given: str) -> str:

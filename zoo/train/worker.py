@@ -39,7 +39,8 @@ def train_and_save(config: TrainConfig, *, checked: bool, prepared: tuple[ModelS
     sigint = FirstSigint()
     try:
         with sigint:
-            strategy = make_strategy(config.strategy, config.precision, sync_batchnorm=config.sync_batchnorm)
+            strategy = make_strategy(config.strategy, config.precision, sync_batchnorm=config.sync_batchnorm,
+                                     tp=config.tp)
             try:
                 _run(config, strategy, checked, prepared)
             except Exception:
