@@ -219,7 +219,7 @@ def test_lora_run_resumed_from_its_checkpoint_takes_the_uninterrupted_steps(fold
     from tests.artifacts import metric_lines
     from zoo.train.finetune import finetune
 
-    options = dict(lora_r=4, lora_dropout=0.0, lora_targets="all-linear", lr=1e-2, max_steps=3, eval_every=1,
+    options = dict(lora_r=4, lora_dropout=0.0, lora_targets="all-linear", lr=1e-2, max_steps=2, eval_every=1,
                    batch_size=8, packing=True, max_length=48, progress=False)
     whole = finetune(str(folders["llama"]), "builtin:next-letter", out=tmp_path / "whole", **options)
     paused = finetune(str(folders["llama"]), "builtin:next-letter", out=tmp_path / "paused", pause_at=1, **options)
@@ -228,7 +228,7 @@ def test_lora_run_resumed_from_its_checkpoint_takes_the_uninterrupted_steps(fold
     for key in ("train_loss", "val_loss", "lr"):
         got, expected = metric_lines(paused, key), metric_lines(whole, key)
         assert [(line["step"], line[key]) for line in got] == [(line["step"], line[key]) for line in expected], key
-    assert len({line["train_loss"] for line in metric_lines(whole, "train_loss")}) == 3  # the adapter moved
+    assert len({line["train_loss"] for line in metric_lines(whole, "train_loss")}) == 2  # the adapter moved
     for file in ("adapter/adapter_model.safetensors", "model/model.safetensors"):
         a, b = load_file(whole / file), load_file(paused / file)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), file

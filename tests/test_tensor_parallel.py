@@ -1,7 +1,9 @@
 """``zoo finetune --tp N``: which modules are split how, the refusals before launch, and parity with one process.
 
 Tiny random Llama and Qwen2 (tests/tiny.py's configs with 40 MLP units, so that 2 shards divide them).
-The parity test is one 2-process gloo launch: each process runs ``zoo.finetune`` as under torchrun.
+The parity test is one 2-process gloo launch: each process runs ``zoo.finetune`` as under torchrun. It trains
+the Llama only, to keep the suite's time (Qwen2, whose q/k/v have biases and whose LM head is tied to the
+embeddings, passed the same test when it was written, with 3 more runs: 129 s instead of ~70 s on a loaded machine).
 """
 
 from __future__ import annotations
@@ -34,9 +36,8 @@ def _folder(arch: str, root: Path, intermediate_size: int = 40) -> Path:
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tp-lms")
-    return {arch: _folder(arch, root) for arch in ARCHS}
+def llama(tmp_path_factory) -> Path:
+    return _folder("llama", tmp_path_factory.mktemp("tp-lms"))
 
 
 def _meta(arch: str, **overrides: Any) -> Any:
@@ -67,7 +68,8 @@ def test_models_that_do_not_split_as_llama_are_named_with_the_reason():
     from zoo.train.tensor_parallel import split_problems
 
     gpt2 = split_problems(_meta("gpt2"), 2)
-    assert len(gpt2) == 1 and gpt2[0].startswith("gpt2 does not split as Llama does (transformers' plan for it: none)")
+    assert len(gpt2) == 1
+    assert gpt2[0].startswith("the gpt2 architecture does not split as Llama does (transformers' plan for it: none)")
     # Qwen3's plan adds per-head q/k norms whose gradients need an all-reduce the Llama plan does not do
     qwen3 = split_problems(_meta("qwen3", hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                  num_key_value_heads=2, head_dim=8, intermediate_size=40, vocab_size=64), 2)
@@ -82,7 +84,7 @@ def test_models_that_do_not_split_as_llama_are_named_with_the_reason():
 # ---------------------------------------------------------------- refusals: all at once, before anything starts
 
 
-def test_every_refusal_comes_at_once_before_launch(folders, tiny_text_classifier, tmp_path, capsys):
+def test_every_refusal_comes_at_once_before_launch(tiny_text_classifier, tmp_path, capsys):
     from tests.test_finetune import run_cli
     from zoo.train.finetune import finetune
 
@@ -108,14 +110,15 @@ def test_every_refusal_comes_at_once_before_launch(folders, tiny_text_classifier
 # ---------------------------------------------------------------- 2 processes take the one-process steps
 
 
-def tp_worker(out: str, folders: dict[str, str]) -> None:
-    """Entry point of each of the 2 launched processes: every case in one launch, as ``torchrun -m zoo`` runs it."""
+def tp_worker(out: str, folder: str) -> None:
+    """Entry point of each of the 2 launched processes, running ``zoo.finetune`` as ``torchrun -m zoo`` would."""
     from torch.distributed.elastic.multiprocessing.errors import record
 
     @record
     def run() -> None:
         import os
 
+        import torch.distributed as dist
         from torch.distributed.tensor import DTensor
 
         from zoo.train import tensor_parallel
@@ -130,15 +133,14 @@ def tp_worker(out: str, folders: dict[str, str]) -> None:
             return model
 
         tensor_parallel.TensorParallelStrategy.wrap = spying
-        for arch, folder in folders.items():
-            run_dir = Path(out) / arch
-            if arch == "llama":  # stopped after step 1 with a checkpoint of the split weights, then resumed
-                finetune(folder, out=run_dir, tp=2, nproc=2, pause_at=1, **OPTIONS)
-                finetune(out=run_dir, resume=True, progress=False)
-            else:
-                finetune(folder, out=run_dir, tp=2, nproc=2, **OPTIONS)
-            (Path(out) / f"{arch}-held-{os.environ['RANK']}.json").write_text(json.dumps(held))
-            held.clear()
+        # both runs share one process group, as a torchrun worker has one: leaving it and joining again in the
+        # same process reuses the launcher's store keys and can hang
+        tensor_parallel.TensorParallelStrategy.close = lambda self: None
+        # stopped after step 1 with a checkpoint of the split weights, then resumed from it
+        finetune(folder, out=Path(out) / "run", tp=2, nproc=2, pause_at=1, **OPTIONS)
+        finetune(out=Path(out) / "run", resume=True, progress=False)
+        dist.destroy_process_group()
+        (Path(out) / f"held-{os.environ['RANK']}.json").write_text(json.dumps(held))
 
     run()
 
@@ -150,7 +152,7 @@ def _steps(run: Path) -> list[tuple[int, float, float | None]]:
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_two_processes_splitting_the_model_take_the_one_process_steps(folders, tmp_path, monkeypatch):
+def test_two_processes_splitting_the_model_take_the_one_process_steps(llama, tmp_path, monkeypatch):
     from safetensors.torch import load_file
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -160,25 +162,24 @@ def test_two_processes_splitting_the_model_take_the_one_process_steps(folders, t
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, rdzv_backend="c10d",
                           rdzv_endpoint="localhost:0", run_id="tp-parity", max_restarts=0, start_method="spawn",
                           monitor_interval=0.1)
-    elastic_launch(config, tp_worker)(str(tmp_path / "tp"), {a: str(f) for a, f in folders.items()})
-    for arch in ARCHS:
-        split, whole = tmp_path / "tp" / arch, finetune(str(folders[arch]), out=tmp_path / arch, **OPTIONS)
-        got, expected = _steps(split), _steps(whole)
-        assert [s for s, _, _ in got] == [1, 1, 2, 2, 3, 3]
-        assert expected[-1][2] < expected[1][2]  # the steps learn: parity is not "nothing moved"
-        for column in (1, 2):  # train losses, then val losses
-            values, reference = ([row[column] for row in rows if row[column] is not None] for rows in (got, expected))
-            assert values == pytest.approx(reference, rel=1e-5) and len(values) == 3, arch
-        record = json.loads((split / "run.json").read_text())
-        assert record["strategy"] == "tp" and record["config"]["tp"] == 2
-        # model/ is whole (every shard gathered): the same save_pretrained folder one process writes
-        a, b = load_file(split / "model" / "model.safetensors"), load_file(whole / "model" / "model.safetensors")
-        assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
-        assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4, arch
-        # each process held half of every split weight (rows for colwise, columns for rowwise), the rest whole
-        for rank in (0, 1):
-            held = json.loads((tmp_path / "tp" / f"{arch}-held-{rank}.json").read_text())
-            q, o = held["model.layers.0.self_attn.q_proj.weight"], held["model.layers.0.self_attn.o_proj.weight"]
-            assert q == [[16, 32], [32, 32]] and o == [[32, 16], [32, 32]], (arch, rank)
-            assert held["model.layers.1.mlp.down_proj.weight"] == [[32, 20], [32, 40]]
-            assert held["model.norm.weight"][0] is None and held["model.embed_tokens.weight"][0] is None
+    elastic_launch(config, tp_worker)(str(tmp_path / "tp"), str(llama))
+    split, whole = tmp_path / "tp" / "run", finetune(str(llama), out=tmp_path / "whole", **OPTIONS)
+    got, expected = _steps(split), _steps(whole)
+    assert [s for s, _, _ in got] == [1, 1, 2, 2, 3, 3]
+    assert expected[-1][2] < expected[1][2]  # the steps learn: parity is not "nothing moved"
+    for column in (1, 2):  # train losses, then val losses
+        values, reference = ([row[column] for row in rows if row[column] is not None] for rows in (got, expected))
+        assert values == pytest.approx(reference, rel=1e-5) and len(values) == 3
+    record = json.loads((split / "run.json").read_text())
+    assert record["strategy"] == "tp" and record["config"]["tp"] == 2
+    # model/ is whole (every shard gathered): the same save_pretrained folder one process writes
+    a, b = load_file(split / "model" / "model.safetensors"), load_file(whole / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+    # each process held half of every split weight (rows for colwise, columns for rowwise), the rest whole
+    for rank in (0, 1):
+        held = json.loads((tmp_path / "tp" / f"held-{rank}.json").read_text())
+        q, o = held["model.layers.0.self_attn.q_proj.weight"], held["model.layers.0.self_attn.o_proj.weight"]
+        assert q == [[16, 32], [32, 32]] and o == [[32, 16], [32, 32]], rank
+        assert held["model.layers.1.mlp.down_proj.weight"] == [[32, 20], [32, 40]]
+        assert held["model.norm.weight"][0] is None and held["model.embed_tokens.weight"][0] is None

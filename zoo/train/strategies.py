@@ -277,13 +277,8 @@ def _device(local_rank: int) -> torch.device:
 STRATEGY_CLASSES = {"single": SingleStrategy, "ddp": DDPStrategy, "fsdp": FSDPStrategy}
 
 
-def make_strategy(name: str, precision: str = "fp32", *, sync_batchnorm: bool = True, tp: int = 1) -> SingleStrategy:
-    """A started strategy (its process group initialised); ``tp`` > 1: the model split over the processes."""
-    kind: type[SingleStrategy] = STRATEGY_CLASSES[name]
-    if tp > 1:
-        from zoo.train.tensor_parallel import TensorParallelStrategy
-
-        kind = TensorParallelStrategy
-    strategy = kind(precision, sync_batchnorm)
+def make_strategy(name: str, precision: str = "fp32", *, sync_batchnorm: bool = True) -> SingleStrategy:
+    """A started strategy (its process group initialised)."""
+    strategy = STRATEGY_CLASSES[name](precision, sync_batchnorm)
     strategy.setup()
     return strategy

@@ -46,9 +46,9 @@ def sharding_plan(model: nn.Module) -> dict[str, str]:
     declared = dict(getattr(config, "base_model_tp_plan", None) or {})
     if declared != LLAMA_STYLE_PLAN:
         shown = ", ".join(f"{k}: {v}" for k, v in declared.items()) or "none"
-        raise ValueError(f"{config.model_type} does not split as Llama does (transformers' plan for it: {shown}); "
-                         "--tp shards Llama-style models (separate q/k/v/o and gate/up/down projections: Llama, "
-                         "Qwen2, Mistral, Gemma)")
+        raise ValueError(f"the {config.model_type} architecture does not split as Llama does (transformers' plan "
+                         f"for it: {shown}); --tp shards Llama-style models (separate q/k/v/o and gate/up/down "
+                         "projections: Llama, Qwen2, Mistral, Gemma)")
     layers = int(config.num_hidden_layers)
     plan: dict[str, str] = {}
     for pattern, style in LLAMA_STYLE_PLAN.items():
@@ -121,6 +121,13 @@ def meta_model(spec: Any) -> nn.Module:
     config = transformers.AutoConfig.from_pretrained(folder or spec.source_id)
     with torch.device("meta"):
         return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def start_strategy(precision: str) -> TensorParallelStrategy:
+    """A started TensorParallelStrategy (its process group initialised)."""
+    strategy = TensorParallelStrategy(precision, sync_batchnorm=False)  # Llama-style models have no batch norm
+    strategy.setup()
+    return strategy
 
 
 class TensorParallelStrategy(DDPStrategy):

@@ -39,8 +39,7 @@ def train_and_save(config: TrainConfig, *, checked: bool, prepared: tuple[ModelS
     sigint = FirstSigint()
     try:
         with sigint:
-            strategy = make_strategy(config.strategy, config.precision, sync_batchnorm=config.sync_batchnorm,
-                                     tp=config.tp)
+            strategy = _make_strategy(config)
             try:
                 _run(config, strategy, checked, prepared)
             except Exception:
@@ -52,6 +51,14 @@ def train_and_save(config: TrainConfig, *, checked: bool, prepared: tuple[ModelS
         # no strategy.close(): leaving the group waits on peers that may be gone mid-collective
         raise Interrupted(Path(config.out)) from None
     strategy.close()
+
+
+def _make_strategy(config: TrainConfig) -> Any:
+    if config.tp > 1:  # --tp: the model split over the processes (tensor_parallel builds on strategies)
+        from zoo.train.tensor_parallel import start_strategy
+
+        return start_strategy(config.precision)
+    return make_strategy(config.strategy, config.precision, sync_batchnorm=config.sync_batchnorm)
 
 
 def _run(config: TrainConfig, strategy: Any, checked: bool, prepared: tuple[ModelSpec, Any] | None) -> None:
