@@ -215,15 +215,27 @@ def test_lora_options_need_a_rank_and_a_causal_lm(folders, tiny_text_classifier,
 
 def test_lora_run_resumed_from_its_checkpoint_takes_the_uninterrupted_steps(folders, tmp_path):
     from safetensors.torch import load_file
+    from torch.distributed.checkpoint import FileSystemReader
 
     from tests.artifacts import metric_lines
     from zoo.train.finetune import finetune
 
+    # seed 1: a base rebuilt from random numbers (seed 0 reproduces the tiny folder's own) would differ
     options = dict(lora_r=4, lora_dropout=0.0, lora_targets="all-linear", lr=1e-2, max_steps=2, eval_every=1,
-                   batch_size=8, packing=True, max_length=48, progress=False)
+                   seed=1, batch_size=8, packing=True, max_length=48, progress=False)
     whole = finetune(str(folders["llama"]), "builtin:next-letter", out=tmp_path / "whole", **options)
     paused = finetune(str(folders["llama"]), "builtin:next-letter", out=tmp_path / "paused", pause_at=1, **options)
     assert not (paused / "run.json").exists() and [line["step"] for line in metric_lines(paused, "train_loss")] == [1]
+    # the checkpoint holds the adapters (and their AdamW moments), not the frozen base: resume reloads the base
+    stored = FileSystemReader(str(paused / "checkpoints" / "step_1")).read_metadata().state_dict_metadata
+    weights = [k for k in stored if k.startswith("model.")]
+    assert weights and all(".lora_A." in k or ".lora_B." in k for k in weights)
+    moved = folders["llama"].rename(tmp_path / "moved")  # the base gone: refused before anything starts
+    try:
+        with pytest.raises(ConfigError, match="--resume of a LoRA run loads the base model's weights again, but"):
+            finetune(resume=True, out=paused, progress=False)
+    finally:
+        moved.rename(folders["llama"])
     finetune(resume=True, out=paused, progress=False)  # the adapter, AdamW's moments, the schedule and step 1
     for key in ("train_loss", "val_loss", "lr"):
         got, expected = metric_lines(paused, key), metric_lines(whole, key)

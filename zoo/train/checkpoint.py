@@ -8,6 +8,10 @@
 DCP stores tensors by their global shape, so a checkpoint written by N
 processes loads into M processes (or another strategy): resume resharding.
 A folder without ``COMPLETE`` (a run killed mid-write) is never loaded.
+
+A LoRA run's checkpoints hold the trainable weights only (``trainable_only``: the adapters,
+not the frozen base, which can be 1000x larger); its resume loads the base's pretrained
+weights again and the adapters, optimizer and schedule from the checkpoint.
 """
 
 from __future__ import annotations
@@ -85,7 +89,8 @@ def stored_data(folder: Path) -> dict[str, Any]:
     return dict(read_trainer(folder).get("data") or {})
 
 
-def save(folder: Path, model: Any, optimizer: Any, trainer: dict[str, Any], strategy: Any) -> None:
+def save(folder: Path, model: Any, optimizer: Any, trainer: dict[str, Any], strategy: Any, *,
+         trainable_only: bool = False) -> None:
     """Every rank writes its shards; rank 0 writes trainer.json and then the marker."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -93,7 +98,7 @@ def save(folder: Path, model: Any, optimizer: Any, trainer: dict[str, Any], stra
     if strategy.is_main and folder.exists():
         shutil.rmtree(folder)  # a leftover incomplete folder from an interrupted run
     strategy.barrier()
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = get_state_dict(model, optimizer, options=_options(trainable_only))
     with _single_process_ok():
         dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
     strategy.barrier()
@@ -103,28 +108,37 @@ def save(folder: Path, model: Any, optimizer: Any, trainer: dict[str, Any], stra
     strategy.barrier()
 
 
-def load(folder: Path, model: Any, optimizer: Any) -> dict[str, Any]:
+def load(folder: Path, model: Any, optimizer: Any, *, trainable_only: bool = False) -> dict[str, Any]:
     """Load shards into the (already wrapped) model and optimizer; return the trainer state."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    model_state, optim_state = get_state_dict(model, optimizer)
+    options = _options(trainable_only)
+    model_state, optim_state = get_state_dict(model, optimizer, options=options)
     state = {"model": model_state, "optim": optim_state}
     with _single_process_ok():
         dcp.load(state, checkpoint_id=str(folder))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=options)
     return json.loads((folder / TRAINER_FILE).read_text())
 
 
-def load_model(folder: Path, model: Any) -> None:
+def load_model(folder: Path, model: Any, *, trainable_only: bool = False) -> None:
     """Only the model's weights from a checkpoint (``--keep best`` at the end of a run); every rank calls it."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-    state = {"model": get_model_state_dict(model)}
+    options = _options(trainable_only)
+    state = {"model": get_model_state_dict(model, options=options)}
     with _single_process_ok():
         dcp.load(state, checkpoint_id=str(folder))
-    set_model_state_dict(model, state["model"])
+    set_model_state_dict(model, state["model"], options=options)
+
+
+def _options(trainable_only: bool) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # trainable only: the frozen weights are left out, and loading does not ask for them (strict off)
+    return StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
 
 
 @contextlib.contextmanager

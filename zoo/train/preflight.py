@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, ZooError, first_line
 from zoo.spec import ModelSpec
 from zoo.train.config import TrainConfig, validate
 
@@ -63,6 +63,8 @@ def prepare(config: TrainConfig) -> tuple[ModelSpec, Any]:
     check_metric_on_data(spec, config, data)
     if config.resume:
         _check_same_data(config, data)
+        if config.lora_r is not None:
+            lora_base_spec(config, spec)  # its checkpoints hold the adapters: the base must still be there
     if len(data.train) < config.batch_size * config.grad_accum:
         raise ConfigError(f"--batch-size {config.batch_size} x --grad-accum {config.grad_accum} is more than the "
                           f"{len(data.train)} training rows; use a smaller --batch-size")
@@ -79,6 +81,16 @@ def _resumed_spec(config: TrainConfig) -> ModelSpec:
     from zoo.train.checkpoint import latest_checkpoint, stored_spec
 
     return stored_spec(latest_checkpoint(Path(config.out)), Path(config.out))
+
+
+def lora_base_spec(config: TrainConfig, spec: ModelSpec) -> ModelSpec:
+    """``spec`` with the base model's weights (``--model`` again): a resumed LoRA run loads them, not the run dir's."""
+    try:
+        base = _base_spec(config)
+    except ZooError as exc:
+        raise ConfigError(f"--resume of a LoRA run loads the base model's weights again, but {config.model} "
+                          f"cannot be loaded: {first_line(exc)}; put the base model back where the run found it") from exc
+    return dataclasses.replace(spec, local_path=base.local_path, source_id=base.source_id, revision=base.revision)
 
 
 def _check_same_data(config: TrainConfig, data: Any) -> None:
