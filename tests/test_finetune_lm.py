@@ -110,6 +110,18 @@ def test_cli_bad_data_is_one_line_and_writes_nothing(folders, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
+def test_exact_match_on_plain_text_is_refused_before_training(folders, tmp_path, capsys):
+    # the bug: training ran, then the first evaluation raised KeyError 'val_exact_match' (text rows have no answers)
+    from tests.test_finetune import run_cli
+
+    data = _write(tmp_path / "text.jsonl", [{"text": f"hello there world {i}"} for i in range(20)])
+    code, err = run_cli(["finetune", str(folders["llama"]), "--data", str(data), "--metric", "exact_match",
+                         "--max-steps", "1", "--batch-size", "4", "--out", str(tmp_path / "run")], capsys)
+    assert code == 1 and err.startswith("error: --metric exact_match scores answers to prompts")
+    assert "use --metric loss or perplexity" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_builtin_next_letter_is_fixed_and_held_out():
     from zoo.tasks import get_task
 
@@ -199,6 +211,39 @@ def test_lora_options_need_a_rank_and_a_causal_lm(folders, tiny_text_classifier,
     with pytest.raises(ConfigError, match="--packing and --lora-r train text-generation models"):
         finetune(str(tiny_text_classifier), "builtin:next-letter", packing=True, lora_r=4, out=tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_lora_run_resumed_from_its_checkpoint_takes_the_uninterrupted_steps(folders, tmp_path):
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from tests.artifacts import metric_lines
+    from zoo.train.finetune import finetune
+
+    # seed 1: a base rebuilt from random numbers (seed 0 reproduces the tiny folder's own) would differ
+    options = dict(lora_r=4, lora_dropout=0.0, lora_targets="all-linear", lr=1e-2, max_steps=2, eval_every=1,
+                   seed=1, batch_size=8, packing=True, max_length=48, progress=False)
+    whole = finetune(str(folders["llama"]), "builtin:next-letter", out=tmp_path / "whole", **options)
+    paused = finetune(str(folders["llama"]), "builtin:next-letter", out=tmp_path / "paused", pause_at=1, **options)
+    assert not (paused / "run.json").exists() and [line["step"] for line in metric_lines(paused, "train_loss")] == [1]
+    # the checkpoint holds the adapters (and their AdamW moments), not the frozen base: resume reloads the base
+    stored = FileSystemReader(str(paused / "checkpoints" / "step_1")).read_metadata().state_dict_metadata
+    weights = [k for k in stored if k.startswith("model.")]
+    assert weights and all(".lora_A." in k or ".lora_B." in k for k in weights)
+    moved = folders["llama"].rename(tmp_path / "moved")  # the base gone: refused before anything starts
+    try:
+        with pytest.raises(ConfigError, match="--resume of a LoRA run loads the base model's weights again, but"):
+            finetune(resume=True, out=paused, progress=False)
+    finally:
+        moved.rename(folders["llama"])
+    finetune(resume=True, out=paused, progress=False)  # the adapter, AdamW's moments, the schedule and step 1
+    for key in ("train_loss", "val_loss", "lr"):
+        got, expected = metric_lines(paused, key), metric_lines(whole, key)
+        assert [(line["step"], line[key]) for line in got] == [(line["step"], line[key]) for line in expected], key
+    assert len({line["train_loss"] for line in metric_lines(whole, "train_loss")}) == 2  # the adapter moved
+    for file in ("adapter/adapter_model.safetensors", "model/model.safetensors"):
+        a, b = load_file(whole / file), load_file(paused / file)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), file
 
 
 # ---------------------------------------------------------------- end to end: LoRA run -> export -> torch-free answers

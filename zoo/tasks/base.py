@@ -348,6 +348,10 @@ class Task:
         """Validation metrics of every rank's records together (from a maintained library)."""
         raise self._not_trainable()
 
+    def metric_problem(self, metric: str, data: Any) -> str | None:
+        """Why ``metrics`` cannot report ``metric`` (one of ``metric_names``) on this training data, else None."""
+        return None
+
     def _not_trainable(self) -> Exception:
         from zoo.errors import ConfigError
 

@@ -278,6 +278,13 @@ class TextGeneration(TextTask):
 
         return metrics(records)
 
+    def metric_problem(self, metric: str, data: Any) -> str | None:
+        # exact-match scores answers: plain `text` rows have none, and the metric would never be reported
+        if metric == "val_exact_match" and not any(row.answered for row in data.val.rows):
+            return ("scores answers to prompts, but the validation rows hold plain text; give prompt/completion "
+                    "or chat messages data, or use --metric loss or perplexity")
+        return None
+
 
 def generation_record(spec: ModelSpec, tokenizer: Any, folder: Path | None) -> dict[str, Any]:
     """What a torch-free ``generate`` needs beyond the graph, from the model folder's JSON files."""

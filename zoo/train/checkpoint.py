@@ -11,6 +11,10 @@ A folder without ``COMPLETE`` (a run killed mid-write) is never loaded.
 
 ``--strategy deepspeed`` writes DeepSpeed's own checkpoint instead of the DCP shards,
 in ``step_N/deepspeed`` (see zoo/train/deepspeed.py); trainer.json and the marker are the same.
+
+A LoRA run's checkpoints hold the trainable weights only (``trainable_only``: the adapters,
+not the frozen base, which can be 1000x larger); its resume loads the base's pretrained
+weights again and the adapters, optimizer and schedule from the checkpoint.
 """
 
 from __future__ import annotations
@@ -89,7 +93,8 @@ def stored_data(folder: Path) -> dict[str, Any]:
     return dict(read_trainer(folder).get("data") or {})
 
 
-def save(folder: Path, model: Any, optimizer: Any, trainer: dict[str, Any], strategy: Any) -> None:
+def save(folder: Path, model: Any, optimizer: Any, trainer: dict[str, Any], strategy: Any, *,
+         trainable_only: bool = False) -> None:
     """Every rank writes its shards; rank 0 writes trainer.json and then the marker."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -100,7 +105,7 @@ def save(folder: Path, model: Any, optimizer: Any, trainer: dict[str, Any], stra
     if _deepspeed(model):
         _save_engine(folder, model)
     else:
-        model_state, optim_state = get_state_dict(model, optimizer)
+        model_state, optim_state = get_state_dict(model, optimizer, options=_options(trainable_only))
         with _single_process_ok():
             dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
     strategy.barrier()
@@ -110,7 +115,7 @@ def save(folder: Path, model: Any, optimizer: Any, trainer: dict[str, Any], stra
     strategy.barrier()
 
 
-def load(folder: Path, model: Any, optimizer: Any) -> dict[str, Any]:
+def load(folder: Path, model: Any, optimizer: Any, *, trainable_only: bool = False) -> dict[str, Any]:
     """Load shards into the (already wrapped) model and optimizer; return the trainer state."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -119,15 +124,16 @@ def load(folder: Path, model: Any, optimizer: Any) -> dict[str, Any]:
         _load_engine(folder, model)
         return json.loads((folder / TRAINER_FILE).read_text())
 
-    model_state, optim_state = get_state_dict(model, optimizer)
+    options = _options(trainable_only)
+    model_state, optim_state = get_state_dict(model, optimizer, options=options)
     state = {"model": model_state, "optim": optim_state}
     with _single_process_ok():
         dcp.load(state, checkpoint_id=str(folder))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=options)
     return json.loads((folder / TRAINER_FILE).read_text())
 
 
-def load_model(folder: Path, model: Any) -> None:
+def load_model(folder: Path, model: Any, *, trainable_only: bool = False) -> None:
     """Only the model's weights from a checkpoint (``--keep best`` at the end of a run); every rank calls it."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
@@ -135,10 +141,18 @@ def load_model(folder: Path, model: Any) -> None:
     if _deepspeed(model):
         _load_engine(folder, model)  # with the optimizer: model/ is written from its fp32 master weights
         return
-    state = {"model": get_model_state_dict(model)}
+    options = _options(trainable_only)
+    state = {"model": get_model_state_dict(model, options=options)}
     with _single_process_ok():
         dcp.load(state, checkpoint_id=str(folder))
-    set_model_state_dict(model, state["model"])
+    set_model_state_dict(model, state["model"], options=options)
+
+
+def _options(trainable_only: bool) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # trainable only: the frozen weights are left out, and loading does not ask for them (strict off)
+    return StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
 
 
 def _deepspeed(model: Any) -> bool:

@@ -145,6 +145,8 @@ class TrainConfig:
                          on_resume="free")
     rdzv_endpoint: str | None = option(None, "HOST:PORT of the rendezvous.", PROCESSES, on_resume="free")
     rdzv_id: str | None = option(None, "Job id shared by all nodes.", PROCESSES, on_resume="free")
+    tp: int = option(1, "text-generation: split each decoder layer's attention and MLP projections over this "
+                        "many processes (tensor parallelism; give --nproc the same number).", PROCESSES, low=1)
     sync_batchnorm: bool = option(True, "ddp/fsdp: batch-norm statistics over the global batch, as one process "
                                         "computes them (models without batch norm are unaffected).", PROCESSES)
     model_kwargs: dict[str, Any] = option(dict, "Constructor arguments (timm kwargs or transformers config "
@@ -234,7 +236,7 @@ def _check_combinations(c: TrainConfig) -> list[str]:
         out.append("--strategy fsdp refuses --precision fp16 (fp16 needs loss scaling that sharded "
                    "training does not do here); use --precision bf16 or fp32")
     out += _check_deepspeed(c)
-    if c.strategy == "single" and (c.nproc > 1 or c.nnodes > 1):
+    if c.strategy == "single" and (c.nproc > 1 or c.nnodes > 1) and c.tp == 1:
         out.append(f"--strategy single runs one process but --nproc {c.nproc} --nnodes {c.nnodes} was given; "
                    "use --strategy ddp or fsdp")
     if c.nnodes > 1 and not c.rdzv_endpoint:
@@ -284,7 +286,7 @@ def _check_deepspeed(c: TrainConfig) -> list[str]:
 
 def _check_world(c: TrainConfig) -> list[str]:
     out = []
-    world = c.nproc * c.nnodes
+    world = max(1, c.nproc * c.nnodes // c.tp)  # --tp: the processes of one split model share each batch
     if c.batch_size >= 1 and world >= 1 and c.batch_size % world:
         out.append(f"--batch-size {c.batch_size} is the global batch and must divide evenly over "
                    f"{world} processes; use a multiple of {world}")

@@ -99,6 +99,8 @@ class Trainer:
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", strategy.is_main)
         self._pending = torch.zeros(2)  # local train-loss sum and target count since the last log line
         self.kept_step: int | None = None
+        # LoRA: checkpoints hold the adapters (the base is frozen and reloaded from the model on resume)
+        self.adapters_only = config.lora_r is not None
         self.clock = {"start": time.perf_counter(), "train_s": 0.0, "steps": 0}
 
     # ------------------------------------------------------------ steps
@@ -193,13 +195,15 @@ class Trainer:
         folder = checkpoint.checkpoint_dir(self.run_dir) / f"{checkpoint.PREFIX}{self.state.step}"
         if self.strategy.is_main:
             folder.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.save(folder, self.model, self.optimizer, self.trainer_state(), self.strategy)
+        checkpoint.save(folder, self.model, self.optimizer, self.trainer_state(), self.strategy,
+                        trainable_only=self.adapters_only)
         if self.strategy.is_main:
             checkpoint.prune(self.run_dir, self.config.save_total_limit, self.state.best_step)
         return folder
 
     def resume(self) -> None:
-        saved = checkpoint.load(checkpoint.latest_checkpoint(self.run_dir), self.model, self.optimizer)
+        saved = checkpoint.load(checkpoint.latest_checkpoint(self.run_dir), self.model, self.optimizer,
+                                trainable_only=self.adapters_only)
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = TrainState(**saved["state"])
         self.state.stopped_early = self.state.paused = False
@@ -212,7 +216,7 @@ class Trainer:
             self.kept_step = st.step
             return
         folder = checkpoint.checkpoint_dir(self.run_dir) / f"{checkpoint.PREFIX}{st.best_step}"
-        checkpoint.load_model(folder, self.model)
+        checkpoint.load_model(folder, self.model, trainable_only=self.adapters_only)
         self.kept_step = st.best_step
 
     def timing(self) -> dict[str, float]:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, ZooError, first_line
 from zoo.spec import ModelSpec
 from zoo.train.config import TrainConfig, validate
 
@@ -75,12 +75,16 @@ def prepare(config: TrainConfig) -> tuple[ModelSpec, Any]:
     spec = _resumed_spec(config) if config.resume else _base_spec(config)
     check_metric(spec, config)
     check_language_options(spec, config)
+    check_tensor_parallel(spec, config)
     data = prepare_data(config.data, spec, text_column=config.text_column, label_column=config.label_column,
                         split=config.split, val_data=config.val_data, val_fraction=config.val_fraction,
                         seed=config.seed, max_length=config.max_length, new_head=config.new_head,
                         packing=config.packing)
+    check_metric_on_data(spec, config, data)
     if config.resume:
         _check_same_data(config, data)
+        if config.lora_r is not None:
+            lora_base_spec(config, spec)  # its checkpoints hold the adapters: the base must still be there
     if len(data.train) < config.batch_size * config.grad_accum:
         raise ConfigError(f"--batch-size {config.batch_size} x --grad-accum {config.grad_accum} is more than the "
                           f"{len(data.train)} training rows; use a smaller --batch-size")
@@ -97,6 +101,16 @@ def _resumed_spec(config: TrainConfig) -> ModelSpec:
     from zoo.train.checkpoint import latest_checkpoint, stored_spec
 
     return stored_spec(latest_checkpoint(Path(config.out)), Path(config.out))
+
+
+def lora_base_spec(config: TrainConfig, spec: ModelSpec) -> ModelSpec:
+    """``spec`` with the base model's weights (``--model`` again): a resumed LoRA run loads them, not the run dir's."""
+    try:
+        base = _base_spec(config)
+    except ZooError as exc:
+        raise ConfigError(f"--resume of a LoRA run loads the base model's weights again, but {config.model} "
+                          f"cannot be loaded: {first_line(exc)}; put the base model back where the run found it") from exc
+    return dataclasses.replace(spec, local_path=base.local_path, source_id=base.source_id, revision=base.revision)
 
 
 def _check_same_data(config: TrainConfig, data: Any) -> None:
@@ -143,6 +157,17 @@ def check_metric(spec: ModelSpec, config: TrainConfig) -> None:
         raise ConfigError(f"--metric {config.metric} is not reported for {spec.task}; valid: {names}")
 
 
+def check_metric_on_data(spec: ModelSpec, config: TrainConfig, data: Any) -> None:
+    """A --metric the task reports, but not on this data (exact-match of plain text): refused before training."""
+    from zoo.tasks import get_task
+
+    if config.metric is None:
+        return
+    problem = get_task(spec.task).metric_problem(metric_name(config.metric), data)
+    if problem:
+        raise ConfigError(f"--metric {config.metric} {problem}")
+
+
 def check_language_options(spec: ModelSpec, config: TrainConfig) -> None:
     """--packing and LoRA train causal language models (the tasks that generate) only."""
     from zoo.tasks import get_task
@@ -151,6 +176,16 @@ def check_language_options(spec: ModelSpec, config: TrainConfig) -> None:
     if given and not get_task(spec.task).generates:
         raise ConfigError(f"{' and '.join(given)} train text-generation models, but {spec.name} is a {spec.task} "
                           f"model; leave {' and '.join(given)} out")
+
+
+def check_tensor_parallel(spec: ModelSpec, config: TrainConfig) -> None:
+    """--tp: every reason it cannot split this model this way, in one ConfigError."""
+    if config.tp > 1:
+        from zoo.train.tensor_parallel import problems
+
+        found = problems(config, spec)
+        if found:
+            raise ConfigError("; ".join(found))
 
 
 def metric_name(given: str) -> str:

@@ -66,11 +66,7 @@ class SingleStrategy:
         """Unscale, clip to ``max_norm`` (0: no clipping) and step; returns the gradient norm before clipping."""
         if self.scaler:
             self.scaler.unscale_(optimizer)
-        params = [p for p in model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # sharded grads: a DTensor norm
-        if max_norm > 0:  # clip_grads_with_norm_ scales each parameter's .grad (given tensors, it does nothing)
-            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        norm = self.clip_gradients([p for p in model.parameters() if p.grad is not None], max_norm)
         if self.scaler:
             self.scaler.step(optimizer)
             self.scaler.update()
@@ -78,6 +74,14 @@ class SingleStrategy:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return float(norm)
+
+    def clip_gradients(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+        """The global gradient norm; the gradients scaled down to ``max_norm`` when it is larger (0: never)."""
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # sharded grads: a DTensor norm
+        if max_norm > 0:  # clip_grads_with_norm_ scales each parameter's .grad (given tensors, it does nothing)
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        return norm
 
     def all_sum(self, values: torch.Tensor) -> torch.Tensor:
         return values

@@ -61,6 +61,10 @@ def start_strategy(config: TrainConfig) -> Any:
         strategy = DeepSpeedStrategy(config.precision, config.sync_batchnorm, config=config)
         strategy.setup()
         return strategy
+    if config.tp > 1:  # --tp: the model split over the processes (tensor_parallel builds on strategies)
+        from zoo.train.tensor_parallel import start_strategy as start_tensor_parallel
+
+        return start_tensor_parallel(config.precision)
     return make_strategy(config.strategy, config.precision, sync_batchnorm=config.sync_batchnorm)
 
 
@@ -68,8 +72,7 @@ def _run(config: TrainConfig, strategy: Any, checked: bool, prepared: tuple[Mode
     _check_world(config, strategy, checked)
     spec, data = prepared or _prepare(config)
     torch.manual_seed(config.seed)  # every rank builds identical initial weights
-    # a resumed run's checkpoint holds every weight: build without loading (or downloading) pretrained ones
-    model = build_model(spec, data.plan, config, pretrained=False if config.resume else None)
+    model = _build(config, spec, data)
     if config.packing and not config.resume:
         from zoo.tasks._lm_train import forward_logits
         from zoo.train.packing import check_packing
@@ -87,6 +90,16 @@ def _run(config: TrainConfig, strategy: Any, checked: bool, prepared: tuple[Mode
     if strategy.is_main and not trainer.state.paused:
         write_run_dir(config, spec, data, trainer, weights, strategy)
     strategy.barrier()
+
+
+def _build(config: TrainConfig, spec: ModelSpec, data: Any) -> Any:
+    """The model to train. A resumed run's checkpoint holds every weight, so nothing pretrained is loaded (or
+    downloaded), except under LoRA, whose checkpoints hold the adapters only: the base's own weights come again."""
+    if config.resume and config.lora_r is not None:
+        from zoo.train.preflight import lora_base_spec
+
+        return build_model(lora_base_spec(config, spec), data.plan, config)
+    return build_model(spec, data.plan, config, pretrained=False if config.resume else None)
 
 
 class FirstSigint:
