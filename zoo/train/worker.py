@@ -39,7 +39,8 @@ def train_and_save(config: TrainConfig, *, checked: bool, prepared: tuple[ModelS
     sigint = FirstSigint()
     try:
         with sigint:
-            strategy = make_strategy(config.strategy, config.precision, sync_batchnorm=config.sync_batchnorm)
+            strategy = make_strategy(config.strategy, config.precision, sync_batchnorm=config.sync_batchnorm,
+                                     pp=config.pp, pp_schedule=config.pp_schedule)
             try:
                 _run(config, strategy, checked, prepared)
             except Exception:
@@ -155,7 +156,8 @@ def _train(config: TrainConfig, spec: ModelSpec, data: Any, model: torch.nn.Modu
     from zoo.train.loop import Trainer, fit
 
     runner = get_task(spec.task).training_module(model, spec)
-    trainer = Trainer(model, runner, strategy, data, config, Path(config.out), spec)
+    trainer_class = getattr(strategy, "trainer_class", Trainer)  # --pp: the schedule runs each step
+    trainer = trainer_class(model, runner, strategy, data, config, Path(config.out), spec)
     if config.resume:
         trainer.resume()
     fit(trainer)

@@ -1,0 +1,378 @@
+"""``--pp N``: pipeline parallelism with ``torch.distributed.pipelining``, one stage per process.
+
+A causal LM is split at decoder-layer boundaries by hand rather than traced
+(``pipeline(..., split_spec)``): each rank keeps its share of the layers (the first
+also the embeddings, the last the final norm and the LM head) in the model's own
+module tree and runs the model's own ``forward``, with ``inputs_embeds`` carrying the
+previous stage's hidden states. The library keeps computing what it computes today
+(causal and packed-sequence masks, rotary or learned positions), parameter names stay
+those of the whole model (so checkpoints, ``--keep best`` and the run dir's
+``save_pretrained`` folder need no renaming), and nothing depends on export-tracing a
+model whose forward builds masks with data-dependent control flow.
+
+The ``--grad-accum`` micro-batches of an optimizer step are the pipeline's
+micro-batches, run by ``ScheduleGPipe`` or ``Schedule1F1B``; the loss is the task's
+own, computed on the last stage, and scaled exactly as one process scales it, so a
+step equals a single-process step. Tied input/output embeddings (GPT-2, Qwen2) live on
+the first and the last stage as two copies whose gradients are summed before every
+optimizer step, so the copies stay equal. Stages exchange tensors of a fixed shape
+(the pipeline allocates its receive buffers once): text rows are padded to
+``--max-length`` and a last partial batch with masked-out rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from zoo.data.labels import IGNORE_INDEX
+from zoo.errors import ConfigError
+from zoo.train import batches
+from zoo.train.loop import Trainer
+from zoo.train.strategies import DDPStrategy
+
+SCHEDULES = ("gpipe", "1f1b")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a causal-LM family keeps its parts (attribute paths from the ``*ForCausalLM`` model).
+
+    ``first``: modules only the first stage runs, with what replaces them elsewhere: ``None`` for
+    the token embedding (the forward skips it when given ``inputs_embeds``), ``zeros`` for a
+    learned position embedding that the forward adds, ``identity`` for the embedding dropout.
+    ``last``: modules only the last stage runs (identity elsewhere).
+    """
+
+    layers: str
+    first: tuple[tuple[str, str], ...]
+    last: tuple[str, ...]
+
+
+# model_type -> layout; each family here runs in tests/test_pipeline.py
+LAYOUTS = {
+    "llama": Layout("model.layers", (("model.embed_tokens", "none"),), ("model.norm", "lm_head")),
+    "qwen2": Layout("model.layers", (("model.embed_tokens", "none"),), ("model.norm", "lm_head")),
+    "gpt2": Layout("transformer.h", (("transformer.wte", "none"), ("transformer.wpe", "zeros"),
+                                     ("transformer.drop", "identity")), ("transformer.ln_f", "lm_head")),
+}
+
+
+def splittable() -> str:
+    return f"causal LMs of the {', '.join(LAYOUTS)} families"
+
+
+def check_model(spec: Any, config: Any) -> None:
+    """Before launch: the model is a causal LM zoo can split, with at least one decoder layer per stage."""
+    if spec.task != "text-generation" or spec.source != "hf" or spec.arch not in LAYOUTS:
+        raise ConfigError(f"--pp {config.pp} cannot split {spec.name} ({spec.source} {spec.arch or spec.source_id}, "
+                          f"{spec.task}); --pp splits {splittable()} at decoder layers: leave --pp out to train "
+                          "it with --strategy ddp or fsdp")
+    layers = layer_count(spec, config)
+    if layers < config.pp:
+        raise ConfigError(f"--pp {config.pp} is more stages than the {layers} decoder layers of {spec.name}; "
+                          f"use --pp {layers} or fewer")
+
+
+def layer_count(spec: Any, config: Any) -> int:
+    import transformers
+
+    from zoo.sources.hf import local_folder
+
+    hf_config = transformers.AutoConfig.from_pretrained(str(local_folder(spec)), **dict(config.model_kwargs))
+    return int(hf_config.num_hidden_layers)
+
+
+def stage_layers(layers: int, stages: int) -> list[range]:
+    """Decoder layers of each stage: contiguous, as even as possible, the earlier stages taking the extra ones."""
+    size, extra = divmod(layers, stages)
+    bounds = [0]
+    for s in range(stages):
+        bounds.append(bounds[-1] + size + (s < extra))
+    return [range(bounds[s], bounds[s + 1]) for s in range(stages)]
+
+
+def _get(root: nn.Module, path: str) -> Any:
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def _set(root: nn.Module, path: str, value: Any) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(_get(root, parent) if parent else root, name, value)
+
+
+class _Zeros(nn.Module):
+    """Stands in for a learned position embedding on later stages: the first stage already added it."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.width = width
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(*positions.shape, self.width, device=positions.device)
+
+
+def cut_stage(model: nn.Module, stage: int, stages: int) -> nn.Module:
+    """Keep ``stage``'s part of ``model`` in place (parameter names unchanged); the rest is dropped."""
+    layout = LAYOUTS[model.config.model_type]
+    layers = _get(model, layout.layers)
+    kept = stage_layers(len(layers), stages)[stage]
+    # a ModuleList keyed by the original indices: state-dict names stay model.layers.<global index>
+    own = nn.ModuleList()
+    for index in kept:
+        own.add_module(str(index), layers[index])
+    _set(model, layout.layers, own)
+    if stage > 0:
+        for path, replacement in layout.first:
+            width = _get(model, path).embedding_dim if replacement == "zeros" else 0
+            _set(model, path, {"none": None, "zeros": _Zeros(width), "identity": nn.Identity()}[replacement])
+    if stage < stages - 1:
+        for path in layout.last:
+            _set(model, path, nn.Identity())
+    return model
+
+
+class _StageModule(nn.Module):
+    """What the pipeline runs: the model's own forward on this stage's part (first stage: token ids in)."""
+
+    def __init__(self, model: nn.Module, first: bool):
+        super().__init__()
+        self.model, self.first = model, first
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        key = "input_ids" if self.first else "inputs_embeds"
+        # non-last stages have identity norm and head: their "logits" are the hidden states
+        return self.model(**{key: x}, position_ids=position_ids, use_cache=False).logits
+
+
+def _tied_names(model: nn.Module) -> list[list[str]]:
+    """Names sharing one parameter (tied input and output embeddings), before the model is cut."""
+    by_id: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(param), []).append(name)
+    return [names for names in by_id.values() if len(names) > 1]
+
+
+@dataclass
+class _Target:
+    """What the loss function gets per micro-batch besides the last stage's output."""
+
+    batch: dict[str, Any]
+    inputs: dict[str, torch.Tensor]
+    scale: float = 0.0
+    rows: list[bool] | None = None  # evaluation: the rows that count (None: a training micro-batch)
+
+
+class PipelineStrategy(DDPStrategy):
+    """One pipeline stage per process; the world is one pipeline (no data parallelism beside it)."""
+
+    name = "pipeline"
+
+    def __init__(self, precision: str = "fp32", sync_batchnorm: bool = True, *, stages: int = 2,
+                 schedule: str = "gpipe"):
+        super().__init__(precision, sync_batchnorm)
+        self.stages, self.schedule_name = stages, schedule
+        self.stage = self.schedule = self.loss_fn = None
+        self.tied_groups: list[tuple[str, Any]] = []  # (this rank's name of a tied weight, its ranks' group)
+        self.counted: set[str] = set()  # this rank's parameters counted in the global gradient norm
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        from torch.distributed.pipelining import PipelineStage
+
+        if self.world_size != self.stages:
+            raise ConfigError(f"--pp {self.stages} needs one process per stage but {self.world_size} were started; "
+                              f"start {self.stages}")
+        tied = _tied_names(model)
+        model = cut_stage(model, self.rank, self.stages).to(self.device)
+        here = {name for name, _ in model.named_parameters()}
+        self._group_tied(tied, here)
+        self.stage = PipelineStage(_StageModule(model, self.rank == 0), self.rank, self.stages, self.device)
+        return model
+
+    def _group_tied(self, tied: list[list[str]], here: set[str]) -> None:
+        """A process group per tied weight over the stages holding a copy (new_group: every rank calls it)."""
+        owners: list[list[int]] = []
+        for names in tied:
+            # which stage holds each name: gathered, since only the stage itself knows what it kept
+            mine = [name for name in names if name in here]
+            found: list[Any] = [None] * self.world_size
+            dist.all_gather_object(found, mine)
+            ranks = sorted(r for r, kept in enumerate(found) if kept)
+            owners.append(ranks)
+            group = dist.new_group(ranks) if len(ranks) > 1 else None
+            if mine and group is not None:
+                self.tied_groups.append((mine[0], group))
+        skip = {name for names, ranks in zip(tied, owners) for name in names if self.rank != ranks[0]}
+        self.counted = here - skip  # a tied weight counts once in the gradient norm: on its lowest stage
+
+    @property
+    def trainer_class(self) -> type:
+        return PipelineTrainer
+
+    def start(self, loss_fn: Any, micro_batches: int) -> None:
+        from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe
+
+        kind = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[self.schedule_name]
+        # scale_grads=False: the loss function scales each micro-batch as one process would
+        self.schedule = kind(self.stage, n_microbatches=micro_batches, loss_fn=loss_fn, scale_grads=False)
+
+    def run(self, args: list[tuple[torch.Tensor, ...]], kwargs: list[dict[str, torch.Tensor]],
+            *, train: bool) -> list[torch.Tensor] | torch.Tensor | None:
+        """One pass of the schedule over the micro-batches; micro-batch i's loss target is the index i.
+
+        Training returns the last stage's per-micro-batch losses (empty elsewhere); evaluation the
+        last stage's outputs, concatenated over the micro-batches (None elsewhere).
+        """
+        args = [tuple(a.to(self.device) for a in arg) if self.rank == 0 else () for arg in args]
+        kwargs = [{k: v.to(self.device) for k, v in kw.items()} for kw in kwargs]
+        targets = [torch.tensor(i) for i in range(len(args))]
+        if not train:
+            return self.schedule.eval(arg_mbs=args, kwarg_mbs=kwargs, target_mbs=targets)
+        losses: list[torch.Tensor] = []
+        self.schedule.step(arg_mbs=args, kwarg_mbs=kwargs, target_mbs=targets, losses=losses, return_outputs=False)
+        return losses
+
+    def optimizer_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, max_norm: float) -> float:
+        params = dict(model.named_parameters())
+        for name, group in self.tied_groups:  # the two copies of a tied weight: one summed gradient
+            grad = params[name].grad
+            dist.all_reduce(grad, group=group)
+        squares = torch.zeros((), dtype=torch.float64)
+        for name in self.counted:
+            if params[name].grad is not None:
+                squares += params[name].grad.detach().double().pow(2).sum().cpu()
+        dist.all_reduce(squares)
+        norm = squares.sqrt().float()
+        grads = [p for p in params.values() if p.grad is not None]
+        if max_norm > 0:
+            torch.nn.utils.clip_grads_with_norm_(grads, max_norm, norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Every stage's weights, gathered on rank 0 into the whole model's state dict."""
+        own = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        parts: list[Any] = [None] * self.world_size if self.is_main else None
+        dist.gather_object(own, parts, dst=0)
+        if not self.is_main:
+            return {}
+        merged: dict[str, torch.Tensor] = {}
+        for part in parts:
+            merged.update(part)
+        return merged
+
+    def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+
+class PipelineTrainer(Trainer):
+    """zoo's training loop with the schedule running each step's micro-batches and each evaluation batch."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.strategy.start(self._loss, self.config.grad_accum)
+        self._targets: list[_Target] = []  # the micro-batches the schedule runs now, by index
+
+    def _loss(self, output: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The task's loss of micro-batch ``index`` on the last stage, scaled as one process scales it.
+
+        The pipeline also calls this once on a copy of the first micro-batch to infer shapes,
+        so it records nothing: the losses come back from the schedule.
+        """
+        target = self._targets[int(index)]
+        if target.rows is not None:  # evaluation: scored from the returned outputs instead
+            return output.new_zeros(())
+        total, _ = self.task.training_loss(_lm_runner(output), target.batch, target.inputs)
+        return total * target.scale
+
+    def _micro(self, indices: list[int], rows: list[bool] | None = None) -> tuple[Any, Any, _Target]:
+        examples = self.data.train if rows is None else self.data.val
+        batch = fixed_width(examples.batch(indices), self.config.max_length)
+        inputs = {k: v.to(self.strategy.device) for k, v in self.task.training_inputs(self.spec, batch).items()}
+        return (inputs["input_ids"],), {"position_ids": inputs["position_ids"]}, _Target(batch, inputs, rows=rows)
+
+    def train_step(self, micro_batches: list[list[int]]) -> float:
+        s, k = self.strategy, len(micro_batches)
+        started = time.perf_counter()
+        torch.manual_seed(batches.micro_seed(self.config.seed, self.state.step, 0, s.rank))
+        args, kwargs, targets = zip(*(self._micro(m) for m in micro_batches))
+        counts = [self.data.train.target_count(indices) for indices in micro_batches]
+        for target, count in zip(targets, counts):
+            target.scale = 1.0 / (count * k)  # the sum over all micro-batches is one big-batch mean
+        self._targets = list(targets)
+        losses = s.run(list(args), list(kwargs), train=True)
+        if losses:  # the last stage: the sums behind the logged train loss
+            totals = sum(float(loss) / target.scale for loss, target in zip(losses, targets))
+            self._pending += torch.tensor([totals, sum(counts)])
+        norm = s.optimizer_step(self.model, self.optimizer, self.config.max_grad_norm)
+        self.scheduler.step()
+        self.clock["train_s"] += time.perf_counter() - started
+        self.clock["steps"] += 1
+        return norm
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Every rank runs every validation batch (the last stage scores them), in groups of --grad-accum."""
+        s, n, size, k = self.strategy, len(self.data.val), self.config.batch_size, self.config.grad_accum
+        chunks = [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+        chunks += [[]] * (-len(chunks) % k)  # whole groups: a schedule runs exactly k micro-batches
+        stats, records = torch.zeros(2, dtype=torch.float64), []
+        self.model.eval()
+        for g in range(0, len(chunks), k):
+            # a short batch is filled with row 0, masked out: every micro-batch has the same shape
+            micro = [self._micro(c + [0] * (size - len(c)), [True] * len(c) + [False] * (size - len(c)))
+                     for c in chunks[g:g + k]]
+            args, kwargs, targets = zip(*micro)
+            self._targets = list(targets)
+            outputs = s.run(list(args), list(kwargs), train=False)
+            if outputs is None:
+                continue
+            for output, target in zip(outputs.split(size), targets):
+                loss, count, found = self.task.eval_batch(_lm_runner(output), target.batch, target.inputs,
+                                                          target.rows)
+                stats += torch.tensor([loss, count], dtype=torch.float64)
+                records += found
+        self.model.train()
+        loss, count = s.all_sum(stats).tolist()
+        return {"val_loss": loss / max(count, 1), **self.task.metrics(s.gather(records), self.data.labels)}
+
+
+def _lm_runner(logits: torch.Tensor) -> _Computed:
+    return _Computed(SimpleNamespace(logits=logits))
+
+
+class _Computed:
+    """A stand-in for the model in the task's loss: returns the output the pipeline's last stage computed."""
+
+    def __init__(self, output: Any):
+        self.output = output
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.output
+
+
+def fixed_width(batch: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+    """A text batch padded on the right to ``width`` tokens: the stages exchange tensors of one fixed shape.
+
+    The padding is a continuation of each row's last example, never a target, and only attends
+    to itself and earlier tokens, so no real position's output changes.
+    """
+    grow = width - batch["input_ids"].shape[1]
+    if grow <= 0:
+        return batch
+    steps = torch.arange(1, grow + 1)
+    positions = batch["position_ids"]
+    return {**batch,
+            "input_ids": torch.cat([batch["input_ids"], batch["input_ids"][:, -1:].expand(-1, grow)], 1),
+            "position_ids": torch.cat([positions, positions[:, -1:] + steps], 1),
+            "labels": torch.cat([batch["labels"], torch.full((len(positions), grow), IGNORE_INDEX)], 1)}
