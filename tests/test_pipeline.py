@@ -22,7 +22,7 @@ from zoo.errors import ConfigError
 
 STEPS = 3
 # (arch, schedule): what the launched processes run
-CASES = [("llama", "gpipe"), ("llama", "1f1b"), ("qwen2", "1f1b"), ("gpt2", "gpipe")]
+CASES = [("llama", "gpipe"), ("qwen2", "1f1b"), ("gpt2", "gpipe")]
 NO_DROPOUT = {"gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}}
 
 
@@ -71,21 +71,34 @@ def run_steps(folder: str, arch: str, strategy: Any, out: Path, schedule: str = 
             "weights": strategy.full_state_dict(trainer.model)}
 
 
+def run_options(folder: str) -> dict[str, Any]:
+    """The end-to-end run: what ``zoo finetune FOLDER --data builtin:next-letter --packing ...`` is given."""
+    return dict(model=folder, data="builtin:next-letter", batch_size=4, grad_accum=2, max_steps=3, lr=1e-3,
+                packing=True, max_length=48, progress=False)
+
+
 def pipeline_worker(out: str, folders: dict[str, str]) -> None:
-    """Entry point of each of the 2 launched processes: every case in one launch."""
+    """Entry point of each of the 2 launched processes: every case in one launch, then a paused and resumed run."""
+    import dataclasses
+
     from torch.distributed.elastic.multiprocessing.errors import record
 
     @record
     def run() -> None:
+        from zoo.train.config import TrainConfig
         from zoo.train.strategies import make_strategy
+        from zoo.train.worker import train_and_save
 
-        strategy = None
         for arch, schedule in CASES:
             strategy = make_strategy("ddp", pp=2, pp_schedule=schedule)
             result = run_steps(folders[arch], arch, strategy, Path(out) / f"{arch}-{schedule}", schedule)
             if strategy.rank == 0:
                 torch.save(result, Path(out) / f"{arch}-{schedule}.pt")
-        strategy.close()
+        # what zoo finetune --strategy ddp --nproc 2 --pp 2 runs in each worker: pause at step 2, resume
+        config = TrainConfig(**run_options(folders["llama"]), out=str(Path(out) / "run"), strategy="ddp", nproc=2,
+                             pp=2, pp_schedule="1f1b", pause_at=2)
+        train_and_save(config, checked=True)
+        train_and_save(dataclasses.replace(config, pause_at=None, resume=True), checked=True)
 
     run()
 
@@ -116,5 +129,111 @@ def test_two_stages_take_the_single_process_steps(launched, folders, tmp_path, a
         assert got["norms"] == pytest.approx(reference["norms"], rel=1e-4), schedule
         assert got["eval"]["val_loss"] == pytest.approx(reference["eval"]["val_loss"], rel=1e-5), schedule
         assert got["weights"].keys() == reference["weights"].keys()
-        assert max(float((got["weights"][k] - reference["weights"][k]).abs().max())
-                   for k in got["weights"]) < 1e-5, schedule
+        assert max_diff(got["weights"], reference["weights"]) < 1e-5, schedule
+
+
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_paused_and_resumed_pipeline_run_saves_the_single_process_model(launched, folders, tmp_path):
+    from safetensors.torch import load_file
+
+    from zoo.train.finetune import finetune
+
+    run = launched / "run"
+    record = json.loads((run / "run.json").read_text())
+    assert (record["strategy"], record["world_size"], record["steps"]) == ("pipeline", 2, 3)
+    single = finetune(**run_options(str(folders["llama"])), out=tmp_path / "single")
+    got, reference = load_file(run / "model" / "model.safetensors"), load_file(single / "model" / "model.safetensors")
+    assert got.keys() == reference.keys()
+    assert max_diff(got, reference) < 1e-5
+    assert record["metrics"]["final"]["val_loss"] == pytest.approx(
+        json.loads((single / "run.json").read_text())["metrics"]["final"]["val_loss"], rel=1e-5)
+
+
+# ---------------------------------------------------------------- refusals, before anything launches
+
+
+def cli(argv: list[str], capsys) -> tuple[int, str]:
+    """(exit code, stderr) of ``zoo ARGV``."""
+    from zoo.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return int(exit_info.value.code), capsys.readouterr().err
+
+
+def test_combinations_that_make_no_sense_are_refused_together(folders, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, err = cli(["finetune", str(folders["llama"]), "--data", "builtin:next-letter", "--out", str(out),
+                     "--pp", "3", "--strategy", "fsdp", "--nproc", "2", "--pp-schedule", "1f1b", "--lora-r", "4",
+                     "--precision", "bf16"], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    for part in ("--pp 3 runs one pipeline stage per process under --strategy ddp's process group, not "
+                 "--strategy fsdp", "--pp 3 does not divide the 2 processes",
+                 "--pp-schedule 1f1b needs at least one micro-batch per stage, but --grad-accum 1 < --pp 3",
+                 "--pp 3 does not train LoRA adapters", "--pp 3 trains in fp32 only"):
+        assert part in err
+    assert not out.exists()
+
+
+def test_each_refusal_has_a_valid_twin():
+    from zoo.train.config import TrainConfig, validate
+
+    base = dict(model="m", data="d", strategy="ddp", nproc=2, pp=2)
+    validate(TrainConfig(**base))
+    validate(TrainConfig(**base, pp_schedule="1f1b", grad_accum=2))
+    for bad, expected in [({"strategy": "single", "nproc": 1}, "--pp 2 runs one pipeline stage per process"),
+                          ({"nproc": 4}, "--pp 2 with 4 processes would need data parallelism"),
+                          ({"pp_schedule": "1f1b"}, "--pp-schedule 1f1b needs at least one micro-batch per stage")]:
+        with pytest.raises(ConfigError, match=expected):
+            validate(TrainConfig(**{**base, **bad}))
+
+
+def test_a_model_that_cannot_be_split_is_named_with_what_can(folders, tiny_text_classifier):
+    from zoo.resolver import resolve, resolve_folder
+    from zoo.train.config import TrainConfig
+    from zoo.train.pipeline import check_model
+
+    config = TrainConfig(model="m", data="d", strategy="ddp", nproc=2, pp=2)
+    check_model(resolve_folder(folders["llama"]), config)  # the twin: 2 decoder layers, 2 stages
+    for spec in (resolve_folder(tiny_text_classifier), resolve("timm:test_resnet")):
+        with pytest.raises(ConfigError, match="--pp splits causal LMs of the llama, qwen2, gpt2 families"):
+            check_model(spec, config)
+    with pytest.raises(ConfigError, match="--pp 3 is more stages than the 2 decoder layers"):
+        check_model(resolve_folder(folders["llama"]), TrainConfig(model="m", data="d", pp=3))
+
+
+@pytest.mark.parametrize("layers, stages, expected", [(2, 2, [[0], [1]]), (5, 2, [[0, 1, 2], [3, 4]]),
+                                                      (7, 3, [[0, 1, 2], [3, 4], [5, 6]])])
+def test_stages_take_contiguous_layers_evenly(layers, stages, expected):
+    from zoo.train.pipeline import stage_layers
+
+    assert [list(r) for r in stage_layers(layers, stages)] == expected
+
+
+def test_padding_to_a_fixed_width_keeps_every_real_logit(folders):
+    """The stages exchange one fixed shape: rows padded to --max-length give the same logits and loss."""
+    from zoo.resolver import resolve_folder
+    from zoo.tasks._lm_train import forward_logits, training_loss
+    from zoo.train.config import TrainConfig
+    from zoo.train.data import prepare_data
+    from zoo.train.model import build_model
+    from zoo.train.pipeline import fixed_width
+
+    spec = resolve_folder(folders["llama"])
+    data = prepare_data("builtin:next-letter", spec, max_length=48, packing=False)
+    model = build_model(spec, data.plan, TrainConfig(model=str(folders["llama"])))
+    batch = data.train.batch([0, 1, 2])
+    padded = fixed_width(batch, 48)
+    assert padded["input_ids"].shape == (3, 48)
+    width = batch["input_ids"].shape[1]
+    inputs = {k: b[k] for k in ("input_ids", "position_ids") for b in [batch]}
+    wide = {k: padded[k] for k in ("input_ids", "position_ids")}
+    with torch.no_grad():
+        assert torch.allclose(forward_logits(model, inputs), forward_logits(model, wide)[:, :width], atol=1e-5)
+        assert training_loss(model, batch, inputs)[0] == pytest.approx(float(training_loss(model, padded, wide)[0]),
+                                                                       rel=1e-5)

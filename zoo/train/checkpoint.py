@@ -93,7 +93,7 @@ def save(folder: Path, model: Any, optimizer: Any, trainer: dict[str, Any], stra
     if strategy.is_main and folder.exists():
         shutil.rmtree(folder)  # a leftover incomplete folder from an interrupted run
     strategy.barrier()
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = get_state_dict(model, optimizer, options=_state_options(strategy))
     with _single_process_ok():
         dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
     strategy.barrier()
@@ -103,17 +103,25 @@ def save(folder: Path, model: Any, optimizer: Any, trainer: dict[str, Any], stra
     strategy.barrier()
 
 
-def load(folder: Path, model: Any, optimizer: Any) -> dict[str, Any]:
+def load(folder: Path, model: Any, optimizer: Any, strategy: Any = None) -> dict[str, Any]:
     """Load shards into the (already wrapped) model and optimizer; return the trainer state."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    model_state, optim_state = get_state_dict(model, optimizer)
+    options = _state_options(strategy)
+    model_state, optim_state = get_state_dict(model, optimizer, options=options)
     state = {"model": model_state, "optim": optim_state}
     with _single_process_ok():
         dcp.load(state, checkpoint_id=str(folder))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                   options=options)
     return json.loads((folder / TRAINER_FILE).read_text())
+
+
+def _state_options(strategy: Any) -> Any:
+    """The strategy's state-dict options: pipeline stages store optimizer groups per parameter name, since
+    each stage's groups hold other parameters (one shared group list would keep only one stage's)."""
+    return getattr(strategy, "state_dict_options", None)
 
 
 def load_model(folder: Path, model: Any) -> None:

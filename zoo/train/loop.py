@@ -193,7 +193,8 @@ class Trainer:
         return folder
 
     def resume(self) -> None:
-        saved = checkpoint.load(checkpoint.latest_checkpoint(self.run_dir), self.model, self.optimizer)
+        saved = checkpoint.load(checkpoint.latest_checkpoint(self.run_dir), self.model, self.optimizer,
+                                self.strategy)
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = TrainState(**saved["state"])
         self.state.stopped_early = self.state.paused = False

@@ -215,6 +215,12 @@ class PipelineStrategy(DDPStrategy):
         self.counted = here - skip  # a tied weight counts once in the gradient norm: on its lowest stage
 
     @property
+    def state_dict_options(self) -> Any:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        return StateDictOptions(flatten_optimizer_state_dict=True)
+
+    @property
     def trainer_class(self) -> type:
         return PipelineTrainer
 
