@@ -187,7 +187,8 @@ def test_each_refusal_has_a_valid_twin():
     validate(TrainConfig(**base))
     validate(TrainConfig(**base, pp_schedule="1f1b", grad_accum=2))
     for bad, expected in [({"strategy": "single", "nproc": 1}, "--pp 2 runs one pipeline stage per process"),
-                          ({"nproc": 4}, "--pp 2 with 4 processes would need data parallelism"),
+                          ({"nnodes": 2, "rdzv_endpoint": "localhost:29400"},
+                           "--pp 2 with 4 processes would need data parallelism"),
                           ({"pp_schedule": "1f1b"}, "--pp-schedule 1f1b needs at least one micro-batch per stage")]:
         with pytest.raises(ConfigError, match=expected):
             validate(TrainConfig(**{**base, **bad}))

@@ -318,7 +318,7 @@ class PipelineTrainer(Trainer):
         self._targets = list(targets)
         losses = s.run(list(args), list(kwargs), train=True)
         if losses:  # the last stage: the sums behind the logged train loss
-            totals = sum(float(loss) / target.scale for loss, target in zip(losses, targets))
+            totals = sum(loss.detach().item() / target.scale for loss, target in zip(losses, targets))
             self._pending += torch.tensor([totals, sum(counts)])
         norm = s.optimizer_step(self.model, self.optimizer, self.config.max_grad_norm)
         self.scheduler.step()
