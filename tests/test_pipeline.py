@@ -86,11 +86,11 @@ def pipeline_worker(out: str, folders: dict[str, str]) -> None:
     @record
     def run() -> None:
         from zoo.train.config import TrainConfig
-        from zoo.train.strategies import make_strategy
+        from zoo.train.pipeline import make_pipeline
         from zoo.train.worker import train_and_save
 
         for arch, schedule in CASES:
-            strategy = make_strategy("ddp", pp=2, pp_schedule=schedule)
+            strategy = make_pipeline("fp32", 2, schedule)
             result = run_steps(folders[arch], arch, strategy, Path(out) / f"{arch}-{schedule}", schedule)
             if strategy.rank == 0:
                 torch.save(result, Path(out) / f"{arch}-{schedule}.pt")
@@ -197,7 +197,7 @@ def test_each_refusal_has_a_valid_twin():
 def test_a_model_that_cannot_be_split_is_named_with_what_can(folders, tiny_text_classifier):
     from zoo.resolver import resolve, resolve_folder
     from zoo.train.config import TrainConfig
-    from zoo.train.pipeline import check_model
+    from zoo.train.stages import check_model
 
     config = TrainConfig(model="m", data="d", strategy="ddp", nproc=2, pp=2)
     check_model(resolve_folder(folders["llama"]), config)  # the twin: 2 decoder layers, 2 stages
@@ -211,7 +211,7 @@ def test_a_model_that_cannot_be_split_is_named_with_what_can(folders, tiny_text_
 @pytest.mark.parametrize("layers, stages, expected", [(2, 2, [[0], [1]]), (5, 2, [[0, 1, 2], [3, 4]]),
                                                       (7, 3, [[0, 1, 2], [3, 4], [5, 6]])])
 def test_stages_take_contiguous_layers_evenly(layers, stages, expected):
-    from zoo.train.pipeline import stage_layers
+    from zoo.train.stages import stage_layers
 
     assert [list(r) for r in stage_layers(layers, stages)] == expected
 

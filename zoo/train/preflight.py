@@ -56,7 +56,7 @@ def prepare(config: TrainConfig) -> tuple[ModelSpec, Any]:
     check_metric(spec, config)
     check_language_options(spec, config)
     if config.pp > 1:
-        from zoo.train.pipeline import check_model
+        from zoo.train.stages import check_model
 
         check_model(spec, config)
     data = prepare_data(config.data, spec, text_column=config.text_column, label_column=config.label_column,

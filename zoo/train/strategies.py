@@ -273,13 +273,8 @@ def _device(local_rank: int) -> torch.device:
 STRATEGY_CLASSES = {"single": SingleStrategy, "ddp": DDPStrategy, "fsdp": FSDPStrategy}
 
 
-def make_strategy(name: str, precision: str = "fp32", *, sync_batchnorm: bool = True, pp: int = 1,
-                  pp_schedule: str = "gpipe") -> SingleStrategy:
+def make_strategy(name: str, precision: str = "fp32", *, sync_batchnorm: bool = True) -> SingleStrategy:
     """A started strategy (its process group initialised)."""
     strategy = STRATEGY_CLASSES[name](precision, sync_batchnorm)
-    if pp > 1:  # --pp: a pipeline stage per process, in DDP's process group (zoo/train/pipeline.py)
-        from zoo.train.pipeline import PipelineStrategy
-
-        strategy = PipelineStrategy(precision, sync_batchnorm, stages=pp, schedule=pp_schedule)
     strategy.setup()
     return strategy

@@ -39,8 +39,7 @@ def train_and_save(config: TrainConfig, *, checked: bool, prepared: tuple[ModelS
     sigint = FirstSigint()
     try:
         with sigint:
-            strategy = make_strategy(config.strategy, config.precision, sync_batchnorm=config.sync_batchnorm,
-                                     pp=config.pp, pp_schedule=config.pp_schedule)
+            strategy = _strategy(config)
             try:
                 _run(config, strategy, checked, prepared)
             except Exception:
@@ -77,6 +76,14 @@ def _run(config: TrainConfig, strategy: Any, checked: bool, prepared: tuple[Mode
     if strategy.is_main and not trainer.state.paused:
         write_run_dir(config, spec, data, trainer, weights, strategy)
     strategy.barrier()
+
+
+def _strategy(config: TrainConfig) -> Any:
+    if config.pp > 1:  # --pp: one pipeline stage per process (zoo/train/pipeline.py)
+        from zoo.train.pipeline import make_pipeline
+
+        return make_pipeline(config.precision, config.pp, config.pp_schedule)
+    return make_strategy(config.strategy, config.precision, sync_batchnorm=config.sync_batchnorm)
 
 
 class FirstSigint:
