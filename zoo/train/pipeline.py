@@ -8,7 +8,8 @@ previous stage's hidden states. The library keeps computing what it computes tod
 (causal and packed-sequence masks, rotary or learned positions), parameter names stay
 those of the whole model (so checkpoints, ``--keep best`` and the run dir's
 ``save_pretrained`` folder need no renaming), and nothing depends on export-tracing a
-model whose forward builds masks with data-dependent control flow.
+model whose forward builds masks with data-dependent control flow (the cutting is
+zoo/train/stages.py, which the checks before launch use too).
 
 The ``--grad-accum`` micro-batches of an optimizer step are the pipeline's
 micro-batches, run by ``ScheduleGPipe`` or ``Schedule1F1B``; the loss is the task's
