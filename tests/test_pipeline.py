@@ -22,7 +22,10 @@ from zoo.errors import ConfigError
 
 STEPS = 3
 # (arch, schedule): what the launched processes run
-CASES = [("llama", "gpipe"), ("qwen2", "1f1b"), ("gpt2", "gpipe")]
+CASES = [("llama", "gpipe"), ("qwen2", "1f1b"), ("gpt2", "gpipe"), ("resnet", "1f1b")]
+# timm test_resnet's batch norm: statistics summed in another order move near-zero gradients, which Adam
+# turns into steps of about lr (see tests/test_train_parity.py, whose tolerance this is)
+BATCH_NORM_TOLERANCE = 3e-4
 NO_DROPOUT = {"gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}}
 
 
@@ -54,12 +57,45 @@ def _trainer(folder: str, arch: str, strategy: Any, out: Path, schedule: str = "
     return trainer_class(model, get_task(spec.task).training_module(model, spec), strategy, data, config, out, spec)
 
 
+def _image_trainer(strategy: Any, out: Path, schedule: str = "gpipe") -> Any:
+    """A Trainer over timm test_resnet (4 stages, batch norm) on random 32 x 32 images of 3 classes."""
+    from zoo.data.collate import ImageExamples
+    from zoo.data.labels import LabelPlan
+    from zoo.resolver import resolve
+    from zoo.tasks import get_task
+    from zoo.train.config import TrainConfig
+    from zoo.train.data import PreparedData
+    from zoo.train.loop import Trainer
+    from zoo.train.model import build_model
+    from zoo.train.preflight import training_spec
+
+    config = TrainConfig(model="timm:test_resnet", data="synthetic", out=str(out), batch_size=4, grad_accum=2,
+                         max_steps=STEPS, lr=2e-4, warmup=0.3, image_size=32, random_init=True, progress=False,
+                         pp=strategy.world_size, pp_schedule=schedule)
+    spec = training_spec(resolve(config.model), config)
+    gen = torch.Generator().manual_seed(1)
+
+    def examples(n: int) -> ImageExamples:
+        return ImageExamples(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen),
+                             torch.randint(0, 3, (n,), generator=gen), (0.5,) * 3, (0.5,) * 3)
+
+    plan = LabelPlan(("a", "b", "c"), True, "sorted")
+    data = PreparedData("synthetic", "-", spec.task, plan, examples(32), examples(13), {}, "synthetic")
+    torch.manual_seed(0)
+    model = strategy.wrap(build_model(spec, plan, config))
+    model.train()
+    trainer_class = getattr(strategy, "trainer_class", Trainer)
+    return trainer_class(model, get_task(spec.task).training_module(model, spec), strategy, data, config, out, spec)
+
+
 def run_steps(folder: str, arch: str, strategy: Any, out: Path, schedule: str = "gpipe") -> dict[str, Any]:
     """Per step: the global batch's mean loss and the gradient norm; then the validation metrics and weights."""
     from zoo.train import batches
 
-    trainer = _trainer(folder, arch, strategy, out, schedule)
+    trainer = _image_trainer(strategy, out, schedule) if arch == "resnet" else _trainer(folder, arch, strategy, out,
+                                                                                         schedule)
     plan = batches.epoch_steps(len(trainer.data.train), 4, 2, 0, 0)
+    initial = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     losses, norms = [], []
     for micro in plan[:STEPS]:
         norms.append(trainer.train_step(micro))
@@ -67,7 +103,7 @@ def run_steps(folder: str, arch: str, strategy: Any, out: Path, schedule: str = 
         total, count = strategy.all_sum(trainer._pending.clone()).tolist()
         trainer._pending.zero_()
         losses.append(total / count)
-    return {"losses": losses, "norms": norms, "eval": trainer.evaluate(),
+    return {"losses": losses, "norms": norms, "eval": trainer.evaluate(), "initial": initial,
             "weights": strategy.full_state_dict(trainer.model)}
 
 
@@ -92,7 +128,7 @@ def pipeline_worker(out: str, folders: dict[str, str]) -> None:
 
         for arch, schedule in CASES:
             strategy = make_pipeline("fp32", 2, schedule)
-            result = run_steps(folders[arch], arch, strategy, Path(out) / f"{arch}-{schedule}", schedule)
+            result = run_steps(folders.get(arch, ""), arch, strategy, Path(out) / f"{arch}-{schedule}", schedule)
             if strategy.rank == 0:
                 torch.save(result, Path(out) / f"{arch}-{schedule}.pt")
         # what zoo finetune --strategy ddp --nproc 2 --pp 2 runs in each worker: pause at step 2, resume
@@ -121,19 +157,22 @@ def launched(folders, tmp_path_factory) -> Path:
 
 @pytest.mark.distributed
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "resnet"])
 def test_two_stages_take_the_single_process_steps(launched, folders, tmp_path, arch):
     from zoo.train.strategies import SingleStrategy
 
-    reference = run_steps(str(folders[arch]), arch, SingleStrategy(), tmp_path / "single")
-    assert reference["losses"][-1] < reference["losses"][0]  # the steps learn: parity is not "nothing moved"
+    reference = run_steps(str(folders.get(arch, "")), arch, SingleStrategy(), tmp_path / "single")
+    tolerance = BATCH_NORM_TOLERANCE if arch == "resnet" else 1e-5
+    # the steps train: parity is not "nothing moved" (the tiny LMs' loss falls; the ResNet's weights move)
+    assert reference["losses"][-1] < reference["losses"][0] or arch == "resnet"
+    assert max_diff(reference["initial"], reference["weights"]) > 1e-4
     for schedule in [s for a, s in CASES if a == arch]:
         got = torch.load(launched / f"{arch}-{schedule}.pt", weights_only=False)
         assert got["losses"] == pytest.approx(reference["losses"], rel=1e-5), schedule
-        assert got["norms"] == pytest.approx(reference["norms"], rel=1e-4), schedule
+        assert got["norms"] == pytest.approx(reference["norms"], rel=1e-3 if arch == "resnet" else 1e-4), schedule
         assert got["eval"]["val_loss"] == pytest.approx(reference["eval"]["val_loss"], rel=1e-5), schedule
         assert got["weights"].keys() == reference["weights"].keys()
-        assert max_diff(got["weights"], reference["weights"]) < 1e-5, schedule
+        assert max_diff(got["weights"], reference["weights"]) < tolerance, schedule
 
 
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -205,11 +244,15 @@ def test_a_model_that_cannot_be_split_is_named_with_what_can(folders, tiny_text_
 
     config = TrainConfig(model="m", data="d", strategy="ddp", nproc=2, pp=2)
     check_model(resolve_folder(folders["llama"]), config)  # the twin: 2 decoder layers, 2 stages
-    for spec in (resolve_folder(tiny_text_classifier), resolve("timm:test_resnet")):
-        with pytest.raises(ConfigError, match="--pp splits causal LMs of the llama, qwen2, gpt2 families"):
+    check_model(resolve("timm:test_resnet"), config)  # 4 stages
+    for spec in (resolve_folder(tiny_text_classifier), resolve("timm:test_vit")):
+        with pytest.raises(ConfigError, match="--pp splits causal LMs of the llama, qwen2, gpt2 families at "
+                                              "decoder layers, timm ResNets at their stages"):
             check_model(spec, config)
     with pytest.raises(ConfigError, match="--pp 3 is more stages than the 2 decoder layers"):
         check_model(resolve_folder(folders["llama"]), TrainConfig(model="m", data="d", pp=3))
+    with pytest.raises(ConfigError, match="--pp 5 is more stages than the 4 stages of timm:test_resnet"):
+        check_model(resolve("timm:test_resnet"), TrainConfig(model="m", data="d", pp=5))
 
 
 @pytest.mark.parametrize("layers, stages, expected", [(2, 2, [[0], [1]]), (5, 2, [[0, 1, 2], [3, 4]]),

@@ -37,7 +37,7 @@ from zoo.data.labels import IGNORE_INDEX
 from zoo.errors import ConfigError
 from zoo.train import batches
 from zoo.train.loop import Trainer
-from zoo.train.stages import cut_stage
+from zoo.train.stages import cut_stage, is_text
 from zoo.train.strategies import DDPStrategy
 
 
@@ -49,15 +49,21 @@ def make_pipeline(precision: str, stages: int, schedule: str) -> PipelineStrateg
 
 
 class _StageModule(nn.Module):
-    """What the pipeline runs: the model's own forward on this stage's part (first stage: token ids in)."""
+    """What the pipeline runs: the model's own forward on this stage's part.
+
+    A causal LM's first stage takes token ids, the others the previous hidden states as
+    ``inputs_embeds``; non-last stages have identity norm and head, so their "logits" are the
+    hidden states. A ResNet stage takes the image or the previous feature map.
+    """
 
     def __init__(self, model: nn.Module, first: bool):
         super().__init__()
-        self.model, self.first = model, first
+        self.model, self.first, self.text = model, first, is_text(model)
 
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.text:
+            return self.model(x)
         key = "input_ids" if self.first else "inputs_embeds"
-        # non-last stages have identity norm and head: their "logits" are the hidden states
         return self.model(**{key: x}, position_ids=position_ids, use_cache=False).logits
 
 
@@ -205,14 +211,23 @@ class PipelineTrainer(Trainer):
         target = self._targets[int(index)]
         if target.rows is not None:  # evaluation: scored from the returned outputs instead
             return output.new_zeros(())
-        total, _ = self.task.training_loss(_lm_runner(output), target.batch, target.inputs)
+        total, _ = self.task.training_loss(self._runner(output), target.batch, target.inputs)
         return total * target.scale
 
     def _micro(self, indices: list[int], rows: list[bool] | None = None) -> tuple[Any, Any, _Target]:
+        """A micro-batch as (first stage's inputs, every stage's keyword inputs, loss target)."""
         examples = self.data.train if rows is None else self.data.val
-        batch = fixed_width(examples.batch(indices), self.config.max_length)
+        batch = examples.batch(indices)
+        text = "position_ids" in batch
+        batch = fixed_width(batch, self.config.max_length) if text else batch
         inputs = {k: v.to(self.strategy.device) for k, v in self.task.training_inputs(self.spec, batch).items()}
-        return (inputs["input_ids"],), {"position_ids": inputs["position_ids"]}, _Target(batch, inputs, rows=rows)
+        if text:
+            return (inputs["input_ids"],), {"position_ids": inputs["position_ids"]}, _Target(batch, inputs, rows=rows)
+        return tuple(inputs.values()), {}, _Target(batch, inputs, rows=rows)
+
+    def _runner(self, output: torch.Tensor) -> _Computed:
+        """The last stage's output as the task's loss expects the model's: a transformers output or logits."""
+        return _Computed(SimpleNamespace(logits=output) if "position_ids" in self._targets[0].batch else output)
 
     def train_step(self, micro_batches: list[list[int]]) -> float:
         s, k = self.strategy, len(micro_batches)
@@ -251,17 +266,13 @@ class PipelineTrainer(Trainer):
             if outputs is None:
                 continue
             for output, target in zip(outputs.split(size), targets):
-                loss, count, found = self.task.eval_batch(_lm_runner(output), target.batch, target.inputs,
+                loss, count, found = self.task.eval_batch(self._runner(output), target.batch, target.inputs,
                                                           target.rows)
                 stats += torch.tensor([loss, count], dtype=torch.float64)
                 records += found
         self.model.train()
         loss, count = s.all_sum(stats).tolist()
         return {"val_loss": loss / max(count, 1), **self.task.metrics(s.gather(records), self.data.labels)}
-
-
-def _lm_runner(logits: torch.Tensor) -> _Computed:
-    return _Computed(SimpleNamespace(logits=logits))
 
 
 class _Computed:

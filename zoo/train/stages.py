@@ -41,29 +41,58 @@ LAYOUTS = {
 }
 
 
+# timm ResNets (torchvision's layout): a stem, layer1..layerN, then the pooled head; cut between the layers
+RESNET_STEM = ("conv1", "bn1", "act1", "maxpool")
+RESNET_HEAD = ("global_pool", "fc")
+
+
 def splittable() -> str:
-    return f"causal LMs of the {', '.join(LAYOUTS)} families"
+    return f"causal LMs of the {', '.join(LAYOUTS)} families at decoder layers, timm ResNets at their stages"
+
+
+def is_text(model: nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "model_type", None) in LAYOUTS
+
+
+def resnet_stages(model: nn.Module) -> list[str]:
+    """layer1..layerN of a timm ResNet; empty for a model of another layout."""
+    if not all(hasattr(model, name) for name in RESNET_STEM + RESNET_HEAD):
+        return []
+    return [name for name, _ in model.named_children() if name.startswith("layer") and name[5:].isdigit()]
 
 
 def check_model(spec: Any, config: Any) -> None:
-    """Before launch: the model is a causal LM zoo can split, with at least one decoder layer per stage."""
-    if spec.task != "text-generation" or spec.source != "hf" or spec.arch not in LAYOUTS:
+    """Before launch: a model zoo can split, with at least one decoder layer (or ResNet stage) per stage."""
+    if spec.source == "hf" and spec.task == "text-generation" and spec.arch in LAYOUTS:
+        layers, kind = _decoder_layers(spec, config), "decoder layers"
+    elif spec.source == "timm" and spec.task == "image-classification":
+        layers, kind = len(resnet_stages(_timm_skeleton(spec, config))), "stages"
+    else:
+        layers, kind = 0, ""
+    if not layers:
         raise ConfigError(f"--pp {config.pp} cannot split {spec.name} ({spec.source} {spec.arch or spec.source_id}, "
-                          f"{spec.task}); --pp splits {splittable()} at decoder layers: leave --pp out to train "
-                          "it with --strategy ddp or fsdp")
-    layers = layer_count(spec, config)
+                          f"{spec.task}); --pp splits {splittable()}: leave --pp out to train it with --strategy "
+                          "ddp or fsdp")
     if layers < config.pp:
-        raise ConfigError(f"--pp {config.pp} is more stages than the {layers} decoder layers of {spec.name}; "
+        raise ConfigError(f"--pp {config.pp} is more stages than the {layers} {kind} of {spec.name}; "
                           f"use --pp {layers} or fewer")
 
 
-def layer_count(spec: Any, config: Any) -> int:
+def _decoder_layers(spec: Any, config: Any) -> int:
     import transformers
 
     from zoo.sources.hf import local_folder
 
     hf_config = transformers.AutoConfig.from_pretrained(str(local_folder(spec)), **dict(config.model_kwargs))
     return int(hf_config.num_hidden_layers)
+
+
+def _timm_skeleton(spec: Any, config: Any) -> nn.Module:
+    """The timm model's module tree without weights (on the meta device: nothing allocated)."""
+    import timm
+
+    with torch.device("meta"):
+        return timm.create_model(spec.arch or spec.source_id, pretrained=False, **dict(config.model_kwargs))
 
 
 def stage_layers(layers: int, stages: int) -> list[range]:
@@ -99,6 +128,8 @@ class _Zeros(nn.Module):
 
 def cut_stage(model: nn.Module, stage: int, stages: int) -> nn.Module:
     """Keep ``stage``'s part of ``model`` in place (parameter names unchanged); the rest is dropped."""
+    if not is_text(model):
+        return _cut_resnet(model, stage, stages)
     layout = LAYOUTS[model.config.model_type]
     layers = _get(model, layout.layers)
     kept = stage_layers(len(layers), stages)[stage]
@@ -114,4 +145,19 @@ def cut_stage(model: nn.Module, stage: int, stages: int) -> nn.Module:
     if stage < stages - 1:
         for path in layout.last:
             _set(model, path, nn.Identity())
+    return model
+
+
+def _cut_resnet(model: nn.Module, stage: int, stages: int) -> nn.Module:
+    """A timm ResNet's stage: its layers, the stem on the first, the head on the last (identity elsewhere),
+    so ``model(x)`` runs this part: a feature map out of the earlier stages, logits out of the last."""
+    names = resnet_stages(model)
+    kept = stage_layers(len(names), stages)[stage]
+    dropped = [name for i, name in enumerate(names) if i not in kept]
+    dropped += list(RESNET_STEM) if stage > 0 else []
+    dropped += list(RESNET_HEAD) if stage < stages - 1 else []
+    for name in dropped:
+        setattr(model, name, nn.Identity())
+    if stage < stages - 1:
+        model.drop_rate = 0.0  # the head's dropout belongs to the last stage only
     return model
