@@ -165,10 +165,12 @@ class PipelineStrategy(DDPStrategy):
         for name, group in self.tied_groups:  # the two copies of a tied weight: one summed gradient
             grad = params[name].grad
             dist.all_reduce(grad, group=group)
+        # per-parameter norms as one process's get_total_norm takes them (in the parameters' dtype), then
+        # their squares summed over the stages
         squares = torch.zeros((), dtype=torch.float64)
-        for name in self.counted:
+        for name in sorted(self.counted):
             if params[name].grad is not None:
-                squares += params[name].grad.detach().double().pow(2).sum().cpu()
+                squares += torch.linalg.vector_norm(params[name].grad.detach()).double().cpu() ** 2
         dist.all_reduce(squares)
         norm = squares.sqrt().float()
         grads = [p for p in params.values() if p.grad is not None]
