@@ -23,7 +23,6 @@ optimizer step, so the copies stay equal. Stages exchange tensors of a fixed sha
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -94,7 +93,7 @@ class PipelineStrategy(DDPStrategy):
                  schedule: str = "gpipe"):
         super().__init__(precision, sync_batchnorm)
         self.stages, self.schedule_name = stages, schedule
-        self.stage = self.schedule = self.loss_fn = None
+        self.stage = self.schedule = None
         self.tied_groups: list[tuple[str, Any]] = []  # (this rank's name of a tied weight, its ranks' group)
         self.counted: set[str] = set()  # this rank's parameters counted in the global gradient norm
 
@@ -191,9 +190,6 @@ class PipelineStrategy(DDPStrategy):
         for part in parts:
             merged.update(part)
         return merged
-
-    def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
 
 
 class PipelineTrainer(Trainer):
