@@ -105,7 +105,7 @@ def save(folder: Path, model: Any, optimizer: Any, trainer: dict[str, Any], stra
     if _deepspeed(model):
         _save_engine(folder, model)
     else:
-        model_state, optim_state = get_state_dict(model, optimizer, options=_options(trainable_only))
+        model_state, optim_state = get_state_dict(model, optimizer, options=_options(trainable_only, strategy))
         with _single_process_ok():
             dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
     strategy.barrier()
@@ -115,7 +115,8 @@ def save(folder: Path, model: Any, optimizer: Any, trainer: dict[str, Any], stra
     strategy.barrier()
 
 
-def load(folder: Path, model: Any, optimizer: Any, *, trainable_only: bool = False) -> dict[str, Any]:
+def load(folder: Path, model: Any, optimizer: Any, strategy: Any = None, *,
+         trainable_only: bool = False) -> dict[str, Any]:
     """Load shards into the (already wrapped) model and optimizer; return the trainer state."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -124,12 +125,13 @@ def load(folder: Path, model: Any, optimizer: Any, *, trainable_only: bool = Fal
         _load_engine(folder, model)
         return json.loads((folder / TRAINER_FILE).read_text())
 
-    options = _options(trainable_only)
+    options = _options(trainable_only, strategy)
     model_state, optim_state = get_state_dict(model, optimizer, options=options)
     state = {"model": model_state, "optim": optim_state}
     with _single_process_ok():
         dcp.load(state, checkpoint_id=str(folder))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=options)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                   options=options)
     return json.loads((folder / TRAINER_FILE).read_text())
 
 
@@ -148,11 +150,19 @@ def load_model(folder: Path, model: Any, *, trainable_only: bool = False) -> Non
     set_model_state_dict(model, state["model"], options=options)
 
 
-def _options(trainable_only: bool) -> Any:
+def _options(trainable_only: bool, strategy: Any = None) -> Any:
+    """The state-dict options of a run.
+
+    Trainable only (LoRA): the frozen weights are left out, and loading does not ask for them (strict off).
+    A strategy may bring its own: pipeline stages store optimizer groups per parameter name, since each
+    stage's groups hold other parameters (one shared group list would keep only one stage's).
+    """
+    import dataclasses
+
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    # trainable only: the frozen weights are left out, and loading does not ask for them (strict off)
-    return StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
+    base = getattr(strategy, "state_dict_options", None) or StateDictOptions()
+    return dataclasses.replace(base, ignore_frozen_params=trainable_only, strict=not trainable_only)
 
 
 def _deepspeed(model: Any) -> bool:

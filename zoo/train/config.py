@@ -29,6 +29,7 @@ REPLACED_STRATEGIES = {
 }
 ZERO_STAGES = (1, 2, 3)
 OFFLOADS = ("none", "optimizer", "params")
+PP_SCHEDULES = ("gpipe", "1f1b")
 CPU_OVERSUBSCRIPTION = 4  # CPU processes per core beyond which --nproc is surely a typo
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -147,6 +148,11 @@ class TrainConfig:
     rdzv_id: str | None = option(None, "Job id shared by all nodes.", PROCESSES, on_resume="free")
     tp: int = option(1, "text-generation: split each decoder layer's attention and MLP projections over this "
                         "many processes (tensor parallelism; give --nproc the same number).", PROCESSES, low=1)
+    pp: int = option(1, "Pipeline stages: split a causal LM at decoder layers over this many processes, one stage "
+                        "each (with --strategy ddp and --nproc equal to it).", PROCESSES, low=1)
+    pp_schedule: str = option("gpipe", "Pipeline schedule of the --grad-accum micro-batches: gpipe (all forwards, "
+                                       "then all backwards) or 1f1b (less activation memory; needs --grad-accum of "
+                                       "at least --pp).", PROCESSES, choices=PP_SCHEDULES)
     sync_batchnorm: bool = option(True, "ddp/fsdp: batch-norm statistics over the global batch, as one process "
                                         "computes them (models without batch norm are unaffected).", PROCESSES)
     model_kwargs: dict[str, Any] = option(dict, "Constructor arguments (timm kwargs or transformers config "
@@ -245,6 +251,7 @@ def _check_combinations(c: TrainConfig) -> list[str]:
         [flag(n) for n in ("lora_alpha", "lora_dropout") if getattr(c, n) != FIELDS[n].default]
     if c.lora_r is None and lora_given:
         out.append(f"{', '.join(lora_given)} configure LoRA, which --lora-r RANK turns on; give --lora-r too")
+    out += _check_pipeline(c)
     if c.epochs is not None and c.max_steps is not None:
         out.append("give --epochs or --max-steps, not both")
     if not c.model:
@@ -281,6 +288,31 @@ def _check_deepspeed(c: TrainConfig) -> list[str]:
     if find_spec("deepspeed") is None:
         out.append("--strategy deepspeed needs the deepspeed package, which is not installed; "
                    "pip install 'zoo-toolkit[deepspeed]'")
+    return out
+
+
+def _check_pipeline(c: TrainConfig) -> list[str]:
+    """--pp: one pipeline, one stage per process, under DDP's process group; what it does not combine with."""
+    if c.pp == 1:
+        return []
+    out, world = [], c.nproc * c.nnodes
+    if c.strategy != "ddp":
+        out.append(f"--pp {c.pp} runs one pipeline stage per process under --strategy ddp's process group, not "
+                   f"--strategy {c.strategy}; give --strategy ddp --nproc {c.pp}")
+    if world % c.pp:
+        out.append(f"--pp {c.pp} does not divide the {world} processes (--nproc x --nnodes); give --nproc {c.pp}")
+    elif world != c.pp:
+        out.append(f"--pp {c.pp} with {world} processes would need data parallelism beside the pipeline, which "
+                   f"zoo does not do; give --nproc {c.pp} (one process per stage)")
+    if c.pp_schedule == "1f1b" and c.grad_accum < c.pp:
+        out.append(f"--pp-schedule 1f1b needs at least one micro-batch per stage, but --grad-accum {c.grad_accum} "
+                   f"< --pp {c.pp}; give --grad-accum {c.pp} or more, or --pp-schedule gpipe")
+    if c.lora_r is not None:
+        out.append(f"--pp {c.pp} does not train LoRA adapters (peft wraps the model the pipeline cuts); leave "
+                   "--lora-r out, or train LoRA without --pp")
+    if c.precision != "fp32":
+        out.append(f"--pp {c.pp} trains in fp32 only (stages exchange fp32 activations; mixed precision is not "
+                   f"wired through the schedule); leave --precision {c.precision} out")
     return out
 
 

@@ -203,7 +203,7 @@ class Trainer:
 
     def resume(self) -> None:
         saved = checkpoint.load(checkpoint.latest_checkpoint(self.run_dir), self.model, self.optimizer,
-                                trainable_only=self.adapters_only)
+                                self.strategy, trainable_only=self.adapters_only)
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = TrainState(**saved["state"])
         self.state.stopped_early = self.state.paused = False

@@ -76,6 +76,10 @@ def prepare(config: TrainConfig) -> tuple[ModelSpec, Any]:
     check_metric(spec, config)
     check_language_options(spec, config)
     check_tensor_parallel(spec, config)
+    if config.pp > 1:
+        from zoo.train.stages import check_model
+
+        check_model(spec, config)
     data = prepare_data(config.data, spec, text_column=config.text_column, label_column=config.label_column,
                         split=config.split, val_data=config.val_data, val_fraction=config.val_fraction,
                         seed=config.seed, max_length=config.max_length, new_head=config.new_head,

@@ -65,6 +65,10 @@ def start_strategy(config: TrainConfig) -> Any:
         from zoo.train.tensor_parallel import start_strategy as start_tensor_parallel
 
         return start_tensor_parallel(config.precision)
+    if config.pp > 1:  # --pp: one pipeline stage per process (zoo/train/pipeline.py)
+        from zoo.train.pipeline import make_pipeline
+
+        return make_pipeline(config.precision, config.pp, config.pp_schedule)
     return make_strategy(config.strategy, config.precision, sync_batchnorm=config.sync_batchnorm)
 
 
@@ -179,7 +183,8 @@ def _train(config: TrainConfig, spec: ModelSpec, data: Any, model: torch.nn.Modu
     from zoo.train.loop import Trainer, fit
 
     runner = get_task(spec.task).training_module(model, spec)
-    trainer = Trainer(model, runner, strategy, data, config, Path(config.out), spec)
+    trainer_class = getattr(strategy, "trainer_class", Trainer)  # --pp: the schedule runs each step
+    trainer = trainer_class(model, runner, strategy, data, config, Path(config.out), spec)
     if config.resume:
         trainer.resume()
     fit(trainer)
