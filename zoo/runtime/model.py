@@ -279,7 +279,7 @@ class ExportedModel:
         """
         items = [prompts] if isinstance(prompts, str) else self._as_list(prompts)
         if self._loop is not None:
-            return self._loop.generate(items, **self._task.check_options(options))
+            return self._loop.generate(items, **options)
         return self._generator(options).generate(items, **options)
 
     def stream(self, prompt: str, **options: Any) -> Iterator[str]:

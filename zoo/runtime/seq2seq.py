@@ -21,6 +21,9 @@ from zoo.runtime.generate import Generation
 from zoo.tasks._decoding import sampling_settings
 from zoo.tasks._seq2seq_decode import Decoding, EncoderDecoder, record_decoding
 
+OPTIONS = ("max_new_tokens", "num_beams", "length_penalty", "early_stopping", "no_repeat_ngram_size", "temperature",
+           "top_k", "top_p", "repetition_penalty", "forced_bos_token_id", "tgt_lang")
+
 
 class Seq2SeqGenerator:
     """Text in, text out: the artifact's tokenizer around ``EncoderDecoder``."""
@@ -87,7 +90,11 @@ class Seq2SeqGenerator:
         return None if value is None else int(value)
 
     def generate(self, texts: Sequence[str], *, seed: int | None = None, **options: Any) -> list[Generation]:
-        """Each text's output (options: see ``decoding``)."""
+        """Each text's output (options: see ``decoding``; ``seed`` seeds sampling)."""
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise InputError(f"option(s) {', '.join(unknown)} do not apply to text2text-generation; valid: seed, "
+                             f"{', '.join(OPTIONS)}")
         if not texts:
             raise InputError("generate got no texts; give one string or a list of them")
         decoding = self.decoding(**options)

@@ -72,7 +72,7 @@ class EncoderWithCross(nn.Module):
         encoded = self.model.get_encoder()(**inputs, return_dict=True, output_hidden_states=True)
         states = self.cross_source(encoded)
         batch = states.shape[0]
-        cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         extra = {"encoder_attention_mask": inputs["attention_mask"]} if "attention_mask" in inputs else {}
         start = torch.zeros((batch, 1), dtype=torch.long, device=states.device)
         # the decoder's own cross-attention fills the cache from ``states``; the rest of this run is dead code
@@ -103,7 +103,7 @@ class DecoderWithCross(nn.Module):
 
     def run(self, ids: torch.Tensor, mask: torch.Tensor | None, past: list[tuple[torch.Tensor, torch.Tensor]],
             cross: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
-        cache = full_cache(self.config, past, cross)
+        cache = full_cache(past, cross)
         key = cross[0][0]
         # the cached cross keys/values replace the encoder output: only its shape is read (zeros never reach a value)
         states = torch.zeros((key.shape[0], key.shape[2], hidden_size(self.config)), dtype=key.dtype)
@@ -115,13 +115,13 @@ class DecoderWithCross(nn.Module):
         return (output.logits, *flat)
 
 
-def full_cache(config: Any, past: list[tuple[torch.Tensor, torch.Tensor]],
-               cross: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
-    """transformers' ``EncoderDecoderCache`` from flat tensors; non-empty cross entries count as computed."""
+def full_cache(past: list[tuple[torch.Tensor, torch.Tensor]], cross: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """transformers' ``EncoderDecoderCache`` from flat tensors; non-empty cross entries count as computed. No
+    config: a config's layer count may be the encoder's (T5's ``num_layers``), not the decoder's."""
     from transformers import DynamicCache, EncoderDecoderCache
 
-    return EncoderDecoderCache(DynamicCache(ddp_cache_data=past, config=config),
-                               DynamicCache(ddp_cache_data=cross, config=config))
+    return EncoderDecoderCache(DynamicCache(ddp_cache_data=past),
+                               DynamicCache(ddp_cache_data=cross))
 
 
 def hidden_size(config: Any) -> int:
@@ -159,7 +159,7 @@ class TorchSeq2Seq:
         self.inputs = {k: torch.from_numpy(v) for k, v in encoder_inputs.items()}
         with torch.no_grad():
             self.encoded = model.get_encoder()(**self.inputs, return_dict=True)
-        self.cache = EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
+        self.cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
 
     def step(self, ids: Any) -> Any:
         """Logits [batch, new, vocab] (numpy) of the new decoder tokens ``ids`` (numpy) after those fed so far."""

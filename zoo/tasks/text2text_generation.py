@@ -86,10 +86,10 @@ class Text2TextGeneration(TextTask):
     hf_heads: ClassVar[tuple[str, ...]] = ("ForConditionalGeneration", "MTModel")
     hf_auto_class: ClassVar[str | None] = "AutoModelForSeq2SeqLM"
     expects: ClassVar[str] = "texts (strings)"
+    # each has a zoo predict flag; generate() also takes early_stopping and forced_bos_token_id
     predict_options: ClassVar[dict[str, type]] = {
-        "max_new_tokens": int, "num_beams": int, "length_penalty": float, "early_stopping": bool,
-        "no_repeat_ngram_size": int, "temperature": float, "top_k": int, "top_p": float,
-        "repetition_penalty": float, "forced_bos_token_id": int, "tgt_lang": str, "seed": int}
+        "max_new_tokens": int, "num_beams": int, "length_penalty": float, "no_repeat_ngram_size": int,
+        "temperature": float, "top_k": int, "top_p": float, "repetition_penalty": float, "tgt_lang": str, "seed": int}
 
     # ------------------------------------------------------------ sources
 
@@ -214,7 +214,14 @@ class Text2TextGeneration(TextTask):
                               cases, tol, compare)
 
     def preprocessor_problems(self, folder: Path, manifest: Any) -> list[str]:
-        problems = super().preprocessor_problems(folder, manifest)
+        problems = []
+        if "tokenizer.json" not in manifest.preprocess.get("files", []):
+            problems.append("tokenizer.json (not listed)")
+        elif (Path(folder) / "tokenizer.json").is_file():  # a missing one is reported with the other listed files
+            try:
+                self.runtime_preprocessor(folder, manifest)(["zoo checks the tokenizer"])
+            except Exception as exc:  # tokenizers raises plain Exception subclasses from Rust
+                problems.append(f"tokenizer.json unreadable: {exc}")
         record = manifest.preprocess.get("generation")
         if not isinstance(record, dict) or "decoder_start_token_id" not in record:
             problems.append("preprocess.generation (decoder start and EOS ids, cache layout) is missing")
@@ -225,6 +232,12 @@ class Text2TextGeneration(TextTask):
 
     # ------------------------------------------------------------ runtime
 
+    def runtime_preprocessor(self, folder: Path, manifest: Any) -> Any:
+        from zoo.tasks.preprocess import TextPreprocessor
+
+        # the tokenizer makes the encoder's inputs; model.onnx (the decoder) takes none of them
+        return TextPreprocessor.from_record(folder, manifest.preprocess, [(n, np.int64) for n in TOKENS])
+
     def generator(self, sessions: dict[str, Any], manifest: Any, preprocessor: Any) -> Any:
         from zoo.runtime.seq2seq import Seq2SeqGenerator
 
@@ -234,6 +247,8 @@ class Text2TextGeneration(TextTask):
         from rich.markup import escape
         from rich.table import Table
 
+        if len(results) == 1:
+            return escape(results[0].text)  # one text: its output alone, as a translator prints it
         table = Table(title=title)
         for column in ("input", "output", "tokens", "finish"):
             table.add_column(column)
