@@ -409,7 +409,9 @@ def _cycle_words(tokenizer: Any) -> list[int]:
 
 # per model_type: the smallest config of each family (one encoder layer, two decoder layers, hidden 16)
 SEQ2SEQ_TINY: dict[str, dict[str, Any]] = {
-    "t5": dict(d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=2, num_heads=2,
+    # T5 as many decoder layers as encoder ones: transformers' own generate sizes T5's cache by num_layers
+    # (the encoder's), and fails on a deeper decoder (IndexError in DynamicCache.update, transformers 5.x)
+    "t5": dict(d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2,
                relative_attention_num_buckets=8, decoder_start_token_id=0),
     "bart": dict(d_model=16, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
                  encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64),
