@@ -276,3 +276,23 @@ def test_planted_wrong_start_token_fails_greedy_and_beam_checks(bart):
 
 def model_tolerance(result):
     return result.manifest.model_spec().verify
+
+
+def test_optimize_refuses_a_two_graph_artifact(bart, tmp_path):
+    from exporters.optimize import optimize
+    from zoo.errors import ConfigError
+
+    _, result = bart
+    with pytest.raises(ConfigError, match="encoder.onnx beside model.onnx"):
+        optimize(result.path, out=tmp_path / "optimised")
+    assert not (tmp_path / "optimised").exists()
+
+
+def test_bench_refuses_with_a_pointer(bart):
+    import zoo
+    from zoo.errors import ConfigError
+    from zoo.runtime.bench import bench
+
+    _, result = bart
+    with pytest.raises(ConfigError, match="bench_seq2seq.py"):
+        bench(zoo.load(result.path))
