@@ -296,3 +296,36 @@ def test_bench_refuses_with_a_pointer(bart):
     _, result = bart
     with pytest.raises(ConfigError, match="bench_seq2seq.py"):
         bench(zoo.load(result.path))
+
+
+def test_training_columns_are_source_and_target():
+    import datasets
+
+    from zoo.errors import DataError
+    from zoo.tasks.text2text_generation import TASK
+
+    table = datasets.Dataset.from_dict({"source": ["a"], "target": ["b"], "id": ["1"]})
+    assert TASK.data_columns(table, None, None) == {"source": "source", "target": "target"}
+    assert TASK.data_columns(table, "id", "source") == {"source": "id", "target": "source"}
+    with pytest.raises(DataError, match="no source column found among: question, answer"):
+        TASK.data_columns(datasets.Dataset.from_dict({"question": ["a"], "answer": ["b"]}), None, None)
+
+
+@pytest.mark.slow
+def test_finetune_on_source_target_columns_reports_bleu(bart, tmp_path):
+    folder, _ = bart
+    words = "red green blue cat dog sun moon tree river stone".split()
+    rows = [{"source": " ".join(words[(i * k) % 10] for k in (1, 3, 7)), "target": words[i % 10]} for i in range(40)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = subprocess.run([sys.executable, "-m", "zoo", "finetune", str(folder), "--data", str(data), "--max-steps", "6",
+                          "--batch-size", "8", "--eval-every", "6", "--out", str(tmp_path / "run"), "--no-progress"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 <= last["val_bleu"] <= 100 and last["val_loss"] > 0
+    (tmp_path / "bad.csv").write_text("question,answer\nhi,there\nyes,no\n")
+    bad = subprocess.run([sys.executable, "-m", "zoo", "finetune", str(folder), "--data", str(tmp_path / "bad.csv"),
+                          "--max-steps", "1", "--out", str(tmp_path / "bad-run")], capture_output=True, text=True)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "no source column found" in bad.stderr
+    assert not (tmp_path / "bad-run").exists()

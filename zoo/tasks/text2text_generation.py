@@ -86,6 +86,9 @@ class Text2TextGeneration(TextTask):
     hf_heads: ClassVar[tuple[str, ...]] = ("ForConditionalGeneration", "MTModel")
     hf_auto_class: ClassVar[str | None] = "AutoModelForSeq2SeqLM"
     expects: ClassVar[str] = "texts (strings)"
+    trainable: ClassVar[bool] = True
+    primary_metric: ClassVar[str] = "val_bleu"
+    metric_names: ClassVar[tuple[str, ...]] = ("val_loss", "val_bleu")
     # each has a zoo predict flag; generate() also takes early_stopping and forced_bos_token_id
     predict_options: ClassVar[dict[str, type]] = {
         "max_new_tokens": int, "num_beams": int, "length_penalty": float, "no_repeat_ngram_size": int,
@@ -255,6 +258,46 @@ class Text2TextGeneration(TextTask):
         for text, result in zip(inputs, results):
             table.add_row(escape(text), escape(result.text), str(result.completion_tokens), result.finish_reason)
         return table
+
+    # ------------------------------------------------------------ training (zoo.tasks._seq2seq_train)
+
+    def data_columns(self, table: Any, input_column: str | None, label_column: str | None) -> dict[str, str]:
+        from zoo.tasks._seq2seq_train import seq2seq_columns
+
+        return seq2seq_columns(table, input_column, label_column)
+
+    def read_labels(self, table: Any, column: str, spec: ModelSpec, new_head: bool = False) -> Any:
+        from zoo.data.labels import LabelPlan
+
+        return LabelPlan((), new_head=False, source="model")  # the vocabulary is the head: nothing to plan
+
+    def encode(self, table: Any, columns: dict[str, str], labels: Any, spec: ModelSpec,
+               processor: Any, max_length: int, what: str) -> Any:
+        from zoo.tasks._seq2seq_train import encode
+
+        return encode(table, columns, processor, max_length, what)
+
+    def training_module(self, model: Any, spec: ModelSpec) -> Any:
+        return model  # trained through its own forward (labels in, decoder inputs made from them)
+
+    def training_inputs(self, spec: ModelSpec, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+
+    def training_loss(self, runner: Any, batch: dict[str, Any], inputs: dict[str, Any]) -> tuple[Any, int]:
+        from zoo.tasks._seq2seq_train import training_loss
+
+        return training_loss(runner, batch, inputs)
+
+    def eval_batch(self, runner: Any, batch: dict[str, Any], inputs: dict[str, Any],
+                   rows: list[bool]) -> tuple[float, int, list[Any]]:
+        from zoo.tasks._seq2seq_train import eval_batch
+
+        return eval_batch(runner, batch, inputs, rows)
+
+    def metrics(self, records: list[Any], labels: tuple[str, ...]) -> dict[str, float]:
+        from zoo.tasks._seq2seq_train import metrics
+
+        return metrics(records)
 
 
 def generation_record(model: Any) -> dict[str, Any]:
