@@ -141,6 +141,8 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
 
     if spec.task == "zero-shot-image-classification":
         return tiny_zero_shot_folder(spec.arch, folder)
+    if spec.task == "text2text-generation":
+        return tiny_seq2seq_folder(spec.arch, folder)
     kwargs = dict(HF_TINY[spec.arch])
     if spec.task in ("text-classification", "image-classification", "audio-classification"):
         labels = spec.labels or (AUDIO_LABELS if spec.task == "audio-classification" else TEXT_LABELS)
@@ -406,6 +408,8 @@ def _cycle_words(tokenizer: Any) -> list[int]:
 
 
 # ---------------------------------------------------------------- tiny encoder-decoders (text2text-generation)
+
+HF_TINY["marian"] = {}  # the registry's opus-mt-en-de: built by tiny_seq2seq_folder from SEQ2SEQ_TINY
 
 # per model_type: the smallest config of each family (one encoder layer, two decoder layers, hidden 16)
 SEQ2SEQ_TINY: dict[str, dict[str, Any]] = {

@@ -9,10 +9,10 @@ API (shared by text2text-generation and automatic-speech-recognition's Whisper; 
   layer, ``cross.N.key`` / ``cross.N.value`` [batch, heads, encoder_sequence, head dim]: the cross-attention keys
   and values, computed once per input by the decoder's own cross-attention projections.
 * ``decoder_module(model, layers, masked)``: the ``model.onnx`` module, one graph for every step. Inputs:
-  ``decoder_input_ids`` [batch, decoder_sequence], ``encoder_attention_mask`` [batch, encoder_sequence] (only when
+  ``decoder_input_ids`` [batch, sequence], ``encoder_attention_mask`` [batch, encoder_sequence] (only when
   ``masked``), per layer ``past_key_values.N.key`` / ``.value`` [batch, heads, past_sequence, head dim] (the
   self-attention cache, empty at the first step) and ``cross.N.key`` / ``.value`` (the encoder graph's outputs,
-  fed unchanged to every step); outputs ``logits`` [batch, decoder_sequence, vocab] and ``present.N.key`` /
+  fed unchanged to every step); outputs ``logits`` [batch, sequence, vocab] and ``present.N.key`` /
   ``.value`` (the self-attention cache grown by the new tokens). The decoder side is never padded: every row
   has the same number of tokens, as generation appends one column to all rows (a finished row gets padding).
 * ``TorchSeq2Seq(model)``: the transformers model with its own ``EncoderDecoderCache``, step by step: the

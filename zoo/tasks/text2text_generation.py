@@ -8,7 +8,7 @@ Two graphs in one artifact (``zoo.tasks._seq2seq_torch`` has the modules and why
 
 * ``encoder.onnx``: ``input_ids``, ``attention_mask`` [batch, encoder_sequence] -> ``last_hidden_state`` and
   every decoder layer's cross-attention keys and values ``cross.N.key`` / ``.value``, computed once per text;
-* ``model.onnx``, the decoder, one graph for every step: ``decoder_input_ids`` [batch, decoder_sequence],
+* ``model.onnx``, the decoder, one graph for every step: ``decoder_input_ids`` [batch, sequence],
   ``encoder_attention_mask``, the self-attention cache ``past_key_values.N.*`` (empty at the first step) and
   ``cross.N.*`` -> ``logits`` and the grown cache ``present.N.*``.
 
@@ -101,7 +101,7 @@ class Text2TextGeneration(TextTask):
         layout = seq2seq_layout(config)
         self_cache = ("batch", layout["heads"], "past_sequence", layout["head_dim"])
         cross = ("batch", layout["heads"], "encoder_sequence", layout["head_dim"])
-        inputs = (InputSpec("decoder_input_ids", "int64", ("batch", "decoder_sequence")),
+        inputs = (InputSpec("decoder_input_ids", "int64", ("batch", "sequence")),
                   InputSpec("encoder_attention_mask", "int64", ("batch", "encoder_sequence")))
         inputs += tuple(InputSpec(f"past_key_values.{i}.{kind}", "float32", self_cache)
                         for i in range(layout["layers"]) for kind in ("key", "value"))
@@ -127,13 +127,13 @@ class Text2TextGeneration(TextTask):
             axes: dict[str, list[str | None]] = {names[0]: ["batch", "encoder_sequence", None]}
             axes.update({n: ["batch", None, "encoder_sequence", None] for n in names[1:]})
             return axes
-        axes = {"logits": ["batch", "decoder_sequence", None]}
+        axes = {"logits": ["batch", "sequence", None]}
         axes.update({n: ["batch", None, "total_sequence", None] for n in names[1:]})
         return axes
 
     def axis_bounds(self, spec: ModelSpec) -> dict[str, int]:
         length = spec.preprocess.max_length or 512
-        return {"encoder_sequence": length, "decoder_sequence": length, "past_sequence": length}
+        return {"encoder_sequence": length, "sequence": length, "past_sequence": length}  # sequence: new decoder tokens
 
     def select_outputs(self, output: Any, spec: ModelSpec) -> Any:
         return output  # both modules return the flat tuple already
