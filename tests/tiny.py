@@ -122,6 +122,8 @@ AUDIO_LABELS = ("yes", "no", "silence")
 NER_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
 SHAPE_LABELS = ("circle", "square", "triangle")
 SEGMENT_LABELS = ("background", "circle", "square", "triangle")
+# a character vocabulary laid out like facebook/wav2vec2-base-960h's: <pad> is the CTC blank, | the word delimiter
+CTC_VOCAB = ("<pad>", "<s>", "</s>", "<unk>", "|", *"ETAOINSHRDLUCMWFGYPBVK'XJQZ")
 
 
 def minilm_dir() -> Path:
@@ -151,6 +153,8 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
         kwargs.update(num_labels=len(SHAPE_LABELS), id2label=dict(enumerate(SHAPE_LABELS)))
     elif spec.task == "image-segmentation":
         kwargs.update(num_labels=len(SEGMENT_LABELS), id2label=dict(enumerate(SEGMENT_LABELS)))
+    elif spec.task == "automatic-speech-recognition":
+        kwargs.update(vocab_size=len(CTC_VOCAB), pad_token_id=0)
     if _takes_audio_mask(spec):
         # wav2vec2-large / HuBERT-large style: layer-normalised convolutions, trained with a mask
         kwargs.update(feat_extract_norm="layer", do_stable_layer_norm=True)
@@ -181,6 +185,8 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
         getattr(transformers, name)(**settings).save_pretrained(folder)
     if get_task(spec.task).modality == "audio":
         _audio_feature_extractor(spec, config).save_pretrained(folder)
+    if spec.task == "automatic-speech-recognition":
+        ctc_tokenizer(folder).save_pretrained(folder)
     shutil.rmtree(folder / "__pycache__", ignore_errors=True)
     return folder
 
@@ -217,6 +223,17 @@ def _audio_feature_extractor(spec: ModelSpec, config: Any) -> Any:
                                                 do_normalize=spec.preprocess.do_normalize)
     return transformers.Wav2Vec2FeatureExtractor(do_normalize=spec.preprocess.do_normalize,
                                                  return_attention_mask=_takes_audio_mask(spec))
+
+
+def ctc_tokenizer(folder: Path) -> Any:
+    """A Wav2Vec2CTCTokenizer over ``CTC_VOCAB`` (its vocab.json written into ``folder``)."""
+    import json
+
+    import transformers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(CTC_VOCAB)}))
+    return transformers.Wav2Vec2CTCTokenizer(str(folder / "vocab.json"))
 
 
 def _write_sentence_transformers_files(folder: Path, spec: ModelSpec, dim: int) -> None:

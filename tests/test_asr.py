@@ -1,0 +1,184 @@
+"""Speech recognition: CTC heads exported, verified and transcribing like transformers' own pipeline.
+
+    .venv/bin/pytest tests/test_asr.py
+
+One tiny HuBERT CTC model (layer-normalised convolutions, so it takes an attention
+mask and padded chunks are exact) is exported once for the module; its
+transcripts are compared with ``transformers.pipeline("automatic-speech-recognition")``
+on the torch model, whole and in overlapping chunks. wav2vec2 CTC exports in
+tests/test_export_registry.py (the ``wav2vec2-960h`` entry).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile
+
+from tests import tiny
+from zoo.tasks import _asr_ctc as ctc
+from zoo.tasks._audio import synthetic_clip
+
+ROOT = Path(__file__).resolve().parents[1]
+RATE = 16_000
+
+
+@pytest.fixture(scope="module")
+def hubert(tmp_path_factory: pytest.TempPathFactory, registry: Any) -> tuple[Path, Any]:
+    """(tiny HuBERT CTC folder, its export result).
+
+    One grid seed, a 4 s window (the grid's long case is then 4.5 s, not 30.5) and the plain graph keep the
+    export to seconds; the registry test exports the entry as it is.
+    """
+    import dataclasses
+
+    import exporters.source
+    from exporters.onnx import export_onnx
+
+    root = tmp_path_factory.mktemp("asr-hubert")
+    spec, model_kwargs, _ = tiny.shrink(registry.get("hubert-large-960h"), root / "model")
+    spec = dataclasses.replace(spec, preprocess=dataclasses.replace(spec.preprocess, max_seconds=4.0))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(exporters.source, "SEEDS", (0,))
+        result = export_onnx(spec, out=root / "artifact", model_kwargs=model_kwargs, fuse=False)
+    return Path(spec.local_path), result
+
+
+@pytest.fixture(scope="module")
+def pipeline(hubert: tuple[Path, Any]) -> Any:
+    import transformers
+
+    folder, _ = hubert
+    return transformers.pipeline("automatic-speech-recognition", model=str(folder), device="cpu")
+
+
+def _speechlike(seconds: float, seed: int) -> np.ndarray:
+    """Voiced segments with pauses: a random CTC model emits varied tokens, blanks and repeats on it."""
+    rng = np.random.default_rng(seed)
+    parts = [np.concatenate([synthetic_clip(rng.uniform(0.3, 0.9), RATE, rng), np.zeros(int(rng.uniform(0.05, 0.3)
+                                                                                          * RATE), np.float32)])
+             for _ in range(int(seconds * 2))]
+    return np.concatenate(parts)[:int(seconds * RATE)]
+
+
+def test_ctc_export_verifies_logits_features_and_decoding(hubert: tuple[Path, Any]) -> None:
+    _, result = hubert
+    assert result.report.passed, result.report.summary()
+    checks = {c.name: c for c in result.report.checks}
+    assert checks["top-1 agreement"].passed and checks["output logits"].passed
+    assert checks["numpy features reproduce Wav2Vec2FeatureExtractor"].passed
+    decoding = checks["numpy CTC decoding reproduces the tokenizer's batch_decode"]
+    assert decoding.passed and decoding.value.endswith("rows") and "64 random rows" in decoding.detail
+    record = result.manifest.preprocess
+    assert record["ctc"]["tokens"] == list(tiny.CTC_VOCAB) and record["ctc"]["blank"] == 0
+    assert record["ctc"]["delimiter"] == tiny.CTC_VOCAB.index("|") and math.prod(record["conv_stride"]) == 320
+    assert "vocab.json" in record["files"]
+
+
+def test_a_collapse_that_keeps_blanks_is_caught(hubert: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted fault: runs collapsed but blanks kept, so '<pad>' shows in the text."""
+    from zoo.tasks.automatic_speech_recognition import ctc_decode_check
+
+    _, result = hubert
+    record = result.manifest.preprocess
+
+    def keeps_blanks(self: ctc.CtcVocab, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids).reshape(-1)
+        return ids[np.concatenate([[True], ids[1:] != ids[:-1]])] if ids.size else ids
+
+    assert ctc_decode_check(result.path, record, []).passed
+    monkeypatch.setattr(ctc.CtcVocab, "collapse", keeps_blanks)
+    check = ctc_decode_check(result.path, record, [])
+    assert not check.passed and "<pad>" in check.detail
+
+
+def test_transcripts_equal_the_pipeline_on_whole_clips(hubert: tuple[Path, Any], pipeline: Any) -> None:
+    import zoo
+
+    _, result = hubert
+    model = zoo.load(result.path)
+    clips = [_speechlike(seconds, seed) for seed, seconds in enumerate((1.3, 3.7, 0.6))]
+    got = model.predict(clips)
+    expected = [pipeline(clip.copy())["text"] for clip in clips]
+    assert [r.text for r in got] == expected
+    assert all(r.chunks == 1 for r in got) and len({r.text for r in got}) == 3 and all(expected)
+
+
+def test_chunked_transcripts_equal_the_pipeline_with_chunk_length_and_stride(hubert: tuple[Path, Any],
+                                                                            pipeline: Any) -> None:
+    """A 7 s clip in 2 s windows with 0.4 s of context each side: 6 chunks, stitched as the pipeline does."""
+    import zoo
+    from zoo.tasks.automatic_speech_recognition import AsrPreprocessor
+
+    _, result = hubert
+    model = zoo.load(result.path)
+    record = {**result.manifest.preprocess, "chunk_seconds": 2.0, "stride_seconds": 0.4}
+    preprocess = AsrPreprocessor.from_record(record, model.input_names)
+    clip = _speechlike(7.0, 11)
+    batch = preprocess([clip, clip[:RATE]])
+    assert [c.clip for c in batch.chunks] == [0] * 6 + [1]
+    outputs = model(**batch.arrays)
+    manifest = type("M", (), {"preprocess": record})()
+    long, short = model._task.postprocess(outputs, batch, None, manifest)
+    assert long.chunks == 6 and short.chunks == 1
+    assert long.text == pipeline(clip.copy(), chunk_length_s=2.0, stride_length_s=0.4)["text"]
+    assert short.text == pipeline(clip[:RATE].copy())["text"]
+
+
+@pytest.mark.parametrize("samples", [100, 31_999, 32_000, 32_001, 70_000, 112_000, 160_321])
+def test_chunk_windows_and_kept_frames_follow_the_pipeline(samples: int) -> None:
+    from transformers.pipelines.automatic_speech_recognition import chunk_iter, rescale_stride
+
+    def extractor(chunk: np.ndarray, **_: Any) -> dict[str, Any]:
+        return {}
+
+    extractor.sampling_rate = RATE  # type: ignore[attr-defined]
+    chunk, left = ctc.aligned(2.0, RATE, 320), ctc.aligned(0.4, RATE, 320)
+    expected = [item["stride"] for item in chunk_iter(np.zeros(samples), extractor, chunk, left, left)]
+    got = ctc.chunk_clip(0, samples, chunk, left, left)
+    assert [(c.length, c.left, c.right) for c in got] == expected
+    for c, (frames, cut_left, cut_right) in zip(got, rescale_stride(expected, 1 / 320)):
+        assert ctc.kept_frames(c, 320) == slice(cut_left, frames - cut_right)
+
+
+def test_zoo_predict_prints_the_transcript_without_torch(hubert: tuple[Path, Any], pipeline: Any,
+                                                         tmp_path: Path) -> None:
+    _, result = hubert
+    clip = _speechlike(2.5, 5)
+    wav = tmp_path / "clip.wav"
+    soundfile.write(wav, clip, RATE, subtype="FLOAT")
+    code = ("import sys; from zoo.cli import main; sys.argv = ['zoo', 'predict', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code\n"
+            "print('torch' in sys.modules, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, str(result.path), str(wav), "--json"], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "False"
+    (row,) = json.loads(done.stdout)
+    assert row["text"] == pipeline(clip.copy())["text"] and row["seconds"] == pytest.approx(2.5)
+
+
+def test_a_bad_ctc_record_is_one_clear_artifact_error(hubert: tuple[Path, Any], tmp_path: Path) -> None:
+    import shutil
+
+    import zoo
+    from zoo.errors import ArtifactError
+
+    _, result = hubert
+    copy = tmp_path / "artifact"
+    shutil.copytree(result.path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["preprocess"]["ctc"]["blank"] = 999
+    manifest["preprocess"]["stride_seconds"] = 20.0
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError) as caught:
+        zoo.load(copy, check_hashes=False)
+    message = str(caught.value)
+    assert "ctc.blank is 999, give a token id below 32" in message and "\n" not in message
