@@ -40,12 +40,14 @@ from exporters import fusion
 from exporters.golden import golden_indices, write_golden
 from exporters.memory import budget, plan_grid, size_text
 from exporters.source import DEFAULT_INIT_SEED, Source, build_source
-from exporters.verify import NoiseFloor, torch_references, verify_model
+from exporters.verify import (NoiseFloor, compare_grid, dynamic_axes_check, golden_folder, graph_check,
+                              named_check, ort_session, torch_references, verify_model, within_tolerance)
 from zoo.artifact import MODEL_FILE, check_destination, staged_dir, write_manifest
-from zoo.checks import VerifyReport
+from zoo.checks import Check, VerifyReport
 from zoo.errors import ConfigError, ExportError, VerificationError, first_line
 from zoo.manifest import Manifest, TensorInfo
 from zoo.spec import ModelSpec, opset_problem
+from zoo.tasks.base import Companion
 from zoo.versions import library_versions
 
 Progress = Callable[[str], None]
@@ -126,6 +128,12 @@ def _build_artifact(source: Source, stage: Path, random_init: bool, step: Progre
         kept = fuse_verified(source, model_path, kept, references, preprocess, step, noise_floor=noise_floor)
     report = kept.report
     report.checks += source.task.export_checks(stage, preprocess, source.cases, references)
+    if report.passed:  # an encoder-decoder's encoder beside the decoder: exported once model.onnx is good
+        graphs, checks = export_companions(source, stage, preprocess, tuple(sorted({c.seed for c in source.cases})),
+                                           step)
+        report.checks += checks
+        if graphs:
+            preprocess["graphs"] = graphs
     step("golden data")
     write_golden_sets(stage, source.cases, references)
     step("manifest")
@@ -134,6 +142,57 @@ def _build_artifact(source: Source, stage: Path, random_init: bool, step: Progre
     manifest = build_manifest(source, model_path, kept.exporter, kept.notes, preprocess, report, random_init,
                               graph=kept.graph)
     return write_manifest(stage, manifest), report
+
+
+# ---------------------------------------------------------------- companion graphs
+
+
+def export_companions(source: Source, stage: Path, preprocess: dict[str, Any], seeds: tuple[int, ...],
+                      step: Progress) -> tuple[dict[str, Any], list[Check]]:
+    """Export and check every companion graph of ``source``'s task (an encoder-decoder's encoder) into ``stage``.
+
+    After model.onnx passed: each is exported from the same torch module (TorchScript when dynamo fails),
+    checked (onnx.checker, dynamic axes, torch vs onnxruntime on its own grid, the task's export checks)
+    and given golden data in a folder named after it (``encoder/test_data_set_N``); then the task's
+    ``pipeline_checks`` run all the graphs together. Returns the manifest's ``preprocess.graphs`` record
+    and the checks, each named after its graph.
+    """
+    task, spec = source.task, source.spec
+    companions = task.companion_graphs(source.module, spec, source.processor, seeds)
+    records: dict[str, Any] = {}
+    checks: list[Check] = []
+    for graph in companions:
+        path = stage / graph.file
+        step(f"export the {graph.name} graph ({graph.file})")
+        exporter, notes = export_graph(graph.module, graph.spec, graph.example, path)
+        step(f"verify the {graph.name} graph ({len(graph.cases)} cases)")
+        references = torch_references(graph.module, graph.spec, graph.cases)
+        own = [graph_check(path), dynamic_axes_check(path, [(i.name, list(i.shape)) for i in graph.spec.inputs],
+                                                     list(task.output_axes(graph.spec).items()))]
+        grid, _ = compare_grid(graph.module, graph.spec, path, graph.cases, spec.verify, references=references)
+        own += grid + task.export_checks(stage, preprocess, graph.cases, references)
+        checks += [named_check(c, graph.name) for c in own]
+        for index, picked in enumerate(golden_indices(graph.cases)):
+            write_golden(stage / golden_folder(graph.file), index, graph.cases[picked].inputs, references[picked])
+        inputs, outputs = graph_signature(path)
+        records[graph.name] = {"file": graph.file, "exporter": exporter, "export_notes": notes,
+                               "golden": golden_folder(graph.file),
+                               "inputs": [i.to_dict() for i in inputs], "outputs": [o.to_dict() for o in outputs]}
+    if companions and all(c.passed for c in checks):
+        checks += _pipeline_checks(source, stage, companions)
+    return records, checks
+
+
+def _pipeline_checks(source: Source, stage: Path, companions: list[Companion]) -> list[Check]:
+    level = source.spec.export.ort_optimization
+    sessions = {"model": ort_session(stage / MODEL_FILE, level, lean=True)}
+    sessions.update({c.name: ort_session(stage / c.file, level, lean=True) for c in companions})
+    try:
+        return source.task.pipeline_checks(source.module, source.spec, sessions, companions, source.spec.verify,
+                                           within_tolerance)
+    finally:
+        del sessions
+        gc.collect()
 
 
 # ---------------------------------------------------------------- choosing the graph

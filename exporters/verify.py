@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from exporters.memory import float64_estimate, measure, memory_record, plan_grid, size_text
-from zoo.artifact import MODEL_FILE, check_artifact, read_manifest
+from zoo.artifact import MODEL_FILE, artifact_path, check_artifact, read_manifest
 from zoo.checks import Check, VerifyReport
 from zoo.errors import ArtifactError, ConfigError, VerificationError, ZooError, first_line
 from zoo.manifest import TOLERANCE_RULES, Manifest
@@ -512,6 +512,9 @@ def verify_artifact(path: str | Path, *, against_source: bool = False, engine: s
                                  [(o.name, list(o.shape)) for o in manifest.outputs])]
     chosen = engines.choose(manifest, engine)
     checks += golden_checks(folder, model_path, tol, rule, _recorded_level(manifest), chosen)
+    graphs = manifest.preprocess.get("graphs")
+    if graphs:  # an encoder-decoder's encoder.onnx: checked and replayed like model.onnx
+        checks += companion_checks(folder, graphs, tol, rule, _recorded_level(manifest), chosen)
     report = VerifyReport(subject=str(folder), checks=checks, tolerances=tolerance_record(tol, rule))
     if against_source:
         _add_source_checks(report, folder, manifest)
@@ -610,3 +613,26 @@ def _add_source_checks(report: VerifyReport, folder: Path, manifest: Manifest) -
 
 def report_tol(report: VerifyReport) -> Tolerances:
     return read_tolerances(report.tolerances)[0]
+
+
+def golden_folder(file: str) -> str:
+    return Path(file).stem
+
+
+def companion_checks(folder: Path, graphs: dict[str, Any], tol: Tolerances, rule: str = ROW_SCALE,
+                     optimization: str = "all", engine: Engine | None = None) -> list[Check]:
+    """``zoo verify``'s checks of each recorded companion graph: checker, dynamic axes, golden data replay."""
+    checks: list[Check] = []
+    for name, record in graphs.items():
+        path = artifact_path(folder, record["file"])
+        declared = [(i["name"], list(i["shape"])) for i in record["inputs"]]
+        outputs = [(o["name"], list(o["shape"])) for o in record["outputs"]]
+        own = [graph_check(path), dynamic_axes_check(path, declared, outputs)]
+        own += golden_checks(artifact_path(folder, record["golden"]), path, tol, rule, optimization, engine)
+        checks += [named_check(c, name) for c in own]
+    return checks
+
+
+def named_check(check: Check, graph: str) -> Check:
+    check.name = f"{graph}: {check.name}"
+    return check

@@ -420,3 +420,43 @@ def _cycle_words(tokenizer: Any) -> list[int]:
     words = sorted(i for t, i in vocab.items() if t.isascii() and t.isalpha() and t.islower() and len(t) > 2)
     random.Random(0).shuffle(words)
     return words[:4096]
+
+
+# ---------------------------------------------------------------- tiny encoder-decoders (text2text-generation)
+
+# per model_type: the smallest config of each family (one encoder layer, two decoder layers, hidden 16)
+SEQ2SEQ_TINY: dict[str, dict[str, Any]] = {
+    "t5": dict(d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=2, num_heads=2,
+               relative_attention_num_buckets=8, decoder_start_token_id=0),
+    "bart": dict(d_model=16, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+                 encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64),
+}
+SEQ2SEQ_TINY.update({kind: dict(SEQ2SEQ_TINY["bart"]) for kind in ("mbart", "pegasus")})
+SEQ2SEQ_TINY["marian"] = dict(SEQ2SEQ_TINY["bart"], decoder_start_token_id=0)  # Marian starts from the pad token
+MBART_LANGUAGES = ("en_XX", "ro_RO")
+
+
+def tiny_seq2seq_folder(model_type: str, folder: Path) -> Path:
+    """save_pretrained folder of a tiny random encoder-decoder (``SEQ2SEQ_TINY``) with the MiniLM tokenizer.
+
+    The MiniLM tokenizer stands in for each family's SentencePiece one (none can be built offline): its
+    [PAD] 0, [CLS] 101 and [SEP] 102 are the models' pad, BOS and EOS. mBART's gets two language-code tokens,
+    and its generation_config.json forces ro_RO as the first token, as a translation checkpoint does.
+    """
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir())
+    if model_type == "mbart":
+        tokenizer.add_tokens(list(MBART_LANGUAGES), special_tokens=True)
+    ids = dict(vocab_size=len(tokenizer), pad_token_id=0, bos_token_id=101, eos_token_id=102,
+               decoder_start_token_id=102, forced_eos_token_id=102)
+    config = transformers.AutoConfig.for_model(model_type, **{**ids, **SEQ2SEQ_TINY[model_type]})
+    torch.manual_seed(0)
+    model = transformers.AutoModelForSeq2SeqLM.from_config(config)
+    if model_type == "mbart":
+        model.generation_config.forced_bos_token_id = tokenizer.convert_tokens_to_ids("ro_RO")
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

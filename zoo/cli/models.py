@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from enum import Enum
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -56,8 +57,9 @@ def info(
     from zoo.resolver import resolve
 
     spec = resolve(name, registries=state.registries)
+    graphs = _graphs(spec)
     if as_json:
-        typer.echo(json.dumps(spec.to_dict(), indent=2))
+        typer.echo(json.dumps({**spec.to_dict(), **({"graphs": graphs} if graphs else {})}, indent=2))
         return
     from rich.markup import escape
     from rich.table import Table
@@ -73,9 +75,21 @@ def info(
         "labels": _labels_summary(spec.labels),
         "local path": spec.local_path or "-", "description": spec.description,
     }
+    if graphs:  # an encoder-decoder artifact: model.onnx (the decoder) and its companions
+        rows["graphs"] = ", ".join(f"{name}: {g['file']} ({', '.join(i['name'] for i in g['inputs'])} -> "
+                                   f"{len(g['outputs'])} outputs)" for name, g in graphs.items())
     for key, value in rows.items():
         table.add_row(key, escape(str(value)))
     out_console().print(table)
+
+
+def _graphs(spec: ModelSpec) -> dict[str, Any]:
+    """The graphs an artifact keeps beside model.onnx (``preprocess.graphs``: an encoder-decoder's encoder)."""
+    if spec.origin != "artifact" or not spec.local_path:
+        return {}
+    from zoo.artifact import read_manifest
+
+    return dict(read_manifest(Path(spec.local_path)).preprocess.get("graphs") or {})
 
 
 def _labels_summary(labels: tuple[str, ...] | None) -> str:

@@ -84,6 +84,15 @@ def predict(
     repetition_penalty: RepetitionPenalty = None,
     stop: Stop = None,
     seed: Seed = None,
+    num_beams: Annotated[int | None, typer.Option(min=1, help="Beam search width (text-to-text generation; "
+                                                  "default: the model's, 1 is greedy).")] = None,
+    length_penalty: Annotated[float | None, typer.Option(
+        help="Beam search: the exponent of the length a finished hypothesis' score is divided by (text-to-text "
+             "generation; default: the model's).")] = None,
+    no_repeat_ngram_size: Annotated[int | None, typer.Option(
+        min=0, help="Never repeat an n-gram of this size (text-to-text generation; 0: off).")] = None,
+    tgt_lang: Annotated[str | None, typer.Option(
+        help="Target language code the output starts with, e.g. ro_RO (multilingual translation: mBART).")] = None,
     question: Annotated[str | None, typer.Option(help="The question (question answering; with --context).")] = None,
     context: Annotated[str | None, typer.Option(help="The text to find the answer in (question answering).")] = None,
 ) -> None:
@@ -103,6 +112,9 @@ def predict(
     task = get_task(model.task)
     options = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, seed)
     options.update({"threshold": threshold} if threshold is not None else {})
+    options.update({k: v for k, v in (("num_beams", num_beams), ("length_penalty", length_penalty),
+                                      ("no_repeat_ngram_size", no_repeat_ngram_size), ("tgt_lang", tgt_lang))
+                    if v is not None})
     options.update({k: v for k, v in (("labels", labels), ("template", template)) if v is not None})
     check_flags(task, options)
     if top_k == 0 and not task.generates:

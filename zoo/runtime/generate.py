@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 
 from zoo.errors import ArtifactError, InputError
-from zoo.tasks._decoding import positions
+from zoo.tasks._decoding import Sampling, positions, sampling_settings
 
-DEFAULT_NEW_TOKENS = 64
 # prompt columns per graph call: a long prompt goes in chunks, each on the cache of those before, so the logits
 # and attention scores of one call stay small (a 2,000-token prompt at once holds 400 MB of SmolLM2 logits alone)
 PREFILL_CHUNK = 256
@@ -45,44 +44,6 @@ class Generation:
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "token_ids": list(self.token_ids), "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens, "finish_reason": self.finish_reason}
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How the next token is chosen; temperature 0 is greedy."""
-
-    temperature: float = 0.0
-    top_k: int = 0  # 0: no limit
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-
-    def choose(self, logits: np.ndarray, seen: list[list[int]], rng: np.random.Generator) -> np.ndarray:
-        """The next token of each row of ``logits`` [batch, vocab] (``seen``: each row's tokens so far)."""
-        scores = logits.astype(np.float64)
-        if self.repetition_penalty != 1.0:
-            for row, ids in enumerate(seen):
-                ids = np.unique(np.asarray(ids, np.int64))
-                hit = scores[row, ids]
-                # as transformers does: a repeated token's logit moves toward "less likely" whatever its sign
-                scores[row, ids] = np.where(hit < 0, hit * self.repetition_penalty, hit / self.repetition_penalty)
-        if self.temperature == 0:
-            return scores.argmax(-1)
-        return np.array([self._sample(row / self.temperature, rng) for row in scores])
-
-    def _sample(self, scores: np.ndarray, rng: np.random.Generator) -> int:
-        if 0 < self.top_k < len(scores):
-            kth = np.partition(scores, -self.top_k)[-self.top_k]
-            scores = np.where(scores < kth, -np.inf, scores)
-        probs = np.exp(scores - scores.max())
-        probs /= probs.sum()
-        if self.top_p < 1.0:
-            order = np.argsort(-probs, kind="stable")
-            # keep the smallest set of best tokens whose probability reaches top_p (always the best one)
-            cut = int(np.searchsorted(np.cumsum(probs[order]), self.top_p)) + 1
-            kept = np.zeros_like(probs)
-            kept[order[:cut]] = probs[order[:cut]]
-            probs = kept / kept.sum()
-        return int(rng.choice(len(probs), p=probs))
 
 
 class Generator:
@@ -105,30 +66,8 @@ class Generator:
     def settings(self, max_new_tokens: int | None, temperature: float | None, top_k: int | None,
                  top_p: float | None, repetition_penalty: float | None) -> tuple[int, Sampling]:
         """The options, each defaulting to the model's generation_config.json; bad values are one InputError."""
-        defaults = self.record.get("defaults", {})
-        sampled = bool(defaults.get("do_sample"))
-        new = max_new_tokens if max_new_tokens is not None else int(defaults.get("max_new_tokens")
-                                                                     or DEFAULT_NEW_TOKENS)
-        values = {"temperature": temperature if temperature is not None
-                  else (float(defaults.get("temperature", 1.0)) if sampled else 0.0),
-                  "top_k": top_k if top_k is not None else (int(defaults.get("top_k") or 0) if sampled else 0),
-                  "top_p": top_p if top_p is not None else (float(defaults.get("top_p", 1.0)) if sampled else 1.0),
-                  "repetition_penalty": repetition_penalty if repetition_penalty is not None
-                  else float(defaults.get("repetition_penalty", 1.0))}
-        problems = []
-        if not isinstance(new, int) or isinstance(new, bool) or new < 1:
-            problems.append(f"max_new_tokens={new!r} must be a whole number >= 1")
-        if not values["temperature"] >= 0:
-            problems.append(f"temperature={values['temperature']!r} must be >= 0 (0 is greedy)")
-        if not (isinstance(values["top_k"], int) and values["top_k"] >= 0):
-            problems.append(f"top_k={values['top_k']!r} must be a whole number >= 0 (0: no limit)")
-        if not 0 < values["top_p"] <= 1:
-            problems.append(f"top_p={values['top_p']!r} must be in (0, 1]")
-        if not values["repetition_penalty"] > 0:
-            problems.append(f"repetition_penalty={values['repetition_penalty']!r} must be > 0 (1: none)")
-        if problems:
-            raise InputError("; ".join(problems) + "; fix the option (leave it out for the model's default)")
-        return new, Sampling(**values)
+        return sampling_settings(self.record.get("defaults", {}), max_new_tokens, temperature, top_k, top_p,
+                                 repetition_penalty)
 
     def generate(self, prompts: Sequence[str], **options: Any) -> list[Generation]:
         """Every prompt's continuation (options: see ``steps``)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.artifact import MODEL_FILE, check_artifact, read_manifest
+from zoo.artifact import MODEL_FILE, artifact_path, check_artifact, read_manifest
 from zoo.errors import ArtifactError, ConfigError, InputError, UnsupportedTaskError, ZooWarning, first_line
 from zoo.manifest import Manifest
 from zoo.runtime import engines
@@ -50,9 +50,14 @@ def load(artifact_dir: str | Path, *, providers: Sequence[Provider] | None = Non
     if threads is not None and threads < 1:
         raise ConfigError(f"threads={threads}; give a positive thread count, or None for the engine's default")
     chosen = _engine(manifest, engine, providers)
+    level = _optimization(folder, manifest)
     session = engines.open_session(folder / MODEL_FILE, chosen, threads=threads, providers=providers,
-                                   optimization=_optimization(folder, manifest))
-    return ExportedModel(folder, manifest, session, chosen)
+                                   optimization=level)
+    # an encoder-decoder's encoder.onnx (``preprocess.graphs``), in a session of the same kind
+    companions = {name: engines.open_session(artifact_path(folder, record["file"]), chosen, threads=threads,
+                                             providers=providers, optimization=level)
+                  for name, record in (manifest.preprocess.get("graphs") or {}).items()}
+    return ExportedModel(folder, manifest, session, chosen, companions)
 
 
 def _engine(manifest: Manifest, asked: str | None, providers: Sequence[Provider] | None) -> Engine:
@@ -97,10 +102,12 @@ def _check_manifest(folder: Path, manifest: Manifest) -> None:
 class ExportedModel:
     """One loaded artifact. Safe to call from several threads: nothing mutates after construction."""
 
-    def __init__(self, folder: Path, manifest: Manifest, session: Any, engine: Engine | None = None):
+    def __init__(self, folder: Path, manifest: Manifest, session: Any, engine: Engine | None = None,
+                 companions: dict[str, Any] | None = None):
         self.folder = Path(folder)
         self._manifest = manifest
         self._session = session
+        self._sessions = {"model": session, **(companions or {})}
         self.engine: Engine = engine or Engine()
         self.task: str = manifest.task
         self._task = get_task(manifest.task)
@@ -109,6 +116,8 @@ class ExportedModel:
         self._check_graph()
         self.labels: tuple[str, ...] | None = manifest.labels
         self._preprocess = self._task.runtime_preprocessor(folder, manifest)
+        # a task whose predict runs several graphs in a loop (an encoder-decoder) brings the loop
+        self._loop = self._task.generator(self._sessions, manifest, self._preprocess)
 
     def _check_graph(self) -> None:
         graph_inputs = [i.name for i in self._session.get_inputs()]
@@ -232,7 +241,7 @@ class ExportedModel:
         items = self._as_list(items)
         options = self._task.runtime_options(options, self) if items else options
         for start in range(0, len(items), batch_size):
-            if self._task.generates:  # a language model: predict is generate
+            if self._task.generates or self._loop is not None:  # a language model: predict is generate
                 yield self.generate(items[start:start + batch_size], **options)
                 continue
             batch = self._preprocess(items[start:start + batch_size])
@@ -264,8 +273,13 @@ class ExportedModel:
         Options: ``max_new_tokens``, ``temperature`` (0: greedy), ``top_k``, ``top_p``,
         ``repetition_penalty``, ``stop`` (strings that end a continuation), ``seed``; each left out
         takes the model's ``generation_config.json`` default (``zoo.runtime.generate``).
+        A text2text-generation artifact gives each text's output (translation, summary ...), with
+        ``num_beams``, ``length_penalty``, ``early_stopping``, ``no_repeat_ngram_size``, ``tgt_lang`` /
+        ``forced_bos_token_id`` besides (``zoo.runtime.seq2seq``).
         """
         items = [prompts] if isinstance(prompts, str) else self._as_list(prompts)
+        if self._loop is not None:
+            return self._loop.generate(items, **options)
         return self._generator(options).generate(items, **options)
 
     def stream(self, prompt: str, **options: Any) -> Iterator[str]:

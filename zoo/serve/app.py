@@ -164,10 +164,17 @@ def _add_task_routes(app: FastAPI, served: dict[str, ServedModel]) -> None:
                       labels: str | None = Query(None, max_length=65536, description="candidate labels, "
                                                  "comma-separated (zero-shot image classification)"),
                       template: str | None = Query(None, max_length=1024, description="prompt around each "
-                                                   "label, {} marking its place (zero-shot)")) -> Response:
+                                                   "label, {} marking its place (zero-shot)"),
+                      max_new_tokens: int | None = Query(None, ge=1, le=4096, description="output tokens at most "
+                                                         "(text-to-text generation)"),
+                      num_beams: int | None = Query(None, ge=1, le=64, description="beam search width "
+                                                    "(text-to-text generation)"),
+                      tgt_lang: str | None = Query(None, max_length=64, description="target language code "
+                                                   "(multilingual translation: mBART)")) -> Response:
         """Raw inputs to typed results, as ``zoo predict --json`` prints them."""
         model = _model(served, name)
-        given = {"top_k": top_k, "threshold": threshold, "labels": labels, "template": template}
+        given = {"top_k": top_k, "threshold": threshold, "labels": labels, "template": template,
+                 "max_new_tokens": max_new_tokens, "num_beams": num_beams, "tgt_lang": tgt_lang}
         options = tuple(sorted((k, v) for k, v in given.items() if v is not None))
         try:
             get_task(model.task).check_options(dict(options))

@@ -56,6 +56,22 @@ class Case:
         return f"{self.kind} [{shape}] seed {self.seed}"
 
 
+@dataclass(eq=False)
+class Companion:
+    """A graph exported beside model.onnx (an encoder-decoder's encoder), verified on its own grid.
+
+    ``spec`` is the main spec with the companion's inputs (the exporters and the grid read names, axes and
+    outputs from it through the task); ``module`` is built from the main module, so both graphs share weights.
+    """
+
+    name: str  # the key of the manifest's ``preprocess.graphs`` record and of ``ExportedModel``'s sessions
+    file: str  # beside model.onnx; its golden data goes to a folder of the same stem
+    spec: ModelSpec
+    module: Any
+    cases: list[Case]
+    example: dict[str, np.ndarray]
+
+
 class Agreement(Protocol):
     """A task-level comparison of torch and onnxruntime outputs, accumulated over the grid."""
 
@@ -225,6 +241,19 @@ class Task:
         verifier's tolerance rule."""
         return []
 
+    def companion_graphs(self, module: Any, spec: ModelSpec, processor: Any,
+                         seeds: tuple[int, ...]) -> list[Companion]:
+        """Graphs exported beside model.onnx from the same ``module`` (an encoder-decoder's encoder). The exporter
+        writes, verifies and records each (``preprocess.graphs``) after model.onnx passed; ``zoo verify`` replays
+        their golden data and ``zoo.load`` opens them. None for one-graph tasks."""
+        return []
+
+    def pipeline_checks(self, module: Any, spec: ModelSpec, sessions: dict[str, Any], companions: list[Companion],
+                        tol: Tolerances, compare: Callable[[np.ndarray, np.ndarray, Tolerances], bool]) -> list[Check]:
+        """Checks that run model.onnx and its companion graphs together against ``module`` (``sessions`` by graph
+        name, "model" for model.onnx), e.g. an encoder-decoder's generation; ``compare`` as in ``sequence_checks``."""
+        return []
+
     def preprocessor_problems(self, folder: Path, manifest: Any) -> list[str]:
         """What is missing or unreadable among the files the runtime needs to preprocess inputs."""
         return []
@@ -246,6 +275,12 @@ class Task:
     def runtime_preprocessor(self, folder: Path, manifest: Any) -> Callable[[list[Any]], Any]:
         """Raw items -> a batch object with ``.arrays`` (graph inputs by name)."""
         raise NotImplementedError
+
+    def generator(self, sessions: dict[str, Any], manifest: Any, preprocessor: Any) -> Any | None:
+        """The runtime loop of a task whose predict runs several graphs (an encoder-decoder), with a
+        ``generate(items, **options)`` returning one result per item; None runs model.onnx once per batch.
+        ``sessions``: model.onnx as "model" and each companion graph by name."""
+        return None
 
     def is_single(self, item: Any) -> bool:
         """True when ``item`` is one input (predict then returns one result, not a list)."""

@@ -1,0 +1,251 @@
+"""text2text-generation: encoder-decoders exported as an encoder graph and a decoder graph with a cache, verified
+against transformers step by step, greedily and by beam search, and generated from without torch.
+
+Tiny random models from tests/tiny.py (``tiny_seq2seq_folder``); BART is exported once per module with one grid
+seed, the other families (T5, Marian, mBART, Pegasus) each in one slow test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests import tiny
+from zoo.errors import InputError
+
+TEXTS = ["The cat sat on the mat.", "A quick brown fox jumps over the lazy dog near the river bank.", "Hello"]
+
+
+def _export(folder: Path, out: Path):
+    from exporters.onnx import export_onnx
+
+    with pytest.MonkeyPatch.context() as patch:
+        import exporters.source
+
+        patch.setattr(exporters.source, "SEEDS", (0,))  # one seed: every case kind, a third of the time
+        return export_onnx(str(folder), out=out)
+
+
+@pytest.fixture(scope="module")
+def bart(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-bart")
+    folder = tiny.tiny_seq2seq_folder("bart", root / "model")
+    return folder, _export(folder, root / "artifact")
+
+
+def _hf(folder: Path, texts: list[str], **options):
+    """transformers' own generate on ``texts``: each row's tokens after the decoder start, cut after EOS."""
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+    encoded = tokenizer(texts, padding=True, return_tensors="pt", return_token_type_ids=False)
+    with torch.no_grad():
+        out = model.generate(**encoded, do_sample=False, **options).numpy()[:, 1:]
+    eos = model.generation_config.eos_token_id
+    rows = []
+    for row in out.tolist():
+        rows.append(row[:row.index(eos)] if eos in row else row)  # zoo's token_ids leave EOS out
+    return rows
+
+
+def test_claims_seq2seq_heads():
+    from zoo.tasks import task_for_hf_config
+
+    for arch in ("BartForConditionalGeneration", "T5ForConditionalGeneration", "MarianMTModel",
+                 "MBartForConditionalGeneration", "PegasusForConditionalGeneration"):
+        assert task_for_hf_config({"architectures": [arch], "model_type": "bart"}).name == "text2text-generation"
+
+
+def test_export_records_both_graphs(bart):
+    _, result = bart
+    manifest = result.manifest
+    names = {c.name: c for c in result.report.checks}
+    for check in ("encoder: shape grid", "decoder steps (own cache)", "greedy generation vs transformers",
+                  "beam search vs transformers", "encoder: tokenizer.json reproduces tokenisation"):
+        assert names[check].passed, names[check]
+    graph = manifest.preprocess["graphs"]["encoder"]
+    assert graph["file"] == "encoder.onnx" and "encoder.onnx" in manifest.files
+    assert [o["name"] for o in graph["outputs"]][:2] == ["last_hidden_state", "cross.0.key"]
+    assert any(f.startswith("encoder/test_data_set_0/") for f in manifest.files)
+    assert [i.name for i in manifest.inputs][:2] == ["decoder_input_ids", "encoder_attention_mask"]
+    assert manifest.preprocess["generation"]["decoder_start_token_id"] == 102
+
+
+def test_verify_replays_the_encoder_and_catches_a_damaged_one(bart, tmp_path):
+    import shutil
+
+    from exporters.golden import write_golden
+    from exporters.verify import verify_artifact
+    from zoo.artifact import hash_files
+
+    _, result = bart
+    report = verify_artifact(result.path)
+    assert any(c.name == "encoder: golden test_data_set_0" and c.passed for c in report.checks)
+    # planted: the encoder's golden outputs no longer match its graph (the manifest re-hashed, so only the replay
+    # can notice)
+    copy = tmp_path / "copy"
+    shutil.copytree(result.path, copy)
+    from exporters.golden import read_golden
+
+    inputs, outputs = read_golden(copy / "encoder" / "test_data_set_0")
+    shutil.rmtree(copy / "encoder" / "test_data_set_0")
+    write_golden(copy / "encoder", 0, inputs, {k: v + 1.0 for k, v in outputs.items()})
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"] = {k: {"sha256": v.sha256, "size": v.size} for k, v in hash_files(copy).items()
+                         if k != "manifest.json"}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    from zoo.errors import VerificationError
+
+    with pytest.raises(VerificationError) as caught:
+        verify_artifact(copy)
+    assert any(c.name == "encoder: golden test_data_set_0" and not c.passed for c in caught.value.report.checks)
+
+
+def test_runtime_greedy_and_beam_match_transformers(bart):
+    import zoo
+
+    folder, result = bart
+    model = zoo.load(result.path)
+    got = model.generate(TEXTS, max_new_tokens=12, num_beams=1)
+    assert [list(g.token_ids) for g in got] == _hf(folder, TEXTS, max_new_tokens=12, num_beams=1)
+    beams = model.generate(TEXTS[:2], max_new_tokens=12, num_beams=3, length_penalty=0.5)
+    assert [list(g.token_ids) for g in beams] == _hf(folder, TEXTS[:2], max_new_tokens=12, num_beams=3,
+                                                     length_penalty=0.5)
+    ngram = model.generate(TEXTS[:1], max_new_tokens=12, no_repeat_ngram_size=2)
+    assert ngram[0].token_ids == tuple(_hf(folder, TEXTS[:1], max_new_tokens=12, no_repeat_ngram_size=2)[0])
+    assert model.predict(TEXTS[0], max_new_tokens=12).text == got[0].text
+
+
+def test_sampling_is_seeded_and_options_are_checked(bart):
+    import zoo
+
+    _, result = bart
+    model = zoo.load(result.path)
+    first = model.generate(TEXTS[:1], max_new_tokens=8, temperature=1.0, seed=3)[0]
+    assert first == model.generate(TEXTS[:1], max_new_tokens=8, temperature=1.0, seed=3)[0]
+    with pytest.raises(InputError, match="num_beams=0"):
+        model.generate(TEXTS[:1], num_beams=0)
+    with pytest.raises(InputError, match="tgt_lang 'xx_XX'.*valid"):
+        model.generate(TEXTS[:1], tgt_lang="xx_XX")
+    with pytest.raises(InputError, match="stop do not apply"):
+        model.generate(TEXTS[:1], stop=["."])
+
+
+def test_cli_predict_prints_the_text_and_json(bart):
+    import zoo
+
+    _, result = bart
+    expected = zoo.load(result.path).generate([TEXTS[0]], max_new_tokens=6)[0]
+    run = subprocess.run([sys.executable, "-m", "zoo", "predict", str(result.path), TEXTS[0], "--max-new-tokens", "6"],
+                         capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == expected.text.strip()
+    run = subprocess.run([sys.executable, "-m", "zoo", "predict", str(result.path), TEXTS[0], "--max-new-tokens", "6",
+                          "--num-beams", "2", "--json"], capture_output=True, text=True, check=True)
+    [row] = json.loads(run.stdout)
+    assert row["input"] == TEXTS[0] and row["finish_reason"] in ("stop", "length")
+    bad = subprocess.run([sys.executable, "-m", "zoo", "predict", str(result.path), TEXTS[0], "--stop", "x"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "--stop" in bad.stderr
+
+
+# ---------------------------------------------------------------- planted faults: each check sees its fault
+
+
+def _faulty_checks(bart, tmp_path: Path, encoder_cls=None, decoder_cls=None):
+    """The pipeline checks on graphs exported from a faulty encoder or decoder module (the other graph good)."""
+    import transformers
+
+    from exporters.onnx import export_graph
+    from exporters.source import build_source
+    from exporters.verify import ort_session, within_tolerance
+    from zoo.resolver import resolve
+    from zoo.tasks._seq2seq_torch import decoder_module, encoder_module
+    from zoo.tasks._seq2seq_verify import seq2seq_checks
+    from zoo.tasks.text2text_generation import TOKENS, _layers, generation_record
+
+    folder, result = bart
+    spec = resolve(str(folder))
+    source = build_source(spec, seeds=(0,))
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+    [encoder] = source.task.companion_graphs(source.module, source.spec, source.processor, (0,))
+    paths = {"encoder": result.path / "encoder.onnx", "model": result.path / "model.onnx"}
+    if encoder_cls is not None:
+        paths["encoder"] = tmp_path / "encoder.onnx"
+        export_graph(encoder_module(model, list(TOKENS), encoder_cls).eval(), encoder.spec, encoder.example,
+                     paths["encoder"])
+    if decoder_cls is not None:
+        paths["model"] = tmp_path / "model.onnx"
+        export_graph(decoder_module(model, _layers(source.spec), True, decoder_cls).eval(), source.spec,
+                     source.example, paths["model"])
+    cases = [c for c in encoder.cases if c.kind in ("short", "padded")]
+    return seq2seq_checks(model, generation_record(model), ort_session(paths["encoder"]), ort_session(paths["model"]),
+                          cases, source.spec.verify, within_tolerance)
+
+
+def test_planted_cross_attention_from_the_wrong_encoder_output_is_caught(bart, tmp_path):
+    from zoo.tasks._seq2seq_torch import EncoderWithCross
+
+    class WrongStates(EncoderWithCross):
+        def cross_source(self, encoded):
+            return encoded.hidden_states[0]  # the embeddings, not the encoder's last layer
+
+    checks = {c.name: c for c in _faulty_checks(bart, tmp_path, encoder_cls=WrongStates)}
+    assert not checks["decoder steps (own cache)"].passed
+
+
+def test_planted_decoder_that_ignores_its_cache_is_caught(bart, tmp_path):
+    from zoo.tasks._seq2seq_torch import DecoderWithCross
+
+    class NoCache(DecoderWithCross):
+        def run(self, ids, mask, past, cross):
+            return super().run(ids, mask, [(k[:, :, :0], v[:, :, :0]) for k, v in past], cross)
+
+    checks = {c.name: c for c in _faulty_checks(bart, tmp_path, decoder_cls=NoCache)}
+    assert not checks["decoder steps (own cache)"].passed
+
+
+# ---------------------------------------------------------------- the other families
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["t5", "marian", "mbart", "pegasus"])
+def test_family_exports_verified(family, tmp_path):
+    import zoo
+
+    folder = tiny.tiny_seq2seq_folder(family, tmp_path / "model")
+    result = _export(folder, tmp_path / "artifact")
+    assert result.report.passed
+    got = zoo.load(result.path).generate(TEXTS[:2], max_new_tokens=8)
+    assert [list(g.token_ids) for g in got] == _hf(folder, TEXTS[:2], max_new_tokens=8)
+    if family == "mbart":  # the target language is forced as the first token: the model's default, or by name
+        import transformers
+
+        model = zoo.load(result.path)
+        ids = transformers.AutoTokenizer.from_pretrained(folder).convert_tokens_to_ids(list(tiny.MBART_LANGUAGES))
+        firsts = [model.generate(TEXTS[:1], max_new_tokens=2, tgt_lang=code)[0].token_ids[0]
+                  for code in tiny.MBART_LANGUAGES]
+        assert firsts == ids and got[0].token_ids[0] == ids[1]  # generation_config.json forces ro_RO
+
+
+def test_serve_predict_translates_like_zoo_predict(bart):
+    from fastapi.testclient import TestClient
+
+    import zoo
+    from zoo.serve import ServeSettings, create_app, load_models
+
+    _, result = bart
+    settings = ServeSettings(max_batch_size=4, max_wait_ms=2, max_body_bytes=1 << 20)
+    with TestClient(create_app(load_models([f"bart={result.path}"], settings), settings)) as client:
+        answer = client.post("/v1/models/bart/predict?max_new_tokens=6&num_beams=2", json={"inputs": TEXTS[:2]})
+        refused = client.post("/v1/models/bart/predict?top_k=2", json={"inputs": TEXTS[:1]})
+    assert answer.status_code == 200, answer.text
+    expected = zoo.load(result.path).generate(TEXTS[:2], max_new_tokens=6, num_beams=2)
+    assert [row["text"] for row in answer.json()] == [g.text for g in expected]
+    assert refused.status_code == 400 and "top_k" in refused.text
