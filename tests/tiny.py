@@ -460,3 +460,55 @@ def tiny_seq2seq_folder(model_type: str, folder: Path) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# ---------------------------------------------------------------- tiny Whisper (automatic-speech-recognition)
+
+WHISPER_TINY = dict(d_model=16, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
+                    decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80,
+                    max_source_positions=1500, max_target_positions=64)
+WHISPER_LANGUAGES = ("en", "de", "fr")
+# Whisper's special tokens after the text vocabulary, in its own order (timestamps left out: no --timestamps yet)
+WHISPER_SPECIALS = ("<|endoftext|>", "<|startoftranscript|>", *(f"<|{code}|>" for code in WHISPER_LANGUAGES),
+                    "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
+                    "<|notimestamps|>")
+_WHISPER_MERGES = ("Ġ t", "h e", "Ġt he", "i n", "a n", "e r", "o n", "Ġ a", "r e", "Ġ s")
+
+
+def tiny_whisper_folder(folder: Path) -> Path:
+    """save_pretrained folder of a tiny random Whisper with a byte-level BPE tokenizer built here.
+
+    The tokenizer has the 256 byte symbols, a few merges and Whisper's special tokens (three languages);
+    generation_config.json names them as a multilingual checkpoint's does, so ``generate(language=...,
+    task=...)`` builds its decoder prompt from them, and suppresses tokens as a real checkpoint asks.
+    """
+    import torch
+    import transformers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(bytes_to_unicode().values()) + ["".join(m.split()) for m in _WHISPER_MERGES]
+    vocab = {s: i for i, s in enumerate(dict.fromkeys(symbols))}
+    tokenizer = transformers.WhisperTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in _WHISPER_MERGES])
+    tokenizer.add_special_tokens({"additional_special_tokens": list(WHISPER_SPECIALS[1:])})
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in WHISPER_SPECIALS}
+    eot, start = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    config = transformers.WhisperConfig(vocab_size=len(tokenizer), decoder_start_token_id=start, eos_token_id=eot,
+                                        pad_token_id=eot, bos_token_id=eot, begin_suppress_tokens=[220, eot],
+                                        suppress_tokens=[1, 2, 7, 8], **WHISPER_TINY)
+    torch.manual_seed(0)
+    model = transformers.WhisperForConditionalGeneration(config)
+    _spread_weights(model)  # so the prompt's language and task tokens change what a random model writes
+    generation = model.generation_config
+    settings = dict(lang_to_id={f"<|{c}|>": ids[f"<|{c}|>"] for c in WHISPER_LANGUAGES},
+                    task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+                    no_timestamps_token_id=ids["<|notimestamps|>"], is_multilingual=True,
+                    decoder_start_token_id=start, eos_token_id=eot, pad_token_id=eot,
+                    begin_suppress_tokens=[220, eot], suppress_tokens=[1, 2, 7, 8], max_length=64)
+    for key, value in settings.items():  # GenerationConfig.update drops the Whisper-only keys
+        setattr(generation, key, value)
+    generation._from_model_config = False  # else from_pretrained remakes it from config.json, dropping them
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    transformers.WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    return folder

@@ -23,14 +23,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from zoo.checks import Check
-from zoo.errors import ArtifactError, ConfigError
+from zoo.errors import ArtifactError, ConfigError, InputError
 from zoo.folders import read_json
-from zoo.spec import ModelSpec, Tolerances
+from zoo.spec import ModelSpec, Preprocess, Tolerances
 from zoo.tasks import _asr_ctc as ctc
+from zoo.tasks import _asr_whisper_export as whisper
 from zoo.tasks._audio import MAX_SECONDS, AudioSettings, AudioTask, _where
 from zoo.tasks._audio_io import load_clip
 from zoo.tasks._classify import TopOneAgreement
-from zoo.tasks.base import Case
+from zoo.tasks.base import Case, Companion, Task
 
 # transformers' pipeline chunks only when asked; zoo must bound a graph call, so a clip longer than the model's
 # 30 s window is chunked with the pipeline's default stride (a sixth of the chunk on each side)
@@ -44,10 +45,18 @@ class Transcription:
 
     text: str
     seconds: float = 0.0
-    chunks: int = 1  # windows the clip was cut into
+    chunks: int = 1  # windows the clip was cut into (CTC)
+    window: float = 0.0  # seconds the model hears (Whisper: 30); 0 when long clips are chunked
+
+    @property
+    def note(self) -> str | None:
+        if not self.window or self.seconds <= self.window + 1e-6:
+            return None
+        return f"clip is {self.seconds:.2f} s; the model heard its first {self.window:.0f} s"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "seconds": round(self.seconds, 4), "chunks": self.chunks}
+        out = {"text": self.text, "seconds": round(self.seconds, 4), "chunks": self.chunks}
+        return {**out, "note": self.note} if self.note else out
 
 
 @dataclass(frozen=True)
@@ -165,9 +174,31 @@ def ctc_decode_check(stage: Path, record: dict[str, Any], references: list[dict[
 
 class AutomaticSpeechRecognition(AudioTask):
     name: ClassVar[str] = "automatic-speech-recognition"
-    summary: ClassVar[str] = "the words spoken in an audio clip"
-    hf_heads: ClassVar[tuple[str, ...]] = ("ForCTC",)
+    summary: ClassVar[str] = "the words spoken in an audio clip (CTC heads; Whisper: encoder + decoder graphs)"
+    # among audio models, ForConditionalGeneration is Whisper (a text model's is text2text-generation's)
+    hf_heads: ClassVar[tuple[str, ...]] = ("ForCTC", "ForConditionalGeneration")
     hf_auto_class: ClassVar[str | None] = "AutoModelForCTC"
+    predict_options: ClassVar[dict[str, type]] = {"language": str, "task": str, "max_new_tokens": int}
+
+    def hf_model_class(self, spec: ModelSpec) -> str | None:
+        return "AutoModelForSpeechSeq2Seq" if whisper.is_whisper(spec) else self.hf_auto_class
+
+    # ------------------------------------------------------------ sources
+
+    def describe_hf(self, folder: Path, config: dict[str, Any],
+                    st: dict[str, Any] | None) -> tuple[tuple[Any, ...], Preprocess, tuple[str, ...] | None]:
+        if config.get("model_type") == "whisper":
+            inputs, preprocess = whisper.describe(config)
+            return inputs, preprocess, None
+        return super().describe_hf(folder, config, st)
+
+    def load_processor(self, spec: ModelSpec, folder: Path | None) -> Any:
+        if whisper.is_whisper(spec):
+            import transformers
+
+            return transformers.WhisperFeatureExtractor.from_pretrained(folder) if folder else \
+                transformers.WhisperFeatureExtractor(feature_size=spec.preprocess.num_mel_bins or 80)
+        return super().load_processor(spec, folder)
 
     def adapt_model(self, model: Any, spec: ModelSpec) -> Any:
         config = getattr(model, "config", None)
@@ -177,16 +208,80 @@ class AutomaticSpeechRecognition(AudioTask):
 
     # ------------------------------------------------------------ export
 
+    def export_module(self, model: Any, spec: ModelSpec) -> Any:
+        if whisper.is_whisper(spec):
+            from zoo.tasks._seq2seq_torch import decoder_module
+
+            return decoder_module(model, whisper.layers(spec), masked=False)
+        return super().export_module(model, spec)
+
     def output_names(self, spec: ModelSpec) -> tuple[str, ...]:
-        return ("logits",)
+        return whisper.output_names(spec) if whisper.is_whisper(spec) else ("logits",)
 
     def output_axes(self, spec: ModelSpec) -> dict[str, list[str | None]]:
-        return {"logits": ["batch", "frames", None]}
+        return whisper.output_axes(spec) if whisper.is_whisper(spec) else {"logits": ["batch", "frames", None]}
+
+    def axis_bounds(self, spec: ModelSpec) -> dict[str, int]:
+        if whisper.is_whisper(spec):
+            return {"encoder_sequence": whisper.FRAMES // 2, "decoder_sequence": 448, "past_sequence": 448}
+        return super().axis_bounds(spec)
+
+    def select_outputs(self, output: Any, spec: ModelSpec) -> Any:
+        return output if whisper.is_whisper(spec) else super().select_outputs(output, spec)
+
+    def graph_fusion(self, spec: ModelSpec) -> str | None:
+        return None if whisper.is_whisper(spec) else super().graph_fusion(spec)
+
+    def export_example(self, spec: ModelSpec, processor: Any) -> dict[str, np.ndarray]:
+        if whisper.is_whisper(spec):
+            return whisper.decoder_grid(spec, whisper.vocab_size(spec), (0,))[2].inputs
+        return super().export_example(spec, processor)
+
+    def grid(self, spec: ModelSpec, processor: Any, seeds: tuple[int, ...]) -> list[Case]:
+        if whisper.is_whisper(spec):
+            return whisper.decoder_grid(spec, whisper.vocab_size(spec), seeds)
+        return super().grid(spec, processor, seeds)
+
+    def companion_graphs(self, module: Any, spec: ModelSpec, processor: Any,
+                         seeds: tuple[int, ...]) -> list[Companion]:
+        if not whisper.is_whisper(spec):
+            return []
+        from zoo.tasks._seq2seq_torch import encoder_module
+
+        cases = whisper.encoder_grid(processor, seeds)
+        return [Companion("encoder", whisper.ENCODER_FILE, whisper.encoder_spec(spec),
+                          encoder_module(module.model, ["input_features"]).eval(), cases, cases[-1].inputs)]
+
+    def model_record(self, module: Any) -> dict[str, Any]:
+        model = getattr(module, "model", None)
+        if getattr(getattr(model, "config", None), "model_type", None) == "whisper":
+            return {"generation": whisper.generation_record(model)}
+        return {}
+
+    def pipeline_checks(self, module: Any, spec: ModelSpec, sessions: dict[str, Any], companions: list[Companion],
+                        tol: Tolerances, compare: Any) -> list[Check]:
+        [encoder] = companions
+        first = encoder.cases[0].seed
+        cases = [c for c in encoder.cases if c.seed == first]
+        record = {"generation": whisper.generation_record(module.model),
+                  **self._whisper_files(spec)}
+        return whisper.pipeline_checks(module.model, record, sessions, cases, tol, compare)
+
+    def _whisper_files(self, spec: ModelSpec) -> dict[str, Any]:
+        from zoo.tasks._asr_whisper import whisper_record
+
+        folder = Path(spec.local_path or ".")
+        generation = read_json(folder / "generation_config.json") if (folder / "generation_config.json").is_file() \
+            else {}
+        extractor = read_json(folder / "preprocessor_config.json")
+        return {"whisper": whisper_record(read_json(folder / "config.json"), generation, extractor)}
 
     def write_preprocessor(self, spec: ModelSpec, processor: Any, stage: Path,
                            folder: Path | None) -> dict[str, Any]:
         import transformers
 
+        if whisper.is_whisper(spec):
+            return whisper.write_files(processor, stage, folder)
         if folder is None or not (folder / "vocab.json").is_file():
             raise ConfigError(f"{spec.name}: a CTC model needs its tokenizer's vocab.json beside config.json to "
                               "turn logits into text; give the folder saved with the model's processor "
@@ -203,22 +298,64 @@ class AutomaticSpeechRecognition(AudioTask):
 
     def export_checks(self, stage: Path, record: dict[str, Any], cases: list[Case],
                       references: list[dict[str, np.ndarray]]) -> list[Check]:
+        if record.get("features") == "whisper":  # the decoder's grid has no audio; the encoder's checks the log-mel
+            return [whisper.feature_check(record, cases)] if "input_features" in cases[0].inputs else []
         return [*super().export_checks(stage, record, cases, references),
                 ctc_decode_check(stage, record, references)]
 
     # ------------------------------------------------------------ verify
 
-    def agreement(self, spec: ModelSpec, tol: Tolerances) -> TopOneAgreement:
+    def agreement(self, spec: ModelSpec, tol: Tolerances) -> Any:
+        if whisper.is_whisper(spec) and whisper.is_encoder(spec):
+            from zoo.tasks.feature_extraction import CosineAgreement
+
+            return CosineAgreement("last_hidden_state", tol)
+        if whisper.is_whisper(spec):
+            from zoo.tasks._generate_verify import NextTokenAgreement
+
+            return NextTokenAgreement(tol)
         return TopOneAgreement("logits", tol)  # the best token of every frame, padding frames included
 
+    def memory_terms(self, spec: ModelSpec, dims: Any, case: Case) -> dict[str, int]:
+        if whisper.is_whisper(spec):
+            return Task.memory_terms(self, spec, dims, case)
+        return super().memory_terms(spec, dims, case)
+
+    def shrink_case(self, spec: ModelSpec, processor: Any, case: Case) -> Case | None:
+        if whisper.is_whisper(spec):
+            return Task.shrink_case(self, spec, processor, case)
+        return super().shrink_case(spec, processor, case)
+
     def preprocessor_problems(self, folder: Path, manifest: Any) -> list[str]:
+        if manifest.preprocess.get("features") == "whisper":
+            return whisper_problems(folder, manifest)
         return super().preprocessor_problems(folder, manifest) + [
             f"speech recognition: {p}" for p in record_problems(manifest.preprocess)]
 
     # ------------------------------------------------------------ runtime
 
-    def runtime_preprocessor(self, folder: Path, manifest: Any) -> AsrPreprocessor:
+    def runtime_preprocessor(self, folder: Path, manifest: Any) -> Any:
+        if manifest.preprocess.get("features") == "whisper":
+            from zoo.tasks._asr_whisper import WhisperPreprocessor
+
+            problems = whisper_problems(folder, manifest)
+            if problems:
+                raise ArtifactError(f"{folder}/manifest.json: {'; '.join(problems)}; re-export the model")
+            return WhisperPreprocessor(folder, manifest.preprocess["whisper"])
         return AsrPreprocessor(folder, manifest)
+
+    def generator(self, sessions: dict[str, Any], manifest: Any, preprocessor: Any) -> Any | None:
+        if manifest.preprocess.get("features") != "whisper":
+            return None  # CTC: model.onnx once per batch, then postprocess
+        from zoo.tasks._asr_whisper import WhisperGenerator
+
+        return WhisperGenerator(sessions, manifest, preprocessor)
+
+    def runtime_options(self, options: dict[str, Any], model: Any) -> dict[str, Any]:
+        if options and model.manifest.preprocess.get("features") != "whisper":
+            raise InputError(f"{', '.join(sorted(options))}: a CTC model transcribes what it hears, in the "
+                             "language it was trained on; these options are for Whisper models")
+        return options
 
     def postprocess(self, outputs: dict[str, np.ndarray], batch: Any, labels: tuple[str, ...] | None,
                     manifest: Any, **options: Any) -> list[Any]:
@@ -242,6 +379,24 @@ class AutomaticSpeechRecognition(AudioTask):
         for item, result in zip(inputs, results):
             table.add_row(escape(item), f"{result.seconds:.2f}", escape(result.text))
         return table
+
+
+def whisper_problems(folder: Path, manifest: Any) -> list[str]:
+    record = manifest.preprocess
+    problems = []
+    if not isinstance(record.get("whisper"), dict) or not isinstance(record.get("generation"), dict):
+        problems.append("preprocess.whisper and preprocess.generation (prompt tokens, decoder ids) are missing")
+    elif not _is_bins(record["whisper"].get("num_mel_bins")):
+        problems.append(f"whisper.num_mel_bins is {record['whisper'].get('num_mel_bins')!r}, give 80 or 128")
+    if not (Path(folder) / "tokenizer.json").is_file():
+        problems.append("tokenizer.json is missing")
+    if "encoder" not in (record.get("graphs") or {}):
+        problems.append(f"preprocess.graphs.encoder ({whisper.ENCODER_FILE}) is missing")
+    return problems
+
+
+def _is_bins(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 512
 
 
 TASK = AutomaticSpeechRecognition()
