@@ -182,3 +182,107 @@ def test_a_bad_ctc_record_is_one_clear_artifact_error(hubert: tuple[Path, Any], 
         zoo.load(copy, check_hashes=False)
     message = str(caught.value)
     assert "ctc.blank is 999, give a token id below 32" in message and "\n" not in message
+
+
+# ---------------------------------------------------------------- Whisper
+
+
+@pytest.fixture(scope="module")
+def whisper(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """(tiny Whisper folder with its built tokenizer, its export result): one grid seed, the plain graphs."""
+    import exporters.source
+    from exporters.onnx import export_onnx
+
+    root = tmp_path_factory.mktemp("asr-whisper")
+    folder = tiny.tiny_whisper_folder(root / "model")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(exporters.source, "SEEDS", (0,))
+        result = export_onnx(str(folder), out=root / "artifact", fuse=False)
+    return folder, result
+
+
+def _whisper_reference(folder: Path, clip: np.ndarray, **options: Any) -> tuple[list[int], str]:
+    import torch
+    import transformers
+
+    model = transformers.WhisperForConditionalGeneration.from_pretrained(folder).eval()
+    features = transformers.WhisperFeatureExtractor.from_pretrained(folder)(clip, sampling_rate=RATE,
+                                                                           return_tensors="pt")["input_features"]
+    with torch.no_grad():
+        tokens = model.generate(features, max_new_tokens=12, **options)[0].tolist()
+    text = transformers.AutoTokenizer.from_pretrained(folder).decode(tokens, skip_special_tokens=True)
+    return tokens, text
+
+
+def test_whisper_exports_two_graphs_verified_together(whisper: tuple[Path, Any]) -> None:
+    _, result = whisper
+    assert result.report.passed, result.report.summary()
+    checks = {c.name: c for c in result.report.checks}
+    assert checks["greedy transcription vs transformers"].value == "9/9 identical"  # 3 clips x 3 prompts
+    assert checks["decoder steps (own cache)"].passed and checks["next-token agreement"].passed
+    assert checks["encoder: numpy log-mel reproduces WhisperFeatureExtractor"].passed
+    record = result.manifest.preprocess
+    assert record["graphs"]["encoder"]["file"] == "encoder.onnx" and "tokenizer.json" in record["files"]
+    assert sorted(record["whisper"]["languages"]) == sorted(tiny.WHISPER_LANGUAGES)
+
+
+def test_a_prompt_without_its_special_tokens_is_caught(whisper: tuple[Path, Any],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted fault: the decoder prompt cut to the start token (no language, task or no-timestamps token)."""
+    import onnxruntime as ort
+    import transformers
+
+    from zoo.tasks import _asr_whisper_export as export
+    from zoo.tasks._asr_whisper import WhisperGenerator
+
+    folder, result = whisper
+    model = transformers.WhisperForConditionalGeneration.from_pretrained(folder).eval()
+    sessions = {name: ort.InferenceSession(str(result.path / file), providers=["CPUExecutionProvider"])
+                for name, file in (("model", "model.onnx"), ("encoder", "encoder.onnx"))}
+    processor = transformers.WhisperFeatureExtractor.from_pretrained(folder)
+    cases = export.encoder_grid(processor, (0,))[:1]
+    record = {"generation": result.manifest.preprocess["generation"], "whisper": result.manifest.preprocess["whisper"]}
+    assert export.greedy_check(model, record, sessions, cases).passed
+    honest = WhisperGenerator.prompt
+    monkeypatch.setattr(WhisperGenerator, "prompt", lambda self, language, task, encoded: honest(
+        self, language, task, encoded)[:, :1])
+    check = export.greedy_check(model, record, sessions, cases)
+    assert not check.passed and "vs" in check.detail
+
+
+@pytest.mark.parametrize("options", [{}, {"language": "de", "task": "translate"}, {"language": "fr"}])
+def test_whisper_transcripts_equal_generate_and_the_tokenizer(whisper: tuple[Path, Any],
+                                                              options: dict[str, str]) -> None:
+    import zoo
+
+    folder, result = whisper
+    clip = _speechlike(3.2, 4)
+    tokens, text = _whisper_reference(folder, clip, **options)
+    got = zoo.load(result.path).predict(clip, max_new_tokens=12, **options)
+    assert got.text == text and got.seconds == pytest.approx(3.2) and tokens
+
+
+def test_zoo_predict_whisper_flags_and_bad_values(whisper: tuple[Path, Any], hubert: tuple[Path, Any],
+                                                  tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from zoo.cli.app import app
+
+    folder, result = whisper
+    clip = _speechlike(2.0, 8)
+    wav = tmp_path / "clip.wav"
+    soundfile.write(wav, clip, RATE, subtype="FLOAT")
+    runner = CliRunner()
+    done = runner.invoke(app, ["predict", str(result.path), str(wav), "--language", "de", "--task", "translate",
+                               "--max-new-tokens", "12", "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output)[0]["text"] == _whisper_reference(folder, clip, language="de", task="translate")[1]
+    done = runner.invoke(app, ["predict", str(result.path), str(wav), "--task", "summarise"])
+    assert "task 'summarise': valid: transcribe, translate" in str(done.exception)
+    done = runner.invoke(app, ["predict", str(hubert[1].path), str(wav), "--language", "de"])
+    assert "these options are for Whisper models" in str(done.exception)
+    # through the real entry point: one line on stderr, no traceback
+    bad = subprocess.run([sys.executable, "-m", "zoo", "predict", str(result.path), str(wav), "--language", "xx"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip() == "error: language 'xx' is not one this model knows; valid: de, en, fr"

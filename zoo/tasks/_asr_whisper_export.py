@@ -189,8 +189,10 @@ def greedy_check(model: Any, record: dict[str, Any], sessions: dict[str, Any], c
     generator = WhisperGenerator.__new__(WhisperGenerator)  # no tokenizer: tokens are compared, not text
     generator.core = EncoderDecoder(sessions["encoder"], sessions["model"], record["generation"])
     generator.record = record["whisper"]
-    languages = sorted(generator.record["languages"]) or [None]
-    settings = [(None, None)] + [(languages[-1], task) for task in generator.record["tasks"]]
+    languages = sorted(generator.record["languages"])
+    # the model's own prompt (language detected), then each task with a named language
+    settings = [(None, None)] + [(languages[i % len(languages)] if languages else None, task)
+                                 for i, task in enumerate(sorted(generator.record["tasks"], reverse=True))]
     differ, compared = [], 0
     for case in cases:
         for language, task in settings:
