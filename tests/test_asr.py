@@ -286,3 +286,59 @@ def test_zoo_predict_whisper_flags_and_bad_values(whisper: tuple[Path, Any], hub
                          capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert bad.stderr.strip() == "error: language 'xx' is not one this model knows; valid: de, en, fr"
+
+
+# ---------------------------------------------------------------- serving (a live zoo serve, no torch in it)
+
+
+@pytest.fixture(scope="module")
+def server(whisper: tuple[Path, Any], hubert: tuple[Path, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from tests.serving import live_server
+
+    log = tmp_path_factory.mktemp("asr-serve") / "serve.log"
+    with live_server([f"whisper={whisper[1].path}", f"ctc={hubert[1].path}"], log) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def spoken(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("asr-wav") / "spoken.wav"
+    soundfile.write(path, _speechlike(2.6, 21), RATE, subtype="PCM_16")
+    return path
+
+
+def test_openai_client_transcribes_with_whisper_and_ctc(server: Any, whisper: tuple[Path, Any],
+                                                       hubert: tuple[Path, Any], spoken: Path) -> None:
+    openai = pytest.importorskip("openai")
+    import zoo
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    with spoken.open("rb") as file:
+        answer = client.audio.transcriptions.create(model="whisper", file=file, language="de")
+    assert answer.text == zoo.load(whisper[1].path).predict(spoken, language="de").text
+    with spoken.open("rb") as file:
+        text = client.audio.transcriptions.create(model="ctc", file=file, response_format="text")
+    assert text.strip() == zoo.load(hubert[1].path).predict(spoken).text
+    with spoken.open("rb") as file, pytest.raises(openai.BadRequestError, match="response_format 'srt'"):
+        client.audio.transcriptions.create(model="whisper", file=file, response_format="srt")
+    with spoken.open("rb") as file, pytest.raises(openai.NotFoundError, match="model 'whisper-9' is not served"):
+        client.audio.transcriptions.create(model="whisper-9", file=file)
+    with pytest.raises(openai.BadRequestError, match="not audio that soundfile can read"):
+        client.audio.transcriptions.create(model="ctc", file=("notes.wav", b"not audio at all"))
+
+
+def test_the_task_endpoint_transcribes_uploads_as_zoo_predict_json(server: Any, whisper: tuple[Path, Any],
+                                                                   spoken: Path) -> None:
+    import httpx
+    from typer.testing import CliRunner
+
+    from zoo.cli.app import app
+
+    files = [("files", ("spoken.wav", spoken.read_bytes(), "audio/wav"))]
+    answer = httpx.post(f"{server.url}/v1/models/whisper/predict?language=fr&task=transcribe", files=files,
+                        timeout=60)
+    assert answer.status_code == 200, answer.text
+    done = CliRunner().invoke(app, ["predict", str(whisper[1].path), str(spoken), "--language", "fr", "--task",
+                                    "transcribe", "--json"])
+    [row] = json.loads(done.output)
+    assert answer.json() == [{**row, "input": "spoken.wav"}]
