@@ -218,7 +218,7 @@ def test_whisper_exports_two_graphs_verified_together(whisper: tuple[Path, Any])
     _, result = whisper
     assert result.report.passed, result.report.summary()
     checks = {c.name: c for c in result.report.checks}
-    assert checks["greedy transcription vs transformers"].value == "9/9 identical"  # 3 clips x 3 prompts
+    assert checks["greedy transcription vs transformers"].value == "6/6 identical"  # 2 clips x 3 prompts
     assert checks["decoder steps (own cache)"].passed and checks["next-token agreement"].passed
     assert checks["encoder: numpy log-mel reproduces WhisperFeatureExtractor"].passed
     record = result.manifest.preprocess

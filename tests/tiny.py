@@ -475,12 +475,14 @@ WHISPER_SPECIALS = ("<|endoftext|>", "<|startoftranscript|>", *(f"<|{code}|>" fo
 _WHISPER_MERGES = ("Ġ t", "h e", "Ġt he", "i n", "a n", "e r", "o n", "Ġ a", "r e", "Ġ s")
 
 
-def tiny_whisper_folder(folder: Path) -> Path:
+def tiny_whisper_folder(folder: Path, spread: bool = True, **sizes: Any) -> Path:
     """save_pretrained folder of a tiny random Whisper with a byte-level BPE tokenizer built here.
 
     The tokenizer has the 256 byte symbols, a few merges and Whisper's special tokens (three languages);
     generation_config.json names them as a multilingual checkpoint's does, so ``generate(language=...,
     task=...)`` builds its decoder prompt from them, and suppresses tokens as a real checkpoint asks.
+    ``sizes`` override ``WHISPER_TINY`` (the benchmark's Whisper-tiny-sized model; its vocabulary may be
+    larger than the tokenizer's: ids past it have no text).
     """
     import torch
     import transformers
@@ -493,12 +495,14 @@ def tiny_whisper_folder(folder: Path) -> Path:
     tokenizer.add_special_tokens({"additional_special_tokens": list(WHISPER_SPECIALS[1:])})
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in WHISPER_SPECIALS}
     eot, start = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
-    config = transformers.WhisperConfig(vocab_size=len(tokenizer), decoder_start_token_id=start, eos_token_id=eot,
+    config = transformers.WhisperConfig(decoder_start_token_id=start, eos_token_id=eot,
                                         pad_token_id=eot, bos_token_id=eot, begin_suppress_tokens=[220, eot],
-                                        suppress_tokens=[1, 2, 7, 8], **WHISPER_TINY)
+                                        suppress_tokens=[1, 2, 7, 8],
+                                        **{"vocab_size": len(tokenizer), **WHISPER_TINY, **sizes})
     torch.manual_seed(0)
     model = transformers.WhisperForConditionalGeneration(config)
-    _spread_weights(model)  # so the prompt's language and task tokens change what a random model writes
+    if spread:
+        _spread_weights(model)  # so the prompt's language and task tokens change what a random model writes
     generation = model.generation_config
     settings = dict(lang_to_id={f"<|{c}|>": ids[f"<|{c}|>"] for c in WHISPER_LANGUAGES},
                     task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},

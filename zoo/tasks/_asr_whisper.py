@@ -160,6 +160,10 @@ class WhisperGenerator:
             raise InputError("transcribe got no clips; give an audio file path or a list of them")
         batch = self.preprocessor(list(items))
         rows = self.tokens(batch.arrays["input_features"], language, task, max_new_tokens)
-        return [Transcription(self.tokenizer.decode([int(t) for t in row], skip_special_tokens=True), seconds,
-                              window=batch.window)
-                for row, seconds in zip(rows, batch.durations)]
+        eos = set(self.core.eos.tolist())
+        out = []
+        for row, seconds in zip(rows, batch.durations):
+            ids = [int(t) for t in row if int(t) not in eos]
+            out.append(Transcription(self.tokenizer.decode(ids, skip_special_tokens=True), seconds,
+                                     window=batch.window, token_ids=tuple(ids)))
+        return out
