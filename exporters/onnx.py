@@ -179,6 +179,7 @@ def export_companions(source: Source, stage: Path, preprocess: dict[str, Any], s
                                "golden": golden_folder(graph.file),
                                "inputs": [i.to_dict() for i in inputs], "outputs": [o.to_dict() for o in outputs]}
     if companions and all(c.passed for c in checks):
+        step(f"check model.onnx with {', '.join(c.file for c in companions)} against torch")
         checks += _pipeline_checks(source, stage, companions)
     return records, checks
 

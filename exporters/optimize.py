@@ -194,6 +194,10 @@ def _checked_parent(folder: Path) -> Manifest:
     """The parent's manifest, once every file matched it (paths confined, sizes, sha256, nothing unlisted)."""
     manifest = read_manifest(folder)
     check_artifact(folder, manifest, strict=True)
+    if manifest.preprocess.get("graphs"):  # an encoder-decoder: optimising model.onnx alone would orphan the rest
+        files = ", ".join(g["file"] for g in manifest.preprocess["graphs"].values())
+        raise ConfigError(f"{folder} holds several graphs ({files} beside model.onnx: a {manifest.task} artifact); "
+                          "zoo optimize handles one-graph artifacts only: run the exported artifact as it is")
     if manifest.optimization:
         parent = manifest.optimization.get("parent", {}).get("path", "its parent")
         raise ConfigError(f"{folder} is already optimised (level {manifest.optimization.get('level')}); "

@@ -158,23 +158,23 @@ def test_cli_predict_prints_the_text_and_json(bart):
 # ---------------------------------------------------------------- planted faults: each check sees its fault
 
 
-def _faulty_checks(bart, tmp_path: Path, encoder_cls=None, decoder_cls=None):
-    """The pipeline checks on graphs exported from a faulty encoder or decoder module (the other graph good)."""
+def _decoder_steps(bart, tmp_path: Path, encoder_cls=None, decoder_cls=None):
+    """The step-by-step check on graphs exported from a faulty encoder or decoder module (the other graph good)."""
     import transformers
 
     from exporters.onnx import export_graph
-    from exporters.source import build_source
     from exporters.verify import ort_session, within_tolerance
-    from zoo.resolver import resolve
+    from zoo.artifact import read_manifest
+    from zoo.tasks._seq2seq_decode import EncoderDecoder
     from zoo.tasks._seq2seq_torch import decoder_module, encoder_module
-    from zoo.tasks._seq2seq_verify import seq2seq_checks
-    from zoo.tasks.text2text_generation import TOKENS, _layers, generation_record
+    from zoo.tasks._seq2seq_verify import decode_steps
+    from zoo.tasks.text2text_generation import TASK, TOKENS, _layers, generation_record
 
     folder, result = bart
-    spec = resolve(str(folder))
-    source = build_source(spec, seeds=(0,))
+    spec = read_manifest(result.path).model_spec()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
-    [encoder] = source.task.companion_graphs(source.module, source.spec, source.processor, (0,))
+    [encoder] = TASK.companion_graphs(decoder_module(model, _layers(spec), True), spec, tokenizer, (0,))
     paths = {"encoder": result.path / "encoder.onnx", "model": result.path / "model.onnx"}
     if encoder_cls is not None:
         paths["encoder"] = tmp_path / "encoder.onnx"
@@ -182,11 +182,11 @@ def _faulty_checks(bart, tmp_path: Path, encoder_cls=None, decoder_cls=None):
                      paths["encoder"])
     if decoder_cls is not None:
         paths["model"] = tmp_path / "model.onnx"
-        export_graph(decoder_module(model, _layers(source.spec), True, decoder_cls).eval(), source.spec,
-                     source.example, paths["model"])
+        export_graph(decoder_module(model, _layers(spec), True, decoder_cls).eval(), spec,
+                     TASK.export_example(spec, tokenizer), paths["model"])
     cases = [c for c in encoder.cases if c.kind in ("short", "padded")]
-    return seq2seq_checks(model, generation_record(model), ort_session(paths["encoder"]), ort_session(paths["model"]),
-                          cases, source.spec.verify, within_tolerance)
+    core = EncoderDecoder(ort_session(paths["encoder"]), ort_session(paths["model"]), generation_record(model))
+    return decode_steps(model, core, cases, spec.verify, within_tolerance)
 
 
 def test_planted_cross_attention_from_the_wrong_encoder_output_is_caught(bart, tmp_path):
@@ -196,8 +196,8 @@ def test_planted_cross_attention_from_the_wrong_encoder_output_is_caught(bart, t
         def cross_source(self, encoded):
             return encoded.hidden_states[0]  # the embeddings, not the encoder's last layer
 
-    checks = {c.name: c for c in _faulty_checks(bart, tmp_path, encoder_cls=WrongStates)}
-    assert not checks["decoder steps (own cache)"].passed
+    check = _decoder_steps(bart, tmp_path, encoder_cls=WrongStates)
+    assert not check.passed and "step 0" in check.detail
 
 
 def test_planted_decoder_that_ignores_its_cache_is_caught(bart, tmp_path):
@@ -207,8 +207,8 @@ def test_planted_decoder_that_ignores_its_cache_is_caught(bart, tmp_path):
         def run(self, ids, mask, past, cross):
             return super().run(ids, mask, [(k[:, :, :0], v[:, :, :0]) for k, v in past], cross)
 
-    checks = {c.name: c for c in _faulty_checks(bart, tmp_path, decoder_cls=NoCache)}
-    assert not checks["decoder steps (own cache)"].passed
+    check = _decoder_steps(bart, tmp_path, decoder_cls=NoCache)
+    assert not check.passed and "step 1" in check.detail  # the first step has no cache to ignore
 
 
 # ---------------------------------------------------------------- the other families
@@ -244,8 +244,55 @@ def test_serve_predict_translates_like_zoo_predict(bart):
     settings = ServeSettings(max_batch_size=4, max_wait_ms=2, max_body_bytes=1 << 20)
     with TestClient(create_app(load_models([f"bart={result.path}"], settings), settings)) as client:
         answer = client.post("/v1/models/bart/predict?max_new_tokens=6&num_beams=2", json={"inputs": TEXTS[:2]})
-        refused = client.post("/v1/models/bart/predict?top_k=2", json={"inputs": TEXTS[:1]})
+        refused = client.post("/v1/models/bart/predict?threshold=0.5", json={"inputs": TEXTS[:1]})
     assert answer.status_code == 200, answer.text
     expected = zoo.load(result.path).generate(TEXTS[:2], max_new_tokens=6, num_beams=2)
     assert [row["text"] for row in answer.json()] == [g.text for g in expected]
-    assert refused.status_code == 400 and "top_k" in refused.text
+    assert refused.status_code == 400 and "threshold" in refused.text
+
+
+def test_planted_wrong_start_token_fails_greedy_and_beam_checks(bart):
+    import transformers
+
+    from exporters.verify import ort_session
+    from zoo.tasks._seq2seq_decode import EncoderDecoder
+    from zoo.tasks._seq2seq_verify import beam_search, greedy
+    from zoo.tasks.base import Case
+    from zoo.tasks.text2text_generation import generation_record
+
+    folder, result = bart
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+    encoded = tokenizer(TEXTS[:2], padding=True, return_tensors="np", return_token_type_ids=False)
+    cases = [Case("padded", 0, {k: v.astype(np.int64) for k, v in encoded.items()}, texts=TEXTS[:2])]
+    record = generation_record(model)
+    sessions = ort_session(result.path / "encoder.onnx"), ort_session(result.path / "model.onnx")
+    good = EncoderDecoder(*sessions, record)
+    assert greedy(model, good, cases, model_tolerance(result)).passed and beam_search(model, good, cases).passed
+    wrong = EncoderDecoder(*sessions, {**record, "decoder_start_token_id": 101})  # BOS, not the model's EOS start
+    assert not greedy(model, wrong, cases, model_tolerance(result)).passed
+    assert not beam_search(model, wrong, cases).passed
+
+
+def model_tolerance(result):
+    return result.manifest.model_spec().verify
+
+
+def test_optimize_refuses_a_two_graph_artifact(bart, tmp_path):
+    from exporters.optimize import optimize
+    from zoo.errors import ConfigError
+
+    _, result = bart
+    with pytest.raises(ConfigError, match="encoder.onnx beside model.onnx"):
+        optimize(result.path, out=tmp_path / "optimised")
+    assert not (tmp_path / "optimised").exists()
+
+
+def test_bench_refuses_with_a_pointer(bart):
+    import zoo
+    from zoo.errors import ConfigError
+    from zoo.runtime.bench import bench
+
+    _, result = bart
+    with pytest.raises(ConfigError, match="bench_seq2seq.py"):
+        bench(zoo.load(result.path))

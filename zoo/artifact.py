@@ -9,6 +9,8 @@ Layout of an artifact directory::
     tokenizer.json, preprocess.json ...   what the task's torch-free preprocessing reads
     test_data_set_N/input_K.pb      golden data, ONNX Model Zoo layout (serialised TensorProto)
     test_data_set_N/output_K.pb
+    encoder.onnx, encoder/test_data_set_N/...   an encoder-decoder's encoder graph and its golden data
+                                    (``preprocess.graphs`` in the manifest; model.onnx is then the decoder)
 """
 
 from __future__ import annotations

@@ -101,6 +101,9 @@ def bench(model: ExportedModel, *, batch_sizes: Sequence[int] = (1, 8), iteratio
         raise ConfigError(f"zoo bench times one forward pass per batch, and a {model.task} artifact generates token "
                           "by token: time its generation with benchmarks/bench_generate.py (prefill ms, decode "
                           "tokens/s)")
+    if model.manifest.preprocess.get("graphs"):
+        raise ConfigError(f"zoo bench times one graph's forward pass, and a {model.task} artifact runs an encoder and "
+                          "then its decoder token by token: time its generation with benchmarks/bench_seq2seq.py")
     warmup = max(3, iterations // 10) if warmup is None else warmup
     baseline = _torch_baseline(model, threads) if vs_torch else None
     report = BenchReport(name=model.manifest.name, task=model.task,

@@ -25,25 +25,11 @@ import numpy as np
 
 from zoo.errors import ArtifactError, InputError
 from zoo.tasks._decoding import Sampling, positions, sampling_settings
+from zoo.tasks.results import Generation
 
 # prompt columns per graph call: a long prompt goes in chunks, each on the cache of those before, so the logits
 # and attention scores of one call stay small (a 2,000-token prompt at once holds 400 MB of SmolLM2 logits alone)
 PREFILL_CHUNK = 256
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One prompt's continuation: the text and ids of the new tokens (EOS excluded) and why it ended."""
-
-    text: str
-    token_ids: tuple[int, ...]
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # stop (EOS or a stop string) | length (max_new_tokens reached)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "token_ids": list(self.token_ids), "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "finish_reason": self.finish_reason}
 
 
 class Generator:

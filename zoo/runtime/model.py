@@ -275,7 +275,7 @@ class ExportedModel:
         takes the model's ``generation_config.json`` default (``zoo.runtime.generate``).
         A text2text-generation artifact gives each text's output (translation, summary ...), with
         ``num_beams``, ``length_penalty``, ``early_stopping``, ``no_repeat_ngram_size``, ``tgt_lang`` /
-        ``forced_bos_token_id`` besides (``zoo.runtime.seq2seq``).
+        ``forced_bos_token_id`` besides (``zoo.tasks._seq2seq_text``).
         """
         items = [prompts] if isinstance(prompts, str) else self._as_list(prompts)
         if self._loop is not None:

@@ -68,7 +68,7 @@ def sampling_settings(defaults: dict[str, Any], max_new_tokens: int | None, temp
                       top_k: int | None, top_p: float | None,
                       repetition_penalty: float | None) -> tuple[int, Sampling]:
     """Generation options, each defaulting to the model's generation_config.json (``defaults``); bad values are
-    one InputError. Shared by causal LMs (``Generator``) and encoder-decoders (``zoo.runtime.seq2seq``)."""
+    one InputError. Shared by causal LMs (``Generator``) and encoder-decoders (``zoo.tasks._seq2seq_text``)."""
     sampled = bool(defaults.get("do_sample"))
     new = max_new_tokens if max_new_tokens is not None else int(defaults.get("max_new_tokens")
                                                                  or DEFAULT_NEW_TOKENS)

@@ -1,6 +1,6 @@
 """The encoder-decoder core, torch-free side: generation from the two graphs in onnxruntime and numpy.
 
-The runtime (``zoo.runtime.seq2seq``) and the export checks (``zoo.tasks._seq2seq_verify``) both run this
+The runtime (``zoo.tasks._seq2seq_text``) and the export checks (``zoo.tasks._seq2seq_verify``) both run this
 code, so what the checks compare with transformers is what ``zoo predict`` runs. The encoder graph (``encoder.onnx``) runs once per batch and gives, besides its hidden
 states, every decoder layer's cross-attention keys and values; the decoder graph
 (``model.onnx``) then runs once per new token on them and on its own self-attention
@@ -10,7 +10,7 @@ binding); beam search reorders the cache by beam, which takes it through numpy.
 
 Decoding follows transformers' ``generate``: the decoder starts from
 ``decoder_start_token_id`` (or a longer decoder prompt, Whisper's), greedy or sampled
-(``zoo.runtime.generate.Sampling``) or beam search with ``num_beams``,
+(``zoo.tasks._decoding.Sampling``) or beam search with ``num_beams``,
 ``length_penalty``, ``early_stopping`` and the same bookkeeping of finished hypotheses;
 ``no_repeat_ngram_size``, ``bad_words_ids`` (single tokens), ``min_length``, forced BOS
 (mBART's target language) and forced EOS apply to every step's scores.

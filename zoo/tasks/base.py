@@ -8,11 +8,13 @@ task strings:
 | identity / sources | ``name``, ``modality``, ``claims_hf``, ``hf_auto_class``, ``timm_kwargs``, ``describe_hf`` |
 | create | ``adapt_model`` (pooling wrapper ...), ``load_processor`` (tokenizer / image processor) |
 | export | ``output_names``, ``output_axes``, ``axis_bounds``, ``export_module``, ``export_example``, |
-|        | ``write_preprocessor``, ``model_record``, ``export_checks`` |
-| verify | ``grid``, ``memory_terms``, ``shrink_case`` (the memory plan), ``agreement``, ``preprocessor_problems`` |
+|        | ``write_preprocessor``, ``model_record``, ``export_checks``, ``companion_graphs`` (an encoder beside |
+|        | the decoder) |
+| verify | ``grid``, ``memory_terms``, ``shrink_case`` (the memory plan), ``agreement``, ``preprocessor_problems``, |
+|        | ``sequence_checks``, ``pipeline_checks`` (all graphs together) |
 | optimize | ``optimization_gate`` (the accuracy gate of ``zoo optimize``) |
 | runtime | ``runtime_preprocessor``, ``is_single``, ``input_suffixes``, ``runtime_options``, ``embed``, |
-|         | ``postprocess``, ``predict_options``, |
+|         | ``postprocess``, ``predict_options``, ``generator`` (a loop over several graphs), |
 |         | ``bench_items``, ``render`` (CLI table), ``save_pictures`` (``zoo predict --save``) |
 | data | ``builtin_datasets`` (``builtin:NAME``), ``read_data`` (layouts only this task reads) |
 | train | ``training_spec``, ``data_columns``, ``read_labels``, ``encode``, ``training_module``, ``training_loss``, |

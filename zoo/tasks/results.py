@@ -83,3 +83,18 @@ class Embedding:
 
 
 Prediction = Union[Classification, TokenClassification, Embedding]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One prompt's continuation: the text and ids of the new tokens (EOS excluded) and why it ended."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # stop (EOS or a stop string) | length (max_new_tokens reached)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "token_ids": list(self.token_ids), "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "finish_reason": self.finish_reason}

@@ -239,7 +239,7 @@ class Text2TextGeneration(TextTask):
         return TextPreprocessor.from_record(folder, manifest.preprocess, [(n, np.int64) for n in TOKENS])
 
     def generator(self, sessions: dict[str, Any], manifest: Any, preprocessor: Any) -> Any:
-        from zoo.runtime.seq2seq import Seq2SeqGenerator
+        from zoo.tasks._seq2seq_text import Seq2SeqGenerator
 
         return Seq2SeqGenerator(sessions["encoder"], sessions["model"], manifest, preprocessor)
 

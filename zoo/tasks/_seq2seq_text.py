@@ -1,5 +1,8 @@
 """Text-to-text generation from a text2text-generation artifact: onnxruntime and numpy, no torch.
 
+The runtime's ``generate`` of this task (``ExportedModel`` asks the task for it: ``Task.generator``); it sits
+with the tasks, as the decoding core does, because a task may not import the runtime layer.
+
     model = zoo.load("artifacts/marian")
     [result] = model.generate(["The cat sat on the mat."], num_beams=4)
     result.text, result.token_ids, result.finish_reason
@@ -17,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from zoo.errors import ArtifactError, InputError
-from zoo.runtime.generate import Generation
 from zoo.tasks._decoding import sampling_settings
 from zoo.tasks._seq2seq_decode import Decoding, EncoderDecoder, record_decoding
+from zoo.tasks.results import Generation
 
 OPTIONS = ("max_new_tokens", "num_beams", "length_penalty", "early_stopping", "no_repeat_ngram_size", "temperature",
            "top_k", "top_p", "repetition_penalty", "forced_bos_token_id", "tgt_lang")
