@@ -154,7 +154,7 @@ class WhisperGenerator:
 
     def generate(self, items: Sequence[Any], *, language: str | None = None, task: str | None = None,
                  max_new_tokens: int | None = None) -> list[Any]:
-        from zoo.tasks.automatic_speech_recognition import Transcription
+        from zoo.tasks.results import Transcription
 
         if not items:
             raise InputError("transcribe got no clips; give an audio file path or a list of them")

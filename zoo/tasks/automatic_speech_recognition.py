@@ -32,34 +32,12 @@ from zoo.tasks._audio import MAX_SECONDS, AudioSettings, AudioTask, _where
 from zoo.tasks._audio_io import load_clip
 from zoo.tasks._classify import TopOneAgreement
 from zoo.tasks.base import Case, Companion, Task
+from zoo.tasks.results import Transcription
 
 # transformers' pipeline chunks only when asked; zoo must bound a graph call, so a clip longer than the model's
 # 30 s window is chunked with the pipeline's default stride (a sixth of the chunk on each side)
 STRIDE_SHARE = 1 / 6
 DECODE_CHECK_ROWS = 64  # synthetic frame-id rows the decoding check adds to the grid's own
-
-
-@dataclass(frozen=True)
-class Transcription:
-    """The text heard in one clip, and the clip's length in seconds."""
-
-    text: str
-    seconds: float = 0.0
-    chunks: int = 1  # windows the clip was cut into (CTC)
-    window: float = 0.0  # seconds the model hears (Whisper: 30); 0 when long clips are chunked
-    token_ids: tuple[int, ...] = ()  # Whisper: the generated tokens, EOS left out (CTC: none)
-
-    @property
-    def note(self) -> str | None:
-        if not self.window or self.seconds <= self.window + 1e-6:
-            return None
-        return f"clip is {self.seconds:.2f} s; the model heard its first {self.window:.0f} s"
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"text": self.text, "seconds": round(self.seconds, 4), "chunks": self.chunks}
-        if self.token_ids:
-            out["token_ids"] = list(self.token_ids)
-        return {**out, "note": self.note} if self.note else out
 
 
 @dataclass(frozen=True)
