@@ -136,3 +136,40 @@ def test_export_check_catches_features_that_drift() -> None:
     assert good.passed, good
     drifted = feature_parity_check({**AST.record(), "std": [2 * AST.std]}, [case])
     assert not drifted.passed and "differs by" in drifted.detail
+
+
+# ---------------------------------------------------------------- Whisper log-mel (automatic-speech-recognition)
+
+WHISPER_GOAL = 1e-4  # transformers' extractor runs torch.stft in float32 here; numpy works in float64
+
+
+def _whisper_reference(clip: np.ndarray, bins: int = 80) -> np.ndarray:
+    import transformers
+
+    extractor = transformers.WhisperFeatureExtractor(feature_size=bins)
+    return extractor(clip, sampling_rate=RATE, return_tensors="np")["input_features"][0]
+
+
+@pytest.mark.parametrize(("seconds", "bins"), [(3.7, 80), (30.0, 80), (41.3, 128)])
+def test_whisper_log_mel_matches_transformers(seconds: float, bins: int) -> None:
+    """Padded to 30 s, exactly 30 s, and cut from a longer clip (large-v3's 128 bins)."""
+    clip = _speechlike(seconds, 3)
+    got = feats.whisper_features(clip, RATE, feats.whisper_mel_filters(bins, RATE))
+    expected = _whisper_reference(clip, bins)
+    assert got.shape == expected.shape == (bins, 3000)
+    assert float(np.abs(got - expected).max()) <= WHISPER_GOAL
+
+
+def test_whisper_filterbank_equals_transformers_mel_filters() -> None:
+    import transformers
+
+    assert np.allclose(feats.whisper_mel_filters(80, RATE), transformers.WhisperFeatureExtractor().mel_filters,
+                       rtol=0, atol=1e-12)
+
+
+def test_whisper_filterbank_off_by_one_bin_fails_parity() -> None:
+    """Planted fault: every triangle moved up one frequency bin."""
+    clip = _speechlike(3.7, 3)
+    shifted = np.roll(feats.whisper_mel_filters(80, RATE), 1, axis=0)
+    assert float(np.abs(feats.whisper_features(clip, RATE, shifted) - _whisper_reference(clip)).max()) > 100 * \
+        WHISPER_GOAL

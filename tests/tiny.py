@@ -122,6 +122,8 @@ AUDIO_LABELS = ("yes", "no", "silence")
 NER_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
 SHAPE_LABELS = ("circle", "square", "triangle")
 SEGMENT_LABELS = ("background", "circle", "square", "triangle")
+# a character vocabulary laid out like facebook/wav2vec2-base-960h's: <pad> is the CTC blank, | the word delimiter
+CTC_VOCAB = ("<pad>", "<s>", "</s>", "<unk>", "|", *"ETAOINSHRDLUCMWFGYPBVK'XJQZ")
 
 
 def minilm_dir() -> Path:
@@ -153,6 +155,8 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
         kwargs.update(num_labels=len(SHAPE_LABELS), id2label=dict(enumerate(SHAPE_LABELS)))
     elif spec.task == "image-segmentation":
         kwargs.update(num_labels=len(SEGMENT_LABELS), id2label=dict(enumerate(SEGMENT_LABELS)))
+    elif spec.task == "automatic-speech-recognition":
+        kwargs.update(vocab_size=len(CTC_VOCAB), pad_token_id=0)
     if _takes_audio_mask(spec):
         # wav2vec2-large / HuBERT-large style: layer-normalised convolutions, trained with a mask
         kwargs.update(feat_extract_norm="layer", do_stable_layer_norm=True)
@@ -183,6 +187,8 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
         getattr(transformers, name)(**settings).save_pretrained(folder)
     if get_task(spec.task).modality == "audio":
         _audio_feature_extractor(spec, config).save_pretrained(folder)
+    if spec.task == "automatic-speech-recognition":
+        ctc_tokenizer(folder).save_pretrained(folder)
     shutil.rmtree(folder / "__pycache__", ignore_errors=True)
     return folder
 
@@ -219,6 +225,17 @@ def _audio_feature_extractor(spec: ModelSpec, config: Any) -> Any:
                                                 do_normalize=spec.preprocess.do_normalize)
     return transformers.Wav2Vec2FeatureExtractor(do_normalize=spec.preprocess.do_normalize,
                                                  return_attention_mask=_takes_audio_mask(spec))
+
+
+def ctc_tokenizer(folder: Path) -> Any:
+    """A Wav2Vec2CTCTokenizer over ``CTC_VOCAB`` (its vocab.json written into ``folder``)."""
+    import json
+
+    import transformers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(CTC_VOCAB)}))
+    return transformers.Wav2Vec2CTCTokenizer(str(folder / "vocab.json"))
 
 
 def _write_sentence_transformers_files(folder: Path, spec: ModelSpec, dim: int) -> None:
@@ -451,4 +468,60 @@ def tiny_seq2seq_folder(model_type: str, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+# ---------------------------------------------------------------- tiny Whisper (automatic-speech-recognition)
+
+WHISPER_TINY = dict(d_model=16, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
+                    decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80,
+                    max_source_positions=1500, max_target_positions=64)
+WHISPER_LANGUAGES = ("en", "de", "fr")
+# Whisper's special tokens after the text vocabulary, in its own order (timestamps left out: no --timestamps yet)
+WHISPER_SPECIALS = ("<|endoftext|>", "<|startoftranscript|>", *(f"<|{code}|>" for code in WHISPER_LANGUAGES),
+                    "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
+                    "<|notimestamps|>")
+_WHISPER_MERGES = ("Ġ t", "h e", "Ġt he", "i n", "a n", "e r", "o n", "Ġ a", "r e", "Ġ s")
+
+
+def tiny_whisper_folder(folder: Path, spread: bool = True, **sizes: Any) -> Path:
+    """save_pretrained folder of a tiny random Whisper with a byte-level BPE tokenizer built here.
+
+    The tokenizer has the 256 byte symbols, a few merges and Whisper's special tokens (three languages);
+    generation_config.json names them as a multilingual checkpoint's does, so ``generate(language=...,
+    task=...)`` builds its decoder prompt from them, and suppresses tokens as a real checkpoint asks.
+    ``sizes`` override ``WHISPER_TINY`` (the benchmark's Whisper-tiny-sized model; its vocabulary may be
+    larger than the tokenizer's: ids past it have no text).
+    """
+    import torch
+    import transformers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(bytes_to_unicode().values()) + ["".join(m.split()) for m in _WHISPER_MERGES]
+    vocab = {s: i for i, s in enumerate(dict.fromkeys(symbols))}
+    tokenizer = transformers.WhisperTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in _WHISPER_MERGES])
+    tokenizer.add_special_tokens({"additional_special_tokens": list(WHISPER_SPECIALS[1:])})
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in WHISPER_SPECIALS}
+    eot, start = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    config = transformers.WhisperConfig(decoder_start_token_id=start, eos_token_id=eot,
+                                        pad_token_id=eot, bos_token_id=eot, begin_suppress_tokens=[220, eot],
+                                        suppress_tokens=[1, 2, 7, 8],
+                                        **{"vocab_size": len(tokenizer), **WHISPER_TINY, **sizes})
+    torch.manual_seed(0)
+    model = transformers.WhisperForConditionalGeneration(config)
+    if spread:
+        _spread_weights(model)  # so the prompt's language and task tokens change what a random model writes
+    generation = model.generation_config
+    settings = dict(lang_to_id={f"<|{c}|>": ids[f"<|{c}|>"] for c in WHISPER_LANGUAGES},
+                    task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+                    no_timestamps_token_id=ids["<|notimestamps|>"], is_multilingual=True,
+                    decoder_start_token_id=start, eos_token_id=eot, pad_token_id=eot,
+                    begin_suppress_tokens=[220, eot], suppress_tokens=[1, 2, 7, 8], max_length=64)
+    for key, value in settings.items():  # GenerationConfig.update drops the Whisper-only keys
+        setattr(generation, key, value)
+    generation._from_model_config = False  # else from_pretrained remakes it from config.json, dropping them
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    transformers.WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
     return folder

@@ -93,6 +93,11 @@ def predict(
         min=0, help="Never repeat an n-gram of this size (text-to-text generation; 0: off).")] = None,
     tgt_lang: Annotated[str | None, typer.Option(
         help="Target language code the output starts with, e.g. ro_RO (multilingual translation: mBART).")] = None,
+    language: Annotated[str | None, typer.Option(
+        help="Spoken language code, e.g. en, de (speech recognition: Whisper; default: detected).")] = None,
+    asr_task: Annotated[str | None, typer.Option(
+        "--task", help="transcribe (the words as spoken) or translate (into English) (speech recognition: "
+                       "Whisper; default: the model's).")] = None,
     question: Annotated[str | None, typer.Option(help="The question (question answering; with --context).")] = None,
     context: Annotated[str | None, typer.Option(help="The text to find the answer in (question answering).")] = None,
 ) -> None:
@@ -113,7 +118,8 @@ def predict(
     options = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, seed)
     options.update({"threshold": threshold} if threshold is not None else {})
     options.update({k: v for k, v in (("num_beams", num_beams), ("length_penalty", length_penalty),
-                                      ("no_repeat_ngram_size", no_repeat_ngram_size), ("tgt_lang", tgt_lang))
+                                      ("no_repeat_ngram_size", no_repeat_ngram_size), ("tgt_lang", tgt_lang),
+                                      ("language", language), ("task", asr_task))
                     if v is not None})
     options.update({k: v for k, v in (("labels", labels), ("template", template)) if v is not None})
     check_flags(task, options)

@@ -13,6 +13,8 @@ Routes (``{name}`` is a served model; ``/versions/1`` may be added to every /v2/
     GET  /v1/models                    what is served (OpenAI's list), with tasks and labels
     POST /v1/completions               OpenAI-compatible text generation (text-generation artifacts;
     POST /v1/chat/completions          zoo.serve.completions)
+    POST /v1/audio/transcriptions      OpenAI-compatible speech to text (automatic-speech-recognition
+                                       artifacts; zoo.serve.transcriptions)
     GET  /metrics                      Prometheus
 """
 
@@ -49,6 +51,8 @@ from zoo.serve.protocol import (
     encode_response,
     parse_request,
 )
+from zoo.serve.transcriptions import PATH as TRANSCRIPTIONS_PATH
+from zoo.serve.transcriptions import add_transcription_routes
 from zoo.tasks import get_task
 
 # Bodies above this are parsed and encoded in a worker thread, so that a large tensor never stalls the loop.
@@ -82,6 +86,7 @@ def create_app(models: Sequence[ServedModel], settings: ServeSettings) -> FastAP
     _add_protocol_routes(app, served, __version__)
     _add_task_routes(app, served)
     add_openai_routes(app, pools, served)
+    add_transcription_routes(app, served)
     app.add_middleware(ServeMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -170,11 +175,16 @@ def _add_task_routes(app: FastAPI, served: dict[str, ServedModel]) -> None:
                       num_beams: int | None = Query(None, ge=1, le=64, description="beam search width "
                                                     "(text-to-text generation)"),
                       tgt_lang: str | None = Query(None, max_length=64, description="target language code "
-                                                   "(multilingual translation: mBART)")) -> Response:
+                                                   "(multilingual translation: mBART)"),
+                      language: str | None = Query(None, max_length=32, description="spoken language code "
+                                                   "(speech recognition: Whisper; default: detected)"),
+                      task: str | None = Query(None, max_length=16, description="transcribe or translate "
+                                               "(speech recognition: Whisper)")) -> Response:
         """Raw inputs to typed results, as ``zoo predict --json`` prints them."""
         model = _model(served, name)
         given = {"top_k": top_k, "threshold": threshold, "labels": labels, "template": template,
-                 "max_new_tokens": max_new_tokens, "num_beams": num_beams, "tgt_lang": tgt_lang}
+                 "max_new_tokens": max_new_tokens, "num_beams": num_beams, "tgt_lang": tgt_lang,
+                 "language": language, "task": task}
         options = tuple(sorted((k, v) for k, v in given.items() if v is not None))
         try:
             get_task(model.task).check_options(dict(options))
@@ -204,7 +214,7 @@ def _json(content: Any, status: int = 200) -> Response:
 
 def _add_error_handlers(app: FastAPI) -> None:
     def answer(request: Request, status: int, message: str, exc: Exception | None = None) -> Response:
-        if request.url.path in OPENAI_PATHS:  # OpenAI's clients read their own error object
+        if request.url.path in (*OPENAI_PATHS, TRANSCRIPTIONS_PATH):  # OpenAI's clients read their own error object
             return openai_error(status, message, exc)
         return _json({"error": message}, status)
 

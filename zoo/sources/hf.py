@@ -164,10 +164,11 @@ def auto_class(spec: ModelSpec):  # noqa: ANN201 - returns a transformers class
     from zoo.tasks import get_task
 
     task = get_task(spec.task)
-    if task.hf_auto_class is None:
+    name = task.hf_model_class(spec)
+    if name is None:
         raise UnsupportedTaskError(f"{spec.name}: task {spec.task} has no transformers auto class; "
                                    "build it from another source")
-    return getattr(transformers, task.hf_auto_class)
+    return getattr(transformers, name)
 
 
 def local_folder(spec: ModelSpec) -> Path:

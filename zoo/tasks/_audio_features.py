@@ -12,6 +12,12 @@ holds the parity tests and their measured differences):
   Kaldi's mel scale from 20 Hz to Nyquist, natural log), zero-padded or truncated
   to a fixed number of frames, then ``(x - mean) / (2 * std)`` with AST's data-set
   statistics.
+- ``whisper`` (Whisper, ``WhisperFeatureExtractor``): the clip zero-padded (or cut)
+  to 30 s, a centred STFT (reflect padding, periodic Hann window of 400 samples
+  every 160), the power spectrum through Slaney-normalised triangles on the
+  Slaney mel scale from 0 to 8 kHz, log10 floored at 1e-10, the last frame
+  dropped, everything more than 8 (80 dB) below the clip's peak raised to it,
+  then ``(x + 4) / 4``.
 """
 
 from __future__ import annotations
@@ -106,3 +112,52 @@ def ast_features(clip: np.ndarray, sampling_rate: int, num_mel_bins: int, max_fr
 def fbank_samples(sampling_rate: int, max_frames: int) -> int:
     """Samples that fill ``max_frames`` frames: more are truncated away by the features anyway."""
     return frame_length(sampling_rate) + (max_frames - 1) * int(round(HOP_SECONDS * sampling_rate))
+
+
+# ---------------------------------------------------------------- Whisper
+
+
+WHISPER_N_FFT = 400
+WHISPER_HOP = 160
+WHISPER_SECONDS = 30  # every clip becomes exactly this long: the encoder's positions are fixed
+WHISPER_MAX_HZ = 8000.0
+WHISPER_FLOOR = 1e-10
+WHISPER_RANGE = 8.0  # log10 units kept below the peak (80 dB)
+
+
+def slaney_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa's default): linear to 1 kHz (15 mels), logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = 3.0 * hz / 200.0
+    log = 15.0 + np.log(np.maximum(hz, 1e-12) / 1000.0) * 27.0 / np.log(6.4)
+    return np.where(hz >= 1000.0, log, linear)
+
+
+def slaney_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    return np.where(mel >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (mel - 15.0)), 200.0 * mel / 3.0)
+
+
+def whisper_mel_filters(num_mel_bins: int, sampling_rate: int, n_fft: int = WHISPER_N_FFT) -> np.ndarray:
+    """[n_fft // 2 + 1, num_mel_bins] triangles, equally spaced on Slaney's scale, each of unit area (Slaney)."""
+    edges = slaney_hz(np.linspace(slaney_mel(0.0), slaney_mel(WHISPER_MAX_HZ), num_mel_bins + 2))
+    bins = np.linspace(0, sampling_rate // 2, n_fft // 2 + 1)[:, None]
+    left, centre, right = edges[:-2], edges[1:-1], edges[2:]
+    rising = (bins - left) / (centre - left)
+    falling = (right - bins) / (right - centre)
+    return np.maximum(0.0, np.minimum(rising, falling)) * (2.0 / (right - left))
+
+
+def whisper_features(clip: np.ndarray, sampling_rate: int, filters: np.ndarray) -> np.ndarray:
+    """[mel bins, 3000] float32 log-mel of one clip, padded with zeros (or cut) to 30 s first."""
+    samples = WHISPER_SECONDS * sampling_rate
+    padded = np.zeros(samples, dtype=np.float64)
+    padded[:min(len(clip), samples)] = clip[:samples]
+    half = WHISPER_N_FFT // 2
+    centred = np.pad(padded, half, mode="reflect")  # centred frames, as torch.stft(center=True)
+    x = frames(centred, WHISPER_N_FFT, WHISPER_HOP)[:-1]  # the frame past the end is dropped
+    window = np.hanning(WHISPER_N_FFT + 1)[:-1]  # periodic Hann, as torch.hann_window
+    power = np.abs(np.fft.rfft(x * window, axis=1)) ** 2
+    log = np.log10(np.maximum(power @ filters, WHISPER_FLOOR)).T
+    log = np.maximum(log, log.max() - WHISPER_RANGE)
+    return ((log + 4.0) / 4.0).astype(np.float32)

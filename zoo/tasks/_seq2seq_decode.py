@@ -49,6 +49,7 @@ class Decoding:
     forced_bos_token_id: int | None = None
     forced_eos_token_id: int | None = None
     bad_words_ids: tuple[int, ...] = ()
+    begin_suppress_tokens: tuple[int, ...] = ()  # Whisper's: never the first generated token
     sampling: Sampling = Sampling()
 
 
@@ -141,6 +142,8 @@ class EncoderDecoder:
                 scores[row, banned] = -np.inf
         if decoding.bad_words_ids:
             scores[:, list(decoding.bad_words_ids)] = -np.inf
+        if decoding.begin_suppress_tokens and new_tokens == 0:
+            scores[:, list(decoding.begin_suppress_tokens)] = -np.inf
         if length < decoding.min_length and len(self.eos):
             scores[:, self.eos] = -np.inf
         if decoding.forced_bos_token_id is not None and length == 1:

@@ -133,6 +133,11 @@ class Task:
         """(inputs, preprocess, labels) of a save_pretrained folder, from its JSON files."""
         raise NotImplementedError
 
+    def hf_model_class(self, spec: ModelSpec) -> str | None:
+        """The transformers auto class that builds ``spec``: ``hf_auto_class`` unless one task runs heads of
+        two kinds (speech recognition: CTC heads and Whisper's encoder-decoder)."""
+        return self.hf_auto_class
+
     def labels_from_config(self, config: dict[str, Any]) -> tuple[str, ...] | None:
         """Class names a transformers config declares (``id2label``), for tasks that have labels."""
         return None

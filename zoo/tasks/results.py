@@ -98,3 +98,26 @@ class Generation:
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "token_ids": list(self.token_ids), "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens, "finish_reason": self.finish_reason}
+
+
+@dataclass(frozen=True)
+class Transcription:
+    """The text heard in one clip, and the clip's length in seconds."""
+
+    text: str
+    seconds: float = 0.0
+    chunks: int = 1  # windows the clip was cut into (CTC)
+    window: float = 0.0  # seconds the model hears (Whisper: 30); 0 when long clips are chunked
+    token_ids: tuple[int, ...] = ()  # Whisper: the generated tokens, EOS left out (CTC: none)
+
+    @property
+    def note(self) -> str | None:
+        if not self.window or self.seconds <= self.window + 1e-6:
+            return None
+        return f"clip is {self.seconds:.2f} s; the model heard its first {self.window:.0f} s"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"text": self.text, "seconds": round(self.seconds, 4), "chunks": self.chunks}
+        if self.token_ids:
+            out["token_ids"] = list(self.token_ids)
+        return {**out, "note": self.note} if self.note else out

@@ -1,0 +1,169 @@
+"""Whisper in the torch-free runtime: log-mel features, the decoder prompt, greedy decoding, the text.
+
+Two graphs, as every encoder-decoder artifact (``zoo.tasks._seq2seq_torch``): ``encoder.onnx`` takes
+``input_features`` [batch, mel bins, 3000] (``_audio_features.whisper_features``: each clip padded or
+cut to 30 s) and gives the cross-attention keys and values; ``model.onnx`` is the decoder with its
+self-attention cache. ``zoo.tasks._seq2seq_decode`` runs them.
+
+The decoder prompt is transformers' ``WhisperForConditionalGeneration.generate``'s:
+``<|startoftranscript|>``, the language token (given, or detected: the likeliest language token after
+the start token, as ``generate`` detects it), ``<|transcribe|>`` or ``<|translate|>``, and
+``<|notimestamps|>``. The generated tokens go through the model's ``suppress_tokens`` at every step
+and its ``begin_suppress_tokens`` at the first, as there; the text is the tokenizer's decoding with
+special tokens skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zoo.errors import ArtifactError, InputError
+from zoo.tasks import _audio_features as feats
+from zoo.tasks._audio_io import load_clip
+
+TASKS = ("transcribe", "translate")
+MIN_SAMPLES = feats.WHISPER_N_FFT  # one analysis window
+
+
+def whisper_record(config: dict[str, Any], generation: dict[str, Any], extractor: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``whisper`` record: feature sizes and the prompt's special tokens (model files' JSON)."""
+    languages = {str(k).strip("<|>"): int(v) for k, v in (generation.get("lang_to_id") or {}).items()}
+    return {"sampling_rate": int(extractor.get("sampling_rate", 16000)),
+            "num_mel_bins": int(config.get("num_mel_bins", extractor.get("feature_size", 80))),
+            "languages": languages, "tasks": {k: int(v) for k, v in (generation.get("task_to_id") or {}).items()},
+            "no_timestamps": generation.get("no_timestamps_token_id"),
+            "forced_decoder_ids": [[int(i), None if t is None else int(t)]
+                                   for i, t in generation.get("forced_decoder_ids") or []],
+            "suppress_tokens": [int(t) for t in generation.get("suppress_tokens") or []],
+            "begin_suppress_tokens": [int(t) for t in generation.get("begin_suppress_tokens") or []]}
+
+
+class WhisperPreprocessor:
+    """Clips -> ``input_features`` [batch, mel bins, 3000] (numpy only), and each clip's duration."""
+
+    def __init__(self, folder: Path, record: dict[str, Any]):
+        self.folder, self.record = Path(folder), record
+        self.rate = int(record["sampling_rate"])
+        self.filters = feats.whisper_mel_filters(int(record["num_mel_bins"]), self.rate)
+        self.limit = feats.WHISPER_SECONDS * self.rate
+
+    def __call__(self, items: Sequence[Any]) -> Any:
+        from zoo.tasks._audio import AudioBatch, _where
+
+        loaded = [load_clip(item, _where(item, i), self.rate, self.limit, MIN_SAMPLES) for i, item in enumerate(items)]
+        values = np.stack([feats.whisper_features(clip, self.rate, self.filters) for clip, _ in loaded])
+        return AudioBatch({"input_features": values}, [seconds for _, seconds in loaded],
+                          window=float(feats.WHISPER_SECONDS))
+
+
+class WhisperGenerator:
+    """Clips in, transcripts out: the two graphs through ``EncoderDecoder``, the text through tokenizer.json."""
+
+    def __init__(self, sessions: dict[str, Any], manifest: Any, preprocessor: WhisperPreprocessor):
+        from tokenizers import Tokenizer
+
+        from zoo.tasks._seq2seq_decode import EncoderDecoder
+
+        generation = manifest.preprocess.get("generation")
+        if not isinstance(generation, dict) or "encoder" not in sessions:
+            raise ArtifactError(f"{manifest.name}: a Whisper artifact needs encoder.onnx and preprocess.generation; "
+                                "re-export it with this zoo")
+        self.core = EncoderDecoder(sessions["encoder"], sessions["model"], generation)
+        self.record, self.preprocessor = manifest.preprocess["whisper"], preprocessor
+        self.tokenizer = Tokenizer.from_file(str(preprocessor.folder / "tokenizer.json"))
+
+    def prompt(self, language: str | None, task: str | None, encoded: Any) -> np.ndarray:
+        """[batch, n] decoder prompt, built as ``generate`` builds it (``_retrieve_init_tokens``): the start token;
+        with neither language nor task, the model's ``forced_decoder_ids``; the language (given, else detected
+        where the model has language tokens); the task (given; with a language and no task, transcribe); then
+        ``<|notimestamps|>``."""
+        record = self.record
+        languages, tasks = record["languages"], record["tasks"]
+        if task is not None and task not in TASKS:
+            raise InputError(f"task {task!r}: valid: {', '.join(TASKS)}")
+        if task is not None and task not in tasks:
+            raise InputError(f"task {task!r}: this Whisper model is English-only and only transcribes; leave "
+                             "--task out")
+        code = None if language is None else language.strip("<|>").lower()
+        if code is not None and code not in languages:
+            valid = ", ".join(sorted(languages)) or "none (an English-only model: leave --language out)"
+            raise InputError(f"language {language!r} is not one this model knows; valid: {valid}")
+        head: list[int | None] = [self.core.start]
+        if task is None and code is None:
+            for _, token in sorted(record.get("forced_decoder_ids") or []):
+                head.append(token)
+        batch = len(encoded.cross[0])
+        rows = [list(head) for _ in range(batch)]
+        if code is not None:
+            ids = [languages[code]] * batch
+        elif languages and (len(head) <= 1 or head[1] is None):
+            ids = self.detect(encoded)
+        else:
+            ids = []
+        for row, lang in zip(rows, ids):
+            if len(row) > 1:
+                row[1] = lang
+            else:
+                row.append(lang)
+        for row in rows:
+            if task is not None:
+                if any(t in row for t in tasks.values()):
+                    row[:] = [tasks[task] if t in tasks.values() else t for t in row]
+                else:
+                    row.append(tasks[task])
+            elif code is not None and tasks and not any(t in row for t in tasks.values()):
+                row.append(tasks["transcribe"])
+            stop = record.get("no_timestamps")
+            if stop is not None and row[-1] != stop:
+                row.append(int(stop))
+        return np.array([[t for t in row if t is not None] for row in rows], np.int64)
+
+    def detect(self, encoded: Any) -> list[int]:
+        """Per row, the likeliest language token after the start token (``generate``'s language detection)."""
+        codes = np.array(sorted(self.record["languages"].values()), np.int64)
+        binding = self.core.decoder.io_binding()
+        held = self.core.bind(binding, encoded)
+        start = np.full((len(encoded.cross[0]), 1), self.core.start, np.int64)
+        logits, _ = self.core.step(binding, start, self.core.empty(len(start)))
+        del held
+        return [int(codes[i]) for i in logits[:, codes].argmax(-1)]
+
+    def decoding(self, max_new_tokens: int | None, prompt_length: int) -> Any:
+        from zoo.tasks._seq2seq_decode import record_decoding
+
+        record = self.core.record
+        longest = int(record.get("max_target_positions") or 448) - prompt_length
+        if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
+                                           or not 1 <= max_new_tokens <= longest):
+            raise InputError(f"max_new_tokens={max_new_tokens!r}; give a whole number from 1 to {longest} (the "
+                             "decoder's positions after the prompt)")
+        return record_decoding(record, max_new_tokens=max_new_tokens or longest, num_beams=1, min_length=0,
+                               bad_words_ids=tuple(self.record["suppress_tokens"]),
+                               begin_suppress_tokens=tuple(self.record["begin_suppress_tokens"]))
+
+    def tokens(self, features: np.ndarray, language: str | None = None, task: str | None = None,
+               max_new_tokens: int | None = None) -> list[np.ndarray]:
+        """Each clip's generated token ids (EOS included where it stopped), greedy."""
+        encoded = self.core.encode({"input_features": features})
+        prompt = self.prompt(language, task, encoded)
+        return self.core.generate(encoded, self.decoding(max_new_tokens, prompt.shape[1]), prompt=prompt)
+
+    def generate(self, items: Sequence[Any], *, language: str | None = None, task: str | None = None,
+                 max_new_tokens: int | None = None) -> list[Any]:
+        from zoo.tasks.results import Transcription
+
+        if not items:
+            raise InputError("transcribe got no clips; give an audio file path or a list of them")
+        batch = self.preprocessor(list(items))
+        rows = self.tokens(batch.arrays["input_features"], language, task, max_new_tokens)
+        eos = set(self.core.eos.tolist())
+        out = []
+        for row, seconds in zip(rows, batch.durations):
+            ids = [int(t) for t in row if int(t) not in eos]
+            out.append(Transcription(self.tokenizer.decode(ids, skip_special_tokens=True), seconds,
+                                     window=batch.window, token_ids=tuple(ids)))
+        return out
