@@ -23,9 +23,10 @@ from starlette.responses import Response
 from zoo.errors import InputError
 from zoo.serve.completions import ApiError
 from zoo.serve.models import PredictJob
+from zoo.tasks.automatic_speech_recognition import AutomaticSpeechRecognition
 
 PATH = "/v1/audio/transcriptions"
-TASK = "automatic-speech-recognition"
+TASK = AutomaticSpeechRecognition.name
 FORMATS = ("json", "text")
 # OpenAI fields that would change the answer and that zoo does not implement
 UNSUPPORTED = ("prompt", "timestamp_granularities[]", "timestamp_granularities", "chunking_strategy", "include[]")

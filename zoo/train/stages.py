@@ -63,9 +63,12 @@ def resnet_stages(model: nn.Module) -> list[str]:
 
 def check_model(spec: Any, config: Any) -> None:
     """Before launch: a model zoo can split, with at least one decoder layer (or ResNet stage) per stage."""
-    if spec.source == "hf" and spec.task == "text-generation" and spec.arch in LAYOUTS:
+    from zoo.tasks import get_task
+    from zoo.tasks.image_classification import ImageClassification
+
+    if spec.source == "hf" and get_task(spec.task).generates and spec.arch in LAYOUTS:
         layers, kind = _decoder_layers(spec, config), "decoder layers"
-    elif spec.source == "timm" and spec.task == "image-classification":
+    elif spec.source == "timm" and spec.task == ImageClassification.name:
         layers, kind = len(resnet_stages(_timm_skeleton(spec, config))), "stages"
     else:
         layers, kind = 0, ""
