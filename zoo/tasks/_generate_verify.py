@@ -162,7 +162,7 @@ def _greedy(model: Any, session: Any, cases: list[Case], tol: Tolerances) -> Che
     eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
     eos_set = {int(e) for e in eos if e is not None}
     pad = int(config.pad_token_id if config.pad_token_id is not None else next(iter(eos_set), 0))
-    parted, failed, compared = [], [], 0
+    rows = GreedyRows(tol)
     for case in [c for c in cases if len(c.inputs["input_ids"]) > 1]:
         ids, mask = case.inputs["input_ids"], case.inputs["attention_mask"]
         with torch.no_grad():
@@ -171,20 +171,42 @@ def _greedy(model: Any, session: Any, cases: list[Case], tol: Tolerances) -> Che
                                   pad_token_id=pad).numpy()[:, ids.shape[1]:]
         got, steps = greedy_ids(GraphDecoder(session), ids, mask, GREEDY_TOKENS, eos_set, pad)
         for row in range(len(ids)):
-            compared += 1
-            length = min(want.shape[1], got.shape[1])
-            apart = np.nonzero(want[row, :length] != got[row, :length])[0]
-            if not len(apart) and want.shape[1] == got.shape[1]:
-                continue
-            step = int(apart[0]) if len(apart) else length
-            if step >= len(steps):
-                failed.append(f"{case.label} row {row}: lengths {want.shape[1]} vs {got.shape[1]}")
-                continue
-            tie, gap = near_tie(steps[step][row], tol)
-            (parted if tie else failed).append(f"{case.label} row {row} parts at token {step} (top-2 gap {gap:.3g}"
-                                               f"{', a near-tie' if tie else ''})")
-    detail = "; ".join(failed[:3] or parted[:3]) or f"{compared} prompts token-identical"
-    return Check("greedy generation vs transformers", not failed and compared > 0,
-                 f"{compared - len(failed) - len(parted)}/{compared} identical"
-                 + (f", {len(parted)} part at near-ties" if parted else ""),
-                 f"{GREEDY_TOKENS} tokens, generate(do_sample=False)", detail)
+            rows.add(f"{case.label} row {row}", want[row], got[row], [step[row] for step in steps])
+    return rows.check("prompts", GREEDY_TOKENS, "generate(do_sample=False)")
+
+
+class GreedyRows:
+    """Greedy token ids of the graphs against transformers' ``generate``, row by row.
+
+    A row passes when its tokens are identical; where they part, the graphs' logits at that
+    step say whether it is a near-tie (shown, not failed) or a real difference (failed).
+    """
+
+    def __init__(self, tol: Tolerances) -> None:
+        self.tol = tol
+        self.parted: list[str] = []
+        self.failed: list[str] = []
+        self.compared = 0
+
+    def add(self, label: str, want: np.ndarray, got: np.ndarray, logits: list[np.ndarray]) -> None:
+        """``logits``: the graphs' scores at each generated step of this row."""
+        self.compared += 1
+        length = min(len(want), len(got))
+        apart = np.nonzero(want[:length] != got[:length])[0]
+        if not len(apart) and len(want) == len(got):
+            return
+        step = int(apart[0]) if len(apart) else length
+        if step >= len(logits):
+            self.failed.append(f"{label}: lengths {len(want)} vs {len(got)}")
+            return
+        tie, gap = near_tie(logits[step], self.tol)
+        (self.parted if tie else self.failed).append(f"{label} parts at token {step} (top-2 gap {gap:.3g}"
+                                                     f"{', a near-tie' if tie else ''})")
+
+    def check(self, what: str, tokens: int, reference: str) -> Check:
+        failed, parted, compared = self.failed, self.parted, self.compared
+        detail = "; ".join(failed[:3] or parted[:3]) or f"{compared} {what} token-identical"
+        return Check("greedy generation vs transformers", not failed and compared > 0,
+                     f"{compared - len(failed) - len(parted)}/{compared} identical"
+                     + (f", {len(parted)} part at near-ties" if parted else ""),
+                     f"{tokens} tokens, {reference}", detail)

@@ -22,7 +22,7 @@ import numpy as np
 
 from zoo.checks import Check
 from zoo.spec import Tolerances
-from zoo.tasks._generate_verify import near_tie
+from zoo.tasks._generate_verify import GreedyRows
 from zoo.tasks._seq2seq_decode import EncoderDecoder, record_decoding
 from zoo.tasks.base import Case
 
@@ -82,31 +82,16 @@ def _trimmed(row: np.ndarray, eos: np.ndarray) -> np.ndarray:
 
 
 def greedy(model: Any, core: EncoderDecoder, cases: list[Case], tol: Tolerances) -> Check:
-    parted, failed, compared = [], [], 0
+    rows = GreedyRows(tol)
     for case in cases:
         want = _generate(model, case, num_beams=1, max_new_tokens=GREEDY_TOKENS, min_new_tokens=0)
         trace: list[np.ndarray] = []
         got = core.generate(core.encode(case.inputs), record_decoding(core.record, max_new_tokens=GREEDY_TOKENS),
                             trace=trace)
         for row, tokens in enumerate(got):
-            compared += 1
-            expected = _trimmed(want[row], core.eos)
-            length = min(len(expected), len(tokens))
-            apart = np.nonzero(expected[:length] != tokens[:length])[0]
-            if not len(apart) and len(expected) == len(tokens):
-                continue
-            step = int(apart[0]) if len(apart) else length
-            if step >= len(trace):
-                failed.append(f"{case.label} row {row}: lengths {len(expected)} vs {len(tokens)}")
-                continue
-            tie, gap = near_tie(trace[step][row], tol)
-            (parted if tie else failed).append(f"{case.label} row {row} parts at token {step} (top-2 gap {gap:.3g}"
-                                               f"{', a near-tie' if tie else ''})")
-    detail = "; ".join(failed[:3] or parted[:3]) or f"{compared} texts token-identical"
-    return Check("greedy generation vs transformers", not failed and compared > 0,
-                 f"{compared - len(failed) - len(parted)}/{compared} identical"
-                 + (f", {len(parted)} part at near-ties" if parted else ""),
-                 f"{GREEDY_TOKENS} tokens, generate(num_beams=1, do_sample=False)", detail)
+            rows.add(f"{case.label} row {row}", _trimmed(want[row], core.eos), np.asarray(tokens),
+                     [step[row] for step in trace])
+    return rows.check("texts", GREEDY_TOKENS, "generate(num_beams=1, do_sample=False)")
 
 
 def beam_search(model: Any, core: EncoderDecoder, cases: list[Case]) -> Check:
