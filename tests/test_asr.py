@@ -26,6 +26,8 @@ from tests import tiny
 from zoo.tasks import _asr_ctc as ctc
 from zoo.tasks._audio import synthetic_clip
 
+pytestmark = pytest.mark.xdist_group("asr")  # one worker: the module's shared launch/export runs once
+
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 16_000
 

@@ -199,6 +199,9 @@ def test_in_a_terminal_a_turn_then_ctrl_c_typed_at_the_prompt(qwen2, model):
         os.write(main_fd, b"Hello\r")
         reply = model.chat([_user("Hello")], **SAMPLED).text
         shown = _read_until(reader, "> ", 60, after=reply)  # the prompt again after the reply, not a redraw
+        # as a person does: the key comes a moment after the prompt shows, once input() waits on the terminal
+        # (a key typed while the reply is still being finished stops the reply instead: another test's case)
+        time.sleep(1.0)
         os.write(main_fd, b"\x03")  # the Ctrl-C key
         shown += _read_until(reader, "never shown", 30)  # until the chat has left and closed the terminal
         process.wait(timeout=30)

@@ -29,6 +29,8 @@ from tests.test_finetune import cli, run_cli
 from tests.test_train_parity import _image_data, max_weight_diff
 from zoo.errors import ConfigError
 
+pytestmark = pytest.mark.xdist_group("deepspeed")  # one worker: the module's shared launch/export runs once
+
 pytest.importorskip("deepspeed")
 
 STEPS = 3

@@ -18,6 +18,8 @@ import torch
 
 from zoo.errors import ConfigError
 
+pytestmark = pytest.mark.xdist_group("lightning")  # one worker: the module's shared launch/export runs once
+
 pytest.importorskip("lightning")
 
 ROOT = Path(__file__).resolve().parents[1]

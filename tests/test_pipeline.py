@@ -21,6 +21,8 @@ import torch
 from tests import tiny
 from zoo.errors import ConfigError
 
+pytestmark = pytest.mark.xdist_group("pipeline")  # one worker: the module's shared launch/export runs once
+
 STEPS = 3
 # (arch, schedule): what the launched processes run
 CASES = [("llama", "gpipe"), ("qwen2", "1f1b"), ("gpt2", "gpipe"), ("resnet", "1f1b")]

@@ -84,11 +84,14 @@ def test_causal_lm_folders_are_text_generation_with_their_cache_layout(tmp_path,
     assert llama.preprocess.max_length == 256
 
 
-def test_a_seq2seq_model_is_still_refused():
+def test_a_seq2seq_model_is_text2text_and_one_no_task_handles_is_refused():
     from zoo.tasks import task_for_hf_config
 
-    with pytest.raises(UnsupportedTaskError, match="T5ForConditionalGeneration"):
-        task_for_hf_config({"architectures": ["T5ForConditionalGeneration"], "model_type": "t5",
+    t5 = task_for_hf_config({"architectures": ["T5ForConditionalGeneration"], "model_type": "t5",
+                             "is_encoder_decoder": True})
+    assert t5.name == "text2text-generation"
+    with pytest.raises(UnsupportedTaskError, match="SpeechT5ForSpeechToText .a sequence-to-sequence encoder-decoder"):
+        task_for_hf_config({"architectures": ["SpeechT5ForSpeechToText"], "model_type": "speecht5",
                             "is_encoder_decoder": True})
 
 
