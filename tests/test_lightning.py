@@ -215,6 +215,7 @@ def test_damaged_and_sharded_checkpoints_are_one_line_each(tmp_path, capsys):
 
 
 def test_weights_that_do_not_fit_the_recorded_model_are_refused(tmp_path, capsys):
+    from zoo.artifact import sha256_file
     from zoo.resolver import resolve
     from zoo.sources import ckpt
 
@@ -225,7 +226,7 @@ def test_weights_that_do_not_fit_the_recorded_model_are_refused(tmp_path, capsys
     err = _cli_error(["info", str(tmp_path / "edited.ckpt")], capsys)
     assert "its weights do not fit the model its hyper-parameters describe" in err
     assert not list(ckpt._cache_root().glob("*.partial*")), "nothing half-written is left in the cache"
-    assert not (ckpt._cache_root() / ckpt._sha256(tmp_path / "edited.ckpt")[:16]).exists()
+    assert not (ckpt._cache_root() / sha256_file(tmp_path / "edited.ckpt")[:16]).exists()
 
 
 def test_a_record_of_another_format_is_refused(tmp_path, capsys):

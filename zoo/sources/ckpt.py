@@ -19,13 +19,13 @@ writes: dicts, lists, numbers, strings, tensors) and refuses everything else. Li
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
+from zoo.artifact import sha256_file
 from zoo.errors import ConfigError, first_line
 from zoo.spec import ModelSpec
 
@@ -55,7 +55,7 @@ def model_folder(path: Path) -> tuple[Path, ModelSpec]:
     checkpoint = _load(path)
     found = _read_record(checkpoint, path)
     built = found.spec
-    folder = _cache_root() / _sha256(path)[:16]
+    folder = _cache_root() / sha256_file(path)[:16]
     final = dataclasses.replace(built, name=path.stem, labels=found.labels, origin="checkpoint", local_path=str(folder),
                                 description=f"{built.description} trained with Lightning ({path.name})".strip())
     if not (folder / DONE_FILE).is_file():
@@ -166,11 +166,3 @@ def _model_args(spec: ModelSpec, model_kwargs: dict[str, Any]) -> dict[str, Any]
 
 def _cache_root() -> Path:
     return Path(os.environ.get("ZOO_CACHE", Path.home() / ".cache" / "zoo")).expanduser() / "ckpt"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

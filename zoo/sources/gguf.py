@@ -12,7 +12,6 @@ dequantised. From then on the folder is a transformers folder like any other.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from zoo.artifact import sha256_file
 from zoo.errors import ConfigError, first_line
 
 RECORD = "gguf.json"
@@ -52,7 +52,7 @@ def dequantised_folder(path: Path) -> tuple[Path, dict[str, int]]:
     """The transformers folder of GGUF file ``path`` (made on first use) and its tensor types."""
     path = Path(path).expanduser().resolve()
     types = tensor_types(path)  # first: a damaged file is refused before anything is loaded or written
-    digest = _sha256(path)
+    digest = sha256_file(path)
     folder = cache_root() / digest[:16]
     if (folder / RECORD).is_file():
         return folder, types
@@ -93,11 +93,3 @@ def _convert(path: Path, stage: Path) -> None:
     stage.mkdir(parents=True)
     model.save_pretrained(stage)
     tokenizer.save_pretrained(stage)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
