@@ -168,8 +168,28 @@ def _read_until(stream, text: str, deadline_s: float, after: str = "") -> str:
 
 def _ctrl_c_as_in_a_terminal() -> None:
     """SIGINT at its default in the chat, as a shell gives a command it runs in the foreground: a test run
-    started in the background of a script inherits SIGINT ignored, and the chat would never see the key."""
+    started in the background of a script inherits SIGINT ignored, and the chat would never see the key.
+    Unblocked too: a blocked signal stays blocked across fork and exec, whatever its handler."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _ctrl_c_until_gone(press, process: subprocess.Popen, presses: int = 3) -> int:
+    """Press Ctrl-C, give the chat 10 s to leave, and press again if it has not (at most ``presses`` times);
+    return the presses it took.
+
+    A key can fall into a window that is the interpreter's, not the chat's: CPython's input() (readline's
+    select) and stdin.readline() block in a system call, and a SIGINT that lands between the prompt being
+    written and that call is noted by the handler but wakes nothing until the next key. A person presses
+    again; so does the test, on a loaded machine where the window is widest."""
+    for pressed in range(1, presses + 1):
+        press()
+        try:
+            process.wait(timeout=10)
+            return pressed
+        except subprocess.TimeoutExpired:
+            continue
+    return presses + 1
 
 
 def test_ctrl_c_at_the_prompt_leaves_cleanly(qwen2):
@@ -179,12 +199,13 @@ def test_ctrl_c_at_the_prompt_leaves_cleanly(qwen2):
     try:
         shown = _read_until(process.stderr, "> ", 120)
         assert "> " in shown, shown
-        process.send_signal(signal.SIGINT)  # what Ctrl-C does to the chat waiting for a line
-        process.wait(timeout=60)  # stdin stays open: only the interrupt can end the chat here
+        # what Ctrl-C does to the chat waiting for a line; stdin stays open: only the interrupt can end it
+        presses = _ctrl_c_until_gone(lambda: process.send_signal(signal.SIGINT), process)
+        process.kill()
         err = process.stderr.read()
     finally:
         process.kill()
-    assert process.returncode == 0, err.decode()
+    assert presses <= 3 and process.returncode == 0, err.decode()
     assert "Traceback" not in err.decode() and "interrupted" not in err.decode()
 
 
@@ -199,6 +220,7 @@ def test_in_a_terminal_a_turn_then_ctrl_c_typed_at_the_prompt(qwen2, model):
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # 80 columns: no odd wrapping
     process = subprocess.Popen([sys.executable, "-m", "zoo", "chat", str(qwen2[1]), *FLAGS], cwd=ROOT,
                                stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True,
+                               env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT below shows where it hung
                                preexec_fn=lambda: (_ctrl_c_as_in_a_terminal(),  # noqa: PLW1509
                                                    fcntl.ioctl(0, termios.TIOCSCTTY, 0)))
     os.close(terminal)
@@ -208,14 +230,16 @@ def test_in_a_terminal_a_turn_then_ctrl_c_typed_at_the_prompt(qwen2, model):
         os.write(main_fd, b"Hello\r")
         reply = model.chat([_user("Hello")], **SAMPLED).text
         shown = _read_until(reader, "> ", 60, after=reply)  # the prompt again after the reply, not a redraw
-        os.write(main_fd, b"\x03")  # the Ctrl-C key
-        shown += _read_until(reader, "never shown", 30)  # until the chat has left and closed the terminal
-        process.wait(timeout=30)
+        presses = _ctrl_c_until_gone(lambda: os.write(main_fd, b"\x03"), process)  # the Ctrl-C key
+        if process.poll() is None:  # still there: show where it waits, for the failure below
+            process.send_signal(signal.SIGABRT)
+            process.wait(timeout=30)
+        shown += _read_until(reader, "never shown", 10)  # the rest, until the terminal's other end has closed
     finally:
         process.kill()
         reader.close()
-    assert reply and reply in shown
-    assert process.returncode == 0 and "Traceback" not in shown, shown
+    assert reply and reply in shown, shown
+    assert presses <= 3 and process.returncode == 0 and "Traceback" not in shown, shown
 
 
 class _Interrupted:
