@@ -251,3 +251,79 @@ def test_the_best_step_is_the_lowest_error_rate() -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(loop, "LOWER_IS_BETTER", ("loss", "perplexity"))
         assert best_steps("val_wer") == [1, 2, 2, 2]
+
+
+# ---------------------------------------------------------------- data layouts
+
+
+def test_audiofolder_layouts_follow_datasets_conventions(tmp_path: Path) -> None:
+    """metadata.csv at the root, one metadata.jsonl per split folder, a clip column named X_file_name, a CSV."""
+    from zoo.tasks._asr_data import asr_columns, read_asr_data
+
+    root = write_speech(tmp_path / "one", TRANSCRIPTS[:3])
+    (table,) = read_asr_data(str(root)).values()
+    assert table["audio"] == [str((root / f"clip{i}.wav").resolve()) for i in range(3)]
+    assert asr_columns(table, None, None) == {"input": "audio", "label": "transcription"}
+
+    split = tmp_path / "splits"
+    for name, texts in (("train", TRANSCRIPTS[:3]), ("test", TRANSCRIPTS[3:5])):
+        folder = write_speech(split / name, texts, metadata="unused.csv")
+        lines = [json.dumps({"speech_file_name": f"clip{i}.wav", "text": t}) for i, t in enumerate(texts)]
+        (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    splits = read_asr_data(str(split))
+    assert sorted(splits) == ["test", "train"] and len(splits["test"]) == 2
+    assert asr_columns(splits["train"], None, None) == {"input": "speech", "label": "text"}
+    assert Path(splits["test"]["speech"][1]) == (split / "test" / "clip1.wav").resolve()
+
+    plain = tmp_path / "clips.csv"  # a plain folder of clips and a CSV beside it
+    plain.write_text("path,sentence\none/clip0.wav,HELLO WORLD\n")
+    (table,) = read_asr_data(str(plain)).values()
+    assert table["path"] == [str((root / "clip0.wav").resolve())]
+    assert asr_columns(table, None, None) == {"input": "path", "label": "sentence"}
+
+
+def test_transcripts_outside_the_ctc_vocabulary_or_too_long_are_refused(hubert: tuple[Any, Any],
+                                                                       tmp_path: Path) -> None:
+    from zoo.errors import DataError
+    from zoo.tasks._asr_data import encode_ctc, read_asr_data
+
+    spec, _ = hubert
+    for texts, phrase in ((("hello", *TRANSCRIPTS[1:3]), "lacks 'e', 'h', 'l', 'o'"),
+                          ((TRANSCRIPTS[0], "A" * 80, TRANSCRIPTS[2]), "needs 159 CTC frames")):
+        folder = write_speech(tmp_path / phrase[:5], texts)
+        table = read_asr_data(str(folder))["train"]
+        with pytest.raises(DataError, match="row [01] of the train data") as error:
+            encode_ctc(table, {"input": "audio", "label": "transcription"}, spec, "train")
+        assert phrase in str(error.value)
+
+
+# ---------------------------------------------------------------- bad input on the command line
+
+
+@pytest.fixture(scope="module")
+def bad_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bad-asr")
+    untitled = write_speech(root / "untitled", TRANSCRIPTS[:4], column="speaker")
+    missing = write_speech(root / "missing", TRANSCRIPTS[:4])
+    (missing / "clip2.wav").unlink()
+    return {"no-transcript": untitled, "missing-clip": missing}
+
+
+@pytest.mark.parametrize("case, phrase", [
+    ("no-transcript", "no transcript column among the data's columns (audio, speaker); name it transcription"),
+    ("missing-clip", "clip2.wav'): no such audio file"),
+    ("metric-on-a-classifier", "--metric wer is not reported for text-classification; valid: loss, accuracy"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(case: str, phrase: str, bad_data: dict[str, Path],
+                                                 wav2vec2: Path, tiny_text_classifier: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    model, data = (tiny_text_classifier, "builtin:digits") if case.startswith("metric") else \
+        (wav2vec2, bad_data[case])
+    code, _, err = cli(["finetune", str(model), "--data", str(data), "--metric", "wer", "--val-fraction", "0.25",
+                        "--out", str(out), "--no-progress"], capsys)
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert phrase in err, err
+    assert not out.exists()
+    if case == "missing-clip":
+        assert " data ('" in err and "fix or drop that row" in err

@@ -105,8 +105,8 @@ def asr_columns(table: Any, input_column: str | None, label_column: str | None) 
     """The clip column and the transcript column (``--text-column`` / ``--label-column`` name them)."""
     from zoo.tasks.base import choose_column
 
-    audio = audio_column(table, input_column)
     names = list(table.column_names)
+    audio = _clip_column(table, input_column)
     if label_column is not None:
         return {"input": audio, "label": choose_column(names, label_column, (), "transcript", "--label-column")}
     found = next((n for n in TRANSCRIPT_COLUMNS if n in names and n != audio), None)
@@ -114,6 +114,21 @@ def asr_columns(table: Any, input_column: str | None, label_column: str | None) 
         raise DataError(f"no transcript column among the data's columns ({', '.join(names)}); name it transcription "
                         "or text (the audiofolder convention), or give --label-column COLUMN")
     return {"input": audio, "label": found}
+
+
+def _clip_column(table: Any, given: str | None) -> str:
+    """audio-classification's rule (``--text-column``, an Audio feature, a usual name), else the one column of
+    audio file names (an audiofolder's ``speech_file_name`` becomes ``speech``, as datasets names it)."""
+    from zoo.tasks._audio_io import AUDIO_SUFFIXES
+
+    try:
+        return audio_column(table, given)
+    except DataError:
+        paths = [n for n, f in table.features.items() if getattr(f, "dtype", None) == "string"
+                 and all(Path(str(v)).suffix.lower() in AUDIO_SUFFIXES for v in table[n][:8])]
+        if given is not None or len(paths) != 1:
+            raise
+        return paths[0]
 
 
 # ---------------------------------------------------------------- encoding
@@ -130,7 +145,8 @@ def read_clips(table: Any, column: str, settings: AudioSettings, what: str) -> l
     clips = []
     for row, item in enumerate(table[column]):
         try:
-            clip, seconds = settings.load(item, f"row {row} of the {what} data")
+            shown = f" ('{item}')" if isinstance(item, str) else ""
+            clip, seconds = settings.load(item, f"row {row} of the {what} data{shown}")
         except InputError as exc:
             raise DataError(f"{exc}; fix or drop that row") from None
         if seconds > window + 1e-9:
