@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -327,3 +328,57 @@ def test_bad_input_is_one_line_and_writes_nothing(case: str, phrase: str, bad_da
     assert not out.exists()
     if case == "missing-clip":
         assert " data ('" in err and "fix or drop that row" in err
+
+
+# ---------------------------------------------------------------- Whisper
+
+
+@pytest.fixture(scope="module")
+def whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny multilingual Whisper whose processor was saved for English transcription (the HF recipe's
+    ``WhisperProcessor.from_pretrained(..., language=..., task="transcribe")``)."""
+    import transformers
+
+    folder = tiny.tiny_whisper_folder(tmp_path_factory.mktemp("whisper") / "base")
+    transformers.AutoTokenizer.from_pretrained(folder, language="en", task="transcribe").save_pretrained(folder)
+    return folder
+
+
+def test_whisper_labels_are_its_processors_ids_behind_the_start_token(whisper: Path, tmp_path: Path) -> None:
+    import transformers
+
+    from zoo.errors import ConfigError
+    from zoo.resolver import resolve_folder
+    from zoo.tasks._asr_data import encode_whisper, read_asr_data
+
+    texts = ("the cat", "hello there", "a dog")
+    table = read_asr_data(str(write_speech(tmp_path / "speech", texts)))["train"]
+    spec = resolve_folder(whisper)
+    extractor = transformers.WhisperFeatureExtractor.from_pretrained(whisper)
+    examples = encode_whisper(table, {"input": "audio", "label": "transcription"}, spec, extractor, "train")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(whisper)
+    # the processor's ids: <|startoftranscript|> <|en|> <|transcribe|> <|notimestamps|> text <|endoftext|>; the
+    # model puts its decoder start in front of the labels itself
+    assert examples.labels == [tokenizer(t)["input_ids"][1:] for t in texts]
+    assert examples.references == list(texts) and examples.prompt == {"language": "en", "task": "transcribe"}
+    batch = examples.batch([0, 2])
+    assert tuple(batch["input_features"].shape) == (2, 80, 3000) and batch["labels"][1, -1] == -100
+
+    unset = Path(shutil.copytree(whisper, tmp_path / "unset"))
+    tokenizer.language = None  # planted: a multilingual model with no language to learn
+    tokenizer.save_pretrained(unset)
+    with pytest.raises(ConfigError, match="multilingual Whisper model learns transcripts of one language"):
+        encode_whisper(table, {"input": "audio", "label": "transcription"}, resolve_folder(unset), extractor, "train")
+
+
+def test_whisper_trains_two_steps_with_the_word_error_rate(whisper: Path, speech: Path, tmp_path: Path) -> None:
+    from zoo.train.finetune import finetune
+
+    run = finetune(str(whisper), str(speech), out=tmp_path / "run", max_steps=2, batch_size=2, lr=1e-3,
+                   val_fraction=0.25, progress=False)
+    record = json.loads((run / "run.json").read_text())
+    final = record["metrics"]["final"]
+    assert record["model"]["metric"] == "val_wer" and final["val_wer"] >= 0 and np.isfinite(final["val_loss"])
+    saved = json.loads((run / "model" / "generation_config.json").read_text())
+    assert saved["lang_to_id"] and saved["task_to_id"]  # the prompt ids the exported runtime needs
+    assert {"tokenizer.json", "preprocessor_config.json"} <= {p.name for p in (run / "model").iterdir()}
