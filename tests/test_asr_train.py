@@ -149,10 +149,12 @@ def hubert(tmp_path_factory: pytest.TempPathFactory, registry: Any) -> tuple[Any
 
 
 def _examples(spec: Any, speech: Path) -> Any:
-    from zoo.tasks._asr_data import encode_ctc, read_asr_data
+    from zoo.tasks import get_task
+    from zoo.tasks._asr_data import read_asr_data
 
     table = read_asr_data(str(speech))["train"]
-    return encode_ctc(table, {"input": "audio", "label": "transcription"}, spec, "train")
+    return get_task(spec.task).encode(table, {"input": "audio", "label": "transcription"}, None, spec, None, 0,
+                                      "train")
 
 
 def test_ctc_loss_is_transformers_own_and_planted_faults_change_it(hubert: tuple[Any, Any], speech: Path) -> None:
@@ -286,15 +288,13 @@ def test_audiofolder_layouts_follow_datasets_conventions(tmp_path: Path) -> None
 def test_transcripts_outside_the_ctc_vocabulary_or_too_long_are_refused(hubert: tuple[Any, Any],
                                                                        tmp_path: Path) -> None:
     from zoo.errors import DataError
-    from zoo.tasks._asr_data import encode_ctc, read_asr_data
 
     spec, _ = hubert
     for texts, phrase in ((("hello", *TRANSCRIPTS[1:3]), "lacks 'e', 'h', 'l', 'o'"),
                           ((TRANSCRIPTS[0], "A" * 80, TRANSCRIPTS[2]), "needs 159 CTC frames")):
         folder = write_speech(tmp_path / phrase[:5], texts)
-        table = read_asr_data(str(folder))["train"]
         with pytest.raises(DataError, match="row [01] of the train data") as error:
-            encode_ctc(table, {"input": "audio", "label": "transcription"}, spec, "train")
+            _examples(spec, folder)
         assert phrase in str(error.value)
 
 

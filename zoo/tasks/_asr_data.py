@@ -206,18 +206,16 @@ class CtcExamples:
         return self  # one clip per row
 
 
-def encode_ctc(table: Any, columns: dict[str, str], spec: ModelSpec, what: str) -> CtcExamples:
+def encode_ctc(table: Any, columns: dict[str, str], spec: ModelSpec, conv: dict[str, list[int]],
+               what: str) -> CtcExamples:
+    """``conv``: the feature encoder's ``conv_kernel`` and ``conv_stride`` (the frames a clip makes)."""
     import transformers
 
-    from zoo.folders import read_json
     from zoo.tasks._asr_ctc import CtcVocab
     from zoo.tasks._memory import conv_lengths
-    from zoo.tasks.automatic_speech_recognition import conv_record
 
-    folder = _folder(spec)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(_folder(spec))
     settings = AudioSettings.from_spec(spec)
-    conv = conv_record(read_json(folder / "config.json"))
     texts = transcripts(table, columns["label"], what)
     clips = read_clips(table, columns["input"], settings, what)
     labels = [list(ids) for ids in tokenizer(texts)["input_ids"]]

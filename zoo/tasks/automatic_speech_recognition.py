@@ -392,7 +392,8 @@ class AutomaticSpeechRecognition(AudioTask):
 
         if whisper.is_whisper(spec):
             return _asr_data.encode_whisper(table, columns, spec, processor, what)
-        return _asr_data.encode_ctc(table, columns, spec, what)
+        conv = conv_record(read_json(Path(spec.local_path or ".") / "config.json"))
+        return _asr_data.encode_ctc(table, columns, spec, conv, what)
 
     def training_module(self, model: Any, spec: ModelSpec) -> Any:
         return model  # CTC: the loss from its logits; Whisper: its own forward, labels in
