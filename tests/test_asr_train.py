@@ -80,13 +80,13 @@ def chain(tmp_path_factory: pytest.TempPathFactory, wav2vec2: Path, speech: Path
     """``zoo finetune`` -> ``zoo export --onnx`` -> ``zoo verify`` -> ``zoo predict --json`` on the command line."""
     import exporters.source
 
-    from zoo.tasks import _audio
     from zoo.cli import main
+    from zoo.tasks import _audio
 
     root = tmp_path_factory.mktemp("asr-chain")
     run, artifact = root / "run", root / "artifact"
-    codes, printed = {}, io.StringIO()
-    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+    codes, printed = {}, {}
+    with pytest.MonkeyPatch.context() as patch:
         patch.setattr(exporters.source, "SEEDS", (0,))
         patch.setattr(_audio, "DEFAULT_MAX_SECONDS", 4.0)  # the grid's long case: 4.5 s clips, not 30.5
         for name, argv in (
@@ -97,10 +97,11 @@ def chain(tmp_path_factory: pytest.TempPathFactory, wav2vec2: Path, speech: Path
                 ("verify", ["verify", str(artifact)]),
                 ("predict", ["predict", str(artifact), str(speech / "clip0.wav"), str(speech / "clip3.wav"),
                              "--json"])):
-            with pytest.raises(SystemExit) as exit_info:
+            printed[name] = io.StringIO()
+            with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(printed[name]):
                 main(argv)
             codes[name] = exit_info.value.code or 0
-    return {"run": run, "artifact": artifact, "codes": codes, "stdout": printed.getvalue()}
+    return {"run": run, "artifact": artifact, "codes": codes, "predicted": printed["predict"].getvalue()}
 
 
 def test_finetune_export_verify_predict_on_the_command_line(chain: dict[str, Any]) -> None:
@@ -117,7 +118,7 @@ def test_finetune_export_verify_predict_on_the_command_line(chain: dict[str, Any
     assert {"vocab.json", "tokenizer_config.json"} <= {p.name for p in (chain["run"] / "model").iterdir()}
     manifest = json.loads((chain["artifact"] / "manifest.json").read_text())
     assert manifest["preprocess"]["ctc"]["tokens"] == list(tiny.CTC_VOCAB)
-    rows = json.loads(chain["stdout"][chain["stdout"].index("["):])
+    rows = json.loads(chain["predicted"])
     assert [Path(r["input"]).name for r in rows] == ["clip0.wav", "clip3.wav"]
     assert all(isinstance(r["text"], str) and r["seconds"] > 0.5 for r in rows)
 
