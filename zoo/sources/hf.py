@@ -202,6 +202,11 @@ def create_model(spec: ModelSpec, *, num_labels: int | None = None,
             model = cls.from_pretrained(location, config=config, ignore_mismatched_sizes=bool(head), **remote)
         else:
             model = cls.from_config(config, **remote)
+            if (Path(location) / "generation_config.json").is_file():
+                # from_config derives generation defaults from config.json alone: the folder's own (Whisper's
+                # language and task ids, a translator's beams) must survive a --random-init build and a fine-tuned
+                # run's save, which loads the trained weights into such a build
+                model.generation_config = transformers.GenerationConfig.from_pretrained(location)
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
             raise ConfigError(f"{spec.name} needs custom code from its repository; zoo refuses remote code "
@@ -253,3 +258,13 @@ def save_preprocessor(spec: ModelSpec, folder: Path) -> None:
         import shutil
 
         shutil.copy2(src, Path(folder) / src.name)
+    save_tokenizer(local_folder(spec), Path(folder))
+
+
+def save_tokenizer(source: Path, folder: Path) -> None:
+    """A speech model's processor is its feature extractor: its tokenizer (a CTC vocabulary, Whisper's BPE), which
+    turns its outputs into text, comes from the source's files."""
+    if (Path(source) / "tokenizer_config.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+        import transformers
+
+        transformers.AutoTokenizer.from_pretrained(source).save_pretrained(folder)

@@ -61,15 +61,8 @@ def training_loss(model: Any, batch: dict[str, Any], inputs: dict[str, Any]) -> 
 def eval_batch(model: Any, batch: dict[str, Any], inputs: dict[str, Any],
                rows: list[bool]) -> tuple[float, int, list[Any]]:
     """(loss sum, targets, one record per kept row: (loss, targets, greedy output ids, target ids))."""
-    import torch.nn.functional as F
-
-    from zoo.data.labels import IGNORE_INDEX
-
-    logits = model(**inputs).logits
     labels = inputs["labels"]
-    losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                             ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)
-    kept = labels != IGNORE_INDEX
+    losses, kept = token_losses(model, inputs)
     generated = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                                do_sample=False, num_beams=1, max_new_tokens=int(kept.sum(1).max()) + MARGIN)
     records = []
@@ -79,6 +72,19 @@ def eval_batch(model: Any, batch: dict[str, Any], inputs: dict[str, Any],
             records.append((float(losses[i].sum()), int(kept[i].sum()), _until(generated[i, 1:].tolist(), target),
                             target))
     return sum(r[0] for r in records), sum(r[1] for r in records), records
+
+
+def token_losses(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
+    """(teacher-forced cross entropy of every label [batch, length], the mask of real labels)."""
+    import torch.nn.functional as F
+
+    from zoo.data.labels import IGNORE_INDEX
+
+    logits = model(**inputs).logits
+    labels = inputs["labels"]
+    losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                             ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)
+    return losses, labels != IGNORE_INDEX
 
 
 def _until(ids: list[int], target: list[int]) -> list[int]:

@@ -160,6 +160,9 @@ class AutomaticSpeechRecognition(AudioTask):
     hf_heads: ClassVar[tuple[str, ...]] = ("ForCTC", "ForConditionalGeneration")
     hf_auto_class: ClassVar[str | None] = "AutoModelForCTC"
     predict_options: ClassVar[dict[str, type]] = {"language": str, "task": str, "max_new_tokens": int}
+    trainable: ClassVar[bool] = True
+    primary_metric: ClassVar[str] = "val_wer"
+    metric_names: ClassVar[tuple[str, ...]] = ("val_loss", "val_wer", "val_cer")
 
     def hf_model_class(self, spec: ModelSpec) -> str | None:
         return "AutoModelForSpeechSeq2Seq" if whisper.is_whisper(spec) else self.hf_auto_class
@@ -185,6 +188,10 @@ class AutomaticSpeechRecognition(AudioTask):
         config = getattr(model, "config", None)
         if getattr(config, "layerdrop", 0.0):
             config.layerdrop = 0.0  # as audio-classification: every layer runs, in training and export alike
+        if hasattr(model, "freeze_feature_encoder"):
+            # a CTC head fine-tunes on its pretrained convolutions, frozen, as transformers' recipes train it;
+            # export and verification run without gradients, so only training sees this
+            model.freeze_feature_encoder()
         return model
 
     # ------------------------------------------------------------ export
@@ -361,6 +368,64 @@ class AutomaticSpeechRecognition(AudioTask):
         for item, result in zip(inputs, results):
             table.add_row(escape(item), f"{result.seconds:.2f}", escape(result.text))
         return table
+
+    # ------------------------------------------------------------ training (zoo.tasks._asr_data, _asr_train)
+
+    def read_data(self, data: str) -> dict[str, Any] | None:
+        from zoo.tasks._asr_data import read_asr_data
+
+        return read_asr_data(data)
+
+    def data_columns(self, table: Any, input_column: str | None, label_column: str | None) -> dict[str, str]:
+        from zoo.tasks._asr_data import asr_columns
+
+        return asr_columns(table, input_column, label_column)
+
+    def read_labels(self, table: Any, column: str, spec: ModelSpec, new_head: bool = False) -> Any:
+        from zoo.data.labels import LabelPlan
+
+        return LabelPlan((), new_head=False, source="model")  # the tokenizer's vocabulary is the head
+
+    def encode(self, table: Any, columns: dict[str, str], labels: Any, spec: ModelSpec,
+               processor: Any, max_length: int, what: str) -> Any:
+        from zoo.tasks import _asr_data
+
+        if whisper.is_whisper(spec):
+            return _asr_data.encode_whisper(table, columns, spec, processor, what)
+        conv = conv_record(read_json(Path(spec.local_path or ".") / "config.json"))
+        return _asr_data.encode_ctc(table, columns, spec, conv, what)
+
+    def training_module(self, model: Any, spec: ModelSpec) -> Any:
+        return model  # CTC: the loss from its logits; Whisper: its own forward, labels in
+
+    def training_inputs(self, spec: ModelSpec, batch: dict[str, Any]) -> dict[str, Any]:
+        from zoo.tasks._asr_train import LENGTHS
+
+        if whisper.is_whisper(spec):
+            return {k: batch[k] for k in ("input_features", "labels")}
+        return {**{i.name: batch[i.name] for i in spec.inputs}, "labels": batch["labels"], LENGTHS: batch[LENGTHS]}
+
+    def training_loss(self, runner: Any, batch: dict[str, Any], inputs: dict[str, Any]) -> tuple[Any, int]:
+        if "input_features" in inputs:
+            from zoo.tasks._seq2seq_train import training_loss
+
+            return training_loss(runner, batch, inputs)
+        from zoo.tasks._asr_train import ctc_training_loss
+
+        return ctc_training_loss(runner, batch, inputs)
+
+    def eval_batch(self, runner: Any, batch: dict[str, Any], inputs: dict[str, Any],
+                   rows: list[bool]) -> tuple[float, int, list[Any]]:
+        from zoo.tasks import _asr_train
+
+        if "input_features" in inputs:
+            return _asr_train.whisper_eval_batch(runner, batch, inputs, rows)
+        return _asr_train.ctc_eval_batch(runner, batch, inputs, rows)
+
+    def metrics(self, records: list[Any], labels: tuple[str, ...]) -> dict[str, float]:
+        from zoo.tasks._asr_train import metrics
+
+        return metrics(records)
 
 
 def whisper_problems(folder: Path, manifest: Any) -> list[str]:

@@ -42,8 +42,11 @@ class TrainState:
     paused: bool = False  # stopped by pause_at; a --resume run continues
 
 
+LOWER_IS_BETTER = ("loss", "perplexity", "wer", "cer")  # losses and error rates (speech recognition's WER, CER)
+
+
 def lower_is_better(metric: str) -> bool:
-    return metric.endswith(("loss", "perplexity"))
+    return metric.endswith(LOWER_IS_BETTER)
 
 
 def lr_factor(kind: str, total_steps: int, warmup: float) -> Callable[[int], float]:

@@ -82,6 +82,9 @@ def save_base(spec: ModelSpec, folder: Path) -> None:
     processor = sources.load_processor(spec)
     if processor is not None and hasattr(processor, "save_pretrained"):
         processor.save_pretrained(folder)
+    from zoo.sources.hf import save_tokenizer
+
+    save_tokenizer(Path(source), folder)
 
 
 def fresh_copy(spec: ModelSpec, plan: Any, config: Any) -> nn.Module:
