@@ -8,9 +8,10 @@ self-attention cache. ``zoo.tasks._seq2seq_decode`` runs them.
 The decoder prompt is transformers' ``WhisperForConditionalGeneration.generate``'s:
 ``<|startoftranscript|>``, the language token (given, or detected: the likeliest language token after
 the start token, as ``generate`` detects it), ``<|transcribe|>`` or ``<|translate|>``, and
-``<|notimestamps|>``. The generated tokens go through the model's ``suppress_tokens`` at every step
-and its ``begin_suppress_tokens`` at the first, as there; the text is the tokenizer's decoding with
-special tokens skipped.
+``<|notimestamps|>`` (left out when timestamps are asked for: then the timestamp rules of
+``_whisper_timestamps`` apply and the result has segments). The generated tokens go through the model's
+``suppress_tokens`` at every step and its ``begin_suppress_tokens`` at the first, as there; the text is the
+tokenizer's decoding with special tokens and timestamps skipped.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def whisper_record(config: dict[str, Any], generation: dict[str, Any], extractor
             "forced_decoder_ids": [[int(i), None if t is None else int(t)]
                                    for i, t in generation.get("forced_decoder_ids") or []],
             "suppress_tokens": [int(t) for t in generation.get("suppress_tokens") or []],
-            "begin_suppress_tokens": [int(t) for t in generation.get("begin_suppress_tokens") or []]}
+            "begin_suppress_tokens": [int(t) for t in generation.get("begin_suppress_tokens") or []],
+            "vocab_size": int(config.get("vocab_size", 51865)),
+            "max_initial_timestamp_index": generation.get("max_initial_timestamp_index")}
 
 
 class WhisperPreprocessor:
@@ -76,11 +79,11 @@ class WhisperGenerator:
         self.record, self.preprocessor = manifest.preprocess["whisper"], preprocessor
         self.tokenizer = Tokenizer.from_file(str(preprocessor.folder / "tokenizer.json"))
 
-    def prompt(self, language: str | None, task: str | None, encoded: Any) -> np.ndarray:
+    def prompt(self, language: str | None, task: str | None, encoded: Any, timestamps: bool = False) -> np.ndarray:
         """[batch, n] decoder prompt, built as ``generate`` builds it (``_retrieve_init_tokens``): the start token;
         with neither language nor task, the model's ``forced_decoder_ids``; the language (given, else detected
         where the model has language tokens); the task (given; with a language and no task, transcribe); then
-        ``<|notimestamps|>``."""
+        ``<|notimestamps|>``, unless ``timestamps``."""
         record = self.record
         languages, tasks = record["languages"], record["tasks"]
         if task is not None and task not in TASKS:
@@ -118,8 +121,10 @@ class WhisperGenerator:
             elif code is not None and tasks and not any(t in row for t in tasks.values()):
                 row.append(tasks["transcribe"])
             stop = record.get("no_timestamps")
-            if stop is not None and row[-1] != stop:
+            if stop is not None and row[-1] != stop and not timestamps:
                 row.append(int(stop))
+            elif timestamps and row[-1] == stop:
+                row.pop()
         return np.array([[t for t in row if t is not None] for row in rows], np.int64)
 
     def detect(self, encoded: Any) -> list[int]:
@@ -132,7 +137,7 @@ class WhisperGenerator:
         del held
         return [int(codes[i]) for i in logits[:, codes].argmax(-1)]
 
-    def decoding(self, max_new_tokens: int | None, prompt_length: int) -> Any:
+    def decoding(self, max_new_tokens: int | None, prompt_length: int, timestamps: bool = False) -> Any:
         from zoo.tasks._seq2seq_decode import record_decoding
 
         record = self.core.record
@@ -141,29 +146,62 @@ class WhisperGenerator:
                                            or not 1 <= max_new_tokens <= longest):
             raise InputError(f"max_new_tokens={max_new_tokens!r}; give a whole number from 1 to {longest} (the "
                              "decoder's positions after the prompt)")
+        rules = self.timestamp_rules(prompt_length) if timestamps else None
         return record_decoding(record, max_new_tokens=max_new_tokens or longest, num_beams=1, min_length=0,
                                bad_words_ids=tuple(self.record["suppress_tokens"]),
-                               begin_suppress_tokens=tuple(self.record["begin_suppress_tokens"]))
+                               begin_suppress_tokens=tuple(self.record["begin_suppress_tokens"]), timestamps=rules)
+
+    def timestamp_rules(self, prompt_length: int) -> Any:
+        from zoo.tasks._whisper_timestamps import TimestampRules
+
+        record = self.record
+        stop = record.get("no_timestamps")
+        if stop is None or "vocab_size" not in record or record["vocab_size"] <= int(stop) + 1:
+            raise InputError("timestamps: this Whisper artifact has no timestamp tokens (or was exported before zoo "
+                             "wrote them into its manifest); re-export it with this zoo, or leave --timestamps out")
+        initial = record.get("max_initial_timestamp_index")
+        return TimestampRules(int(stop), int(self.core.eos[0]), None if initial is None else int(initial),
+                              prompt_length)
 
     def tokens(self, features: np.ndarray, language: str | None = None, task: str | None = None,
-               max_new_tokens: int | None = None) -> list[np.ndarray]:
+               max_new_tokens: int | None = None, timestamps: bool = False) -> list[np.ndarray]:
         """Each clip's generated token ids (EOS included where it stopped), greedy."""
         encoded = self.core.encode({"input_features": features})
-        prompt = self.prompt(language, task, encoded)
-        return self.core.generate(encoded, self.decoding(max_new_tokens, prompt.shape[1]), prompt=prompt)
+        prompt = self.prompt(language, task, encoded, timestamps)
+        return self.core.generate(encoded, self.decoding(max_new_tokens, prompt.shape[1], timestamps), prompt=prompt)
 
     def generate(self, items: Sequence[Any], *, language: str | None = None, task: str | None = None,
-                 max_new_tokens: int | None = None) -> list[Any]:
+                 max_new_tokens: int | None = None, timestamps: bool = False) -> list[Any]:
         from zoo.tasks.results import Transcription
 
         if not items:
             raise InputError("transcribe got no clips; give an audio file path or a list of them")
+        if not isinstance(timestamps, bool):
+            raise InputError(f"timestamps={timestamps!r}; give true or false")
         batch = self.preprocessor(list(items))
-        rows = self.tokens(batch.arrays["input_features"], language, task, max_new_tokens)
+        encoded = self.core.encode({"input_features": batch.arrays["input_features"]})
+        prompt = self.prompt(language, task, encoded, timestamps)
+        rows = self.core.generate(encoded, self.decoding(max_new_tokens, prompt.shape[1], timestamps), prompt=prompt)
         eos = set(self.core.eos.tolist())
+        codes = {token: code for code, token in self.record["languages"].items()}
         out = []
-        for row, seconds in zip(rows, batch.durations):
+        for row, head, seconds in zip(rows, prompt.tolist(), batch.durations):
             ids = [int(t) for t in row if int(t) not in eos]
-            out.append(Transcription(self.tokenizer.decode(ids, skip_special_tokens=True), seconds,
-                                     window=batch.window, token_ids=tuple(ids)))
+            segments = self.segments(ids, min(seconds, batch.window)) if timestamps else ()
+            spoken = next((codes[t] for t in head if t in codes), "")
+            out.append(Transcription(self.text(ids), seconds, window=batch.window, token_ids=tuple(ids),
+                                     segments=segments, language=spoken))
         return out
+
+    def text(self, ids: list[int]) -> str:
+        """The words of ``ids``: special tokens and timestamps (ids past ``<|notimestamps|>``) left out."""
+        stop = self.record.get("no_timestamps")
+        words = [t for t in ids if stop is None or t <= int(stop)]
+        return self.tokenizer.decode(words, skip_special_tokens=True)
+
+    def segments(self, ids: list[int], seconds: float) -> tuple[Any, ...]:
+        from zoo.tasks._whisper_timestamps import Segment, split
+
+        first = int(self.record["no_timestamps"]) + 1
+        return tuple(Segment(start, end, self.text(piece), tuple(piece))
+                     for start, end, piece in split(ids, first, seconds))

@@ -159,7 +159,8 @@ class AutomaticSpeechRecognition(AudioTask):
     # among audio models, ForConditionalGeneration is Whisper (a text model's is text2text-generation's)
     hf_heads: ClassVar[tuple[str, ...]] = ("ForCTC", "ForConditionalGeneration")
     hf_auto_class: ClassVar[str | None] = "AutoModelForCTC"
-    predict_options: ClassVar[dict[str, type]] = {"language": str, "task": str, "max_new_tokens": int}
+    predict_options: ClassVar[dict[str, type]] = {"language": str, "task": str, "max_new_tokens": int,
+                                                  "timestamps": bool}
 
     def hf_model_class(self, spec: ModelSpec) -> str | None:
         return "AutoModelForSpeechSeq2Seq" if whisper.is_whisper(spec) else self.hf_auto_class
@@ -359,7 +360,8 @@ class AutomaticSpeechRecognition(AudioTask):
         table.add_column("seconds", justify="right")
         table.add_column("transcript")
         for item, result in zip(inputs, results):
-            table.add_row(escape(item), f"{result.seconds:.2f}", escape(result.text))
+            lines = [f"[{s.start:.2f} -> {s.end:.2f}] {s.text.strip()}" for s in result.segments]
+            table.add_row(escape(item), f"{result.seconds:.2f}", escape("\n".join(lines) if lines else result.text))
         return table
 
 
