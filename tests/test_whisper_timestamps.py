@@ -3,8 +3,9 @@ segments as ``generate`` cuts them, and ``--timestamps`` / ``timestamps=`` / ``v
 
     .venv/bin/pytest tests/test_whisper_timestamps.py
 
-One tiny random Whisper with the 1,501 timestamp tokens (``tiny.tiny_whisper_folder(timestamps=True)``) is
-exported once for the module. A random model puts most of its probability on the many timestamp tokens, so its
+One tiny random Whisper with the 1,501 timestamp tokens (the registry's whisper-tiny entry in tiny form:
+``tiny.tiny_whisper_folder(timestamps=True)``) is exported once for the module, with the registry test's
+settings. A random model puts most of its probability on the many timestamp tokens, so its
 output exercises every rule (pairs, no going back, the initial limit, timestamps over text).
 """
 
@@ -25,17 +26,18 @@ TOKENS = 24
 
 
 @pytest.fixture(scope="module")
-def whisper(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    """(tiny Whisper folder with timestamp tokens, its export result): one grid seed, the plain graphs."""
+def whisper(tmp_path_factory: pytest.TempPathFactory, registry: Any) -> tuple[Path, Any]:
+    """(tiny Whisper folder with timestamp tokens, its export result): the registry's ``"whisper-tiny"`` entry in
+    tiny form, exported as tests/test_export_registry.py would (one grid seed), which leaves it to this file."""
     import exporters.source
     from exporters.onnx import export_onnx
 
     root = tmp_path_factory.mktemp("whisper-ts")
-    folder = tiny.tiny_whisper_folder(root / "model", timestamps=True)
+    spec, model_kwargs, _ = tiny.shrink(registry.get("whisper-tiny"), root / "model")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(exporters.source, "SEEDS", (0,))
-        result = export_onnx(str(folder), out=root / "artifact", fuse=False)
-    return folder, result
+        result = export_onnx(spec, out=root / "artifact", model_kwargs=model_kwargs)
+    return Path(spec.local_path), result
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +188,24 @@ def _app(artifact: Path) -> Any:
 
     settings = ServeSettings(max_wait_ms=2)
     return create_app(load_models([f"w={artifact}"], settings), settings)
+
+
+def test_timestamps_on_a_model_without_them_is_one_clear_error(whisper: tuple[Path, Any], tmp_path: Path) -> None:
+    import shutil
+
+    import zoo
+    from zoo.errors import InputError
+
+    _, result = whisper
+    clip = _clips()[1]
+    with pytest.raises(InputError, match=r"^timestamps='yes'; give true or false$"):
+        zoo.load(result.path).predict(clip, timestamps="yes")
+    copy = tmp_path / "artifact"
+    shutil.copytree(result.path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    record = manifest["preprocess"]["whisper"]
+    record["vocab_size"] = record["no_timestamps"] + 1  # a vocabulary that ends at <|notimestamps|>
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError) as caught:
+        zoo.load(copy, check_hashes=False).predict(clip, timestamps=True)
+    assert "has no timestamp tokens" in str(caught.value) and "\n" not in str(caught.value)

@@ -145,6 +145,8 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
         return tiny_zero_shot_folder(spec.arch, folder)
     if spec.task == "text2text-generation":
         return tiny_seq2seq_folder(spec.arch, folder)
+    if spec.arch == "whisper":
+        return tiny_whisper_folder(folder, timestamps=True)
     kwargs = dict(HF_TINY[spec.arch])
     if spec.task in ("text-classification", "image-classification", "audio-classification"):
         labels = spec.labels or (AUDIO_LABELS if spec.task == "audio-classification" else TEXT_LABELS)
@@ -483,6 +485,9 @@ WHISPER_SPECIALS = ("<|endoftext|>", "<|startoftranscript|>", *(f"<|{code}|>" fo
                     "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
                     "<|notimestamps|>")
 _WHISPER_MERGES = ("Ġ t", "h e", "Ġt he", "i n", "a n", "e r", "o n", "Ġ a", "r e", "Ġ s")
+
+
+HF_TINY["whisper"] = WHISPER_TINY  # the registry's whisper-tiny: built by tiny_whisper_folder
 
 
 def tiny_whisper_folder(folder: Path, spread: bool = True, timestamps: bool = False, **sizes: Any) -> Path:

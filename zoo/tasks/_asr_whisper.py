@@ -79,11 +79,11 @@ class WhisperGenerator:
         self.record, self.preprocessor = manifest.preprocess["whisper"], preprocessor
         self.tokenizer = Tokenizer.from_file(str(preprocessor.folder / "tokenizer.json"))
 
-    def prompt(self, language: str | None, task: str | None, encoded: Any, timestamps: bool = False) -> np.ndarray:
+    def prompt(self, language: str | None, task: str | None, encoded: Any) -> np.ndarray:
         """[batch, n] decoder prompt, built as ``generate`` builds it (``_retrieve_init_tokens``): the start token;
         with neither language nor task, the model's ``forced_decoder_ids``; the language (given, else detected
         where the model has language tokens); the task (given; with a language and no task, transcribe); then
-        ``<|notimestamps|>``, unless ``timestamps``."""
+        ``<|notimestamps|>`` (``timed`` takes it off again for timestamps, as ``generate`` does)."""
         record = self.record
         languages, tasks = record["languages"], record["tasks"]
         if task is not None and task not in TASKS:
@@ -121,11 +121,14 @@ class WhisperGenerator:
             elif code is not None and tasks and not any(t in row for t in tasks.values()):
                 row.append(tasks["transcribe"])
             stop = record.get("no_timestamps")
-            if stop is not None and row[-1] != stop and not timestamps:
+            if stop is not None and row[-1] != stop:
                 row.append(int(stop))
-            elif timestamps and row[-1] == stop:
-                row.pop()
         return np.array([[t for t in row if t is not None] for row in rows], np.int64)
+
+    def timed(self, prompt: np.ndarray, timestamps: bool) -> np.ndarray:
+        """The prompt without its closing ``<|notimestamps|>`` where timestamps are asked for."""
+        stop = self.record.get("no_timestamps")
+        return prompt[:, :-1] if timestamps and stop is not None and prompt[0, -1] == int(stop) else prompt
 
     def detect(self, encoded: Any) -> list[int]:
         """Per row, the likeliest language token after the start token (``generate``'s language detection)."""
@@ -167,7 +170,7 @@ class WhisperGenerator:
                max_new_tokens: int | None = None, timestamps: bool = False) -> list[np.ndarray]:
         """Each clip's generated token ids (EOS included where it stopped), greedy."""
         encoded = self.core.encode({"input_features": features})
-        prompt = self.prompt(language, task, encoded, timestamps)
+        prompt = self.timed(self.prompt(language, task, encoded), timestamps)
         return self.core.generate(encoded, self.decoding(max_new_tokens, prompt.shape[1], timestamps), prompt=prompt)
 
     def generate(self, items: Sequence[Any], *, language: str | None = None, task: str | None = None,
@@ -180,7 +183,7 @@ class WhisperGenerator:
             raise InputError(f"timestamps={timestamps!r}; give true or false")
         batch = self.preprocessor(list(items))
         encoded = self.core.encode({"input_features": batch.arrays["input_features"]})
-        prompt = self.prompt(language, task, encoded, timestamps)
+        prompt = self.timed(self.prompt(language, task, encoded), timestamps)
         rows = self.core.generate(encoded, self.decoding(max_new_tokens, prompt.shape[1], timestamps), prompt=prompt)
         eos = set(self.core.eos.tolist())
         codes = {token: code for code, token in self.record["languages"].items()}
