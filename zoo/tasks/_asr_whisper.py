@@ -1,8 +1,8 @@
 """Whisper in the torch-free runtime: log-mel features, the decoder prompt, greedy decoding, the text.
 
 Two graphs, as every encoder-decoder artifact (``zoo.tasks._seq2seq_torch``): ``encoder.onnx`` takes
-``input_features`` [batch, mel bins, 3000] (``_audio_features.whisper_features``: each clip padded or
-cut to 30 s) and gives the cross-attention keys and values; ``model.onnx`` is the decoder with its
+``input_features`` [batch, mel bins, 3000] (``_audio_features.whisper_features``: each clip padded to
+30 s; a longer clip is cut into overlapping 30 s windows whose transcripts ``_whisper_long`` joins) and gives the cross-attention keys and values; ``model.onnx`` is the decoder with its
 self-attention cache. ``zoo.tasks._seq2seq_decode`` runs them.
 
 The decoder prompt is transformers' ``WhisperForConditionalGeneration.generate``'s:
@@ -17,6 +17,7 @@ tokenizer's decoding with special tokens and timestamps skipped.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from zoo.errors import ArtifactError, InputError
 from zoo.tasks import _audio_features as feats
+from zoo.tasks import _whisper_long as long
 from zoo.tasks._audio_io import load_clip
 
 TASKS = ("transcribe", "translate")
@@ -45,22 +47,44 @@ def whisper_record(config: dict[str, Any], generation: dict[str, Any], extractor
             "max_initial_timestamp_index": generation.get("max_initial_timestamp_index")}
 
 
+@dataclass(frozen=True)
+class WhisperBatch:
+    """``input_features`` [windows, mel bins, 3000], the clip each window belongs to, each clip's duration."""
+
+    arrays: dict[str, np.ndarray]
+    durations: list[float]
+    owners: list[int]  # per row: the clip it was cut from (a clip past 30 s has several windows)
+
+
 class WhisperPreprocessor:
-    """Clips -> ``input_features`` [batch, mel bins, 3000] (numpy only), and each clip's duration."""
+    """Clips -> ``input_features`` (numpy only): one row per clip, or per 30 s window of a longer clip, cut as
+    transformers' pipeline cuts it with ``chunk_length_s=30`` (``_whisper_long``)."""
 
     def __init__(self, folder: Path, record: dict[str, Any]):
+        from zoo.tasks._audio import MAX_SECONDS
+
         self.folder, self.record = Path(folder), record
         self.rate = int(record["sampling_rate"])
         self.filters = feats.whisper_mel_filters(int(record["num_mel_bins"]), self.rate)
-        self.limit = feats.WHISPER_SECONDS * self.rate
+        self.limit = int(MAX_SECONDS * self.rate)
+        self.window = int(long.WINDOW_SECONDS * self.rate)
+        self.stride = int(round(long.WINDOW_SECONDS * long.STRIDE_SHARE * self.rate))
 
-    def __call__(self, items: Sequence[Any]) -> Any:
-        from zoo.tasks._audio import AudioBatch, _where
+    def __call__(self, items: Sequence[Any]) -> WhisperBatch:
+        from zoo.tasks._asr_ctc import chunk_clip
+        from zoo.tasks._audio import _where
 
-        loaded = [load_clip(item, _where(item, i), self.rate, self.limit, MIN_SAMPLES) for i, item in enumerate(items)]
-        values = np.stack([feats.whisper_features(clip, self.rate, self.filters) for clip, _ in loaded])
-        return AudioBatch({"input_features": values}, [seconds for _, seconds in loaded],
-                          window=float(feats.WHISPER_SECONDS))
+        rows, owners, durations = [], [], []
+        for index, item in enumerate(items):
+            clip, seconds = load_clip(item, _where(item, index), self.rate, self.limit, MIN_SAMPLES)
+            durations.append(seconds)
+            windows = chunk_clip(index, len(clip), self.window, self.stride, self.stride) \
+                if len(clip) > self.window else [None]
+            for chunk in windows:
+                piece = clip if chunk is None else clip[chunk.start:chunk.start + chunk.length]
+                rows.append(feats.whisper_features(piece, self.rate, self.filters))
+                owners.append(index)
+        return WhisperBatch({"input_features": np.stack(rows)}, durations, owners)
 
 
 class WhisperGenerator:
@@ -182,19 +206,33 @@ class WhisperGenerator:
         if not isinstance(timestamps, bool):
             raise InputError(f"timestamps={timestamps!r}; give true or false")
         batch = self.preprocessor(list(items))
+        longer = [i for i in range(len(batch.durations)) if batch.owners.count(i) > 1]
+        if timestamps and longer:
+            raise InputError(f"timestamps: clip {longer[0]} is {batch.durations[longer[0]]:.1f} s; zoo gives segments "
+                             f"for clips up to {long.WINDOW_SECONDS:g} s (one window); leave --timestamps out to "
+                             "transcribe it whole, or cut it")
         encoded = self.core.encode({"input_features": batch.arrays["input_features"]})
         prompt = self.timed(self.prompt(language, task, encoded), timestamps)
         rows = self.core.generate(encoded, self.decoding(max_new_tokens, prompt.shape[1], timestamps), prompt=prompt)
         eos = set(self.core.eos.tolist())
         codes = {token: code for code, token in self.record["languages"].items()}
         out = []
-        for row, head, seconds in zip(rows, prompt.tolist(), batch.durations):
-            ids = [int(t) for t in row if int(t) not in eos]
-            segments = self.segments(ids, min(seconds, batch.window)) if timestamps else ()
-            spoken = next((codes[t] for t in head if t in codes), "")
-            out.append(Transcription(self.text(ids), seconds, window=batch.window, token_ids=tuple(ids),
+        for clip, seconds in enumerate(batch.durations):
+            mine = [r for r, owner in enumerate(batch.owners) if owner == clip]
+            windows = [[int(t) for t in rows[r] if int(t) not in eos] for r in mine]
+            # windows are joined on their words: the join compares text tokens, as the pipeline's does
+            ids = windows[0] if len(windows) == 1 else long.join([self.words(w) for w in windows])
+            segments = self.segments(ids, min(seconds, long.WINDOW_SECONDS)) if timestamps else ()
+            spoken = next((codes[t] for t in prompt[mine[0]].tolist() if t in codes), "")
+            out.append(Transcription(self.text(ids), seconds, chunks=len(windows), token_ids=tuple(ids),
                                      segments=segments, language=spoken))
         return out
+
+    def words(self, ids: list[int]) -> list[int]:
+        """``ids`` without the tokenizer's special tokens and timestamps."""
+        stop = self.record.get("no_timestamps")
+        special = {i for i, token in self.tokenizer.get_added_tokens_decoder().items() if token.special}
+        return [t for t in ids if t not in special and (stop is None or t < int(stop))]
 
     def text(self, ids: list[int]) -> str:
         """The words of ``ids``: special tokens and timestamps (ids past ``<|notimestamps|>``) left out."""
