@@ -73,6 +73,15 @@ def test_a_65_s_clip_equals_the_pipeline_with_chunk_length_30(whisper: tuple[Pat
     assert long.join(words) == list(got.token_ids) and sum(map(len, words)) > len(got.token_ids)
 
 
+def test_windows_run_a_few_at_a_time_give_the_same_text(whisper: tuple[Path, Any], long_clip: np.ndarray,
+                                                       expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zoo
+    from zoo.tasks import _asr_whisper
+
+    monkeypatch.setattr(_asr_whisper, "WINDOWS_PER_RUN", 2)  # the 3 windows in two runs: 2, then 1
+    assert zoo.load(whisper[1].path).predict(long_clip, max_new_tokens=TOKENS).text == expected
+
+
 def test_a_join_that_keeps_the_overlap_twice_is_caught(whisper: tuple[Path, Any], long_clip: np.ndarray,
                                                       expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Planted fault: windows put one after the other, their shared stretch kept twice."""

@@ -30,6 +30,7 @@ from zoo.tasks._audio_io import load_clip
 
 TASKS = ("transcribe", "translate")
 MIN_SAMPLES = feats.WHISPER_N_FFT  # one analysis window
+WINDOWS_PER_RUN = 8  # 30 s windows through the encoder and decoder together
 
 
 def whisper_record(config: dict[str, Any], generation: dict[str, Any], extractor: dict[str, Any]) -> dict[str, Any]:
@@ -193,9 +194,21 @@ class WhisperGenerator:
     def tokens(self, features: np.ndarray, language: str | None = None, task: str | None = None,
                max_new_tokens: int | None = None, timestamps: bool = False) -> list[np.ndarray]:
         """Each clip's generated token ids (EOS included where it stopped), greedy."""
-        encoded = self.core.encode({"input_features": features})
-        prompt = self.timed(self.prompt(language, task, encoded), timestamps)
-        return self.core.generate(encoded, self.decoding(max_new_tokens, prompt.shape[1], timestamps), prompt=prompt)
+        return self.run(features, language, task, max_new_tokens, timestamps)[0]
+
+    def run(self, features: np.ndarray, language: str | None, task: str | None, max_new_tokens: int | None,
+            timestamps: bool) -> tuple[list[np.ndarray], list[list[int]]]:
+        """(each row's generated tokens, each row's prompt), ``WINDOWS_PER_RUN`` rows at a time: an hour of audio
+        is 180 windows, whose cross-attention tensors together would not fit in memory."""
+        rows: list[np.ndarray] = []
+        prompts: list[list[int]] = []
+        for first in range(0, len(features), WINDOWS_PER_RUN):
+            encoded = self.core.encode({"input_features": features[first:first + WINDOWS_PER_RUN]})
+            prompt = self.timed(self.prompt(language, task, encoded), timestamps)
+            rows += self.core.generate(encoded, self.decoding(max_new_tokens, prompt.shape[1], timestamps),
+                                       prompt=prompt)
+            prompts += prompt.tolist()
+        return rows, prompts
 
     def generate(self, items: Sequence[Any], *, language: str | None = None, task: str | None = None,
                  max_new_tokens: int | None = None, timestamps: bool = False) -> list[Any]:
@@ -211,9 +224,7 @@ class WhisperGenerator:
             raise InputError(f"timestamps: clip {longer[0]} is {batch.durations[longer[0]]:.1f} s; zoo gives segments "
                              f"for clips up to {long.WINDOW_SECONDS:g} s (one window); leave --timestamps out to "
                              "transcribe it whole, or cut it")
-        encoded = self.core.encode({"input_features": batch.arrays["input_features"]})
-        prompt = self.timed(self.prompt(language, task, encoded), timestamps)
-        rows = self.core.generate(encoded, self.decoding(max_new_tokens, prompt.shape[1], timestamps), prompt=prompt)
+        rows, prompts = self.run(batch.arrays["input_features"], language, task, max_new_tokens, timestamps)
         eos = set(self.core.eos.tolist())
         codes = {token: code for code, token in self.record["languages"].items()}
         out = []
@@ -223,7 +234,7 @@ class WhisperGenerator:
             # windows are joined on their words: the join compares text tokens, as the pipeline's does
             ids = windows[0] if len(windows) == 1 else long.join([self.words(w) for w in windows])
             segments = self.segments(ids, min(seconds, long.WINDOW_SECONDS)) if timestamps else ()
-            spoken = next((codes[t] for t in prompt[mine[0]].tolist() if t in codes), "")
+            spoken = next((codes[t] for t in prompts[mine[0]] if t in codes), "")
             out.append(Transcription(self.text(ids), seconds, chunks=len(windows), token_ids=tuple(ids),
                                      segments=segments, language=spoken))
         return out
