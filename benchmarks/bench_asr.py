@@ -8,8 +8,9 @@ not text) is saved once into ``--work`` (default ``$ZOO_CACHE/benchmarks/asr``) 
 with ``zoo export``; reruns reuse both. Both engines transcribe the same 30 s clip (English,
 ``transcribe``, no timestamps) greedily for ``--tokens`` new tokens, and the run asserts they chose
 the same ids. Decode rate: new tokens per second of a whole transcription (features given, the
-encoder once, then the decoder per token), at 1 and 2 threads (torch's and onnxruntime's intra-op threads). Real-time factor: zoo's whole ``predict``
-on the clip (reading, log-mel in numpy, both graphs) over the clip's 30 s, at 1 and 2 threads.
+encoder once, then the decoder per token), at 1 and 2 threads (torch's and onnxruntime's intra-op
+threads). Real-time factor: zoo's whole ``predict`` on the clip (reading, log-mel in numpy, both
+graphs) over the clip's 30 s, at 1 and 2 threads.
 The engines take turns within each repeat (the machine may be shared: load moves both alike) and
 the median repeat is reported. Writes benchmarks/results/asr.json.
 """

@@ -66,8 +66,8 @@ def _verbose(result: Any) -> dict[str, Any]:
     """OpenAI's verbose transcription: what zoo knows of it (no log-probabilities or compression ratios)."""
     segments = [{"id": i, "seek": 0, "start": round(s.start, 2), "end": round(s.end, 2), "text": s.text,
                  "tokens": list(s.token_ids), "temperature": 0.0} for i, s in enumerate(result.segments)]
-    return {"task": "transcribe", "language": result.language, "duration": round(result.seconds, 4), "text": result.text,
-            "segments": segments}
+    return {"task": "transcribe", "language": result.language, "duration": round(result.seconds, 4),
+            "text": result.text, "segments": segments}
 
 
 async def _form(request: Request) -> Any:

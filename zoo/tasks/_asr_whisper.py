@@ -2,7 +2,8 @@
 
 Two graphs, as every encoder-decoder artifact (``zoo.tasks._seq2seq_torch``): ``encoder.onnx`` takes
 ``input_features`` [batch, mel bins, 3000] (``_audio_features.whisper_features``: each clip padded to
-30 s; a longer clip is cut into overlapping 30 s windows whose transcripts ``_whisper_long`` joins) and gives the cross-attention keys and values; ``model.onnx`` is the decoder with its
+30 s; a longer clip is cut into overlapping 30 s windows whose transcripts ``_whisper_long`` joins) and gives
+the cross-attention keys and values; ``model.onnx`` is the decoder with its
 self-attention cache. ``zoo.tasks._seq2seq_decode`` runs them.
 
 The decoder prompt is transformers' ``WhisperForConditionalGeneration.generate``'s:
