@@ -32,6 +32,7 @@ EXPORTED_ELSEWHERE = {
     "clip-vit-b32": ("test_zero_shot.py", '"clip"'),
     "bert-ner": ("artifacts.py", '"bert-ner"'),
     "bert-base": ("conftest.py", '"bert-base"'),
+    "whisper-tiny": ("test_whisper_timestamps.py", '"whisper-tiny"'),
 }
 ALIASES = [alias for alias in load_registry().names() if alias not in EXPORTED_ELSEWHERE]
 

@@ -145,6 +145,8 @@ def tiny_hf_folder(spec: ModelSpec, folder: Path) -> Path:
         return tiny_zero_shot_folder(spec.arch, folder)
     if spec.task == "text2text-generation":
         return tiny_seq2seq_folder(spec.arch, folder)
+    if spec.arch == "whisper":
+        return tiny_whisper_folder(folder, timestamps=True)
     kwargs = dict(HF_TINY[spec.arch])
     if spec.task in ("text-classification", "image-classification", "audio-classification"):
         labels = spec.labels or (AUDIO_LABELS if spec.task == "audio-classification" else TEXT_LABELS)
@@ -477,21 +479,26 @@ WHISPER_TINY = dict(d_model=16, encoder_layers=1, decoder_layers=2, encoder_atte
                     decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80,
                     max_source_positions=1500, max_target_positions=64)
 WHISPER_LANGUAGES = ("en", "de", "fr")
-# Whisper's special tokens after the text vocabulary, in its own order (timestamps left out: no --timestamps yet)
+# Whisper's special tokens after the text vocabulary, in its own order; the 1501 timestamp tokens follow
+# <|notimestamps|> where ``tiny_whisper_folder(timestamps=True)`` adds them
 WHISPER_SPECIALS = ("<|endoftext|>", "<|startoftranscript|>", *(f"<|{code}|>" for code in WHISPER_LANGUAGES),
                     "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
                     "<|notimestamps|>")
 _WHISPER_MERGES = ("Ġ t", "h e", "Ġt he", "i n", "a n", "e r", "o n", "Ġ a", "r e", "Ġ s")
 
 
-def tiny_whisper_folder(folder: Path, spread: bool = True, **sizes: Any) -> Path:
+HF_TINY["whisper"] = WHISPER_TINY  # the registry's whisper-tiny: built by tiny_whisper_folder
+
+
+def tiny_whisper_folder(folder: Path, spread: bool = True, timestamps: bool = False, **sizes: Any) -> Path:
     """save_pretrained folder of a tiny random Whisper with a byte-level BPE tokenizer built here.
 
     The tokenizer has the 256 byte symbols, a few merges and Whisper's special tokens (three languages);
     generation_config.json names them as a multilingual checkpoint's does, so ``generate(language=...,
     task=...)`` builds its decoder prompt from them, and suppresses tokens as a real checkpoint asks.
     ``sizes`` override ``WHISPER_TINY`` (the benchmark's Whisper-tiny-sized model; its vocabulary may be
-    larger than the tokenizer's: ids past it have no text).
+    larger than the tokenizer's: ids past it have no text). ``timestamps`` adds ``<|0.00|>``...``<|30.00|>``
+    after ``<|notimestamps|>`` and ``max_initial_timestamp_index`` as real checkpoints have them.
     """
     import torch
     import transformers
@@ -502,6 +509,9 @@ def tiny_whisper_folder(folder: Path, spread: bool = True, **sizes: Any) -> Path
     vocab = {s: i for i, s in enumerate(dict.fromkeys(symbols))}
     tokenizer = transformers.WhisperTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in _WHISPER_MERGES])
     tokenizer.add_special_tokens({"additional_special_tokens": list(WHISPER_SPECIALS[1:])})
+    if timestamps:
+        tokenizer.add_tokens([transformers.AddedToken(f"<|{i * 0.02:.2f}|>", lstrip=False, rstrip=False)
+                              for i in range(1501)])
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in WHISPER_SPECIALS}
     eot, start = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
     config = transformers.WhisperConfig(decoder_start_token_id=start, eos_token_id=eot,
@@ -518,6 +528,8 @@ def tiny_whisper_folder(folder: Path, spread: bool = True, **sizes: Any) -> Path
                     no_timestamps_token_id=ids["<|notimestamps|>"], is_multilingual=True,
                     decoder_start_token_id=start, eos_token_id=eot, pad_token_id=eot,
                     begin_suppress_tokens=[220, eot], suppress_tokens=[1, 2, 7, 8], max_length=64)
+    if timestamps:
+        settings["max_initial_timestamp_index"] = 50
     for key, value in settings.items():  # GenerationConfig.update drops the Whisper-only keys
         setattr(generation, key, value)
     generation._from_model_config = False  # else from_pretrained remakes it from config.json, dropping them

@@ -98,6 +98,8 @@ def predict(
     asr_task: Annotated[str | None, typer.Option(
         "--task", help="transcribe (the words as spoken) or translate (into English) (speech recognition: "
                        "Whisper; default: the model's).")] = None,
+    timestamps: Annotated[bool, typer.Option(
+        "--timestamps", help="Segments with start and end seconds (speech recognition: Whisper).")] = False,
     question: Annotated[str | None, typer.Option(help="The question (question answering; with --context).")] = None,
     context: Annotated[str | None, typer.Option(help="The text to find the answer in (question answering).")] = None,
 ) -> None:
@@ -121,6 +123,7 @@ def predict(
                                       ("no_repeat_ngram_size", no_repeat_ngram_size), ("tgt_lang", tgt_lang),
                                       ("language", language), ("task", asr_task))
                     if v is not None})
+    options.update({"timestamps": True} if timestamps else {})
     options.update({k: v for k, v in (("labels", labels), ("template", template)) if v is not None})
     check_flags(task, options)
     if top_k == 0 and not task.generates:

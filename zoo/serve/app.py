@@ -179,12 +179,14 @@ def _add_task_routes(app: FastAPI, served: dict[str, ServedModel]) -> None:
                       language: str | None = Query(None, max_length=32, description="spoken language code "
                                                    "(speech recognition: Whisper; default: detected)"),
                       task: str | None = Query(None, max_length=16, description="transcribe or translate "
-                                               "(speech recognition: Whisper)")) -> Response:
+                                               "(speech recognition: Whisper)"),
+                      timestamps: bool | None = Query(None, description="segments with start and end seconds "
+                                                      "(speech recognition: Whisper)")) -> Response:
         """Raw inputs to typed results, as ``zoo predict --json`` prints them."""
         model = _model(served, name)
         given = {"top_k": top_k, "threshold": threshold, "labels": labels, "template": template,
                  "max_new_tokens": max_new_tokens, "num_beams": num_beams, "tgt_lang": tgt_lang,
-                 "language": language, "task": task}
+                 "language": language, "task": task, "timestamps": timestamps}
         options = tuple(sorted((k, v) for k, v in given.items() if v is not None))
         try:
             get_task(model.task).check_options(dict(options))

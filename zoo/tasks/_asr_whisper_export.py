@@ -180,9 +180,8 @@ def pipeline_checks(model: Any, record: dict[str, Any], sessions: dict[str, Any]
 
 
 def greedy_check(model: Any, record: dict[str, Any], sessions: dict[str, Any], cases: list[Case]) -> Check:
-    """The runtime's transcription tokens against ``generate``, per case, for each task (and detected language)."""
-    import torch
-
+    """The runtime's transcription tokens against ``generate``, per case, for each task (and detected language),
+    and with timestamps where the model has them."""
     from zoo.tasks._asr_whisper import WhisperGenerator
     from zoo.tasks._seq2seq_decode import EncoderDecoder
 
@@ -190,26 +189,51 @@ def greedy_check(model: Any, record: dict[str, Any], sessions: dict[str, Any], c
     generator.core = EncoderDecoder(sessions["encoder"], sessions["model"], record["generation"])
     generator.record = record["whisper"]
     languages = sorted(generator.record["languages"])
-    # the model's own prompt (language detected), then each task with a named language
-    settings = [(None, None)] + [(languages[i % len(languages)] if languages else None, task)
-                                 for i, task in enumerate(sorted(generator.record["tasks"], reverse=True))]
+    # the model's own prompt (language detected), then each task with a named language; with timestamp tokens,
+    # the model's own prompt again with timestamps
+    settings = [(None, None, False)] + [(languages[i % len(languages)] if languages else None, task, False)
+                                        for i, task in enumerate(sorted(generator.record["tasks"], reverse=True))]
+    if has_timestamps(generator.record):
+        settings.append((None, None, True))
     differ, compared = [], 0
     for case in cases:
-        for language, task in settings:
+        for language, task, timestamps in settings:
             features = case.inputs["input_features"]
-            with torch.no_grad():
-                want = model.generate(torch.from_numpy(features), language=language, task=task,
-                                      max_new_tokens=GREEDY_TOKENS).numpy()
-            got = generator.tokens(features, language, task, GREEDY_TOKENS)
+            want = reference_tokens(model, features, GREEDY_TOKENS, language=language, task=task,
+                                    timestamps=timestamps)
+            got = generator.tokens(features, language, task, GREEDY_TOKENS, timestamps)
             for row, tokens in enumerate(got):
                 compared += 1
                 expected = _until_eos(want[row], generator.core.eos)
                 if not np.array_equal(expected, tokens):
-                    differ.append(f"{case.label} {language or 'detected'}/{task or 'transcribe'} row {row}: "
+                    differ.append(f"{case.label} {language or 'detected'}/{task or 'transcribe'}"
+                                  f"{' timestamps' if timestamps else ''} row {row}: "
                                   f"{expected.tolist()[:6]}... vs {tokens.tolist()[:6]}...")
     return Check("greedy transcription vs transformers", not differ and compared > 0,
                  f"{compared - len(differ)}/{compared} identical",
-                 f"{GREEDY_TOKENS} tokens, generate(language, task)", "; ".join(differ[:2]))
+                 f"{GREEDY_TOKENS} tokens, generate(language, task, return_timestamps)", "; ".join(differ[:2]))
+
+
+def has_timestamps(record: dict[str, Any]) -> bool:
+    """Whether the vocabulary goes past ``<|notimestamps|>`` (the timestamp tokens follow it)."""
+    stop = record.get("no_timestamps")
+    return stop is not None and int(record.get("vocab_size", 0)) > int(stop) + 1
+
+
+def reference_tokens(model: Any, features: np.ndarray, max_new_tokens: int, *, language: str | None = None,
+                     task: str | None = None, timestamps: bool = False) -> np.ndarray:
+    """transformers' greedy tokens after the prompt, [batch, n], from one decoding of the window
+    (``force_unique_generate_call``): where the output holds timestamp tokens (asked for, or a random model's
+    without them), ``generate`` would decode again from the last timestamp pair, which zoo, decoding each 30 s
+    window once, does not."""
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.from_numpy(features), language=language, task=task, return_timestamps=timestamps,
+                             force_unique_generate_call=True, max_new_tokens=max_new_tokens,
+                             return_dict_in_generate=True, output_scores=True)
+    # the sequences hold the prompt: cut where the generated tokens begin
+    return out.sequences[:, -len(out.scores):].numpy()
 
 
 def _until_eos(row: np.ndarray, eos: np.ndarray) -> np.ndarray:

@@ -50,6 +50,7 @@ class Decoding:
     forced_eos_token_id: int | None = None
     bad_words_ids: tuple[int, ...] = ()
     begin_suppress_tokens: tuple[int, ...] = ()  # Whisper's: never the first generated token
+    timestamps: Any = None  # Whisper's timestamp rules (``_whisper_timestamps.TimestampRules``), applied last
     sampling: Sampling = Sampling()
 
 
@@ -152,6 +153,8 @@ class EncoderDecoder:
         if decoding.forced_eos_token_id is not None and new_tokens == decoding.max_new_tokens - 1:
             scores[:] = -np.inf
             scores[:, decoding.forced_eos_token_id] = 0
+        if decoding.timestamps is not None:
+            decoding.timestamps.apply(scores, sequences)
         return scores
 
     # ------------------------------------------------------------ greedy and sampling

@@ -159,7 +159,8 @@ class AutomaticSpeechRecognition(AudioTask):
     # among audio models, ForConditionalGeneration is Whisper (a text model's is text2text-generation's)
     hf_heads: ClassVar[tuple[str, ...]] = ("ForCTC", "ForConditionalGeneration")
     hf_auto_class: ClassVar[str | None] = "AutoModelForCTC"
-    predict_options: ClassVar[dict[str, type]] = {"language": str, "task": str, "max_new_tokens": int}
+    predict_options: ClassVar[dict[str, type]] = {"language": str, "task": str, "max_new_tokens": int,
+                                                  "timestamps": bool}
     trainable: ClassVar[bool] = True
     primary_metric: ClassVar[str] = "val_wer"
     metric_names: ClassVar[tuple[str, ...]] = ("val_loss", "val_wer", "val_cer")
@@ -366,7 +367,8 @@ class AutomaticSpeechRecognition(AudioTask):
         table.add_column("seconds", justify="right")
         table.add_column("transcript")
         for item, result in zip(inputs, results):
-            table.add_row(escape(item), f"{result.seconds:.2f}", escape(result.text))
+            lines = [f"[{s.start:.2f} -> {s.end:.2f}] {s.text.strip()}" for s in result.segments]
+            table.add_row(escape(item), f"{result.seconds:.2f}", escape("\n".join(lines) if lines else result.text))
         return table
 
     # ------------------------------------------------------------ training (zoo.tasks._asr_data, _asr_train)

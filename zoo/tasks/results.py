@@ -109,6 +109,8 @@ class Transcription:
     chunks: int = 1  # windows the clip was cut into (CTC)
     window: float = 0.0  # seconds the model hears (Whisper: 30); 0 when long clips are chunked
     token_ids: tuple[int, ...] = ()  # Whisper: the generated tokens, EOS left out (CTC: none)
+    segments: tuple[Any, ...] = ()  # Whisper with timestamps: ``_whisper_timestamps.Segment`` each
+    language: str = ""  # Whisper: the language code its prompt named (given or detected)
 
     @property
     def note(self) -> str | None:
@@ -120,4 +122,6 @@ class Transcription:
         out: dict[str, Any] = {"text": self.text, "seconds": round(self.seconds, 4), "chunks": self.chunks}
         if self.token_ids:
             out["token_ids"] = list(self.token_ids)
+        if self.segments:
+            out["segments"] = [s.to_dict() for s in self.segments]
         return {**out, "note": self.note} if self.note else out
