@@ -11,10 +11,10 @@ counted in the manifest).
 
 MatMulNBits has no place for ``m`` that keeps its fast kernel: float zero points are accepted by
 onnxruntime but take a slow dequantising path (10x to 15x slower at decode), and uint8 zero points are
-integers, which ``-m / d`` is not. So the codes go into MatMulNBits with zero point 0 (``d * q``) and the
-minima are added by a small fp32 product: ``y = x W = MatMulNBits(x) + (x P) M``, where ``x P`` sums ``x``
-over each block of 32 (P is 0/1, shared by the MatMuls that read the same tensor) and ``M`` [blocks, N]
-holds the minima.
+integers, which ``-m / d`` is not. So the codes go into MatMulNBits with its default zero point 8
+(``d * (q - 8)``) and the rest is added by a small fp32 product: ``y = x W = MatMulNBits(x) + (x P) M``,
+where ``x P`` sums ``x`` over each block of 32 (P is 0/1, shared by the MatMuls that read the same tensor)
+and ``M`` [blocks, N] holds ``m + 8 d``.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def _codes(blocks: np.ndarray, scale: np.ndarray, offset: np.ndarray, lowest: in
 def round_trip_errors(model: Any, name: str, blocks: Blocks) -> int:
     """How many of ``blocks`` the graph's node ``name`` (as written by ``rewrite``) does not give back within
     float rounding (an exact block is its source weights bit for bit): read from the graph's own tensors, so
-    a wrong code, zero point or minimum shows."""
+    a wrong code, scale or minimum shows."""
     from onnx import numpy_helper
 
     init = {i.name: i for i in model.graph.initializer}
@@ -115,17 +115,14 @@ def round_trip_errors(model: Any, name: str, blocks: Blocks) -> int:
     n_out, k = attrs["N"], attrs["K"]
     codes = _unpack(packed, attrs["bits"]).reshape(n_out, k // BLOCK, BLOCK)
     scale = numpy_helper.to_array(init[node.input[2]]).reshape(n_out, -1)
-    zero = 2 ** (attrs["bits"] - 1)
-    if len(node.input) > 3 and node.input[3]:
-        zero = _unpack(numpy_helper.to_array(init[node.input[3]]), attrs["bits"]).reshape(n_out, -1)[:, :k // BLOCK]
-        zero = zero[..., None].astype(np.float32)
     offset = np.zeros_like(scale)
     offset_name = node.output[0].removesuffix(".codes") + ".minima"
     if offset_name in init:
         offset = numpy_helper.to_array(init[offset_name]).T
-    dense = scale[..., None] * (codes.astype(np.float32) - zero) + offset[..., None]
-    expected = _by_block(blocks.dense())
-    close = np.isclose(dense, expected, rtol=1e-6, atol=1e-7 * float(np.abs(expected).max() or 1)).all(-1)
+    dense = scale[..., None] * (codes.astype(np.float32) - 2 ** (attrs["bits"] - 1)) + offset[..., None]
+    # float rounding of d * (q - 8) + (m + 8 d) against d * q + m: a few ulps of the block's magnitude
+    tolerance = 1e-6 * (np.abs(offset) + np.abs(scale) * 2 ** attrs["bits"])[..., None]
+    close = (np.abs(dense - _by_block(blocks.dense())) <= tolerance).all(-1)
     return int((~close).sum())
 
 
@@ -144,9 +141,10 @@ def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
     return np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(*packed.shape[:-1], -1)
 
 
-def rewrite(model: Any, weights: dict[str, Blocks], accuracy_level: int) -> None:
+def rewrite(model: Any, weights: dict[str, Blocks], accuracy_level: int, fp32_activations: Any = ()) -> None:
     """Replace each MatMul named in ``weights`` by MatMulNBits over its blocks, plus the product that adds the
-    blocks' minima where the grid has them; the node keeps its name and its output."""
+    blocks' minima where the grid has them; the node keeps its name and its output. ``fp32_activations``:
+    nodes computed with fp32 activations (accuracy_level 0) whatever ``accuracy_level`` says."""
     from onnx import helper, numpy_helper
 
     graph = model.graph
@@ -162,15 +160,16 @@ def rewrite(model: Any, weights: dict[str, Blocks], accuracy_level: int) -> None
         inputs = [x, f"{weight}.q{blocks.bits}", f"{weight}.scales"]
         graph.initializer.extend([numpy_helper.from_array(_pack(blocks.codes, blocks.bits), inputs[1]),
                                   numpy_helper.from_array(blocks.scale.reshape(-1), inputs[2])])
-        offsets = bool(blocks.offset.any())
-        if blocks.zero == 0:  # explicit zero points of 0: 4-bit zero points two to a byte, per column
-            inputs.append(f"{weight}.zero_points")
-            graph.initializer.append(numpy_helper.from_array(
-                np.zeros(n_out * ((n_blocks * blocks.bits + 7) // 8), np.uint8), inputs[3]))
+        # MatMulNBits' default zero point (8 for 4 bits) centres the codes: with int8 activations
+        # (accuracy_level 4) their rounding error is multiplied by q - 8, not by q in 0..15 (about 1.9x the
+        # error); the minima take the difference: d * q + m = d * (q - 8) + (m + 8 d)
+        default_zero = 2 ** (blocks.bits - 1)
+        offset = blocks.offset + blocks.scale * (default_zero - blocks.zero)
+        offsets = bool(offset.any())
         nbits_out = f"{out}.codes" if offsets else out
         nodes.append(helper.make_node("MatMulNBits", inputs, [nbits_out], name=node.name, domain="com.microsoft",
                                       K=n_blocks * BLOCK, N=n_out, bits=blocks.bits, block_size=BLOCK,
-                                      accuracy_level=accuracy_level))
+                                      accuracy_level=0 if node.name in fp32_activations else accuracy_level))
         if offsets:
             if x not in block_sums:  # one per tensor: q, k and v (gate and up) read the same one
                 block_sums[x] = f"{x}.block_sums"
@@ -178,7 +177,7 @@ def rewrite(model: Any, weights: dict[str, Blocks], accuracy_level: int) -> None
                 graph.initializer.append(numpy_helper.from_array(ones, f"{x}.block_ones"))
                 nodes.append(helper.make_node("MatMul", [x, f"{x}.block_ones"], [block_sums[x]],
                                               name=f"{x}.block_sums"))
-            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(blocks.offset.T), f"{out}.minima"))
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(offset.T), f"{out}.minima"))
             nodes.append(helper.make_node("MatMul", [block_sums[x], f"{out}.minima"], [f"{out}.offsets"],
                                           name=f"{node.name}.minima"))
             nodes.append(helper.make_node("Add", [nbits_out, f"{out}.offsets"], [out], name=f"{node.name}.add"))

@@ -277,6 +277,10 @@ def weight_only(src: Path, dst: Path, level: str, *, keep: list[str] | tuple[str
     would save memory, never time. ``keep``: body MatMuls kept at the level's
     ``keep_bits`` (int4: 8 bits; int8-weights: fp32), the search's most error-prone first.
     ``head_bits``/``head_block_size``: only for the test that plants a coarse LM head.
+
+    int4: a weight already on a 4-bit block grid (a GGUF source's Q4_0/Q4_1; the head's Q8_0) is written on
+    that grid exactly (``block_recovery``); of ``keep``, such a MatMul keeps fp32 activations
+    (accuracy_level 0) instead of 8-bit weights.
     """
     import onnx
 
@@ -289,7 +293,9 @@ def weight_only(src: Path, dst: Path, level: str, *, keep: list[str] | tuple[str
     body = [name for name in _weight_matmul_names(model) if name != head.name]
     on_grid = _on_grid(model, level, body, head.name if head_quantised and head_block == block_size == BLOCK_SIZE
                        and head_bits == recipe["head_bits"] else None)
-    keep = [name for name in keep if name not in on_grid]  # given back exactly: nothing to gain at 8 bits
+    # a weight given back exactly gains nothing at 8 bits; what it can lose is its activations' int8 rounding
+    exact_activations = [name for name in keep if name in on_grid]
+    keep = [name for name in keep if name not in on_grid]
     with _quiet():
         # imported here: the module calls logging.basicConfig(level=INFO) when first imported
         import onnxruntime.quantization.matmul_nbits_quantizer  # noqa: F401
@@ -301,7 +307,7 @@ def weight_only(src: Path, dst: Path, level: str, *, keep: list[str] | tuple[str
             model = _nbits(model, recipe["keep_bits"], block_size, recipe["symmetric"], include=list(keep))
         if head_quantised and head.name not in on_grid:
             model = _nbits(model, head_bits, head_block, recipe["symmetric"], include=[head.name])
-    block_recovery.rewrite(model, on_grid, ACCURACY_LEVEL)
+    block_recovery.rewrite(model, on_grid, ACCURACY_LEVEL, fp32_activations=exact_activations)
     _check_round_trip(model, on_grid)
     onnx.save(model, str(dst))
     kind = "symmetric (no zero points)" if recipe["symmetric"] else "asymmetric (a zero point per block)"
@@ -313,7 +319,8 @@ def weight_only(src: Path, dst: Path, level: str, *, keep: list[str] | tuple[str
             "embedding": "fp32 (a Gather reads one row per token)",
             "activations": f"fp32 in and out; int8 per block inside MatMulNBits (accuracy_level {ACCURACY_LEVEL})",
             "matmuls_quantised": len(body) + int(head_quantised) - (0 if recipe["keep_bits"] else len(keep)),
-            "kept": {"nodes": sorted(keep), "bits": recipe["keep_bits"] if keep else None},
+            "kept": {"nodes": sorted(keep), "bits": recipe["keep_bits"] if keep else None,
+                     "fp32_activations": sorted(exact_activations)},
             "source_grid": _grid_record(on_grid)}
 
 
@@ -386,7 +393,9 @@ def _nbits(model: Any, bits: int, block_size: int, symmetric: bool, include: lis
 def rank_weight_error(path: Path, feeds: list[dict[str, np.ndarray]], level: str) -> list[tuple[str, float]]:
     """(node, relative output error) of each body MatMul with only its weight quantised as ``level`` does,
     worst first: one fp32 pass records every MatMul's input on ``feeds``, then each product is recomputed with
-    blockwise-quantised weights. A MatMul fed outlier activations (a "massive" channel) loses the most."""
+    blockwise-quantised weights (a weight on its source's grid comes back exactly: its product is recomputed
+    with int8-rounded activations instead). A MatMul fed outlier activations (a "massive" channel) loses the
+    most."""
     import onnx
     from onnx import numpy_helper
 
@@ -401,6 +410,7 @@ def rank_weight_error(path: Path, feeds: list[dict[str, np.ndarray]], level: str
     session = _session_from_proto(model)
     names = [o.name for o in session.get_outputs()]
     worst = {n.name: 0.0 for n in wanted}
+    grid = set(_on_grid(model, level, [n.name for n in wanted], None))
     for feed in feeds:
         outputs = dict(zip(names, session.run(names, feed)))
         for node in wanted:
@@ -408,9 +418,21 @@ def rank_weight_error(path: Path, feeds: list[dict[str, np.ndarray]], level: str
             x = outputs[node.input[0]].reshape(-1, w.shape[0])
             exact = x @ w
             norm = float(np.linalg.norm(exact)) or 1.0
-            error = float(np.linalg.norm(exact - x @ _blockwise(w, recipe["bits"], recipe["symmetric"]))) / norm
+            if node.name in grid:  # the weight comes back exactly: the error is the activations' int8 rounding
+                error = float(np.linalg.norm(exact - _int8_blocks(x) @ w)) / norm
+            else:
+                error = float(np.linalg.norm(exact - x @ _blockwise(w, recipe["bits"], recipe["symmetric"]))) / norm
             worst[node.name] = max(worst[node.name], error)
     return sorted(worst.items(), key=lambda item: -item[1])
+
+
+def _int8_blocks(x: np.ndarray) -> np.ndarray:
+    """``x`` [M, K] rounded as MatMulNBits' accuracy_level 4 rounds its input: int8, one scale per 32 along K."""
+    k = x.shape[1]
+    blocks = np.pad(x, ((0, 0), (0, -k % BLOCK_SIZE))).reshape(x.shape[0], -1, BLOCK_SIZE)
+    scale = np.abs(blocks).max(-1, keepdims=True) / 127
+    scale[scale == 0] = 1.0
+    return (np.round(blocks / scale) * scale).reshape(x.shape[0], -1)[:, :k]
 
 
 def _blockwise(w: np.ndarray, bits: int, symmetric: bool) -> np.ndarray:

@@ -173,19 +173,37 @@ def test_int4_of_a_model_on_gguf_grids_passes_the_gate_at_no_loss(gguf_lm, tmp_p
 
 
 def test_a_zero_point_off_by_one_in_one_block_is_refused(gguf_lm, tmp_path, monkeypatch):
+    """Q4_1's zero point is the block's minimum m; one step off (m + d) moves the block's 32 weights by d."""
     real = block_recovery.rewrite
 
-    def off_by_one(model, weights, accuracy_level):
-        real(model, weights, accuracy_level)
+    def off_by_one(model, weights, accuracy_level, **options):
+        real(model, weights, accuracy_level, **options)
         from onnx import numpy_helper
 
-        zero_points = next(i for i in model.graph.initializer if i.name.endswith(".zero_points"))
-        planted = numpy_helper.to_array(zero_points).copy()
-        planted[3] += 1  # the low nibble: one block's zero point 0 -> 1, its 32 weights one step down
-        zero_points.CopyFrom(numpy_helper.from_array(planted, zero_points.name))
+        node = next(n for n in model.graph.node if n.op_type == "MatMulNBits" and n.output[0].endswith(".codes"))
+        init = {i.name: i for i in model.graph.initializer}
+        minima, scales = init[node.output[0].removesuffix(".codes") + ".minima"], init[node.input[2]]
+        planted = numpy_helper.to_array(minima).copy()  # [blocks, N]
+        planted[1, 3] += numpy_helper.to_array(scales).reshape(planted.shape[1], -1)[3, 1]
+        minima.CopyFrom(numpy_helper.from_array(planted, minima.name))
 
     monkeypatch.setattr(block_recovery, "rewrite", off_by_one)
     dst = tmp_path / "int4.onnx"
     with pytest.raises(VerificationError, match=r"int4 block recovery: 1 blocks of .* do not give their weights back"):
         quantize.weight_only(gguf_lm[0] / "model.onnx", dst, "int4")
     assert not dst.exists()
+
+
+def test_the_search_keeps_exact_weights_with_fp32_activations(gguf_lm, tmp_path):
+    """A weight on its grid loses nothing; int8-rounded activations are what the search can give back."""
+    import onnx
+
+    parent = gguf_lm[0] / "model.onnx"
+    ranked = quantize.rank_weight_error(parent, [_prefill(parent, gguf_lm)], "int4")
+    assert len(ranked) == 14 and all(error > 0 for _, error in ranked)  # the activations' rounding alone
+    keep = [name for name, _ in ranked[:3]]
+    settings = quantize.weight_only(parent, tmp_path / "mixed.onnx", "int4", keep=keep)
+    assert settings["kept"] == {"nodes": [], "bits": None, "fp32_activations": sorted(keep)}
+    levels = {n.name: next(a.i for a in n.attribute if a.name == "accuracy_level")
+              for n in onnx.load(str(tmp_path / "mixed.onnx")).graph.node if n.op_type == "MatMulNBits"}
+    assert {n for n, level in levels.items() if level == 0} == set(keep) and len(levels) == 15
