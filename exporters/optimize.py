@@ -362,7 +362,7 @@ def _weight_only(ctx: Context, level: str) -> Candidate:
         candidate = Candidate(level, path, {"passes": [], "quantization": settings})
         judged = generative_gate.judge(path, ctx.folder, ctx.manifest, ctx.generative, ctx.reference, limit)
         candidate.checks, candidate.figures, candidate.max_abs = judged.checks, judged.figures, judged.max_abs
-        steps.append({"kept_fp32": keep, "kept_as": _kept_as(level, settings["kept"]),
+        steps.append({"kept_fp32": keep, "kept_as": _kept_as(level, settings.get("kept", {})),
                       "passed": candidate.passed, "figures": {c.name: c.value for c in candidate.checks}})
         if candidate.passed:
             break
@@ -380,9 +380,9 @@ def _kept_as(level: str, kept: dict[str, Any]) -> str:
     already exact (on its GGUF grid); int8-weights' fp32."""
     if level != "int4":
         return "fp32"
-    if not kept["fp32_activations"]:
+    if not kept.get("fp32_activations"):
         return "int8"
-    return "int8 or fp32 activations" if kept["nodes"] else "fp32 activations"
+    return "int8 or fp32 activations" if kept.get("nodes") else "fp32 activations"
 
 
 def _fused(ctx: Context) -> Path:

@@ -320,7 +320,7 @@ def weight_only(src: Path, dst: Path, level: str, *, keep: list[str] | tuple[str
             "activations": f"fp32 in and out; int8 per block inside MatMulNBits (accuracy_level {ACCURACY_LEVEL})",
             "matmuls_quantised": len(body) + int(head_quantised) - (0 if recipe["keep_bits"] else len(keep)),
             "kept": {"nodes": sorted(keep), "bits": recipe["keep_bits"] if keep else None,
-                     "fp32_activations": sorted(exact_activations)},
+                     **({"fp32_activations": sorted(exact_activations)} if exact_activations else {})},
             "source_grid": _grid_record(on_grid)}
 
 
