@@ -10,8 +10,8 @@ for bit); a block that is not on its grid is rounded to the same kind of grid in
 counted in the manifest).
 
 MatMulNBits has no place for ``m`` that keeps its fast kernel: float zero points are accepted by
-onnxruntime but take a slow dequantising path (10x to 15x slower at decode), and uint8 zero points are
-integers, which ``-m / d`` is not. So the codes go into MatMulNBits with its default zero point 8
+onnxruntime but take a slow path (15x the time of uint8 ones in a microbenchmark), and uint8 zero
+points are integers, which ``-m / d`` is not. So the codes go into MatMulNBits with its default zero point 8
 (``d * (q - 8)``) and the rest is added by a small fp32 product: ``y = x W = MatMulNBits(x) + (x P) M``,
 where ``x P`` sums ``x`` over each block of 32 (P is 0/1, shared by the MatMuls that read the same tensor)
 and ``M`` [blocks, N] holds ``m + 8 d``.
