@@ -362,7 +362,7 @@ def _weight_only(ctx: Context, level: str) -> Candidate:
         candidate = Candidate(level, path, {"passes": [], "quantization": settings})
         judged = generative_gate.judge(path, ctx.folder, ctx.manifest, ctx.generative, ctx.reference, limit)
         candidate.checks, candidate.figures, candidate.max_abs = judged.checks, judged.figures, judged.max_abs
-        steps.append({"kept_fp32": keep, "kept_as": "int8" if level == "int4" else "fp32",
+        steps.append({"kept_fp32": keep, "kept_as": _kept_as(level, settings.get("kept", {})),
                       "passed": candidate.passed, "figures": {c.name: c.value for c in candidate.checks}})
         if candidate.passed:
             break
@@ -373,6 +373,16 @@ def _weight_only(ctx: Context, level: str) -> Candidate:
         candidate.speed = generative_gate.measure_decode(ctx.parent_model, path, ctx.folder, ctx.manifest)
         candidate.checks += gates.speed_checks(candidate.speed)
     return candidate
+
+
+def _kept_as(level: str, kept: dict[str, Any]) -> str:
+    """What the search's kept MatMuls keep: int4's 8-bit weights, or fp32 activations for a weight that is
+    already exact (on its GGUF grid); int8-weights' fp32."""
+    if level != "int4":
+        return "fp32"
+    if not kept.get("fp32_activations"):
+        return "int8"
+    return "int8 or fp32 activations" if kept.get("nodes") else "fp32 activations"
 
 
 def _fused(ctx: Context) -> Path:

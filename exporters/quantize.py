@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from exporters import block_recovery
 from exporters.evaldata import EvalSet
+from zoo.errors import VerificationError
 
 STATIC_OPS = ("Conv", "MatMul", "Gemm")
 
@@ -209,20 +211,44 @@ def lm_head(model: Any) -> Any:
         node = producer.get(pending.pop(0))
         if node is None or node.name in seen:
             continue
-        if node.op_type == "MatMul":
+        if node.op_type == "MatMul" or _plain_fused_matmul(node):
             return node
         seen.add(node.name)
         pending.extend(node.input)  # through the padding mask (Mul / Where) and any reshape
     raise ValueError("no MatMul produces the graph's first output; this graph has no LM head to quantise")
 
 
+def _plain_fused_matmul(node: Any) -> bool:
+    """A com.microsoft FusedMatMul that is a MatMul with its second input transposed (onnxscript's fusion of the
+    LM head's ``x @ W^T`` at export), nothing else: no scaling, no transposed first input or batches."""
+    if node.op_type != "FusedMatMul":
+        return False
+    attrs = {a.name: (a.f if a.name == "alpha" else a.i) for a in node.attribute}
+    return attrs.get("alpha", 1.0) == 1.0 and not any(attrs.get(k, 0) for k in ("transA", "transBatchA",
+                                                                                "transBatchB"))
+
+
 def _constant_weight(model: Any, node: Any) -> bool:
     """Make ``node``'s second input an initializer if it is a Transpose of one (a tied embedding), and say
-    whether it now is: the quantiser only takes constant weights."""
+    whether it now is: the quantiser only takes constant weights. A FusedMatMul head becomes a MatMul over
+    its own [K, N] copy of the weight (the quantiser takes MatMuls only)."""
     from onnx import numpy_helper
 
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
+    if node.op_type == "FusedMatMul":
+        if node.input[1] not in initializers:
+            return False
+        table = numpy_helper.to_array(initializers[node.input[1]])
+        transposed = any(a.name == "transB" and a.i for a in node.attribute)
+        source, name = node.input[1], f"{node.name}.weight_kn"
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(table.T if transposed else table),
+                                                         name))
+        node.input[1], node.op_type, node.domain = name, "MatMul", ""
+        del node.attribute[:]
+        if not any(source in n.input for n in graph.node):
+            graph.initializer.remove(initializers[source])  # an untied head: only the copy is left
+        return True
     if node.input[1] in initializers:
         return True
     producer = next((n for n in graph.node if node.input[1] in n.output), None)
@@ -251,6 +277,10 @@ def weight_only(src: Path, dst: Path, level: str, *, keep: list[str] | tuple[str
     would save memory, never time. ``keep``: body MatMuls kept at the level's
     ``keep_bits`` (int4: 8 bits; int8-weights: fp32), the search's most error-prone first.
     ``head_bits``/``head_block_size``: only for the test that plants a coarse LM head.
+
+    int4: a weight already on a 4-bit block grid (a GGUF source's Q4_0/Q4_1; the head's Q8_0) is written on
+    that grid exactly (``block_recovery``); of ``keep``, such a MatMul keeps fp32 activations
+    (accuracy_level 0) instead of 8-bit weights.
     """
     import onnx
 
@@ -261,17 +291,24 @@ def weight_only(src: Path, dst: Path, level: str, *, keep: list[str] | tuple[str
     head = lm_head(model)
     head_quantised = _constant_weight(model, head)
     body = [name for name in _weight_matmul_names(model) if name != head.name]
+    on_grid = _on_grid(model, level, body, head.name if head_quantised and head_block == block_size == BLOCK_SIZE
+                       and head_bits == recipe["head_bits"] else None)
+    # a weight given back exactly gains nothing at 8 bits; what it can lose is its activations' int8 rounding
+    exact_activations = [name for name in keep if name in on_grid]
+    keep = [name for name in keep if name not in on_grid]
     with _quiet():
         # imported here: the module calls logging.basicConfig(level=INFO) when first imported
         import onnxruntime.quantization.matmul_nbits_quantizer  # noqa: F401
 
         logging.getLogger().setLevel(logging.ERROR)
-        model = _nbits(model, recipe["bits"], block_size, recipe["symmetric"], include=[n for n in body
-                                                                                       if n not in set(keep)])
+        model = _nbits(model, recipe["bits"], block_size, recipe["symmetric"],
+                       include=[n for n in body if n not in set(keep) and n not in on_grid])
         if keep and recipe["keep_bits"]:
             model = _nbits(model, recipe["keep_bits"], block_size, recipe["symmetric"], include=list(keep))
-        if head_quantised:
+        if head_quantised and head.name not in on_grid:
             model = _nbits(model, head_bits, head_block, recipe["symmetric"], include=[head.name])
+    block_recovery.rewrite(model, on_grid, ACCURACY_LEVEL, fp32_activations=exact_activations)
+    _check_round_trip(model, on_grid)
     onnx.save(model, str(dst))
     kind = "symmetric (no zero points)" if recipe["symmetric"] else "asymmetric (a zero point per block)"
     return {"method": "weight-only, onnxruntime MatMulNBits", "bits": recipe["bits"], "block_size": block_size,
@@ -282,7 +319,58 @@ def weight_only(src: Path, dst: Path, level: str, *, keep: list[str] | tuple[str
             "embedding": "fp32 (a Gather reads one row per token)",
             "activations": f"fp32 in and out; int8 per block inside MatMulNBits (accuracy_level {ACCURACY_LEVEL})",
             "matmuls_quantised": len(body) + int(head_quantised) - (0 if recipe["keep_bits"] else len(keep)),
-            "kept": {"nodes": sorted(keep), "bits": recipe["keep_bits"] if keep else None}}
+            "kept": {"nodes": sorted(keep), "bits": recipe["keep_bits"] if keep else None,
+                     **({"fp32_activations": sorted(exact_activations)} if exact_activations else {})},
+            "source_grid": _grid_record(on_grid)}
+
+
+# the grids a weight is tried on, by level: a body MatMul at the level's bits; the LM head at 8 bits (Q8_0, a
+# GGUF's usual embedding type) or, from a file whose head is 4-bit, at 4
+_GRIDS = {"int4": (block_recovery.asymmetric4,), "head": (block_recovery.symmetric8, block_recovery.asymmetric4)}
+
+
+def _on_grid(model: Any, level: str, body: list[str], head: str | None) -> dict[str, block_recovery.Blocks]:
+    """The weight MatMuls whose weights already sit on a block grid MatMulNBits can hold (a GGUF source's),
+    with their blocks; ``head``: the LM head's node when it is quantised with the recipe's own settings."""
+    from onnx import numpy_helper
+
+    if level not in _GRIDS:
+        return {}
+    weights = {i.name: i for i in model.graph.initializer}
+    by_name = {n.name: n for n in model.graph.node}
+    found = {}
+    for name in body + ([head] if head else []):
+        w = numpy_helper.to_array(weights[by_name[name].input[1]])
+        if w.ndim != 2 or w.shape[0] % block_recovery.BLOCK:
+            continue
+        for grid in _GRIDS["head" if name == head else level]:
+            blocks = grid(w)
+            if blocks.exact_share >= block_recovery.EXACT_SHARE:
+                found[name] = blocks
+                break
+    return found
+
+
+def _check_round_trip(model: Any, on_grid: dict[str, block_recovery.Blocks]) -> None:
+    """Every recovered block must come back from the written graph (codes, scales, zero points, minima)."""
+    for name, blocks in on_grid.items():
+        wrong = block_recovery.round_trip_errors(model, name, blocks)
+        if wrong:
+            raise VerificationError(f"int4 block recovery: {wrong} blocks of {name} do not give their weights back "
+                                    "from the written graph; this is a bug in zoo, please report it")
+
+
+def _grid_record(on_grid: dict[str, block_recovery.Blocks]) -> dict[str, Any] | None:
+    """The manifest's account of the weights written on their source's own grid (None: no such weights)."""
+    if not on_grid:
+        return None
+    exact = sum(int(b.exact.sum()) for b in on_grid.values())
+    total = sum(b.exact.size for b in on_grid.values())
+    return {"matmuls": len(on_grid), "blocks": total, "exact_blocks": exact,
+            "grids": sorted({f"int{b.bits}" + (" with minima (Q4_1-like)" if b.zero == 0 else " symmetric (Q8_0-like)")
+                             for b in on_grid.values()}),
+            "meaning": "weights already on a 32-weight block grid (a GGUF source's) written on that grid: exact "
+                       "blocks give the parent's weights back within float rounding; the rest are rounded to it"}
 
 
 def _weight_matmul_names(model: Any) -> list[str]:
@@ -305,7 +393,9 @@ def _nbits(model: Any, bits: int, block_size: int, symmetric: bool, include: lis
 def rank_weight_error(path: Path, feeds: list[dict[str, np.ndarray]], level: str) -> list[tuple[str, float]]:
     """(node, relative output error) of each body MatMul with only its weight quantised as ``level`` does,
     worst first: one fp32 pass records every MatMul's input on ``feeds``, then each product is recomputed with
-    blockwise-quantised weights. A MatMul fed outlier activations (a "massive" channel) loses the most."""
+    blockwise-quantised weights (a weight on its source's grid comes back exactly: its product is recomputed
+    with int8-rounded activations instead). A MatMul fed outlier activations (a "massive" channel) loses the
+    most."""
     import onnx
     from onnx import numpy_helper
 
@@ -320,6 +410,7 @@ def rank_weight_error(path: Path, feeds: list[dict[str, np.ndarray]], level: str
     session = _session_from_proto(model)
     names = [o.name for o in session.get_outputs()]
     worst = {n.name: 0.0 for n in wanted}
+    grid = set(_on_grid(model, level, [n.name for n in wanted], None))
     for feed in feeds:
         outputs = dict(zip(names, session.run(names, feed)))
         for node in wanted:
@@ -327,9 +418,21 @@ def rank_weight_error(path: Path, feeds: list[dict[str, np.ndarray]], level: str
             x = outputs[node.input[0]].reshape(-1, w.shape[0])
             exact = x @ w
             norm = float(np.linalg.norm(exact)) or 1.0
-            error = float(np.linalg.norm(exact - x @ _blockwise(w, recipe["bits"], recipe["symmetric"]))) / norm
+            if node.name in grid:  # the weight comes back exactly: the error is the activations' int8 rounding
+                error = float(np.linalg.norm(exact - _int8_blocks(x) @ w)) / norm
+            else:
+                error = float(np.linalg.norm(exact - x @ _blockwise(w, recipe["bits"], recipe["symmetric"]))) / norm
             worst[node.name] = max(worst[node.name], error)
     return sorted(worst.items(), key=lambda item: -item[1])
+
+
+def _int8_blocks(x: np.ndarray) -> np.ndarray:
+    """``x`` [M, K] rounded as MatMulNBits' accuracy_level 4 rounds its input: int8, one scale per 32 along K."""
+    k = x.shape[1]
+    blocks = np.pad(x, ((0, 0), (0, -k % BLOCK_SIZE))).reshape(x.shape[0], -1, BLOCK_SIZE)
+    scale = np.abs(blocks).max(-1, keepdims=True) / 127
+    scale[scale == 0] = 1.0
+    return (np.round(blocks / scale) * scale).reshape(x.shape[0], -1)[:, :k]
 
 
 def _blockwise(w: np.ndarray, bits: int, symmetric: bool) -> np.ndarray:
