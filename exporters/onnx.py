@@ -38,7 +38,7 @@ import numpy as np
 
 from exporters import fusion
 from exporters.golden import golden_indices, write_golden
-from exporters.memory import budget, plan_grid, size_text
+from exporters.memory import budget, frozen_heap, plan_grid, size_text
 from exporters.source import DEFAULT_INIT_SEED, Source, build_source
 from exporters.verify import (NoiseFloor, compare_grid, dynamic_axes_check, golden_folder, graph_check,
                               named_check, ort_session, torch_references, verify_model, within_tolerance)
@@ -100,7 +100,7 @@ def export_onnx(model: str | ModelSpec, *, out: str | Path | None = None, opset:
     # before anything is written: a grid that cannot fit the budget is refused here
     cases = plan_grid(source.task, source.spec, source.module, source.processor, source.cases, limit, step)
     source = dataclasses.replace(source, cases=cases)
-    with staged_dir(dest, keep_failed=Path(keep_failed) if keep_failed else None) as stage:
+    with frozen_heap(), staged_dir(dest, keep_failed=Path(keep_failed) if keep_failed else None) as stage:
         # an explicit --rtol is the user's limit, applied as given; the registry's default yields to the noise floor
         manifest, report = _build_artifact(source, stage, random_init, step, noise_floor=rtol is None, fuse=fuse)
         if not report.passed:
