@@ -48,8 +48,8 @@ def _feed(session, past: int, new: int) -> dict[str, np.ndarray]:
     positions = np.where(mask == 0, 1, np.cumsum(mask, 1) - 1)
     feed = {"input_ids": rng.integers(0, 100, (2, new)), "attention_mask": mask, "position_ids": positions[:, past:]}
     for item in session.get_inputs()[3:]:
-        feed[item.name] = rng.standard_normal((2, item.shape[1], past, item.shape[3])).astype(np.float32) * \
-            mask[:, None, :past, None]
+        feed[item.name] = (rng.standard_normal((2, item.shape[1], past, item.shape[3])) *
+                           mask[:, None, :past, None]).astype(np.float32)
     return feed
 
 
