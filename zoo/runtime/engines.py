@@ -121,7 +121,10 @@ Provider = str | tuple[str, dict[str, Any]]
 
 
 def onnxruntime_session(path: Path, *, providers: Sequence[Provider] | None = None, threads: int | None = None,
-                        optimization: str = "all") -> Any:
+                        optimization: str = "all", arena: bool = True) -> Any:
+    """``arena=False``: no CPU memory arena. A decoder's tensors change shape at every step and chunk, and the
+    arena keeps the blocks it grew for each of them (a 2,048-token SmolLM2 context peaks about 30 MB higher with
+    it, and decodes no faster)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -135,6 +138,7 @@ def onnxruntime_session(path: Path, *, providers: Sequence[Provider] | None = No
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[optimization])
     if threads is not None:
         options.intra_op_num_threads = threads
+    options.enable_cpu_mem_arena = arena
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own pybind exception types

@@ -31,8 +31,9 @@ from zoo.tasks._decoding import Sampling, positions, sampling_settings
 from zoo.tasks.results import Generation
 
 # prompt columns per graph call: a long prompt goes in chunks, each on the cache of those before, so the logits
-# and attention scores of one call stay small (a 2,000-token prompt at once holds 400 MB of SmolLM2 logits alone)
-PREFILL_CHUNK = 256
+# and attention scores of one call stay small (a 2,000-token prompt at once holds 400 MB of SmolLM2 logits alone;
+# a chunk of 128, 25 MB, and as much again for their copy into numpy)
+PREFILL_CHUNK = 128
 
 
 class Generator:
