@@ -146,6 +146,22 @@ def onnxruntime_session(path: Path, *, providers: Sequence[Provider] | None = No
                             "the file is damaged or needs a newer onnxruntime") from exc
 
 
+def release_freed_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    onnxruntime parses model.onnx into memory, copies the weights into its own (pre-packed) buffers
+    and frees the parsed copy, but glibc keeps most of those pages resident: a SmolLM2-135M session
+    holds about 1,070 MiB after loading without this, 725 MiB with it.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def provider_name(name: str, available: Sequence[str]) -> str:
     """onnxruntime's name for an execution provider: 'cpu' / 'cuda' / 'CUDAExecutionProvider' ..."""
     wanted = name.strip().lower().removesuffix("executionprovider")

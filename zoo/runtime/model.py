@@ -59,6 +59,7 @@ def load(artifact_dir: str | Path, *, providers: Sequence[Provider] | None = Non
     companions = {name: engines.open_session(artifact_path(folder, record["file"]), chosen, threads=threads,
                                              providers=providers, optimization=level)
                   for name, record in (manifest.preprocess.get("graphs") or {}).items()}
+    engines.release_freed_memory()
     return ExportedModel(folder, manifest, session, chosen, companions)
 
 
