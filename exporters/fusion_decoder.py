@@ -15,8 +15,10 @@ here once for the whole context.
 same verification as the plain one (the grid, then prefill + decode steps on its own cache
 and greedy generation against transformers) and replaces it only if it passes; otherwise
 the plain graph stays and the manifest says why. Left padding stays as it is: the fused
-attention gets the graph's own additive mask, so onnxruntime's GroupQueryAttention (whose
-kernel assumes every row's tokens start at column 0) is not used.
+attention, onnxruntime's GroupQueryAttention (zoo's ``group_query_attention`` pass, from the
+MultiHeadAttention onnxscript writes), gets the graph's own additive mask as its
+``attention_bias`` and every row's length as the mask's width, because its kernel's own lengths
+assume every row's tokens start at column 0.
 """
 
 from __future__ import annotations
@@ -187,17 +189,16 @@ def group_query_attention(model: Any, **_: Any) -> int:
         bias = node.inputs[5] if len(node.inputs) > 5 else None
         if any(c is None for c in cache) or bias is None or any(v is not None for v in node.inputs[3:5]):
             continue
+        (key_concat, past_key, new_key), (value_concat, past_value, new_value) = cache
+        if not isinstance(past_key.shape[1], int):  # the KV head count is a fixed dimension of the cache input
+            continue
         if lengths is None:
             lengths = _row_lengths(model, node, mask)
-        (key_concat, past_key, new_key), (value_concat, past_value, new_value) = cache
         query = node.inputs[0]
         kept = [_masked_output(model, concat) for concat in (key_concat, value_concat)]
         new = [_heads_last(model, node, _mask_new(model, node, x, factor)) for x, (_, factor) in
                zip((new_key, new_value), kept)]
-        attributes = {"num_heads": node.attributes["num_heads"].value,
-                      "kv_num_heads": past_key.shape[1] if isinstance(past_key.shape[1], int) else None}
-        if attributes["kv_num_heads"] is None:
-            continue
+        attributes = {"num_heads": node.attributes["num_heads"].value, "kv_num_heads": past_key.shape[1]}
         if "scale" in node.attributes:
             attributes["scale"] = node.attributes["scale"].value
         gqa = ir.node("GroupQueryAttention", [query, *new, past_key, past_value, *lengths, None, None, None, bias],

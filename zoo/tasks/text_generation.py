@@ -152,7 +152,8 @@ class TextGeneration(TextTask):
         keep = mask[:, None, :past, None].astype(np.float32)
         for i in range(layers_of(spec)):
             for kind in ("key", "value"):
-                inputs[f"past_key_values.{i}.{kind}"] = rng.standard_normal((batch, heads, past, dim), np.float32) * keep
+                cache = rng.standard_normal((batch, heads, past, dim), np.float32)
+                inputs[f"past_key_values.{i}.{kind}"] = cache * keep
         return inputs
 
     def grid(self, spec: ModelSpec, processor: Any, seeds: tuple[int, ...]) -> list[Case]:
