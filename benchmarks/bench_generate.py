@@ -89,7 +89,9 @@ def build(work: Path) -> dict[str, Path]:
     gguf = gguf_file()
     folder = Path(resolve(str(gguf)).local_path)  # zoo's GGUF cache: dequantised once, keyed by the file's sha256
     zoo_art, genai = work / "zoo-onnx", work / "ortgenai-fp32"
-    if zoo_fusion(zoo_art) is None:  # none yet, or exported before zoo fused decoder graphs
+    fusion = zoo_fusion(zoo_art)
+    # none yet, or exported before zoo fused decoder graphs into GroupQueryAttention (a slower graph)
+    if fusion is None or "GroupQueryAttention" not in fusion.get("fused", {}):
         shutil.rmtree(zoo_art, ignore_errors=True)
         run([sys.executable, "-m", "zoo", "export", str(gguf), "--onnx", "--out", str(zoo_art)])
     if not (genai / "genai_config.json").is_file():

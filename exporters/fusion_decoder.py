@@ -15,8 +15,10 @@ here once for the whole context.
 same verification as the plain one (the grid, then prefill + decode steps on its own cache
 and greedy generation against transformers) and replaces it only if it passes; otherwise
 the plain graph stays and the manifest says why. Left padding stays as it is: the fused
-attention gets the graph's own additive mask, so onnxruntime's GroupQueryAttention (whose
-kernel assumes every row's tokens start at column 0) is not used.
+attention, onnxruntime's GroupQueryAttention (zoo's ``group_query_attention`` pass, from the
+MultiHeadAttention onnxscript writes), gets the graph's own additive mask as its
+``attention_bias`` and every row's length as the mask's width, because its kernel's own lengths
+assume every row's tokens start at column 0.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ FUSED_DIR = ".fused"  # inside the stage: the fused graph keeps the plain one's 
 PROTOBUF_LIMIT = 2 * 1024**3
 NOTHING_MATCHED = "no fusion pattern matched"  # GPT-2's LayerNorm/GELU decoder: the plain graph, nothing to note
 # the fused operator each pass writes, as named in the manifest
-FUSED_OPS = ("SkipSimplifiedLayerNormalization", "RotaryEmbedding", "MultiHeadAttention")
+FUSED_OPS = ("SkipSimplifiedLayerNormalization", "RotaryEmbedding", "MultiHeadAttention", "GroupQueryAttention")
 
 
 def rotary_tables(inv_freq: np.ndarray, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,6 +114,7 @@ def fusion_passes(max_positions: int) -> list[tuple[str, Callable[..., int]]]:
         ("scaled dot-product attention", lambda model, **kw: sdpa.fuse_sdpa(model, apply_shape_inference=True, **kw)),
         ("attention as MultiHeadAttention", sdpa_via_mha.replace_sdpa_by_mha),
         ("MultiHeadAttention reads the cache as it is (zoo)", cache_layout_keys),
+        ("MultiHeadAttention on a concatenated cache as GroupQueryAttention (zoo)", group_query_attention),
     ]
 
 
@@ -162,6 +165,174 @@ def cache_layout_keys(model: Any, **_: Any) -> int:
                 node.replace_input_with(i, source)
             changed += 1
     return changed
+
+
+def group_query_attention(model: Any, **_: Any) -> int:
+    """Each MultiHeadAttention over ``concat(past, new)`` (its KV heads repeated to the query heads or not) as one
+    GroupQueryAttention, which appends to the cache and shares its KV heads inside the kernel.
+
+    The graph's additive mask goes in as the operator's ``attention_bias``, and every row's length is the
+    mask's full width: left padding stays masked by the bias, as it was for MultiHeadAttention (the kernel's
+    own lengths assume right padding). Its present outputs replace the Concat's, so the graph's inputs and
+    outputs are unchanged; a caller may bind a past and its present to one preallocated buffer
+    (``past_present_share_buffer``), which the kernel then appends to in place. Returns the nodes replaced.
+    """
+    import onnx_ir as ir
+
+    mask = next((v for v in model.graph.inputs if v.name == "attention_mask"), None)
+    lengths: tuple[Any, Any] | None = None
+    replaced = 0
+    for node in list(model.graph):
+        if node.op_type != "MultiHeadAttention" or node.domain != "com.microsoft" or mask is None:
+            continue
+        cache = [_cache_concat(node.inputs[i]) if len(node.inputs) > i else None for i in (1, 2)]
+        bias = node.inputs[5] if len(node.inputs) > 5 else None
+        if any(c is None for c in cache) or bias is None or any(v is not None for v in node.inputs[3:5]):
+            continue
+        (key_concat, past_key, new_key), (value_concat, past_value, new_value) = cache
+        if not isinstance(past_key.shape[1], int):  # the KV head count is a fixed dimension of the cache input
+            continue
+        if lengths is None:
+            lengths = _row_lengths(model, node, mask)
+        query = node.inputs[0]
+        kept = [_masked_output(model, concat) for concat in (key_concat, value_concat)]
+        new = [_heads_last(model, node, _mask_new(model, node, x, factor)) for x, (_, factor) in
+               zip((new_key, new_value), kept)]
+        attributes = {"num_heads": node.attributes["num_heads"].value, "kv_num_heads": past_key.shape[1]}
+        if "scale" in node.attributes:
+            attributes["scale"] = node.attributes["scale"].value
+        gqa = ir.node("GroupQueryAttention", [query, *new, past_key, past_value, *lengths, None, None, None, bias],
+                      attributes, domain="com.microsoft", num_outputs=3)
+        model.graph.insert_before(node, gqa)
+        for shape in (u.node for c in (key_concat, value_concat) for u in c.outputs[0].uses()):
+            if shape.op_type == "Shape" and _shape_span(shape) == (2, 3):  # the total length, read off the cache
+                ir.convenience.replace_all_uses_with(shape.outputs[0], _mask_width(model, mask))
+        for old, fresh in zip((node.outputs[0], *(output for output, _ in kept)), gqa.outputs):
+            _take_place(model, old, fresh)
+        replaced += 1
+    if replaced:
+        _past_length_from_mask(model, mask)
+        model.graph.sort()  # the cache's mask factor was made after the attention it now feeds
+    return replaced
+
+
+def _past_length_from_mask(model: Any, mask: Any) -> None:
+    """Every ``Shape(past, start=2, end=3)`` (the past length, which torch's export reads off the cache) as the
+    mask's width minus the new tokens': a shared cache buffer is longer than its filled part."""
+    import onnx_ir as ir
+
+    ids = next(v for v in model.graph.inputs if v.name == "input_ids")
+    reads = [n for n in model.graph if n.op_type == "Shape" and n.inputs[0].is_graph_input()
+             and n.inputs[0].name.startswith("past_key_values.") and _shape_span(n) == (2, 3)]
+    if not reads:
+        return
+    total = ir.node("Shape", [mask], {"start": 1, "end": 2})
+    new = ir.node("Shape", [ids], {"start": 1, "end": 2})
+    past = ir.node("Sub", [total.outputs[0], new.outputs[0]])
+    model.graph.insert_before(reads[0], [total, new, past])
+    for node in reads:
+        ir.convenience.replace_all_uses_with(node.outputs[0], past.outputs[0])
+
+
+def _mask_width(model: Any, mask: Any) -> Any:
+    """Shape(attention_mask)[1:2], made once, before every node of the graph."""
+    import onnx_ir as ir
+
+    width = next((n for n in model.graph if n.op_type == "Shape" and n.inputs[0] is mask and _shape_span(n) == (1, 2)),
+                 None)
+    if width is None:
+        width = ir.node("Shape", [mask], {"start": 1, "end": 2})
+        model.graph.insert_before(next(iter(model.graph)), width)
+    return width.outputs[0]
+
+
+def _shape_span(node: Any) -> tuple[int | None, int | None]:
+    start, end = node.attributes.get("start"), node.attributes.get("end")
+    return (start.value if start else None, end.value if end else None)
+
+
+def _cache_concat(value: Any) -> tuple[Any, Any, Any] | None:
+    """(the Concat node, past, new) where ``value`` is ``concat(past input, new, axis=-2)``, optionally with its
+    heads repeated (Reshape(Expand(Unsqueeze(concat)))): a cache as torch's export writes it."""
+    node = value.producer() if value is not None else None
+    if node is not None and node.op_type == "Reshape":
+        expand = node.inputs[0].producer()
+        unsqueeze = expand.inputs[0].producer() if expand is not None and expand.op_type == "Expand" else None
+        node = unsqueeze.inputs[0].producer() if unsqueeze is not None and unsqueeze.op_type == "Unsqueeze" else None
+    if node is None or node.op_type != "Concat" or len(node.inputs) != 2:
+        return None
+    axis = node.attributes.get("axis")
+    past = node.inputs[0]
+    if axis is None or axis.value not in (-2, 2) or not past.is_graph_input() or past.shape is None \
+            or past.shape.rank() != 4:
+        return None
+    return node, past, node.inputs[1]
+
+
+def _masked_output(model: Any, concat: Any) -> tuple[Any, Any]:
+    """(the present output, the factor it is masked by): zoo's decoder writes the cache as ``concat * mask`` (zero
+    at padding, see zoo.tasks._generate_torch), (concat, None) for a graph that outputs the concat as it is."""
+    for use in concat.outputs[0].uses():
+        node = use.node
+        if node.op_type == "Mul" and node.outputs[0] in model.graph.outputs:
+            return node.outputs[0], node.inputs[1 - use.idx]
+    return concat.outputs[0], None
+
+
+def _mask_new(model: Any, before: Any, new: Any, factor: Any) -> Any:
+    """``new`` [batch, heads, sequence, head dim] times the last ``sequence`` columns of ``factor`` [batch, 1,
+    total, 1] (the mask): the past is zero at padding already, so masking the new entries masks the whole cache."""
+    import onnx_ir as ir
+
+    if factor is None:
+        return new
+    ids = next(v for v in model.graph.inputs if v.name == "input_ids")
+    width = ir.node("Shape", [ids], {"start": 1, "end": 2})
+    start = ir.node("Neg", [width.outputs[0]])
+    end = ir.node("Constant", [], {"value": ir.tensor(np.array([np.iinfo(np.int64).max], np.int64))})
+    axis = ir.node("Constant", [], {"value": ir.tensor(np.array([2], np.int64))})
+    last = ir.node("Slice", [factor, start.outputs[0], end.outputs[0], axis.outputs[0]])
+    masked = ir.node("Mul", [new, last.outputs[0]])
+    model.graph.insert_before(before, [width, start, end, axis, last, masked])
+    return masked.outputs[0]
+
+
+def _row_lengths(model: Any, before: Any, mask: Any) -> tuple[Any, Any]:
+    """(seqlens_k, total_sequence_length) for GroupQueryAttention: the mask's width - 1 for every row, and its
+    width, int32."""
+    import onnx_ir as ir
+
+    batch = ir.node("Shape", [mask], {"start": 0, "end": 1})
+    width = ir.node("Shape", [mask], {"start": 1, "end": 2})
+    total = ir.node("Cast", [width.outputs[0]], {"to": ir.DataType.INT32})
+    scalar = ir.node("Squeeze", [total.outputs[0]])
+    one = ir.node("Constant", [], {"value": ir.tensor(np.array(1, np.int32))})
+    last = ir.node("Sub", [scalar.outputs[0], one.outputs[0]])
+    rows = ir.node("Expand", [last.outputs[0], batch.outputs[0]])
+    model.graph.insert_before(before, [batch, width, total, scalar, one, last, rows])
+    return rows.outputs[0], scalar.outputs[0]
+
+
+def _heads_last(model: Any, before: Any, value: Any) -> Any:
+    """[batch, sequence, heads * head dim] from a [batch, heads, sequence, head dim] ``value``."""
+    import onnx_ir as ir
+
+    transpose = ir.node("Transpose", [value], {"perm": [0, 2, 1, 3]})
+    shape = ir.node("Constant", [], {"value": ir.tensor(np.array([0, 0, -1], np.int64))})
+    reshape = ir.node("Reshape", [transpose.outputs[0], shape.outputs[0]])
+    model.graph.insert_before(before, [transpose, shape, reshape])
+    return reshape.outputs[0]
+
+
+def _take_place(model: Any, old: Any, fresh: Any) -> None:
+    """``fresh`` in every use of ``old``, and as the graph output ``old`` was, by its name."""
+    import onnx_ir as ir
+
+    fresh.type, fresh.shape = old.type, old.shape  # onnx's shape inference does not know onnxruntime's operators
+    if old in model.graph.outputs:
+        name, old.name = old.name, None
+        fresh.name = name
+    ir.convenience.replace_all_uses_with(old, fresh, replace_graph_outputs=True)
 
 
 def _untransposed(value: Any) -> Any:

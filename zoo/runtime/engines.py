@@ -121,7 +121,10 @@ Provider = str | tuple[str, dict[str, Any]]
 
 
 def onnxruntime_session(path: Path, *, providers: Sequence[Provider] | None = None, threads: int | None = None,
-                        optimization: str = "all") -> Any:
+                        optimization: str = "all", arena: bool = True) -> Any:
+    """``arena=False``: no CPU memory arena. A decoder's tensors change shape at every step and chunk, and the
+    arena keeps the blocks it grew for each of them (a 2,048-token SmolLM2 context peaks about 30 MB higher with
+    it, and decodes no faster)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -135,11 +138,28 @@ def onnxruntime_session(path: Path, *, providers: Sequence[Provider] | None = No
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[optimization])
     if threads is not None:
         options.intra_op_num_threads = threads
+    options.enable_cpu_mem_arena = arena
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own pybind exception types
         raise ArtifactError(f"onnxruntime cannot open {path}: {first_line(exc)}; "
                             "the file is damaged or needs a newer onnxruntime") from exc
+
+
+def release_freed_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    onnxruntime parses model.onnx into memory, copies the weights into its own (pre-packed) buffers
+    and frees the parsed copy, but glibc keeps most of those pages resident: a SmolLM2-135M session
+    holds about 1,070 MiB after loading without this, 725 MiB with it.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def provider_name(name: str, available: Sequence[str]) -> str:

@@ -8,9 +8,12 @@ Prompts are tokenised by the artifact's ``tokenizer.json`` and padded on the lef
 a batch's prompts end at the same column and every step appends one column. The
 decoder graph runs on the prompts (from an empty cache, in chunks of ``PREFILL_CHUNK``
 columns, so a long prompt's logits never sit in memory whole) and then once per new token;
-between steps the cache stays in onnxruntime: each step's ``present.N.*`` outputs are
-bound, as OrtValues, to the next step's ``past_key_values.N.*`` inputs (IO binding),
-never copied out to numpy. Only the last position's logits come back, to choose the
+between steps the cache stays in onnxruntime, never copied out to numpy. A graph whose
+attention is onnxruntime's GroupQueryAttention (the fused export) appends to its cache in
+place: each layer's past and present are bound (IO binding) to one buffer preallocated for
+the prompt and every new token, so a step neither copies the cache nor allocates a larger
+one. Other graphs (or another device) bind each step's ``present.N.*`` OrtValues as the next
+step's ``past_key_values.N.*``. Only the last position's logits are read, to choose the
 next token in numpy: repetition penalty, then greedy (temperature 0) or sampling with
 temperature, top-k and top-p from a seeded generator.
 """
@@ -28,8 +31,9 @@ from zoo.tasks._decoding import Sampling, positions, sampling_settings
 from zoo.tasks.results import Generation
 
 # prompt columns per graph call: a long prompt goes in chunks, each on the cache of those before, so the logits
-# and attention scores of one call stay small (a 2,000-token prompt at once holds 400 MB of SmolLM2 logits alone)
-PREFILL_CHUNK = 256
+# and attention scores of one call stay small (a 2,000-token prompt at once holds 400 MB of SmolLM2 logits alone;
+# a chunk of 128, 25 MB, and as much again for their copy into numpy)
+PREFILL_CHUNK = 128
 
 
 class Generator:
@@ -48,6 +52,11 @@ class Generator:
         self.outputs = [o.name for o in session.get_outputs()]
         self.cache_names = [i.name for i in session.get_inputs() if i.name.startswith("past_key_values.")]
         self.device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        fusion = record.get("fusion") or {}
+        # onnxruntime's kernel runs a chunk of several tokens on a non-empty cache for one row at a time
+        self.grouped = fusion.get("kept") == "fused" and "GroupQueryAttention" in fusion.get("fused", {})
+        # appending in place needs the buffer where numpy can make it: the CPU
+        self.shared = self.grouped and self.device == "cpu"
 
     def settings(self, max_new_tokens: int | None, temperature: float | None, top_k: int | None,
                  top_p: float | None, repetition_penalty: float | None) -> tuple[int, Sampling]:
@@ -124,7 +133,7 @@ class Generator:
         rng = np.random.default_rng(seed)
         rows = [_Row(list(map(int, i[m.astype(bool)]))) for i, m in zip(ids, mask)]
         binding = self.session.io_binding()
-        past = self._empty_cache(len(rows))
+        past = self._shared_cache(len(rows), ids.shape[1] + new) if self.shared else self._empty_cache(len(rows))
         for step in range(new):
             logits, past = self._step(binding, ids, mask, past) if step else self._prefill(binding, ids, mask, past)
             tokens = sampling.choose(logits, [r.prompt + r.new for r in rows], rng)
@@ -165,16 +174,36 @@ class Generator:
         shape = (batch, int(layout["kv_heads"]), 0, int(layout["head_dim"]))
         return [OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32), self.device) for _ in self.cache_names]
 
+    def _shared_cache(self, batch: int, length: int) -> list[Any]:
+        """Zeroed buffers [batch, kv heads, ``length``, head dim], one per cache input, wrapped without a copy."""
+        layout = self.record["kv_cache"]
+        shape = (batch, int(layout["kv_heads"]), length, int(layout["head_dim"]))
+        return [_Buffer(np.zeros(shape, np.float32)) for _ in self.cache_names]
+
     def _prefill(self, binding: Any, ids: np.ndarray, mask: np.ndarray,
                  past: list[Any]) -> tuple[np.ndarray, list[Any]]:
-        """The prompts through the graph, ``PREFILL_CHUNK`` columns at a time; the last column's logits."""
-        for start in range(0, ids.shape[1], PREFILL_CHUNK):
-            end = start + PREFILL_CHUNK
+        """The prompts through the graph, ``PREFILL_CHUNK`` columns at a time; the last column's logits.
+
+        GroupQueryAttention takes a chunk on a non-empty cache for one row only: a batch longer than a
+        chunk goes row by row into its rows of the shared buffers, or (no shared buffer) in one call."""
+        if not self.grouped or len(ids) == 1 or ids.shape[1] <= PREFILL_CHUNK:
+            return self._chunks(binding, ids, mask, past, PREFILL_CHUNK)
+        if not self.shared:
+            return self._chunks(binding, ids, mask, past, ids.shape[1])
+        logits = [self._chunks(binding, ids[i:i + 1], mask[i:i + 1], [b.row(i) for b in past], PREFILL_CHUNK)[0]
+                  for i in range(len(ids))]
+        return np.concatenate(logits), past
+
+    def _chunks(self, binding: Any, ids: np.ndarray, mask: np.ndarray, past: list[Any],
+                chunk: int) -> tuple[np.ndarray, list[Any]]:
+        for start in range(0, ids.shape[1], chunk):
+            end = start + chunk
             logits, past = self._step(binding, ids[:, start:end], mask[:, :end], past)
         return logits, past
 
     def _step(self, binding: Any, ids: np.ndarray, mask: np.ndarray, past: list[Any]) -> tuple[np.ndarray, list[Any]]:
-        """One graph call; returns the last position's logits (numpy) and the grown cache (OrtValues)."""
+        """One graph call; returns the last position's logits (numpy) and the grown cache (OrtValues, or the
+        shared buffers it was appended to)."""
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
         # bound by address: the arrays must outlive the run, so they are held here, not made inline
@@ -182,13 +211,33 @@ class Generator:
                 "position_ids": np.ascontiguousarray(positions(mask)[:, -ids.shape[1]:])}
         for name, array in feed.items():
             binding.bind_cpu_input(name, array)
-        for name, value in zip(self.cache_names, past):
-            binding.bind_ortvalue_input(name, value)
-        for name in self.outputs:
-            binding.bind_output(name, self.device)
+        if self.shared:
+            binding.bind_output(self.outputs[0], self.device)  # first: get_outputs() lists them as bound
+            for name, buffer in zip(self.cache_names, past):
+                binding.bind_ortvalue_input(name, buffer.value)
+                binding.bind_ortvalue_output(name.replace("past_key_values.", "present.", 1), buffer.value)
+        else:
+            for name, value in zip(self.cache_names, past):
+                binding.bind_ortvalue_input(name, value)
+            for name in self.outputs:
+                binding.bind_output(name, self.device)
         self.session.run_with_iobinding(binding)
         logits, *present = binding.get_outputs()
-        return logits.numpy()[:, -1], present
+        return logits.numpy()[:, -1], past if self.shared else present
+
+
+class _Buffer:
+    """A preallocated cache tensor and the OrtValue onnxruntime reads and appends to: the same memory."""
+
+    def __init__(self, array: np.ndarray):
+        from onnxruntime import OrtValue
+
+        self.array = array  # held: the OrtValue wraps this memory, it does not own a copy
+        self.value = OrtValue.ortvalue_from_numpy(array)
+
+    def row(self, i: int) -> _Buffer:
+        """Row ``i`` alone, [1, ...], sharing this buffer's memory."""
+        return _Buffer(self.array[i:i + 1])
 
 
 @dataclass

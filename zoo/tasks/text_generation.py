@@ -140,15 +140,20 @@ class TextGeneration(TextTask):
         return self._step(spec, ids, np.ones((2, EXPORT_PAST + EXPORT_NEW), np.int64), rng)
 
     def _step(self, spec: ModelSpec, ids: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
-        """Graph inputs for new tokens ``ids`` after a random cache as long as ``mask`` has columns before them."""
+        """Graph inputs for new tokens ``ids`` after a random cache as long as ``mask`` has columns before them.
+
+        The cache is zero at padding, as the graph writes its own: a fused graph appends to the past as it
+        is (GroupQueryAttention) where the plain one multiplies all of it by the mask again."""
         batch, new = ids.shape
         past = mask.shape[1] - new
         heads, dim = _cache_shape(spec)
         inputs = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64),
                   "position_ids": positions(mask)[:, past:]}
+        keep = mask[:, None, :past, None].astype(np.float32)
         for i in range(layers_of(spec)):
             for kind in ("key", "value"):
-                inputs[f"past_key_values.{i}.{kind}"] = rng.standard_normal((batch, heads, past, dim), np.float32)
+                cache = rng.standard_normal((batch, heads, past, dim), np.float32)
+                inputs[f"past_key_values.{i}.{kind}"] = cache * keep
         return inputs
 
     def grid(self, spec: ModelSpec, processor: Any, seeds: tuple[int, ...]) -> list[Case]:
