@@ -91,6 +91,21 @@ def ast_artifact(tmp_path_factory: Any, ast_folder: Path) -> Path:
     return make_artifact(ast_folder, tmp_path_factory.mktemp("rt") / "ast")
 
 
+@pytest.fixture(scope="session")
+def whisper(tmp_path_factory: Any) -> tuple[Path, Any]:
+    """(tiny Whisper folder with its built tokenizer, its export result): one grid seed, the plain graphs.
+    Shared by test_asr.py and test_whisper_long.py, which run on one worker (xdist group "asr")."""
+    import exporters.source
+    from exporters.onnx import export_onnx
+
+    root = tmp_path_factory.mktemp("asr-whisper")
+    folder = tiny.tiny_whisper_folder(root / "model")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(exporters.source, "SEEDS", (0,))
+        result = export_onnx(str(folder), out=root / "artifact", fuse=False)
+    return folder, result
+
+
 def short_artifact(folder: Path, out: Path, max_length: int) -> Path:
     """An artifact whose longest sequence is MAX_LENGTH, verified on one seed's grid (every kind of case is still
     checked): a large-vocabulary head at full length takes minutes to verify."""

@@ -16,6 +16,7 @@ from tests import tiny  # noqa: E402
 # Exported artifacts shared by the export, verify and runtime tests, built once per worker.
 from tests.artifacts import (  # noqa: E402,F401  (pytest fixtures)
     ast_artifact, ast_folder, image_file, minilm_artifact, ner_artifact, ner_folder, text_cls_artifact, timm_artifact,
+    whisper,
 )
 
 

@@ -189,20 +189,6 @@ def test_a_bad_ctc_record_is_one_clear_artifact_error(hubert: tuple[Path, Any], 
 # ---------------------------------------------------------------- Whisper
 
 
-@pytest.fixture(scope="module")
-def whisper(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    """(tiny Whisper folder with its built tokenizer, its export result): one grid seed, the plain graphs."""
-    import exporters.source
-    from exporters.onnx import export_onnx
-
-    root = tmp_path_factory.mktemp("asr-whisper")
-    folder = tiny.tiny_whisper_folder(root / "model")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(exporters.source, "SEEDS", (0,))
-        result = export_onnx(str(folder), out=root / "artifact", fuse=False)
-    return folder, result
-
-
 def _whisper_reference(folder: Path, clip: np.ndarray, **options: Any) -> tuple[list[int], str]:
     import torch
     import transformers

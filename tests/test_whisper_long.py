@@ -15,24 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests import tiny
 from zoo.tasks._audio import synthetic_clip
 
 RATE = 16_000
 TOKENS = 40
 
-
-@pytest.fixture(scope="module")
-def whisper(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    import exporters.source
-    from exporters.onnx import export_onnx
-
-    root = tmp_path_factory.mktemp("whisper-long")
-    folder = tiny.tiny_whisper_folder(root / "model")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(exporters.source, "SEEDS", (0,))
-        result = export_onnx(str(folder), out=root / "artifact", fuse=False)
-    return folder, result
+pytestmark = pytest.mark.xdist_group("asr")  # the tiny Whisper export is test_asr.py's, made once per worker
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ import numpy as np
 from zoo.errors import ConfigError, DataError, InputError
 from zoo.spec import ModelSpec
 from zoo.tasks._audio import AudioSettings
-from zoo.tasks._audio_data import SAVED_MARKERS, SPLIT_FOLDERS, audio_column, read_csv
+from zoo.tasks._audio_data import SPLIT_FOLDERS, audio_column, read_audio_data
 
 METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")  # datasets' FolderBasedBuilder's names
 TRANSCRIPT_COLUMNS = ("transcription", "text", "sentence", "transcript", "normalized_text")
@@ -40,12 +40,7 @@ TRANSCRIPT_COLUMNS = ("transcription", "text", "sentence", "transcript", "normal
 
 def read_asr_data(data: str) -> dict[str, Any] | None:
     """Splits of an audiofolder with metadata or of a CSV; None for layouts the generic reader handles."""
-    path = Path(data).expanduser()
-    if path.is_dir() and not any((path / m).is_file() for m in SAVED_MARKERS):
-        return read_audiofolder(path)
-    if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
-        return {"train": read_csv(path)}
-    return None
+    return read_audio_data(data, read_folder=read_audiofolder)
 
 
 def read_audiofolder(root: Path) -> dict[str, Any]:

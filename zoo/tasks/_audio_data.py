@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,12 @@ SAVED_MARKERS = ("dataset_dict.json", "state.json")  # a save_to_disk folder: th
 # ---------------------------------------------------------------- layouts on disk
 
 
-def read_audio_data(data: str) -> dict[str, Any] | None:
-    """Splits of an audiofolder or an audio CSV; None for layouts the generic reader handles."""
+def read_audio_data(data: str, read_folder: Callable[[Path], dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """Splits of an audiofolder (``read_folder``, class folders by default) or an audio CSV; None for layouts
+    the generic reader handles."""
     path = Path(data).expanduser()
     if path.is_dir() and not any((path / m).is_file() for m in SAVED_MARKERS):
-        return read_audiofolder(path)
+        return (read_folder or read_audiofolder)(path)
     if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
         return {"train": read_csv(path)}
     return None
