@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import threading
 import warnings
 from collections.abc import Sequence
@@ -153,13 +154,14 @@ def release_freed_memory() -> None:
     and frees the parsed copy, but glibc keeps most of those pages resident: a SmolLM2-135M session
     holds about 1,070 MiB after loading without this, 725 MiB with it.
     """
+    if sys.platform == "win32":
+        return
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
+    # the process's own symbols: libc is loaded already (ctypes.util.find_library would run ldconfig each load)
+    process = ctypes.CDLL(None)
+    if hasattr(process, "malloc_trim"):  # glibc; musl and macOS have none
+        process.malloc_trim(0)
 
 
 def provider_name(name: str, available: Sequence[str]) -> str:
