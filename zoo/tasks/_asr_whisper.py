@@ -35,21 +35,6 @@ MIN_SAMPLES = feats.WHISPER_N_FFT  # one analysis window
 WINDOWS_PER_RUN = 8  # 30 s windows through the encoder and decoder together
 
 
-def whisper_record(config: dict[str, Any], generation: dict[str, Any], extractor: dict[str, Any]) -> dict[str, Any]:
-    """The manifest's ``whisper`` record: feature sizes and the prompt's special tokens (model files' JSON)."""
-    languages = {str(k).strip("<|>"): int(v) for k, v in (generation.get("lang_to_id") or {}).items()}
-    return {"sampling_rate": int(extractor.get("sampling_rate", 16000)),
-            "num_mel_bins": int(config.get("num_mel_bins", extractor.get("feature_size", 80))),
-            "languages": languages, "tasks": {k: int(v) for k, v in (generation.get("task_to_id") or {}).items()},
-            "no_timestamps": generation.get("no_timestamps_token_id"),
-            "forced_decoder_ids": [[int(i), None if t is None else int(t)]
-                                   for i, t in generation.get("forced_decoder_ids") or []],
-            "suppress_tokens": [int(t) for t in generation.get("suppress_tokens") or []],
-            "begin_suppress_tokens": [int(t) for t in generation.get("begin_suppress_tokens") or []],
-            "vocab_size": int(config.get("vocab_size", 51865)),
-            "max_initial_timestamp_index": generation.get("max_initial_timestamp_index")}
-
-
 @dataclass(frozen=True)
 class WhisperBatch:
     """``input_features`` [windows, mel bins, 3000], the clip each window belongs to, each clip's duration."""
@@ -116,6 +101,9 @@ class WhisperGenerator:
         ``<|notimestamps|>`` (``timed`` takes it off again for timestamps, as ``generate`` does)."""
         record = self.record
         languages, tasks = record["languages"], record["tasks"]
+        # what fine-tuning wrote into generation_config.json stands where nothing is given, as in ``generate``
+        language = language if language is not None else record.get("language")
+        task = task if task is not None else record.get("task")
         if task is not None and task not in TASKS:
             raise InputError(f"task {task!r}: valid: {', '.join(TASKS)}")
         if task is not None and task not in tasks:
