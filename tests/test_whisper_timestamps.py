@@ -252,11 +252,26 @@ def _long_differences(artifact: Path, expected: dict[str, Any]) -> list[str]:
     return differ
 
 
-def test_segments_of_a_65_s_clip_equal_the_pipelines(whisper: tuple[Path, Any], long_segments: dict[str, Any]) -> None:
+def test_segments_of_a_65_s_clip_equal_the_pipelines(whisper: tuple[Path, Any], long_segments: dict[str, Any],
+                                                     tmp_path: Path) -> None:
+    import soundfile
+    from fastapi.testclient import TestClient
+
     assert _long_differences(whisper[1].path, long_segments) == []
     starts = [c["timestamp"][0] for c in long_segments["chunks"]]
     # segments in the last window (40-65 s), so its offset counts; text gathered over several windows
     assert len(starts) >= 3 and max(starts) > 40 and long_segments["chunks"][0]["timestamp"][1] > 30
+    # the task endpoint gives them too (OpenAI's verbose_json runs the same predict, with the model's token limit)
+    wav = tmp_path / "long.wav"
+    soundfile.write(wav, speech_like(), RATE, subtype="FLOAT")
+    with TestClient(_app(whisper[1].path)) as client:
+        answer = client.post(f"/v1/models/w/predict?timestamps=true&language=de&max_new_tokens={TOKENS}",
+                             files=[("files", ("long.wav", wav.read_bytes(), "audio/wav"))])
+    assert answer.status_code == 200, answer.text
+    [body] = answer.json()
+    assert body["text"] == long_segments["text"] and body["chunks"] == 3
+    assert [(s["start"], s["text"]) for s in body["segments"]] == [(c["timestamp"][0], c["text"])
+                                                                   for c in long_segments["chunks"]]
 
 
 @pytest.mark.parametrize("fault", ["offset", "overlap"])

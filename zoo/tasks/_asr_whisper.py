@@ -239,7 +239,7 @@ class WhisperGenerator:
         special = {i for i, token in self.tokenizer.get_added_tokens_decoder().items() if token.special}
         if stop is None:
             return [t for t in ids if t not in special]
-        return [t for t in ids if t > int(stop) and stamps or t < int(stop) and t not in special]
+        return [t for t in ids if (stamps and t > int(stop)) or (t < int(stop) and t not in special)]
 
     def text(self, ids: list[int]) -> str:
         """The words of ``ids``: special tokens and timestamps (ids past ``<|notimestamps|>``) left out."""
