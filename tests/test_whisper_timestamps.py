@@ -7,6 +7,8 @@ One tiny random Whisper with the 1,501 timestamp tokens (the registry's whisper-
 ``tiny.tiny_whisper_folder(timestamps=True)``) is exported once for the module, with the registry test's
 settings. A random model puts most of its probability on the many timestamp tokens, so its
 output exercises every rule (pairs, no going back, the initial limit, timestamps over text).
+Clips past 30 s: the 65 s clip of tests/test_whisper_long.py against ``pipeline(..., chunk_length_s=30,
+return_timestamps=True)``, and the windows' join against the pipeline's ``_decode_asr`` on random windows.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import pytest
 
 from tests import tiny
+from tests.test_whisper_long import speech_like
 from zoo.tasks._audio import synthetic_clip
 
 RATE = 16_000
@@ -209,3 +212,138 @@ def test_timestamps_on_a_model_without_them_is_one_clear_error(whisper: tuple[Pa
     with pytest.raises(InputError) as caught:
         zoo.load(copy, check_hashes=False).predict(clip, timestamps=True)
     assert "has no timestamp tokens" in str(caught.value) and "\n" not in str(caught.value)
+
+
+# ---------------------------------------------------------------- clips past 30 s
+
+
+@pytest.fixture(scope="module")
+def long_segments(whisper: tuple[Path, Any]) -> dict[str, Any]:
+    """The pipeline's answer for the 65 s clip with timestamps: 30 s windows, greedy as zoo (the pipeline's default
+    is 5 beams), each window decoded once (``force_unique_generate_call``, as zoo: see ``reference_tokens``)."""
+    import torch
+    import transformers
+
+    pipe = transformers.pipeline("automatic-speech-recognition", model=str(whisper[0]), device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small decodes ~5x faster on one thread of a busy machine
+    try:
+        return pipe(speech_like(), chunk_length_s=30, return_timestamps=True,
+                    generate_kwargs={"max_new_tokens": TOKENS, "num_beams": 1, "force_unique_generate_call": True,
+                                     "language": "de"})
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _long_differences(artifact: Path, expected: dict[str, Any]) -> list[str]:
+    """Where zoo's segments of the 65 s clip differ from the pipeline's (its last end, None: zoo's is the clip's)."""
+    import zoo
+
+    got = zoo.load(artifact).predict(speech_like(), timestamps=True, language="de", max_new_tokens=TOKENS)
+    want = [(c["timestamp"][0], c["timestamp"][1], c["text"]) for c in expected["chunks"]]
+    mine = [(round(s.start, 2), round(s.end, 2), s.text) for s in got.segments]
+    if want and want[-1][1] is None:
+        want[-1] = (want[-1][0], round(max(got.seconds, want[-1][0]), 2), want[-1][2])
+    differ = [f"segment {i}: {m} vs {w}" for i, (m, w) in enumerate(zip(mine, want)) if m != w]
+    if len(mine) != len(want):
+        differ.append(f"{len(mine)} segments vs {len(want)}")
+    if got.text != expected["text"] or got.chunks != 3:
+        differ.append(f"text {got.text!r} vs {expected['text']!r}, {got.chunks} windows")
+    return differ
+
+
+def test_segments_of_a_65_s_clip_equal_the_pipelines(whisper: tuple[Path, Any], long_segments: dict[str, Any],
+                                                     tmp_path: Path) -> None:
+    import soundfile
+    from fastapi.testclient import TestClient
+
+    assert _long_differences(whisper[1].path, long_segments) == []
+    starts = [c["timestamp"][0] for c in long_segments["chunks"]]
+    # segments in the last window (40-65 s), so its offset counts; text gathered over several windows
+    assert len(starts) >= 3 and max(starts) > 40 and long_segments["chunks"][0]["timestamp"][1] > 30
+    # the task endpoint gives them too (OpenAI's verbose_json runs the same predict, with the model's token limit)
+    wav = tmp_path / "long.wav"
+    soundfile.write(wav, speech_like(), RATE, subtype="FLOAT")
+    with TestClient(_app(whisper[1].path)) as client:
+        answer = client.post(f"/v1/models/w/predict?timestamps=true&language=de&max_new_tokens={TOKENS}",
+                             files=[("files", ("long.wav", wav.read_bytes(), "audio/wav"))])
+    assert answer.status_code == 200, answer.text
+    [body] = answer.json()
+    assert body["text"] == long_segments["text"] and body["chunks"] == 3
+    assert [(s["start"], s["text"]) for s in body["segments"]] == [(c["timestamp"][0], c["text"])
+                                                                   for c in long_segments["chunks"]]
+
+
+@pytest.mark.parametrize("fault", ["offset", "overlap"])
+def test_a_long_clip_join_fault_is_caught(whisper: tuple[Path, Any], long_segments: dict[str, Any], fault: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted faults: each window's timestamps read as if it began the clip; windows' text put one after the other,
+    their shared stretch kept twice."""
+    from zoo.tasks import _whisper_long as long
+
+    _plant(monkeypatch, long, fault)
+    assert _long_differences(whisper[1].path, long_segments)
+
+
+def _plant(monkeypatch: pytest.MonkeyPatch, long: Any, fault: str) -> None:
+    if fault == "offset":
+        monkeypatch.setattr(long, "_seconds", lambda token, first, place: round((token - first) * 0.02, 2))
+    elif fault == "overlap":
+        monkeypatch.setattr(long, "join", lambda sequences: [t for s in sequences for t in s])
+    else:  # the right stride's timestamps trusted to close segments
+        monkeypatch.setattr(long, "_held_from", lambda tokens, place, first: None)
+
+
+def _random_windows(rng: np.random.Generator, first: int, seconds: float) -> tuple[list[list[int]], list[Any]]:
+    """A clip's 30 s windows as zoo places them, each with rising timestamps (repeats, lone ones, pairs; some in the
+    strides) among text from a few tokens, so that neighbouring windows share stretches."""
+    from zoo.tasks._asr_ctc import chunk_clip
+    from zoo.tasks._whisper_long import Window
+
+    places = [Window(*(n / RATE for n in (c.start, c.length, c.left, c.right)))
+              for c in chunk_clip(0, int(seconds * RATE), 30 * RATE, 5 * RATE, 5 * RATE)]
+    windows = []
+    for place in places:
+        stamps = sorted(rng.integers(0, int(place.length / 0.02) + 1, rng.integers(0, 10)).tolist())
+        tokens: list[int] = []
+        for stamp in [*stamps, None]:
+            tokens += rng.integers(70, 74, rng.choice(4, p=[0.4, 0.2, 0.2, 0.2])).tolist()
+            if stamp is not None:
+                tokens.append(first + stamp)
+        windows.append(tokens)
+    return windows, places
+
+
+def _decode_asr_differences(folder: Path, cases: int = 150) -> list[str]:
+    import transformers
+
+    from zoo.tasks import _whisper_long as long
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    first = tokenizer.convert_tokens_to_ids("<|notimestamps|>") + 1
+    rng = np.random.default_rng(0)
+    differ = []
+    for case in range(cases):
+        windows, places = _random_windows(rng, first, float(rng.choice([31.0, 47.5, 65.0, 100.0])))
+        outputs = [{"tokens": np.array([w]), "stride": (p.length, p.left, p.right)} for w, p in zip(windows, places)]
+        _, theirs = tokenizer._decode_asr(outputs, return_timestamps=True, return_language=False,
+                                          time_precision=0.02)
+        want = [(*c["timestamp"], c["text"]) for c in theirs["chunks"]]
+        mine = [(s.start, s.end, tokenizer.decode(s.tokens)) for s in long.timed_join(windows, places, first)]
+        if mine != want:
+            differ.append(f"case {case}: {mine} vs {want}")
+    return differ
+
+
+def test_timed_join_follows_the_pipelines_decode_asr(whisper: tuple[Path, Any]) -> None:
+    """Segments (start, end or None, text) of random windows as the pipeline's Whisper decoding gives them."""
+    assert _decode_asr_differences(whisper[0]) == []
+
+
+@pytest.mark.parametrize("fault", ["offset", "overlap", "stride"])
+def test_a_timed_join_fault_is_caught_on_random_windows(whisper: tuple[Path, Any], fault: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from zoo.tasks import _whisper_long as long
+
+    _plant(monkeypatch, long, fault)
+    assert _decode_asr_differences(whisper[0])

@@ -94,7 +94,8 @@ def predict(
     tgt_lang: Annotated[str | None, typer.Option(
         help="Target language code the output starts with, e.g. ro_RO (multilingual translation: mBART).")] = None,
     language: Annotated[str | None, typer.Option(
-        help="Spoken language code, e.g. en, de (speech recognition: Whisper; default: detected).")] = None,
+        help="Spoken language code, e.g. en, de (speech recognition: Whisper; default: the model's, else "
+             "detected).")] = None,
     asr_task: Annotated[str | None, typer.Option(
         "--task", help="transcribe (the words as spoken) or translate (into English) (speech recognition: "
                        "Whisper; default: the model's).")] = None,

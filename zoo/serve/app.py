@@ -177,7 +177,8 @@ def _add_task_routes(app: FastAPI, served: dict[str, ServedModel]) -> None:
                       tgt_lang: str | None = Query(None, max_length=64, description="target language code "
                                                    "(multilingual translation: mBART)"),
                       language: str | None = Query(None, max_length=32, description="spoken language code "
-                                                   "(speech recognition: Whisper; default: detected)"),
+                                                   "(speech recognition: Whisper; default: the model's, else "
+                                                   "detected)"),
                       task: str | None = Query(None, max_length=16, description="transcribe or translate "
                                                "(speech recognition: Whisper)"),
                       timestamps: bool | None = Query(None, description="segments with start and end seconds "

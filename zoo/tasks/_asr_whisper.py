@@ -2,13 +2,14 @@
 
 Two graphs, as every encoder-decoder artifact (``zoo.tasks._seq2seq_torch``): ``encoder.onnx`` takes
 ``input_features`` [batch, mel bins, 3000] (``_audio_features.whisper_features``: each clip padded to
-30 s; a longer clip is cut into overlapping 30 s windows whose transcripts ``_whisper_long`` joins) and gives
-the cross-attention keys and values; ``model.onnx`` is the decoder with its
-self-attention cache. ``zoo.tasks._seq2seq_decode`` runs them.
+30 s; a longer clip is cut into overlapping 30 s windows whose transcripts, or segments, ``_whisper_long``
+joins) and gives the cross-attention keys and values; ``model.onnx`` is the decoder with its self-attention
+cache. ``zoo.tasks._seq2seq_decode`` runs them.
 
 The decoder prompt is transformers' ``WhisperForConditionalGeneration.generate``'s:
-``<|startoftranscript|>``, the language token (given, or detected: the likeliest language token after
-the start token, as ``generate`` detects it), ``<|transcribe|>`` or ``<|translate|>``, and
+``<|startoftranscript|>``, the language token (given, else the one generation_config.json names, else detected:
+the likeliest language token after the start token, as ``generate`` detects it), ``<|transcribe|>`` or
+``<|translate|>`` (given, else generation_config.json's), and
 ``<|notimestamps|>`` (left out when timestamps are asked for: then the timestamp rules of
 ``_whisper_timestamps`` apply and the result has segments). The generated tokens go through the model's
 ``suppress_tokens`` at every step and its ``begin_suppress_tokens`` at the first, as there; the text is the
@@ -34,21 +35,6 @@ MIN_SAMPLES = feats.WHISPER_N_FFT  # one analysis window
 WINDOWS_PER_RUN = 8  # 30 s windows through the encoder and decoder together
 
 
-def whisper_record(config: dict[str, Any], generation: dict[str, Any], extractor: dict[str, Any]) -> dict[str, Any]:
-    """The manifest's ``whisper`` record: feature sizes and the prompt's special tokens (model files' JSON)."""
-    languages = {str(k).strip("<|>"): int(v) for k, v in (generation.get("lang_to_id") or {}).items()}
-    return {"sampling_rate": int(extractor.get("sampling_rate", 16000)),
-            "num_mel_bins": int(config.get("num_mel_bins", extractor.get("feature_size", 80))),
-            "languages": languages, "tasks": {k: int(v) for k, v in (generation.get("task_to_id") or {}).items()},
-            "no_timestamps": generation.get("no_timestamps_token_id"),
-            "forced_decoder_ids": [[int(i), None if t is None else int(t)]
-                                   for i, t in generation.get("forced_decoder_ids") or []],
-            "suppress_tokens": [int(t) for t in generation.get("suppress_tokens") or []],
-            "begin_suppress_tokens": [int(t) for t in generation.get("begin_suppress_tokens") or []],
-            "vocab_size": int(config.get("vocab_size", 51865)),
-            "max_initial_timestamp_index": generation.get("max_initial_timestamp_index")}
-
-
 @dataclass(frozen=True)
 class WhisperBatch:
     """``input_features`` [windows, mel bins, 3000], the clip each window belongs to, each clip's duration."""
@@ -56,6 +42,7 @@ class WhisperBatch:
     arrays: dict[str, np.ndarray]
     durations: list[float]
     owners: list[int]  # per row: the clip it was cut from (a clip past 30 s has several windows)
+    places: list[long.Window]  # per row: where in its clip the window lies
 
 
 class WhisperPreprocessor:
@@ -73,20 +60,22 @@ class WhisperPreprocessor:
         self.stride = int(round(long.WINDOW_SECONDS * long.STRIDE_SHARE * self.rate))
 
     def __call__(self, items: Sequence[Any]) -> WhisperBatch:
-        from zoo.tasks._asr_ctc import chunk_clip
+        from zoo.tasks._asr_ctc import Chunk, chunk_clip
         from zoo.tasks._audio import _where
 
-        rows, owners, durations = [], [], []
+        rows, owners, durations, places = [], [], [], []
         for index, item in enumerate(items):
             clip, seconds = load_clip(item, _where(item, index), self.rate, self.limit, MIN_SAMPLES)
             durations.append(seconds)
             windows = chunk_clip(index, len(clip), self.window, self.stride, self.stride) \
-                if len(clip) > self.window else [None]
+                if len(clip) > self.window else [Chunk(index, 0, len(clip), 0, 0)]
             for chunk in windows:
-                piece = clip if chunk is None else clip[chunk.start:chunk.start + chunk.length]
+                piece = clip[chunk.start:chunk.start + chunk.length]
                 rows.append(feats.whisper_features(piece, self.rate, self.filters))
                 owners.append(index)
-        return WhisperBatch({"input_features": np.stack(rows)}, durations, owners)
+                places.append(long.Window(*(n / self.rate for n in (chunk.start, chunk.length, chunk.left,
+                                                                     chunk.right))))
+        return WhisperBatch({"input_features": np.stack(rows)}, durations, owners, places)
 
 
 class WhisperGenerator:
@@ -112,6 +101,9 @@ class WhisperGenerator:
         ``<|notimestamps|>`` (``timed`` takes it off again for timestamps, as ``generate`` does)."""
         record = self.record
         languages, tasks = record["languages"], record["tasks"]
+        # what fine-tuning wrote into generation_config.json stands where nothing is given, as in ``generate``
+        language = language if language is not None else record.get("language")
+        task = task if task is not None else record.get("task")
         if task is not None and task not in TASKS:
             raise InputError(f"task {task!r}: valid: {', '.join(TASKS)}")
         if task is not None and task not in tasks:
@@ -220,11 +212,6 @@ class WhisperGenerator:
         if not isinstance(timestamps, bool):
             raise InputError(f"timestamps={timestamps!r}; give true or false")
         batch = self.preprocessor(list(items))
-        longer = [i for i in range(len(batch.durations)) if batch.owners.count(i) > 1]
-        if timestamps and longer:
-            raise InputError(f"timestamps: clip {longer[0]} is {batch.durations[longer[0]]:.1f} s; zoo gives segments "
-                             f"for clips up to {long.WINDOW_SECONDS:g} s (one window); leave --timestamps out to "
-                             "transcribe it whole, or cut it")
         rows, prompts = self.run(batch.arrays["input_features"], language, task, max_new_tokens, timestamps)
         eos = set(self.core.eos.tolist())
         codes = {token: code for code, token in self.record["languages"].items()}
@@ -232,19 +219,27 @@ class WhisperGenerator:
         for clip, seconds in enumerate(batch.durations):
             mine = [r for r, owner in enumerate(batch.owners) if owner == clip]
             windows = [[int(t) for t in rows[r] if int(t) not in eos] for r in mine]
+            spoken = next((codes[t] for t in prompts[mine[0]] if t in codes), "")
+            if len(windows) > 1 and timestamps:
+                segments = self.long_segments(windows, [batch.places[r] for r in mine], seconds)
+                out.append(Transcription("".join(s.text for s in segments), seconds, chunks=len(windows),
+                                         token_ids=tuple(t for s in segments for t in s.token_ids),
+                                         segments=segments, language=spoken))
+                continue
             # windows are joined on their words: the join compares text tokens, as the pipeline's does
             ids = windows[0] if len(windows) == 1 else long.join([self.words(w) for w in windows])
-            segments = self.segments(ids, min(seconds, long.WINDOW_SECONDS)) if timestamps else ()
-            spoken = next((codes[t] for t in prompts[mine[0]] if t in codes), "")
+            segments = self.segments(ids, seconds) if timestamps else ()
             out.append(Transcription(self.text(ids), seconds, chunks=len(windows), token_ids=tuple(ids),
                                      segments=segments, language=spoken))
         return out
 
-    def words(self, ids: list[int]) -> list[int]:
-        """``ids`` without the tokenizer's special tokens and timestamps."""
+    def words(self, ids: list[int], stamps: bool = False) -> list[int]:
+        """``ids`` without the tokenizer's special tokens, and without timestamps unless ``stamps``."""
         stop = self.record.get("no_timestamps")
         special = {i for i, token in self.tokenizer.get_added_tokens_decoder().items() if token.special}
-        return [t for t in ids if t not in special and (stop is None or t < int(stop))]
+        if stop is None:
+            return [t for t in ids if t not in special]
+        return [t for t in ids if (stamps and t > int(stop)) or (t < int(stop) and t not in special)]
 
     def text(self, ids: list[int]) -> str:
         """The words of ``ids``: special tokens and timestamps (ids past ``<|notimestamps|>``) left out."""
@@ -258,3 +253,17 @@ class WhisperGenerator:
         first = int(self.record["no_timestamps"]) + 1
         return tuple(Segment(start, end, self.text(piece), tuple(piece))
                      for start, end, piece in split(ids, first, seconds))
+
+    def long_segments(self, windows: list[list[int]], places: list[long.Window], seconds: float) -> tuple[Any, ...]:
+        """A clip's segments over its windows (``_whisper_long.timed_join``); their tokens are text only. Where the
+        pipeline has no time (no start timestamp came, or none closed the last segment), the previous segment's end
+        (else 0) and the clip's end stand in."""
+        from zoo.tasks._whisper_timestamps import Segment
+
+        first = int(self.record["no_timestamps"]) + 1
+        out: list[Segment] = []
+        for piece in long.timed_join([self.words(w, stamps=True) for w in windows], places, first):
+            start = piece.start if piece.start is not None else out[-1].end if out else 0.0
+            end = piece.end if piece.end is not None else max(seconds, start)
+            out.append(Segment(start, end, self.text(piece.tokens), tuple(piece.tokens)))
+        return tuple(out)

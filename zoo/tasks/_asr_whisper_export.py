@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from zoo.checks import Check
+from zoo.errors import ConfigError
 from zoo.folders import read_json
 from zoo.spec import InputSpec, ModelSpec, Preprocess, Tolerances
 from zoo.tasks import _audio_features as feats
@@ -135,11 +136,7 @@ def write_files(processor: Any, stage: Path, folder: Path | None) -> dict[str, A
 
     import transformers
 
-    from zoo.tasks._asr_whisper import whisper_record
-
     if folder is None or not (folder / "preprocessor_config.json").is_file():
-        from zoo.errors import ConfigError
-
         raise ConfigError("a Whisper model needs its processor's files (preprocessor_config.json, tokenizer) beside "
                           "config.json; save them with processor.save_pretrained")
     before = set(os.listdir(stage))
@@ -150,6 +147,43 @@ def write_files(processor: Any, stage: Path, folder: Path | None) -> dict[str, A
                             read_json(folder / "preprocessor_config.json"))
     return {"features": "whisper", "sampling_rate": record["sampling_rate"], "num_mel_bins": record["num_mel_bins"],
             "max_frames": FRAMES, "whisper": record, "files": sorted(set(os.listdir(stage)) - before)}
+
+
+def whisper_record(config: dict[str, Any], generation: dict[str, Any], extractor: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``whisper`` record: feature sizes and the prompt's special tokens (model files' JSON), and the
+    language and task ``generate`` takes from generation_config.json when given none (fine-tuning writes them)."""
+    languages = {str(k).strip("<|>"): int(v) for k, v in (generation.get("lang_to_id") or {}).items()}
+    tasks = {k: int(v) for k, v in (generation.get("task_to_id") or {}).items()}
+    task = generation.get("task")
+    if task is not None and task not in tasks:
+        raise ConfigError(f"generation_config.json names task {task!r}; this Whisper model knows: "
+                          f"{', '.join(sorted(tasks)) or 'none'}; fix or remove it")
+    return {"sampling_rate": int(extractor.get("sampling_rate", 16000)),
+            "num_mel_bins": int(config.get("num_mel_bins", extractor.get("feature_size", 80))),
+            "languages": languages, "tasks": tasks,
+            "language": _language_code(generation.get("language"), languages), "task": task,
+            "no_timestamps": generation.get("no_timestamps_token_id"),
+            "forced_decoder_ids": [[int(i), None if t is None else int(t)]
+                                   for i, t in generation.get("forced_decoder_ids") or []],
+            "suppress_tokens": [int(t) for t in generation.get("suppress_tokens") or []],
+            "begin_suppress_tokens": [int(t) for t in generation.get("begin_suppress_tokens") or []],
+            "vocab_size": int(config.get("vocab_size", 51865)),
+            "max_initial_timestamp_index": generation.get("max_initial_timestamp_index")}
+
+
+def _language_code(given: Any, languages: dict[str, int]) -> str | None:
+    """generation_config's ``language`` ("de", "<|de|>", "german") as the code the runtime's prompt takes, read as
+    ``generate`` reads it; None where it names none."""
+    from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+    if given is None:
+        return None
+    name = str(given).lower()
+    code = name.strip("<|>") if name.startswith("<|") else TO_LANGUAGE_CODE.get(name, name)
+    if code not in languages:
+        raise ConfigError(f"generation_config.json names language {given!r}; this Whisper model knows: "
+                          f"{', '.join(sorted(languages)) or 'none (English-only)'}; fix or remove it")
+    return code
 
 
 def feature_check(record: dict[str, Any], cases: list[Case]) -> Check:

@@ -258,13 +258,11 @@ class AutomaticSpeechRecognition(AudioTask):
         return whisper.pipeline_checks(module.model, record, sessions, cases, tol, compare)
 
     def _whisper_files(self, spec: ModelSpec) -> dict[str, Any]:
-        from zoo.tasks._asr_whisper import whisper_record
-
         folder = Path(spec.local_path or ".")
         generation = read_json(folder / "generation_config.json") if (folder / "generation_config.json").is_file() \
             else {}
         extractor = read_json(folder / "preprocessor_config.json")
-        return {"whisper": whisper_record(read_json(folder / "config.json"), generation, extractor)}
+        return {"whisper": whisper.whisper_record(read_json(folder / "config.json"), generation, extractor)}
 
     def write_preprocessor(self, spec: ModelSpec, processor: Any, stage: Path,
                            folder: Path | None) -> dict[str, Any]:
