@@ -382,4 +382,8 @@ def test_whisper_trains_two_steps_with_the_word_error_rate(whisper: Path, speech
     assert record["model"]["metric"] == "val_wer" and final["val_wer"] >= 0 and np.isfinite(final["val_loss"])
     saved = json.loads((run / "model" / "generation_config.json").read_text())
     assert saved["lang_to_id"] and saved["task_to_id"]  # the prompt ids the exported runtime needs
+    # the language and task it learned, which generate and the exported runtime then use without being told
+    assert (saved["language"], saved["task"]) == ("en", "transcribe")
+    base = json.loads((whisper / "generation_config.json").read_text())
+    assert "language" not in base  # the twin: the base model's own config does not name them
     assert {"tokenizer.json", "preprocessor_config.json"} <= {p.name for p in (run / "model").iterdir()}

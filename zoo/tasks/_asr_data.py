@@ -282,6 +282,12 @@ class WhisperExamples:
     def packed_to(self, max_length: int) -> WhisperExamples:
         return self
 
+    @property
+    def generation_defaults(self) -> dict[str, str]:
+        """What the saved model's generation_config.json names: the language and task the labels were written in,
+        so that ``generate`` (and the exported runtime, which reads the same file) transcribes as it was trained."""
+        return dict(self.prompt)
+
 
 def encode_whisper(table: Any, columns: dict[str, str], spec: ModelSpec, extractor: Any, what: str) -> WhisperExamples:
     """Labels: the prompt ``generate`` starts the decoder with (language, task, ``<|notimestamps|>``; its start

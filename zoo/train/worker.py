@@ -210,6 +210,9 @@ def write_run_dir(config: TrainConfig, spec: ModelSpec, data: Any, trainer: Any,
     fresh.load_state_dict(weights)
     if config.lora_r is not None:
         fresh = _adapter_and_merge(fresh, spec, data, out)
+    # the generation settings the training data assumed (Whisper: its labels' language and task)
+    for key, value in getattr(data.train, "generation_defaults", {}).items():
+        setattr(fresh.generation_config, key, value)
     final = run_spec(spec, data.labels, out)
     # save with the base's local_path: the tokenizer / preprocessor files are copied from there
     saving = dataclasses.replace(final, local_path=spec.local_path)
