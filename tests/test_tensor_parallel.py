@@ -1,9 +1,11 @@
 """``zoo finetune --tp N``: which modules are split how, the refusals before launch, and parity with one process.
 
 Tiny random Llama and Qwen2 (tests/tiny.py's configs with 40 MLP units, so that 2 shards divide them).
-The parity test is one 2-process gloo launch: each process runs ``zoo.finetune`` as under torchrun. It trains
-the Llama only, to keep the suite's time (Qwen2, whose q/k/v have biases and whose LM head is tied to the
-embeddings, passed the same test when it was written, with 3 more runs: 129 s instead of ~70 s on a loaded machine).
+The parity test is one 4-process gloo launch, a 2-D mesh of 2 data-parallel groups x 2 tensor-parallel shards
+(FSDP over data, TP inside each group): each process runs ``zoo.finetune`` as under torchrun. It trains the Llama
+only, to keep the suite's time (Qwen2, whose q/k/v have biases and whose LM head is tied to the embeddings, passed
+the 2-process test when it was written). With one group (``--nproc`` equal to ``--tp``) the strategy is the same
+code with FSDP left out; that launch passed the same assertions when the 2-D mesh was added.
 """
 
 from __future__ import annotations
@@ -89,13 +91,13 @@ def test_every_refusal_comes_at_once_before_launch(tiny_text_classifier, tmp_pat
     from zoo.train.finetune import finetune
 
     with pytest.raises(ConfigError) as caught:
-        finetune(str(_folder("llama", tmp_path, 37)), "builtin:next-letter", tp=2, strategy="fsdp",
+        finetune(str(_folder("llama", tmp_path, 37)), "builtin:next-letter", tp=2, nproc=3, strategy="ddp",
                  lora_r=4, out=tmp_path / "a")
     assert str(caught.value).split("; ") == [
-        "--tp 2 runs one shard per process and no data parallelism beside it, but --nproc 1 --nnodes 1 start 1",
-        "give --nproc 2",
-        "--tp replaces --strategy fsdp (the model is split, not replicated or sharded by FSDP)",
-        "leave --strategy out",
+        "--tp 2 needs a multiple of 2 processes (each group of 2 holds one split model), but --nproc 3 --nnodes 1 "
+        "start 3", "give --nproc 2 (or 4: FSDP shards the data dimension across the groups)",
+        "--tp combines with FSDP only (data x tp mesh), not --strategy ddp", "leave --strategy out or give "
+        "--strategy fsdp",
         "--tp does not train LoRA adapters (peft's layers wrap the projections --tp splits)",
         "leave --lora-r out, or train LoRA with --strategy ddp or fsdp",
         "llama-37: its 37 MLP hidden units (intermediate_size) do not divide by --tp 2"]
@@ -107,11 +109,11 @@ def test_every_refusal_comes_at_once_before_launch(tiny_text_classifier, tmp_pat
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-# ---------------------------------------------------------------- 2 processes take the one-process steps
+# ---------------------------------------------------------------- 4 processes (2 x 2 mesh) take the one-process steps
 
 
 def tp_worker(out: str, folder: str) -> None:
-    """Entry point of each of the 2 launched processes, running ``zoo.finetune`` as ``torchrun -m zoo`` would."""
+    """Entry point of each of the 4 launched processes, running ``zoo.finetune`` as ``torchrun -m zoo`` would."""
     from torch.distributed.elastic.multiprocessing.errors import record
 
     @record
@@ -137,7 +139,7 @@ def tp_worker(out: str, folder: str) -> None:
         # same process reuses the launcher's store keys and can hang
         tensor_parallel.TensorParallelStrategy.close = lambda self: None
         # stopped after step 1 with a checkpoint of the split weights, then resumed from it
-        finetune(folder, out=Path(out) / "run", tp=2, nproc=2, pause_at=1, **OPTIONS)
+        finetune(folder, out=Path(out) / "run", tp=2, nproc=4, pause_at=1, **OPTIONS)
         finetune(out=Path(out) / "run", resume=True, progress=False)
         dist.destroy_process_group()
         (Path(out) / f"held-{os.environ['RANK']}.json").write_text(json.dumps(held))
@@ -152,14 +154,14 @@ def _steps(run: Path) -> list[tuple[int, float, float | None]]:
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_two_processes_splitting_the_model_take_the_one_process_steps(llama, tmp_path, monkeypatch):
+def test_two_groups_of_two_processes_splitting_the_model_take_the_one_process_steps(llama, tmp_path, monkeypatch):
     from safetensors.torch import load_file
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     from zoo.train.finetune import finetune
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, rdzv_backend="c10d",
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=4, rdzv_backend="c10d",
                           rdzv_endpoint="localhost:0", run_id="tp-parity", max_restarts=0, start_method="spawn",
                           monitor_interval=0.1)
     elastic_launch(config, tp_worker)(str(tmp_path / "tp"), str(llama))
@@ -171,15 +173,16 @@ def test_two_processes_splitting_the_model_take_the_one_process_steps(llama, tmp
         values, reference = ([row[column] for row in rows if row[column] is not None] for rows in (got, expected))
         assert values == pytest.approx(reference, rel=1e-5) and len(values) == 3
     record = json.loads((split / "run.json").read_text())
-    assert record["strategy"] == "tp" and record["config"]["tp"] == 2
+    assert record["strategy"] == "fsdp+tp" and record["config"]["tp"] == 2
     # model/ is whole (every shard gathered): the same save_pretrained folder one process writes
     a, b = load_file(split / "model" / "model.safetensors"), load_file(whole / "model" / "model.safetensors")
     assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
-    # each process held half of every split weight (rows for colwise, columns for rowwise), the rest whole
-    for rank in (0, 1):
+    # each process held a quarter of every split weight (its tp half: rows for colwise, columns for rowwise; then
+    # FSDP's half of that along rows) and half of every whole one (FSDP's rows)
+    for rank in range(4):
         held = json.loads((tmp_path / "tp" / f"held-{rank}.json").read_text())
         q, o = held["model.layers.0.self_attn.q_proj.weight"], held["model.layers.0.self_attn.o_proj.weight"]
-        assert q == [[16, 32], [32, 32]] and o == [[32, 16], [32, 32]], rank
-        assert held["model.layers.1.mlp.down_proj.weight"] == [[32, 20], [32, 40]]
-        assert held["model.norm.weight"][0] is None and held["model.embed_tokens.weight"][0] is None
+        assert q == [[8, 32], [32, 32]] and o == [[16, 16], [32, 32]], rank
+        assert held["model.layers.1.mlp.down_proj.weight"] == [[16, 20], [32, 40]]
+        assert held["model.norm.weight"] == [[16], [32]]

@@ -147,7 +147,8 @@ class TrainConfig:
     rdzv_endpoint: str | None = option(None, "HOST:PORT of the rendezvous.", PROCESSES, on_resume="free")
     rdzv_id: str | None = option(None, "Job id shared by all nodes.", PROCESSES, on_resume="free")
     tp: int = option(1, "text-generation: split each decoder layer's attention and MLP projections over this "
-                        "many processes (tensor parallelism; give --nproc the same number).", PROCESSES, low=1)
+                        "many processes (tensor parallelism); --nproc the same number, or a multiple of it to shard the data "
+                        "dimension with FSDP over the groups (a 2-D mesh).", PROCESSES, low=1)
     pp: int = option(1, "Pipeline stages: split a causal LM at decoder layers over this many processes, one stage "
                         "each (with --strategy ddp and --nproc equal to it).", PROCESSES, low=1)
     pp_schedule: str = option("gpipe", "Pipeline schedule of the --grad-accum micro-batches: gpipe (all forwards, "

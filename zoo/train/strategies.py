@@ -165,32 +165,36 @@ class FSDPStrategy(DDPStrategy):
 
     def wrap(self, model: nn.Module) -> nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        _quiet_view_warning()
         model = self.sync_norms(model).to(self.device)
-        mesh = init_device_mesh(self.device.type, (self.world_size,))
-        kwargs: dict[str, Any] = {"mesh": mesh}
-        if self.precision == "bf16":
-            # fp32 master weights stay sharded; compute in bf16, reduce gradients in fp32
-            kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-            # batch norm keeps fp32 weights: its running statistics are fp32 buffers (FSDP casts parameters,
-            # never buffers), and batch_norm refuses bf16 weights beside fp32 statistics ("expected scalar
-            # type BFloat16 but found Float"); with fp32 weights it takes the bf16 input and returns bf16
-            fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32,
-                                        cast_forward_inputs=False)
-            for norm in _batch_norms(model):
-                fully_shard(norm, mesh=mesh, mp_policy=fp32)
-        for block in shard_units(model):
-            fully_shard(block, **kwargs)
-        fully_shard(model, **kwargs)
-        return model
+        return shard_fully(model, init_device_mesh(self.device.type, (self.world_size,)), self.precision)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # the mixed-precision policy casts instead
 
     def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
-        return _fsdp_sync(model, enabled)
+        return fsdp_gradient_sync(model, enabled)
+
+
+def shard_fully(model: nn.Module, mesh: Any, precision: str) -> nn.Module:
+    """FSDP2 over ``mesh``: ``fully_shard`` on each block (``shard_units``), then on the root."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    _quiet_view_warning()
+    kwargs: dict[str, Any] = {"mesh": mesh}
+    if precision == "bf16":
+        # fp32 master weights stay sharded; compute in bf16, reduce gradients in fp32
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        # batch norm keeps fp32 weights: its running statistics are fp32 buffers (FSDP casts parameters,
+        # never buffers), and batch_norm refuses bf16 weights beside fp32 statistics ("expected scalar
+        # type BFloat16 but found Float"); with fp32 weights it takes the bf16 input and returns bf16
+        fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
+        for norm in _batch_norms(model):
+            fully_shard(norm, mesh=mesh, mp_policy=fp32)
+    for block in shard_units(model):
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
 
 
 def _quiet_view_warning() -> None:
@@ -221,7 +225,7 @@ def _batch_norms(model: nn.Module) -> list[nn.Module]:
 
 
 @contextlib.contextmanager
-def _fsdp_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
+def fsdp_gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
     model.set_requires_gradient_sync(enabled)
     try:
         yield

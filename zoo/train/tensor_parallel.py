@@ -1,17 +1,22 @@
 """Tensor parallelism (``--tp N``) for causal LMs: each decoder layer's projections split over N processes.
 
     zoo finetune ./my-llama --data builtin:next-letter --tp 2 --nproc 2 --out runs/tp
+    zoo finetune ./my-llama --data builtin:next-letter --tp 2 --nproc 4 --out runs/fsdp-tp
 
 torch's own ``torch.distributed.tensor.parallel`` does the work (Megatron's layout): in
 every decoder layer q/k/v and the MLP's gate/up are split by output features (colwise:
 each rank computes its share of the attention heads and of the hidden units), o and down
 by input features (rowwise: each rank's partial sum, added up across ranks). Embeddings,
-norms and the LM head stay whole on every rank, so every rank sees the whole batch and
-computes the same loss; there is no data parallelism beside it (``--nproc`` equals
-``--tp``). The plan is the one transformers declares for the architecture
-(``config.base_model_tp_plan``), taken only when it is exactly this Llama-style plan:
-Llama, Qwen2, Mistral, Gemma ... qualify; GPT-2 (one fused Conv1D for q/k/v) and plans
-with other styles (fused qkv, per-head norms) are refused before launch.
+norms and the LM head stay whole within a split model. The plan is the one transformers
+declares for the architecture (``config.base_model_tp_plan``), taken only when it is
+exactly this Llama-style plan: Llama, Qwen2, Mistral, Gemma ... qualify; GPT-2 (one fused
+Conv1D for q/k/v) and plans with other styles (fused qkv, per-head norms) are refused
+before launch.
+
+The processes form a 2-D mesh, data x tp (torch's FSDP + TP recipe): the N processes of
+one split model (neighbouring ranks, so on one node) share each batch; with more processes
+than N, each group of N takes its share of the global batch, and FSDP2 shards every
+weight (split or whole) over the data dimension and averages the gradients across it.
 
 The run dir's model is written whole (every shard gathered) as a plain save_pretrained
 folder, so ``zoo export RUN`` exports it as any other run.
@@ -24,9 +29,10 @@ import re
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from zoo.train.strategies import DDPStrategy
+from zoo.train.strategies import DDPStrategy, fsdp_gradient_sync, shard_fully
 
 # module pattern (under the base model) -> how its weight is split: the plan transformers declares for Llama
 LLAMA_STYLE_PLAN = {
@@ -90,12 +96,13 @@ def problems(config: Any, spec: Any) -> list[str]:
 
     out = []
     world = config.nproc * config.nnodes
-    if world != tp:
-        out.append(f"--tp {tp} runs one shard per process and no data parallelism beside it, but --nproc {config.nproc}"
-                   f" --nnodes {config.nnodes} start {world}; give --nproc {tp}")
-    if config.strategy != "single":
-        out.append(f"--tp replaces --strategy {config.strategy} (the model is split, not replicated or sharded "
-                   "by FSDP); leave --strategy out")
+    if world % tp:
+        out.append(f"--tp {tp} needs a multiple of {tp} processes (each group of {tp} holds one split model), but "
+                   f"--nproc {config.nproc} --nnodes {config.nnodes} start {world}; give --nproc {tp} (or "
+                   f"{2 * tp}: FSDP shards the data dimension across the groups)")
+    if config.strategy not in ("single", "fsdp"):
+        out.append(f"--tp combines with FSDP only (data x tp mesh), not --strategy {config.strategy}; leave "
+                   "--strategy out or give --strategy fsdp")
     if config.lora_r is not None:
         out.append("--tp does not train LoRA adapters (peft's layers wrap the projections --tp splits); "
                    "leave --lora-r out, or train LoRA with --strategy ddp or fsdp")
@@ -122,58 +129,85 @@ def meta_model(spec: Any) -> nn.Module:
         return transformers.AutoModelForCausalLM.from_config(config)
 
 
-def start_strategy(precision: str) -> TensorParallelStrategy:
+def start_strategy(precision: str, tp: int) -> TensorParallelStrategy:
     """A started TensorParallelStrategy (its process group initialised)."""
     strategy = TensorParallelStrategy(precision, sync_batchnorm=False)  # Llama-style models have no batch norm
+    strategy.tp = tp
     strategy.setup()
     return strategy
 
 
 class TensorParallelStrategy(DDPStrategy):
-    """Every process holds one shard of each split projection; all see the whole batch.
+    """Every process holds one shard of each split projection; the ``tp`` processes of one split model see
+    the same batch.
 
-    To the training loop this is one data-parallel replica (``rank`` 0 of ``world_size`` 1:
-    each process takes the whole global batch, the same dropout seeds and the same loss),
-    while ``process_rank`` says which process writes the run dir.
+    To the training loop the data dimension is what counts: ``rank`` and ``world_size`` are this
+    process's place among the groups (0 of 1 with no data parallelism: each process takes the whole
+    global batch, the same dropout seeds and the same loss), while ``process_rank`` says which
+    process writes the run dir.
     """
 
     name = "tp"
+    tp = 1
 
     def setup(self) -> None:
+        from torch.distributed.device_mesh import init_device_mesh
+
         super().setup()
-        self.process_rank, self.tp = self.rank, self.world_size
-        self.rank, self.world_size = 0, 1
+        self.process_rank, groups = self.rank, self.world_size // self.tp
+        self.mesh = init_device_mesh(self.device.type, (groups, self.tp), mesh_dim_names=("data", "tp"))
+        self.rank, self.world_size = self.mesh.get_local_rank("data"), groups
+        if groups > 1:
+            self.name = "fsdp+tp"
 
     @property
     def is_main(self) -> bool:
         return self.process_rank == 0
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
         model = model.to(self.device)
-        mesh = init_device_mesh(self.device.type, (self.tp,), mesh_dim_names=("tp",))
         styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
-        return parallelize_module(model, mesh, {name: styles[style]() for name, style in sharding_plan(model).items()})
+        plan = {name: styles[style]() for name, style in sharding_plan(model).items()}
+        model = parallelize_module(model, self.mesh["tp"], plan)
+        return shard_fully(model, self.mesh["data"], self.precision) if self.world_size > 1 else model
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        # with FSDP the mixed-precision policy casts (as FSDPStrategy); a lone split model autocasts
+        return contextlib.nullcontext() if self.world_size > 1 else super().autocast()
 
     def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
+        if self.world_size > 1:
+            return fsdp_gradient_sync(model, enabled)
         return contextlib.nullcontext()  # no replicas: the split layers' collectives are in forward and backward
 
     def all_sum(self, values: torch.Tensor) -> torch.Tensor:
-        return values  # every process computed the whole batch's numbers
+        if self.world_size == 1:
+            return values  # every process computed the whole batch's numbers
+        values = values.to(self.device)
+        dist.all_reduce(values, op=dist.ReduceOp.SUM, group=self.mesh["data"].get_group())
+        return values.cpu()
 
     def gather(self, records: list[Any]) -> list[Any]:
-        return list(records)
+        if self.world_size == 1:
+            return list(records)
+        parts: list[Any] = [None] * self.world_size
+        dist.all_gather_object(parts, list(records), group=self.mesh["data"].get_group())
+        return [record for part in parts for record in part]
 
     def clip_gradients(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
-        """torch's norm and clipping take split (DTensor) and whole gradients apart: each group alone, one norm."""
+        """torch's norm and clipping take gradients on different meshes apart (split ones live on the tp or
+        data x tp mesh, whole ones on the data mesh or none): each group alone, then one norm."""
         from torch.distributed.tensor import DTensor
 
-        groups = [[p for p in params if isinstance(p.grad, DTensor) == split] for split in (True, False)]
-        norms = [torch.nn.utils.get_total_norm([p.grad for p in group]) for group in groups if group]
+        groups: dict[Any, list[nn.Parameter]] = {}
+        for p in params:
+            mesh = p.grad.device_mesh.mesh_dim_names if isinstance(p.grad, DTensor) else None
+            groups.setdefault(mesh, []).append(p)
+        norms = [torch.nn.utils.get_total_norm([p.grad for p in group]) for group in groups.values()]
         norm = torch.stack([n.full_tensor() if isinstance(n, DTensor) else n for n in norms]).norm()
         if max_norm > 0:
-            for group in groups:
+            for group in groups.values():
                 torch.nn.utils.clip_grads_with_norm_(group, max_norm, norm)
         return norm

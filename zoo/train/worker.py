@@ -64,7 +64,7 @@ def start_strategy(config: TrainConfig) -> Any:
     if config.tp > 1:  # --tp: the model split over the processes (tensor_parallel builds on strategies)
         from zoo.train.tensor_parallel import start_strategy as start_tensor_parallel
 
-        return start_tensor_parallel(config.precision)
+        return start_tensor_parallel(config.precision, config.tp)
     if config.pp > 1:  # --pp: one pipeline stage per process (zoo/train/pipeline.py)
         from zoo.train.pipeline import make_pipeline
 
