@@ -207,3 +207,63 @@ def test_the_search_keeps_exact_weights_with_fp32_activations(gguf_lm, tmp_path)
     levels = {n.name: next(a.i for a in n.attribute if a.name == "accuracy_level")
               for n in onnx.load(str(tmp_path / "mixed.onnx")).graph.node if n.op_type == "MatMulNBits"}
     assert {n for n, level in levels.items() if level == 0} == set(keep) and len(levels) == 15
+
+
+# ---------------------------------------------------------------- the search's error model
+
+
+def _offset_heavy_graph(path: Path) -> np.ndarray:
+    """x [16, 96] -> a Q4_1 body MatMul whose blocks sit far from zero (large minima) -> a head: the body's
+    output is the graph's second output. Returns the input rows, a few channels 30x the others (the outliers
+    that make int8-rounded activations lose)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    d = rng.uniform(5e-3, 1e-2, (48, 3)).astype(np.float16).astype(np.float32)
+    m = rng.uniform(0.1, 0.3, (48, 3)).astype(np.float16).astype(np.float32)
+    q = rng.integers(0, 16, (48, 3, 32))
+    q[..., 0], q[..., 1] = 0, 15  # the block's minimum is m: recovered exactly
+    body = np.ascontiguousarray((d[..., None] * q.astype(np.float32) + m[..., None]).reshape(48, 96).T)
+    head = rng.standard_normal((48, 10)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "body_w"], ["h"], name="body"),
+             helper.make_node("MatMul", ["h", "head_w"], ["logits"], name="head")]
+    graph = helper.make_graph(nodes, "offsets", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 96])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [16, 10]),
+                               helper.make_tensor_value_info("h", TensorProto.FLOAT, [16, 48])],
+                              [numpy_helper.from_array(body, "body_w"), numpy_helper.from_array(head, "head_w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    x = rng.standard_normal((16, 96)).astype(np.float32)
+    x[:, [7, 40, 90]] *= 30
+    return x
+
+
+def _predicted(src: Path, x: np.ndarray) -> float:
+    """The search's relative error for the body MatMul."""
+    [(_, error)] = quantize.rank_weight_error(src, [{"x": x}], "int4")
+    return error
+
+
+def _measured(src: Path, dst: Path, x: np.ndarray) -> float:
+    """The relative error the written int4 graph makes on the body's output."""
+    quantize.weight_only(src, dst, "int4")
+    exact, got = (gates.session(p).run(["h"], {"x": x})[0] for p in (src, dst))
+    return float(np.linalg.norm(got - exact) / np.linalg.norm(exact))
+
+
+def test_the_search_predicts_the_error_of_the_written_graph(tmp_path):
+    """A Q4_1 block's minimum is added in fp32: only the centred codes meet int8-rounded activations, and the
+    search must rank by that error, not by the whole weight's."""
+    x = _offset_heavy_graph(tmp_path / "offsets.onnx")
+    predicted, measured = _predicted(tmp_path / "offsets.onnx", x), _measured(tmp_path / "offsets.onnx",
+                                                                              tmp_path / "int4.onnx", x)
+    assert measured > 0 and 0.9 < predicted / measured < 1.1
+
+
+def test_an_error_model_that_forgets_the_fp32_minima_is_caught(tmp_path, monkeypatch):
+    x = _offset_heavy_graph(tmp_path / "offsets.onnx")
+    with monkeypatch.context() as patch:  # the search alone forgets them; the graph is written as ever
+        patch.setattr(block_recovery, "offsets", lambda blocks: np.zeros_like(blocks.scale))
+        predicted = _predicted(tmp_path / "offsets.onnx", x)
+    measured = _measured(tmp_path / "offsets.onnx", tmp_path / "int4.onnx", x)
+    assert predicted / measured > 3  # the check above would fail
