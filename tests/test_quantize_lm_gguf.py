@@ -267,3 +267,35 @@ def test_an_error_model_that_forgets_the_fp32_minima_is_caught(tmp_path, monkeyp
         predicted = _predicted(tmp_path / "offsets.onnx", x)
     measured = _measured(tmp_path / "offsets.onnx", tmp_path / "int4.onnx", x)
     assert predicted / measured > 3  # the check above would fail
+
+
+def test_a_packed_projection_is_one_matmulnbits_with_one_minima_product(tmp_path, monkeypatch):
+    """A decoder graph that packs q, k and v (or gate and up) into one MatMul over the concatenated weights
+    keeps Q4_1's blocks (they run along K; the packing is along N): one MatMulNBits, one block-sum and one
+    minima product, and the fp32 product back within float rounding (fp32 activations)."""
+    import collections
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    monkeypatch.setattr(quantize, "ACCURACY_LEVEL", 0)
+    rng = np.random.default_rng(5)
+    packed = np.concatenate([q4_1(rng, 64, n)[0] for n in (64, 32, 32)], axis=1)
+    head = snap(rng.standard_normal((100, 64)).astype(np.float32), symmetric=True).T
+    nodes = [helper.make_node("MatMul", ["x", "qkv_w"], ["qkv"], name="qkv"),
+             helper.make_node("Split", ["qkv", "sizes"], ["q", "k", "v"], name="split", axis=-1),
+             helper.make_node("MatMul", ["q", "head_w"], ["logits"], name="head")]
+    graph = helper.make_graph(nodes, "packed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+                               for name in ("logits", "k", "v")],
+                              [numpy_helper.from_array(packed, "qkv_w"), numpy_helper.from_array(head, "head_w"),
+                               numpy_helper.from_array(np.array([64, 32, 32], np.int64), "sizes")])
+    src, dst = tmp_path / "packed.onnx", tmp_path / "int4.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(src))
+    settings = quantize.weight_only(src, dst, "int4")
+    assert settings["source_grid"]["exact_blocks"] == settings["source_grid"]["blocks"] == 128 * 2 + 100 * 2
+    ops = collections.Counter(n.op_type for n in onnx.load(str(dst)).graph.node)
+    assert ops["MatMulNBits"] == 2 and ops["MatMul"] == 2 and ops["Add"] == 1
+    x = {"x": rng.standard_normal((4, 64)).astype(np.float32)}
+    for expected, got in zip(*(gates.session(p).run(["logits", "k", "v"], x) for p in (src, dst))):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
