@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -38,16 +40,20 @@ from machine import machine_info
 LEVELS = ("int4", "int8-weights")
 
 
-def quantised(work: Path, parent: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+def quantised(work: Path, parent: Path, rebuild: bool) -> tuple[dict[str, Path], dict[str, Any]]:
     """zoo's int4 and int8-weights graphs through the gate (the artifact's, or the refused graph kept by
     --keep-failed, so that a refused level is still timed) with the gate's figures, and onnxruntime-genai's
-    int4 model."""
+    int4 model. A level made from another parent than today's (the fp32 artifact was exported again since),
+    or any level with ``rebuild``, is made again."""
     import zoo
     from zoo.errors import GateError
 
     paths, gate = {}, {}
     for level in LEVELS:
         out, kept = work / f"zoo-{level}", work / f"zoo-{level}-refused"
+        if rebuild or _other_parent(out, parent):
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(kept, ignore_errors=True)
         if not (out / "manifest.json").is_file() and not (kept / "refusal.json").is_file():
             print(f"$ zoo optimize {parent} --level {level}", flush=True)
             try:
@@ -68,6 +74,14 @@ def quantised(work: Path, parent: Path) -> tuple[dict[str, Path], dict[str, Any]
         run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o",
              str(paths["genai-int4"]), "-p", "int4", "-e", "cpu"])
     return paths, gate
+
+
+def _other_parent(artifact: Path, parent: Path) -> bool:
+    manifest = artifact / "manifest.json"
+    if not manifest.is_file():
+        return False
+    made_from = json.loads(manifest.read_text())["optimization"]["parent"]["manifest_sha256"]
+    return made_from != hashlib.sha256((parent / "manifest.json").read_bytes()).hexdigest()
 
 
 def graph_engine(graph: Path, parent: Path, threads: int) -> Engine:
@@ -126,11 +140,12 @@ def main() -> None:
     cache = Path(os.environ.get("ZOO_CACHE", Path.home() / ".cache" / "zoo"))
     parser.add_argument("--work", type=Path, default=cache / "benchmarks" / "generate")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quantize_lm.json")
+    parser.add_argument("--rebuild", action="store_true", help="make zoo's int4 and int8-weights again")
     parser.add_argument("--skip-fault", action="store_true", help="do not run the coarse-head fault on the model")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     base = build(args.work)
-    paths, gate = quantised(args.work, base["zoo"])
+    paths, gate = quantised(args.work, base["zoo"], args.rebuild)
 
     from tokenizers import Tokenizer
 

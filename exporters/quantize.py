@@ -410,7 +410,7 @@ def rank_weight_error(path: Path, feeds: list[dict[str, np.ndarray]], level: str
     session = _session_from_proto(model)
     names = [o.name for o in session.get_outputs()]
     worst = {n.name: 0.0 for n in wanted}
-    grid = set(_on_grid(model, level, [n.name for n in wanted], None))
+    grid = _on_grid(model, level, [n.name for n in wanted], None)
     for feed in feeds:
         outputs = dict(zip(names, session.run(names, feed)))
         for node in wanted:
@@ -418,8 +418,11 @@ def rank_weight_error(path: Path, feeds: list[dict[str, np.ndarray]], level: str
             x = outputs[node.input[0]].reshape(-1, w.shape[0])
             exact = x @ w
             norm = float(np.linalg.norm(exact)) or 1.0
-            if node.name in grid:  # the weight comes back exactly: the error is the activations' int8 rounding
-                error = float(np.linalg.norm(exact - _int8_blocks(x) @ w)) / norm
+            if node.name in grid:
+                # the weight comes back exactly: the error is the activations' int8 rounding, multiplied by the
+                # weights less their blocks' offsets (those are added in fp32, as block_recovery writes them)
+                offsets = np.repeat(block_recovery.offsets(grid[node.name]).T, BLOCK_SIZE, axis=0)[:w.shape[0]]
+                error = float(np.linalg.norm(exact - _int8_blocks(x) @ (w - offsets) - x @ offsets)) / norm
             else:
                 error = float(np.linalg.norm(exact - x @ _blockwise(w, recipe["bits"], recipe["symmetric"]))) / norm
             worst[node.name] = max(worst[node.name], error)

@@ -207,3 +207,95 @@ def test_the_search_keeps_exact_weights_with_fp32_activations(gguf_lm, tmp_path)
     levels = {n.name: next(a.i for a in n.attribute if a.name == "accuracy_level")
               for n in onnx.load(str(tmp_path / "mixed.onnx")).graph.node if n.op_type == "MatMulNBits"}
     assert {n for n, level in levels.items() if level == 0} == set(keep) and len(levels) == 15
+
+
+# ---------------------------------------------------------------- the search's error model
+
+
+def _offset_heavy_graph(path: Path) -> np.ndarray:
+    """x [16, 96] -> a Q4_1 body MatMul whose blocks sit far from zero (large minima) -> a head: the body's
+    output is the graph's second output. Returns the input rows, a few channels 30x the others (the outliers
+    that make int8-rounded activations lose)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    d = rng.uniform(5e-3, 1e-2, (48, 3)).astype(np.float16).astype(np.float32)
+    m = rng.uniform(0.1, 0.3, (48, 3)).astype(np.float16).astype(np.float32)
+    q = rng.integers(0, 16, (48, 3, 32))
+    q[..., 0], q[..., 1] = 0, 15  # the block's minimum is m: recovered exactly
+    body = np.ascontiguousarray((d[..., None] * q.astype(np.float32) + m[..., None]).reshape(48, 96).T)
+    head = rng.standard_normal((48, 10)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "body_w"], ["h"], name="body"),
+             helper.make_node("MatMul", ["h", "head_w"], ["logits"], name="head")]
+    graph = helper.make_graph(nodes, "offsets", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 96])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [16, 10]),
+                               helper.make_tensor_value_info("h", TensorProto.FLOAT, [16, 48])],
+                              [numpy_helper.from_array(body, "body_w"), numpy_helper.from_array(head, "head_w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    x = rng.standard_normal((16, 96)).astype(np.float32)
+    x[:, [7, 40, 90]] *= 30
+    return x
+
+
+def _predicted(src: Path, x: np.ndarray) -> float:
+    """The search's relative error for the body MatMul."""
+    [(_, error)] = quantize.rank_weight_error(src, [{"x": x}], "int4")
+    return error
+
+
+def _measured(src: Path, dst: Path, x: np.ndarray) -> float:
+    """The relative error the written int4 graph makes on the body's output."""
+    quantize.weight_only(src, dst, "int4")
+    exact, got = (gates.session(p).run(["h"], {"x": x})[0] for p in (src, dst))
+    return float(np.linalg.norm(got - exact) / np.linalg.norm(exact))
+
+
+def test_the_search_predicts_the_error_of_the_written_graph(tmp_path):
+    """A Q4_1 block's minimum is added in fp32: only the centred codes meet int8-rounded activations, and the
+    search must rank by that error, not by the whole weight's."""
+    x = _offset_heavy_graph(tmp_path / "offsets.onnx")
+    predicted, measured = _predicted(tmp_path / "offsets.onnx", x), _measured(tmp_path / "offsets.onnx",
+                                                                              tmp_path / "int4.onnx", x)
+    assert measured > 0 and 0.9 < predicted / measured < 1.1
+
+
+def test_an_error_model_that_forgets_the_fp32_minima_is_caught(tmp_path, monkeypatch):
+    x = _offset_heavy_graph(tmp_path / "offsets.onnx")
+    with monkeypatch.context() as patch:  # the search alone forgets them; the graph is written as ever
+        patch.setattr(block_recovery, "offsets", lambda blocks: np.zeros_like(blocks.scale))
+        predicted = _predicted(tmp_path / "offsets.onnx", x)
+    measured = _measured(tmp_path / "offsets.onnx", tmp_path / "int4.onnx", x)
+    assert predicted / measured > 3  # the check above would fail
+
+
+def test_a_packed_projection_is_one_matmulnbits_with_one_minima_product(tmp_path, monkeypatch):
+    """A decoder graph that packs q, k and v (or gate and up) into one MatMul over the concatenated weights
+    keeps Q4_1's blocks (they run along K; the packing is along N): one MatMulNBits, one block-sum and one
+    minima product, and the fp32 product back within float rounding (fp32 activations)."""
+    import collections
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    monkeypatch.setattr(quantize, "ACCURACY_LEVEL", 0)
+    rng = np.random.default_rng(5)
+    packed = np.concatenate([q4_1(rng, 64, n)[0] for n in (64, 32, 32)], axis=1)
+    head = snap(rng.standard_normal((100, 64)).astype(np.float32), symmetric=True).T
+    nodes = [helper.make_node("MatMul", ["x", "qkv_w"], ["qkv"], name="qkv"),
+             helper.make_node("Split", ["qkv", "sizes"], ["q", "k", "v"], name="split", axis=-1),
+             helper.make_node("MatMul", ["q", "head_w"], ["logits"], name="head")]
+    graph = helper.make_graph(nodes, "packed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+                               for name in ("logits", "k", "v")],
+                              [numpy_helper.from_array(packed, "qkv_w"), numpy_helper.from_array(head, "head_w"),
+                               numpy_helper.from_array(np.array([64, 32, 32], np.int64), "sizes")])
+    src, dst = tmp_path / "packed.onnx", tmp_path / "int4.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(src))
+    settings = quantize.weight_only(src, dst, "int4")
+    assert settings["source_grid"]["exact_blocks"] == settings["source_grid"]["blocks"] == 128 * 2 + 100 * 2
+    ops = collections.Counter(n.op_type for n in onnx.load(str(dst)).graph.node)
+    assert ops["MatMulNBits"] == 2 and ops["MatMul"] == 2 and ops["Add"] == 1
+    x = {"x": rng.standard_normal((4, 64)).astype(np.float32)}
+    for expected, got in zip(*(gates.session(p).run(["logits", "k", "v"], x) for p in (src, dst))):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
