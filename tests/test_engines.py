@@ -547,3 +547,29 @@ def test_auto_skips_openvino_f32_where_bf16_passed_and_times_everything_in_one_r
         assert failed == ["speed at 8x128"]  # 0.9x the parent: refused after the shared race
         skipped = tried["openvino"].checks[0]
         assert (skipped.name == "not tried") == bf16_passes and tried["bf16"].passed == bf16_passes
+
+
+def test_auto_skips_the_int8_search_its_fastest_graph_cannot_win(text_cls_artifact, tmp_path, monkeypatch):
+    """Planted: int8 with nothing kept in fp32 loses accuracy; timed in one race with OpenVINO (both 2x the parent),
+    it cannot be faster, so MatMuls are never ranked for the rest of the ladder, and OpenVINO is kept."""
+    from exporters import optimize, quantize
+    from zoo.checks import Check
+
+    accuracy = optimize._accuracy_checks
+
+    def all_int8_loses(ctx, candidate):
+        lossy = candidate.level == "int8" and not candidate.recipe["quantization"]["kept_fp32"]
+        return accuracy(ctx, candidate) + [Check("planted: min cosine", not lossy, "0.9", ">= 0.99")]
+
+    def never(*args, **kwargs):
+        raise AssertionError("the ladder was ranked")
+
+    fake_cpu(monkeypatch, WITHOUT_BF16)
+    monkeypatch.setattr(optimize, "_accuracy_checks", all_int8_loses)
+    monkeypatch.setattr(quantize, "rank_by_error", never)
+    result = optimize.optimize(text_cls_artifact, out=tmp_path / "auto", level="auto")
+    tried = {t["level"]: t for t in result.tried}
+    assert result.level == "openvino" and list(tried) == ["openvino", "int8"]
+    assert tried["int8"]["failed"][0] == ("speed with nothing kept in fp32 (its fastest): 2.00x the parent "
+                                          "(limit faster than openvino (2.00x), which passed every gate)")
+    assert "planted: min cosine: 0.9 (limit >= 0.99)" in tried["int8"]["failed"] and tried["int8"]["speed"]
