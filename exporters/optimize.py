@@ -99,6 +99,7 @@ class Candidate:
     def summary(self) -> dict[str, Any]:
         failed = [f"{c.name}: {c.value} (limit {c.limit})" for c in self.checks if not c.passed]
         return {"level": self.level, "engine": self.engine.to_dict(), "passed": self.passed,
+                **({"skipped": self.recipe["skipped"]} if "skipped" in self.recipe else {}),
                 "speedup": round(self.mean_speedup, 3), "failed": failed,
                 "speed": [dataclasses.asdict(f) for f in self.speed]}
 
@@ -325,8 +326,8 @@ def _attempt_all(ctx: Context, levels: list[str]) -> list[Candidate]:
     candidates: list[Candidate] = []
     for level in levels:
         if level == "openvino" and any(c.level == "bf16" and c.passed for c in candidates):
-            candidates.append(_not_tried(level, "bf16 on the same engine passed the accuracy and verification "
-                                                "gates; float32 is its fallback where bf16 fails them"))
+            candidates.append(_not_tried(level, "bf16 passed accuracy and verification on the same engine "
+                                                "(float32 is its fallback where bf16 fails them)"))
             continue
         candidates.append(_attempt(ctx, level, [c for c in candidates if c.passed]))
     passing = [c for c in candidates if c.passed]
@@ -339,7 +340,7 @@ def _attempt_all(ctx: Context, levels: list[str]) -> list[Candidate]:
 
 def _not_tried(level: str, why: str) -> Candidate:
     engine = ENGINE_LEVELS.get(level, Engine())
-    return Candidate(level, Path(), {"quantization": None}, engine,
+    return Candidate(level, Path(), {"quantization": None, "skipped": why}, engine,
                      [Check("not tried", False, "skipped", "tried where it could be kept", why)])
 
 

@@ -410,7 +410,10 @@ def test_auto_prints_what_it_tried_with_the_cpu_flags():
              {"level": "bf16", "engine": {"name": "openvino", "precision": "bf16"}, "passed": True,
               "speedup": 2.5, "failed": [], "speed": speed},
              {"level": "openvino", "engine": {"name": "openvino", "precision": "f32"}, "passed": False,
-              "speedup": 0.0, "failed": ["speed at 8x128: 0.90x (limit >= 1.05x the parent)"], "speed": []}]
+              "speedup": 0.0, "failed": ["speed at 8x128: 0.90x (limit >= 1.05x the parent)"], "speed": []},
+             {"level": "fused", "engine": {"name": "onnxruntime", "precision": "f32"}, "passed": False,
+              "speedup": 0.0, "failed": ["not tried: skipped (limit tried where it could be kept)"], "speed": [],
+              "skipped": "planted reason"}]
     result = SimpleNamespace(level="bf16", tried=tried, manifest=SimpleNamespace(optimization={
         "cpu": {"model": "AMD EPYC", "flags": ["avx2", "avx512_bf16"]}}))
     console = Console(width=200, record=True)
@@ -419,6 +422,7 @@ def test_auto_prints_what_it_tried_with_the_cpu_flags():
     assert "AMD EPYC (avx2, avx512_bf16)" in text and "8x128: 40.0 / 100.0 / 90.0" in text
     rows = {line.split("│")[1].strip(): line for line in text.splitlines() if line.startswith("│")}
     assert "kept" in rows["bf16"] and "passed" in rows["int8"] and "refused: speed at 8x128" in rows["openvino"]
+    assert "not tried: planted reason" in rows["fused"]
 
 
 # ---------------------------------------------------------------- shared turns (fake clock: no CPU is timed)
@@ -547,6 +551,7 @@ def test_auto_skips_openvino_f32_where_bf16_passed_and_times_everything_in_one_r
         assert failed == ["speed at 8x128"]  # 0.9x the parent: refused after the shared race
         skipped = tried["openvino"].checks[0]
         assert (skipped.name == "not tried") == bf16_passes and tried["bf16"].passed == bf16_passes
+        assert ("skipped" in tried["openvino"].summary()) == bf16_passes
 
 
 def test_auto_skips_the_int8_search_its_fastest_graph_cannot_win(text_cls_artifact, tmp_path, monkeypatch):

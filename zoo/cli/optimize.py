@@ -100,6 +100,7 @@ def tried_table(result: Any) -> Any:
         times = ", ".join(f"{s['shape']}: {s['optimized_ms']:.1f} / {s['parent_ms']:.1f}"
                           + (f" / {s['torch_ms']:.1f}" if s.get("torch_ms") is not None else "") for s in t["speed"])
         verdict = ("kept" if t["level"] == result.level else "passed") if t["passed"] else \
+            f"not tried: {t['skipped']}" if t.get("skipped") else \
             f"refused: {t['failed'][0]}" if t["failed"] else "refused"
         table.add_row(t["level"], f"{engine['name']} {engine['precision']}", times or "not timed",
                       f"{t['speedup']:.2f}x" if t["speed"] else "", escape(verdict))
