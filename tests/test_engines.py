@@ -406,7 +406,7 @@ def test_auto_prints_what_it_tried_with_the_cpu_flags():
 
     speed = [{"shape": "8x128", "parent_ms": 100.0, "optimized_ms": 40.0, "torch_ms": 90.0}]
     tried = [{"level": "int8", "engine": {"name": "onnxruntime", "precision": "f32"}, "passed": True,
-              "speedup": 1.4, "failed": [], "speed": speed},
+              "speedup": 1.4, "failed": [], "speed": speed, "accuracy": "min cosine 0.9924"},
              {"level": "bf16", "engine": {"name": "openvino", "precision": "bf16"}, "passed": True,
               "speedup": 2.5, "failed": [], "speed": speed},
              {"level": "openvino", "engine": {"name": "openvino", "precision": "f32"}, "passed": False,
@@ -419,7 +419,8 @@ def test_auto_prints_what_it_tried_with_the_cpu_flags():
     console = Console(width=200, record=True)
     console.print(tried_table(result))
     text = console.export_text()
-    assert "AMD EPYC (avx2, avx512_bf16)" in text and "8x128: 40.0 / 100.0 / 90.0" in text
+    assert "AMD EPYC (avx2, avx512_bf16)" in text and "8x128: 2.50x" in text and "8x128: 2.25x" in text
+    assert "min cosine 0.9924" in text
     rows = {line.split("│")[1].strip(): line for line in text.splitlines() if line.startswith("│")}
     assert "kept" in rows["bf16"] and "passed" in rows["int8"] and "refused: speed at 8x128" in rows["openvino"]
     assert "not tried: planted reason" in rows["fused"]
