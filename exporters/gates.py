@@ -14,11 +14,14 @@ Speed, on this machine: at each of the task's usual shapes the optimised graph
 must be at least MIN_SPEEDUP times as fast as its parent (medians of runs that
 take turns call by call), else both timings are reported and it is refused. Where
 the torch source resolves (the verification grid's torch fp32), eager torch takes
-its turn too, and a graph slower than it at any of those shapes is refused.
+its turn too, and a graph slower than it at any of those shapes is refused. Every
+candidate of one ``zoo optimize`` run is timed in the same turns as the parent and
+torch (each timed once), and the turns stop as soon as every comparison is clear.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +40,8 @@ from zoo.tasks import get_task
 from zoo.tasks.base import Gate, Task
 
 MIN_SPEEDUP = 1.05  # "measurably faster": a 5% margin over the noise of a shared machine
-SPEED_BUDGET_S = 2.0  # per shape and graph
+SPEED_BUDGET_S = 1.0  # per shape and timed call, the most the turns take when a decision stays close
+MIN_TURNS, MAX_TURNS = 5, 200
 # One intra-op thread for timing: on a shared machine a busy neighbour turns a thread pool's
 # spin-waits into noise of several times the effect being measured (benchmarks/ also reports
 # default threads).
@@ -138,6 +142,7 @@ class SpeedFigure:
     parent_ms: float
     optimized_ms: float
     torch_ms: float | None = None  # eager torch fp32 at the same shape, where the source resolves
+    turns: int | None = None  # how many turns the medians are of
 
     @property
     def speedup(self) -> float:
@@ -175,26 +180,71 @@ def _image_shapes(manifest: Manifest, images: EvalSet | None) -> dict[str, dict[
     return {"batch 1": {name: rows[:1]}, "batch 8": {name: rows[:8]}}
 
 
-def measure_speed(parent: Path, optimized: Path, shapes: dict[str, dict[str, np.ndarray]],
-                  providers: list[str] | None = None, engine: Engine | None = None,
-                  torch_call: Callable[[dict[str, np.ndarray]], Callable[[], Any]] | None = None) -> list[SpeedFigure]:
-    """Median latency of both graphs per shape, taking turns call by call on the same inputs.
+def measure_speed(parent: Path, contenders: list[tuple[Path, Engine | None]],
+                  shapes: dict[str, dict[str, np.ndarray]], providers: list[str] | None = None,
+                  torch_call: Callable[[dict[str, np.ndarray]], Callable[[], Any]] | None = None,
+                  clock: Callable[[], float] = time.perf_counter) -> list[list[SpeedFigure]]:
+    """Median latency per shape of every contender (path, engine) against the parent, all in the same turns.
 
-    The parent runs on onnxruntime; the optimised graph on ``engine`` (onnxruntime unless given).
-    ``torch_call``: feed -> a call of the eager torch source, timed in the same turns.
+    The parent is timed once for all of them, as is eager torch (``torch_call``: feed -> a call of the
+    source); the turns stop once every decision they feed is settled (``take_turns``). One list of figures
+    per contender, in order.
     """
-    from zoo.runtime.bench import time_calls
-
-    sessions = [session(parent, providers, SPEED_THREADS), session(optimized, providers, SPEED_THREADS, engine)]
-    figures = []
+    sessions = [session(parent, providers, SPEED_THREADS)]
+    sessions += [session(path, providers, SPEED_THREADS, engine) for path, engine in contenders]
+    names = ["parent", *(f"contender {i}" for i in range(len(contenders)))]
+    figures: list[list[SpeedFigure]] = [[] for _ in contenders]
     for shape, feed in shapes.items():
-        calls = [_caller(s, feed) for s in sessions] + ([torch_call(feed)] if torch_call else [])
-        first = time_calls(calls, iterations=1, warmup=1)
-        per_round = sum(t[0] for t in first)
-        iterations = int(np.clip(SPEED_BUDGET_S * len(calls) / max(per_round, 1e-6), 5, 200))
-        medians = [1e3 * float(np.median(s)) for s in time_calls(calls, iterations=iterations, warmup=0)]
-        figures.append(SpeedFigure(shape, *medians))
+        calls = {name: _caller(s, feed) for name, s in zip(names, sessions)}
+        if torch_call is not None:
+            calls["torch"] = torch_call(feed)
+        samples = take_turns(calls, decisions(names[1:], torch_call is not None), clock=clock)
+        ms = {name: 1e3 * float(np.median(seconds)) for name, seconds in samples.items()}
+        for index, name in enumerate(names[1:]):
+            figures[index].append(SpeedFigure(shape, ms["parent"], ms[name], ms.get("torch"),
+                                              len(samples["parent"])))
     return figures
+
+
+def decisions(contenders: list[str], torch: bool) -> list[tuple[str, str, float]]:
+    """What the turns must settle: each contender against the speed gate's limits and against each other."""
+    pairs = [("parent", c, MIN_SPEEDUP) for c in contenders] + [("torch", c, 1.0) for c in contenders if torch]
+    return pairs + [(a, b, 1.0) for i, a in enumerate(contenders) for b in contenders[i + 1:]]
+
+
+def take_turns(calls: dict[str, Callable[[], Any]], settle: list[tuple[str, str, float]],
+               budget_s: float | None = None, clock: Callable[[], float] = time.perf_counter
+               ) -> dict[str, list[float]]:
+    """Seconds per call of each named call, one call of each per turn after a warm-up turn.
+
+    Stops after MIN_TURNS once every ``(a, b, limit)`` is settled: the middle half of the turn-by-turn
+    ratios a/b lies on one side of ``limit`` (turns pair the calls under the same load, so a neighbour's
+    burst moves both sides of a ratio). Otherwise it goes on until ``budget_s`` (SPEED_BUDGET_S per call
+    by default) is spent or MAX_TURNS are taken.
+    """
+    budget = SPEED_BUDGET_S * len(calls) if budget_s is None else budget_s
+    for call in calls.values():
+        call()  # warm-up: first calls allocate, OpenVINO compiles lazily
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    started = clock()
+    for turn in range(1, MAX_TURNS + 1):
+        for name, call in calls.items():
+            start = clock()
+            call()
+            samples[name].append(clock() - start)
+        if turn >= MIN_TURNS and (clock() - started >= budget or settled(samples, settle)):
+            break
+    return samples
+
+
+def settled(samples: dict[str, list[float]], settle: list[tuple[str, str, float]]) -> bool:
+    """Whether no ``(a, b, limit)`` has ``limit`` within the middle half of its turn-by-turn ratios a/b."""
+    for a, b, limit in settle:
+        ratios = np.asarray(samples[a]) / np.maximum(np.asarray(samples[b]), 1e-12)
+        low, high = np.percentile(ratios, [25, 75])
+        if low <= limit <= high:
+            return False
+    return True
 
 
 def _caller(sess: Any, feed: dict[str, np.ndarray]) -> Any:

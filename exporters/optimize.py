@@ -84,6 +84,7 @@ class Candidate:
     checks: list[Check] = field(default_factory=list)
     speed: list[gates.SpeedFigure] = field(default_factory=list)
     max_abs: float = 0.0
+    grid_max_abs: float = 0.0  # against the parent on the verification grid, measured by _grid_checks
     figures: dict[str, Any] = field(default_factory=dict)  # the generative gate's measurements
 
     @property
@@ -97,7 +98,11 @@ class Candidate:
 
     def summary(self) -> dict[str, Any]:
         failed = [f"{c.name}: {c.value} (limit {c.limit})" for c in self.checks if not c.passed]
-        return {"level": self.level, "engine": self.engine.to_dict(), "passed": self.passed,
+        # the task gate's first figure against the parent (e.g. minimum cosine), as the table of what was tried shows it
+        accuracy = next((f"{c.name.removeprefix('parent: ')} {c.value}" for c in self.checks
+                         if c.name.startswith("parent: ")), None)
+        return {"level": self.level, "engine": self.engine.to_dict(), "passed": self.passed, "accuracy": accuracy,
+                **({"skipped": self.recipe["skipped"]} if "skipped" in self.recipe else {}),
                 "speedup": round(self.mean_speedup, 3), "failed": failed,
                 "speed": [dataclasses.asdict(f) for f in self.speed]}
 
@@ -172,7 +177,7 @@ def optimize(artifact: str | Path, *, out: str | Path | None = None, level: str 
         if generative:
             ctx.generative = generative_gate.gate_data(folder, manifest, eval_data)
             data.notes += ctx.generative.notes
-        candidates = [_attempt(ctx, lv) for lv in _levels(level, ctx.task, _fused_at_export(manifest))]
+        candidates = _attempt_all(ctx, _levels(level, ctx.task, _fused_at_export(manifest)))
         passing = [c for c in candidates if c.passed]
         if not passing:
             refusal = _refusal(folder, dest, level, candidates)
@@ -306,27 +311,55 @@ def _levels(level: str, task: Task, fused_at_export: bool = False) -> list[str]:
         return [level]
     if task.generates:
         return list(GENERATIVE)
-    levels = [INT8_FOR.get(task.modality, "int8")] + ([] if fused_at_export else ["fused"])
-    if engines.installed("openvino") and not task.generates:
+    # the levels that need no search first: they are the rivals an int8 search must be able to beat
+    levels = []
+    if engines.installed("openvino"):
         levels += ["bf16", "openvino"] if engines.bf16_compute()[0] else ["openvino"]
-    return levels
+    return levels + ([] if fused_at_export else ["fused"]) + [INT8_FOR.get(task.modality, "int8")]
 
 
 # ---------------------------------------------------------------- one level
 
 
-def _attempt(ctx: Context, level: str) -> Candidate:
+def _attempt_all(ctx: Context, levels: list[str]) -> list[Candidate]:
+    """Each level built and judged (accuracy, then verification); then every one that passed is timed in the
+    same turns as the parent and eager torch, each of those timed once."""
+    if ctx.task.generates:
+        return [_weight_only(ctx, level) for level in levels]
+    candidates: list[Candidate] = []
+    for level in levels:
+        if level == "openvino" and any(c.level == "bf16" and c.passed for c in candidates):
+            candidates.append(_not_tried(level, "bf16 passed on the same engine (f32 is its fallback)"))
+            continue
+        candidates.append(_attempt(ctx, level, [c for c in candidates if c.passed]))
+    passing = [c for c in candidates if c.passed]
+    if any(not c.speed for c in passing):
+        _race(ctx, passing)
+    for candidate in passing:
+        candidate.checks += gates.speed_checks(candidate.speed)
+    return candidates
+
+
+def _not_tried(level: str, why: str) -> Candidate:
+    engine = ENGINE_LEVELS.get(level, Engine())
+    return Candidate(level, Path(), {"quantization": None, "skipped": why}, engine,
+                     [Check("not tried", False, "skipped", "tried where it could be kept", why)])
+
+
+def _attempt(ctx: Context, level: str, rivals: list[Candidate]) -> Candidate:
+    """``level`` built and judged on accuracy and verification; timed later, with the others (``_race``).
+
+    ``rivals``: the levels that passed so far, which an int8 search must be able to beat before it runs.
+    """
     ctx.step(f"{level}: build")
-    if level in GENERATIVE:
-        return _weight_only(ctx, level)
     if level == "fused":
         candidate = Candidate(level, _fused(ctx), {"passes": fusion.describe_passes(), "fusions": ctx.fusions,
                                                    "quantization": None})
         candidate.checks = _accuracy_checks(ctx, candidate)
     elif level == "int8":
-        candidate = _search(ctx, level, _int8_ladder(ctx), _build_int8)
+        candidate = _search(ctx, level, lambda: _int8_ladder(ctx), _build_int8, rivals)
     elif level == "int8-static":
-        candidate = _search(ctx, level, _static_ladder(ctx), _build_static)
+        candidate = _search(ctx, level, lambda: _static_ladder(ctx), _build_static, rivals)
     elif level in ENGINE_LEVELS:
         engine = ENGINE_LEVELS[level]
         candidate = Candidate(level, ctx.parent_model, {"engine": engine.to_dict(), "graph": "the parent's, unchanged",
@@ -336,10 +369,8 @@ def _attempt(ctx: Context, level: str) -> Candidate:
         candidate = _build_fp16(ctx)
         candidate.checks = _accuracy_checks(ctx, candidate)
     if candidate.passed:
-        ctx.step(f"{level}: verify and time")
+        ctx.step(f"{level}: verify")
         candidate.checks += _graph_checks(ctx, candidate) + _grid_checks(ctx, candidate)
-        candidate.speed = measure_speed(ctx, candidate)
-        candidate.checks += gates.speed_checks(candidate.speed)
     return candidate
 
 
@@ -401,13 +432,21 @@ def _fused(ctx: Context) -> Path:
     return ctx.fused
 
 
-def _search(ctx: Context, level: str, ladder: list[list[str]],
-            build: Callable[[Context, Path, list[str]], dict[str, Any]]) -> Candidate:
-    """Keep more nodes in fp32 at each step until the accuracy gate passes; record every step."""
+def _search(ctx: Context, level: str, ladder: Callable[[], list[list[str]]],
+            build: Callable[[Context, Path, list[str]], dict[str, Any]], rivals: list[Candidate]) -> Candidate:
+    """Keep more nodes in fp32 at each step until the accuracy gate passes; record every step.
+
+    The first step keeps nothing in fp32, so no later step can be faster: where it fails the accuracy gate and
+    cannot win on speed (``_bound_beaten``), the rest of the ladder (and the ranking it needs) is skipped.
+    """
     steps: list[dict[str, Any]] = []
     candidate = None
-    for index, keep in enumerate(ladder):
-        ctx.step(f"{level}: step {index + 1}/{len(ladder)} ({len(keep)} nodes kept in fp32)")
+    keeps: list[list[str]] = [[]]  # every ladder starts with nothing kept; the rest is ranked only when needed
+    index = 0
+    while index < len(keeps):
+        keep = keeps[index]
+        ctx.step(f"{level}: step {index + 1}" + (f"/{len(keeps)}" if index else "") +
+                 f" ({len(keep)} nodes kept in fp32)")
         path = ctx.work / f"{level}-{index}.onnx"
         settings = build(ctx, path, keep)
         candidate = Candidate(level, path, {"passes": fusion.describe_passes(), "fusions": ctx.fusions,
@@ -417,6 +456,16 @@ def _search(ctx: Context, level: str, ladder: list[list[str]],
                       "figures": {c.name: c.value for c in candidate.checks}})
         if candidate.passed:
             break
+        if index == 0:
+            beaten = _bound_beaten(ctx, candidate, rivals)
+            if candidate.speed:  # what the bound race measured, kept in the record of the search
+                steps[0]["speed"] = [dataclasses.asdict(f) for f in candidate.speed]
+            if beaten is not None:
+                candidate.checks.insert(0, beaten)  # the reason the search stopped, first in the table
+                break
+            keeps = ladder()
+            assert not keeps[0]  # the step just taken
+        index += 1
     assert candidate is not None  # every ladder has at least its first step
     candidate.recipe["quantization"]["search"] = steps
     return candidate
@@ -503,6 +552,7 @@ def _grid_checks(ctx: Context, candidate: Candidate) -> list[Check]:
     """The verification grid: against the parent graph, and against torch fp32 when the source resolves."""
     grid = ctx.grid = ctx.grid or GridReference.build(ctx)
     got = gates.run_all(gates.session(candidate.path, ctx.providers, engine=candidate.engine), grid.inputs)
+    candidate.grid_max_abs = gates.max_abs_difference(grid.parent, got)
     checks = []
     for against, reference in (("grid vs parent", grid.parent), ("grid vs torch fp32", grid.torch)):
         if reference is None:
@@ -557,20 +607,47 @@ def _torch_grid(ctx: Context) -> tuple[list[dict[str, np.ndarray]] | None, gates
             source.module)
 
 
-def measure_speed(ctx: Context, candidate: Candidate) -> list[gates.SpeedFigure]:
+def _bound_beaten(ctx: Context, bound: Candidate, rivals: list[Candidate]) -> Check | None:
+    """Why a search's first step (nothing kept in fp32, the fastest it can make) makes the rest pointless:
+    it fails the speed gate itself, or a rival that passed every gate is at least as fast; None otherwise.
+
+    Timed with the rivals in one race (their figures are kept for the final choice); without rivals (a
+    level asked for on its own) nothing is timed and the search runs.
+    """
+    if not rivals:
+        return None
+    _race(ctx, [*rivals, bound])
+    fails = [c for c in gates.speed_checks(bound.speed) if not c.passed]
+    winners = [r for r in rivals if all(c.passed for c in gates.speed_checks(r.speed))
+               and r.mean_speedup >= bound.mean_speedup]
+    if not fails and not winners:
+        return None
+    limit = f"{fails[0].name} {fails[0].limit}" if fails else \
+        f"faster than {winners[0].level} ({winners[0].mean_speedup:.2f}x), which passed every gate"
+    return Check("speed with nothing kept in fp32 (its fastest)", False, f"{bound.mean_speedup:.2f}x the parent",
+                 limit, "keeping nodes in fp32 only slows it, so the search for the nodes to keep was not run")
+
+
+def _race(ctx: Context, contenders: list[Candidate]) -> None:
+    """Every contender timed at the task's usual shapes in the same turns as the parent and eager torch."""
+    ctx.step(f"time {', '.join(c.level for c in contenders)} against the parent"
+             + (" and torch fp32" if ctx.grid and ctx.grid.module is not None else ""))
     shapes = gates.speed_shapes(ctx.folder, ctx.manifest, ctx.data.evaluation)
+    entries = [(c.path, c.engine) for c in contenders]
     module = ctx.grid.module if ctx.grid else None
     if module is None:  # random weights or no source here: the parent is the only reference
-        return gates.measure_speed(ctx.parent_model, candidate.path, shapes, ctx.providers, candidate.engine)
-    import torch
+        figures = gates.measure_speed(ctx.parent_model, entries, shapes, ctx.providers)
+    else:
+        import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(gates.SPEED_THREADS)  # the graphs' thread count: a fair turn for each
-    try:
-        return gates.measure_speed(ctx.parent_model, candidate.path, shapes, ctx.providers, candidate.engine,
-                                   torch_call=_torch_call(module))
-    finally:
-        torch.set_num_threads(threads)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(gates.SPEED_THREADS)  # the graphs' thread count: a fair turn for each
+        try:
+            figures = gates.measure_speed(ctx.parent_model, entries, shapes, ctx.providers, _torch_call(module))
+        finally:
+            torch.set_num_threads(threads)
+    for candidate, figure in zip(contenders, figures):
+        candidate.speed = figure
 
 
 def _torch_call(module: Any) -> Callable[[dict[str, np.ndarray]], Callable[[], Any]]:
@@ -622,7 +699,8 @@ def _keep(candidates: list[Candidate], refusal: GateError, folder: Path) -> None
         shutil.rmtree(folder)  # an earlier refusal's folder: _check_keep_failed made sure
     folder.mkdir(parents=True)
     for candidate in candidates:
-        shutil.copyfile(candidate.path, folder / f"{candidate.level}.onnx")
+        if candidate.path.is_file():  # a level skipped before it was built has no graph
+            shutil.copyfile(candidate.path, folder / f"{candidate.level}.onnx")
     report = refusal.report.to_dict() if isinstance(refusal.report, VerifyReport) else {}
     (folder / "refusal.json").write_text(json.dumps({"message": str(refusal), **report}, indent=2) + "\n")
 
@@ -677,9 +755,7 @@ def _tolerances(ctx: Context, chosen: Candidate) -> tuple[Tolerances, str]:
     tol, rule = parent_tolerances(ctx.manifest)
     if chosen.level not in LOSSY:
         return tol, rule
-    grid = ctx.grid
-    measured = max(chosen.max_abs, gates.max_abs_difference(grid.parent, gates.run_all(
-        gates.session(chosen.path, ctx.providers, engine=chosen.engine), grid.inputs)) if grid else 0.0)
+    measured = max(chosen.max_abs, chosen.grid_max_abs)
     atol = float(f"{max(tol.atol, 4 * measured):.1g}")
     cosine = gates.gate_of(ctx.task).limits.get("min_cosine", tol.cosine)  # what an embedding gate held it to
     return Tolerances(atol=atol, rtol=tol.rtol, cosine=min(tol.cosine, cosine)), rule

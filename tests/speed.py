@@ -14,9 +14,9 @@ REAL_MEASURE_SPEED = gates.measure_speed  # kept before the autouse fixture repl
 
 
 def fake_speed(factor: float):
-    """A measure_speed stand-in: the candidate takes 1/factor of the parent's 10 ms at every shape."""
-    def measure(parent, optimized, shapes, providers=None, engine=None, torch_call=None):
-        return [gates.SpeedFigure(shape, 10.0, 10.0 / factor) for shape in shapes]
+    """A measure_speed stand-in: every contender takes 1/factor of the parent's 10 ms at every shape."""
+    def measure(parent, contenders, shapes, providers=None, torch_call=None):
+        return [[gates.SpeedFigure(shape, 10.0, 10.0 / factor) for shape in shapes] for _ in contenders]
 
     return measure
 

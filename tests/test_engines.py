@@ -158,11 +158,11 @@ def test_auto_tries_bf16_only_where_the_cpu_has_it(monkeypatch):
 
     task = get_task("feature-extraction")
     fake_cpu(monkeypatch, WITH_BF16)
-    assert _levels("auto", task) == ["int8", "fused", "bf16", "openvino"]
+    assert _levels("auto", task) == ["bf16", "openvino", "fused", "int8"]
     fake_cpu(monkeypatch, WITHOUT_BF16)
-    assert _levels("auto", task) == ["int8", "fused", "openvino"]
+    assert _levels("auto", task) == ["openvino", "fused", "int8"]
     monkeypatch.setattr(engines, "installed", lambda name: name == "onnxruntime")
-    assert _levels("auto", task) == ["int8", "fused"]
+    assert _levels("auto", task) == ["fused", "int8"]
 
 
 # ---------------------------------------------------------------- bf16 as a recipe
@@ -350,9 +350,9 @@ def test_openvino_session_answers_by_name_in_the_order_asked(text_cls_artifact, 
 
 def speed_against_torch(optimized_ms: float, torch_ms: float, seen: list[Any]):
     """A measure_speed stand-in: the parent 10 ms, the candidate and eager torch as given; records torch_call."""
-    def measure(parent, optimized, shapes, providers=None, engine=None, torch_call=None):
+    def measure(parent, contenders, shapes, providers=None, torch_call=None):
         seen.append(torch_call)
-        return [gates.SpeedFigure(shape, 10.0, optimized_ms, torch_ms) for shape in shapes]
+        return [[gates.SpeedFigure(shape, 10.0, optimized_ms, torch_ms) for shape in shapes] for _ in contenders]
 
     return measure
 
@@ -381,9 +381,9 @@ def test_speed_measurement_times_eager_torch_in_the_same_turns(text_cls_artifact
     monkeypatch.setattr(gates, "SPEED_BUDGET_S", 0.01)
     calls: list[tuple[int, ...]] = []
     shapes = gates.speed_shapes(text_cls_artifact, read_manifest(text_cls_artifact), None)
-    figures = REAL_MEASURE_SPEED(text_cls_artifact / "model.onnx", text_cls_artifact / "model.onnx", shapes,
-                                 engine=Engine("openvino", "f32"),
-                                 torch_call=lambda feed: lambda: calls.append(feed["input_ids"].shape))
+    [figures] = REAL_MEASURE_SPEED(text_cls_artifact / "model.onnx",
+                                   [(text_cls_artifact / "model.onnx", Engine("openvino", "f32"))], shapes,
+                                   torch_call=lambda feed: lambda: calls.append(feed["input_ids"].shape))
     assert [f.shape for f in figures] == ["1x32", "8x128"]
     assert set(calls) == {feed["input_ids"].shape for feed in shapes.values()}
     assert all(f.parent_ms > 0 and f.optimized_ms > 0 and f.torch_ms > 0 for f in figures)
@@ -406,16 +406,176 @@ def test_auto_prints_what_it_tried_with_the_cpu_flags():
 
     speed = [{"shape": "8x128", "parent_ms": 100.0, "optimized_ms": 40.0, "torch_ms": 90.0}]
     tried = [{"level": "int8", "engine": {"name": "onnxruntime", "precision": "f32"}, "passed": True,
-              "speedup": 1.4, "failed": [], "speed": speed},
+              "speedup": 1.4, "failed": [], "speed": speed, "accuracy": "min cosine 0.9924"},
              {"level": "bf16", "engine": {"name": "openvino", "precision": "bf16"}, "passed": True,
               "speedup": 2.5, "failed": [], "speed": speed},
              {"level": "openvino", "engine": {"name": "openvino", "precision": "f32"}, "passed": False,
-              "speedup": 0.0, "failed": ["speed at 8x128: 0.90x (limit >= 1.05x the parent)"], "speed": []}]
+              "speedup": 0.0, "failed": ["speed at 8x128: 0.90x (limit >= 1.05x the parent)"], "speed": []},
+             {"level": "fused", "engine": {"name": "onnxruntime", "precision": "f32"}, "passed": False,
+              "speedup": 0.0, "failed": ["not tried: skipped (limit tried where it could be kept)"], "speed": [],
+              "skipped": "planted reason"}]
     result = SimpleNamespace(level="bf16", tried=tried, manifest=SimpleNamespace(optimization={
         "cpu": {"model": "AMD EPYC", "flags": ["avx2", "avx512_bf16"]}}))
     console = Console(width=200, record=True)
     console.print(tried_table(result))
     text = console.export_text()
-    assert "AMD EPYC (avx2, avx512_bf16)" in text and "8x128: 40.0 / 100.0 / 90.0" in text
+    assert "AMD EPYC (avx2, avx512_bf16)" in text and "8x128: 2.50x" in text and "8x128: 2.25x" in text
+    assert "min cosine 0.9924" in text
     rows = {line.split("│")[1].strip(): line for line in text.splitlines() if line.startswith("│")}
     assert "kept" in rows["bf16"] and "passed" in rows["int8"] and "refused: speed at 8x128" in rows["openvino"]
+    assert "not tried: planted reason" in rows["fused"]
+
+
+# ---------------------------------------------------------------- shared turns (fake clock: no CPU is timed)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TimedSession:
+    """A session whose every run takes the next of ``ms`` (cycled) on ``clock``."""
+
+    def __init__(self, clock: FakeClock, ms: list[float]):
+        self.clock, self.ms, self.runs = clock, ms, 0
+
+    def get_inputs(self) -> list[Any]:
+        return [engines.Port("input_ids")]
+
+    def get_outputs(self) -> list[Any]:
+        return [engines.Port("out")]
+
+    def run(self, names, feed):
+        self.clock.now += self.ms[self.runs % len(self.ms)] / 1e3
+        self.runs += 1
+        return [np.zeros(1)]
+
+
+def shared_turns(monkeypatch, parent_ms: float, torch_ms: float, contenders: dict[str, list[float]]):
+    """gates.measure_speed on fake sessions: the parent, eager torch and ``contenders`` (name -> ms, cycled)."""
+    clock = FakeClock()
+    timed = {"parent": TimedSession(clock, [parent_ms])} | {n: TimedSession(clock, ms) for n, ms in contenders.items()}
+    monkeypatch.setattr(gates, "session", lambda path, providers=None, threads=None, engine=None: timed[path.name])
+    torch = TimedSession(clock, [torch_ms])
+    shapes = {"8x128": {"input_ids": np.ones((8, 128), dtype=np.int64)}}
+    figures = REAL_MEASURE_SPEED(Path("parent"), [(Path(n), None) for n in contenders], shapes,
+                                 torch_call=lambda feed: lambda: torch.run(None, feed), clock=clock)
+    return dict(zip(contenders, figures)), timed, torch
+
+
+def test_shared_turns_time_parent_and_torch_once_and_refuse_the_slower_candidates(monkeypatch):
+    figures, timed, torch = shared_turns(monkeypatch, 10.0, 8.0, {"fast": [5.0], "slow": [12.0], "torch-slow": [9.0]})
+    verdicts = {name: {c.name: c.passed for c in gates.speed_checks(f)} for name, f in figures.items()}
+    assert verdicts["fast"] == {"speed at 8x128": True, "speed vs torch fp32 eager at 8x128": True}
+    assert verdicts["slow"] == {"speed at 8x128": False, "speed vs torch fp32 eager at 8x128": False}
+    assert verdicts["torch-slow"] == {"speed at 8x128": True, "speed vs torch fp32 eager at 8x128": False}
+    fast = figures["fast"][0]
+    assert (fast.parent_ms, fast.optimized_ms, fast.torch_ms) == pytest.approx((10.0, 5.0, 8.0))
+    # every decision is clear at once: the fewest turns, and one parent and one torch call per turn for all three
+    assert fast.turns == gates.MIN_TURNS and timed["parent"].runs == torch.runs == gates.MIN_TURNS + 1
+
+
+def test_shared_turns_go_on_while_a_decision_is_close_and_stop_at_the_budget(monkeypatch):
+    monkeypatch.setattr(gates, "SPEED_BUDGET_S", 0.5)
+    # 9.5 ms or 10 ms against the parent's 10.2: the ratio straddles MIN_SPEEDUP (1.07x and 1.02x), turn by turn
+    figures, timed, _ = shared_turns(monkeypatch, 10.2, 20.0, {"close": [9.5, 10.0]})
+    spent_ms = 1e3 * timed["parent"].clock.now - (10.2 + 20.0 + 9.5)  # less the warm-up turn
+    assert figures["close"][0].turns > gates.MIN_TURNS
+    assert 3 * 500 <= spent_ms < 3 * 500 + 40.2  # 3 calls x SPEED_BUDGET_S, then the turn under way ends
+
+
+# ---------------------------------------------------------------- auto: what it skips, and why
+
+
+def judged(level: str, passed: bool, engine: Engine = Engine()) -> Any:
+    from exporters.optimize import Candidate
+    from zoo.checks import Check
+
+    return Candidate(level, Path(f"{level}.onnx"), {"quantization": None}, engine,
+                     [Check("parent: min cosine", passed, "0.999", ">= 0.99")])
+
+
+def fake_race(monkeypatch, speedups: dict[str, float], races: list[list[str]]) -> None:
+    """optimize._race stand-in: each contender at its given speed-up over a 10 ms parent (and torch at 20 ms)."""
+    from exporters import optimize
+
+    def race(ctx, contenders):
+        races.append([c.level for c in contenders])
+        for c in contenders:
+            c.speed = [gates.SpeedFigure("8x128", 10.0, 10.0 / speedups[c.level], 20.0)]
+
+    monkeypatch.setattr(optimize, "_race", race)
+
+
+@pytest.mark.parametrize("bound, searched", [(1.5, False), (3.0, True), (1.02, False)])
+def test_a_search_runs_only_where_its_fastest_step_could_win(monkeypatch, bound, searched):
+    """int8 with nothing kept in fp32 failed accuracy; the ladder runs only if that graph beats the rival (2x)
+    and passes the speed gate itself (1.02x does not)."""
+    from exporters.optimize import _bound_beaten
+
+    races: list[list[str]] = []
+    fake_race(monkeypatch, {"bf16": 2.0, "int8": bound}, races)
+    rival, first = judged("bf16", True), judged("int8", False)
+    beaten = _bound_beaten(None, first, [rival])
+    assert races == [["bf16", "int8"]] and (beaten is None) == searched
+    if not searched:
+        assert not beaten.passed and beaten.value == f"{bound:.2f}x the parent"
+        assert ("faster than bf16 (2.00x)" if bound > 1.05 else "speed at 8x128 >= 1.05x") in beaten.limit
+    assert _bound_beaten(None, first, []) is None and len(races) == 1  # a level asked for alone: always searched
+
+
+def test_auto_skips_openvino_f32_where_bf16_passed_and_times_everything_in_one_race(monkeypatch):
+    from types import SimpleNamespace
+
+    from exporters import optimize
+
+    attempted: list[str] = []
+
+    def attempt(ctx, level, rivals):
+        attempted.append(level)
+        return judged(level, bf16_passes or level != "bf16", optimize.ENGINE_LEVELS.get(level, Engine()))
+
+    races: list[list[str]] = []
+    fake_race(monkeypatch, {"bf16": 3.0, "openvino": 1.2, "int8": 0.9}, races)
+    monkeypatch.setattr(optimize, "_attempt", attempt)
+    ctx = SimpleNamespace(task=SimpleNamespace(generates=False))
+    for bf16_passes in (True, False):
+        attempted.clear(), races.clear()
+        tried = {c.level: c for c in optimize._attempt_all(ctx, ["bf16", "openvino", "int8"])}
+        assert attempted == (["bf16", "int8"] if bf16_passes else ["bf16", "openvino", "int8"])
+        assert races == [["bf16", "int8"] if bf16_passes else ["openvino", "int8"]]
+        failed = [c.name for c in tried["int8"].checks if not c.passed]
+        assert failed == ["speed at 8x128"]  # 0.9x the parent: refused after the shared race
+        skipped = tried["openvino"].checks[0]
+        assert (skipped.name == "not tried") == bf16_passes and tried["bf16"].passed == bf16_passes
+        assert ("skipped" in tried["openvino"].summary()) == bf16_passes
+
+
+def test_auto_skips_the_int8_search_its_fastest_graph_cannot_win(text_cls_artifact, tmp_path, monkeypatch):
+    """Planted: int8 with nothing kept in fp32 loses accuracy; timed in one race with OpenVINO (both 2x the parent),
+    it cannot be faster, so MatMuls are never ranked for the rest of the ladder, and OpenVINO is kept."""
+    from exporters import optimize, quantize
+    from zoo.checks import Check
+
+    accuracy = optimize._accuracy_checks
+
+    def all_int8_loses(ctx, candidate):
+        lossy = candidate.level == "int8" and not candidate.recipe["quantization"]["kept_fp32"]
+        return accuracy(ctx, candidate) + [Check("planted: min cosine", not lossy, "0.9", ">= 0.99")]
+
+    def never(*args, **kwargs):
+        raise AssertionError("the ladder was ranked")
+
+    fake_cpu(monkeypatch, WITHOUT_BF16)
+    monkeypatch.setattr(optimize, "_accuracy_checks", all_int8_loses)
+    monkeypatch.setattr(quantize, "rank_by_error", never)
+    result = optimize.optimize(text_cls_artifact, out=tmp_path / "auto", level="auto")
+    tried = {t["level"]: t for t in result.tried}
+    assert result.level == "openvino" and list(tried) == ["openvino", "int8"]
+    assert tried["int8"]["failed"][0] == ("speed with nothing kept in fp32 (its fastest): 2.00x the parent "
+                                          "(limit faster than openvino (2.00x), which passed every gate)")
+    assert "planted: min cosine: 0.9 (limit >= 0.99)" in tried["int8"]["failed"] and tried["int8"]["speed"]

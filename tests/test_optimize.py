@@ -273,7 +273,7 @@ def test_speed_measurement_times_both_graphs_at_every_shape(timm_artifact, monke
     """The mechanics only (both graphs, each shape, positive medians); no ratio is asserted."""
     monkeypatch.setattr(gates, "SPEED_BUDGET_S", 0.01)
     shapes = gates.speed_shapes(timm_artifact, read_manifest(timm_artifact), None)
-    figures = REAL_MEASURE_SPEED(timm_artifact / "model.onnx", timm_artifact / "model.onnx", shapes)
+    [figures] = REAL_MEASURE_SPEED(timm_artifact / "model.onnx", [(timm_artifact / "model.onnx", None)], shapes)
     assert [f.shape for f in figures] == ["batch 1", "batch 8"]
     assert all(f.parent_ms > 0 and f.optimized_ms > 0 for f in figures)
 
@@ -323,8 +323,8 @@ def test_auto_tries_each_level_and_an_optimised_artifact_is_not_optimised_again(
     pytest.importorskip("openvino")
     monkeypatch.setattr(engines, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})  # either CPU kind
     result = optimize(timm_artifact, out=tmp_path / "auto", level="auto")
-    assert [t["level"] for t in result.tried] == ["int8-static", "fused", "bf16", "openvino"]
-    assert [t["engine"]["precision"] for t in result.tried] == ["f32", "f32", "bf16", "f32"]
+    assert [t["level"] for t in result.tried] == ["bf16", "openvino", "fused", "int8-static"]
+    assert [t["engine"]["precision"] for t in result.tried] == ["bf16", "f32", "f32", "f32"]
     assert result.manifest.optimization["tried"] == result.tried
     assert any("random pixels" in note for note in result.notes)  # no run, no --eval-data: said loudly
     with pytest.raises(ConfigError, match="already optimised"):

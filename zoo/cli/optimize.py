@@ -86,23 +86,26 @@ def show_result(result: Any, as_json: bool) -> None:
 
 
 def tried_table(result: Any) -> Any:
-    """What auto tried: level, engine, each shape's time against the parent's, and the verdict; the CPU's flags."""
+    """What auto tried: level, engine, speed at each shape against the parent and eager torch, the accuracy
+    figure, and the verdict; the CPU's model and flags in the title (times in ms are in --json)."""
     from rich.markup import escape
     from rich.table import Table
 
     cpu = result.manifest.optimization.get("cpu", {})
     table = Table(title=f"tried on {escape(cpu.get('model', 'this CPU'))} "
                         f"({', '.join(cpu.get('flags', [])) or 'no AVX2, AVX-512 or AMX'})")
-    for column in ("level", "engine", "ms: this / parent / torch fp32 eager", "speed-up", "result"):
+    for column in ("level", "engine", "vs parent", "vs torch fp32 eager", "accuracy", "result"):
         table.add_column(column)
     for t in result.tried:
         engine = t["engine"]
-        times = ", ".join(f"{s['shape']}: {s['optimized_ms']:.1f} / {s['parent_ms']:.1f}"
-                          + (f" / {s['torch_ms']:.1f}" if s.get("torch_ms") is not None else "") for s in t["speed"])
+        parent = ", ".join(f"{s['shape']}: {s['parent_ms'] / s['optimized_ms']:.2f}x" for s in t["speed"])
+        torch = ", ".join(f"{s['shape']}: {s['torch_ms'] / s['optimized_ms']:.2f}x" for s in t["speed"]
+                          if s.get("torch_ms") is not None)
         verdict = ("kept" if t["level"] == result.level else "passed") if t["passed"] else \
+            f"not tried: {t['skipped']}" if t.get("skipped") else \
             f"refused: {t['failed'][0]}" if t["failed"] else "refused"
-        table.add_row(t["level"], f"{engine['name']} {engine['precision']}", times or "not timed",
-                      f"{t['speedup']:.2f}x" if t["speed"] else "", escape(verdict))
+        table.add_row(t["level"], f"{engine['name']} {engine['precision']}", parent or "not timed", torch,
+                      escape(t.get("accuracy") or ""), escape(verdict))
     return table
 
 
