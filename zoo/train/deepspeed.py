@@ -169,7 +169,8 @@ def _share_fp32_master(zero: Any) -> None:
     """
     import torch.distributed as dist
 
-    if hasattr(zero, "fp32_partitioned_groups_flat"):  # ZeRO-3
+    zero3 = hasattr(zero, "fp32_partitioned_groups_flat")
+    if zero3:
         pairs = zip(zero.fp32_partitioned_groups_flat, zero.fp16_partitioned_groups_flat)
     else:
         pairs = zip(zero.single_partition_of_fp32_groups,
@@ -179,6 +180,10 @@ def _share_fp32_master(zero: Any) -> None:
         if module is not None and (master.dtype, master.device, master.shape) == (module.dtype, module.device,
                                                                                  module.shape):
             master.data = module.data
+    if not zero3:
+        # each parameter's fp32 fragment (what safe_get_full_fp32_param, and so model/, reads) is a view of the
+        # master partition taken at init: take it again on the new storage, as DeepSpeed does after a load
+        zero._link_all_hp_params()
 
 
 def _quiet_deepspeed() -> None:
