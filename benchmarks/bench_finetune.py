@@ -14,9 +14,12 @@
    DDP, on a 6-block ViT-S. Target: FSDP <= 0.55 x DDP.
 3. DeepSpeed, 2 gloo processes (DS_ACCELERATOR=cpu), on the same ViT-S: per-rank training state of
    ZeRO-2, ZeRO-3 and ZeRO-3 with the optimizer offloaded, in fp32 and in bf16 (DDP bf16: fp32 weights,
-   bf16 autocast), counted like DDP's plus DeepSpeed's own copies: its fp32 master partition and its
-   gradient partitions and buffers. Target: ZeRO-3 <= 0.55 x DDP. Throughput of DeepSpeed against DDP in
-   interleaved rounds in the same 2 processes (median of each). Target: >= 0.8 x DDP.
+   bf16 autocast), counted like DDP's plus DeepSpeed's own copies: its fp32 master partition (in fp32 the
+   module's partition itself, counted once) and its gradient partitions. Target: ZeRO-3 <= 0.55 x DDP.
+   Communication buffers are reported beside the total, for both: DDP's gradient buckets (a second copy
+   of every gradient) and DeepSpeed's gradient bucket (``reduce_bucket_size`` elements). Throughput of
+   DeepSpeed against DDP in interleaved rounds in the same 2 processes (median of each), each case with
+   the F.linear it would have in a process of its own. Target: >= 0.8 x DDP.
 
 Writes benchmarks/results/finetune.json with the machine it ran on.
 """
@@ -105,7 +108,17 @@ def state_bytes(trainer: Any) -> dict[str, int]:
            "optimizer": sum(local(v) for s in trainer.optimizer.state.values() for v in s.values()
                             if isinstance(v, torch.Tensor) and v.ndim > 0)}
     out["total"] = sum(out.values())
+    out["comm_buffers"] = ddp_bucket_bytes(trainer.model)
     return out
+
+
+def ddp_bucket_bytes(model: Any) -> int:
+    """Bytes of DDP's gradient buckets: a second copy of every gradient (``gradient_as_bucket_view`` is off),
+    kept for all-reducing; 0 for another wrapper. Reported beside the training state, not in it."""
+    if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return 0
+    sizes = model._get_ddp_logging_data().get("bucket_sizes", "")
+    return sum(int(size) for size in str(sizes).split(",") if size.strip())
 
 
 @record
@@ -175,7 +188,9 @@ def ds_state_bytes(trainer: Any) -> dict[str, Any]:
 
     params: the module's weights this rank holds (ZeRO-3: its partition; parameters under DeepSpeed's
     persistence threshold stay whole); optimizer: AdamW's moments and the fp32 master partition it
-    updates; grads: every other tensor of the ZeRO optimizer (gradient partitions, reduction buffers).
+    updates (ZeRO-3 in fp32: the module's partition itself, counted once, under params); grads: every
+    other tensor of the ZeRO optimizer (gradient partitions). comm_buffers, beside the total as DDP's
+    buckets are: the gradient bucket(s) DeepSpeed reduces from (``reduce_bucket_size`` elements each).
     """
     engine = trainer.strategy.engine
     counted: dict[int, str] = {}
@@ -207,7 +222,10 @@ def ds_state_bytes(trainer: Any) -> dict[str, Any]:
         if name != "optimizer":
             for t in _storages(value):
                 add("grads", t)
-    return {**sizes, "total": sum(sizes.values()), "by_device": devices}
+    # ZeRO-3 holds one buffer per bucket, ZeRO-1/2 a list of them (two while overlap_comm alternates)
+    buffers = [t for b in getattr(engine.optimizer, "ipg_buckets", {}).values() for t in _storages(b.buffer)]
+    comm = sum(t.untyped_storage().nbytes() for t in buffers)
+    return {**sizes, "total": sum(sizes.values()), "comm_buffers": comm, "by_device": devices}
 
 
 def _hold_step(strategy: Any) -> Any:
@@ -247,10 +265,13 @@ def deepspeed_worker(out: str) -> None:
                 strategy.optimizer_step = real
                 trainer.strategy.engine.step()  # finish the held step: its gradients are released
             if precision == "fp32" and name != "zero3-offload-optimizer":
-                trainers[name] = (trainer, plan)
+                # ZeRO-3 replaces torch's F.linear process-wide ("memory_efficient_linear"): each case is
+                # timed with the F.linear it has in a process of its own, as under zoo finetune
+                trainers[name] = (trainer, plan, F.linear)
     rates: dict[str, list[float]] = {name: [] for name in trainers}
     for _ in range(rounds):  # interleaved: background load on a shared machine hits each alike
-        for name, (trainer, plan) in trainers.items():
+        for name, (trainer, plan, linear) in trainers.items():
+            F.linear = linear
             trainer.train_step(plan[0])  # warm-up
             start = time.perf_counter()
             for micro in plan[1:steps + 1]:

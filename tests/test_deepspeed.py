@@ -7,7 +7,8 @@ One elastic launch runs every in-process case (see ``CASES``) and writes what it
   weights, within float tolerance, with an equal global batch and gradient accumulation;
 - ZeRO-2 and ZeRO-3 checkpoint and resume: a fresh engine loading the checkpoint takes the same next
   step as the engine that wrote it; both hold half the optimizer state on each rank;
-- bf16 computes in bf16 and still hands back fp32 weights for model/.
+- bf16 computes in bf16 and still hands back fp32 weights for model/;
+- in fp32 the optimizer's master partitions are each rank's share of the module's weights, not a copy.
 
 The end-to-end test runs ``zoo finetune --strategy deepspeed --zero-stage 3 --nproc 2`` (one launch),
 sees another process count or strategy refused for ``--resume``, and exports the run with
@@ -94,10 +95,22 @@ def run_case(case: str, out: Path) -> dict[str, Any]:
     moments = [state["exp_avg"] for state in trainer.optimizer.state.values()]
     full = sum(p.numel() for p in module.parameters() if p.requires_grad)
     result = {"losses": losses, "compute": sorted(set(seen)), "optimizer_share": sum(m.numel() for m in moments) / full,
-              "weights": trainer.strategy.full_state_dict(trainer.model)}
+              "weights": trainer.strategy.full_state_dict(trainer.model),
+              "master_is_module": _master_is_module(trainer)}
     if case in ("zero2", "zero3"):
         result["resume"] = _resume(case, trainer, plan[STEPS], out)
     return result
+
+
+def _master_is_module(trainer: Any) -> bool | None:
+    """Whether every fp32 master partition the optimizer steps lies in the module's own weight storage."""
+    engine = getattr(trainer.strategy, "engine", None)
+    if engine is None:  # one process: no DeepSpeed
+        return None
+    weights = {p.ds_tensor.untyped_storage().data_ptr() if hasattr(p, "ds_tensor") else p.untyped_storage().data_ptr()
+               for p in engine.module.parameters()}
+    masters = list(engine.client_optimizer.state)  # ZeRO-3 puts them in the param groups only while stepping
+    return bool(masters) and all(p.untyped_storage().data_ptr() in weights for p in masters)
 
 
 def _resume(case: str, trainer: Any, micro: list[list[int]], out: Path) -> dict[str, Any]:
@@ -129,6 +142,7 @@ def deepspeed_worker(out: str) -> None:
         result = run_case(case, Path(out) / case)
         rank = dist.get_rank()
         Path(out, f"{case}-share-{rank}.json").write_text(json.dumps(result["optimizer_share"]))
+        Path(out, f"{case}-master-{rank}.json").write_text(json.dumps(result["master_is_module"]))
         if rank == 0:
             torch.save(result, Path(out) / f"{case}.pt")
     dist.destroy_process_group()
@@ -185,6 +199,19 @@ def test_zero_shards_the_optimizer_state(launched, reference):
     for case in ("zero2", "zero3"):
         for rank in (0, 1):
             assert 0.45 < json.loads((launched / f"{case}-share-{rank}.json").read_text()) < 0.55
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_fp32_master_partitions_are_the_module_weights(launched):
+    """In fp32 the master partitions the optimizer steps are each rank's share of the module's own weights (no
+    second fp32 copy); bf16 weights keep a separate fp32 master (the twin)."""
+    def shared(case: str) -> list[bool]:
+        return [json.loads((launched / f"{case}-master-{rank}.json").read_text()) for rank in (0, 1)]
+
+    for case in ("zero1", "zero2", "zero3"):
+        assert shared(case) == [True, True], case
+    assert shared("zero3-bf16") == [False, False]
 
 
 @pytest.mark.distributed
@@ -293,3 +320,16 @@ def test_resume_refuses_another_strategy_or_process_count():
         check_resumed_strategy(config, {"strategy": "deepspeed", "world_size": 4})
     with pytest.raises(ConfigError, match="--strategy deepspeed cannot resume .* written by --strategy fsdp"):
         check_resumed_strategy(config, {"strategy": "fsdp", "world_size": 2})
+
+
+def test_gradient_bucket_is_no_larger_than_the_trained_gradients(monkeypatch):
+    from zoo.train import deepspeed as zoo_deepspeed
+    from zoo.train.config import TrainConfig
+
+    config = TrainConfig(model="m", data="d", out="o", strategy="deepspeed", zero_stage=3, batch_size=8)
+    strategy = zoo_deepspeed.DeepSpeedStrategy(config=config)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 3), torch.nn.Linear(3, 2))
+    model[1].requires_grad_(False)  # frozen weights have no gradients to reduce
+    assert strategy.ds_config(model)["zero_optimization"]["reduce_bucket_size"] == 33
+    monkeypatch.setattr(zoo_deepspeed, "DEEPSPEED_BUCKET", 20)  # a model larger than the bucket: DeepSpeed's size
+    assert strategy.ds_config(model)["zero_optimization"]["reduce_bucket_size"] == 20
