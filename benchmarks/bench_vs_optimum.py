@@ -22,7 +22,8 @@ the same arrays as torch eager, call by call in turns, median of --iterations ca
 of --rounds rounds of fresh sessions. Cold start:
 a fresh process that loads the artifact with each tool's own runtime (``zoo.load`` /
 optimum's ORTModel) and returns the first output; wall time and peak resident memory.
-Writes benchmarks/results/vs_optimum.json.
+Writes benchmarks/results/vs_optimum.json; the models of an earlier run that this one leaves out
+stay there under "earlier_runs", with that run's date and machine.
 """
 
 from __future__ import annotations
@@ -309,6 +310,7 @@ def main() -> None:
                                    "iterations": args.iterations, "rounds": args.rounds,
                                    "export_repeats": args.export_repeats, "models": {}}
         image = picture(work)
+        earlier = earlier_models(out, keys)
         for key in keys:
             print(f"== {key}", flush=True)
             made = export_all(key, source_folder(key, work), work, python, args.export_repeats)
@@ -318,9 +320,23 @@ def main() -> None:
                 made.update(latency_ms=latency(paths, key, args.iterations, args.threads, args.rounds),
                             cold_start=cold_starts(key, paths, python, image))
             print_table({"models": {key: results["models"][key]}})
-            results["machine"]["load_average_after"] = list(os.getloadavg())
-            out.write_text(json.dumps(results, indent=2) + "\n")  # after each model: a long run keeps its part
+            made["load_average_after"] = results["machine"]["load_average_after"] = list(os.getloadavg())
+            # after each model: a long run keeps its part
+            out.write_text(json.dumps({**results, "earlier_runs": earlier}, indent=2) + "\n")
     print(f"\nwrote {out}")
+
+
+def earlier_models(out: Path, keys: list[str]) -> dict[str, Any]:
+    """The models an earlier run of ``out`` measured and this one does not, each with that run's date and
+    machine, so that ``--models resnet`` adds a row instead of wiping the others."""
+    try:
+        before = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return {}
+    kept = dict(before.get("earlier_runs", {}))
+    for key, result in before.get("models", {}).items():
+        kept[key] = {"created": before.get("created"), "machine": before.get("machine"), **result}
+    return {key: result for key, result in kept.items() if key not in keys}
 
 
 def cpu_flags() -> list[str]:
