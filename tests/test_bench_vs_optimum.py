@@ -37,3 +37,12 @@ def test_a_first_run_or_an_unreadable_file_keeps_nothing(tmp_path: Path) -> None
     assert bench.earlier_models(tmp_path / "absent.json", ["resnet"]) == {}
     (tmp_path / "half.json").write_text('{"models": {')
     assert bench.earlier_models(tmp_path / "half.json", ["resnet"]) == {}
+
+
+def test_cpu_timed_records_one_sample_per_call_and_passes_the_call_through() -> None:
+    ran: list[int] = []
+    used: list[float] = []
+    call = _bench().cpu_timed(lambda: ran.append(1), used)
+    for _ in range(3):
+        call()
+    assert len(ran) == 3 and len(used) == 3 and all(seconds >= 0.0 for seconds in used)
