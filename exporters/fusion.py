@@ -7,7 +7,9 @@ The passes are onnxscript's ``ort_fusions`` in the order its own
 ``Attention`` op that comes after it carries ``qkv_hidden_sizes``, which
 onnxruntime's quantiser refuses, so its Q/K/V projections would stay fp32 in an
 int8 graph. Measured on all-MiniLM-L6-v2 (2-core AVX2), fp32 speed is the same
-either way (benchmarks/results/optimize_findings.md).
+either way (benchmarks/results/optimize_findings.md); again on MiniLM and a BERT-base
+on a 2-core AVX-512 EPYC, CPU time per call +2% to -5% (README, "zoo's default artifact
+against optimum-onnx"). optimum's graph does not get the packed op either.
 
 SkipLayerNormalization is the one fusion left out, and kept out: onnxruntime's CPU
 kernel for it is several times slower than the Add + LayerNormalization it replaces,
