@@ -43,6 +43,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from exporters.fusion_decoder import PACKED_QKV  # noqa: E402 (ROOT on the path first)
+
 NEW_TOKENS = 64
 CONTEXT = 2048
 # about 150 tokens of plain prose; a base-model style continuation keeps greedy decoding going for all 64 tokens
@@ -90,8 +92,8 @@ def build(work: Path) -> dict[str, Path]:
     folder = Path(resolve(str(gguf)).local_path)  # zoo's GGUF cache: dequantised once, keyed by the file's sha256
     zoo_art, genai = work / "zoo-onnx", work / "ortgenai-fp32"
     fusion = zoo_fusion(zoo_art)
-    # none yet, or exported before zoo fused decoder graphs into GroupQueryAttention (a slower graph)
-    if fusion is None or "GroupQueryAttention" not in fusion.get("fused", {}):
+    # none yet, or exported before zoo packed q/k/v into GroupQueryAttention with the rotary inside (a slower graph)
+    if fusion is None or PACKED_QKV not in fusion.get("fused", {}):
         shutil.rmtree(zoo_art, ignore_errors=True)
         run([sys.executable, "-m", "zoo", "export", str(gguf), "--onnx", "--out", str(zoo_art)])
     if not (genai / "genai_config.json").is_file():

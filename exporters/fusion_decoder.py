@@ -19,6 +19,13 @@ attention, onnxruntime's GroupQueryAttention (zoo's ``group_query_attention`` pa
 MultiHeadAttention onnxscript writes), gets the graph's own additive mask as its
 ``attention_bias`` and every row's length as the mask's width, because its kernel's own lengths
 assume every row's tokens start at column 0.
+
+Then the weights are packed, as onnxruntime-genai builds its decoders: where the CPU kernel can turn
+the heads itself (a head size that is a multiple of 16), each attention's q, k and v projections become
+one MatMul into GroupQueryAttention's packed-QKV form with the rotary embedding inside it, at the
+graph's position_ids (``packed_attention``: no RotaryEmbedding, Reshape or Transpose around the
+attention); other MatMuls of one input (the MLP's gate and up; q, k and v where the rotary stays
+outside) become one MatMul and a Split (``packed_projections``).
 """
 
 from __future__ import annotations
@@ -37,6 +44,11 @@ PROTOBUF_LIMIT = 2 * 1024**3
 NOTHING_MATCHED = "no fusion pattern matched"  # GPT-2's LayerNorm/GELU decoder: the plain graph, nothing to note
 # the fused operator each pass writes, as named in the manifest
 FUSED_OPS = ("SkipSimplifiedLayerNormalization", "RotaryEmbedding", "MultiHeadAttention", "GroupQueryAttention")
+# the passes that pack weights, and what the manifest calls what they wrote
+PACKED_QKV = "packed QKV, rotary in GroupQueryAttention"
+PACKED_MATMUL = "packed MatMul + Split"
+PACKINGS = {"q/k/v as one MatMul, rotary inside GroupQueryAttention (zoo)": PACKED_QKV,
+            "MatMuls of one input as one MatMul + Split (zoo)": PACKED_MATMUL}
 
 
 def rotary_tables(inv_freq: np.ndarray, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,6 +127,8 @@ def fusion_passes(max_positions: int) -> list[tuple[str, Callable[..., int]]]:
         ("attention as MultiHeadAttention", sdpa_via_mha.replace_sdpa_by_mha),
         ("MultiHeadAttention reads the cache as it is (zoo)", cache_layout_keys),
         ("MultiHeadAttention on a concatenated cache as GroupQueryAttention (zoo)", group_query_attention),
+        ("q/k/v as one MatMul, rotary inside GroupQueryAttention (zoo)", packed_attention),
+        ("MatMuls of one input as one MatMul + Split (zoo)", packed_projections),
     ]
 
 
@@ -214,6 +228,271 @@ def group_query_attention(model: Any, **_: Any) -> int:
         _past_length_from_mask(model, mask)
         model.graph.sort()  # the cache's mask factor was made after the attention it now feeds
     return replaced
+
+
+def packed_attention(model: Any, **_: Any) -> int:
+    """Each GroupQueryAttention whose query, key and value are projections of one input (the key and query
+    turned by RotaryEmbedding at the graph's position_ids) as one MatMul of the concatenated weights (and
+    biases) feeding the operator's packed-QKV form, which turns query and key itself (``do_rotary``, the same
+    cos/sin tables): one matrix product and no reshapes, transposes or rotary nodes around the attention.
+
+    The kernel takes the rotary positions from ``position_ids`` only when it is also given ``query_seqlens``
+    (every row's new tokens: the whole chunk); without it, a first prompt counts every row's positions from
+    the first row's first entry, which left padding moves. Padding columns of the packed projection are zeroed,
+    so the cache stays zero there, as the plain graph writes it. Attentions whose heads the CPU kernel cannot
+    turn (a size that is not a multiple of 16) or whose inputs are not this pattern stay as they are.
+    Returns the attentions rewritten."""
+    import onnx_ir as ir
+
+    inputs = {v.name: v for v in model.graph.inputs}
+    mask, positions, ids = (inputs.get(n) for n in ("attention_mask", "position_ids", "input_ids"))
+    if mask is None or positions is None or ids is None:
+        return 0
+    shared: list[Any] = []  # the new columns' mask [batch, sequence, 1] and query_seqlens, made once
+    replaced = 0
+    for node in list(model.graph):
+        if node.op_type != "GroupQueryAttention" or node.domain != "com.microsoft":
+            continue
+        plan = _packing_plan(node, positions)
+        if plan is None:
+            continue
+        x, weights, biases, (cos, sin, interleaved), heads_first = plan
+        if not shared:
+            shared.extend(_new_columns(model, mask, ids))
+        keep, query_lengths = shared
+        name = node.outputs[0].name or f"attention{replaced}"
+        nodes = [ir.node("MatMul", [x, _initializer(model, f"{name}.qkv_weight", np.concatenate(weights, 1))])]
+        if any(b is not None for b in biases):
+            full = [b if b is not None else np.zeros(w.shape[1], np.float32) for w, b in zip(weights, biases)]
+            nodes.append(ir.node("Add", [nodes[-1].outputs[0], _initializer(model, f"{name}.qkv_bias",
+                                                                           np.concatenate(full))]))
+        nodes.append(ir.node("Mul", [nodes[-1].outputs[0], keep]))
+        attributes = {a.name: a.value for a in node.attributes.values()}
+        attributes.update(do_rotary=1, rotary_interleaved=interleaved)
+        gqa = ir.node("GroupQueryAttention", [nodes[-1].outputs[0], None, None, *node.inputs[3:7], cos, sin,
+                                              positions, node.inputs[10], None, None, None, None, None,
+                                              query_lengths], attributes, domain="com.microsoft", num_outputs=3)
+        model.graph.insert_before(node, [*nodes, gqa])
+        for old, fresh in zip(node.outputs, gqa.outputs):
+            _take_place(model, old, fresh)
+        model.graph.remove(node, safe=True)
+        _sizes_from_ids(model, heads_first, ids)
+        replaced += 1
+    return replaced
+
+
+def packed_projections(model: Any, **_: Any) -> int:
+    """MatMuls of one input by constant weights (a layer's gate and up projections; its q, k and v where the
+    attention kept them apart) as one MatMul of the weights side by side and a Split of its columns: one matrix
+    product, fewer and wider, reads the input once. Returns the MatMuls written."""
+    import onnx_ir as ir
+    from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+    RemoveUnusedNodesPass()(model)  # what the passes before replaced (q, k and v alone) is not packed again
+    groups: dict[int, list[Any]] = collections.defaultdict(list)
+    for node in model.graph:
+        if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and _weight(node.inputs[1]) is not None:
+            groups[id(node.inputs[0])].append(node)
+    packed = 0
+    for nodes in groups.values():
+        weights = [_weight(n.inputs[1]) for n in nodes]
+        if len(nodes) < 2 or len({w.shape[0] for w in weights}) != 1:
+            continue
+        name = nodes[0].outputs[0].name or f"projection{packed}"
+        matmul = ir.node("MatMul", [nodes[0].inputs[0], _initializer(model, f"{name}.packed_weight",
+                                                                     np.concatenate(weights, 1))])
+        sizes = ir.node("Constant", [], {"value": ir.tensor(np.array([w.shape[1] for w in weights], np.int64))})
+        split = ir.node("Split", [matmul.outputs[0], sizes.outputs[0]], {"axis": -1}, num_outputs=len(nodes))
+        model.graph.insert_before(nodes[0], [matmul, sizes, split])
+        for old, fresh in zip(nodes, split.outputs):
+            _take_place(model, old.outputs[0], fresh)
+            model.graph.remove(old, safe=True)
+        packed += 1
+    return packed
+
+
+def _weight(value: Any) -> np.ndarray | None:
+    """The constant 2-D matrix ``value`` holds, or None."""
+    if value is None or value.const_value is None or value.is_graph_input():
+        return None
+    array = value.const_value.numpy()
+    return array if array.ndim == 2 else None
+
+
+def _initializer(model: Any, name: str, array: np.ndarray) -> Any:
+    import onnx_ir as ir
+
+    value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array)))
+    model.graph.register_initializer(value)
+    return value
+
+
+def _new_columns(model: Any, mask: Any, ids: Any) -> tuple[Any, Any]:
+    """(the mask's last ``sequence`` columns as float [batch, sequence, 1], every row's new-token count as int32
+    [batch]: GroupQueryAttention's query_seqlens), made before every node of the graph."""
+    import onnx_ir as ir
+
+    def constant(array: np.ndarray) -> Any:
+        return ir.node("Constant", [], {"value": ir.tensor(array)})
+
+    width = ir.node("Shape", [ids], {"start": 1, "end": 2})
+    start = ir.node("Neg", [width.outputs[0]])
+    end, axis, last = constant(np.array([np.iinfo(np.int64).max])), constant(np.array([1])), constant(np.array([-1]))
+    cast = ir.node("Cast", [mask], {"to": ir.DataType.FLOAT})
+    columns = ir.node("Slice", [cast.outputs[0], start.outputs[0], end.outputs[0], axis.outputs[0]])
+    keep = ir.node("Unsqueeze", [columns.outputs[0], last.outputs[0]])
+    batch = ir.node("Shape", [mask], {"start": 0, "end": 1})
+    count = ir.node("Cast", [width.outputs[0]], {"to": ir.DataType.INT32})
+    lengths = ir.node("Expand", [count.outputs[0], batch.outputs[0]])
+    nodes = [width, start, end, axis, last, cast, columns, keep, batch, count, lengths]
+    model.graph.insert_before(next(iter(model.graph)), nodes)
+    return keep.outputs[0], lengths.outputs[0]
+
+
+def _packing_plan(node: Any, positions: Any) -> tuple[Any, list[np.ndarray], list[Any], tuple[Any, Any, int],
+                                                      list[Any]] | None:
+    """(the projections' input, q/k/v weights, their biases (None: none), the rotary (cos, sin, interleaved), the
+    values between projections and attention in [batch, heads, sequence, head dim]) of a GroupQueryAttention
+    ``packed_attention`` can rewrite, else None."""
+    if len(node.inputs) != 11 or any(node.inputs[i] is not None for i in (7, 8, 9)) or None in node.inputs[:3]:
+        return None
+    chains = [_head_chain(node.inputs[i]) for i in range(3)]
+    if None in chains:
+        return None
+    projections = [_projection(source) for source, _, _ in chains]
+    if None in projections or len({id(p[0]) for p in projections}) != 1:
+        return None
+    heads, kv_heads = node.attributes["num_heads"].value, node.attributes["kv_num_heads"].value
+    widths = [w.shape[1] for _, w, _ in projections]
+    head_dim = widths[0] // heads
+    if widths != [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]:
+        return None
+    (_, query_rotary, _), (_, key_rotary, _), (_, value_rotary, _) = chains
+    rotary = _shared_rotary(query_rotary, key_rotary, positions, head_dim) if value_rotary is None else None
+    if rotary is None:
+        return None
+    return (projections[0][0], [w for _, w, _ in projections], [b for _, _, b in projections], rotary,
+            [v for _, _, values in chains for v in values])
+
+
+def _head_chain(value: Any) -> tuple[Any, Any, list[Any]] | None:
+    """(the [batch, sequence, heads * head dim] projection, its RotaryEmbedding or None, the values between in
+    [batch, heads, sequence, head dim]) where ``value`` is that
+    projection split into heads, transposed to [batch, heads, sequence, head dim], perhaps turned and masked,
+    and transposed and merged back: how an attention input reads after the passes above."""
+    source = _untransposed(value, rank_known=False)  # a Mul group_query_attention added has no shape
+    if source is None:
+        return None
+    heads_first = [source]  # the chain's [batch, heads, sequence, head dim] values
+    rotary, node = None, source.producer()
+    while node is not None and node.op_type in ("Mul", "RotaryEmbedding"):
+        if node.op_type == "RotaryEmbedding":
+            if node.domain != "com.microsoft" or rotary is not None:
+                return None
+            rotary, source = node, node.inputs[0]
+        else:
+            rest = [v for v in node.inputs if not _from_mask(v)]
+            if len(rest) != 1:  # a Mul by anything but the mask (a scale) is not a layout step
+                return None
+            source = rest[0]
+        heads_first.append(source)
+        node = source.producer()
+    if node is None or node.op_type != "Transpose" or list(node.attributes["perm"].value) != [0, 2, 1, 3]:
+        return None
+    view = node.inputs[0].producer()
+    if view is None or view.op_type != "Reshape" or view.outputs[0].shape is None or view.outputs[0].shape.rank() != 4:
+        return None
+    return view.inputs[0], rotary, heads_first
+
+
+def _sizes_from_ids(model: Any, values: list[Any], ids: Any) -> None:
+    """Every ``Shape`` of one axis of ``values`` ([batch, heads, sequence, head dim]) that reads the batch or
+    sequence size (the attention bias's expand does) as the same size of ``input_ids``: the values are gone
+    once the attention is packed, and such a read would keep their nodes alive."""
+    import onnx_ir as ir
+
+    for value in values:
+        for use in list(value.uses()):
+            start, end = _shape_span(use.node) if use.node.op_type == "Shape" else (None, None)
+            if start is None or end != start + 1 or start not in (0, 2):
+                continue
+            size = ir.node("Shape", [ids], {"start": start // 2, "end": start // 2 + 1})
+            model.graph.insert_before(use.node, size)
+            ir.convenience.replace_all_uses_with(use.node.outputs[0], size.outputs[0])
+
+
+def _from_mask(value: Any) -> bool:
+    """Whether ``value`` is the graph's attention_mask through casts, slices and reshapes only."""
+    while value is not None and not value.is_graph_input():
+        node = value.producer()
+        if node is None or node.op_type not in ("Cast", "Slice", "Unsqueeze", "Reshape"):
+            return False
+        value = node.inputs[0]
+    return value is not None and value.name == "attention_mask"
+
+
+def _projection(value: Any) -> tuple[Any, np.ndarray, np.ndarray | None] | None:
+    """(x, W, b) where ``value`` is ``x @ W`` (+ b), or columns of one (Phi-3's packed q/k/v), W constant."""
+    node = value.producer()
+    columns = slice(None)
+    if node is not None and node.op_type == "Slice":
+        columns = _last_axis_slice(node)
+        if columns is None:
+            return None
+        node = node.inputs[0].producer()
+    bias = None
+    if node is not None and node.op_type == "Add":
+        constant = [v for v in node.inputs if v.const_value is not None]
+        if len(constant) != 1 or constant[0].const_value.numpy().ndim != 1:
+            return None
+        bias = constant[0].const_value.numpy()[columns]
+        node = next(v for v in node.inputs if v is not constant[0]).producer()
+    weight = _weight(node.inputs[1]) if node is not None and node.op_type == "MatMul" else None
+    if weight is None:
+        return None
+    return node.inputs[0], weight[:, columns], bias
+
+
+def _last_axis_slice(node: Any) -> slice | None:
+    """The columns a ``Slice`` of a 3-D tensor's last axis takes with step 1, else None."""
+    parts = [v.const_value.numpy().tolist() if v is not None and v.const_value is not None else None
+             for v in node.inputs[1:5]] + [None] * (5 - len(node.inputs))
+    (start,), (end,) = parts[0] or [None], parts[1] or [None]
+    axes, steps = parts[2], parts[3]
+    if start is None or end is None or axes not in ([-1], [2]) or steps not in (None, [1]):
+        return None
+    return slice(start, end)
+
+
+def _shared_rotary(query: Any, key: Any, positions: Any, head_dim: int) -> tuple[Any, Any, int] | None:
+    """(cos, sin, interleaved) where query and key are turned alike, over whole heads, at the graph's
+    position_ids, and the CPU kernel can turn heads of ``head_dim`` itself."""
+    if query is None or key is None or head_dim % 16:
+        return None
+    attributes = [{name: a.value for name, a in n.attributes.items()} for n in (query, key)]
+    interleaved = {a.get("interleaved", 0) for a in attributes}
+    if len(interleaved) != 1 or any(a.get("rotary_embedding_dim", 0) not in (0, head_dim) or
+                                    a.get("scale", 1.0) != 1.0 for a in attributes):
+        return None
+    if query.inputs[1] is not positions or key.inputs[1] is not positions:
+        return None
+    tables = [query.inputs[2], query.inputs[3]]
+    if key.inputs[2] is not tables[0] or key.inputs[3] is not tables[1]:
+        return None
+    arrays = [_constant(t) for t in tables]
+    if any(a is None or a.ndim != 2 or a.shape[1] * 2 != head_dim for a in arrays):
+        return None
+    return tables[0], tables[1], interleaved.pop()
+
+
+def _constant(value: Any) -> np.ndarray | None:
+    """``value``'s array where it is an initializer or a Constant node's output, else None."""
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    node = value.producer()
+    if node is not None and node.op_type == "Constant" and "value" in node.attributes:
+        return node.attributes["value"].value.numpy()
+    return None
 
 
 def _past_length_from_mask(model: Any, mask: Any) -> None:
@@ -335,18 +614,21 @@ def _take_place(model: Any, old: Any, fresh: Any) -> None:
     ir.convenience.replace_all_uses_with(old, fresh, replace_graph_outputs=True)
 
 
-def _untransposed(value: Any) -> Any:
-    """x where ``value`` is Reshape(Transpose(x, perm=[0, 2, 1, 3]), [0, 0, -1]) of a 4-D x, else None."""
+def _untransposed(value: Any, rank_known: bool = True) -> Any:
+    """x where ``value`` is Reshape(Transpose(x, perm=[0, 2, 1, 3]), [0, 0, -1]) of a 4-D x (or of an x of unknown
+    rank: ``rank_known=False``), else None."""
     reshape = value.producer() if value is not None else None
     if reshape is None or reshape.op_type != "Reshape" or reshape.domain not in ("", "ai.onnx"):
         return None
-    shape = reshape.inputs[1].const_value if len(reshape.inputs) > 1 else None
+    shape = _constant(reshape.inputs[1]) if len(reshape.inputs) > 1 else None
     transpose = reshape.inputs[0].producer()
-    if shape is None or list(shape.numpy()) != [0, 0, -1] or transpose is None or transpose.op_type != "Transpose":
+    if shape is None or list(shape) != [0, 0, -1] or transpose is None or transpose.op_type != "Transpose":
         return None
     perm = transpose.attributes.get("perm")
     source = transpose.inputs[0]
-    if perm is None or list(perm.value) != [0, 2, 1, 3] or source.shape is None or source.shape.rank() != 4:
+    if perm is None or list(perm.value) != [0, 2, 1, 3]:
+        return None
+    if (source.shape is None and rank_known) or (source.shape is not None and source.shape.rank() != 4):
         return None
     return source
 
@@ -366,8 +648,11 @@ def fuse_decoder(src: Path | str, dst: Path | str, max_positions: int) -> dict[s
     optimize(model)
     shape_optimization.rules.apply_to_model(model)
     optimize(model)
-    for _, fuse in fusion_passes(max_positions):
-        fuse(model)
+    packed = {}
+    for name, fuse in fusion_passes(max_positions):
+        matched = fuse(model)
+        if name in PACKINGS:
+            packed[PACKINGS[name]] = matched
     optimize(model)  # inlines what a later pass did not consume (onnxscript's intermediate ops), drops dead nodes
     plain_rms_norms(model)
     rewrite(model, ORT_PATTERN_REWRITE_RULES)
@@ -377,7 +662,7 @@ def fuse_decoder(src: Path | str, dst: Path | str, max_positions: int) -> dict[s
     big = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
     ir.save(model, str(dst), external_data=Path(dst).name + ".data" if big > PROTOBUF_LIMIT * 0.9 else None)
     ops = collections.Counter(node.op_type for node in model.graph if node.domain == "com.microsoft")
-    return {op: ops[op] for op in FUSED_OPS if ops[op]}
+    return {op: ops[op] for op in FUSED_OPS if ops[op]} | {name: n for name, n in packed.items() if n}
 
 
 def fuse_verified(source: Any, model_path: Path, kept: Any, references: list[dict[str, np.ndarray]],

@@ -1,7 +1,9 @@
 """The decoder fusions of a text-generation export (exporters/fusion_decoder.py), on a tiny random Llama.
 
 The export itself (fused graph kept, greedy tokens as transformers') is tested in
-tests/test_text_generation.py on its module-wide exports; here: the rules on a plain graph,
+tests/test_text_generation.py on its module-wide exports, whose heads of 8 keep the rotary
+embedding outside the attention; here, on heads of 16 (what onnxruntime's kernel turns itself):
+the rules on a plain graph, a fused graph with a planted fault failing the verification grid,
 and the fused graph refused (the plain one kept, nothing left behind) when it is wrong.
 """
 
@@ -25,7 +27,9 @@ def plain(tmp_path_factory, registry):
     from exporters.verify import torch_references
 
     root = tmp_path_factory.mktemp("fusion-llama")
-    spec, _, _ = tiny.shrink(registry.get("smollm2-135m"), root / "model")
+    with pytest.MonkeyPatch.context() as patch:  # heads of 16: GroupQueryAttention applies the rotary itself
+        patch.setitem(tiny.HF_TINY, "llama", dict(tiny.HF_TINY["llama"], head_dim=16))
+        spec, _, _ = tiny.shrink(registry.get("smollm2-135m"), root / "model")
     source = build_source(spec, seeds=(0,))
     path = root / "plain" / "model.onnx"
     path.parent.mkdir()
@@ -53,26 +57,38 @@ def _feed(session, past: int, new: int) -> dict[str, np.ndarray]:
     return feed
 
 
-def test_the_rules_fuse_a_llama_decoder_into_onnxruntime_operators(plain, tmp_path):
+@pytest.fixture(scope="module")
+def fused(plain, tmp_path_factory):
+    from exporters.fusion_decoder import fuse_decoder
+
+    path = tmp_path_factory.mktemp("fused-llama") / "model.onnx"
+    return path, fuse_decoder(plain[1], path, 64)
+
+
+def test_the_rules_fuse_a_llama_decoder_into_onnxruntime_operators(plain, fused):
     import onnx
     import onnxruntime as ort
 
-    from exporters.fusion_decoder import fuse_decoder
-
     _, path, _ = plain
-    fused = tmp_path / "model.onnx"
-    # 2 layers: each layer's query and key rotated, 4 norms after a residual add, one attention per layer
-    assert fuse_decoder(path, fused, 64) == {"SkipSimplifiedLayerNormalization": 4, "RotaryEmbedding": 4,
-                                             "GroupQueryAttention": 2}
+    fused, counts = fused
+    # 2 layers: 4 norms after a residual add; each layer's q/k/v one MatMul into one attention that turns query
+    # and key itself, its gate and up projections one MatMul + Split
+    assert counts == {"SkipSimplifiedLayerNormalization": 4, "GroupQueryAttention": 2,
+                      "packed QKV, rotary in GroupQueryAttention": 2, "packed MatMul + Split": 2}
     graph = onnx.load(str(fused)).graph
-    # zoo's rule: the rotary ops index cos/sin tables by the graph's own position_ids
-    rotary = [n for n in graph.node if n.op_type == "RotaryEmbedding"]
-    assert all(n.domain == "com.microsoft" and n.input[1] == "position_ids" for n in rotary)
+    ops = _ops(fused)
+    assert ops[("", "MatMul")] == 2 * 4 + 1 and ops[("", "Split")] == 2  # qkv, o, gate+up, down; the LM head
+    assert ("", "Transpose") not in ops and ("com.microsoft", "RotaryEmbedding") not in ops
     tables = {i.name: i for i in graph.initializer}
-    assert [d for d in tables[rotary[0].input[2]].dims] == [64, 4]  # max positions x head dim / 2
-    # zoo's rule: attention reads the cache inputs as they are and writes the present outputs (no Concat, no
-    # repeat_kv to all heads), so a caller can bind both to one buffer
     for i, node in enumerate(n for n in graph.node if n.op_type == "GroupQueryAttention"):
+        attributes = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+        assert attributes == {"num_heads": 4, "kv_num_heads": 2, "do_rotary": 1, "rotary_interleaved": 0}
+        assert node.input[1:3] == ["", ""]  # the packed form: query holds q, k and v
+        # zoo's rule: cos/sin tables indexed by the graph's own position_ids, [max positions, head dim / 2]
+        assert [list(tables[name].dims) for name in node.input[7:9]] == [[64, 8], [64, 8]]
+        assert node.input[9] == "position_ids" and len(node.input) == 17 and node.input[16]  # query_seqlens
+        # the cache inputs as they are, the present outputs written (no Concat, no repeat_kv), so a caller can
+        # bind both to one buffer
         assert list(node.input[3:5]) == [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
         assert list(node.output[1:]) == [f"present.{i}.key", f"present.{i}.value"]
     # and nothing else reads the cache but its batch size: a shared buffer is longer than its filled part
@@ -80,15 +96,57 @@ def test_the_rules_fuse_a_llama_decoder_into_onnxruntime_operators(plain, tmp_pa
                any(i.startswith("past_key_values.") for i in n.input)]
     assert [(n.op_type, {a.name: a.i for a in n.attribute}) for n in readers] == [("Shape", {"start": 0, "end": 1})]
     # the first layer's norm (no residual before it) stays plain ops: onnx.checker knows no ONNX-domain contrib op
-    assert ("", "SimplifiedLayerNormalization") not in _ops(fused)
+    assert ("", "SimplifiedLayerNormalization") not in ops
     onnx.checker.check_model(str(fused), full_check=True)
     sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (path, fused)]
-    for past, new in ((0, 5), (3, 4), (6, 1)):  # a prompt, a chunk on a cache, a decode step; left padding
+    # a prompt, a chunk on a cache (both rows at once: query_seqlens), a decode step; left padding
+    for past, new in ((0, 5), (3, 4), (6, 1)):
         feed = _feed(sessions[0], past, new)
-        if past and new > 1:  # onnxruntime's GroupQueryAttention runs a chunk on a cache for one row at a time
-            feed = {name: value[1:] for name, value in feed.items()}
         for want, got in zip(*(s.run(None, feed) for s in sessions)):
             np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def _swap_key_value(qkv: np.ndarray) -> np.ndarray:
+    """The packed weight with its key and value columns trading places."""
+    q = qkv.shape[-1] - 2 * 2 * 16  # 2 KV heads of 16
+    return np.concatenate([qkv[..., :q], qkv[..., q + 32:], qkv[..., q:q + 32]], axis=-1)
+
+
+def _plant(node, graph, fault: str) -> None:
+    from onnx import numpy_helper
+
+    tables = {i.name: i for i in graph.initializer}
+    if fault == "key and value weights swapped":
+        producer = {o: n for n in graph.node for o in n.output}
+        matmul = producer[producer[node.input[0]].input[0]]  # Mul(the new columns' mask) of MatMul(x, W)
+        weight = tables[matmul.input[1]]
+        weight.CopyFrom(numpy_helper.from_array(_swap_key_value(numpy_helper.to_array(weight)), weight.name))
+    elif fault == "rotary interleaved":
+        next(a for a in node.attribute if a.name == "rotary_interleaved").i = 1
+    elif fault == "no query_seqlens":  # the kernel's own first-prompt positions, which left padding moves
+        del node.input[16:]
+
+
+@pytest.mark.parametrize("fault", ["key and value weights swapped", "rotary interleaved", "no query_seqlens"])
+def test_a_planted_fault_in_the_packed_attention_fails_the_verification_grid(plain, fused, fault, tmp_path):
+    """Twins of the packing rules: each fault, planted in the fused graph's every attention, makes the grid's
+    torch comparison fail (the export then keeps the plain graph, see the refusal tests below); the graph as
+    fused matches the plain graph on left-padded prompts, chunks and decode steps (the test above)."""
+    import onnx
+
+    from exporters.verify import ROW_SCALE, run_grid
+
+    source, _, references = plain
+    model = onnx.load(str(fused[0]))
+    for node in [n for n in model.graph.node if n.op_type == "GroupQueryAttention"]:
+        _plant(node, model.graph, fault)
+    planted = tmp_path / "model.onnx"
+    onnx.save(model, str(planted))
+    bad = run_grid(source.spec, planted, source.cases, references, source.spec.verify, ROW_SCALE)
+    failed = {c.name for c in bad.checks if not c.passed}
+    assert "output present.0.key" in failed, failed  # the cache the fault writes wrong
+    if fault != "no query_seqlens":  # a first prompt's positions move all alike: attention itself is unchanged
+        assert "output logits" in failed, failed
 
 
 def _choice(report):
@@ -120,7 +178,7 @@ def test_a_fused_graph_with_the_wrong_rotary_base_is_refused_and_the_plain_graph
     kept = fusion.fuse_verified(source, path, _choice(VerifyReport("tiny-llama")), references, preprocess,
                                 lambda _msg: None)
     record = preprocess["generation"]["fusion"]
-    assert record["kept"] == "plain" and record["fused"]["RotaryEmbedding"] == 4
+    assert record["kept"] == "plain" and record["fused"]["packed QKV, rotary in GroupQueryAttention"] == 2
     assert record["reason"].startswith("the fused graph failed verification: ")
     # the grid's output check sees it first: a wrong rotary base moves the cached keys and, through them, the logits
     assert "output present.0.key" in record["reason"] and "output logits" in record["reason"]
