@@ -122,10 +122,11 @@ Provider = str | tuple[str, dict[str, Any]]
 
 
 def onnxruntime_session(path: Path, *, providers: Sequence[Provider] | None = None, threads: int | None = None,
-                        optimization: str = "all", arena: bool = True) -> Any:
-    """``arena=False``: no CPU memory arena. A decoder's tensors change shape at every step and chunk, and the
-    arena keeps the blocks it grew for each of them (a 2,048-token SmolLM2 context peaks about 30 MB higher with
-    it, and decodes no faster)."""
+                        optimization: str = "all") -> Any:
+    """A session at the verified optimisation level. onnxruntime's CPU memory arena stays on, decoders
+    included: a decoder's tensors change shape at every step, and the arena keeps the blocks it grew (a
+    2,048-token SmolLM2 context peaks about 30 MB higher), but SmolLM2's packed graph decodes 6-8% faster
+    with it (quiet 2-core EPYC, in turns: 35.8 vs 38.1 ms per token at 1 thread, 23.2 vs 25.1 at 2)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -139,7 +140,6 @@ def onnxruntime_session(path: Path, *, providers: Sequence[Provider] | None = No
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[optimization])
     if threads is not None:
         options.intra_op_num_threads = threads
-    options.enable_cpu_mem_arena = arena
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own pybind exception types

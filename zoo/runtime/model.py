@@ -51,10 +51,8 @@ def load(artifact_dir: str | Path, *, providers: Sequence[Provider] | None = Non
         raise ConfigError(f"threads={threads}; give a positive thread count, or None for the engine's default")
     chosen = _engine(manifest, engine, providers)
     level = _optimization(folder, manifest)
-    # a decoder (text generation) runs without onnxruntime's CPU arena: see engines.onnxruntime_session
-    arena = {"arena": False} if chosen.name == "onnxruntime" and "generation" in manifest.preprocess else {}
     session = engines.open_session(folder / MODEL_FILE, chosen, threads=threads, providers=providers,
-                                   optimization=level, **arena)
+                                   optimization=level)
     # an encoder-decoder's encoder.onnx (``preprocess.graphs``), in a session of the same kind
     companions = {name: engines.open_session(artifact_path(folder, record["file"]), chosen, threads=threads,
                                              providers=providers, optimization=level)
