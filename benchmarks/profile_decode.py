@@ -12,13 +12,13 @@ step and node count; the MatMuls are split into those reading a weight and the r
 from __future__ import annotations
 
 import argparse
-import collections
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from profile_ops import kernel_times  # run as a script: benchmarks/ is on sys.path
 
 
 def decode_feed(session: Any, past: int) -> dict[str, np.ndarray]:
@@ -63,21 +63,8 @@ def profile(path: Path, past: int, calls: int, threads: int) -> tuple[dict[str, 
     session.run(None, feed)  # warm-up, left out below
     for _ in range(calls):
         session.run(None, feed)
-    events = json.loads(Path(session.end_profiling()).read_text())
-    totals: dict[str, float] = collections.Counter()
-    counts: dict[str, int] = collections.Counter()
-    runs = [e for e in events if e.get("name") == "model_run"]
-    first = runs[1]["ts"] if len(runs) > 1 else 0
-    for event in events:
-        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time") or event["ts"] < first:
-            continue
-        op = event["args"]["op_name"]
-        node = event["name"][: -len("_kernel_time")]
-        if op == "MatMul" and node in matmul_b:
-            op = "MatMul (weight)" if matmul_b[node] else "MatMul (activations)"
-        totals[op] += event["dur"] / 1e3 / calls
-        counts[op] += 1
-    return dict(totals), {op: n // calls for op, n in counts.items()}, 1e3 * float(np.median(walls[2:]))
+    totals, counts = kernel_times(Path(session.end_profiling()), matmul_b, calls)
+    return totals, counts, 1e3 * float(np.median(walls[2:]))
 
 
 def main() -> None:

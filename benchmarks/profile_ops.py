@@ -48,7 +48,13 @@ def profile(path: Path, shape: tuple[int, ...], calls: int, threads: int) -> tup
     session.run(None, feed)  # warm-up, left out below
     for _ in range(calls):
         session.run(None, feed)
-    events = json.loads(Path(session.end_profiling()).read_text())
+    return kernel_times(Path(session.end_profiling()), matmul_b, calls)
+
+
+def kernel_times(trace: Path, matmul_b: dict[str, bool], calls: int) -> tuple[dict[str, float], dict[str, int]]:
+    """From onnxruntime's profile after a warm-up call and ``calls`` timed ones: kernel ms per call and node
+    count per op type, MatMuls split by whether their B is a weight (``matmul_b``: node name -> that)."""
+    events = json.loads(trace.read_text())
     totals: dict[str, float] = collections.Counter()
     counts: dict[str, int] = collections.Counter()
     runs = [e for e in events if e.get("name") == "model_run"]
