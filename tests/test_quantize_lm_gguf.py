@@ -145,17 +145,19 @@ def _prefill(graph: Path, lm) -> dict[str, np.ndarray]:
     return generative_gate.prefill_feed(gates.session(graph), data.windows[0])
 
 
-def test_int4_of_a_model_on_gguf_grids_gives_the_fp32_logits_back(gguf_lm, tmp_path, monkeypatch):
-    """With fp32 activations (accuracy_level 0) the int4 graph computes the fp32 artifact's product: only float
-    rounding apart."""
+@pytest.mark.parametrize("level", ["int4", "int8-weights"])
+def test_a_model_on_gguf_grids_gives_the_fp32_logits_back(gguf_lm, tmp_path, monkeypatch, level):
+    """With fp32 activations (accuracy_level 0) the weight-only graph computes the fp32 artifact's product: only
+    float rounding apart. int8-weights too keeps a Q4_1 weight on its own grid: an 8-bit grid would round it."""
     monkeypatch.setattr(quantize, "ACCURACY_LEVEL", 0)
     parent = gguf_lm[0] / "model.onnx"
-    settings = quantize.weight_only(parent, tmp_path / "int4.onnx", "int4")
+    settings = quantize.weight_only(parent, tmp_path / f"{level}.onnx", level)
     grid = settings["source_grid"]
     assert grid["matmuls"] == settings["matmuls_quantised"] == 9 and grid["exact_blocks"] == grid["blocks"]
+    assert "9 MatMuls on their source's own grid" in settings["weights"]
     feed = _prefill(parent, gguf_lm)
     expected = gates.session(parent).run(["logits"], feed)[0]
-    got = gates.session(tmp_path / "int4.onnx").run(["logits"], feed)[0]
+    got = gates.session(tmp_path / f"{level}.onnx").run(["logits"], feed)[0]
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
 
 
@@ -189,7 +191,7 @@ def test_a_zero_point_off_by_one_in_one_block_is_refused(gguf_lm, tmp_path, monk
 
     monkeypatch.setattr(block_recovery, "rewrite", off_by_one)
     dst = tmp_path / "int4.onnx"
-    with pytest.raises(VerificationError, match=r"int4 block recovery: 1 blocks of .* do not give their weights back"):
+    with pytest.raises(VerificationError, match=r"block recovery: 1 blocks of .* do not give their weights back"):
         quantize.weight_only(gguf_lm[0] / "model.onnx", dst, "int4")
     assert not dst.exists()
 
