@@ -31,3 +31,12 @@ def test_export_lets_torch_threads_sleep_unless_the_user_chose(tmp_path, capsys,
     assert _export_unknown_model(tmp_path, capsys) == "PASSIVE"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert _export_unknown_model(tmp_path, capsys) == "ACTIVE"
+
+
+def test_the_cli_freezes_the_heap_at_exit_so_teardown_does_not_walk_it() -> None:
+    # atexit._run_exitfuncs runs the handlers as interpreter exit would; the twin is a process without zoo.cli
+    probe = "import atexit, gc{}; atexit._run_exitfuncs(); print(gc.get_freeze_count() > 0)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    frozen = [subprocess.run([sys.executable, "-c", probe.format(extra)], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=60).stdout.strip() for extra in (", zoo.cli", "")]
+    assert frozen == ["True", "False"]
