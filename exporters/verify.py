@@ -289,7 +289,7 @@ def ort_session(model_path: Path, optimization: str = "all", *, lean: bool = Fal
     handful of calls, and a 1024-px model's arena would otherwise keep its peak for good.
     Worker threads sleep between calls instead of spinning: verification alternates onnxruntime
     with numpy comparisons, and spinning threads burn a core meanwhile (MiniLM's 9-case grid:
-    about a third of the verification's CPU time, more on a loaded machine).
+    ~5% of verify_model's CPU time on a machine at load average 4).
     """
     import onnxruntime as ort
 
