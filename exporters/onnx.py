@@ -38,7 +38,7 @@ import numpy as np
 
 from exporters import fusion
 from exporters.golden import golden_indices, write_golden
-from exporters.memory import budget, frozen_heap, plan_grid, size_text
+from exporters.memory import budget, collection_paused, frozen_heap, plan_grid, size_text
 from exporters.source import DEFAULT_INIT_SEED, Source, build_source
 from exporters.verify import (NoiseFloor, compare_grid, dynamic_axes_check, golden_folder, graph_check,
                               named_check, ort_session, torch_references, verify_model, within_tolerance)
@@ -95,20 +95,24 @@ def export_onnx(model: str | ModelSpec, *, out: str | Path | None = None, opset:
     _check_destination(dest, keep_failed)
     limit = budget()  # ZOO_MEMORY_BUDGET
     step("build model" + (f" (random weights, seed {seed})" if random_init else ""))
-    source = build_source(spec, random_init=random_init, seed=seed, model_kwargs=model_kwargs, module=module)
-    step(f"memory plan ({len(source.cases)} grid cases, budget {size_text(limit)})")
-    # before anything is written: a grid that cannot fit the budget is refused here
-    cases = plan_grid(source.task, source.spec, source.module, source.processor, source.cases, limit, step)
-    source = dataclasses.replace(source, cases=cases)
-    with frozen_heap(), staged_dir(dest, keep_failed=Path(keep_failed) if keep_failed else None) as stage:
-        # an explicit --rtol is the user's limit, applied as given; the registry's default yields to the noise floor
-        manifest, report = _build_artifact(source, stage, random_init, step, noise_floor=rtol is None, fuse=fuse)
-        if not report.passed:
-            where = f"kept for debugging at {keep_failed}" if keep_failed else f"nothing written to {dest}"
-            tried = f" Tried: {'; '.join(manifest.export_notes)}." if manifest.export_notes else ""
-            raise VerificationError(f"{spec.name}: the ONNX export does not match torch ({where}): "
-                                    f"{report.summary()}.{tried} If the differences are numerical noise, widen "
-                                    "--atol/--rtol; --keep-failed DIR keeps the graph for inspection", report)
+    with contextlib.ExitStack() as frozen:
+        with collection_paused():  # building is mostly importing torch and transformers: long-lived objects
+            source = build_source(spec, random_init=random_init, seed=seed, model_kwargs=model_kwargs, module=module)
+            # what the build left is collected once and its survivors frozen, before automatic collection resumes
+            frozen.enter_context(frozen_heap())
+        step(f"memory plan ({len(source.cases)} grid cases, budget {size_text(limit)})")
+        # before anything is written: a grid that cannot fit the budget is refused here
+        cases = plan_grid(source.task, source.spec, source.module, source.processor, source.cases, limit, step)
+        source = dataclasses.replace(source, cases=cases)
+        with staged_dir(dest, keep_failed=Path(keep_failed) if keep_failed else None) as stage:
+            # an explicit --rtol is the user's limit, applied as given; the registry's default yields to the floor
+            manifest, report = _build_artifact(source, stage, random_init, step, noise_floor=rtol is None, fuse=fuse)
+            if not report.passed:
+                where = f"kept for debugging at {keep_failed}" if keep_failed else f"nothing written to {dest}"
+                tried = f" Tried: {'; '.join(manifest.export_notes)}." if manifest.export_notes else ""
+                raise VerificationError(f"{spec.name}: the ONNX export does not match torch ({where}): "
+                                        f"{report.summary()}.{tried} If the differences are numerical noise, widen "
+                                        "--atol/--rtol; --keep-failed DIR keeps the graph for inspection", report)
     return ExportResult(dest.resolve(), report, manifest)
 
 
@@ -437,14 +441,15 @@ def export_with(exporter: str, module: Any, spec: ModelSpec, example: dict[str, 
     for leftover in path.parent.glob(path.name + "*"):
         leftover.unlink()
     tensors = {k: torch.from_numpy(v) for k, v in example.items()}
+    # tracing makes graphs, not garbage, until it ends; the collection as the block ends frees the exporter's
+    # copy of the program and its weights before onnxruntime loads the file
     try:
-        (_export_dynamo if exporter == "dynamo" else _export_torchscript)(module, spec, tensors, path, dynamic)
+        with collection_paused():
+            (_export_dynamo if exporter == "dynamo" else _export_torchscript)(module, spec, tensors, path, dynamic)
     except BaseException:
         for leftover in path.parent.glob(path.name + "*"):
             leftover.unlink()
         raise
-    finally:
-        gc.collect()  # the exporter's copy of the program and its weights goes before onnxruntime loads the file
 
 
 def _dims(spec: ModelSpec) -> dict[str, Any]:

@@ -287,11 +287,15 @@ def ort_session(model_path: Path, optimization: str = "all", *, lean: bool = Fal
 
     ``lean`` turns off onnxruntime's memory arena and pattern planning: verification runs a
     handful of calls, and a 1024-px model's arena would otherwise keep its peak for good.
+    Worker threads sleep between calls instead of spinning: verification alternates onnxruntime
+    with numpy comparisons, and spinning threads burn a core meanwhile (MiniLM's 9-case grid:
+    ~5% of verify_model's CPU time on a machine at load average 4).
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # shape-mismatch errors come back as exceptions; keep stderr clean
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[optimization])
     if lean:
         options.enable_cpu_mem_arena = False

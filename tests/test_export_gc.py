@@ -3,7 +3,8 @@
 ``exporters.memory.frozen_heap`` freezes what is alive when the export's stages start, so the
 collections after each grid case walk only what the export made since; these tests check that
 such garbage is still collected, that the freeze ends with the export (also when it fails), and
-that a caller's own freeze is left alone.
+that a caller's own freeze is left alone. ``collection_paused`` keeps automatic collections out of
+the model's build and the exporter's tracing, and collects once as it ends.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from exporters.memory import frozen_heap
+from exporters.memory import collection_paused, frozen_heap
 
 
 class Node:
@@ -69,14 +70,47 @@ def test_export_stages_run_frozen_and_a_failed_export_unfreezes(tiny_text_classi
     from exporters.onnx import export_onnx
 
     seen: list[int] = []
+    building: list[bool] = []
+    real_build = exporters.onnx.build_source
+
+    def watched_build(*args: Any, **kwargs: Any) -> Any:
+        building.append(gc.isenabled())
+        return real_build(*args, **kwargs)
 
     def failing_references(*_: Any, **__: Any) -> Any:
         seen.append(gc.get_freeze_count())
+        building.append(gc.isenabled())
         raise RuntimeError("planted: torch failed")
 
+    monkeypatch.setattr(exporters.onnx, "build_source", watched_build)
     monkeypatch.setattr(exporters.onnx, "torch_references", failing_references)
     with pytest.raises(RuntimeError, match="planted"):
         export_onnx(str(tiny_text_classifier), out=tmp_path / "out")
     assert seen and seen[0] > 0  # the grid ran with the model's heap frozen
+    assert building == [False, True]  # the build ran without automatic collections; they resumed after it
     assert gc.get_freeze_count() == 0
     assert not (tmp_path / "out").exists()
+
+
+def test_collection_paused_collects_once_as_it_ends_also_when_the_block_fails() -> None:
+    assert gc.isenabled()
+    with collection_paused():
+        assert not gc.isenabled()
+        inside = _dropped_cycle()
+        made = [[] for _ in range(20 * gc.get_threshold()[0])]  # enough to start many automatic passes ...
+        assert inside() is not None and made  # ... but none ran
+    assert inside() is None and gc.isenabled()  # the collection as the block ends freed the cycle
+    with pytest.raises(RuntimeError, match="planted"), collection_paused():
+        failed = _dropped_cycle()
+        raise RuntimeError("planted")
+    assert failed() is None and gc.isenabled()
+
+
+def test_collection_paused_leaves_a_callers_disabled_collector_off() -> None:
+    gc.disable()
+    try:
+        with collection_paused():
+            kept = _dropped_cycle()
+        assert kept() is None and not gc.isenabled()  # collected once, still off for the caller
+    finally:
+        gc.enable()

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import sys
 
@@ -22,6 +24,13 @@ from zoo.errors import ZooError
 # What a runtime-only install (pip install zoo-toolkit) lacks: the [train] extra brings all of it.
 TRAIN_EXTRA_MODULES = frozenset({"torch", "torchvision", "timm", "transformers", "safetensors", "onnxscript",
                                  "onnx_ir", "datasets", "sklearn", "matplotlib", "sentence_transformers"})
+
+# The last thing before the interpreter's own teardown: the objects alive then are frozen, out of the
+# garbage collector's reach. Teardown still frees what it releases, but no longer walks the whole heap
+# for cycles: with torch, transformers and the exporter's graphs loaded that walk took ~2 s CPU at the
+# end of every 'zoo export' (MiniLM: 2.0 to 2.4 s of a 22 s export; 0.2 s frozen). Handlers registered
+# later (by the libraries, on import) run before this one.
+atexit.register(gc.freeze)
 
 # Sub-command modules register themselves on ``app`` when imported.
 from zoo.cli import chat, export, finetune, models, optimize, runtime, serve  # noqa: F401

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,6 +43,7 @@ def export(
              "shorthand for 'zoo optimize OUT --level LEVEL'.")] = None,
 ) -> None:
     """Export NAME to a verified, self-contained ONNX artifact (written only if verification passes)."""
+    _sleeping_torch_threads()
     from exporters.onnx import export_onnx
 
     if optimize is not None:
@@ -63,6 +65,19 @@ def export(
         optimize_command(result.path, out=result.path.parent / f"{result.path.name}-{optimize}",
                          level=Level(optimize), eval_data=None, max_drop=0.5, keep_failed=None,
                          as_json=as_json)
+
+
+def _sleeping_torch_threads() -> None:
+    """torch's OpenMP worker threads wait for work asleep instead of spinning, unless OMP_WAIT_POLICY is set.
+
+    Export runs torch in short bursts (a forward per grid case) between single-threaded
+    stretches, and libgomp's default spin-wait keeps a worker burning a core after each
+    parallel op; on a loaded machine the spinning worker also competes with the thread it
+    waits for. MiniLM's 9 reference forwards took 3 to 4 s CPU that way at load average 5,
+    ~1 s asleep. libgomp reads the variable once, when torch loads it: the command sets it
+    before anything imports torch.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _check_level(level: str, *, fused: bool) -> None:
