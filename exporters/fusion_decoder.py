@@ -25,7 +25,8 @@ the heads itself (a head size that is a multiple of 16), each attention's q, k a
 one MatMul into GroupQueryAttention's packed-QKV form with the rotary embedding inside it, at the
 graph's position_ids (``packed_attention``: no RotaryEmbedding, Reshape or Transpose around the
 attention); other MatMuls of one input (the MLP's gate and up; q, k and v where the rotary stays
-outside) become one MatMul and a Split (``packed_projections``).
+outside) become one MatMul and a Split (``packed_projections``). Last, the attention's output goes to its
+output projection as it is (``attention_output_reshapes``: no split into heads and merge back).
 """
 
 from __future__ import annotations
@@ -311,7 +312,7 @@ def packed_projections(model: Any, **_: Any) -> int:
     return packed
 
 
-def attention_output_reshapes(model: Any, **_: Any) -> int:
+def attention_output_reshapes(model: Any) -> int:
     """Each chain of Reshapes after a GroupQueryAttention that ends in the shape it began with, dropped.
 
     The attention's output is [batch, sequence, heads * head dim] at input_ids' batch and sequence (the
