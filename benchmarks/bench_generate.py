@@ -92,8 +92,9 @@ def build(work: Path) -> dict[str, Path]:
     folder = Path(resolve(str(gguf)).local_path)  # zoo's GGUF cache: dequantised once, keyed by the file's sha256
     zoo_art, genai = work / "zoo-onnx", work / "ortgenai-fp32"
     fusion = zoo_fusion(zoo_art)
-    # none yet, or exported before zoo packed q/k/v into GroupQueryAttention with the rotary inside (a slower graph)
-    if fusion is None or PACKED_QKV not in fusion.get("fused", {}):
+    # none yet, or exported before zoo packed q/k/v into GroupQueryAttention with the rotary inside, or before it
+    # dropped the Reshapes after each attention (slower graphs)
+    if fusion is None or PACKED_QKV not in fusion.get("fused", {}) or attention_reshapes(zoo_art / "model.onnx"):
         shutil.rmtree(zoo_art, ignore_errors=True)
         run([sys.executable, "-m", "zoo", "export", str(gguf), "--onnx", "--out", str(zoo_art)])
     if not (genai / "genai_config.json").is_file():
@@ -108,6 +109,16 @@ def zoo_fusion(artifact: Path) -> dict[str, Any] | None:
     if not manifest.is_file():
         return None
     return json.loads(manifest.read_text())["preprocess"]["generation"].get("fusion")
+
+
+def attention_reshapes(graph: Path) -> int:
+    """The Reshapes reading a GroupQueryAttention's output: two a layer in graphs zoo exported before it dropped
+    them (exporters.fusion_decoder.attention_output_reshapes)."""
+    import onnx
+
+    nodes = onnx.load(str(graph), load_external_data=False).graph.node
+    outputs = {n.output[0] for n in nodes if n.op_type == "GroupQueryAttention"}
+    return sum(1 for n in nodes if n.op_type == "Reshape" and n.input[0] in outputs)
 
 
 def run(command: list[str]) -> None:

@@ -25,7 +25,8 @@ the heads itself (a head size that is a multiple of 16), each attention's q, k a
 one MatMul into GroupQueryAttention's packed-QKV form with the rotary embedding inside it, at the
 graph's position_ids (``packed_attention``: no RotaryEmbedding, Reshape or Transpose around the
 attention); other MatMuls of one input (the MLP's gate and up; q, k and v where the rotary stays
-outside) become one MatMul and a Split (``packed_projections``).
+outside) become one MatMul and a Split (``packed_projections``). Last, the attention's output goes to its
+output projection as it is (``attention_output_reshapes``: no split into heads and merge back).
 """
 
 from __future__ import annotations
@@ -309,6 +310,56 @@ def packed_projections(model: Any, **_: Any) -> int:
             model.graph.remove(old, safe=True)
         packed += 1
     return packed
+
+
+def attention_output_reshapes(model: Any) -> int:
+    """Each chain of Reshapes after a GroupQueryAttention that ends in the shape it began with, dropped.
+
+    The attention's output is [batch, sequence, heads * head dim] at input_ids' batch and sequence (the
+    hidden states of the chunk's tokens); onnxscript's MultiHeadAttention rewrite splits it into heads
+    ([0, 0, heads, -1], the layout the SDPA it replaced had after its transpose) and the export's own view
+    merges them back for the output projection: two Reshapes per layer that change nothing but cost two
+    kernel calls a token. A chain whose end is [batch, sequence, n] of those same dimensions holds the
+    output's elements in its order and count, so it is the output itself. Returns the chains dropped."""
+    import onnx_ir as ir
+
+    ids = next((v for v in model.graph.inputs if v.name == "input_ids"), None)
+    if ids is None or ids.shape is None or ids.shape.rank() != 2:
+        return 0
+    dropped = 0
+    for node in list(model.graph):
+        if node.op_type != "GroupQueryAttention" or node.domain != "com.microsoft":
+            continue
+        output = node.outputs[0]
+        chain, end = _reshape_chain(output)
+        if not chain or end.is_graph_output() or end.shape is None or end.shape.rank() != 3 \
+                or not all(_same_dim(end.shape[i], ids.shape[i]) for i in (0, 1)):
+            continue
+        output.type, output.shape = end.type, end.shape
+        ir.convenience.replace_all_uses_with(end, output)
+        for reshape in reversed(chain):
+            model.graph.remove(reshape, safe=True)
+        dropped += 1
+    return dropped
+
+
+def _reshape_chain(value: Any) -> tuple[list[Any], Any]:
+    """(the Reshapes that alone read ``value``, one after the other, the last one's output)."""
+    chain = []
+    while not value.is_graph_output() and len(value.uses()) == 1:
+        node, index = next(iter(value.uses()))
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or index != 0:
+            break
+        chain.append(node)
+        value = node.outputs[0]
+    return chain, value
+
+
+def _same_dim(a: Any, b: Any) -> bool:
+    """Whether two dimensions are known to be equal: the same number, or the same named symbol."""
+    if isinstance(a, int) or isinstance(b, int):
+        return a == b
+    return a.value is not None and a == b
 
 
 def _weight(value: Any) -> np.ndarray | None:
@@ -654,9 +705,11 @@ def fuse_decoder(src: Path | str, dst: Path | str, max_positions: int) -> dict[s
         if name in PACKINGS:
             packed[PACKINGS[name]] = matched
     optimize(model)  # inlines what a later pass did not consume (onnxscript's intermediate ops), drops dead nodes
+    attention_output_reshapes(model)  # after the optimiser: it folds the transposes between those Reshapes
     plain_rms_norms(model)
     rewrite(model, ORT_PATTERN_REWRITE_RULES)
-    ir.passes.Sequential(common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1),
+    ir.passes.Sequential(common_passes.RemoveUnusedNodesPass(),  # what computed the dropped Reshapes' shapes
+                         common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1),
                          common_passes.RemoveInitializersFromInputsPass(), common_passes.NameFixPass(),
                          common_passes.ShapeInferencePass())(model)
     big = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)

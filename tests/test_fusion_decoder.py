@@ -79,6 +79,10 @@ def test_the_rules_fuse_a_llama_decoder_into_onnxruntime_operators(plain, fused)
     ops = _ops(fused)
     assert ops[("", "MatMul")] == 2 * 4 + 1 and ops[("", "Split")] == 2  # qkv, o, gate+up, down; the LM head
     assert ("", "Transpose") not in ops and ("com.microsoft", "RotaryEmbedding") not in ops
+    # nor a Reshape: the attention's output goes to the output projection as it is (see the test below)
+    assert _attention_reshapes(graph) == 0
+    assert [n.op_type for node in graph.node if node.op_type == "GroupQueryAttention" for n in graph.node
+            if node.output[0] in n.input] == ["MatMul", "MatMul"]
     tables = {i.name: i for i in graph.initializer}
     for i, node in enumerate(n for n in graph.node if n.op_type == "GroupQueryAttention"):
         attributes = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
@@ -104,6 +108,46 @@ def test_the_rules_fuse_a_llama_decoder_into_onnxruntime_operators(plain, fused)
         feed = _feed(sessions[0], past, new)
         for want, got in zip(*(s.run(None, feed) for s in sessions)):
             np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def _attention_reshapes(graph) -> int:
+    """The Reshapes that read a GroupQueryAttention's output or feed one of its inputs."""
+    attention = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+    ins, outs = {i for n in attention for i in n.input if i}, {o for n in attention for o in n.output}
+    return sum(1 for n in graph.node if n.op_type == "Reshape" and (set(n.input) & outs or set(n.output) & ins))
+
+
+def test_reshapes_that_give_the_attention_output_its_own_shape_back_are_dropped_and_others_kept(fused):
+    """The pass that drops them, on the fused graph with chains planted back after each attention: the pair
+    onnxscript and the export write ([0, 0, heads, -1], then [0, 0, -1]: the output's own shape) goes; a chain to
+    [1, -1, 64], which is the same only for one row, stays (and the count above would see it)."""
+    import onnx
+    import onnx_ir as ir
+    from onnx_ir.passes.common import ShapeInferencePass
+
+    from exporters.fusion_decoder import attention_output_reshapes
+
+    model = ir.load(str(fused[0]))
+    attentions = [n for n in model.graph if n.op_type == "GroupQueryAttention"]
+    for node, shapes in zip(attentions, ([[0, 0, 4, -1], [0, 0, -1]], [[0, 0, 4, -1], [1, -1, 64]])):
+        readers, value = list(node.outputs[0].uses()), node.outputs[0]
+        for i, shape in enumerate(shapes):
+            target = ir.Value(name=f"{node.name}.shape{i}", const_value=ir.tensor(np.array(shape, np.int64)))
+            model.graph.register_initializer(target)
+            reshape = ir.node("Reshape", [value, target])
+            model.graph.append(reshape)
+            value = reshape.outputs[0]
+        for reader, index in readers:
+            reader.replace_input_with(index, value)
+    model.graph.sort()
+    ShapeInferencePass()(model)
+    assert _attention_reshapes(ir.serde.serialize_model(model).graph) == 2
+    assert attention_output_reshapes(model) == 1
+    graph = ir.serde.serialize_model(model).graph
+    assert _attention_reshapes(graph) == 1
+    second = next(n for n in graph.node if n.op_type == "Reshape" and attentions[1].outputs[0].name in n.input)
+    assert second.input[1] == f"{attentions[1].name}.shape0"
+    onnx.checker.check_model(ir.serde.serialize_model(model))
 
 
 def _swap_key_value(qkv: np.ndarray) -> np.ndarray:

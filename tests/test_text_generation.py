@@ -464,7 +464,8 @@ def test_the_cache_stays_in_onnxruntime_between_steps(llama, monkeypatch):
 def test_a_long_prompt_goes_in_chunks_and_generates_as_transformers(family, request, monkeypatch):
     """A prompt longer than PREFILL_CHUNK is run chunk by chunk on its own cache (bounded memory), left padding
     included (a short row's first chunks are all padding), and still continues token for token as transformers.
-    GroupQueryAttention takes a chunk on a cache for one row at a time: the batch's rows go one after another."""
+    GroupQueryAttention takes a chunk on a cache for one row at a time: rows wider than half of PREFILL_BATCH go
+    one after another (a batch that fits goes in one call: tests/test_generate_fast.py)."""
     import onnxruntime
 
     import zoo
@@ -472,6 +473,7 @@ def test_a_long_prompt_goes_in_chunks_and_generates_as_transformers(family, requ
 
     spec, result = request.getfixturevalue(family)
     monkeypatch.setattr(generate, "PREFILL_CHUNK", 4)
+    monkeypatch.setattr(generate, "PREFILL_BATCH", 4)
     widths: list[int] = []
     original = onnxruntime.IOBinding.bind_cpu_input
     monkeypatch.setattr(onnxruntime.IOBinding, "bind_cpu_input", lambda self, name, array: (

@@ -7,7 +7,7 @@
 Prompts are tokenised by the artifact's ``tokenizer.json`` and padded on the left, so
 a batch's prompts end at the same column and every step appends one column. The
 decoder graph runs on the prompts (from an empty cache, in chunks of ``PREFILL_CHUNK``
-columns, so a long prompt's logits never sit in memory whole) and then once per new token;
+columns or groups of rows, so a long prompt's logits never sit in memory whole) and then once per new token;
 between steps the cache stays in onnxruntime, never copied out to numpy. A graph whose
 attention is onnxruntime's GroupQueryAttention (the fused export) appends to its cache in
 place: each layer's past and present are bound (IO binding) to one buffer preallocated for
@@ -34,6 +34,10 @@ from zoo.tasks.results import Generation
 # and attention scores of one call stay small (a 2,000-token prompt at once holds 400 MB of SmolLM2 logits alone;
 # a chunk of 128, 25 MB, and as much again for their copy into numpy)
 PREFILL_CHUNK = 128
+# prompt positions (rows x columns) one prefill call of a batch holds on a GroupQueryAttention graph, whose kernel
+# takes several tokens on a non-empty cache for one row only: rows go together, whole prompts from their empty
+# cache, as many a call as this holds (SmolLM2: 200 MB of logits); a row wider than half of it goes alone in chunks
+PREFILL_BATCH = 1024
 
 
 class Generator:
@@ -182,16 +186,20 @@ class Generator:
 
     def _prefill(self, binding: Any, ids: np.ndarray, mask: np.ndarray,
                  past: list[Any]) -> tuple[np.ndarray, list[Any]]:
-        """The prompts through the graph, ``PREFILL_CHUNK`` columns at a time; the last column's logits.
+        """The prompts through the graph; the last column's logits.
 
-        GroupQueryAttention takes a chunk on a non-empty cache for one row only: a batch longer than a
-        chunk goes row by row into its rows of the shared buffers, or (no shared buffer) in one call."""
-        if not self.grouped or len(ids) == 1 or ids.shape[1] <= PREFILL_CHUNK:
+        A graph goes ``PREFILL_CHUNK`` columns at a time, every row in each call, unless GroupQueryAttention
+        holds its batch to one row on a non-empty cache: then the rows go in groups of whole prompts into their
+        rows of the shared buffers, as many a call as ``PREFILL_BATCH`` positions hold (a row alone in chunks
+        past that), or (no shared buffer) all in one call."""
+        if not self.grouped or len(ids) == 1:
             return self._chunks(binding, ids, mask, past, PREFILL_CHUNK)
         if not self.shared:
             return self._chunks(binding, ids, mask, past, ids.shape[1])
-        logits = [self._chunks(binding, ids[i:i + 1], mask[i:i + 1], [b.row(i) for b in past], PREFILL_CHUNK)[0]
-                  for i in range(len(ids))]
+        rows = max(1, PREFILL_BATCH // ids.shape[1])
+        chunk = ids.shape[1] if rows > 1 else PREFILL_CHUNK
+        logits = [self._chunks(binding, ids[i:i + rows], mask[i:i + rows], [b.rows(i, i + rows) for b in past],
+                               chunk)[0] for i in range(0, len(ids), rows)]
         return np.concatenate(logits), past
 
     def _chunks(self, binding: Any, ids: np.ndarray, mask: np.ndarray, past: list[Any],
@@ -235,9 +243,9 @@ class _Buffer:
         self.array = array  # held: the OrtValue wraps this memory, it does not own a copy
         self.value = OrtValue.ortvalue_from_numpy(array)
 
-    def row(self, i: int) -> _Buffer:
-        """Row ``i`` alone, [1, ...], sharing this buffer's memory."""
-        return _Buffer(self.array[i:i + 1])
+    def rows(self, start: int, end: int) -> _Buffer:
+        """Rows ``start`` to ``end`` (excluded), sharing this buffer's memory."""
+        return _Buffer(self.array[start:end])
 
 
 @dataclass
