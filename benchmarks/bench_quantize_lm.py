@@ -51,7 +51,7 @@ def quantised(work: Path, parent: Path, rebuild: bool) -> tuple[dict[str, Path],
     paths, gate = {}, {}
     for level in LEVELS:
         out, kept = work / f"zoo-{level}", work / f"zoo-{level}-refused"
-        if rebuild or _other_parent(out, parent):
+        if rebuild or _other_parent(out, parent) or _stale_refusal(kept, parent):
             shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(kept, ignore_errors=True)
         if not (out / "manifest.json").is_file() and not (kept / "refusal.json").is_file():
@@ -82,6 +82,12 @@ def _other_parent(artifact: Path, parent: Path) -> bool:
         return False
     made_from = json.loads(manifest.read_text())["optimization"]["parent"]["manifest_sha256"]
     return made_from != hashlib.sha256((parent / "manifest.json").read_bytes()).hexdigest()
+
+
+def _stale_refusal(kept: Path, parent: Path) -> bool:
+    """A refused graph kept from before the parent was exported again (a refusal records no parent hash)."""
+    refusal = kept / "refusal.json"
+    return refusal.is_file() and refusal.stat().st_mtime < (parent / "manifest.json").stat().st_mtime
 
 
 def graph_engine(graph: Path, parent: Path, threads: int) -> Engine:
