@@ -188,14 +188,14 @@ def _graph_call(sess: Any, feed: dict[str, Any]) -> Any:
 
 
 def bench_model(key: str, work: Path, iterations: int, thread_counts: list[int], bf16: bool) -> dict[str, Any]:
-    from exporters.optimize import ENGINE_LEVELS, _fused_at_export
+    from exporters.optimize import ENGINE_LEVELS, fused_at_export
     from zoo.artifact import read_manifest
     from zoo.runtime import engines
 
     parent = parent_artifact(key, work)
     int8_level, eval_data = ("int8", None) if key == "minilm" else ("int8-static", str(photo_folder(work)))
     # a graph zoo export fused already (convnext's GELUs) is its own fused level: optimize refuses to fuse it again
-    fused = [] if _fused_at_export(read_manifest(parent)) else ["fused"]
+    fused = [] if fused_at_export(read_manifest(parent)) else ["fused"]
     names = fused + [int8_level] + (["openvino"] + (["bf16"] if bf16 else []) if engines.installed("openvino") else [])
     levels = {level: optimised(parent, level, work, eval_data) for level in names}
     graphs = {"fp32": (parent / "model.onnx", None),

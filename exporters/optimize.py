@@ -177,7 +177,7 @@ def optimize(artifact: str | Path, *, out: str | Path | None = None, level: str 
         if generative:
             ctx.generative = generative_gate.gate_data(folder, manifest, eval_data)
             data.notes += ctx.generative.notes
-        candidates = _attempt_all(ctx, _levels(level, ctx.task, _fused_at_export(manifest)))
+        candidates = _attempt_all(ctx, _levels(level, ctx.task, fused_at_export(manifest)))
         passing = [c for c in candidates if c.passed]
         if not passing:
             refusal = _refusal(folder, dest, level, candidates)
@@ -210,7 +210,7 @@ def _checked_parent(folder: Path) -> Manifest:
     return manifest
 
 
-def _fused_at_export(manifest: Manifest) -> bool:
+def fused_at_export(manifest: Manifest) -> bool:
     """``zoo export`` fused the graph already (manifest ``graph``): level fused would add nothing."""
     return (manifest.graph or {}).get("form") == "fused"
 
@@ -251,7 +251,7 @@ def _check_options(level: str, max_drop: float, manifest: Manifest, dest: Path,
     if level in GENERATIVE and not generates:
         problems.append(f"--level {level} quantises the weights of text-generation models; this artifact is "
                         f"{manifest.task}: use --level int8, int8-static or fused")
-    if level == "fused" and _fused_at_export(manifest):
+    if level == "fused" and fused_at_export(manifest):
         problems.append(f"--level fused: this artifact's graph was fused and verified at export "
                         f"({_fusion_summary(manifest)}), so it is already the fused level; use --level int8 "
                         "or auto for a faster one")
@@ -421,7 +421,7 @@ def _fused(ctx: Context) -> Path:
 
     A parent fused at export is that graph already (the same recipe, verified against torch).
     """
-    if ctx.fused is None and _fused_at_export(ctx.manifest):
+    if ctx.fused is None and fused_at_export(ctx.manifest):
         ctx.fused = ctx.parent_model
         ctx.fusions = dict((ctx.manifest.graph or {}).get("fusions") or {})
     if ctx.fused is None:
@@ -793,4 +793,4 @@ def _record(ctx: Context, chosen: Candidate, candidates: list[Candidate]) -> dic
     return record
 
 
-__all__ = ["LEVELS", "OptimizeResult", "optimize"]
+__all__ = ["LEVELS", "OptimizeResult", "fused_at_export", "optimize"]
