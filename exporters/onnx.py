@@ -238,18 +238,21 @@ def choose_graph(source: Source, model_path: Path, references: list[dict[str, np
         for exporter in EXPORTERS:
             step(f"export ({exporter})")
             try:
-                export_with(exporter, source.module, spec, source.example, model_path)
+                # a graph about to be fused is handed over in memory: the plain one is written only if it ships
+                plain = export_with(exporter, source.module, spec, source.example, model_path,
+                                    in_memory=fuse and source.task.graph_fusion(spec) is not None)
             except Exception as exc:  # the exporters fail in many ways; the next one gets its turn
                 notes.append(f"{exporter} exporter failed: {type(exc).__name__}: {first_line(exc)}")
                 continue
-            graph = fuse_in_place(source, model_path, exporter, step, notes) if fuse else _plain("--no-fuse")
+            graph = fuse_in_place(source, model_path, exporter, step, notes, plain) if fuse else _plain("--no-fuse")
             last = _verify_levels(source, model_path, references, noise, exporter, graph, notes, step)
             if not last.report.passed and graph["form"] == "fused":
                 # the fusion, not the exporter, may be at fault: the plain graph gets its turn
                 reason = f"the fused graph failed verification ({_failed_checks(last.report)[:200]})"
                 notes.append(f"{reason}; verifying the plain {exporter} graph")
-                _restore_plain(model_path)
+                _restore_plain(model_path, plain)
                 last = _verify_levels(source, model_path, references, noise, exporter, _plain(reason), notes, step)
+            del plain  # the plain graph in memory shares the module's weights until the next exporter's turn
             if last.report.passed:
                 return last
             # the next exporter writes model.onnx afresh: this refused graph waits aside, so that the
@@ -292,34 +295,43 @@ def _verify_levels(source: Source, model_path: Path, references: list[dict[str, 
 # ---------------------------------------------------------------- default fusion
 
 
-def fuse_in_place(source: Source, model_path: Path, exporter: str, step: Progress, notes: list[str]) -> dict[str, Any]:
-    """Replace model.onnx by its fused graph (the plain one waits aside); return the manifest's graph record.
+def fuse_in_place(source: Source, model_path: Path, exporter: str, step: Progress, notes: list[str],
+                  plain: Any = None) -> dict[str, Any]:
+    """Put the fused graph at model.onnx; return the manifest's graph record.
 
-    The plain graph stays where it is when the task has no recipe, the graph is too large for
-    one protobuf file, no fusion matched, or the fusion itself raised (noted).
+    ``plain``: the exported graph as an onnx_ir model not yet written (``export_with(in_memory=True)``),
+    or None when it is at model.onnx. The fusion works on a copy, so the plain graph stays whole for
+    ``_restore_plain`` (in memory, or aside on disk). The plain graph is what model.onnx holds when the
+    task has no recipe, the graph is too large for one protobuf file, no fusion matched, or the fusion
+    itself raised (noted).
     """
     recipe = source.task.graph_fusion(source.spec)
     if recipe is None:
-        return _plain(f"the {source.task.name} task has no export fusion recipe")
-    if any(part != model_path for part in model_path.parent.glob(model_path.name + "*")):
+        return _plain(f"the {source.task.name} task has no export fusion recipe", model_path, plain)
+    if plain is None and any(part != model_path for part in model_path.parent.glob(model_path.name + "*")):
         return _plain("the graph keeps its weights in external data (over 2 GiB); fusion writes one file")
     step(f"fuse the {exporter} graph for onnxruntime ({recipe})")
     fused = _fused_path(model_path)
     try:
-        counts = fusion.RECIPES[recipe](model_path, fused)
+        # clone: a new graph over the same weight tensors, so a fusion that fails halfway leaves ``plain`` as it was
+        counts = fusion.RECIPES[recipe](model_path if plain is None else plain.clone(), fused)
     except Exception as exc:  # onnxscript's rewriter fails in many ways; the plain graph is still there
         fused.unlink(missing_ok=True)
         reason = f"the {recipe} fusion failed: {type(exc).__name__}: {first_line(exc)[:200]}"
         notes.append(f"{reason}; verifying the plain {exporter} graph")
-        return _plain(reason)
+        return _plain(reason, model_path, plain)
     if not counts:
-        return _plain(f"no {recipe} fusion pattern matched this graph")
-    _move_graph(model_path, _aside(model_path, "plain"))
+        return _plain(f"no {recipe} fusion pattern matched this graph", model_path, plain)
+    if plain is None:
+        _move_graph(model_path, _aside(model_path, "plain"))
     fused.replace(model_path)
     return {"form": "fused", "recipe": recipe, "fusions": counts}
 
 
-def _plain(reason: str) -> dict[str, Any]:
+def _plain(reason: str, model_path: Path | None = None, graph: Any = None) -> dict[str, Any]:
+    """The manifest's record of a plain graph; ``graph`` (in memory) is written to ``model_path`` first."""
+    if graph is not None and model_path is not None:
+        save_graph(graph, model_path)
     return {"form": "plain", "reason": reason}
 
 
@@ -328,9 +340,13 @@ def _fused_path(model_path: Path) -> Path:
     return model_path.with_name(f".fused-{model_path.name}")
 
 
-def _restore_plain(model_path: Path) -> None:
+def _restore_plain(model_path: Path, plain: Any = None) -> None:
+    """The plain graph back at model.onnx: written from memory, or moved back from aside."""
     model_path.unlink()
-    _move_graph(_aside(model_path, "plain") / model_path.name, model_path.parent)
+    if plain is not None:
+        save_graph(plain, model_path)
+    else:
+        _move_graph(_aside(model_path, "plain") / model_path.name, model_path.parent)
 
 
 def _aside(model_path: Path, exporter: str) -> Path:
@@ -434,8 +450,12 @@ def export_graph(module: Any, spec: ModelSpec, example: dict[str, np.ndarray], p
 
 
 def export_with(exporter: str, module: Any, spec: ModelSpec, example: dict[str, np.ndarray], path: Path,
-                *, dynamic: bool = True) -> None:
-    """Write ``path`` (replacing any earlier graph there) with one exporter: 'dynamo' or 'torchscript'."""
+                *, dynamic: bool = True, in_memory: bool = False) -> Any:
+    """Write ``path`` (replacing any earlier graph there) with one exporter: 'dynamo' or 'torchscript'.
+
+    ``in_memory``: the dynamo graph, when it fits one protobuf file, is returned as an onnx_ir model
+    instead of written (``save_graph`` writes it); otherwise, and always for TorchScript, None.
+    """
     import torch
 
     for leftover in path.parent.glob(path.name + "*"):
@@ -445,7 +465,10 @@ def export_with(exporter: str, module: Any, spec: ModelSpec, example: dict[str, 
     # copy of the program and its weights before onnxruntime loads the file
     try:
         with collection_paused():
-            (_export_dynamo if exporter == "dynamo" else _export_torchscript)(module, spec, tensors, path, dynamic)
+            if exporter == "dynamo":
+                return _export_dynamo(module, spec, tensors, path, dynamic, in_memory)
+            _export_torchscript(module, spec, tensors, path, dynamic)
+            return None
     except BaseException:
         for leftover in path.parent.glob(path.name + "*"):
             leftover.unlink()
@@ -487,7 +510,9 @@ def _output_names(spec: ModelSpec) -> list[str]:
     return list(get_task(spec.task).output_names(spec))
 
 
-def _export_dynamo(module: Any, spec: ModelSpec, tensors: dict[str, Any], path: Path, dynamic: bool) -> None:
+def _export_dynamo(module: Any, spec: ModelSpec, tensors: dict[str, Any], path: Path, dynamic: bool,
+                   in_memory: bool = False) -> Any:
+    """Write the dynamo graph to ``path``, or return it as an onnx_ir model (``in_memory``, one-file size only)."""
     import torch
 
     big = sum(p.numel() * p.element_size() for p in module.parameters()) > PROTOBUF_LIMIT * 0.9
@@ -499,30 +524,19 @@ def _export_dynamo(module: Any, spec: ModelSpec, tensors: dict[str, Any], path: 
                                     dynamic_shapes=_dims(spec) if dynamic else None,
                                     opset_version=spec.export.opset, input_names=list(tensors),
                                     output_names=_output_names(spec), verbose=False, optimize=False)
-        _tidy_graph(program.model)
+        fusion.tidy_graph(program.model)
         _name_derived_axes(program.model, spec)
+        if in_memory and not big:
+            return program.model
         program.save(str(path), external_data=big)
+        return None
 
 
-def _tidy_graph(model: Any) -> None:
-    """Constant folding and clean-up of the exported graph, without the exporter's pattern rewrites.
-
-    torch.onnx's own ``optimize`` spends most of its time (about 2 s of a MiniLM
-    export) in onnxscript's generic rewrite rules; onnxruntime applies the same kind
-    of rewrites when it loads the graph, and ``zoo optimize`` runs the fusions that
-    matter. The folding and clean-up stay, so the graph keeps its size and load time.
-    """
+def save_graph(model: Any, path: Path) -> None:
+    """Write an onnx_ir model that fits one protobuf file (what ``export_with(in_memory=True)`` returns)."""
     import onnx_ir as ir
-    from onnx_ir.passes import common
-    from onnxscript.optimizer import fold_constants_ir
 
-    common.InlinePass()(model)
-    fold_constants_ir(model)
-    ir.passes.Sequential(common.RemoveUnusedNodesPass(), common.RemoveUnusedFunctionsPass(),
-                         common.RemoveUnusedOpsetsPass(),
-                         common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
-                         common.DeduplicateInitializersPass(), common.CommonSubexpressionEliminationPass(),
-                         common.OutputFixPass(), common.NameFixPass())(model)
+    ir.save(model, str(path))
 
 
 def _name_derived_axes(model: Any, spec: ModelSpec) -> None:

@@ -40,7 +40,7 @@ def test_a_graph_onnxruntime_cannot_load_falls_back_to_torchscript(tiny_timm_fol
     import exporters.onnx as onnx_exporter
 
     monkeypatch.setattr(onnx_exporter, "_export_dynamo",
-                        lambda module, spec, tensors, path, dynamic: _dangling_graph(path))
+                        lambda module, spec, tensors, path, *_: _dangling_graph(path))
     result = onnx_exporter.export_onnx(str(tiny_timm_folder), out=tmp_path / "art")
     notes = " | ".join(result.manifest.export_notes)
     assert result.exporter == "torchscript" and result.report.passed
@@ -57,7 +57,7 @@ def test_two_unloadable_graphs_are_one_verification_error(tiny_timm_folder: Path
     import exporters.onnx as onnx_exporter
 
     for name in ("_export_dynamo", "_export_torchscript"):
-        monkeypatch.setattr(onnx_exporter, name, lambda module, spec, tensors, path, dynamic: _dangling_graph(path))
+        monkeypatch.setattr(onnx_exporter, name, lambda module, spec, tensors, path, *_: _dangling_graph(path))
     with pytest.raises(VerificationError) as info:
         onnx_exporter.export_onnx(str(tiny_timm_folder), out=tmp_path / "art")
     message = str(info.value)
@@ -78,7 +78,7 @@ def test_a_refused_graph_survives_a_fallback_that_cannot_export(tiny_timm_folder
         raise RuntimeError("Exporting the operator 'aten::rms_norm' to ONNX opset version 18 is not supported")
 
     monkeypatch.setattr(onnx_exporter, "_export_dynamo",
-                        lambda module, spec, tensors, path, dynamic: _dangling_graph(path))
+                        lambda module, spec, tensors, path, *_: _dangling_graph(path))
     monkeypatch.setattr(onnx_exporter, "_export_torchscript", no_rms_norm)
     kept = tmp_path / "kept"
     with pytest.raises(VerificationError) as info:

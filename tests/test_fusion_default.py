@@ -106,11 +106,62 @@ def _perturbing_recipe(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return touched
 
 
+def _saved_graphs(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Where ``zoo export`` writes a plain graph it held in memory."""
+    import exporters.onnx as onnx_exporter
+
+    saved: list[Path] = []
+    real = onnx_exporter.save_graph
+
+    def spy(model: Any, path: Path) -> None:
+        saved.append(path)
+        real(model, path)
+
+    monkeypatch.setattr(onnx_exporter, "save_graph", spy)
+    return saved
+
+
+def test_the_plain_graph_goes_to_the_fusion_in_memory_and_is_never_written(
+        tiny_text_classifier: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnx_ir as ir
+
+    saved = _saved_graphs(monkeypatch)
+    real = fusion.RECIPES["encoder"]
+    handed: list[Any] = []
+
+    def recording(src: Any, dst: Path | str) -> dict[str, int]:
+        handed.append(src)
+        return real(src, dst)
+
+    monkeypatch.setitem(fusion.RECIPES, "encoder", recording)
+    result = export_onnx(str(tiny_text_classifier), out=tmp_path / "art")
+    assert result.manifest.graph is not None and result.manifest.graph["form"] == "fused"
+    assert len(handed) == 1 and isinstance(handed[0], ir.Model)
+    assert saved == []
+
+
+def test_may_fuse_tells_a_cnn_from_a_transformer() -> None:
+    import onnx_ir as ir
+    from onnx import TensorProto, helper
+
+    def graph(*ops: str) -> Any:
+        nodes = [helper.make_node(op, [f"v{i}"], [f"v{i + 1}"]) for i, op in enumerate(ops)]
+        made = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("v0", TensorProto.FLOAT, [1, 4])],
+                                 [helper.make_tensor_value_info(f"v{len(ops)}", TensorProto.FLOAT, [1, 4])])
+        return ir.serde.deserialize_model(helper.make_model(made, opset_imports=[helper.make_opsetid("", 18)]))
+
+    assert not fusion.may_fuse(graph("Relu", "Relu", "Identity"))
+    assert fusion.may_fuse(graph("Relu", "Softmax"))
+    assert fusion.may_fuse(graph("Erf"))
+
+
 def test_a_fusion_that_perturbs_a_weight_is_refused_and_the_plain_graph_ships(
         tiny_text_classifier: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     touched = _perturbing_recipe(monkeypatch)
+    saved = _saved_graphs(monkeypatch)
     result = export_onnx(str(tiny_text_classifier), out=tmp_path / "art")
     assert touched, "the planted fusion never ran"
+    assert [p.name for p in saved] == [MODEL_FILE], "the plain graph, held in memory, is written once it is needed"
     graph = result.manifest.graph
     assert graph is not None and graph["form"] == "plain"
     assert graph["reason"].startswith("the fused graph failed verification (output logits")
@@ -140,8 +191,10 @@ def test_when_neither_graph_passes_nothing_is_written(tiny_text_classifier: Path
 
 def test_a_fusion_that_raises_leaves_the_plain_graph(tiny_timm_folder: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(src: Path | str, dst: Path | str) -> dict[str, int]:
+    def broken(src: Any, dst: Path | str) -> dict[str, int]:
         Path(dst).write_bytes(b"half a graph")
+        if not isinstance(src, (str, Path)):  # a graph in memory, wrecked halfway: the plain one must not be
+            src.graph.outputs.clear()
         raise RuntimeError("planted rewriter failure")
 
     monkeypatch.setitem(fusion.RECIPES, "encoder", broken)
@@ -149,6 +202,7 @@ def test_a_fusion_that_raises_leaves_the_plain_graph(tiny_timm_folder: Path, tmp
     assert result.manifest.graph == {"form": "plain", "reason": "the encoder fusion failed: RuntimeError: planted "
                                                                 "rewriter failure"}
     assert "planted rewriter failure" in result.manifest.export_notes[0]
+    assert result.exporter == "dynamo" and result.report.passed, result.manifest.export_notes
     check_artifact(result.path, result.manifest, strict=True)
 
 
