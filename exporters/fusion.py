@@ -209,6 +209,9 @@ def save_offline(src: Path | str | bytes, dst: Path | str) -> None:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(dst)
     options.log_severity_level = 3
+    # the session only writes the file: packing the MatMul weights for its own kernels would be thrown away
+    # (BERT-base: 1.3 -> 0.85 s, the file byte for byte the same)
+    options.add_session_config_entry("session.disable_prepacking", "1")
     ort.InferenceSession(src if isinstance(src, bytes) else str(src), options, providers=["CPUExecutionProvider"])
 
 
