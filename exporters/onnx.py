@@ -600,15 +600,15 @@ def graph_signature(model_path: Path) -> tuple[tuple[TensorInfo, ...], tuple[Ten
     """Inputs and outputs as the graph declares them, in graph order (the runtime feeds in this order)."""
     import onnx
 
-    from exporters.verify import graph_dims
+    from exporters.verify import graph_dims, graph_interface
 
-    graph = onnx.load(str(model_path), load_external_data=False).graph
+    inputs, outputs = graph_interface(model_path)
 
     def describe(value: Any) -> TensorInfo:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
         return TensorInfo(value.name, np.dtype(dtype).name, tuple(graph_dims(value)))
 
-    return tuple(describe(v) for v in graph.input), tuple(describe(v) for v in graph.output)
+    return tuple(describe(v) for v in inputs), tuple(describe(v) for v in outputs)
 
 
 def run_summary(spec: ModelSpec) -> dict[str, Any] | None:

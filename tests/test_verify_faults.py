@@ -605,3 +605,25 @@ def test_shared_difference_agrees_with_the_rule_element_by_element() -> None:
             stats = OutputStats("y", tol, rule)
             stats.add(ref, got, "case")
             assert stats.check().passed == bool(ok.all())
+
+
+def test_the_dynamic_axes_check_reads_a_graph_written_again(tmp_path: Path) -> None:
+    """The check keeps what it read of a file; a graph written again at the same path is read again."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from exporters.verify import dynamic_axes_check
+
+    def write(batch: int | str) -> None:
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])])
+        onnx.save(helper.make_model(graph), str(path))
+
+    path = tmp_path / "model.onnx"
+    declared = ([("x", ["batch", 4])], [("y", ["batch", 4])])
+    write("batch")
+    assert dynamic_axes_check(path, *declared).passed
+    write(2)
+    check = dynamic_axes_check(path, *declared)
+    assert not check.passed and "x[0]=2 is fixed" in check.detail
