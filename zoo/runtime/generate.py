@@ -224,9 +224,7 @@ class Generator:
         feed = _bind_tokens(binding, ids, mask)  # noqa: F841 (held: bound by address, it must outlive the run)
         if self.shared:
             binding.bind_output(self.outputs[0], self.device)  # first: get_outputs() lists them as bound
-            for name, buffer in zip(self.cache_names, past):
-                binding.bind_ortvalue_input(name, buffer.value)
-                binding.bind_ortvalue_output(name.replace("past_key_values.", "present.", 1), buffer.value)
+            _bind_shared_cache(binding, self.cache_names, past)
         else:
             for name, value in zip(self.cache_names, past):
                 binding.bind_ortvalue_input(name, value)
@@ -247,6 +245,13 @@ def _bind_tokens(binding: Any, ids: np.ndarray, mask: np.ndarray) -> dict[str, n
     return feed
 
 
+def _bind_shared_cache(binding: Any, names: list[str], past: list[_Buffer]) -> None:
+    """Each layer's past input and present output bound to its one shared buffer: the kernel appends in place."""
+    for name, buffer in zip(names, past):
+        binding.bind_ortvalue_input(name, buffer.value)
+        binding.bind_ortvalue_output(name.replace("past_key_values.", "present.", 1), buffer.value)
+
+
 class _Decoder:
     """The decode steps on the shared cache buffers: one new token a row, so every step binds the same buffers
     and a logits array of the same shape. Those are bound once, here; a step binds only the three token inputs
@@ -259,9 +264,7 @@ class _Decoder:
         self.logits = np.empty((shape[0], 1, shape[-1]), np.float32)  # [batch, one position, vocabulary]
         self.value = OrtValue.ortvalue_from_numpy(self.logits)  # onnxruntime writes into the array's memory
         self.binding.bind_ortvalue_output(generator.outputs[0], self.value)
-        for name, buffer in zip(generator.cache_names, past):
-            self.binding.bind_ortvalue_input(name, buffer.value)
-            self.binding.bind_ortvalue_output(name.replace("past_key_values.", "present.", 1), buffer.value)
+        _bind_shared_cache(self.binding, generator.cache_names, past)
         self.feed: dict[str, np.ndarray] = {}
 
     def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
