@@ -303,11 +303,19 @@ def fuse_in_place(source: Source, model_path: Path, exporter: str, step: Progres
     or None when it is at model.onnx. The fusion works on a copy, so the plain graph stays whole for
     ``_restore_plain`` (in memory, or aside on disk). The plain graph is what model.onnx holds when the
     task has no recipe, the graph is too large for one protobuf file, no fusion matched, or the fusion
-    itself raised (noted).
+    itself raised (noted); one held in memory is written then.
     """
+    record = _fuse(source, model_path, exporter, step, notes, plain)
+    if record["form"] == "plain" and plain is not None:
+        save_graph(plain, model_path)
+    return record
+
+
+def _fuse(source: Source, model_path: Path, exporter: str, step: Progress, notes: list[str],
+          plain: Any) -> dict[str, Any]:
     recipe = source.task.graph_fusion(source.spec)
     if recipe is None:
-        return _plain(f"the {source.task.name} task has no export fusion recipe", model_path, plain)
+        return _plain(f"the {source.task.name} task has no export fusion recipe")
     if plain is None and any(part != model_path for part in model_path.parent.glob(model_path.name + "*")):
         return _plain("the graph keeps its weights in external data (over 2 GiB); fusion writes one file")
     step(f"fuse the {exporter} graph for onnxruntime ({recipe})")
@@ -319,19 +327,16 @@ def fuse_in_place(source: Source, model_path: Path, exporter: str, step: Progres
         fused.unlink(missing_ok=True)
         reason = f"the {recipe} fusion failed: {type(exc).__name__}: {first_line(exc)[:200]}"
         notes.append(f"{reason}; verifying the plain {exporter} graph")
-        return _plain(reason, model_path, plain)
+        return _plain(reason)
     if not counts:
-        return _plain(f"no {recipe} fusion pattern matched this graph", model_path, plain)
+        return _plain(f"no {recipe} fusion pattern matched this graph")
     if plain is None:
         _move_graph(model_path, _aside(model_path, "plain"))
     fused.replace(model_path)
     return {"form": "fused", "recipe": recipe, "fusions": counts}
 
 
-def _plain(reason: str, model_path: Path | None = None, graph: Any = None) -> dict[str, Any]:
-    """The manifest's record of a plain graph; ``graph`` (in memory) is written to ``model_path`` first."""
-    if graph is not None and model_path is not None:
-        save_graph(graph, model_path)
+def _plain(reason: str) -> dict[str, Any]:
     return {"form": "plain", "reason": reason}
 
 
