@@ -136,6 +136,8 @@ def transformers_engine(folder: Path, threads: int) -> Engine:
     import torch
     import transformers
 
+    from zoo.tasks._generate_torch import cache_argument, output_cache
+
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
                                                               attn_implementation="eager").eval()
 
@@ -147,10 +149,10 @@ def transformers_engine(folder: Path, threads: int) -> Engine:
             token = out.logits[0, -1].argmax()
             new = [int(token)]
             first = time.perf_counter()
-            cache = out.past_key_values
+            cache, name = output_cache(out), cache_argument(model)
             for _ in range(NEW_TOKENS - 1):
-                out = model(token.view(1, 1), past_key_values=cache, use_cache=True)
-                cache, token = out.past_key_values, out.logits[0, -1].argmax()
+                out = model(token.view(1, 1), use_cache=True, **{name: cache})
+                cache, token = output_cache(out), out.logits[0, -1].argmax()
                 new.append(int(token))
             end = time.perf_counter()
         return new, first - start, end - first

@@ -297,6 +297,38 @@ def test_a_near_tie_is_told_apart_from_a_real_difference():
     assert not near_tie(np.array([1.0, 5.0, 5.5]), tol)[0]
 
 
+
+def test_the_cache_goes_in_by_the_name_the_model_takes_it():
+    """transformers 5.25 renamed a causal LM's cache argument to ``cache`` and drops ``past_key_values`` in 5.40:
+    the decoder zoo traces and its step checks call the model by the name its forward takes, on either side."""
+    import warnings
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from zoo.tasks._generate_torch import cache_argument, decoder_module, input_names
+
+    class OldSpelling(LlamaForCausalLM):  # a forward that only knows the old name, as transformers 4.x
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                    use_cache=None):
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   cache=past_key_values, use_cache=use_cache)
+
+    config = LlamaConfig(**tiny.HF_TINY["llama"])
+    new, old = LlamaForCausalLM(config).eval(), OldSpelling(config).eval()
+    old.load_state_dict(new.state_dict())
+    assert (cache_argument(new), cache_argument(old)) == ("cache", "past_key_values")
+    layers, heads, dim = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
+    inputs = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.int64),
+              "position_ids": torch.arange(3)[None]}
+    inputs |= {n: torch.zeros(1, heads, 0, dim) for n in input_names(layers)[3:]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # the deprecated name is never passed
+        outputs = [decoder_module(m, layers)(**inputs) for m in (new, old)]
+    torch.testing.assert_close(outputs[0][0], outputs[1][0])
+    assert outputs[0][1].shape == (1, heads, 3, dim)  # the grown cache came back under either name
+
+
 # ---------------------------------------------------------------- the torch-free runtime
 
 

@@ -22,6 +22,17 @@ def identifier(name: str) -> str:
     return re.sub(r"\W", "_", name)
 
 
+def cache_argument(model: nn.Module) -> str:
+    """The name a causal LM's ``forward`` takes its cache by: ``cache`` since transformers 5.25, which keeps
+    ``past_key_values`` as a deprecated alias until 5.40; ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def output_cache(output: Any) -> Any:
+    """The grown cache of a causal LM's output, under either name (see ``cache_argument``)."""
+    return output["cache"] if "cache" in output else output.past_key_values
+
+
 class DecoderWithCache(nn.Module):
     """A transformers causal LM behind named flat tensors: ``(logits, present.0.key, present.0.value, ...)``.
 
@@ -50,13 +61,13 @@ class DecoderWithCache(nn.Module):
 
         cache = DynamicCache(ddp_cache_data=past, config=self.model.config)
         output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            past_key_values=cache, use_cache=True)
+                            use_cache=True, **{cache_argument(self.model): cache})
         # A left-padding position attends to nothing, so what the model computes there is arbitrary, and
         # torch and the dynamo graph do compute different things (GPT-2: 0.09 of a logit row). Zeros there
         # make every output well defined; later steps mask those cache entries out all the same.
         keep = attention_mask.to(output.logits.dtype)
         flat: list[torch.Tensor] = []
-        for layer in output.past_key_values.layers:
+        for layer in output_cache(output).layers:
             flat += [layer.keys * keep[:, None, :, None], layer.values * keep[:, None, :, None]]
         return (output.logits * keep[:, -input_ids.shape[1]:, None], *flat)
 

@@ -99,11 +99,13 @@ class TorchDecoder:
     def step(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         import torch
 
+        from zoo.tasks._generate_torch import cache_argument, output_cache
+
         with torch.no_grad():
             out = self.model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                              position_ids=torch.from_numpy(positions(mask)[:, -ids.shape[1]:]),
-                             past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+                             use_cache=True, **{cache_argument(self.model): self.cache})
+        self.cache = output_cache(out)
         return out.logits.float().numpy()
 
 
