@@ -418,6 +418,18 @@ def test_bad_generation_options_are_one_clear_error(llama, options, message):
     assert "\n" not in str(caught.value)
 
 
+def test_a_prompt_past_the_context_is_told_its_whole_length(llama):
+    """The runtime's tokenizer stops at the model's 256 tokens; the error counts the prompt the user gave."""
+    import zoo
+
+    model = zoo.load(llama[1].path)
+    for special, prompt in ((True, "word " * 300), (False, "word " * 260)):
+        whole = len(model._preprocess.tokenizer.encode(prompt, add_special_tokens=special).overflowing[0].ids)
+        with pytest.raises(InputError, match=f"prompt 0 has {300 + 2 if special else 260} tokens; "):
+            list(model.generator().steps([prompt], max_new_tokens=4, special_tokens=special))
+        assert whole  # the shared tokenizer itself did cut the prompt (and is left as it was)
+
+
 def test_no_prompt_or_a_prompt_without_tokens_is_refused(gpt2):
     """A tokenizer that adds no special tokens (GPT-2's own) turns "" into a row of padding only; the tiny models'
     MiniLM tokenizer always adds [CLS] [SEP], so that row is made here directly."""

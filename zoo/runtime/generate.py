@@ -131,7 +131,8 @@ class Generator:
                              "at least one word")
         too_long = [i for i, n in enumerate(lengths) if n + new > self.context]
         if too_long:
-            raise InputError(f"prompt {too_long[0]} has {int(lengths[too_long[0]])} tokens; with max_new_tokens="
+            raise InputError(f"prompt {too_long[0]} has {self._length(prompts[too_long[0]], special_tokens)} tokens; "
+                             f"with max_new_tokens="
                              f"{new} that passes the model's context length of {self.context} tokens: shorten the "
                              "prompt or ask for fewer new tokens")
         rng = np.random.default_rng(seed)
@@ -165,6 +166,16 @@ class Generator:
         encodings = self.tokenizer.encode_batch(prompts, add_special_tokens=False)  # padded left, as configured
         return (np.array([e.ids for e in encodings], np.int64), np.array([e.attention_mask for e in encodings],
                                                                          np.int64))
+
+    def _length(self, prompt: str, special_tokens: bool) -> int:
+        """The prompt's whole length in tokens: the runtime's tokenizer stops at the model's length, so a prompt
+        past it would be told as exactly that long."""
+        from tokenizers import Tokenizer
+
+        whole = Tokenizer.from_str(self.tokenizer.to_str())  # a copy: the shared tokenizer is only read
+        whole.no_truncation()
+        whole.no_padding()
+        return len(whole.encode(prompt, add_special_tokens=special_tokens).ids)
 
     def _append(self, row: _Row, token: int, limit: int, stops: list[str]) -> None:
         if token in self.eos:
