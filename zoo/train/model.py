@@ -41,8 +41,12 @@ def checkpoint_activations(model: nn.Module) -> None:
     from zoo.errors import ConfigError
 
     if getattr(model, "supports_gradient_checkpointing", False):
-        # non-reentrant: works with frozen inputs (LoRA) and with DDP's hooks
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # non-reentrant: works with frozen inputs (LoRA) and with DDP's hooks. transformers 5.x names the switch
+        # activation_checkpointing_enable (the gradient_ name is a deprecated alias, gone in v6); 4.x has only that one
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     elif hasattr(model, "set_grad_checkpointing"):
         model.set_grad_checkpointing(True)
     else:
