@@ -363,6 +363,63 @@ def test_sampling_is_seeded_and_stop_strings_end_the_text(llama):
     assert greedy.text.startswith(stopped.text)
 
 
+def _decoders():
+    """Three kinds of tokenizer decoding: WordPiece (MiniLM's, with its cleanup of spaces before punctuation),
+    byte-level BPE (GPT-2 / SmolLM2: a token may carry half a character) and SentencePiece-style byte fallback
+    (Llama: '<0xE2>' tokens, a leading space stripped)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    wordpiece = Tokenizer.from_file(str(tiny.minilm_dir() / "tokenizer.json"))
+    text = ["naïve café crème brûlée, 東京 and 🙂🚲 — déjà vu; l'été. " * 3, "The bicycle's pedals: 1,2,3!"]
+    bytelevel = Tokenizer(models.BPE())
+    bytelevel.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bytelevel.decoder = decoders.ByteLevel()
+    bytelevel.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"<0x{b:02X}>": 3 + b for b in range(256)}
+    words = ["▁", "▁the", "▁bi", "cycle", "▁caf", "é"] + [chr(c) for c in range(0x21, 0x7F)]  # ASCII: no bytes
+    vocab |= {w: len(vocab) + i for i, w in enumerate(words)}
+    fallback = Tokenizer(models.BPE(vocab, [], unk_token="<unk>", byte_fallback=True))
+    fallback.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    fallback.add_special_tokens(["<s>", "</s>"])
+    fallback.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                          decoders.Strip(" ", 1, 0)])
+    return {"wordpiece": wordpiece, "bytelevel": bytelevel, "fallback": fallback}
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bytelevel", "fallback"])
+def test_the_text_grows_by_decoding_only_the_last_tokens(kind):
+    """After every token the text is what decoding all of them gives, half characters and cleanups included,
+    while each step decodes a few tokens only (decoding them all each step grows with the text)."""
+    from types import SimpleNamespace
+
+    from zoo.runtime.generate import Generator, _Row
+
+    tokenizer = _decoders()[kind]
+    decoded: list[int] = []
+
+    class Counting:  # what each step hands the tokenizer
+        def decode(self, ids, skip_special_tokens):
+            decoded.append(len(ids))
+            return tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    generator = SimpleNamespace(tokenizer=Counting(), eos=set())
+    generator._text = lambda row: Generator._text(generator, row)
+    rng = np.random.default_rng(0)
+    text = "Naïve café owners in 東京 ride bicycles 🚲🙂, don't they? Yes: 1,234 of them. " * 3
+    random = [rng.integers(0, tokenizer.get_vocab_size(), 150) for _ in range(3)]  # half characters galore
+    # a run of byte tokens: a window cut inside it decodes to U+FFFD where the text has whole characters
+    run = [tokenizer.token_to_id(t) for t in ["x", "<0xE0>", "<0xA7>", "<0x85>", "<0x45>", "<0x4F>", "<0x07>"]]
+    for ids in [*random, *([run] if kind == "fallback" else []), tokenizer.encode(text).ids]:
+        decoded.clear()
+        row = _Row([])
+        for token in ids:
+            Generator._append(generator, row, int(token), limit=10_000, stops=[])
+            assert row.text == tokenizer.decode(row.new, skip_special_tokens=True)
+    # on a real text the whole is not decoded again at each step (n^2 / 2 tokens in all), the last few are
+    assert len(ids) > 100 and sum(decoded) < len(ids) ** 2 / 8
+
+
 @pytest.mark.parametrize("stop", [None, "stop"])
 def test_stream_pieces_join_to_the_generated_text(llama, stop):
     import zoo

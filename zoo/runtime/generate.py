@@ -38,6 +38,8 @@ PREFILL_CHUNK = 128
 # takes several tokens on a non-empty cache for one row only: rows go together, whole prompts from their empty
 # cache, as many a call as this holds (SmolLM2: 200 MB of logits); a row wider than half of it goes alone in chunks
 PREFILL_BATCH = 1024
+# settled tokens decoded again before each new one, so that decoding the new text sees the tokens it follows
+TEXT_CONTEXT = 4
 
 
 class Generator:
@@ -182,12 +184,39 @@ class Generator:
             row.finish = "stop"
             return
         row.new.append(token)
-        row.text = self.tokenizer.decode(row.new, skip_special_tokens=True)
+        row.text = self._text(row)
         cut = min((i for i in (row.text.find(s) for s in stops) if i >= 0), default=-1)
         if cut >= 0:
             row.text, row.finish = row.text[:cut], "stop"
         elif len(row.new) >= limit:
             row.finish = "length"
+
+    def _text(self, row: _Row) -> str:
+        """The text of ``row.new``, decoding only the tokens since the last settled point: decoding them all at
+        every step costs time in proportion to the text (0.33 ms a step at 1,500 tokens, SmolLM2's tokenizer).
+
+        The tokens are decoded from ``TEXT_CONTEXT`` before that point, with and without the new ones, and the
+        difference is the new text: a decoder's rules at the start of a text (a leading space stripped) apply to
+        both alike. Where the shorter one is not the end of the settled text (the window starts inside a
+        character, or inside a run of byte tokens that decodes as one) or not the start of the longer (a byte
+        token turned the run before it into U+FFFD), a wider window is tried, then the whole is decoded. The point moves up to the
+        end whenever the text does not end in half a character (U+FFFD)."""
+        decode = self.tokenizer.decode
+        for context in (TEXT_CONTEXT, 4 * TEXT_CONTEXT, 16 * TEXT_CONTEXT):  # a wider window, where one cuts a run
+            start = max(0, row.settled - context)
+            head = decode(row.new[start:row.settled], skip_special_tokens=True) if row.settled else ""
+            whole = decode(row.new[start:], skip_special_tokens=True)
+            if row.settled_text.endswith(head) and whole.startswith(head):
+                text = row.settled_text + whole[len(head):]
+                break
+            if not start:
+                text = whole  # the window was the whole text
+                break
+        else:
+            text = decode(row.new, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):
+            row.settled, row.settled_text = len(row.new), text
+        return text
 
     def _empty_cache(self, batch: int) -> list[Any]:
         from onnxruntime import OrtValue
@@ -307,6 +336,8 @@ class _Row:
     new: list[int] = field(default_factory=list)
     text: str = ""
     finish: str | None = None
+    settled: int = 0  # new[:settled] decodes to settled_text, which ends in a whole character
+    settled_text: str = ""
 
 
 def _certain(text: str, stops: list[str]) -> str:
