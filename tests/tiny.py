@@ -67,6 +67,21 @@ HF_TINY: dict[str, dict[str, Any]] = {
                   eos_token_id=102, pad_token_id=0, tie_word_embeddings=True),
     "gpt2": dict(n_embd=32, n_layer=2, n_head=2, n_positions=256, vocab_size=30522, bos_token_id=101,
                  eos_token_id=102, pad_token_id=0),
+    # the other families of the hub's causal LMs, with 16-wide heads (onnxruntime's kernel rotates those itself, as
+    # it does real models' 64 and 128): Mistral (Llama's layout), Phi-3 (q/k/v and gate/up already one weight
+    # each), Gemma (one KV head, (1 + w) norms, a scaled embedding), Qwen3 (an RMS norm on q and k per head)
+    "mistral": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                    intermediate_size=37, vocab_size=30522, max_position_embeddings=256, bos_token_id=101,
+                    eos_token_id=102, pad_token_id=0),
+    "phi3": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=37, vocab_size=30522, max_position_embeddings=256,
+                 original_max_position_embeddings=256, bos_token_id=101, eos_token_id=102, pad_token_id=0),
+    "gemma": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                  intermediate_size=37, vocab_size=30522, max_position_embeddings=256, bos_token_id=101,
+                  eos_token_id=102, pad_token_id=0),
+    "qwen3": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                  intermediate_size=37, vocab_size=30522, max_position_embeddings=256, bos_token_id=101,
+                  eos_token_id=102, pad_token_id=0, tie_word_embeddings=True),
     # segmentation and depth (issue 23): two stages, a quarter-resolution map (SegFormer), a ConvNeXt under
     # UperNet, a four-layer ViT under DPT, a DINOv2 with 14-px patches under Depth Anything
     "segformer": dict(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32], patch_sizes=[7, 3],
