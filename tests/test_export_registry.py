@@ -32,6 +32,8 @@ EXPORTED_ELSEWHERE = {
     "phi-3-mini": ("test_text_generation.py", '"phi-3-mini"'),
     "gemma-2b": ("test_text_generation.py", '"gemma-2b"'),
     "qwen3-0.6b": ("test_text_generation.py", '"qwen3-0.6b"'),
+    "gemma-2-2b": ("test_text_generation.py", '"gemma-2-2b"'),
+    "gemma-3-1b": ("test_text_generation.py", '"gemma-3-1b"'),
     "dinov2-small-hf": ("test_image_embeddings.py", '"dinov2-small-hf"'),
     "clip-vit-b32": ("test_zero_shot.py", '"clip"'),
     "bert-ner": ("artifacts.py", '"bert-ner"'),

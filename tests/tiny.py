@@ -68,11 +68,20 @@ HF_TINY: dict[str, dict[str, Any]] = {
     "gpt2": dict(n_embd=32, n_layer=2, n_head=2, n_positions=256, vocab_size=30522, bos_token_id=101,
                  eos_token_id=102, pad_token_id=0),
     # the other families of the hub's causal LMs, with 16-wide heads (onnxruntime's kernel rotates those itself, as
-    # it does real models' 64 and 128): Mistral (Llama's layout), Phi-3 (q/k/v and gate/up already one weight
-    # each), Gemma (one KV head, (1 + w) norms, a scaled embedding), Qwen3 (an RMS norm on q and k per head)
+    # it does real models' 64 and 128): Mistral (Llama's layout, an 8-token sliding window here so that prompts
+    # pass it), Phi-3 (q/k/v and gate/up already one weight each), Gemma (one KV head, (1 + w) norms, a scaled
+    # embedding), Gemma 2 (soft-capped attention and logits, a sliding window every other layer), Gemma 3 (and
+    # an RMS norm on q and k), Qwen3 (an RMS norm on q and k per head)
     "mistral": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                     intermediate_size=37, vocab_size=30522, max_position_embeddings=256, bos_token_id=101,
-                    eos_token_id=102, pad_token_id=0),
+                    eos_token_id=102, pad_token_id=0, sliding_window=8),
+    "gemma2": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                   intermediate_size=37, vocab_size=30522, max_position_embeddings=256, bos_token_id=101,
+                   eos_token_id=102, pad_token_id=0, sliding_window=8),
+    "gemma3_text": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        head_dim=16, intermediate_size=37, vocab_size=30522, max_position_embeddings=256,
+                        bos_token_id=101, eos_token_id=102, pad_token_id=0, sliding_window=8,
+                        layer_types=["sliding_attention", "full_attention"]),
     "phi3": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  intermediate_size=37, vocab_size=30522, max_position_embeddings=256,
                  original_max_position_embeddings=256, bos_token_id=101, eos_token_id=102, pad_token_id=0),

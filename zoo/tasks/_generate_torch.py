@@ -59,7 +59,10 @@ class DecoderWithCache(nn.Module):
             past: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
         from transformers import DynamicCache
 
-        cache = DynamicCache(ddp_cache_data=past, config=self.model.config)
+        # full-length layers, sliding-window ones included (Mistral v0.1, Gemma 2/3): the graph's cache keeps every
+        # position and the window is in the attention mask; the config's sliding layers would keep the last
+        # window - 1 only and hand back a cache shorter than the graph's
+        cache = DynamicCache(ddp_cache_data=past)
         output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                             use_cache=True, **{cache_argument(self.model): cache})
         # A left-padding position attends to nothing, so what the model computes there is arbitrary, and
