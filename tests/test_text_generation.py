@@ -509,10 +509,10 @@ def test_a_prompt_past_the_context_is_told_its_whole_length(llama):
 
     model = zoo.load(llama[1].path)
     for special, prompt in ((True, "word " * 300), (False, "word " * 260)):
-        whole = len(model._preprocess.tokenizer.encode(prompt, add_special_tokens=special).overflowing[0].ids)
+        cut_off = model._preprocess.tokenizer.encode(prompt, add_special_tokens=special).overflowing[0].ids
         with pytest.raises(InputError, match=f"prompt 0 has {300 + 2 if special else 260} tokens; "):
             list(model.generator().steps([prompt], max_new_tokens=4, special_tokens=special))
-        assert whole  # the shared tokenizer itself did cut the prompt (and is left as it was)
+        assert cut_off  # the shared tokenizer itself does cut the prompt (and is left as it was)
 
 
 def test_no_prompt_or_a_prompt_without_tokens_is_refused(gpt2):

@@ -133,10 +133,10 @@ class Generator:
                              "at least one word")
         too_long = [i for i, n in enumerate(lengths) if n + new > self.context]
         if too_long:
-            raise InputError(f"prompt {too_long[0]} has {self._length(prompts[too_long[0]], special_tokens)} tokens; "
-                             f"with max_new_tokens="
-                             f"{new} that passes the model's context length of {self.context} tokens: shorten the "
-                             "prompt or ask for fewer new tokens")
+            first = too_long[0]
+            raise InputError(f"prompt {first} has {self._length(prompts[first], special_tokens)} tokens; with "
+                             f"max_new_tokens={new} that passes the model's context length of {self.context} tokens: "
+                             "shorten the prompt or ask for fewer new tokens")
         rng = np.random.default_rng(seed)
         rows = [_Row(list(map(int, i[m.astype(bool)]))) for i, m in zip(ids, mask)]
         binding = self.session.io_binding()
@@ -199,20 +199,20 @@ class Generator:
         difference is the new text: a decoder's rules at the start of a text (a leading space stripped) apply to
         both alike. Where the shorter one is not the end of the settled text (the window starts inside a
         character, or inside a run of byte tokens that decodes as one) or not the start of the longer (a byte
-        token turned the run before it into U+FFFD), a wider window is tried, then the whole is decoded. The point moves up to the
-        end whenever the text does not end in half a character (U+FFFD)."""
+        token turned the run before it into U+FFFD), wider windows are tried, then the whole text. The
+        point moves up to the end whenever the text does not end in half a character (U+FFFD)."""
         decode = self.tokenizer.decode
-        for context in (TEXT_CONTEXT, 4 * TEXT_CONTEXT, 16 * TEXT_CONTEXT):  # a wider window, where one cuts a run
+        for context in (TEXT_CONTEXT, 4 * TEXT_CONTEXT, 16 * TEXT_CONTEXT):
             start = max(0, row.settled - context)
-            head = decode(row.new[start:row.settled], skip_special_tokens=True) if row.settled else ""
+            head = decode(row.new[start:row.settled], skip_special_tokens=True)
             whole = decode(row.new[start:], skip_special_tokens=True)
             if row.settled_text.endswith(head) and whole.startswith(head):
                 text = row.settled_text + whole[len(head):]
                 break
-            if not start:
-                text = whole  # the window was the whole text
+            if not start:  # the window was the whole text
+                text = whole
                 break
-        else:
+        else:  # decoded once, not as a head and a whole
             text = decode(row.new, skip_special_tokens=True)
         if not text.endswith("\ufffd"):
             row.settled, row.settled_text = len(row.new), text

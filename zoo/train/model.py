@@ -42,7 +42,7 @@ def checkpoint_activations(model: nn.Module) -> None:
 
     if getattr(model, "supports_gradient_checkpointing", False):
         # non-reentrant: works with frozen inputs (LoRA) and with DDP's hooks. transformers 5.x names the switch
-        # activation_checkpointing_enable (the gradient_ name is a deprecated alias, gone in v6); 4.x has only that one
+        # activation_checkpointing_enable (the gradient_ name is a deprecated alias, gone in v6); 4.x has only the old
         if hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
